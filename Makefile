@@ -1,0 +1,73 @@
+# Build, run and test cargoxx runner. `make run` and `make test` are all a
+# newcomer needs; see README.md.
+
+GO             ?= go
+CADDY_VERSION  := v2.11.9
+XCADDY_VERSION := v0.4.5
+GITEA_VERSION  := v1.26.0
+MODULE         := github.com/cargoxx-pkgs/runner
+GOLANGCI_LINT_VERSION := v2.15.0
+
+# Outside the work tree, so that a fresh clone reuses an earlier build.
+CACHE_DIR ?= $(HOME)/.cache/cargoxx-runner
+GITEA_BIN ?= $(CACHE_DIR)/gitea-$(GITEA_VERSION)
+
+# E2E=require turns a skipped end-to-end test into a failure (CI sets it).
+E2E ?=
+TEST_TIMEOUT ?= 60m
+
+export GITEA_BIN
+export E2E
+
+.PHONY: all build xcaddy run test unit e2e e2e-deps gitea fmt lint vet fuzz bench clean
+
+all: build
+
+## build: bin/caddy, Caddy's standard modules plus this bundle
+build:
+	$(GO) build -o bin/caddy ./cmd/caddy
+
+## xcaddy: the same bundle built the way plugin users build it
+xcaddy:
+	$(GO) run github.com/caddyserver/xcaddy/cmd/xcaddy@$(XCADDY_VERSION) build $(CADDY_VERSION) \
+		--output bin/caddy-xcaddy \
+		--with $(MODULE)@v0.0.0-00010101000000-000000000000=.
+
+## run: serve caddyfiles/local.Caddyfile (a Nix cache on http://localhost:8080)
+run: build
+	bin/caddy run --config caddyfiles/local.Caddyfile --adapter caddyfile
+
+## test: unit tests and end-to-end tests against real nix, Gitea and Docker
+test: build xcaddy e2e-deps
+	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
+
+## unit: the tests that need no external tool
+unit:
+	$(GO) test -count=1 -short ./...
+
+## e2e-deps: build the Gitea server the end-to-end tests run (cached in $(CACHE_DIR))
+e2e-deps: gitea
+
+# The binary's name carries the version, so an existing file is never stale.
+gitea:
+	@if [ ! -x "$(GITEA_BIN)" ]; then \
+		echo "building Gitea $(GITEA_VERSION) into $(GITEA_BIN)"; \
+		mkdir -p "$(dir $(GITEA_BIN))" && \
+		cd e2e/tools/gitea && CGO_ENABLED=1 $(GO) build -tags 'sqlite sqlite_unlock_notify' \
+			-ldflags '-X main.Version=$(GITEA_VERSION:v%=%)' \
+			-o "$(GITEA_BIN).tmp" code.gitea.io/gitea && \
+		mv "$(GITEA_BIN).tmp" "$(GITEA_BIN)"; \
+	fi
+
+fmt:
+	gofmt -w $$(git ls-files '*.go')
+	for f in caddyfiles/*.Caddyfile; do bin/caddy fmt --overwrite $$f; done
+
+vet:
+	$(GO) vet ./...
+
+lint: vet
+	$(GO) run github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION) run ./...
+
+clean:
+	rm -rf bin

@@ -1,0 +1,100 @@
+package caddynix
+
+import (
+	"strconv"
+
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+)
+
+func init() {
+	httpcaddyfile.RegisterHandlerDirective("nix_cache", parseCaddyfile)
+	// The cache answers its own requests, so it goes where file_server would.
+	httpcaddyfile.RegisterDirectiveOrder("nix_cache", httpcaddyfile.Before, "file_server")
+}
+
+func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+	handler := new(Handler)
+	if err := handler.UnmarshalCaddyfile(h.Dispenser); err != nil {
+		return nil, err
+	}
+	return handler, nil
+}
+
+// UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
+//
+//	nix_cache [<matcher>] {
+//	    name            <name>
+//	    root            <directory>
+//	    store_dir       <path>
+//	    priority        <integer>
+//	    want_mass_query <true|false>
+//	}
+func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // the directive name
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	seen := map[string]bool{}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		option := d.Val()
+		if seen[option] {
+			return d.Errf("nix_cache: %s given more than once", option)
+		}
+		seen[option] = true
+		switch option {
+		case "name", "root", "store_dir":
+			value, err := singleArg(d)
+			if err != nil {
+				return err
+			}
+			switch option {
+			case "name":
+				h.Name = value
+			case "root":
+				h.Root = value
+			case "store_dir":
+				h.StoreDir = value
+			}
+		case "priority":
+			value, err := singleArg(d)
+			if err != nil {
+				return err
+			}
+			priority, err := strconv.Atoi(value)
+			if err != nil {
+				return d.Errf("nix_cache: priority %q is not an integer", value)
+			}
+			h.Priority = &priority
+		case "want_mass_query":
+			value, err := singleArg(d)
+			if err != nil {
+				return err
+			}
+			want, err := strconv.ParseBool(value)
+			if err != nil {
+				return d.Errf("nix_cache: want_mass_query %q is not true or false", value)
+			}
+			h.WantMassQuery = &want
+		default:
+			return d.Errf("nix_cache: unknown option %q", option)
+		}
+	}
+	return nil
+}
+
+// singleArg returns the one argument of the current option.
+func singleArg(d *caddyfile.Dispenser) (string, error) {
+	if !d.NextArg() {
+		return "", d.ArgErr()
+	}
+	value := d.Val()
+	if d.NextArg() {
+		return "", d.ArgErr()
+	}
+	return value, nil
+}
+
+// Interface guard
+var _ caddyfile.Unmarshaler = (*Handler)(nil)

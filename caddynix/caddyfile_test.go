@@ -1,0 +1,58 @@
+package caddynix
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+	_ "github.com/caddyserver/caddy/v2/modules/standard"
+)
+
+func adapt(t *testing.T, caddyfile string) (string, error) {
+	t.Helper()
+	adapter := caddyconfig.GetAdapter("caddyfile")
+	out, _, err := adapter.Adapt([]byte(caddyfile), nil)
+	return string(out), err
+}
+
+func TestCaddyfileAdapt(t *testing.T) {
+	got, err := adapt(t, `:8080 {
+	file_server
+	nix_cache {
+		name main
+		root cache/store
+		store_dir /nix/store
+		priority 30
+		want_mass_query false
+	}
+}`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// nix_cache is ordered before file_server whatever the order in the file.
+	want := `{"handler":"nix_cache","name":"main","priority":30,"root":"cache/store","store_dir":"/nix/store","want_mass_query":false},{"handler":"file_server","hide":["./Caddyfile"]}`
+	if !strings.Contains(got, want) {
+		t.Fatalf("adapted config:\n%s\nwant it to contain:\n%s", got, want)
+	}
+}
+
+func TestCaddyfileErrors(t *testing.T) {
+	tests := map[string]string{
+		"unknown option":  "nix_cache {\n\tflavour vanilla\n}",
+		"duplicate root":  "nix_cache {\n\troot a\n\troot b\n}",
+		"missing value":   "nix_cache {\n\troot\n}",
+		"two values":      "nix_cache {\n\troot a b\n}",
+		"bad priority":    "nix_cache {\n\tpriority high\n}",
+		"bad mass query":  "nix_cache {\n\twant_mass_query maybe\n}",
+		"inline argument": "nix_cache somewhere",
+	}
+	for name, body := range tests {
+		t.Run(name, func(t *testing.T) {
+			if out, err := adapt(t, ":8080 {\n"+body+"\n}"); err == nil {
+				t.Fatalf("adapting %q succeeded: %s", body, out)
+			} else if !strings.Contains(err.Error(), "Caddyfile:") {
+				t.Errorf("error %q does not say where in the Caddyfile", err)
+			}
+		})
+	}
+}

@@ -1,0 +1,86 @@
+package caddynix
+
+import (
+	"errors"
+	"io/fs"
+	"mime"
+	"net/http"
+	"os"
+	"path"
+	"path/filepath"
+
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+)
+
+// contentTypes maps the cache's file kinds to what Nix itself sends for them.
+var contentTypes = map[requestKind]string{
+	kindNarinfo:     "text/x-nix-narinfo",
+	kindNar:         "application/x-nix-nar",
+	kindListing:     "application/json",
+	kindLog:         "text/plain; charset=utf-8",
+	kindRealisation: "application/json",
+}
+
+// serveFile serves one file of the cache layout with http.ServeContent, so
+// that Range, HEAD and conditional requests work and the kernel can send the
+// file directly. A missing file is a 404, never a 5xx.
+func (h *Handler) serveFile(w http.ResponseWriter, r *http.Request, req cacheRequest) error {
+	f, info, err := h.openFile(req.file)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return caddyhttp.Error(http.StatusNotFound, nil)
+		}
+		h.logger.Error("opening cache file", zap.String("file", req.file), zap.Error(err))
+		return caddyhttp.Error(http.StatusNotFound, nil)
+	}
+	defer f.Close()
+
+	header := w.Header()
+	header.Set("Content-Type", contentTypes[req.kind])
+	if req.kind == kindNar {
+		// A NAR's name is the hash of its content, so it never changes.
+		header.Set("Cache-Control", "public, max-age=31536000, immutable")
+		if enc := path.Ext(req.file); enc != ".nar" {
+			header.Set("Content-Type", narContentType(enc))
+		}
+	}
+	http.ServeContent(w, r, "", info.ModTime(), f)
+	return nil
+}
+
+// openFile opens a regular file below the cache root. rel has already been
+// checked against the cache's URL shapes; os.Root additionally refuses any
+// name that would resolve outside the root, including through symlinks.
+func (h *Handler) openFile(rel string) (*os.File, fs.FileInfo, error) {
+	f, err := h.dir.Open(filepath.FromSlash(rel))
+	if err != nil {
+		return nil, nil, err
+	}
+	info, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, nil, err
+	}
+	if !info.Mode().IsRegular() {
+		f.Close()
+		return nil, nil, fs.ErrNotExist
+	}
+	return f, info, nil
+}
+
+// narContentType is the content type of a compressed NAR, by file extension.
+func narContentType(ext string) string {
+	switch ext {
+	case ".xz":
+		return "application/x-xz"
+	case ".zst":
+		return "application/zstd"
+	case ".bz2":
+		return "application/x-bzip2"
+	}
+	if t := mime.TypeByExtension(ext); t != "" {
+		return t
+	}
+	return "application/octet-stream"
+}

@@ -1,0 +1,222 @@
+package harness
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// CaddyOptions tunes StartCaddy. The zero value starts bin/caddy in a new
+// temporary directory.
+type CaddyOptions struct {
+	// Binary is the caddy binary to run. Default: bin/caddy of this repository.
+	Binary string
+	// Dir is the working directory, against which relative paths in the
+	// Caddyfile resolve. Default: a new temporary directory.
+	Dir string
+	// Env holds extra environment variables (KEY=value) for the process.
+	Env []string
+	// NoHTTP says the configuration serves no HTTP site, so StartCaddy waits
+	// only for the admin endpoint.
+	NoHTTP bool
+}
+
+// Caddy is a running caddy process.
+//
+// The Caddyfile it runs can use the environment placeholders {$CADDY_HTTP_PORT},
+// {$CADDY_HTTPS_PORT} and {$CADDY_ADMIN}, which StartCaddy sets to free
+// loopback ports, so tests never collide on a port.
+type Caddy struct {
+	t         testing.TB
+	opts      CaddyOptions
+	Dir       string
+	Config    string // path of the Caddyfile
+	HTTPPort  int
+	HTTPSPort int
+	AdminAddr string // host:port of the admin endpoint
+	LogPath   string
+
+	cmd    *exec.Cmd
+	exited chan struct{}
+}
+
+// CaddyBinary returns the path of bin/caddy, or skips (fails under
+// E2E=require) when it has not been built.
+func CaddyBinary(t testing.TB, name string) string {
+	t.Helper()
+	path := filepath.Join(RepoRoot(t), "bin", name)
+	if _, err := os.Stat(path); err != nil {
+		Missing(t, "bin/"+name+" (run `make build xcaddy`)", err)
+	}
+	return path
+}
+
+// StartCaddy writes caddyfile into a working directory and runs caddy on
+// it, waiting until the admin endpoint and the HTTP port answer. The process
+// is stopped when the test ends, and its log is printed if the test failed.
+func StartCaddy(t testing.TB, caddyfile string, opts CaddyOptions) *Caddy {
+	t.Helper()
+	if opts.Binary == "" {
+		opts.Binary = CaddyBinary(t, "caddy")
+	}
+	if opts.Dir == "" {
+		opts.Dir = t.TempDir()
+	}
+	c := &Caddy{
+		t:         t,
+		opts:      opts,
+		Dir:       opts.Dir,
+		Config:    filepath.Join(opts.Dir, "Caddyfile"),
+		HTTPPort:  FreePort(t),
+		HTTPSPort: FreePort(t),
+		AdminAddr: "127.0.0.1:" + strconv.Itoa(FreePort(t)),
+		LogPath:   filepath.Join(opts.Dir, "caddy.log"),
+	}
+	if err := os.WriteFile(c.Config, []byte(caddyfile), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		c.Stop()
+		if t.Failed() {
+			c.dumpLog()
+		}
+	})
+	c.Start()
+	return c
+}
+
+// Start (re)starts the process on the same directory, ports and Caddyfile.
+func (c *Caddy) Start() {
+	c.t.Helper()
+	logFile, err := os.OpenFile(c.LogPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	cmd := exec.Command(c.opts.Binary, "run", "--config", c.Config, "--adapter", "caddyfile")
+	cmd.Dir = c.Dir
+	cmd.Env = append(os.Environ(),
+		"CADDY_HTTP_PORT="+strconv.Itoa(c.HTTPPort),
+		"CADDY_HTTPS_PORT="+strconv.Itoa(c.HTTPSPort),
+		"CADDY_ADMIN="+c.AdminAddr,
+		// Keep Caddy's storage and autosaved config inside the test.
+		"XDG_DATA_HOME="+filepath.Join(c.Dir, "xdg-data"),
+		"XDG_CONFIG_HOME="+filepath.Join(c.Dir, "xdg-config"),
+	)
+	cmd.Env = append(cmd.Env, c.opts.Env...)
+	cmd.Stdout = logFile
+	cmd.Stderr = logFile
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		logFile.Close()
+		c.t.Fatalf("starting %s: %v", c.opts.Binary, err)
+	}
+	c.cmd = cmd
+	c.exited = make(chan struct{})
+	go func() {
+		_ = cmd.Wait()
+		logFile.Close()
+		close(c.exited)
+	}()
+
+	err = Eventually(30*time.Second, 50*time.Millisecond, func() error {
+		select {
+		case <-c.exited:
+			return errors.New("caddy exited")
+		default:
+		}
+		resp, err := http.Get("http://" + c.AdminAddr + "/config/")
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("admin endpoint answered %s", resp.Status)
+		}
+		if c.opts.NoHTTP {
+			return nil
+		}
+		conn, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", c.HTTPPort), time.Second)
+		if err != nil {
+			return err
+		}
+		return conn.Close()
+	})
+	if err != nil {
+		c.dumpLog()
+		c.t.Fatalf("caddy did not become ready: %v", err)
+	}
+}
+
+// URL is the base URL of the plain-HTTP port, without a trailing slash.
+func (c *Caddy) URL() string {
+	return fmt.Sprintf("http://127.0.0.1:%d", c.HTTPPort)
+}
+
+// Reload replaces the running configuration with caddyfile through the
+// admin API, as `caddy reload` does, and returns the admin endpoint's error.
+func (c *Caddy) Reload(caddyfile string) error {
+	if err := os.WriteFile(c.Config, []byte(caddyfile), 0o644); err != nil {
+		return err
+	}
+	req, err := http.NewRequest(http.MethodPost, "http://"+c.AdminAddr+"/load", strings.NewReader(caddyfile))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "text/caddyfile")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return fmt.Errorf("reloading caddy: %w", err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("reloading caddy: %s: %s", resp.Status, body)
+	}
+	return nil
+}
+
+// Stop ends the process gracefully, killing it if it does not exit within
+// 30 seconds. Stopping a stopped process does nothing.
+func (c *Caddy) Stop() {
+	if c.cmd == nil {
+		return
+	}
+	_ = c.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-c.exited:
+	case <-time.After(30 * time.Second):
+		c.t.Logf("caddy did not stop within 30s of SIGTERM; killing it")
+		c.Kill()
+	}
+	c.cmd = nil
+}
+
+// Kill ends the process at once with SIGKILL, as a crash would.
+func (c *Caddy) Kill() {
+	if c.cmd == nil {
+		return
+	}
+	_ = syscall.Kill(-c.cmd.Process.Pid, syscall.SIGKILL)
+	<-c.exited
+	c.cmd = nil
+}
+
+// Log returns what the process has logged so far.
+func (c *Caddy) Log() string {
+	data, _ := os.ReadFile(c.LogPath)
+	return string(data)
+}
+
+func (c *Caddy) dumpLog() {
+	c.t.Logf("caddy log (%s):\n%s", c.LogPath, c.Log())
+}

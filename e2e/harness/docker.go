@@ -1,0 +1,165 @@
+package harness
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// JobImage is the tag of the busybox job image that JobImage builds.
+const JobImage = "cargoxx-e2e-busybox:1"
+
+// Docker is a Docker daemon that answers on this machine.
+type Docker struct {
+	t testing.TB
+}
+
+var (
+	dockerdOnce sync.Once
+	dockerdErr  error
+	imageMu     sync.Mutex
+)
+
+// NewDocker finds a running Docker daemon. Under E2E=require, when none
+// answers, it starts dockerd without its default bridge network and without
+// touching iptables (`dockerd --bridge=none --iptables=false`), so that job
+// containers can only use the host's loopback network.
+func NewDocker(t testing.TB) *Docker {
+	t.Helper()
+	LookTool(t, "docker")
+	d := &Docker{t: t}
+	if err := d.ping(); err != nil {
+		if !Required() {
+			Missing(t, "a Docker daemon", err)
+		}
+		dockerdOnce.Do(func() { dockerdErr = startDockerd() })
+		if dockerdErr != nil {
+			Missing(t, "a Docker daemon", dockerdErr)
+		}
+	}
+	return d
+}
+
+func (d *Docker) ping() error {
+	c := Run(nil, "", "docker", "info", "--format", "{{.ServerVersion}}")
+	if c.Err != nil {
+		return fmt.Errorf("docker info: %v: %s", c.Err, strings.TrimSpace(c.Output))
+	}
+	return nil
+}
+
+func startDockerd() error {
+	dockerd, err := exec.LookPath("dockerd")
+	if err != nil {
+		return fmt.Errorf("no daemon answers and dockerd is not installed: %w", err)
+	}
+	logPath := filepath.Join(os.TempDir(), "cargoxx-e2e-dockerd.log")
+	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return err
+	}
+	defer logFile.Close()
+	cmd := exec.Command(dockerd, "--bridge=none", "--iptables=false")
+	cmd.Stdout = logFile
+	cmd.Stderr = logFile
+	// The daemon outlives the test binary, as it would as a system service.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("starting dockerd: %w", err)
+	}
+	_ = cmd.Process.Release()
+	d := &Docker{}
+	if err := Eventually(60*time.Second, 250*time.Millisecond, d.ping); err != nil {
+		return fmt.Errorf("dockerd started but does not answer (log: %s): %w", logPath, err)
+	}
+	return nil
+}
+
+// Run runs a docker command and returns its result.
+func (d *Docker) Run(args ...string) Command {
+	return Run(nil, "", "docker", args...)
+}
+
+// Must runs a docker command and fails the test, with its output, if it fails.
+func (d *Docker) Must(args ...string) string {
+	d.t.Helper()
+	return MustRun(d.t, nil, "", "docker", args...)
+}
+
+// JobImage returns the tag of a job image made from the static busybox
+// binary with `docker import`, building it if the daemon does not have it
+// yet. No registry is involved.
+func (d *Docker) JobImage() string {
+	d.t.Helper()
+	imageMu.Lock()
+	defer imageMu.Unlock()
+	if d.Run("image", "inspect", JobImage).Err == nil {
+		return JobImage
+	}
+	busybox, err := findStaticBusybox()
+	if err != nil {
+		Missing(d.t, "busybox-static", err)
+	}
+	rootfs := d.t.TempDir()
+	for _, dir := range []string{"bin", "tmp", "etc", "root"} {
+		if err := os.MkdirAll(filepath.Join(rootfs, dir), 0o755); err != nil {
+			d.t.Fatal(err)
+		}
+	}
+	if err := os.Chmod(filepath.Join(rootfs, "tmp"), 0o1777); err != nil {
+		d.t.Fatal(err)
+	}
+	data, err := os.ReadFile(busybox)
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(rootfs, "bin", "busybox"), data, 0o755); err != nil {
+		d.t.Fatal(err)
+	}
+	applets := MustRun(d.t, nil, "", busybox, "--list")
+	for _, applet := range strings.Fields(applets) {
+		if applet == "busybox" {
+			continue
+		}
+		if err := os.Symlink("busybox", filepath.Join(rootfs, "bin", applet)); err != nil {
+			d.t.Fatal(err)
+		}
+	}
+	files := map[string]string{
+		"etc/passwd": "root:x:0:0:root:/root:/bin/sh\n",
+		"etc/group":  "root:x:0:\n",
+		"etc/hosts":  "127.0.0.1 localhost\n::1 localhost\n",
+	}
+	for name, content := range files {
+		if err := os.WriteFile(filepath.Join(rootfs, name), []byte(content), 0o644); err != nil {
+			d.t.Fatal(err)
+		}
+	}
+	archive := filepath.Join(d.t.TempDir(), "rootfs.tar")
+	MustRun(d.t, nil, "", "tar", "-C", rootfs, "-cf", archive, ".")
+	d.Must("import", "--change", "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+		archive, JobImage)
+	return JobImage
+}
+
+// findStaticBusybox returns the path of a statically linked busybox, which
+// runs in an image that holds nothing else.
+func findStaticBusybox() (string, error) {
+	for _, path := range []string{"/bin/busybox", "/usr/bin/busybox"} {
+		c := Run(nil, "", "ldd", path)
+		if _, err := os.Stat(path); err != nil {
+			continue
+		}
+		if strings.Contains(c.Output, "not a dynamic executable") {
+			return path, nil
+		}
+	}
+	return "", errors.New("no statically linked busybox in /bin or /usr/bin (Debian package busybox-static)")
+}
