@@ -1,7 +1,6 @@
 package harness
 
 import (
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -122,8 +121,9 @@ func (c *Caddy) Start() {
 	}
 	c.cmd = cmd
 	c.exited = make(chan struct{})
+	var exitErr error
 	go func() {
-		_ = cmd.Wait()
+		exitErr = cmd.Wait()
 		logFile.Close()
 		close(c.exited)
 	}()
@@ -131,7 +131,7 @@ func (c *Caddy) Start() {
 	err = Eventually(30*time.Second, 50*time.Millisecond, func() error {
 		select {
 		case <-c.exited:
-			return errors.New("caddy exited")
+			return fmt.Errorf("%w: caddy exited: %v", errStop, exitErr)
 		default:
 		}
 		resp, err := http.Get("http://" + c.AdminAddr + "/config/")

@@ -1,7 +1,6 @@
 package harness
 
 import (
-	"errors"
 	"fmt"
 	"net/http"
 	"os"
@@ -92,7 +91,7 @@ func giteaSourceDir(t testing.TB) string {
 			giteaSource.err = fmt.Errorf("locating Gitea's source: %s", c)
 			return
 		}
-		giteaSource.dir = strings.TrimSpace(c.Output)
+		giteaSource.dir = strings.TrimSpace(c.Stdout)
 	})
 	if giteaSource.err != nil {
 		t.Fatal(giteaSource.err)
@@ -113,8 +112,8 @@ func StartGitea(t testing.TB, extraINI string) *Gitea {
 	g.config = filepath.Join(g.Dir, "app.ini")
 	g.LogPath = filepath.Join(g.Dir, "gitea.log")
 
-	internalToken := strings.TrimSpace(g.must("generate", "secret", "INTERNAL_TOKEN"))
-	secretKey := strings.TrimSpace(g.must("generate", "secret", "SECRET_KEY"))
+	internalToken := lastWord(g.must("generate", "secret", "INTERNAL_TOKEN"))
+	secretKey := lastWord(g.must("generate", "secret", "SECRET_KEY"))
 	ini := fmt.Sprintf(`WORK_PATH = %[1]s
 RUN_MODE = prod
 
@@ -166,7 +165,7 @@ ENABLED = false
 	g.must("admin", "user", "create", "--admin", "--username", GiteaAdmin,
 		"--password", GiteaAdminPassword, "--email", GiteaAdmin+"@example.invalid",
 		"--must-change-password=false")
-	g.Token = strings.TrimSpace(g.must("admin", "user", "generate-access-token",
+	g.Token = lastWord(g.must("admin", "user", "generate-access-token",
 		"--username", GiteaAdmin, "--token-name", "e2e", "--scopes", "all", "--raw"))
 
 	t.Cleanup(func() {
@@ -184,6 +183,16 @@ ENABLED = false
 	}
 	g.Client = client
 	return g
+}
+
+// lastWord is the last word of a gitea command's output: running
+// as root, gitea prints a warning on standard output before the answer.
+func lastWord(output string) string {
+	lines := strings.Fields(strings.TrimSpace(output))
+	if len(lines) == 0 {
+		return ""
+	}
+	return lines[len(lines)-1]
 }
 
 // env is the environment every gitea command runs with.
@@ -228,15 +237,16 @@ func (g *Gitea) Start() {
 	}
 	g.cmd = cmd
 	g.exited = make(chan struct{})
+	var exitErr error
 	go func() {
-		_ = cmd.Wait()
+		exitErr = cmd.Wait()
 		logFile.Close()
 		close(g.exited)
 	}()
 	err = Eventually(120*time.Second, 200*time.Millisecond, func() error {
 		select {
 		case <-g.exited:
-			return errors.New("gitea exited")
+			return fmt.Errorf("%w: gitea exited: %v", errStop, exitErr)
 		default:
 		}
 		resp, err := http.Get(g.URL + "api/healthz")
@@ -251,7 +261,8 @@ func (g *Gitea) Start() {
 	})
 	if err != nil {
 		data, _ := os.ReadFile(g.LogPath)
-		g.t.Fatalf("gitea did not become ready: %v\nlog:\n%s", err, data)
+		cfg, _ := os.ReadFile(g.config)
+		g.t.Fatalf("gitea did not become ready: %v\nlog:\n%s\napp.ini:\n%s", err, data, cfg)
 	}
 }
 

@@ -86,10 +86,11 @@ func FreePort(t testing.TB) int {
 	return l.Addr().(*net.TCPAddr).Port
 }
 
-// Command is the result of running a program: its combined output and error.
+// Command is the result of running a program.
 type Command struct {
 	Args   []string
-	Output string
+	Stdout string // standard output alone
+	Output string // standard output, then standard error
 	Err    error
 }
 
@@ -98,37 +99,50 @@ func (c Command) String() string {
 	return fmt.Sprintf("$ %s\n%s(%v)", strings.Join(c.Args, " "), c.Output, c.Err)
 }
 
-// Run runs a program with extra environment variables and captures its
-// combined output.
+// Run runs a program with extra environment variables and captures what it
+// prints.
 func Run(env []string, dir string, name string, args ...string) Command {
 	cmd := exec.Command(name, args...)
 	cmd.Env = append(os.Environ(), env...)
 	cmd.Dir = dir
-	var out bytes.Buffer
-	cmd.Stdout = &out
-	cmd.Stderr = &out
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout = &stdout
+	cmd.Stderr = &stderr
 	err := cmd.Run()
-	return Command{Args: append([]string{name}, args...), Output: out.String(), Err: err}
+	return Command{
+		Args:   append([]string{name}, args...),
+		Stdout: stdout.String(),
+		Output: stdout.String() + stderr.String(),
+		Err:    err,
+	}
 }
 
-// MustRun runs a program and fails t, showing its output, when it fails.
+// MustRun runs a program and returns its standard output, failing t, with
+// everything the program printed, when it fails.
 func MustRun(t testing.TB, env []string, dir string, name string, args ...string) string {
 	t.Helper()
 	c := Run(env, dir, name, args...)
 	if c.Err != nil {
 		t.Fatalf("command failed:\n%s", c)
 	}
-	return c.Output
+	return c.Stdout
 }
 
+// errStop, wrapped in a check's error, makes Eventually give up at once.
+var errStop = errors.New("giving up")
+
 // Eventually calls check until it returns nil or timeout passes, and returns
-// its last error.
+// its last error. A check returning an error that wraps errStop ends the wait
+// at once.
 func Eventually(timeout time.Duration, interval time.Duration, check func() error) error {
 	deadline := time.Now().Add(timeout)
 	for {
 		err := check()
 		if err == nil {
 			return nil
+		}
+		if errors.Is(err, errStop) {
+			return err
 		}
 		if time.Now().After(deadline) {
 			return fmt.Errorf("after %s: %w", timeout, err)

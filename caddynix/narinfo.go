@@ -1,0 +1,116 @@
+package caddynix
+
+import (
+	"bytes"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"path"
+	"slices"
+	"strings"
+
+	"github.com/nix-community/go-nix/pkg/narinfo"
+	"github.com/nix-community/go-nix/pkg/narinfo/signature"
+	"github.com/nix-community/go-nix/pkg/nixhash"
+)
+
+// narinfoKeys are the keys Nix reads from a narinfo. Nix ignores any other
+// key, and so does parseNarInfo.
+var narinfoKeys = map[string]bool{
+	"StorePath": true, "URL": true, "Compression": true, "FileHash": true,
+	"FileSize": true, "NarHash": true, "NarSize": true, "References": true,
+	"Deriver": true, "System": true, "Sig": true, "CA": true,
+}
+
+// parseNarInfo parses a narinfo with Nix's rules, which are more lenient
+// than go-nix's parser in one way (unknown keys are ignored) and stricter in
+// others (every line ends in a newline; StorePath, URL, NarHash and a
+// positive NarSize are required; only Sig may repeat).
+func parseNarInfo(data []byte) (*narinfo.NarInfo, error) {
+	if len(data) == 0 {
+		return nil, errors.New("narinfo is empty")
+	}
+	if data[len(data)-1] != '\n' {
+		return nil, errors.New("narinfo's last line does not end in a newline")
+	}
+	var known bytes.Buffer
+	seen := map[string]bool{}
+	for line := range strings.Lines(string(data)) {
+		key, value, ok := strings.Cut(strings.TrimSuffix(line, "\n"), ": ")
+		if !ok {
+			return nil, fmt.Errorf("narinfo line %q is not `Key: value`", strings.TrimSpace(line))
+		}
+		if !narinfoKeys[key] {
+			continue
+		}
+		if key != "Sig" && seen[key] {
+			return nil, fmt.Errorf("narinfo has more than one %s line", key)
+		}
+		seen[key] = true
+		if key == "Sig" {
+			// go-nix's own error for a bad Sig loses the reason.
+			if _, err := signature.ParseSignature(value); err != nil {
+				return nil, fmt.Errorf("narinfo Sig %q: %w", value, err)
+			}
+		}
+		known.WriteString(line)
+	}
+	info, err := narinfo.Parse(&known)
+	if err != nil {
+		return nil, fmt.Errorf("parsing narinfo: %w", err)
+	}
+	switch {
+	case info.StorePath == "":
+		return nil, errors.New("narinfo has no StorePath")
+	case info.URL == "":
+		return nil, errors.New("narinfo has no URL")
+	case info.NarHash == nil:
+		return nil, errors.New("narinfo has no NarHash")
+	case info.NarHash.Algo() != nixhash.SHA256:
+		return nil, fmt.Errorf("narinfo NarHash %s is not a sha256 hash", info.NarHash)
+	case info.NarSize == 0:
+		return nil, errors.New("narinfo has no positive NarSize")
+	}
+	return info, nil
+}
+
+// fingerprint is the message a narinfo signature signs:
+// 1;<store path>;sha256:<nix32 NarHash>;<NarSize>;<sorted full reference paths>
+// go-nix's Fingerprint neither sorts the references nor knows other store
+// directories, so it is not used.
+func fingerprint(info *narinfo.NarInfo) string {
+	storeDir := path.Dir(info.StorePath)
+	refs := make([]string, len(info.References))
+	for i, ref := range info.References {
+		refs[i] = storeDir + "/" + ref
+	}
+	slices.Sort(refs)
+	return "1;" + info.StorePath + ";" + info.NarHash.Format(nixhash.NixBase32, true) + ";" +
+		fmt.Sprint(info.NarSize) + ";" + strings.Join(refs, ",")
+}
+
+// signNarInfo adds a signature by every key. Signatures the narinfo already
+// carries are kept, except those under one of the keys' names, which are
+// replaced by a fresh one, so no key name ever appears twice.
+func signNarInfo(info *narinfo.NarInfo, keys []signature.SecretKey) error {
+	if len(keys) == 0 {
+		return nil
+	}
+	message := fingerprint(info)
+	ours := map[string]bool{}
+	for _, key := range keys {
+		ours[key.ToPublicKey().Name] = true
+	}
+	sigs := slices.DeleteFunc(slices.Clone(info.Signatures), func(s signature.Signature) bool {
+		return ours[s.Name]
+	})
+	for _, key := range keys {
+		sig, err := key.Sign(rand.Reader, message)
+		if err != nil {
+			return fmt.Errorf("signing %s: %w", info.StorePath, err)
+		}
+		sigs = append(sigs, sig)
+	}
+	info.Signatures = sigs
+	return nil
+}
