@@ -27,6 +27,8 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	nix_cache [<matcher>] {
 //	    name            <name>
 //	    root            <directory>
+//	    secret_key_file <file>        # repeatable: every key signs
+//	    generate_key
 //	    store_dir       <path>
 //	    priority        <integer>
 //	    want_mass_query <true|false>
@@ -39,12 +41,12 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	seen := map[string]bool{}
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		option := d.Val()
-		if seen[option] {
+		if seen[option] && option != "secret_key_file" {
 			return d.Errf("nix_cache: %s given more than once", option)
 		}
 		seen[option] = true
 		switch option {
-		case "name", "root", "store_dir":
+		case "name", "root", "store_dir", "secret_key_file":
 			value, err := singleArg(d)
 			if err != nil {
 				return err
@@ -56,7 +58,14 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				h.Root = value
 			case "store_dir":
 				h.StoreDir = value
+			case "secret_key_file":
+				h.SecretKeyFiles = append(h.SecretKeyFiles, value)
 			}
+		case "generate_key":
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			h.GenerateKey = true
 		case "priority":
 			value, err := singleArg(d)
 			if err != nil {

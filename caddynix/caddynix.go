@@ -3,8 +3,9 @@
 // The handler (module http.handlers.nix_cache, Caddyfile directive nix_cache)
 // serves a directory in the layout that `nix copy --to file://DIR` writes:
 // nix-cache-info, <hash>.narinfo, nar/<filehash>.nar[.xz|.zst|.bz2], <hash>.ls,
-// log/<drv> and realisations/<id>.doi. Only those URL shapes are answered;
-// anything else is a 404, and nothing outside the cache root is reachable.
+// log/<drv> and realisations/<id>.doi. narinfo is signed on the fly with every
+// configured key. Only the cache's URL shapes are answered; anything else is
+// a 404, and nothing outside the cache root is reachable.
 package caddynix
 
 import (
@@ -17,6 +18,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/nix-community/go-nix/pkg/narinfo/signature"
 	"go.uber.org/zap"
 )
 
@@ -26,14 +28,29 @@ func init() {
 
 // Handler serves a Nix binary cache from a directory.
 type Handler struct {
-	// Name identifies the cache, for example on its landing page. Default: the
-	// host name the request was addressed to. Caddyfile: `name`.
+	// Name identifies the cache on its landing page, and names the key that
+	// generate_key creates. Default: the host name the request was addressed
+	// to. Caddyfile: `name`.
 	Name string `json:"name,omitempty"`
 
 	// Root is the cache directory, in the layout that `nix copy --to
 	// file://DIR` writes. It is created when missing. Placeholders such as
 	// {env.CACHE_ROOT} are expanded. Required. Caddyfile: `root`.
 	Root string `json:"root,omitempty"`
+
+	// SecretKeyFiles are the cache's signing keys, in the format of
+	// `nix-store --generate-binary-cache-key` (`name:base64`). Every key
+	// signs every narinfo; signatures a narinfo already carries are kept. A
+	// key file readable by group or others is refused. Without keys, narinfo
+	// is served as stored. Caddyfile: `secret_key_file` (repeatable).
+	SecretKeyFiles []string `json:"secret_key_files,omitempty"`
+
+	// GenerateKey creates the first secret key file, and a public key file
+	// beside it with the extension .pub, when it does not exist yet. The key
+	// is named after Name ("<name>-1", default "nix-cache-1"). Meant for
+	// development; in production create keys with `caddy nix-cache keygen`.
+	// Default: false. Caddyfile: `generate_key`.
+	GenerateKey bool `json:"generate_key,omitempty"`
 
 	// StoreDir is the Nix store directory the cache's paths belong to, as
 	// announced in nix-cache-info. Clients refuse a cache whose store
@@ -50,9 +67,12 @@ type Handler struct {
 	// query many paths at once. Default: true. Caddyfile: `want_mass_query`.
 	WantMassQuery *bool `json:"want_mass_query,omitempty"`
 
-	root   string
-	dir    *os.Root
-	logger *zap.Logger
+	root     string
+	dir      *os.Root
+	keys     []signature.SecretKey
+	narinfos *narinfoCache
+	stats    *statsCache
+	logger   *zap.Logger
 }
 
 // CaddyModule returns the Caddy module information.
@@ -63,9 +83,11 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 	}
 }
 
-// Provision sets defaults and opens the cache root.
+// Provision sets defaults, opens the cache root and loads the signing keys.
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
+	h.narinfos = newNarinfoCache()
+	h.stats = new(statsCache)
 	repl := caddy.NewReplacer()
 	h.root = repl.ReplaceAll(h.Root, "")
 	if h.StoreDir == "" {
@@ -94,15 +116,71 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return fmt.Errorf("nix_cache: opening cache root %s: %w", h.root, err)
 	}
+	if data, err := h.dir.ReadFile("nix-cache-info"); err == nil {
+		if stored := storedStoreDir(data); stored != "" && stored != h.StoreDir {
+			return fmt.Errorf("nix_cache: %s/nix-cache-info says StoreDir %s but store_dir is %s: the cache holds paths of another store; set store_dir to match", h.root, stored, h.StoreDir)
+		}
+	}
+	if err := h.loadKeys(repl); err != nil {
+		return err
+	}
+	if err := registerMetrics(ctx.GetMetricsRegistry()); err != nil {
+		return fmt.Errorf("nix_cache: registering metrics: %w", err)
+	}
 	return nil
 }
 
-// Cleanup releases the cache root.
-func (h *Handler) Cleanup() error {
-	if h.dir != nil {
-		return h.dir.Close()
+// loadKeys reads every secret key file, first generating the first one if
+// GenerateKey asks for it.
+func (h *Handler) loadKeys(repl *caddy.Replacer) error {
+	if h.GenerateKey {
+		if len(h.SecretKeyFiles) == 0 {
+			return errors.New("nix_cache: generate_key needs a secret_key_file to write the key to")
+		}
+		path := repl.ReplaceAll(h.SecretKeyFiles[0], "")
+		if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
+			name := h.Name
+			if name == "" {
+				name = "nix-cache"
+			}
+			if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+				return fmt.Errorf("nix_cache: generate_key: %w", err)
+			}
+			public, err := generateKeyPair(name+"-1", path, strings.TrimSuffix(path, ".sec")+".pub")
+			if err != nil {
+				return fmt.Errorf("nix_cache: generate_key: %w", err)
+			}
+			h.logger.Info("generated a cache signing key", zap.String("secret_key_file", path), zap.String("public_key", public.String()))
+		}
+	}
+	names := map[string]string{}
+	for _, file := range h.SecretKeyFiles {
+		path := repl.ReplaceAll(file, "")
+		key, err := loadSecretKey(path)
+		if err != nil {
+			return fmt.Errorf("nix_cache: %w", err)
+		}
+		name := key.ToPublicKey().Name
+		if other, dup := names[name]; dup {
+			return fmt.Errorf("nix_cache: secret keys %s and %s have the same name %q: clients tell keys apart by name, so give each key its own", other, path, name)
+		}
+		names[name] = path
+		h.keys = append(h.keys, key)
+	}
+	if len(h.keys) > 0 {
+		h.logger.Info("signing narinfo", zap.String("root", h.root), zap.Strings("public_keys", h.publicKeyStrings()))
 	}
 	return nil
+}
+
+// publicKeyStrings lists the public keys of the signing keys, in Nix's
+// format, for trusted-public-keys.
+func (h *Handler) publicKeyStrings() []string {
+	out := make([]string, len(h.keys))
+	for i, key := range h.keys {
+		out[i] = key.ToPublicKey().String()
+	}
+	return out
 }
 
 // Validate checks the provisioned configuration.
@@ -116,19 +194,42 @@ func (h *Handler) Validate() error {
 	return nil
 }
 
+// Cleanup releases the cache root.
+func (h *Handler) Cleanup() error {
+	if h.dir != nil {
+		return h.dir.Close()
+	}
+	return nil
+}
+
 // ServeHTTP answers the cache's own URL shapes and 404s everything else.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
+	req, ok := classify(r.URL.Path)
+	kind := "other"
+	if ok {
+		kind = req.kind.String()
+	}
+	mw := &meteredWriter{ResponseWriterWrapper: &caddyhttp.ResponseWriterWrapper{ResponseWriter: w}}
+	err := h.serve(mw, r, req, ok)
+	mw.record(kind, err)
+	return err
+}
+
+func (h *Handler) serve(w http.ResponseWriter, r *http.Request, req cacheRequest, ok bool) error {
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		w.Header().Set("Allow", "GET, HEAD")
 		return caddyhttp.Error(http.StatusMethodNotAllowed, fmt.Errorf("method %s is not allowed on a binary cache", r.Method))
 	}
-	req, ok := classify(r.URL.Path)
 	if !ok {
 		return caddyhttp.Error(http.StatusNotFound, nil)
 	}
 	switch req.kind {
+	case kindLanding:
+		return h.serveLanding(w, r)
 	case kindCacheInfo:
 		return h.serveCacheInfo(w, r)
+	case kindNarinfo:
+		return h.serveNarInfo(w, r, req)
 	default:
 		return h.serveFile(w, r, req)
 	}

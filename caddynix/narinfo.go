@@ -33,6 +33,10 @@ func parseNarInfo(data []byte) (*narinfo.NarInfo, error) {
 	if data[len(data)-1] != '\n' {
 		return nil, errors.New("narinfo's last line does not end in a newline")
 	}
+	if bytes.IndexByte(data, '\r') >= 0 {
+		// Nix keeps a carriage return in the value, breaking hashes and URLs.
+		return nil, errors.New("narinfo has a carriage return: lines must end in a bare newline")
+	}
 	var known bytes.Buffer
 	seen := map[string]bool{}
 	for line := range strings.Lines(string(data)) {

@@ -1,13 +1,17 @@
 package caddynix
 
 import (
+	"bytes"
 	"errors"
+	"fmt"
+	"io"
 	"io/fs"
 	"mime"
 	"net/http"
 	"os"
 	"path"
 	"path/filepath"
+	"strings"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
@@ -39,14 +43,70 @@ func (h *Handler) serveFile(w http.ResponseWriter, r *http.Request, req cacheReq
 	header := w.Header()
 	header.Set("Content-Type", contentTypes[req.kind])
 	if req.kind == kindNar {
-		// A NAR's name is the hash of its content, so it never changes.
+		// A NAR's name is the hash of its content, so it never changes and
+		// the name is a strong validator.
 		header.Set("Cache-Control", "public, max-age=31536000, immutable")
+		header.Set("ETag", `"`+path.Base(req.file)+`"`)
 		if enc := path.Ext(req.file); enc != ".nar" {
 			header.Set("Content-Type", narContentType(enc))
 		}
 	}
 	http.ServeContent(w, r, "", info.ModTime(), f)
 	return nil
+}
+
+// maxNarinfoSize bounds what is read of a narinfo file. Real ones are a few
+// kilobytes even with thousands of references.
+const maxNarinfoSize = 1 << 20
+
+// serveNarInfo serves a narinfo signed by every configured key. A narinfo
+// that does not parse, or that describes another path than the one asked
+// for, is logged and answered as missing: a client then builds the path
+// instead of failing.
+func (h *Handler) serveNarInfo(w http.ResponseWriter, r *http.Request, req cacheRequest) error {
+	f, info, err := h.openFile(req.file)
+	if err != nil {
+		narinfoLookups.WithLabelValues("missing").Inc()
+		if !errors.Is(err, fs.ErrNotExist) {
+			h.logger.Error("opening narinfo", zap.String("file", req.file), zap.Error(err))
+		}
+		return caddyhttp.Error(http.StatusNotFound, nil)
+	}
+	defer f.Close()
+	body, err := h.narinfos.get(req.file, info, func() ([]byte, error) {
+		return h.signedNarInfo(f, req.hash)
+	})
+	if err != nil {
+		narinfoLookups.WithLabelValues("missing").Inc()
+		h.logger.Error("serving narinfo as missing", zap.String("file", req.file), zap.Error(err))
+		return caddyhttp.Error(http.StatusNotFound, nil)
+	}
+	narinfoLookups.WithLabelValues("served").Inc()
+	w.Header().Set("Content-Type", contentTypes[kindNarinfo])
+	http.ServeContent(w, r, "", info.ModTime(), bytes.NewReader(body))
+	return nil
+}
+
+// signedNarInfo reads, checks and signs a stored narinfo.
+func (h *Handler) signedNarInfo(f io.Reader, hash string) ([]byte, error) {
+	data, err := io.ReadAll(io.LimitReader(f, maxNarinfoSize+1))
+	if err != nil {
+		return nil, fmt.Errorf("reading narinfo: %w", err)
+	}
+	if len(data) > maxNarinfoSize {
+		return nil, fmt.Errorf("narinfo is larger than %d bytes", maxNarinfoSize)
+	}
+	info, err := parseNarInfo(data)
+	if err != nil {
+		return nil, err
+	}
+	if dir, base := path.Split(info.StorePath); dir != h.StoreDir+"/" || !strings.HasPrefix(base, hash+"-") {
+		return nil, fmt.Errorf("narinfo describes %s, not a path %s/%s-…", info.StorePath, h.StoreDir, hash)
+	}
+	if err := signNarInfo(info, h.keys); err != nil {
+		return nil, err
+	}
+	return []byte(info.String()), nil
 }
 
 // openFile opens a regular file below the cache root. rel has already been

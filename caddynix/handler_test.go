@@ -1,0 +1,140 @@
+package caddynix
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/nix-community/go-nix/pkg/narinfo/signature"
+)
+
+// newTestHandler provisions a handler on a temporary cache root with one
+// signing key.
+func newTestHandler(t *testing.T) (*Handler, signature.PublicKey) {
+	t.Helper()
+	dir := t.TempDir()
+	root := filepath.Join(dir, "cache")
+	public, err := generateKeyPair("unit-1", filepath.Join(dir, "k.sec"), filepath.Join(dir, "k.pub"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := &Handler{Root: root, SecretKeyFiles: []string{filepath.Join(dir, "k.sec")}}
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	t.Cleanup(cancel)
+	if err := h.Provision(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { h.Cleanup() })
+	return h, public
+}
+
+func serve(t *testing.T, h *Handler, method, target string) *httptest.ResponseRecorder {
+	t.Helper()
+	rec := httptest.NewRecorder()
+	req := httptest.NewRequest(method, target, nil)
+	if err := h.ServeHTTP(rec, req, nil); err != nil {
+		rec.Code = statusOf(err)
+	}
+	return rec
+}
+
+func TestHandlerServesSignedNarinfo(t *testing.T) {
+	h, public := newTestHandler(t)
+	if err := os.WriteFile(filepath.Join(h.root, "wy01klyklshzl6crdbjgx2yyrwwv42sc.narinfo"), []byte(sampleNarinfo), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	rec := serve(t, h, http.MethodGet, "/wy01klyklshzl6crdbjgx2yyrwwv42sc.narinfo")
+	if rec.Code != http.StatusOK || rec.Header().Get("Content-Type") != "text/x-nix-narinfo" {
+		t.Fatalf("GET narinfo: %d %q", rec.Code, rec.Header().Get("Content-Type"))
+	}
+	info, err := parseNarInfo(rec.Body.Bytes())
+	if err != nil {
+		t.Fatalf("served narinfo does not parse: %v\n%s", err, rec.Body)
+	}
+	if len(info.Signatures) != 1 || !public.Verify(fingerprint(info), info.Signatures[0]) {
+		t.Fatalf("served narinfo is not signed by the handler's key:\n%s", rec.Body)
+	}
+	if strings.Contains(rec.Body.String(), "X-Unknown-Key") {
+		t.Fatalf("unknown key passed through:\n%s", rec.Body)
+	}
+}
+
+func TestHandlerAnswersBadNarinfoAsMissing(t *testing.T) {
+	h, _ := newTestHandler(t)
+	// A narinfo stored under another path's hash, and a corrupt one.
+	if err := os.WriteFile(filepath.Join(h.root, "2mq0d0irxq2fb3zqafd5gyphzy6zxjyw.narinfo"), []byte(sampleNarinfo), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(h.root, "s1w4pv4wk26rnhszw001nryksx0g7fgy.narinfo"), []byte("garbage"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, target := range []string{"/2mq0d0irxq2fb3zqafd5gyphzy6zxjyw.narinfo", "/s1w4pv4wk26rnhszw001nryksx0g7fgy.narinfo", "/00000000000000000000000000000000.narinfo"} {
+		if rec := serve(t, h, http.MethodGet, target); rec.Code != http.StatusNotFound {
+			t.Errorf("GET %s: %d, want 404", target, rec.Code)
+		}
+	}
+}
+
+func TestHandlerCacheInfoAndMethods(t *testing.T) {
+	h, _ := newTestHandler(t)
+	rec := serve(t, h, http.MethodGet, "/nix-cache-info")
+	if rec.Body.String() != "StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 40\n" {
+		t.Fatalf("nix-cache-info: %q", rec.Body)
+	}
+	if rec := serve(t, h, http.MethodDelete, "/nix-cache-info"); rec.Code != http.StatusMethodNotAllowed {
+		t.Fatalf("DELETE: %d, want 405", rec.Code)
+	}
+}
+
+func TestProvisionRefusesStoreDirMismatch(t *testing.T) {
+	root := t.TempDir()
+	if err := os.WriteFile(filepath.Join(root, "nix-cache-info"), []byte("StoreDir: /gnu/store\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	h := &Handler{Root: root}
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	defer cancel()
+	err := h.Provision(ctx)
+	defer h.Cleanup()
+	if err == nil || !strings.Contains(err.Error(), "store_dir") {
+		t.Fatalf("Provision with a cache of another store dir: %v", err)
+	}
+}
+
+func TestProvisionRefusesDuplicateKeyNames(t *testing.T) {
+	dir := t.TempDir()
+	for _, f := range []string{"a", "b"} {
+		secret, _, _ := signature.GenerateKeypair("same-1", rand.Reader)
+		if err := os.WriteFile(filepath.Join(dir, f), []byte(secret.String()), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	h := &Handler{Root: filepath.Join(dir, "cache"), SecretKeyFiles: []string{filepath.Join(dir, "a"), filepath.Join(dir, "b")}}
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	defer cancel()
+	err := h.Provision(ctx)
+	defer h.Cleanup()
+	if err == nil || !strings.Contains(err.Error(), "same name") {
+		t.Fatalf("Provision with two keys of one name: %v", err)
+	}
+}
+
+// statusOf is the status Caddy would answer for a handler error.
+func statusOf(err error) int {
+	var herr caddyhttp.HandlerError
+	if errors.As(err, &herr) {
+		return herr.StatusCode
+	}
+	return http.StatusInternalServerError
+}

@@ -1,0 +1,171 @@
+package caddynix
+
+import (
+	"bytes"
+	"fmt"
+	"html/template"
+	"io"
+	"io/fs"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/dustin/go-humanize"
+)
+
+// statsTTL is how long the landing page's path count and size are reused:
+// counting walks the whole cache directory.
+const statsTTL = 30 * time.Second
+
+// cacheStats is what the landing page says about the cache's content.
+type cacheStats struct {
+	Paths    int
+	NarBytes int64
+}
+
+type statsCache struct {
+	mu    sync.Mutex
+	at    time.Time
+	stats cacheStats
+}
+
+// get returns the cache's statistics, counting again when they are older
+// than statsTTL.
+func (s *statsCache) get(root string) cacheStats {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if time.Since(s.at) < statsTTL && !s.at.IsZero() {
+		return s.stats
+	}
+	var stats cacheStats
+	if entries, err := os.ReadDir(root); err == nil {
+		for _, e := range entries {
+			if strings.HasSuffix(e.Name(), ".narinfo") && e.Type().IsRegular() {
+				stats.Paths++
+			}
+		}
+	}
+	_ = filepath.WalkDir(filepath.Join(root, "nar"), func(_ string, d fs.DirEntry, err error) error {
+		if err != nil || !d.Type().IsRegular() {
+			return nil
+		}
+		if info, err := d.Info(); err == nil {
+			stats.NarBytes += info.Size()
+		}
+		return nil
+	})
+	s.stats, s.at = stats, time.Now()
+	return stats
+}
+
+// landingPage is what the landing page shows.
+type landingPage struct {
+	Name          string
+	URL           string
+	PublicKeys    []string
+	Paths         int
+	Size          string
+	StoreDir      string
+	Priority      int
+	WantMassQuery bool
+}
+
+// NixConf is the nix.conf snippet that makes a client use this cache.
+func (p landingPage) NixConf() string {
+	return fmt.Sprintf("extra-substituters = %s\nextra-trusted-public-keys = %s\n", p.URL, strings.Join(p.PublicKeys, " "))
+}
+
+var landingHTML = template.Must(template.New("landing").Parse(`<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>{{.Name}}: Nix binary cache</title>
+<style>body{font-family:sans-serif;max-width:48em;margin:2em auto;padding:0 1em}pre{background:#f4f4f4;padding:1em;overflow-x:auto}</style>
+</head>
+<body>
+<h1>{{.Name}}</h1>
+<p>A Nix binary cache with {{.Paths}} store paths ({{.Size}} of NARs), store directory <code>{{.StoreDir}}</code>, priority {{.Priority}}.</p>
+<h2>Public keys</h2>
+{{if .PublicKeys}}<ul>{{range .PublicKeys}}<li><code>{{.}}</code></li>{{end}}</ul>{{else}}<p>This cache has no signing key: its paths are unsigned.</p>{{end}}
+<h2>Use it</h2>
+<p>Add to <code>nix.conf</code>:</p>
+<pre>{{.NixConf}}</pre>
+</body>
+</html>
+`))
+
+// serveLanding answers the cache's root: HTML for browsers, plain text for
+// everything else (curl).
+func (h *Handler) serveLanding(w http.ResponseWriter, r *http.Request) error {
+	stats := h.stats.get(h.root)
+	page := landingPage{
+		Name:          h.cacheName(r),
+		URL:           cacheURL(r),
+		PublicKeys:    h.publicKeyStrings(),
+		Paths:         stats.Paths,
+		Size:          humanize.IBytes(uint64(stats.NarBytes)),
+		StoreDir:      h.StoreDir,
+		Priority:      *h.Priority,
+		WantMassQuery: *h.WantMassQuery,
+	}
+	var body bytes.Buffer
+	if strings.Contains(r.Header.Get("Accept"), "text/html") {
+		w.Header().Set("Content-Type", "text/html; charset=utf-8")
+		if err := landingHTML.Execute(&body, page); err != nil {
+			return caddyhttp.Error(http.StatusInternalServerError, fmt.Errorf("rendering the landing page: %w", err))
+		}
+	} else {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		page.writeText(&body)
+	}
+	w.Header().Set("Cache-Control", "no-cache")
+	http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(body.Bytes()))
+	return nil
+}
+
+// writeText writes the plain-text landing page.
+func (p landingPage) writeText(w io.Writer) {
+	fmt.Fprintf(w, "%s: a Nix binary cache\n\npaths: %d\nsize: %s\nstore dir: %s\npriority: %d\n\n",
+		p.Name, p.Paths, p.Size, p.StoreDir, p.Priority)
+	if len(p.PublicKeys) == 0 {
+		fmt.Fprintf(w, "public keys: none (paths are unsigned)\n\n")
+	} else {
+		fmt.Fprintf(w, "public keys:\n")
+		for _, key := range p.PublicKeys {
+			fmt.Fprintf(w, "  %s\n", key)
+		}
+		fmt.Fprintln(w)
+	}
+	fmt.Fprintf(w, "nix.conf:\n%s", p.NixConf())
+}
+
+// cacheName is the configured name, or the host the request was sent to.
+func (h *Handler) cacheName(r *http.Request) string {
+	if h.Name != "" {
+		return h.Name
+	}
+	host, _, err := net.SplitHostPort(r.Host)
+	if err != nil {
+		return r.Host
+	}
+	return host
+}
+
+// cacheURL is the URL clients use as a substituter: the scheme and host of
+// the request, and the path under which the handler is mounted.
+func cacheURL(r *http.Request) string {
+	scheme := "http"
+	if r.TLS != nil {
+		scheme = "https"
+	}
+	prefix := ""
+	if orig, ok := r.Context().Value(caddyhttp.OriginalRequestCtxKey).(http.Request); ok {
+		prefix = strings.TrimSuffix(strings.TrimSuffix(orig.URL.Path, r.URL.Path), "/")
+	}
+	return scheme + "://" + r.Host + prefix
+}

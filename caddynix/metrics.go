@@ -1,0 +1,101 @@
+package caddynix
+
+import (
+	"errors"
+	"io"
+	"net/http"
+	"strconv"
+
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// The collectors are process-wide so that counts survive config reloads;
+// each new config's registry gets them registered again.
+var (
+	requestsTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy",
+		Subsystem: "nix_cache",
+		Name:      "requests_total",
+		Help:      "Requests answered by the Nix cache, by kind (nix-cache-info, narinfo, nar, ls, log, realisation, landing, other) and status code.",
+	}, []string{"kind", "code"})
+	bytesServed = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy",
+		Subsystem: "nix_cache",
+		Name:      "response_bytes_total",
+		Help:      "Response body bytes sent by the Nix cache, by kind.",
+	}, []string{"kind"})
+	narinfoLookups = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy",
+		Subsystem: "nix_cache",
+		Name:      "narinfo_lookups_total",
+		Help:      "narinfo requests by result: served or missing.",
+	}, []string{"result"})
+)
+
+// registerMetrics adds the cache's collectors to a config's registry.
+func registerMetrics(registry prometheus.Registerer) error {
+	if registry == nil {
+		return nil
+	}
+	for _, c := range []prometheus.Collector{requestsTotal, bytesServed, narinfoLookups} {
+		if err := registry.Register(c); err != nil {
+			var already prometheus.AlreadyRegisteredError
+			if !errors.As(err, &already) {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// meteredWriter counts the status code and body bytes of a response. It
+// keeps io.ReaderFrom, so that NARs are still sent with sendfile.
+type meteredWriter struct {
+	*caddyhttp.ResponseWriterWrapper
+	status int
+	bytes  int64
+}
+
+func (m *meteredWriter) WriteHeader(status int) {
+	if m.status == 0 {
+		m.status = status
+	}
+	m.ResponseWriterWrapper.WriteHeader(status)
+}
+
+func (m *meteredWriter) Write(p []byte) (int, error) {
+	if m.status == 0 {
+		m.status = http.StatusOK
+	}
+	n, err := m.ResponseWriterWrapper.Write(p)
+	m.bytes += int64(n)
+	return n, err
+}
+
+func (m *meteredWriter) ReadFrom(r io.Reader) (int64, error) {
+	if m.status == 0 {
+		m.status = http.StatusOK
+	}
+	n, err := m.ResponseWriterWrapper.ReadFrom(r)
+	m.bytes += n
+	return n, err
+}
+
+// record counts a finished request. A handler error carries the status the
+// client will see.
+func (m *meteredWriter) record(kind string, err error) {
+	status := m.status
+	if err != nil {
+		status = http.StatusInternalServerError
+		var herr caddyhttp.HandlerError
+		if errors.As(err, &herr) && herr.StatusCode != 0 {
+			status = herr.StatusCode
+		}
+	}
+	if status == 0 {
+		status = http.StatusOK
+	}
+	requestsTotal.WithLabelValues(kind, strconv.Itoa(status)).Inc()
+	bytesServed.WithLabelValues(kind).Add(float64(m.bytes))
+}
