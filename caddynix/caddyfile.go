@@ -1,7 +1,10 @@
 package caddynix
 
 import (
+	"math"
 	"strconv"
+
+	"github.com/dustin/go-humanize"
 
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
@@ -32,6 +35,11 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	    store_dir       <path>
 //	    priority        <integer>
 //	    want_mass_query <true|false>
+//	    upload {
+//	        token        <token>     # repeatable
+//	        token_file   <file>      # repeatable
+//	        max_nar_size <size>      # bytes, or 8GiB, 500MB, …
+//	    }
 //	}
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // the directive name
@@ -61,6 +69,10 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			case "secret_key_file":
 				h.SecretKeyFiles = append(h.SecretKeyFiles, value)
 			}
+		case "upload":
+			if err := h.unmarshalUpload(d); err != nil {
+				return err
+			}
 		case "generate_key":
 			if d.NextArg() {
 				return d.ArgErr()
@@ -88,6 +100,41 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			h.WantMassQuery = &want
 		default:
 			return d.Errf("nix_cache: unknown option %q", option)
+		}
+	}
+	return nil
+}
+
+// unmarshalUpload parses the upload block.
+func (h *Handler) unmarshalUpload(d *caddyfile.Dispenser) error {
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	h.Upload = new(UploadConfig)
+	sizeSet := false
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		option := d.Val()
+		value, err := singleArg(d)
+		if err != nil {
+			return err
+		}
+		switch option {
+		case "token":
+			h.Upload.Tokens = append(h.Upload.Tokens, value)
+		case "token_file":
+			h.Upload.TokenFiles = append(h.Upload.TokenFiles, value)
+		case "max_nar_size":
+			if sizeSet {
+				return d.Errf("nix_cache: max_nar_size given more than once")
+			}
+			sizeSet = true
+			size, err := humanize.ParseBytes(value)
+			if err != nil || size == 0 || size > math.MaxInt64 {
+				return d.Errf("nix_cache: max_nar_size %q is not a positive size such as 8GiB", value)
+			}
+			h.Upload.MaxNarSize = int64(size)
+		default:
+			return d.Errf("nix_cache: unknown upload option %q", option)
 		}
 	}
 	return nil

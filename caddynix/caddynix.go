@@ -67,11 +67,17 @@ type Handler struct {
 	// query many paths at once. Default: true. Caddyfile: `want_mass_query`.
 	WantMassQuery *bool `json:"want_mass_query,omitempty"`
 
+	// Upload enables authenticated uploads from `nix copy --to http(s)://…`.
+	// Without it, PUT answers 405. Caddyfile: an `upload` block.
+	Upload *UploadConfig `json:"upload,omitempty"`
+
 	root     string
 	dir      *os.Root
 	keys     []signature.SecretKey
 	narinfos *narinfoCache
 	stats    *statsCache
+	creds    *credentials
+	pending  *pendingNars
 	logger   *zap.Logger
 }
 
@@ -88,6 +94,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
 	h.narinfos = newNarinfoCache()
 	h.stats = new(statsCache)
+	h.pending = new(pendingNars)
 	repl := caddy.NewReplacer()
 	h.root = repl.ReplaceAll(h.Root, "")
 	if h.StoreDir == "" {
@@ -124,6 +131,16 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err := h.loadKeys(repl); err != nil {
 		return err
 	}
+	if h.Upload != nil {
+		if h.Upload.MaxNarSize == 0 {
+			h.Upload.MaxNarSize = defaultMaxNarSize
+		}
+		h.creds, err = loadCredentials(h.Upload, repl)
+		if err != nil {
+			return fmt.Errorf("nix_cache: %w", err)
+		}
+	}
+	h.sweepLeftovers()
 	if err := registerMetrics(ctx.GetMetricsRegistry()); err != nil {
 		return fmt.Errorf("nix_cache: registering metrics: %w", err)
 	}
@@ -191,6 +208,9 @@ func (h *Handler) Validate() error {
 	if *h.Priority < 0 {
 		return fmt.Errorf("nix_cache: priority %d must not be negative", *h.Priority)
 	}
+	if h.Upload != nil && h.Upload.MaxNarSize < 0 {
+		return fmt.Errorf("nix_cache: max_nar_size %d must be positive", h.Upload.MaxNarSize)
+	}
 	return nil
 }
 
@@ -216,8 +236,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 }
 
 func (h *Handler) serve(w http.ResponseWriter, r *http.Request, req cacheRequest, ok bool) error {
+	if r.Method == http.MethodPut && h.Upload != nil {
+		return h.serveUpload(w, r, req, ok)
+	}
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
-		w.Header().Set("Allow", "GET, HEAD")
+		w.Header().Set("Allow", h.allowedMethods())
 		return caddyhttp.Error(http.StatusMethodNotAllowed, fmt.Errorf("method %s is not allowed on a binary cache", r.Method))
 	}
 	if !ok {
@@ -233,6 +256,14 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, req cacheRequest
 	default:
 		return h.serveFile(w, r, req)
 	}
+}
+
+// allowedMethods is the Allow header's value.
+func (h *Handler) allowedMethods() string {
+	if h.Upload != nil {
+		return "GET, HEAD, PUT"
+	}
+	return "GET, HEAD"
 }
 
 // Interface guards

@@ -3,24 +3,30 @@ package caddynix
 import (
 	"errors"
 	"fmt"
+	"os"
+	"strings"
 
 	caddycmd "github.com/caddyserver/caddy/v2/cmd"
+	"github.com/nix-community/go-nix/pkg/narinfo/signature"
 	"github.com/spf13/cobra"
 )
 
 func init() {
 	caddycmd.RegisterCommand(caddycmd.Command{
 		Name:  "nix-cache",
-		Usage: "keygen --name <name> --secret-key <file> --public-key <file>",
+		Usage: "keygen|verify …",
 		Short: "Manages Nix binary caches served by nix_cache",
 		Long: `
 Tools for the Nix binary caches that the nix_cache handler serves.
 
 keygen writes a new signing key pair in the format of
 nix-store --generate-binary-cache-key: the secret key (mode 0600) for the
-handler's secret_key_file, the public key for clients' trusted-public-keys.`,
+handler's secret_key_file, the public key for clients' trusted-public-keys.
+
+verify checks a cache directory's integrity and exits non-zero on any
+problem.`,
 		CobraFunc: func(cmd *cobra.Command) {
-			cmd.AddCommand(keygenCommand())
+			cmd.AddCommand(keygenCommand(), verifyCommand())
 		},
 	})
 }
@@ -48,5 +54,61 @@ func keygenCommand() *cobra.Command {
 	cmd.Flags().StringVar(&name, "name", "", "key name, conventionally <host>-<n>, e.g. cache.example.org-1")
 	cmd.Flags().StringVar(&secretPath, "secret-key", "", "file to write the secret key to (created with mode 0600; must not exist)")
 	cmd.Flags().StringVar(&publicPath, "public-key", "", "file to write the public key to (must not exist)")
+	return cmd
+}
+
+func verifyCommand() *cobra.Command {
+	var root string
+	var publicKeyFiles []string
+	var narHash bool
+	cmd := &cobra.Command{
+		Use:   "verify --root <dir> [--public-key <file>]… [--nar-hash]",
+		Short: "Checks a binary cache directory's integrity",
+		Long: `Checks every narinfo in a file:// binary cache directory: it parses and
+describes the path its name says, its NAR is present and matches FileHash
+and FileSize (with --nar-hash, also NarHash and NarSize, by decompressing),
+its references are in the cache, and its signatures under the given public
+keys verify. Prints one line per problem and exits 1 if there is any.
+NARs that no narinfo names (left by an upload whose narinfo never came) and
+uploads in progress are listed as notes; they do not make the cache unclean.`,
+		Example: "caddy nix-cache verify --root cache/store --public-key cache/cache.pub --nar-hash",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if root == "" {
+				return errors.New("--root is required")
+			}
+			opts := verifyOptions{narHash: narHash}
+			for _, file := range publicKeyFiles {
+				data, err := os.ReadFile(file)
+				if err != nil {
+					return fmt.Errorf("reading public key: %w", err)
+				}
+				key, err := signature.ParsePublicKey(strings.TrimSpace(string(data)))
+				if err != nil {
+					return fmt.Errorf("public key %s: %w", file, err)
+				}
+				opts.publicKeys = append(opts.publicKeys, key)
+			}
+			report, err := verifyCache(root, opts)
+			if err != nil {
+				return err
+			}
+			out := cmd.OutOrStdout()
+			for _, note := range report.notes {
+				fmt.Fprintln(out, "note:", note)
+			}
+			for _, problem := range report.problems {
+				fmt.Fprintln(out, "problem:", problem)
+			}
+			fmt.Fprintf(out, "%d narinfos checked, %d problems\n", report.narinfos, len(report.problems))
+			if len(report.problems) > 0 {
+				return fmt.Errorf("the cache in %s has %d problems", root, len(report.problems))
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&root, "root", "", "the cache directory")
+	cmd.Flags().StringArrayVar(&publicKeyFiles, "public-key", nil, "a public key file; signatures under its name must verify (repeatable)")
+	cmd.Flags().BoolVar(&narHash, "nar-hash", false, "also decompress every NAR and check NarHash and NarSize")
 	return cmd
 }

@@ -31,6 +31,24 @@ var (
 		Name:      "narinfo_lookups_total",
 		Help:      "narinfo requests by result: served or missing.",
 	}, []string{"result"})
+	uploadsTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy",
+		Subsystem: "nix_cache",
+		Name:      "uploads_total",
+		Help:      "Uploads by kind (nar, narinfo, ls, log, realisation, nix-cache-info) and outcome (stored, rejected, failed).",
+	}, []string{"kind", "outcome"})
+	uploadBytes = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy",
+		Subsystem: "nix_cache",
+		Name:      "upload_bytes_total",
+		Help:      "Request body bytes received by uploads, by kind.",
+	}, []string{"kind"})
+	uploadRejections = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy",
+		Subsystem: "nix_cache",
+		Name:      "upload_rejections_total",
+		Help:      "Uploads refused with a 4xx, by reason.",
+	}, []string{"reason"})
 )
 
 // registerMetrics adds the cache's collectors to a config's registry.
@@ -38,7 +56,7 @@ func registerMetrics(registry prometheus.Registerer) error {
 	if registry == nil {
 		return nil
 	}
-	for _, c := range []prometheus.Collector{requestsTotal, bytesServed, narinfoLookups} {
+	for _, c := range []prometheus.Collector{requestsTotal, bytesServed, narinfoLookups, uploadsTotal, uploadBytes, uploadRejections} {
 		if err := registry.Register(c); err != nil {
 			var already prometheus.AlreadyRegisteredError
 			if !errors.As(err, &already) {

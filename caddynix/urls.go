@@ -48,6 +48,9 @@ type cacheRequest struct {
 	hash string
 }
 
+// storePathHashLen is the length of a store path's hash part in nix32.
+const storePathHashLen = 32
+
 // Store path hash parts and file hashes are nix32: digits and lowercase
 // letters without e, o, u and t.
 const nix32Chars = "0-9a-df-np-sv-z"

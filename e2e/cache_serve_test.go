@@ -44,7 +44,9 @@ func keygen(t *testing.T, name string) (string, string) {
 
 // substitute realises top in a fresh chroot store from the cache at url,
 // trusting only trustedKey, and returns the command's result and the store.
+// The consumer has a lookup cache of its own, as a separate machine would.
 func substitute(nix *harness.Nix, url, trustedKey, top string) (harness.Command, string) {
+	nix = nix.WithFreshCache()
 	store := nix.ChrootStore()
 	c := nix.Run("nix-store", "--store", store, "--realise", top,
 		"--option", "substituters", url,

@@ -121,6 +121,20 @@ func TestCaddyServesLocalCaddyfile(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(c.Dir, "var", "cache")); err != nil {
 		t.Fatalf("the cache root var/cache was not created in the working directory: %v", err)
 	}
+	// The first start made a key pair; the landing page shows its public key.
+	public, err := os.ReadFile(filepath.Join(c.Dir, "var", "cache.pub"))
+	if err != nil {
+		t.Fatalf("no public key generated on first start: %v", err)
+	}
+	resp, err = http.Get(c.URL() + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	landing, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(landing), strings.TrimSpace(string(public))) || !strings.Contains(c.Log(), strings.TrimSpace(string(public))) {
+		t.Fatalf("the public key %s is not on the landing page or in the log:\n%s", public, landing)
+	}
 	if err := c.Reload(string(caddyfile)); err != nil {
 		t.Fatalf("reloading the same Caddyfile: %v", err)
 	}

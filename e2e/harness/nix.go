@@ -2,6 +2,7 @@ package harness
 
 import (
 	"crypto/rand"
+	"slices"
 	"encoding/hex"
 	"fmt"
 	"os"
@@ -66,6 +67,17 @@ func NewNix(t testing.TB, extraConf string) *Nix {
 		Missing(t, "nix", fmt.Errorf("nix-store does not run: %s", c))
 	}
 	return n
+}
+
+// WithFreshCache returns a handle with the same configuration but its own
+// empty lookup cache (binary-cache-v6.sqlite), as a separate machine would
+// have. nix remembers the narinfo it uploads, unsigned, so a consumer
+// sharing the uploader's lookup cache would never ask the server; and nix's
+// cache database does not take concurrent writers well.
+func (n *Nix) WithFreshCache() *Nix {
+	fresh := &Nix{t: n.t, ConfDir: n.ConfDir, Env: slices.Clone(n.Env)}
+	fresh.Env = append(fresh.Env, "XDG_CACHE_HOME="+filepath.Join(n.t.TempDir(), "cache"))
+	return fresh
 }
 
 // Run runs a nix command (nix, nix-store, nix-build, …) with the test's

@@ -1,0 +1,88 @@
+package caddynix
+
+import (
+	"crypto/sha256"
+	"crypto/subtle"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"strings"
+
+	"github.com/caddyserver/caddy/v2"
+)
+
+// minTokenLength keeps guessable upload tokens out of the configuration.
+const minTokenLength = 16
+
+// credentials are the upload tokens the handler accepts. Only their SHA-256
+// digests are kept, and they are compared in constant time.
+type credentials struct {
+	digests [][sha256.Size]byte
+}
+
+// loadCredentials expands and reads the configured tokens.
+func loadCredentials(cfg *UploadConfig, repl *caddy.Replacer) (*credentials, error) {
+	creds := new(credentials)
+	for i, raw := range cfg.Tokens {
+		token := strings.TrimSpace(repl.ReplaceAll(raw, ""))
+		if token == "" {
+			return nil, fmt.Errorf("upload token %d is empty after placeholders are expanded (is its environment variable set?)", i+1)
+		}
+		if err := creds.add(token); err != nil {
+			return nil, fmt.Errorf("upload token %d: %w", i+1, err)
+		}
+	}
+	for _, file := range cfg.TokenFiles {
+		path := repl.ReplaceAll(file, "")
+		info, err := os.Stat(path)
+		if err != nil {
+			return nil, fmt.Errorf("reading upload token file: %w", err)
+		}
+		if perm := info.Mode().Perm(); perm&0o077 != 0 {
+			return nil, fmt.Errorf("upload token file %s is readable by group or others (mode %04o): restrict it with `chmod 600 %s`", path, perm, path)
+		}
+		data, err := os.ReadFile(path)
+		if err != nil {
+			return nil, fmt.Errorf("reading upload token file: %w", err)
+		}
+		if err := creds.add(strings.TrimSpace(string(data))); err != nil {
+			return nil, fmt.Errorf("upload token file %s: %w", path, err)
+		}
+	}
+	if len(creds.digests) == 0 {
+		return nil, errors.New("upload needs at least one token or token_file: every upload is authenticated")
+	}
+	return creds, nil
+}
+
+func (c *credentials) add(token string) error {
+	if len(token) < minTokenLength {
+		return fmt.Errorf("token is shorter than %d characters: generate one with `openssl rand -hex 32`", minTokenLength)
+	}
+	c.digests = append(c.digests, sha256.Sum256([]byte(token)))
+	return nil
+}
+
+// allows reports whether token is one of the credentials.
+func (c *credentials) allows(token string) bool {
+	digest := sha256.Sum256([]byte(token))
+	found := 0
+	for _, d := range c.digests {
+		found |= subtle.ConstantTimeCompare(d[:], digest[:])
+	}
+	return found == 1
+}
+
+// requestToken returns the token a request presents: the password of Basic
+// authentication (what nix sends from a netrc file, whatever the user name)
+// or a Bearer token.
+func requestToken(r *http.Request) (string, bool) {
+	if _, password, ok := r.BasicAuth(); ok {
+		return password, true
+	}
+	if token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer "); ok {
+		return strings.TrimSpace(token), true
+	}
+	return "", false
+}

@@ -1,0 +1,483 @@
+package caddynix
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"math"
+	"net/http"
+	"path"
+	"strings"
+	"sync"
+
+	"github.com/nix-community/go-nix/pkg/narinfo"
+	"github.com/nix-community/go-nix/pkg/nixbase32"
+	"github.com/nix-community/go-nix/pkg/nixhash"
+	"github.com/nix-community/go-nix/pkg/storepath"
+	"go.uber.org/zap"
+)
+
+// UploadConfig enables uploads with `nix copy --to http(s)://…`. Without it,
+// the cache is read-only and PUT answers 405.
+type UploadConfig struct {
+	// Tokens are accepted as upload credentials: as the password of Basic
+	// authentication (what nix sends from a netrc file, with any user name)
+	// or as a Bearer token. Placeholders such as {env.CACHE_UPLOAD_TOKEN} are
+	// expanded. At least 16 characters. Caddyfile: `token` (repeatable).
+	Tokens []string `json:"tokens,omitempty"`
+
+	// TokenFiles are files holding one token each, which must not be
+	// readable by group or others. Caddyfile: `token_file` (repeatable).
+	TokenFiles []string `json:"token_files,omitempty"`
+
+	// MaxNarSize bounds a NAR upload, compressed and uncompressed, and a
+	// build log, in bytes. Larger uploads get 413. Default: 8 GiB.
+	// Caddyfile: `max_nar_size`, which also takes sizes such as 8GiB.
+	MaxNarSize int64 `json:"max_nar_size,omitempty"`
+}
+
+const (
+	defaultMaxNarSize = 8 << 30
+	// Listings of huge closures run to a few megabytes.
+	maxListingSize = 64 << 20
+	// Realisations and nix-cache-info are small JSON and text documents.
+	maxSmallDocSize = 1 << 20
+)
+
+// narMagic starts every NAR.
+var narMagic = []byte("\x0d\x00\x00\x00\x00\x00\x00\x00nix-archive-1\x00\x00\x00")
+
+// uploadError is an upload refused with a 4xx status and a one-line reason.
+type uploadError struct {
+	status int
+	reason string // the metrics label
+	msg    string
+}
+
+func (e *uploadError) Error() string { return e.msg }
+
+func reject(status int, reason, format string, args ...any) *uploadError {
+	return &uploadError{status: status, reason: reason, msg: fmt.Sprintf(format, args...)}
+}
+
+// serveUpload handles PUT. Every upload is authenticated; nothing is visible
+// until it has been checked and renamed into place.
+func (h *Handler) serveUpload(w http.ResponseWriter, r *http.Request, req cacheRequest, ok bool) error {
+	kind := "other"
+	if ok {
+		kind = req.kind.String()
+	}
+	err := h.upload(r, req, ok)
+	var uerr *uploadError
+	switch {
+	case err == nil:
+		uploadsTotal.WithLabelValues(kind, "stored").Inc()
+		w.WriteHeader(http.StatusCreated)
+		return nil
+	case errors.As(err, &uerr):
+		uploadsTotal.WithLabelValues(kind, "rejected").Inc()
+		uploadRejections.WithLabelValues(uerr.reason).Inc()
+		h.logger.Info("upload rejected", zap.String("path", r.URL.Path), zap.String("reason", uerr.msg))
+		if uerr.status == http.StatusUnauthorized {
+			w.Header().Set("WWW-Authenticate", `Basic realm="nix cache upload"`)
+		}
+		http.Error(w, uerr.msg, uerr.status)
+		return nil
+	default:
+		uploadsTotal.WithLabelValues(kind, "failed").Inc()
+		h.logger.Error("upload failed", zap.String("path", r.URL.Path), zap.Error(err))
+		http.Error(w, "the cache could not store the upload; try again", http.StatusInternalServerError)
+		return nil
+	}
+}
+
+func (h *Handler) upload(r *http.Request, req cacheRequest, ok bool) error {
+	if token, present := requestToken(r); !present || !h.creds.allows(token) {
+		return reject(http.StatusUnauthorized, "unauthorized", "uploads need a valid token (Basic password from a netrc file, or Bearer)")
+	}
+	if !ok {
+		return reject(http.StatusBadRequest, "bad_path", "%s is not a binary cache path", r.URL.Path)
+	}
+	switch req.kind {
+	case kindNar:
+		return h.putNar(r, req)
+	case kindNarinfo:
+		return h.putNarInfo(r, req)
+	case kindCacheInfo:
+		return h.putCacheInfo(r)
+	case kindListing:
+		return h.putDocument(r, req.file, maxListingSize, true)
+	case kindRealisation:
+		return h.putDocument(r, req.file, maxSmallDocSize, true)
+	case kindLog:
+		return h.putDocument(r, req.file, h.Upload.MaxNarSize, false)
+	}
+	return reject(http.StatusMethodNotAllowed, "bad_path", "%s cannot be uploaded", r.URL.Path)
+}
+
+// narMeta is what a NAR upload was found to hold.
+type narMeta struct {
+	fileHash [sha256.Size]byte
+	fileSize int64
+	narHash  [sha256.Size]byte
+	narSize  int64
+}
+
+// putNar stores a NAR under nar/<FileHash>.nar[.ext], streaming it to a
+// temporary file while hashing both the file and its decompressed content.
+func (h *Handler) putNar(r *http.Request, req cacheRequest) error {
+	name := path.Base(req.file)
+	compression, ok := compressionOfExt[strings.TrimPrefix(name[52:], ".nar")]
+	if !ok {
+		return reject(http.StatusBadRequest, "bad_compression", "%s: unsupported NAR compression (use none, xz, zstd or bzip2)", req.file)
+	}
+	wantHash, err := nixbase32.DecodeString(name[:52])
+	if err != nil {
+		return reject(http.StatusBadRequest, "bad_path", "%s: the name is not a nix32 sha256 hash", req.file)
+	}
+	max := h.Upload.MaxNarSize
+	if r.ContentLength > max {
+		return reject(http.StatusRequestEntityTooLarge, "too_large", "NAR of %d bytes is larger than max_nar_size (%d bytes)", r.ContentLength, max)
+	}
+	if info, err := h.dir.Stat(req.file); err == nil && info.Mode().IsRegular() {
+		// NARs are named by their hash: the same name is the same content.
+		return nil
+	}
+	body, release, err := contentDecoder(r.Header.Get("Content-Encoding"), r.Body)
+	if err != nil {
+		return reject(http.StatusBadRequest, "bad_encoding", "%v", err)
+	}
+	defer release()
+
+	f, tempName, err := h.createTemp("nar")
+	if err != nil {
+		return err
+	}
+	committed := false
+	defer func() {
+		if !committed {
+			h.discardTemp(f, tempName)
+		}
+	}()
+
+	meta, err := receiveNar(f, body, compression, max)
+	if err != nil {
+		return err
+	}
+	uploadBytes.WithLabelValues("nar").Add(float64(meta.fileSize))
+	if !bytes.Equal(meta.fileHash[:], wantHash) {
+		return reject(http.StatusBadRequest, "file_hash_mismatch", "the body's sha256 is %s, but the URL names %s", nixbase32.EncodeToString(meta.fileHash[:]), name[:52])
+	}
+	if err := h.commitTemp(f, tempName, req.file); err != nil {
+		return err
+	}
+	committed = true
+	h.pending.put(req.file, meta)
+	return nil
+}
+
+// receiveNar copies body to f, hashing it, while a second goroutine
+// decompresses the same bytes and hashes the NAR inside. Memory stays
+// bounded: nothing is buffered beyond the decompressor's window.
+func receiveNar(f io.Writer, body io.Reader, compression string, max int64) (narMeta, error) {
+	var meta narMeta
+	fileHasher := sha256.New()
+	pr, pw := io.Pipe()
+	type narResult struct {
+		hash   []byte
+		size   int64
+		header []byte
+		err    error
+	}
+	done := make(chan narResult, 1)
+	go func() {
+		res := narResult{}
+		defer func() {
+			// Keep reading, so the writer never blocks on a failed decoder.
+			_, _ = io.Copy(io.Discard, pr)
+			done <- res
+		}()
+		plain, release, err := decompressor(compression, pr)
+		if err != nil {
+			res.err = err
+			return
+		}
+		defer release()
+		narHasher := sha256.New()
+		head := &headWriter{limit: len(narMagic)}
+		res.size, res.err = io.Copy(io.MultiWriter(narHasher, head), io.LimitReader(plain, max+1))
+		res.hash, res.header = narHasher.Sum(nil), head.buf
+	}()
+
+	n, copyErr := io.Copy(io.MultiWriter(f, fileHasher, pw), io.LimitReader(body, max+1))
+	pw.CloseWithError(copyErr)
+	res := <-done
+	switch {
+	case copyErr != nil:
+		return meta, fmt.Errorf("receiving the NAR: %w", copyErr)
+	case n > max:
+		return meta, reject(http.StatusRequestEntityTooLarge, "too_large", "NAR is larger than max_nar_size (%d bytes)", max)
+	case res.err != nil:
+		return meta, reject(http.StatusBadRequest, "bad_compression", "the body is not valid %s data: %v", compression, res.err)
+	case res.size > max:
+		return meta, reject(http.StatusRequestEntityTooLarge, "too_large", "the decompressed NAR is larger than max_nar_size (%d bytes)", max)
+	case !bytes.Equal(res.header, narMagic):
+		return meta, reject(http.StatusBadRequest, "not_a_nar", "the body is not a NAR (no nix-archive-1 header after %s decompression)", compression)
+	}
+	copy(meta.fileHash[:], fileHasher.Sum(nil))
+	copy(meta.narHash[:], res.hash)
+	meta.fileSize, meta.narSize = n, res.size
+	return meta, nil
+}
+
+// headWriter keeps the first bytes written to it.
+type headWriter struct {
+	limit int
+	buf   []byte
+}
+
+func (w *headWriter) Write(p []byte) (int, error) {
+	if room := w.limit - len(w.buf); room > 0 {
+		w.buf = append(w.buf, p[:min(room, len(p))]...)
+	}
+	return len(p), nil
+}
+
+// putNarInfo stores a narinfo, the commit point of a path's upload: it is
+// accepted only when its NAR is stored and matches it, and its references
+// are already in the cache.
+func (h *Handler) putNarInfo(r *http.Request, req cacheRequest) error {
+	data, err := h.readSmallBody(r, maxNarinfoSize)
+	if err != nil {
+		return err
+	}
+	uploadBytes.WithLabelValues("narinfo").Add(float64(len(data)))
+	info, err := parseNarInfo(data)
+	if err != nil {
+		return reject(http.StatusBadRequest, "bad_narinfo", "%v", err)
+	}
+	if err := h.checkNarInfoNames(info, req.hash); err != nil {
+		return err
+	}
+	if err := h.checkNarInfoNar(info); err != nil {
+		return err
+	}
+	self := path.Base(info.StorePath)
+	for _, ref := range info.References {
+		if ref == self {
+			continue
+		}
+		if _, err := storepath.FromString(ref); err != nil {
+			return reject(http.StatusBadRequest, "bad_narinfo", "reference %q is not a store path name: %v", ref, err)
+		}
+		if _, err := h.dir.Stat(ref[:storePathHashLen] + ".narinfo"); err != nil {
+			return reject(http.StatusBadRequest, "missing_reference", "reference %s is not in the cache: upload it first", ref)
+		}
+	}
+	if err := h.ensureCacheInfoFile(); err != nil {
+		return err
+	}
+	if err := h.writeFile(req.file, []byte(info.String())); err != nil {
+		return err
+	}
+	h.pending.delete(info.URL)
+	return nil
+}
+
+// checkNarInfoNames checks the store path, URL, compression and deriver.
+func (h *Handler) checkNarInfoNames(info *narinfo.NarInfo, hash string) error {
+	dir, base := path.Split(info.StorePath)
+	if dir != h.StoreDir+"/" {
+		return reject(http.StatusBadRequest, "bad_store_path", "StorePath %s is not in %s", info.StorePath, h.StoreDir)
+	}
+	if _, err := storepath.FromString(base); err != nil {
+		return reject(http.StatusBadRequest, "bad_store_path", "StorePath %s: %v", info.StorePath, err)
+	}
+	if !strings.HasPrefix(base, hash+"-") {
+		return reject(http.StatusBadRequest, "store_path_mismatch", "StorePath %s does not match the URL's hash %s", info.StorePath, hash)
+	}
+	if info.Deriver != "" {
+		if _, err := storepath.FromString(info.Deriver); err != nil {
+			return reject(http.StatusBadRequest, "bad_narinfo", "Deriver %q is not a store path name: %v", info.Deriver, err)
+		}
+	}
+	nar, ok := classify("/" + info.URL)
+	if !ok || nar.kind != kindNar {
+		return reject(http.StatusBadRequest, "bad_url", "URL %q is not a NAR of this cache (nar/<filehash>.nar[.xz|.zst|.bz2])", info.URL)
+	}
+	ext, supported := narCompressions[info.Compression]
+	if !supported {
+		return reject(http.StatusBadRequest, "bad_compression", "Compression %q is not supported by this cache (use none, xz, zstd or bzip2)", info.Compression)
+	}
+	if !strings.HasSuffix(info.URL, ext) {
+		return reject(http.StatusBadRequest, "bad_compression", "URL %s does not end in %s as Compression %s requires", info.URL, ext, info.Compression)
+	}
+	if info.FileHash == nil || info.FileHash.Algo() != nixhash.SHA256 || info.FileSize == 0 {
+		return reject(http.StatusBadRequest, "bad_narinfo", "narinfo needs a sha256 FileHash and a FileSize")
+	}
+	return nil
+}
+
+// checkNarInfoNar checks the narinfo against the stored NAR it names.
+func (h *Handler) checkNarInfoNar(info *narinfo.NarInfo) error {
+	meta, err := h.narMetaOf(info.URL)
+	if errors.Is(err, fs.ErrNotExist) {
+		return reject(http.StatusBadRequest, "missing_nar", "the NAR %s has not been uploaded: upload it before its narinfo", info.URL)
+	}
+	if err != nil {
+		return err
+	}
+	switch {
+	case !bytes.Equal(info.FileHash.Digest(), meta.fileHash[:]):
+		return reject(http.StatusBadRequest, "file_hash_mismatch", "FileHash %s does not match the stored NAR's sha256:%s", info.FileHash, nixbase32.EncodeToString(meta.fileHash[:]))
+	case int64(info.FileSize) != meta.fileSize:
+		return reject(http.StatusBadRequest, "file_size_mismatch", "FileSize %d does not match the stored NAR's %d bytes", info.FileSize, meta.fileSize)
+	case !bytes.Equal(info.NarHash.Digest(), meta.narHash[:]):
+		return reject(http.StatusBadRequest, "nar_hash_mismatch", "NarHash %s does not match the NAR's sha256:%s", info.NarHash, nixbase32.EncodeToString(meta.narHash[:]))
+	case int64(info.NarSize) != meta.narSize:
+		return reject(http.StatusBadRequest, "nar_size_mismatch", "NarSize %d does not match the NAR's %d bytes", info.NarSize, meta.narSize)
+	}
+	return nil
+}
+
+// narMetaOf returns the hashes of a stored NAR: from the upload that stored
+// it, or, after a restart, by reading it again.
+func (h *Handler) narMetaOf(url string) (narMeta, error) {
+	if meta, ok := h.pending.get(url); ok {
+		if _, err := h.dir.Stat(url); err == nil {
+			return meta, nil
+		}
+	}
+	f, err := h.dir.Open(url)
+	if err != nil {
+		return narMeta{}, err
+	}
+	defer f.Close()
+	compression := compressionOfExt[strings.TrimPrefix(path.Base(url)[52:], ".nar")]
+	meta, err := receiveNar(io.Discard, f, compression, math.MaxInt64-1)
+	if err != nil {
+		var uerr *uploadError
+		if errors.As(err, &uerr) {
+			return narMeta{}, reject(http.StatusBadRequest, "bad_nar", "the stored NAR %s is unreadable: %v", url, uerr.msg)
+		}
+		return narMeta{}, err
+	}
+	h.pending.put(url, meta)
+	return meta, nil
+}
+
+// putCacheInfo accepts nix-cache-info when it agrees with the configuration:
+// the served one is generated, but nix creates it when a cache looks new.
+func (h *Handler) putCacheInfo(r *http.Request) error {
+	data, err := h.readSmallBody(r, maxSmallDocSize)
+	if err != nil {
+		return err
+	}
+	if dir := storedStoreDir(data); dir != "" && dir != h.StoreDir {
+		return reject(http.StatusBadRequest, "store_dir_mismatch", "StoreDir %s is not this cache's %s", dir, h.StoreDir)
+	}
+	return h.ensureCacheInfoFile()
+}
+
+// putDocument stores a listing, realisation or build log.
+func (h *Handler) putDocument(r *http.Request, name string, limit int64, isJSON bool) error {
+	data, err := h.readSmallBody(r, limit)
+	if err != nil {
+		return err
+	}
+	uploadBytes.WithLabelValues(strings.SplitN(name, "/", 2)[0]).Add(float64(len(data)))
+	if isJSON && !json.Valid(data) {
+		return reject(http.StatusBadRequest, "bad_json", "%s is not valid JSON", name)
+	}
+	return h.writeFile(name, data)
+}
+
+// readSmallBody reads a whole request body of at most limit bytes, undoing
+// its Content-Encoding.
+func (h *Handler) readSmallBody(r *http.Request, limit int64) ([]byte, error) {
+	if r.ContentLength > limit {
+		return nil, reject(http.StatusRequestEntityTooLarge, "too_large", "body of %d bytes is larger than %d bytes", r.ContentLength, limit)
+	}
+	body, release, err := contentDecoder(r.Header.Get("Content-Encoding"), r.Body)
+	if err != nil {
+		return nil, reject(http.StatusBadRequest, "bad_encoding", "%v", err)
+	}
+	defer release()
+	data, err := io.ReadAll(io.LimitReader(body, limit+1))
+	if err != nil {
+		return nil, reject(http.StatusBadRequest, "bad_body", "reading the body: %v", err)
+	}
+	if int64(len(data)) > limit {
+		return nil, reject(http.StatusRequestEntityTooLarge, "too_large", "body is larger than %d bytes", limit)
+	}
+	return data, nil
+}
+
+// writeFile atomically replaces name below the root with data.
+func (h *Handler) writeFile(name string, data []byte) error {
+	f, tempName, err := h.createTemp(path.Dir(name))
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		h.discardTemp(f, tempName)
+		return fmt.Errorf("writing %s: %w", name, err)
+	}
+	if err := h.commitTemp(f, tempName, name); err != nil {
+		h.discardTemp(f, tempName)
+		return err
+	}
+	return nil
+}
+
+// ensureCacheInfoFile writes nix-cache-info into the root when it is
+// missing, so that the directory stays a complete file:// cache that `nix
+// copy --from file://` can read.
+func (h *Handler) ensureCacheInfoFile() error {
+	if _, err := h.dir.Stat("nix-cache-info"); err == nil {
+		return nil
+	}
+	return h.writeFile("nix-cache-info", []byte("StoreDir: "+h.StoreDir+"\n"))
+}
+
+// maxPendingNars bounds the hashes kept for NARs whose narinfo has not come
+// yet; beyond it, a NAR is read again when its narinfo arrives.
+const maxPendingNars = 100000
+
+// pendingNars remembers what uploaded NARs hold until their narinfo comes.
+type pendingNars struct {
+	mu   sync.Mutex
+	nars map[string]narMeta
+}
+
+func (p *pendingNars) put(url string, meta narMeta) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.nars == nil {
+		p.nars = make(map[string]narMeta)
+	}
+	if len(p.nars) >= maxPendingNars {
+		for old := range p.nars {
+			delete(p.nars, old)
+			break
+		}
+	}
+	p.nars[url] = meta
+}
+
+func (p *pendingNars) get(url string) (narMeta, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	meta, ok := p.nars[url]
+	return meta, ok
+}
+
+func (p *pendingNars) delete(url string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	delete(p.nars, url)
+}

@@ -1,0 +1,185 @@
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/cargoxx-pkgs/runner/e2e/harness"
+)
+
+const uploadToken = "e2e-upload-token-0123456789abcdef"
+
+// uploadCaddyfile serves root signed by key, with uploads authenticated by
+// uploadToken, and extra lines in the upload block.
+func uploadCaddyfile(root, key, uploadExtra string) string {
+	return fmt.Sprintf(`{
+	admin {$CADDY_ADMIN}
+}
+
+http://:{$CADDY_HTTP_PORT} {
+	bind 127.0.0.1
+	nix_cache {
+		root %s
+		secret_key_file %s
+		upload {
+			token %s
+			%s
+		}
+	}
+}
+`, root, key, uploadToken, uploadExtra)
+}
+
+// uploaderNix is nix configured with a netrc file holding token for
+// 127.0.0.1, as a CI job would be.
+func uploaderNix(t *testing.T, token string) *harness.Nix {
+	t.Helper()
+	netrc := filepath.Join(t.TempDir(), "netrc")
+	if err := os.WriteFile(netrc, []byte("machine 127.0.0.1 login nix password "+token+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return harness.NewNix(t, "netrc-file = "+netrc+"\n")
+}
+
+// verifyClean runs `caddy nix-cache verify` with NarHash checks and fails
+// the test unless it reports a clean cache.
+func verifyClean(t *testing.T, root, publicKeyFile string) string {
+	t.Helper()
+	c := harness.Run(nil, "", harness.CaddyBinary(t, "caddy"), "nix-cache", "verify",
+		"--root", root, "--public-key", publicKeyFile, "--nar-hash")
+	if c.Err != nil || !strings.Contains(c.Stdout, " 0 problems") {
+		t.Fatalf("caddy nix-cache verify is not clean:\n%s", c)
+	}
+	return c.Stdout
+}
+
+func TestNixCopyUploads(t *testing.T) {
+	nix := uploaderNix(t, uploadToken)
+	root := filepath.Join(t.TempDir(), "cache")
+	secret, public := keygen(t, "upload-1")
+	caddy := harness.StartCaddy(t, uploadCaddyfile(root, secret, ""), harness.CaddyOptions{})
+
+	for _, query := range []string{"", "?compression=zstd"} {
+		closure := nix.BuildClosure("upload", 1<<20)
+		if c := nix.Copy("--to", caddy.URL()+"/"+query, closure.Top); c.Err != nil {
+			t.Fatalf("nix copy --to %s/%s:\n%s", caddy.URL(), query, c)
+		}
+		c, store := substitute(nix, caddy.URL(), public, closure.Top)
+		if c.Err != nil {
+			t.Fatalf("substituting what was uploaded:\n%s", c)
+		}
+		if got := nix.StorePaths(store); !slices.Equal(got, closure.Paths) {
+			t.Fatalf("chroot store holds %v, want %v", got, closure.Paths)
+		}
+	}
+	nars, _ := filepath.Glob(filepath.Join(root, "nar", "*"))
+	if !slices.ContainsFunc(nars, func(n string) bool { return strings.HasSuffix(n, ".nar.xz") }) ||
+		!slices.ContainsFunc(nars, func(n string) bool { return strings.HasSuffix(n, ".nar.zst") }) {
+		t.Fatalf("expected both xz and zstd NARs, got %v", nars)
+	}
+	publicFile := filepath.Join(t.TempDir(), "cache.pub")
+	os.WriteFile(publicFile, []byte(public+"\n"), 0o644)
+	verifyClean(t, root, publicFile)
+
+	// What the handler stored is a file:// cache that nix reads back.
+	closure := nix.BuildClosure("readback", 0)
+	if c := nix.Copy("--to", caddy.URL()+"/", closure.Top); c.Err != nil {
+		t.Fatalf("nix copy:\n%s", c)
+	}
+	store := nix.ChrootStore()
+	if c := nix.Copy("--from", "file://"+root, "--to", store, "--no-check-sigs", closure.Top); c.Err != nil {
+		t.Fatalf("nix copy --from file://%s:\n%s", root, c)
+	}
+}
+
+func TestUploadNeedsValidToken(t *testing.T) {
+	root := filepath.Join(t.TempDir(), "cache")
+	secret, _ := keygen(t, "auth-1")
+	caddy := harness.StartCaddy(t, uploadCaddyfile(root, secret, ""), harness.CaddyOptions{})
+	before := listTree(t, root)
+
+	for name, nix := range map[string]*harness.Nix{
+		"no credentials": harness.NewNix(t, ""),
+		"wrong token":    uploaderNix(t, "not-the-token-0123456789abcdef"),
+	} {
+		closure := nix.BuildClosure("auth", 0)
+		c := nix.Copy("--to", caddy.URL()+"/", closure.Top)
+		if c.Err == nil || !strings.Contains(c.Output, "401") {
+			t.Errorf("%s: nix copy should fail with 401:\n%s", name, c)
+		}
+	}
+	if after := listTree(t, root); !slices.Equal(before, after) {
+		t.Fatalf("a refused upload wrote to the cache: before %v, after %v", before, after)
+	}
+}
+
+func TestConcurrentUploadsOfOverlappingClosures(t *testing.T) {
+	nix := uploaderNix(t, uploadToken)
+	root := filepath.Join(t.TempDir(), "cache")
+	secret, public := keygen(t, "concurrent-1")
+	caddy := harness.StartCaddy(t, uploadCaddyfile(root, secret, ""), harness.CaddyOptions{})
+
+	// The copies send the top and the middle paths of two closures: the
+	// middle's closure is part of the top's, so every path is raced by
+	// several uploaders, each a separate client with its own lookup cache.
+	a, b := nix.BuildClosure("concurrent-a", 256<<10), nix.BuildClosure("concurrent-b", 256<<10)
+	targets := []string{a.Top, middleOf(t, a), b.Top, middleOf(t, b)}
+	var wg sync.WaitGroup
+	results := make([]harness.Command, 8)
+	for i := range results {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			query := ""
+			if i%2 == 1 {
+				query = "?compression=zstd"
+			}
+			results[i] = nix.WithFreshCache().Copy("--to", caddy.URL()+"/"+query, targets[i%len(targets)])
+		}()
+	}
+	wg.Wait()
+	for i, c := range results {
+		if c.Err != nil {
+			t.Errorf("concurrent nix copy %d failed:\n%s", i, c)
+		}
+	}
+	publicFile := filepath.Join(t.TempDir(), "cache.pub")
+	os.WriteFile(publicFile, []byte(public+"\n"), 0o644)
+	verifyClean(t, root, publicFile)
+	for _, closure := range []harness.Closure{a, b} {
+		if c, _ := substitute(nix, caddy.URL(), public, closure.Top); c.Err != nil {
+			t.Fatalf("substituting %s:\n%s", closure.Top, c)
+		}
+	}
+}
+
+// middleOf returns the closure's middle path, which the top refers to.
+func middleOf(t *testing.T, c harness.Closure) string {
+	t.Helper()
+	for _, p := range c.Paths {
+		if strings.HasSuffix(p, "-middle") {
+			return p
+		}
+	}
+	t.Fatalf("no middle path in %v", c.Paths)
+	return ""
+}
+
+// listTree lists every file below root, sorted.
+func listTree(t *testing.T, root string) []string {
+	t.Helper()
+	var files []string
+	filepath.WalkDir(root, func(path string, d os.DirEntry, err error) error {
+		if err == nil && !d.IsDir() {
+			files = append(files, strings.TrimPrefix(path, root))
+		}
+		return nil
+	})
+	slices.Sort(files)
+	return files
+}
