@@ -69,5 +69,19 @@ vet:
 lint: vet
 	$(GO) run github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION) run ./...
 
+## e2e: only the end-to-end tests
+e2e: build xcaddy e2e-deps
+	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./e2e/...
+
+FUZZTIME ?= 30s
+## fuzz: fuzz the narinfo parser and the URL classifier
+fuzz:
+	$(GO) test -run '^$$' -fuzz FuzzParseNarInfo -fuzztime $(FUZZTIME) ./caddynix
+	$(GO) test -run '^$$' -fuzz FuzzClassify -fuzztime $(FUZZTIME) ./caddynix
+
+## bench: side-by-side measurements against the alternatives (not part of test)
+bench: build
+	$(GO) test -count=1 -run '^$$' -bench . -benchtime 1x -timeout 60m ./bench
+
 clean:
 	rm -rf bin

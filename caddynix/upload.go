@@ -213,7 +213,9 @@ func receiveNar(f io.Writer, body io.Reader, compression string, max int64) (nar
 		res.hash, res.header = narHasher.Sum(nil), head.buf
 	}()
 
-	n, copyErr := io.Copy(io.MultiWriter(f, fileHasher, pw), io.LimitReader(body, max+1))
+	// Large chunks: fewer system calls and hand-offs to the decompressor.
+	buf := make([]byte, 1<<20)
+	n, copyErr := io.CopyBuffer(io.MultiWriter(f, fileHasher, pw), io.LimitReader(body, max+1), buf)
 	pw.CloseWithError(copyErr)
 	res := <-done
 	switch {

@@ -211,6 +211,11 @@ func (c *Caddy) Kill() {
 	c.cmd = nil
 }
 
+// PID is the running process's id.
+func (c *Caddy) PID() int {
+	return c.cmd.Process.Pid
+}
+
 // Log returns what the process has logged so far.
 func (c *Caddy) Log() string {
 	data, _ := os.ReadFile(c.LogPath)

@@ -2,11 +2,11 @@ package harness
 
 import (
 	"crypto/rand"
-	"slices"
 	"encoding/hex"
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 )

@@ -1,0 +1,180 @@
+package bench
+
+import (
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cargoxx-pkgs/runner/e2e/harness"
+)
+
+const uploadToken = "bench-upload-token-0123456789abcdef"
+
+func uploadCaddy(b *testing.B, root string) *harness.Caddy {
+	b.Helper()
+	dir := b.TempDir()
+	secret := filepath.Join(dir, "cache.sec")
+	harness.MustRun(b, nil, "", harness.CaddyBinary(b, "caddy"), "nix-cache", "keygen",
+		"--name", "bench-1", "--secret-key", secret, "--public-key", filepath.Join(dir, "cache.pub"))
+	return harness.StartCaddy(b, fmt.Sprintf(`{
+	admin {$CADDY_ADMIN}
+}
+http://:{$CADDY_HTTP_PORT} {
+	bind 127.0.0.1
+	nix_cache {
+		root %s
+		secret_key_file %s
+		upload {
+			token %s
+		}
+	}
+}
+`, root, secret, uploadToken), harness.CaddyOptions{})
+}
+
+func uploaderNix(b *testing.B) *harness.Nix {
+	b.Helper()
+	netrc := filepath.Join(b.TempDir(), "netrc")
+	if err := os.WriteFile(netrc, []byte("machine 127.0.0.1 login nix password "+uploadToken+"\n"), 0o600); err != nil {
+		b.Fatal(err)
+	}
+	return harness.NewNix(b, "netrc-file = "+netrc+"\n")
+}
+
+// BenchmarkNixCopyHTTPvsFile times `nix copy --to http://` into nix_cache
+// against `nix copy --to file://` of the same closure, alternating, and
+// reports the ratio of the medians.
+func BenchmarkNixCopyHTTPvsFile(b *testing.B) {
+	nix := uploaderNix(b)
+	size := int64(envInt("BENCH_UPLOAD_MIB", 256)) << 20
+	closure := nix.BuildClosure("bench-upload", size)
+	compression := envString("BENCH_COMPRESSION", "zstd")
+	var httpTimes, fileTimes []time.Duration
+	for i := 0; i < envInt("BENCH_ROUNDS", 5); i++ {
+		// A new cache each round, so every round uploads everything.
+		caddy := uploadCaddy(b, filepath.Join(b.TempDir(), "cache"))
+		start := time.Now()
+		if c := nix.WithFreshCache().Copy("--to", caddy.URL()+"/?compression="+compression, closure.Top); c.Err != nil {
+			b.Fatalf("nix copy --to http:\n%s", c)
+		}
+		httpTimes = append(httpTimes, time.Since(start))
+		caddy.Stop()
+
+		dir := filepath.Join(b.TempDir(), "file-cache")
+		start = time.Now()
+		if c := nix.WithFreshCache().Copy("--to", "file://"+dir+"?compression="+compression, closure.Top); c.Err != nil {
+			b.Fatalf("nix copy --to file:\n%s", c)
+		}
+		fileTimes = append(fileTimes, time.Since(start))
+	}
+	h, f := median(httpTimes), median(fileTimes)
+	b.ReportMetric(h.Seconds(), "http-s")
+	b.ReportMetric(f.Seconds(), "file-s")
+	b.ReportMetric(h.Seconds()/f.Seconds(), "http/file")
+	b.Logf("closure with a %d MiB payload, compression=%s: http %v (runs %v), file %v (runs %v), ratio %.3f",
+		size>>20, compression, h, httpTimes, f, fileTimes, h.Seconds()/f.Seconds())
+}
+
+// BenchmarkUploadPeakRSS uploads one large NAR and reports how far caddy's
+// peak resident memory (VmHWM) rose above its idle size.
+func BenchmarkUploadPeakRSS(b *testing.B) {
+	nix := uploaderNix(b)
+	size := int64(envInt("BENCH_RSS_MIB", 1024)) << 20
+	closure := nix.BuildClosure("bench-rss", size)
+	for _, compression := range []string{"none", "zstd"} {
+		src := filepath.Join(b.TempDir(), "src")
+		if c := nix.Copy("--to", "file://"+src+"?compression="+compression, closure.Top); c.Err != nil {
+			b.Fatalf("preparing the NAR:\n%s", c)
+		}
+		nar, narURL := largestNar(b, src)
+		caddy := uploadCaddy(b, filepath.Join(b.TempDir(), "cache"))
+		pid := caddy.PID()
+		idle := procStatusKiB(b, pid, "VmRSS")
+
+		f, err := os.Open(nar)
+		if err != nil {
+			b.Fatal(err)
+		}
+		info, _ := f.Stat()
+		req, _ := http.NewRequest(http.MethodPut, caddy.URL()+"/"+narURL, f)
+		req.ContentLength = info.Size()
+		req.SetBasicAuth("nix", uploadToken)
+		start := time.Now()
+		resp, err := http.DefaultClient.Do(req)
+		f.Close()
+		if err != nil || resp.StatusCode != http.StatusCreated {
+			b.Fatalf("PUT of the NAR: %v %v", err, resp)
+		}
+		resp.Body.Close()
+		elapsed := time.Since(start)
+		peak := procStatusKiB(b, pid, "VmHWM")
+		b.ReportMetric(float64(peak-idle)/1024, compression+"-peak-above-idle-MiB")
+		b.Logf("%s NAR of %d MiB (%d MiB on the wire): idle RSS %d MiB, peak RSS %d MiB, %.1f MiB above idle, %v (%.0f MiB/s)",
+			compression, size>>20, info.Size()>>20, idle/1024, peak/1024, float64(peak-idle)/1024, elapsed, float64(info.Size())/(1<<20)/elapsed.Seconds())
+		caddy.Stop()
+	}
+}
+
+func largestNar(b *testing.B, cache string) (string, string) {
+	b.Helper()
+	nars, _ := filepath.Glob(filepath.Join(cache, "nar", "*"))
+	var best string
+	var bestSize int64
+	for _, n := range nars {
+		if info, err := os.Stat(n); err == nil && info.Size() > bestSize {
+			best, bestSize = n, info.Size()
+		}
+	}
+	return best, "nar/" + filepath.Base(best)
+}
+
+// procStatusKiB reads a "<field>: N kB" line of /proc/<pid>/status.
+func procStatusKiB(b *testing.B, pid int, field string) int64 {
+	b.Helper()
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		b.Fatal(err)
+	}
+	for line := range strings.Lines(string(data)) {
+		if rest, ok := strings.CutPrefix(line, field+":"); ok {
+			n, err := strconv.ParseInt(strings.Fields(rest)[0], 10, 64)
+			if err != nil {
+				b.Fatal(err)
+			}
+			return n
+		}
+	}
+	b.Fatalf("no %s in /proc/%d/status", field, pid)
+	return 0
+}
+
+func median(ds []time.Duration) time.Duration {
+	s := append([]time.Duration(nil), ds...)
+	for i := range s {
+		for j := i + 1; j < len(s); j++ {
+			if s[j] < s[i] {
+				s[i], s[j] = s[j], s[i]
+			}
+		}
+	}
+	return s[len(s)/2]
+}
+
+func envInt(name string, def int) int {
+	if v, err := strconv.Atoi(os.Getenv(name)); err == nil && v > 0 {
+		return v
+	}
+	return def
+}
+
+func envString(name, def string) string {
+	if v := os.Getenv(name); v != "" {
+		return v
+	}
+	return def
+}

@@ -1,0 +1,232 @@
+package e2e
+
+import (
+	"bytes"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cargoxx-pkgs/runner/e2e/harness"
+)
+
+// put sends an authenticated PUT and returns the status and body.
+func put(t *testing.T, url string, body io.Reader) (int, string) {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodPut, url, body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.SetBasicAuth("nix", uploadToken)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	text, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, strings.TrimSpace(string(text))
+}
+
+// fileCachePath is one path of a closure copied to a file:// cache: its
+// narinfo text and NAR bytes.
+type fileCachePath struct {
+	hash    string
+	narinfo string
+	narURL  string
+	nar     []byte
+}
+
+// pathsOf copies a closure to a new file:// cache and reads each path back.
+func pathsOf(t *testing.T, nix *harness.Nix, closure harness.Closure, compression string) map[string]fileCachePath {
+	t.Helper()
+	src := filepath.Join(t.TempDir(), "src")
+	if c := nix.Copy("--to", "file://"+src+"?compression="+compression, closure.Top); c.Err != nil {
+		t.Fatalf("filling a file cache:\n%s", c)
+	}
+	out := map[string]fileCachePath{}
+	for _, p := range closure.Paths {
+		hash := strings.SplitN(filepath.Base(p), "-", 2)[0]
+		text, err := os.ReadFile(filepath.Join(src, hash+".narinfo"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		url := regexp.MustCompile(`(?m)^URL: (.*)$`).FindStringSubmatch(string(text))[1]
+		nar, err := os.ReadFile(filepath.Join(src, url))
+		if err != nil {
+			t.Fatal(err)
+		}
+		role := p[strings.LastIndex(p, "-")+1:] // leaf, middle or top
+		out[role] = fileCachePath{hash: hash, narinfo: string(text), narURL: url, nar: nar}
+	}
+	return out
+}
+
+func replaceLine(t *testing.T, narinfo, key, value string) string {
+	t.Helper()
+	re := regexp.MustCompile(`(?m)^` + key + `: .*$`)
+	if !re.MatchString(narinfo) {
+		t.Fatalf("narinfo has no %s line:\n%s", key, narinfo)
+	}
+	return re.ReplaceAllString(narinfo, key+": "+value)
+}
+
+func TestBadUploadsAreRefused(t *testing.T) {
+	nix := harness.NewNix(t, "")
+	root := filepath.Join(t.TempDir(), "cache")
+	secret, public := keygen(t, "bad-1")
+	caddy := harness.StartCaddy(t, uploadCaddyfile(root, secret, "max_nar_size 512KiB"), harness.CaddyOptions{})
+	paths := pathsOf(t, nix, nix.BuildClosure("bad", 1<<20), "none")
+	other := pathsOf(t, nix, nix.BuildClosure("other", 0), "none")
+	leaf, middle, top := paths["leaf"], paths["middle"], paths["top"]
+	base := caddy.URL() + "/"
+
+	if status, body := put(t, base+leaf.narURL, bytes.NewReader(leaf.nar)); status != http.StatusCreated {
+		t.Fatalf("PUT of a good NAR: %d %s", status, body)
+	}
+	tests := []struct {
+		name   string
+		path   string
+		body   []byte
+		status int
+	}{
+		{"NarHash mismatch", leaf.hash + ".narinfo", []byte(replaceLine(t, leaf.narinfo, "NarHash", "sha256:"+strings.Repeat("1", 52))), 400},
+		{"NarSize mismatch", leaf.hash + ".narinfo", []byte(replaceLine(t, leaf.narinfo, "NarSize", "12345")), 400},
+		{"FileSize mismatch", leaf.hash + ".narinfo", []byte(replaceLine(t, leaf.narinfo, "FileSize", "999")), 400},
+		{"FileHash mismatch", leaf.hash + ".narinfo", []byte(replaceLine(t, leaf.narinfo, "FileHash", "sha256:"+strings.Repeat("1", 52))), 400},
+		{"narinfo before its NAR", middle.hash + ".narinfo", []byte(middle.narinfo), 400},
+		{"malformed narinfo", leaf.hash + ".narinfo", []byte("StorePath /nix/store/x\nthis is not a narinfo\n"), 400},
+		{"StorePath not matching the URL", other["leaf"].hash + ".narinfo", []byte(leaf.narinfo), 400},
+		{"NAR whose body does not match its name", other["leaf"].narURL, leaf.nar, 400},
+		{"NAR that is not a NAR", "nar/" + strings.Repeat("0", 52) + ".nar", []byte("hello"), 400},
+		{"NAR over max_nar_size", top.narURL, top.nar, 413},
+		{"traversal with ..", "../../etc/" + leaf.hash + ".narinfo", []byte(leaf.narinfo), 400},
+		{"nested name", "nar/x/" + leaf.hash + ".narinfo", []byte(leaf.narinfo), 400},
+		{"encoded slash", "nar%2f..%2f" + leaf.hash + ".narinfo", []byte(leaf.narinfo), 400},
+		{"encoded dots", "%2e%2e/" + leaf.hash + ".narinfo", []byte(leaf.narinfo), 400},
+		{"encoded traversal in a log name", "log/..%2f..%2fescape.drv", []byte("log"), 400},
+		{"unknown file", "cache.sec", []byte("secret"), 400},
+	}
+	for _, tt := range tests {
+		status, body := put(t, base+tt.path, bytes.NewReader(tt.body))
+		if status != tt.status || body == "" || strings.Contains(body, "\n") {
+			t.Errorf("%s: PUT %s answered %d %q; want %d with a one-line reason", tt.name, tt.path, status, body, tt.status)
+		}
+	}
+	// The reference check: the top path's NAR fits under a larger limit, so
+	// use a cache without one.
+	for _, name := range []string{leaf.hash, middle.hash, top.hash, other["leaf"].hash} {
+		if _, err := os.Stat(filepath.Join(root, name+".narinfo")); err == nil {
+			t.Errorf("a refused narinfo %s was written", name)
+		}
+	}
+	publicFile := filepath.Join(t.TempDir(), "cache.pub")
+	os.WriteFile(publicFile, []byte(public+"\n"), 0o644)
+	verifyClean(t, root, publicFile)
+}
+
+func TestNarinfoWithMissingReferenceIsRefused(t *testing.T) {
+	nix := harness.NewNix(t, "")
+	root := filepath.Join(t.TempDir(), "cache")
+	secret, public := keygen(t, "refs-1")
+	caddy := harness.StartCaddy(t, uploadCaddyfile(root, secret, ""), harness.CaddyOptions{})
+	paths := pathsOf(t, nix, nix.BuildClosure("refs", 0), "xz")
+	base := caddy.URL() + "/"
+
+	top := paths["top"]
+	if status, body := put(t, base+top.narURL, bytes.NewReader(top.nar)); status != http.StatusCreated {
+		t.Fatalf("PUT of the top NAR: %d %s", status, body)
+	}
+	status, body := put(t, base+top.hash+".narinfo", strings.NewReader(top.narinfo))
+	if status != http.StatusBadRequest || !strings.Contains(body, "is not in the cache") {
+		t.Fatalf("narinfo before its references: %d %q, want 400 naming the missing reference", status, body)
+	}
+	// In dependency order, the same uploads succeed.
+	for _, role := range []string{"leaf", "middle", "top"} {
+		p := paths[role]
+		if status, body := put(t, base+p.narURL, bytes.NewReader(p.nar)); status != http.StatusCreated {
+			t.Fatalf("PUT %s NAR: %d %s", role, status, body)
+		}
+		if status, body := put(t, base+p.hash+".narinfo", strings.NewReader(p.narinfo)); status != http.StatusCreated {
+			t.Fatalf("PUT %s narinfo: %d %s", role, status, body)
+		}
+	}
+	publicFile := filepath.Join(t.TempDir(), "cache.pub")
+	os.WriteFile(publicFile, []byte(public+"\n"), 0o644)
+	verifyClean(t, root, publicFile)
+}
+
+func TestKillDuringUploadLeavesCleanCache(t *testing.T) {
+	nix := uploaderNix(t, uploadToken)
+	root := filepath.Join(t.TempDir(), "cache")
+	secret, public := keygen(t, "crash-1")
+	caddy := harness.StartCaddy(t, uploadCaddyfile(root, secret, ""), harness.CaddyOptions{})
+	closure := nix.BuildClosure("crash", 64<<20)
+	paths := pathsOf(t, nix, closure, "none")
+	top := paths["top"]
+
+	// Stream the large NAR slowly, and kill caddy halfway through.
+	pr, pw := io.Pipe()
+	go func() {
+		chunk := 1 << 20
+		for off := 0; off < len(top.nar); off += chunk {
+			if _, err := pw.Write(top.nar[off:min(off+chunk, len(top.nar))]); err != nil {
+				return
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		pw.Close()
+	}()
+	uploadDone := make(chan error, 1)
+	go func() {
+		req, _ := http.NewRequest(http.MethodPut, caddy.URL()+"/"+top.narURL, pr)
+		req.SetBasicAuth("nix", uploadToken)
+		resp, err := http.DefaultClient.Do(req)
+		if err == nil {
+			resp.Body.Close()
+		}
+		uploadDone <- err
+	}()
+	var partial string
+	err := harness.Eventually(30*time.Second, 20*time.Millisecond, func() error {
+		matches, _ := filepath.Glob(filepath.Join(root, "nar", ".upload-*"))
+		for _, m := range matches {
+			if info, err := os.Stat(m); err == nil && info.Size() > 8<<20 {
+				partial = m
+				return nil
+			}
+		}
+		return os.ErrNotExist
+	})
+	if err != nil {
+		t.Fatalf("the upload never got 8 MiB into a temporary file: %v", err)
+	}
+	caddy.Kill()
+	pr.CloseWithError(io.ErrClosedPipe)
+	<-uploadDone
+	if _, err := os.Stat(partial); err != nil {
+		t.Fatalf("the partial upload vanished before the restart: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(root, top.narURL)); err == nil {
+		t.Fatal("a half-received NAR is visible under its final name")
+	}
+
+	caddy.Start()
+	if _, err := os.Stat(partial); err == nil {
+		t.Fatalf("the interrupted upload %s was not swept at start-up", partial)
+	}
+	publicFile := filepath.Join(t.TempDir(), "cache.pub")
+	os.WriteFile(publicFile, []byte(public+"\n"), 0o644)
+	verifyClean(t, root, publicFile)
+	// zstd: xz-compressing 64 MiB of random data would dominate the test.
+	if c := nix.Copy("--to", caddy.URL()+"/?compression=zstd", closure.Top); c.Err != nil {
+		t.Fatalf("nix copy after the restart:\n%s", c)
+	}
+	verifyClean(t, root, publicFile)
+	if c, _ := substitute(nix, caddy.URL(), public, closure.Top); c.Err != nil {
+		t.Fatalf("substituting after the restart:\n%s", c)
+	}
+}
