@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bytes"
+	"compress/gzip"
 	"io"
 	"net/http"
 	"os"
@@ -150,8 +151,21 @@ func TestNarinfoWithMissingReferenceIsRefused(t *testing.T) {
 		if status, body := put(t, base+p.narURL, bytes.NewReader(p.nar)); status != http.StatusCreated {
 			t.Fatalf("PUT %s NAR: %d %s", role, status, body)
 		}
-		if status, body := put(t, base+p.hash+".narinfo", strings.NewReader(p.narinfo)); status != http.StatusCreated {
-			t.Fatalf("PUT %s narinfo: %d %s", role, status, body)
+		// Newer nix may compress narinfo bodies and say so in Content-Encoding.
+		var gz bytes.Buffer
+		w := gzip.NewWriter(&gz)
+		w.Write([]byte(p.narinfo))
+		w.Close()
+		req, _ := http.NewRequest(http.MethodPut, base+p.hash+".narinfo", &gz)
+		req.Header.Set("Content-Encoding", "gzip")
+		req.SetBasicAuth("nix", uploadToken)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusCreated {
+			t.Fatalf("PUT %s narinfo with Content-Encoding gzip: %s", role, resp.Status)
 		}
 	}
 	publicFile := filepath.Join(t.TempDir(), "cache.pub")

@@ -86,8 +86,26 @@ func TestNixCopyUploads(t *testing.T) {
 	os.WriteFile(publicFile, []byte(public+"\n"), 0o644)
 	verifyClean(t, root, publicFile)
 
+	// Listings and build logs, as nix uploads them.
+	closure := nix.BuildClosure("listing", 0)
+	if c := nix.Copy("--to", caddy.URL()+"/?write-nar-listing=1", closure.Top); c.Err != nil {
+		t.Fatalf("nix copy with write-nar-listing:\n%s", c)
+	}
+	hash := strings.SplitN(filepath.Base(closure.Top), "-", 2)[0]
+	if listing := get(t, caddy.URL()+"/"+hash+".ls", nil, 200); !strings.Contains(listing, `"references"`) {
+		t.Fatalf("uploaded listing does not list the top path's files: %s", listing)
+	}
+	drv := strings.TrimSpace(nix.Must("nix-store", "--query", "--deriver", closure.Top))
+	if c := nix.Run("nix", "store", "copy-log", "--to", caddy.URL()+"/", drv); c.Err != nil {
+		t.Fatalf("nix store copy-log:\n%s", c)
+	}
+	localLog := nix.Must("nix-store", "--read-log", drv)
+	if served := get(t, caddy.URL()+"/log/"+filepath.Base(drv), nil, 200); served != localLog {
+		t.Fatalf("served build log %q, nix has %q", served, localLog)
+	}
+
 	// What the handler stored is a file:// cache that nix reads back.
-	closure := nix.BuildClosure("readback", 0)
+	closure = nix.BuildClosure("readback", 0)
 	if c := nix.Copy("--to", caddy.URL()+"/", closure.Top); c.Err != nil {
 		t.Fatalf("nix copy:\n%s", c)
 	}
