@@ -16,6 +16,7 @@ import (
 // The modules this bundle registers; both builds must list all of them.
 var bundleModules = []string{
 	"http.handlers.nix_cache",
+	"gitea_runner",
 }
 
 func TestBinariesListBundleModules(t *testing.T) {

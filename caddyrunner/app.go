@@ -1,0 +1,270 @@
+// Package caddyrunner is a Gitea Actions runner that lives inside Caddy. The
+// gitea_runner app registers with a Gitea instance once, keeps that
+// identity, polls for jobs and runs each one with the act executor (in a
+// Docker container of the label's image, or on the host), streaming logs
+// and results back. The runner survives config reloads: running jobs and
+// the single poller carry on with the new settings.
+package caddyrunner
+
+import (
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"go.uber.org/zap"
+)
+
+func init() {
+	caddy.RegisterModule(App{})
+}
+
+// daemons holds the running runners, keyed by identity, across reloads.
+var daemons = caddy.NewUsagePool()
+
+// App is the gitea_runner app: a Gitea Actions runner.
+type App struct {
+	// Instance is the Gitea URL, e.g. https://git.example.org. Required.
+	// Caddyfile: `instance`.
+	Instance string `json:"instance,omitempty"`
+
+	// RegistrationToken registers the runner the first time it starts;
+	// afterwards the stored identity is used and the token is not needed.
+	// Placeholders such as {env.GITEA_RUNNER_REGISTRATION_TOKEN} are
+	// expanded. Caddyfile: `registration_token`.
+	RegistrationToken string `json:"registration_token,omitempty"`
+
+	// APIToken, a Gitea API token, lets the runner mint its own registration
+	// token in Scope instead of taking one. Caddyfile: `api_token`.
+	APIToken string `json:"api_token,omitempty"`
+
+	// Scope is where a registration token is minted with APIToken:
+	// "instance" (the default; needs an administrator's token), "org NAME"
+	// or "repo OWNER/NAME". Caddyfile: `scope instance|org NAME|repo OWNER/NAME`.
+	Scope string `json:"scope,omitempty"`
+
+	// Name is the runner's name in Gitea. Default: the host name.
+	// Caddyfile: `name`.
+	Name string `json:"name,omitempty"`
+
+	// Labels are the runner's labels: `name:docker://image` runs a job in a
+	// container of that image, `name:host` runs it on this host. Only the
+	// names are sent to Gitea. At least one is required. Caddyfile:
+	// `labels` (repeatable, several per line).
+	Labels []string `json:"labels,omitempty"`
+
+	// Capacity is how many jobs run at once. Default: 1. Caddyfile:
+	// `capacity`.
+	Capacity int `json:"capacity,omitempty"`
+
+	// FetchInterval is the wait between polls when there is no work; it
+	// grows up to 10 s while Gitea stays idle or unreachable. Default: 2s.
+	// Caddyfile: `fetch_interval`.
+	FetchInterval caddy.Duration `json:"fetch_interval,omitempty"`
+
+	// Timeout bounds a job. Default: 3h. Caddyfile: `timeout`.
+	Timeout caddy.Duration `json:"timeout,omitempty"`
+
+	// ShutdownTimeout is how long running jobs may go on when Caddy exits
+	// before they are cancelled (and reported as such). Default: 0, cancel
+	// at once. Caddyfile: `shutdown_timeout`.
+	ShutdownTimeout caddy.Duration `json:"shutdown_timeout,omitempty"`
+
+	// StateFile keeps the runner's identity in an act_runner-compatible
+	// `.runner` file (mode 0600), so an existing act_runner registration is
+	// reused. Default: Caddy's storage. Caddyfile: `state_file`.
+	StateFile string `json:"state_file,omitempty"`
+
+	// Env is added to every job's environment. Caddyfile: `env KEY value`
+	// (repeatable).
+	Env map[string]string `json:"env,omitempty"`
+
+	// Container configures job containers. Caddyfile: a `container` block.
+	Container *ContainerConfig `json:"container,omitempty"`
+
+	instance string
+	store    identityStore
+	settings *settings
+	key      string
+	daemon   *daemon
+	logger   *zap.Logger
+}
+
+// ContainerConfig configures the containers jobs run in.
+type ContainerConfig struct {
+	// Network is the job containers' network mode, e.g. host. Default: a
+	// network act creates per job. Caddyfile: `network`.
+	Network string `json:"network,omitempty"`
+
+	// Privileged runs job containers privileged. Caddyfile: `privileged`.
+	Privileged bool `json:"privileged,omitempty"`
+
+	// Options are extra `docker create` options, e.g. "--cpus 2".
+	// Caddyfile: `options`.
+	Options string `json:"options,omitempty"`
+
+	// ValidVolumes are the volumes and host paths (globs) jobs may mount.
+	// Caddyfile: `valid_volumes` (repeatable).
+	ValidVolumes []string `json:"valid_volumes,omitempty"`
+
+	// DockerHost is the Docker socket to mount into job containers; "-"
+	// mounts none. Default: "-": jobs never get the host's Docker socket
+	// unless this names it. Caddyfile: `docker_host`.
+	DockerHost string `json:"docker_host,omitempty"`
+
+	// ForcePull pulls the label's image before every job even when it is
+	// present. Default: false. Caddyfile: `force_pull`.
+	ForcePull bool `json:"force_pull,omitempty"`
+}
+
+// CaddyModule returns the Caddy module information.
+func (App) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "gitea_runner",
+		New: func() caddy.Module { return new(App) },
+	}
+}
+
+// Provision checks the configuration and prepares the settings; it starts
+// nothing.
+func (a *App) Provision(ctx caddy.Context) error {
+	a.logger = ctx.Logger()
+	repl := caddy.NewReplacer()
+	a.instance = trimSlash(repl.ReplaceAll(a.Instance, ""))
+	if a.instance == "" {
+		return errors.New("gitea_runner: instance is required, e.g. `instance https://git.example.org`")
+	}
+	u, err := url.Parse(a.instance)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return fmt.Errorf("gitea_runner: instance %q is not an http(s) URL", a.instance)
+	}
+	name := repl.ReplaceAll(a.Name, "")
+	if name == "" {
+		if name, err = os.Hostname(); err != nil {
+			return fmt.Errorf("gitea_runner: no name given and no host name: %w", err)
+		}
+	}
+	specs := make([]string, 0, len(a.Labels))
+	for _, l := range a.Labels {
+		specs = append(specs, repl.ReplaceAll(l, ""))
+	}
+	labels, err := parseLabels(specs)
+	if err != nil {
+		return fmt.Errorf("gitea_runner: %w", err)
+	}
+	if len(labels) == 0 {
+		return errors.New("gitea_runner: at least one label is required, e.g. `labels linux:docker://alpine:3`")
+	}
+	container := ContainerConfig{DockerHost: "-"}
+	if a.Container != nil {
+		container = *a.Container
+		if container.DockerHost == "" {
+			container.DockerHost = "-"
+		}
+	}
+	env := make(map[string]string, len(a.Env))
+	for k, v := range a.Env {
+		env[k] = repl.ReplaceAll(v, "")
+	}
+	dataDir := filepath.Join(caddy.AppDataDir(), "gitea_runner")
+	a.settings = &settings{
+		name:           name,
+		labelSpecs:     specs,
+		labels:         labels,
+		capacity:       max(a.Capacity, 1),
+		fetchInterval:  durationOr(a.FetchInterval, 2*time.Second),
+		timeout:        durationOr(a.Timeout, 3*time.Hour),
+		shutdown:       time.Duration(a.ShutdownTimeout),
+		env:            env,
+		container:      container,
+		workdirParent:  "workspace",
+		actionCacheDir: filepath.Join(dataDir, "actions"),
+		registration: registration{
+			token:    repl.ReplaceAll(a.RegistrationToken, ""),
+			apiToken: repl.ReplaceAll(a.APIToken, ""),
+			scope:    strings.Join(strings.Fields(a.Scope), " "),
+		},
+	}
+	if a.StateFile != "" {
+		path, err := filepath.Abs(repl.ReplaceAll(a.StateFile, ""))
+		if err != nil {
+			return fmt.Errorf("gitea_runner: state_file: %w", err)
+		}
+		a.store = fileIdentityStore{path: path}
+	} else {
+		a.store = newStorageIdentityStore(ctx.Storage(), caddy.AppDataDir(), a.instance, name)
+	}
+	a.key = a.instance + "\x00" + a.store.String()
+	return registerMetrics(ctx.GetMetricsRegistry())
+}
+
+// Validate checks the provisioned configuration.
+func (a *App) Validate() error {
+	switch {
+	case a.Capacity < 0:
+		return fmt.Errorf("gitea_runner: capacity %d must be at least 1", a.Capacity)
+	case a.FetchInterval < 0 || (a.FetchInterval > 0 && time.Duration(a.FetchInterval) < 100*time.Millisecond):
+		return fmt.Errorf("gitea_runner: fetch_interval %s must be at least 100ms", time.Duration(a.FetchInterval))
+	case a.Timeout < 0 || a.ShutdownTimeout < 0:
+		return errors.New("gitea_runner: timeout and shutdown_timeout must not be negative")
+	}
+	kind, name, _ := strings.Cut(a.settings.registration.scope, " ")
+	switch kind {
+	case "", "instance":
+	case "org", "repo":
+		if name == "" || (kind == "repo" && !strings.Contains(name, "/")) {
+			return fmt.Errorf("gitea_runner: scope %q: write `scope org NAME` or `scope repo OWNER/NAME`", a.Scope)
+		}
+	default:
+		return fmt.Errorf("gitea_runner: scope %q is not instance, org NAME or repo OWNER/NAME", a.Scope)
+	}
+	return nil
+}
+
+// Start joins the runner with this identity, starting it if this is the
+// first configuration to use it, and hands it this configuration's
+// settings. It never fails because Gitea is down: registering and polling
+// retry in the background.
+func (a *App) Start() error {
+	val, loaded, err := daemons.LoadOrNew(a.key, func() (caddy.Destructor, error) {
+		return newDaemon(a.instance, a.store, a.settings, a.logger)
+	})
+	if err != nil {
+		return fmt.Errorf("gitea_runner: %w", err)
+	}
+	a.daemon = val.(*daemon)
+	if loaded {
+		a.daemon.update(a.settings, a.logger)
+		a.logger.Info("runner carried over from the previous configuration", zap.String("identity", a.store.String()))
+	}
+	return nil
+}
+
+// Stop leaves the runner. Only when no configuration uses it any more does
+// it stop: running jobs survive a reload.
+func (a *App) Stop() error {
+	if a.daemon == nil {
+		return nil
+	}
+	_, err := daemons.Delete(a.key)
+	a.daemon = nil
+	return err
+}
+
+func durationOr(d caddy.Duration, def time.Duration) time.Duration {
+	if d == 0 {
+		return def
+	}
+	return time.Duration(d)
+}
+
+// Interface guards
+var (
+	_ caddy.App         = (*App)(nil)
+	_ caddy.Provisioner = (*App)(nil)
+	_ caddy.Validator   = (*App)(nil)
+)

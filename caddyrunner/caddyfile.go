@@ -1,0 +1,218 @@
+package caddyrunner
+
+import (
+	"strconv"
+	"strings"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+)
+
+func init() {
+	httpcaddyfile.RegisterGlobalOption("gitea_runner", parseGlobalOption)
+}
+
+// parseGlobalOption parses the gitea_runner global option into the app.
+func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
+	if existing != nil {
+		return nil, d.Err("gitea_runner: the global option is given more than once")
+	}
+	app := new(App)
+	if err := app.UnmarshalCaddyfile(d); err != nil {
+		return nil, err
+	}
+	return httpcaddyfile.App{Name: "gitea_runner", Value: caddyconfig.JSON(app, nil)}, nil
+}
+
+// UnmarshalCaddyfile sets up the app from Caddyfile tokens. Syntax:
+//
+//	gitea_runner {
+//	    instance            <url>
+//	    registration_token  <token>
+//	    api_token           <token>
+//	    scope               instance | org <name> | repo <owner>/<name>
+//	    name                <name>
+//	    labels              <label>...           # repeatable
+//	    capacity            <n>
+//	    fetch_interval      <duration>
+//	    timeout             <duration>
+//	    shutdown_timeout    <duration>
+//	    state_file          <path>
+//	    env                 <key> <value>        # repeatable
+//	    container {
+//	        network        <mode>
+//	        privileged
+//	        options        <docker create options>
+//	        valid_volumes  <glob>...             # repeatable
+//	        docker_host    <socket> | -
+//	        force_pull
+//	    }
+//	}
+func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // the option name
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	seen := map[string]bool{}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		option := d.Val()
+		if seen[option] && option != "labels" && option != "env" {
+			return d.Errf("gitea_runner: %s given more than once", option)
+		}
+		seen[option] = true
+		switch option {
+		case "instance", "registration_token", "api_token", "name", "state_file":
+			value, err := oneArg(d)
+			if err != nil {
+				return err
+			}
+			switch option {
+			case "instance":
+				a.Instance = value
+			case "registration_token":
+				a.RegistrationToken = value
+			case "api_token":
+				a.APIToken = value
+			case "name":
+				a.Name = value
+			case "state_file":
+				a.StateFile = value
+			}
+		case "scope":
+			args := d.RemainingArgs()
+			switch {
+			case len(args) == 1 && args[0] == "instance":
+			case len(args) == 2 && args[0] == "org":
+			case len(args) == 2 && args[0] == "repo" && strings.Count(args[1], "/") == 1:
+			default:
+				return d.Errf("gitea_runner: scope must be `instance`, `org NAME` or `repo OWNER/NAME`")
+			}
+			a.Scope = strings.Join(args, " ")
+		case "labels":
+			args := d.RemainingArgs()
+			if len(args) == 0 {
+				return d.ArgErr()
+			}
+			for _, arg := range args {
+				// A label list from one environment variable may be comma
+				// separated, as in act_runner's GITEA_RUNNER_LABELS.
+				for _, l := range strings.Split(arg, ",") {
+					if l = strings.TrimSpace(l); l != "" {
+						a.Labels = append(a.Labels, l)
+					}
+				}
+			}
+		case "capacity":
+			value, err := oneArg(d)
+			if err != nil {
+				return err
+			}
+			n, err := strconv.Atoi(value)
+			if err != nil || n < 1 {
+				return d.Errf("gitea_runner: capacity %q is not a positive integer", value)
+			}
+			a.Capacity = n
+		case "fetch_interval", "timeout", "shutdown_timeout":
+			value, err := oneArg(d)
+			if err != nil {
+				return err
+			}
+			dur, err := caddy.ParseDuration(value)
+			if err != nil {
+				return d.Errf("gitea_runner: %s %q: %v", option, value, err)
+			}
+			switch option {
+			case "fetch_interval":
+				a.FetchInterval = caddy.Duration(dur)
+			case "timeout":
+				a.Timeout = caddy.Duration(dur)
+			case "shutdown_timeout":
+				a.ShutdownTimeout = caddy.Duration(dur)
+			}
+		case "env":
+			args := d.RemainingArgs()
+			if len(args) != 2 {
+				return d.Errf("gitea_runner: env takes a name and a value")
+			}
+			if a.Env == nil {
+				a.Env = map[string]string{}
+			}
+			if _, dup := a.Env[args[0]]; dup {
+				return d.Errf("gitea_runner: env %s given more than once", args[0])
+			}
+			a.Env[args[0]] = args[1]
+		case "container":
+			if err := a.unmarshalContainer(d); err != nil {
+				return err
+			}
+		default:
+			return d.Errf("gitea_runner: unknown option %q", option)
+		}
+	}
+	return nil
+}
+
+func (a *App) unmarshalContainer(d *caddyfile.Dispenser) error {
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	c := new(ContainerConfig)
+	seen := map[string]bool{}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		option := d.Val()
+		if seen[option] && option != "valid_volumes" {
+			return d.Errf("gitea_runner: container %s given more than once", option)
+		}
+		seen[option] = true
+		switch option {
+		case "network", "docker_host", "options":
+			value, err := oneArg(d)
+			if err != nil {
+				return err
+			}
+			switch option {
+			case "network":
+				c.Network = value
+			case "docker_host":
+				c.DockerHost = value
+			case "options":
+				c.Options = value
+			}
+		case "valid_volumes":
+			args := d.RemainingArgs()
+			if len(args) == 0 {
+				return d.ArgErr()
+			}
+			c.ValidVolumes = append(c.ValidVolumes, args...)
+		case "privileged", "force_pull":
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			if option == "privileged" {
+				c.Privileged = true
+			} else {
+				c.ForcePull = true
+			}
+		default:
+			return d.Errf("gitea_runner: unknown container option %q", option)
+		}
+	}
+	a.Container = c
+	return nil
+}
+
+func oneArg(d *caddyfile.Dispenser) (string, error) {
+	if !d.NextArg() {
+		return "", d.ArgErr()
+	}
+	value := d.Val()
+	if d.NextArg() {
+		return "", d.ArgErr()
+	}
+	return value, nil
+}
+
+// Interface guard
+var _ caddyfile.Unmarshaler = (*App)(nil)

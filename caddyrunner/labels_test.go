@@ -1,0 +1,57 @@
+package caddyrunner
+
+import (
+	"slices"
+	"testing"
+	"time"
+)
+
+func TestParseLabels(t *testing.T) {
+	set, err := parseLabels([]string{"self-hosted:docker://cargoxx-runner-job:latest", "other:host", "bare", "img:docker://alpine:3"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := set.names(); !slices.Equal(got, []string{"self-hosted", "other", "bare", "img"}) {
+		t.Fatalf("names %v", got)
+	}
+	tests := map[string]string{
+		"self-hosted": "cargoxx-runner-job:latest",
+		"other":       hostPlatform,
+		"bare":        hostPlatform,
+		"img":         "alpine:3",
+	}
+	for runsOn, want := range tests {
+		if got := set.pickPlatform([]string{"unknown", runsOn}); got != want {
+			t.Errorf("pickPlatform(%s) = %q, want %q", runsOn, got, want)
+		}
+	}
+	if !set.needsDocker() {
+		t.Error("needsDocker is false with docker labels")
+	}
+}
+
+func TestParseLabelsRejects(t *testing.T) {
+	for _, bad := range [][]string{
+		{"x:vm://thing"},
+		{"x:docker://"},
+		{"x:docker"},
+		{"x:host:arg"},
+		{":host"},
+		{"a b:host"},
+		{"dup:host", "dup:docker://alpine"},
+	} {
+		if _, err := parseLabels(bad); err == nil {
+			t.Errorf("parseLabels(%q) succeeded", bad)
+		}
+	}
+}
+
+func TestBackoff(t *testing.T) {
+	interval := 2 * time.Second
+	for n, want := range map[int][2]float64{1: {1.6, 2.4}, 2: {3.2, 4.8}, 3: {6.4, 9.6}, 10: {8, 12}} {
+		got := backoff(interval, n).Seconds()
+		if got < want[0] || got > want[1] {
+			t.Errorf("backoff after %d misses = %.2fs, want within [%v, %v]", n, got, want[0], want[1])
+		}
+	}
+}

@@ -1,0 +1,183 @@
+package caddyrunner
+
+// How a task becomes an act run follows Gitea's own runner
+// (gitea.com/gitea/runner, internal/app/run, MIT licensed).
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"maps"
+	"strings"
+	"time"
+
+	runnerv1 "code.gitea.io/actions-proto-go/runner/v1"
+	"gitea.com/gitea/runner/act/common"
+	"gitea.com/gitea/runner/act/model"
+	"gitea.com/gitea/runner/act/runner"
+	"github.com/moby/moby/api/types/container"
+	"github.com/sirupsen/logrus"
+	"go.uber.org/zap"
+)
+
+// runTask runs one task to the end and reports it, whatever happens: the
+// final report goes out even when the job was cancelled or panicked.
+func (d *daemon) runTask(ctx context.Context, client *giteaClient, task *runnerv1.Task) {
+	s := d.settings()
+	logger := d.logger().With(zap.Int64("task", task.Id),
+		zap.String("repository", task.Context.GetFields()["repository"].GetStringValue()),
+		zap.String("job", task.Context.GetFields()["job"].GetStringValue()))
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+
+	rep := newReporter(ctx, cancel, client, task, logger)
+	go rep.run()
+	runErr := d.execute(ctx, task, s, rep)
+	lastWords := ""
+	if runErr != nil {
+		lastWords = runErr.Error()
+		if ctx.Err() == context.DeadlineExceeded {
+			lastWords = fmt.Sprintf("the job ran longer than the runner's timeout (%s): %v", s.timeout, runErr)
+		}
+	}
+	if err := rep.close(lastWords); err != nil {
+		logger.Error("the final report did not reach Gitea", zap.Error(err))
+	}
+	result := strings.ToLower(strings.TrimPrefix(rep.result().String(), "RESULT_"))
+	jobDuration.Observe(time.Since(start).Seconds())
+	tasksTotal.WithLabelValues(result).Inc()
+	logger.Info("task finished", zap.String("result", result), zap.Duration("duration", time.Since(start)))
+}
+
+// execute plans the task's job and runs it with act.
+func (d *daemon) execute(ctx context.Context, task *runnerv1.Task, s *settings, rep *reporter) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("the runner panicked while running the job: %v", p)
+			d.logger().Error("job panicked", zap.Int64("task", task.Id), zap.Any("panic", p), zap.Stack("stack"))
+		}
+	}()
+	fields := task.Context.GetFields()
+	rep.logf("%s received task %d of job %s, triggered by %s", s.name, task.Id,
+		fields["job"].GetStringValue(), fields["event_name"].GetStringValue())
+
+	workflow, jobID, err := taskWorkflow(task)
+	if err != nil {
+		return err
+	}
+	plan, err := model.CombineWorkflowPlanner(workflow).PlanJob(jobID)
+	if err != nil {
+		return fmt.Errorf("planning job %s: %w", jobID, err)
+	}
+	job := workflow.GetJob(jobID)
+	rep.resetSteps(len(job.Steps))
+
+	preset := &model.GithubContext{
+		Event:           fields["event"].GetStructValue().AsMap(),
+		RunID:           fields["run_id"].GetStringValue(),
+		RunNumber:       fields["run_number"].GetStringValue(),
+		RunAttempt:      fields["run_attempt"].GetStringValue(),
+		Actor:           fields["actor"].GetStringValue(),
+		Repository:      fields["repository"].GetStringValue(),
+		EventName:       fields["event_name"].GetStringValue(),
+		Sha:             fields["sha"].GetStringValue(),
+		Ref:             fields["ref"].GetStringValue(),
+		RefName:         fields["ref_name"].GetStringValue(),
+		RefType:         fields["ref_type"].GetStringValue(),
+		HeadRef:         fields["head_ref"].GetStringValue(),
+		BaseRef:         fields["base_ref"].GetStringValue(),
+		Token:           fields["token"].GetStringValue(),
+		RepositoryOwner: fields["repository_owner"].GetStringValue(),
+		RetentionDays:   fields["retention_days"].GetStringValue(),
+	}
+	if t := task.Secrets["GITEA_TOKEN"]; t != "" {
+		preset.Token = t
+	} else if t := task.Secrets["GITHUB_TOKEN"]; t != "" {
+		preset.Token = t
+	}
+
+	env := d.jobEnv(s)
+	if url := fields["actions_id_token_request_url"].GetStringValue(); url != "" {
+		env["ACTIONS_ID_TOKEN_REQUEST_URL"] = url
+		env["ACTIONS_ID_TOKEN_REQUEST_TOKEN"] = fields["actions_id_token_request_token"].GetStringValue()
+	}
+	runtimeToken := fields["gitea_runtime_token"].GetStringValue()
+	if runtimeToken == "" {
+		runtimeToken = preset.Token
+	}
+	env["ACTIONS_RUNTIME_TOKEN"] = runtimeToken
+
+	eventJSON, err := json.Marshal(preset.Event)
+	if err != nil {
+		return fmt.Errorf("encoding the event: %w", err)
+	}
+	maxLifetime := s.timeout
+	if deadline, ok := ctx.Deadline(); ok {
+		maxLifetime = time.Until(deadline)
+	}
+	defaultActions := fields["gitea_default_actions_url"].GetStringValue()
+
+	cfg := &runner.Config{
+		Workdir:               "/" + strings.Trim(s.workdirParent, "/") + "/" + preset.Repository,
+		ReuseContainers:       false,
+		ForcePull:             s.container.ForcePull,
+		LogOutput:             true,
+		Env:                   env,
+		Secrets:               task.Secrets,
+		Vars:                  task.Vars,
+		GitHubInstance:        d.instance,
+		AutoRemove:            true,
+		NoSkipCheckout:        true,
+		PresetGitHubContext:   preset,
+		EventJSON:             string(eventJSON),
+		ContainerNamePrefix:   fmt.Sprintf("GITEA-ACTIONS-TASK-%d", task.Id),
+		ContainerMaxLifetime:  maxLifetime,
+		CleanWorkdir:          true,
+		ContainerNetworkMode:  container.NetworkMode(s.container.Network),
+		ContainerOptions:      s.container.Options,
+		ContainerDaemonSocket: s.container.DockerHost,
+		Privileged:            s.container.Privileged,
+		DefaultActionInstance: defaultActions,
+		PlatformPicker:        s.labels.pickPlatform,
+		ValidVolumes:          s.container.ValidVolumes,
+		ActionCacheDir:        s.actionCacheDir,
+	}
+	r, err := runner.New(cfg)
+	if err != nil {
+		return fmt.Errorf("setting up the job: %w", err)
+	}
+	executor := r.NewPlanExecutor(plan)
+	rep.logf("workflow prepared")
+
+	ctx = common.WithLoggerHook(ctx, rep)
+	// Job output goes to Gitea through the hook, not into Caddy's log.
+	ctx = runner.WithJobLoggerFactory(ctx, discardJobLogger{})
+	execErr := executor(ctx)
+	rep.setOutputs(job.Outputs)
+	return execErr
+}
+
+// jobEnv is the environment every job gets: the configured env, then the
+// variables that tell actions where Gitea's services are.
+func (d *daemon) jobEnv(s *settings) map[string]string {
+	env := make(map[string]string, len(s.env)+8)
+	maps.Copy(env, s.env)
+	env["ACTIONS_RUNTIME_URL"] = d.instance + "/api/actions_pipeline/"
+	env["ACTIONS_RESULTS_URL"] = d.instance
+	env["GITEA_ACTIONS"] = "true"
+	env["GITEA_ACTIONS_RUNNER_VERSION"] = runnerVersion
+	return env
+}
+
+// discardJobLogger gives act job loggers that write nowhere: the reporter
+// hook still sees every entry.
+type discardJobLogger struct{}
+
+func (discardJobLogger) WithJobLogger() *logrus.Logger {
+	logger := logrus.New()
+	logger.SetOutput(io.Discard)
+	logger.SetLevel(logrus.TraceLevel)
+	return logger
+}

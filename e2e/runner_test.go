@@ -1,0 +1,144 @@
+package e2e
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cargoxx-pkgs/runner/e2e/harness"
+)
+
+// runnerCaddyfile is a Caddyfile that runs only the runner, on the busybox
+// job image with host networking and no Docker socket in jobs.
+func runnerCaddyfile(g *harness.Gitea, token, image, extra string) string {
+	return fmt.Sprintf(`{
+	admin {$CADDY_ADMIN}
+	gitea_runner {
+		instance %s
+		registration_token %s
+		name e2e-runner
+		labels e2e:docker://%s
+		fetch_interval 500ms
+		container {
+			network host
+			docker_host -
+		}
+		%s
+	}
+}
+`, g.URL, token, image, extra)
+}
+
+const twoJobWorkflow = `on: [push]
+jobs:
+  first:
+    runs-on: e2e
+    defaults:
+      run:
+        shell: sh
+    outputs:
+      greeting: ${{ steps.out.outputs.greeting }}
+    steps:
+      - id: out
+        run: echo "greeting=hello-from-first" >> "$GITHUB_OUTPUT"
+      - run: echo "secret is ${{ secrets.E2E_SECRET }}"
+      - run: echo "var is ${{ vars.E2E_VAR }}"
+      - run: echo "env is $JOB_ENV in $GITHUB_REPOSITORY"
+        env:
+          JOB_ENV: from-env
+  second:
+    needs: first
+    runs-on: e2e
+    defaults:
+      run:
+        shell: sh
+    steps:
+      - run: echo "first said ${{ needs.first.outputs.greeting }}"
+`
+
+func TestRunnerRunsWorkflowWithNeedsSecretsAndVars(t *testing.T) {
+	docker := harness.NewDocker(t)
+	image := docker.JobImage()
+	g := harness.StartGitea(t, "")
+	g.CreateRepo("jobs")
+	const secret = "s3cr3t-value-that-must-not-leak"
+	g.SetSecret("jobs", "E2E_SECRET", secret)
+	g.SetVariable("jobs", "E2E_VAR", "variable-value")
+	harness.StartCaddy(t, runnerCaddyfile(g, g.RepoRegistrationToken("jobs"), image, ""), harness.CaddyOptions{NoHTTP: true})
+
+	sha := g.CommitWorkflow("jobs", "ci.yml", twoJobWorkflow)
+	run := g.WaitRun("jobs", sha, 3*time.Minute, harness.Completed)
+	jobs := g.Jobs("jobs", run.ID)
+	logs := map[string]string{}
+	for _, job := range jobs {
+		logs[job.Name] = g.JobLog("jobs", job.ID)
+	}
+	if run.Conclusion != "success" {
+		t.Fatalf("run concluded %q, want success; job logs:\n%v", run.Conclusion, logs)
+	}
+	for _, want := range []string{"secret is ***", "var is variable-value", "env is from-env in ci/jobs"} {
+		if !strings.Contains(logs["first"], want) {
+			t.Errorf("first job's log lacks %q:\n%s", want, logs["first"])
+		}
+	}
+	if !strings.Contains(logs["second"], "first said hello-from-first") {
+		t.Errorf("second job did not see the first one's output:\n%s", logs["second"])
+	}
+	for name, log := range logs {
+		if strings.Contains(log, secret) {
+			t.Errorf("job %s's log shows the secret:\n%s", name, log)
+		}
+	}
+	for _, job := range jobs {
+		if len(job.Steps) == 0 {
+			t.Errorf("job %s has no steps in Gitea", job.Name)
+		}
+		for _, step := range job.Steps {
+			if step.Conclusion != "success" {
+				t.Errorf("job %s step %q concluded %q", job.Name, step.Name, step.Conclusion)
+			}
+		}
+	}
+}
+
+func TestRunnerReportsFailingStep(t *testing.T) {
+	docker := harness.NewDocker(t)
+	image := docker.JobImage()
+	g := harness.StartGitea(t, "")
+	g.CreateRepo("failing")
+	harness.StartCaddy(t, runnerCaddyfile(g, g.RepoRegistrationToken("failing"), image, ""), harness.CaddyOptions{NoHTTP: true})
+
+	sha := g.CommitWorkflow("failing", "ci.yml", `on: [push]
+jobs:
+  broken:
+    runs-on: e2e
+    defaults:
+      run:
+        shell: sh
+    steps:
+      - run: echo before the failure
+      - run: echo failing now; exit 3
+      - run: echo never runs
+`)
+	run := g.WaitRun("failing", sha, 3*time.Minute, harness.Completed)
+	if run.Conclusion != "failure" {
+		t.Fatalf("run concluded %q, want failure", run.Conclusion)
+	}
+	jobs := g.Jobs("failing", run.ID)
+	if len(jobs) != 1 {
+		t.Fatalf("want one job, got %d", len(jobs))
+	}
+	log := g.JobLog("failing", jobs[0].ID)
+	if !strings.Contains(log, "failing now") || strings.Contains(log, "never runs") {
+		t.Fatalf("job log:\n%s", log)
+	}
+	var conclusions []string
+	for _, step := range jobs[0].Steps {
+		conclusions = append(conclusions, step.Name+"="+step.Conclusion)
+	}
+	got := strings.Join(conclusions, " ")
+	if !strings.Contains(got, "echo failing now; exit 3=failure") {
+		t.Fatalf("the failing step is not marked failed: %s", got)
+	}
+}
