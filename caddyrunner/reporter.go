@@ -29,7 +29,7 @@ const (
 	// stateInterval is the heartbeat: the state is sent at least this often,
 	// even when nothing changed, so Gitea never takes a silent job for a
 	// zombie (its reaper acts after 10 minutes without updates).
-	stateInterval = 5 * time.Second
+	stateInterval = 3 * time.Second
 	// closeTimeout bounds each attempt of the final report.
 	closeTimeout = 10 * time.Second
 	// Gitea keeps an output only within these limits.

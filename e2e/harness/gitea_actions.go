@@ -192,3 +192,65 @@ func (g *Gitea) webSession() *http.Client {
 	}
 	return client
 }
+
+// CommitWorkflows commits several workflow files in one commit, so that one
+// push queues one run per workflow at the same moment. It returns the SHA.
+func (g *Gitea) CommitWorkflows(repo string, files map[string]string) string {
+	g.t.Helper()
+	opts := gitea.ChangeFilesOptions{Message: "add workflows", Branch: "main"}
+	for name, content := range files {
+		opts.Files = append(opts.Files, &gitea.ChangeFileOperation{
+			Operation: "create",
+			Path:      ".gitea/workflows/" + name,
+			Content:   base64.StdEncoding.EncodeToString([]byte(content)),
+		})
+	}
+	resp, _, err := g.Client.ChangeFiles(GiteaAdmin, repo, opts)
+	if err != nil {
+		g.t.Fatalf("committing workflows to %s: %v", repo, err)
+	}
+	return resp.Commit.SHA
+}
+
+// WaitRuns waits until the commit has want runs, all satisfying done.
+func (g *Gitea) WaitRuns(repo, sha string, want int, timeout time.Duration, done func(RunStatus) bool) []*gitea.ActionWorkflowRun {
+	g.t.Helper()
+	var found []*gitea.ActionWorkflowRun
+	err := Eventually(timeout, 250*time.Millisecond, func() error {
+		runs, err := g.Runs(repo)
+		if err != nil {
+			return err
+		}
+		found = found[:0]
+		for _, run := range runs {
+			if run.HeadSha != sha {
+				continue
+			}
+			if !done(RunStatus{Status: run.Status, Conclusion: run.Conclusion}) {
+				return fmt.Errorf("run %d is %s/%s", run.ID, run.Status, run.Conclusion)
+			}
+			found = append(found, run)
+		}
+		if len(found) != want {
+			return fmt.Errorf("%d runs for %s, want %d", len(found), sha, want)
+		}
+		return nil
+	})
+	if err != nil {
+		g.t.Fatalf("waiting for the runs of %s in %s: %v", sha, repo, err)
+	}
+	return found
+}
+
+// InProgress is a WaitRun condition: a runner has picked the run up.
+func InProgress(s RunStatus) bool { return s.Status == "in_progress" }
+
+// RepoRunners lists the runners registered for a repository.
+func (g *Gitea) RepoRunners(repo string) []*gitea.ActionRunner {
+	g.t.Helper()
+	resp, _, err := g.Client.ListRepoActionRunners(GiteaAdmin, repo, gitea.ListActionRunnersOptions{})
+	if err != nil {
+		g.t.Fatalf("listing the runners of %s: %v", repo, err)
+	}
+	return resp.Runners
+}
