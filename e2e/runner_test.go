@@ -47,6 +47,11 @@ jobs:
       - run: echo "env is $JOB_ENV in $GITHUB_REPOSITORY"
         env:
           JOB_ENV: from-env
+      - run: |
+          echo "::add-mask::mask-me-please"
+          echo "masked value mask-me-please"
+          echo "task token ${{ github.token }}"
+      - run: test ! -e /var/run/docker.sock && echo "no docker socket in the job"
   second:
     needs: first
     runs-on: e2e
@@ -65,7 +70,7 @@ func TestRunnerRunsWorkflowWithNeedsSecretsAndVars(t *testing.T) {
 	const secret = "s3cr3t-value-that-must-not-leak"
 	g.SetSecret("jobs", "E2E_SECRET", secret)
 	g.SetVariable("jobs", "E2E_VAR", "variable-value")
-	harness.StartCaddy(t, runnerCaddyfile(g, g.RepoRegistrationToken("jobs"), image, ""), harness.CaddyOptions{NoHTTP: true})
+	caddy := harness.StartCaddy(t, runnerCaddyfile(g, g.RepoRegistrationToken("jobs"), image, ""), harness.CaddyOptions{NoHTTP: true})
 
 	sha := g.CommitWorkflow("jobs", "ci.yml", twoJobWorkflow)
 	run := g.WaitRun("jobs", sha, 3*time.Minute, harness.Completed)
@@ -77,7 +82,8 @@ func TestRunnerRunsWorkflowWithNeedsSecretsAndVars(t *testing.T) {
 	if run.Conclusion != "success" {
 		t.Fatalf("run concluded %q, want success; job logs:\n%v", run.Conclusion, logs)
 	}
-	for _, want := range []string{"secret is ***", "var is variable-value", "env is from-env in ci/jobs"} {
+	for _, want := range []string{"secret is ***", "var is variable-value", "env is from-env in ci/jobs",
+		"masked value ***", "task token ***", "no docker socket in the job"} {
 		if !strings.Contains(logs["first"], want) {
 			t.Errorf("first job's log lacks %q:\n%s", want, logs["first"])
 		}
@@ -89,6 +95,21 @@ func TestRunnerRunsWorkflowWithNeedsSecretsAndVars(t *testing.T) {
 		if strings.Contains(log, secret) {
 			t.Errorf("job %s's log shows the secret:\n%s", name, log)
 		}
+		// The script's own text is shown before ::add-mask:: runs, as on
+		// GitHub; what it prints afterwards must be masked.
+		for line := range strings.Lines(log) {
+			if strings.HasSuffix(strings.TrimSpace(line), "Z masked value mask-me-please") {
+				t.Errorf("job %s printed a masked value: %q", name, line)
+			}
+		}
+	}
+	if err := harness.Eventually(10*time.Second, 100*time.Millisecond, func() error {
+		if n := metric(t, caddy, `caddy_gitea_runner_tasks_total{result="success"}`); n != 2 {
+			return fmt.Errorf("tasks_total{result=success} = %v, want 2", n)
+		}
+		return nil
+	}); err != nil {
+		t.Error(err)
 	}
 	for _, job := range jobs {
 		if len(job.Steps) == 0 {
@@ -140,5 +161,76 @@ jobs:
 	got := strings.Join(conclusions, " ")
 	if !strings.Contains(got, "echo failing now; exit 3=failure") {
 		t.Fatalf("the failing step is not marked failed: %s", got)
+	}
+}
+
+func TestRunnerTimeoutBoundsJob(t *testing.T) {
+	docker := harness.NewDocker(t)
+	image := docker.JobImage()
+	g := harness.StartGitea(t, "")
+	g.CreateRepo("timeout")
+	harness.StartCaddy(t, runnerCaddyfile(g, g.RepoRegistrationToken("timeout"), image, "timeout 5s"), harness.CaddyOptions{NoHTTP: true})
+	sha := g.CommitWorkflow("timeout", "ci.yml", jobWorkflow("endless", "echo started\nsleep 120"))
+	run := g.WaitRun("timeout", sha, time.Minute, harness.Completed)
+	if run.Conclusion == "success" {
+		t.Fatalf("a job past the runner's timeout succeeded")
+	}
+	if elapsed := run.CompletedAt.Sub(run.StartedAt); elapsed > time.Minute {
+		t.Fatalf("the job ran %v despite timeout 5s", elapsed)
+	}
+	log := g.JobLog("timeout", g.Jobs("timeout", run.ID)[0].ID)
+	if !strings.Contains(log, "timeout") {
+		t.Errorf("the job's log does not say it timed out:\n%s", log)
+	}
+}
+
+func TestRunnerShutdownLetsJobsFinish(t *testing.T) {
+	docker := harness.NewDocker(t)
+	image := docker.JobImage()
+	g := harness.StartGitea(t, "")
+	g.CreateRepo("shutdown")
+	caddy := harness.StartCaddy(t, runnerCaddyfile(g, g.RepoRegistrationToken("shutdown"), image, "shutdown_timeout 2m"), harness.CaddyOptions{NoHTTP: true})
+	sha := g.CommitWorkflow("shutdown", "ci.yml", jobWorkflow("finishing", "sleep 8\necho finished-after-shutdown"))
+	g.WaitRun("shutdown", sha, time.Minute, harness.InProgress)
+	caddy.Stop() // SIGTERM: caddy waits for the job
+	run := g.WaitRun("shutdown", sha, 30*time.Second, harness.Completed)
+	if run.Conclusion != "success" {
+		t.Fatalf("a job running at shutdown concluded %q, want success within shutdown_timeout", run.Conclusion)
+	}
+	if log := g.JobLog("shutdown", g.Jobs("shutdown", run.ID)[0].ID); !strings.Contains(log, "finished-after-shutdown") {
+		t.Fatalf("log:\n%s", log)
+	}
+
+	// With no grace, a running job is cancelled and reported at once.
+	caddy = harness.StartCaddy(t, runnerCaddyfile(g, g.RepoRegistrationToken("shutdown"), image, ""), harness.CaddyOptions{NoHTTP: true})
+	sha = g.CommitWorkflow("shutdown", "ci2.yml", jobWorkflow("endless", "sleep 300"))
+	g.WaitRuns("shutdown", sha, 2, time.Minute, func(s harness.RunStatus) bool { return true })
+	var endless int64
+	for _, r := range g.WaitRuns("shutdown", sha, 2, 2*time.Minute, func(s harness.RunStatus) bool { return s.Status != "queued" }) {
+		if strings.HasSuffix(r.Path, "ci2.yml@refs/heads/main") {
+			endless = r.ID
+		}
+	}
+	if err := harness.Eventually(time.Minute, 250*time.Millisecond, func() error {
+		run, _, err := g.Client.GetRepoActionRun(harness.GiteaAdmin, "shutdown", endless)
+		if err != nil || run.Status != "in_progress" {
+			return fmt.Errorf("run %d: %v %v", endless, run, err)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	caddy.Stop()
+	if err := harness.Eventually(30*time.Second, 250*time.Millisecond, func() error {
+		run, _, err := g.Client.GetRepoActionRun(harness.GiteaAdmin, "shutdown", endless)
+		if err != nil || run.Status != "completed" {
+			return fmt.Errorf("run %d not completed: %v %v", endless, run, err)
+		}
+		if run.Conclusion == "success" {
+			return fmt.Errorf("the cancelled job concluded success")
+		}
+		return nil
+	}); err != nil {
+		t.Fatalf("a job cancelled by shutdown was not reported: %v", err)
 	}
 }
