@@ -11,15 +11,17 @@ GOLANGCI_LINT_VERSION := v2.15.0
 # Outside the work tree, so that a fresh clone reuses an earlier build.
 CACHE_DIR ?= $(HOME)/.cache/cargoxx-runner
 GITEA_BIN ?= $(CACHE_DIR)/gitea-$(GITEA_VERSION)
+GITEA_RUNNER_VERSION := v1.0.8
+GITEA_RUNNER_BIN ?= $(CACHE_DIR)/act_runner-$(GITEA_RUNNER_VERSION)
 
 # E2E=require turns a skipped end-to-end test into a failure (CI sets it).
 E2E ?=
 TEST_TIMEOUT ?= 60m
 
-export GITEA_BIN
+export GITEA_BIN GITEA_RUNNER_BIN
 export E2E
 
-.PHONY: all build xcaddy run test unit e2e e2e-deps gitea fmt lint vet fuzz bench clean
+.PHONY: all build xcaddy run test unit e2e e2e-deps gitea act-runner fmt lint vet fuzz bench clean
 
 all: build
 
@@ -59,6 +61,17 @@ gitea:
 		mv "$(GITEA_BIN).tmp" "$(GITEA_BIN)"; \
 	fi
 
+## act-runner: Gitea's own runner, which make bench compares gitea_runner with
+act-runner:
+	@if [ ! -x "$(GITEA_RUNNER_BIN)" ]; then \
+		echo "building Gitea's runner $(GITEA_RUNNER_VERSION) into $(GITEA_RUNNER_BIN)"; \
+		mkdir -p "$(dir $(GITEA_RUNNER_BIN))" && \
+		cd bench/tools/gitea-runner && CGO_ENABLED=0 $(GO) build \
+			-ldflags '-X gitea.com/gitea/runner/internal/pkg/ver.version=$(GITEA_RUNNER_VERSION)' \
+			-o "$(GITEA_RUNNER_BIN).tmp" gitea.com/gitea/runner && \
+		mv "$(GITEA_RUNNER_BIN).tmp" "$(GITEA_RUNNER_BIN)"; \
+	fi
+
 fmt:
 	gofmt -w $$(git ls-files '*.go')
 	for f in caddyfiles/*.Caddyfile; do bin/caddy fmt --overwrite $$f; done
@@ -80,7 +93,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzClassify -fuzztime $(FUZZTIME) ./caddynix
 
 ## bench: side-by-side measurements against the alternatives (not part of test)
-bench: build
+bench: build e2e-deps act-runner
 	$(GO) test -count=1 -run '^$$' -bench . -benchtime 1x -timeout 60m ./bench
 
 clean:

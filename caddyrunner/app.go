@@ -61,8 +61,9 @@ type App struct {
 	// `capacity`.
 	Capacity int `json:"capacity,omitempty"`
 
-	// FetchInterval is the wait between polls when there is no work; it
-	// grows up to 10 s while Gitea stays idle or unreachable. Default: 2s.
+	// FetchInterval is the wait between polls when there is no work; after
+	// failed polls the wait doubles, up to 5 s (or FetchInterval if longer),
+	// while Gitea is unreachable. Default: 2s.
 	// Caddyfile: `fetch_interval`.
 	FetchInterval caddy.Duration `json:"fetch_interval,omitempty"`
 

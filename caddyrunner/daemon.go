@@ -22,10 +22,10 @@ const runnerVersion = "cargoxx-runner"
 const (
 	// fetchTimeout bounds one FetchTask call.
 	fetchTimeout = 5 * time.Second
-	// maxBackoffShift caps the exponential backoff at fetch_interval × 2^5,
-	// and maxFetchWait caps it absolutely: pickup latency is what users see.
+	// maxBackoffShift caps the backoff after failed polls at
+	// fetch_interval × 2^5, and maxFetchWait caps it absolutely.
 	maxBackoffShift = 5
-	maxFetchWait    = 10 * time.Second
+	maxFetchWait    = 5 * time.Second
 )
 
 // settings are the parts of the configuration a reload may change while the
@@ -245,7 +245,7 @@ func (d *daemon) retry(what string, attempt func(context.Context) (retry bool, e
 // task, so a full runner asks for nothing.
 func (d *daemon) poll(client *giteaClient) {
 	var tasksVersion int64
-	misses := 0
+	failures := 0
 	for {
 		if !d.waitForSlot() {
 			return
@@ -260,6 +260,7 @@ func (d *daemon) poll(client *giteaClient) {
 			return
 		}
 		var task *runnerv1.Task
+		failed := err != nil
 		switch {
 		case err != nil:
 			pollsTotal.WithLabelValues("error").Inc()
@@ -282,11 +283,13 @@ func (d *daemon) poll(client *giteaClient) {
 			task = resp.Msg.Task
 		}
 		if task == nil {
-			if err == nil {
+			if failed {
+				failures++
+			} else {
 				pollsTotal.WithLabelValues("empty").Inc()
+				failures = 0
 			}
-			misses++
-			if !d.sleepOrWake(backoff(s.fetchInterval, misses)) {
+			if !d.sleepOrWake(backoff(s.fetchInterval, failures)) {
 				return
 			}
 			continue
@@ -294,13 +297,16 @@ func (d *daemon) poll(client *giteaClient) {
 		pollsTotal.WithLabelValues("task").Inc()
 		// Version 0 makes Gitea look in its database again: another job may
 		// have become ready at the version just seen.
-		tasksVersion, misses = 0, 0
+		tasksVersion, failures = 0, 0
 		d.start(client, task)
 	}
 }
 
-// backoff is the wait after n empty or failed polls: fetch_interval while n
-// is 1, then doubling, capped, with ±20% jitter.
+// backoff is the wait after n failed polls: fetch_interval at first, then
+// doubling up to maxFetchWait, with ±20% jitter. An empty answer is not a
+// failure: polls that find nothing cost Gitea little (the tasks_version
+// check), and pickup latency is what users see, so they wait just
+// fetch_interval.
 func backoff(interval time.Duration, n int) time.Duration {
 	wait := interval
 	if n > 1 {
