@@ -3,7 +3,6 @@ package caddynix
 import (
 	"crypto/sha256"
 	"crypto/subtle"
-	"errors"
 	"fmt"
 	"net/http"
 	"os"
@@ -49,9 +48,6 @@ func loadCredentials(cfg *UploadConfig, repl *caddy.Replacer) (*credentials, err
 		if err := creds.add(strings.TrimSpace(string(data))); err != nil {
 			return nil, fmt.Errorf("upload token file %s: %w", path, err)
 		}
-	}
-	if len(creds.digests) == 0 {
-		return nil, errors.New("upload needs at least one token or token_file: every upload is authenticated")
 	}
 	return creds, nil
 }

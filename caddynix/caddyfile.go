@@ -29,6 +29,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //
 //	nix_cache [<matcher>] {
 //	    name            <name>
+//	    url             <url>
 //	    root            <directory>
 //	    secret_key_file <file>        # repeatable: every key signs
 //	    generate_key
@@ -54,7 +55,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		}
 		seen[option] = true
 		switch option {
-		case "name", "root", "store_dir", "secret_key_file":
+		case "name", "url", "root", "store_dir", "secret_key_file":
 			value, err := singleArg(d)
 			if err != nil {
 				return err
@@ -62,6 +63,8 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			switch option {
 			case "name":
 				h.Name = value
+			case "url":
+				h.URL = value
 			case "root":
 				h.Root = value
 			case "store_dir":

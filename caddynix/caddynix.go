@@ -33,6 +33,12 @@ type Handler struct {
 	// to. Caddyfile: `name`.
 	Name string `json:"name,omitempty"`
 
+	// URL is the address clients reach the cache at, e.g.
+	// https://cache.example.org. A gitea_runner hands it to jobs as their
+	// substituter and upload target; the landing page shows it. Default: the
+	// URL of the request. Caddyfile: `url`.
+	URL string `json:"url,omitempty"`
+
 	// Root is the cache directory, in the layout that `nix copy --to
 	// file://DIR` writes. It is created when missing. Placeholders such as
 	// {env.CACHE_ROOT} are expanded. Required. Caddyfile: `root`.
@@ -78,6 +84,8 @@ type Handler struct {
 	stats    *statsCache
 	creds    *credentials
 	pending  *pendingNars
+	url      string
+	shared   *sharedCache
 	logger   *zap.Logger
 }
 
@@ -139,6 +147,10 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		if err != nil {
 			return fmt.Errorf("nix_cache: %w", err)
 		}
+	}
+	h.url = strings.TrimRight(repl.ReplaceAll(h.URL, ""), "/")
+	if err := h.shareCache(); err != nil {
+		return fmt.Errorf("nix_cache: %w", err)
 	}
 	h.sweepLeftovers()
 	if err := registerMetrics(ctx.GetMetricsRegistry()); err != nil {
@@ -214,8 +226,14 @@ func (h *Handler) Validate() error {
 	return nil
 }
 
-// Cleanup releases the cache root.
+// Cleanup releases the cache root and leaves the named cache's shared state.
 func (h *Handler) Cleanup() error {
+	if h.shared != nil {
+		if _, err := namedCaches.Delete(h.Name); err != nil {
+			return err
+		}
+		h.shared = nil
+	}
 	if h.dir != nil {
 		return h.dir.Close()
 	}

@@ -105,7 +105,7 @@ func (h *Handler) serveLanding(w http.ResponseWriter, r *http.Request) error {
 	stats := h.stats.get(h.root)
 	page := landingPage{
 		Name:          h.cacheName(r),
-		URL:           cacheURL(r),
+		URL:           h.cacheURL(r),
 		PublicKeys:    h.publicKeyStrings(),
 		Paths:         stats.Paths,
 		Size:          humanize.IBytes(uint64(stats.NarBytes)),
@@ -156,9 +156,12 @@ func (h *Handler) cacheName(r *http.Request) string {
 	return host
 }
 
-// cacheURL is the URL clients use as a substituter: the scheme and host of
-// the request, and the path under which the handler is mounted.
-func cacheURL(r *http.Request) string {
+// cacheURL is the URL clients use as a substituter: the configured url, or
+// the scheme and host of the request and the path the handler is mounted at.
+func (h *Handler) cacheURL(r *http.Request) string {
+	if h.url != "" {
+		return h.url
+	}
 	scheme := "http"
 	if r.TLS != nil {
 		scheme = "https"

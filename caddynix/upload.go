@@ -32,6 +32,9 @@ type UploadConfig struct {
 
 	// TokenFiles are files holding one token each, which must not be
 	// readable by group or others. Caddyfile: `token_file` (repeatable).
+	//
+	// With neither tokens nor token files, only the short-lived credentials
+	// that a gitea_runner in the same Caddy gives its jobs are accepted.
 	TokenFiles []string `json:"token_files,omitempty"`
 
 	// MaxNarSize bounds a NAR upload, compressed and uncompressed, and a
@@ -96,7 +99,7 @@ func (h *Handler) serveUpload(w http.ResponseWriter, r *http.Request, req cacheR
 }
 
 func (h *Handler) upload(r *http.Request, req cacheRequest, ok bool) error {
-	if token, present := requestToken(r); !present || !h.creds.allows(token) {
+	if token, present := requestToken(r); !present || !h.allowsUpload(token) {
 		return reject(http.StatusUnauthorized, "unauthorized", "uploads need a valid token (Basic password from a netrc file, or Bearer)")
 	}
 	if !ok {
@@ -117,6 +120,15 @@ func (h *Handler) upload(r *http.Request, req cacheRequest, ok bool) error {
 		return h.putDocument(r, req.file, h.Upload.MaxNarSize, false)
 	}
 	return reject(http.StatusMethodNotAllowed, "bad_path", "%s cannot be uploaded", r.URL.Path)
+}
+
+// allowsUpload reports whether token is a configured upload token or a live
+// credential a runner issued to a job.
+func (h *Handler) allowsUpload(token string) bool {
+	if h.creds.allows(token) {
+		return true
+	}
+	return h.shared != nil && h.shared.allows(token)
 }
 
 // narMeta is what a NAR upload was found to hold.

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/cargoxx-pkgs/runner/caddynix"
 	"go.uber.org/zap"
 )
 
@@ -86,6 +87,14 @@ type App struct {
 
 	// Container configures job containers. Caddyfile: a `container` block.
 	Container *ContainerConfig `json:"container,omitempty"`
+
+	// NixCache names a nix_cache handler in this Caddy (its `name`) whose
+	// binary cache jobs use: each job gets an upload credential valid only
+	// while it runs, and NIX_CONFIG naming the cache as a substituter, its
+	// public keys and a netrc file with the credential, so that plain `nix
+	// copy --to "$CARGOXX_NIX_CACHE_URL"` works. Jobs never see a signing key
+	// or a long-lived secret. Caddyfile: `nix_cache`.
+	NixCache string `json:"nix_cache,omitempty"`
 
 	instance string
 	store    identityStore
@@ -184,6 +193,8 @@ func (a *App) Provision(ctx caddy.Context) error {
 		container:      container,
 		workdirParent:  "workspace",
 		actionCacheDir: filepath.Join(dataDir, "actions"),
+		jobFilesDir:    filepath.Join(dataDir, "jobs"),
+		nixCache:       a.NixCache,
 		registration: registration{
 			token:    repl.ReplaceAll(a.RegistrationToken, ""),
 			apiToken: repl.ReplaceAll(a.APIToken, ""),
@@ -231,6 +242,12 @@ func (a *App) Validate() error {
 // settings. It never fails because Gitea is down: registering and polling
 // retry in the background.
 func (a *App) Start() error {
+	if a.NixCache != "" {
+		// Every app has been provisioned by now, the cache handlers too.
+		if _, err := caddynix.LookupCache(a.NixCache); err != nil {
+			return fmt.Errorf("gitea_runner: %w", err)
+		}
+	}
 	val, loaded, err := daemons.LoadOrNew(a.key, func() (caddy.Destructor, error) {
 		return newDaemon(a.instance, a.store, a.settings, a.logger)
 	})

@@ -49,6 +49,7 @@ func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
 //	        docker_host    <socket> | -
 //	        force_pull
 //	    }
+//	    nix_cache           <cache name>
 //	}
 func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // the option name
@@ -63,7 +64,7 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		}
 		seen[option] = true
 		switch option {
-		case "instance", "registration_token", "api_token", "name", "state_file":
+		case "instance", "registration_token", "api_token", "name", "state_file", "nix_cache":
 			value, err := oneArg(d)
 			if err != nil {
 				return err
@@ -79,6 +80,8 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				a.Name = value
 			case "state_file":
 				a.StateFile = value
+			case "nix_cache":
+				a.NixCache = value
 			}
 		case "scope":
 			args := d.RemainingArgs()

@@ -42,6 +42,8 @@ type settings struct {
 	container      ContainerConfig
 	workdirParent  string
 	actionCacheDir string
+	jobFilesDir    string
+	nixCache       string
 	registration   registration
 }
 

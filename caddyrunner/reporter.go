@@ -259,6 +259,14 @@ func (r *reporter) logRow(entry *logrus.Entry) *runnerv1.LogRow {
 	}
 }
 
+// addMask hides value in every later log row.
+func (r *reporter) addMask(value string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.masks = runner.AppendSecretMasker(r.masks, value)
+	r.masker = strings.NewReplacer(r.masks...)
+}
+
 // logf adds a row of the runner's own, outside the steps.
 func (r *reporter) logf(format string, args ...any) {
 	r.mu.Lock()

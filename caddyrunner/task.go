@@ -119,6 +119,16 @@ func (d *daemon) execute(ctx context.Context, task *runnerv1.Task, s *settings, 
 	}
 	defaultActions := fields["gitea_default_actions_url"].GetStringValue()
 
+	options, validVolumes := s.container.Options, s.container.ValidVolumes
+	if s.nixCache != "" {
+		release, err := d.giveCacheAccess(task, s, job.RunsOn(), env, &options, &validVolumes, rep)
+		if err != nil {
+			return err
+		}
+		// Revoked as soon as the job ends, whatever its outcome.
+		defer release()
+	}
+
 	cfg := &runner.Config{
 		Workdir:               "/" + strings.Trim(s.workdirParent, "/") + "/" + preset.Repository,
 		ReuseContainers:       false,
@@ -136,12 +146,12 @@ func (d *daemon) execute(ctx context.Context, task *runnerv1.Task, s *settings, 
 		ContainerMaxLifetime:  maxLifetime,
 		CleanWorkdir:          true,
 		ContainerNetworkMode:  container.NetworkMode(s.container.Network),
-		ContainerOptions:      s.container.Options,
+		ContainerOptions:      options,
 		ContainerDaemonSocket: s.container.DockerHost,
 		Privileged:            s.container.Privileged,
 		DefaultActionInstance: defaultActions,
 		PlatformPicker:        s.labels.pickPlatform,
-		ValidVolumes:          s.container.ValidVolumes,
+		ValidVolumes:          validVolumes,
 		ActionCacheDir:        s.actionCacheDir,
 	}
 	r, err := runner.New(cfg)

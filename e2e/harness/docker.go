@@ -163,3 +163,43 @@ func findStaticBusybox() (string, error) {
 	}
 	return "", errors.New("no statically linked busybox in /bin or /usr/bin (Debian package busybox-static)")
 }
+
+// NixJobImage is the tag of the job image with Nix that NixJobImage builds.
+const NixJobImage = "cargoxx-e2e-nix:1"
+
+// nixImageConf is the job image's /etc/nix/nix.conf: no sandbox and no
+// build users (jobs run as root in a container), and the nix command on.
+const nixImageConf = `sandbox = false
+build-users-group =
+experimental-features = nix-command
+substituters =
+`
+
+// NixJobImage returns the tag of a job image with a working nix, git-free
+// and registry-free: a minimal Debian bookworm root filesystem made with
+// debootstrap from Debian's packages (nix-bin, curl), imported with `docker
+// import`. It is built once; later calls find it in the daemon.
+func (d *Docker) NixJobImage() string {
+	d.t.Helper()
+	imageMu.Lock()
+	defer imageMu.Unlock()
+	if d.Run("image", "inspect", NixJobImage).Err == nil {
+		return NixJobImage
+	}
+	debootstrap := LookTool(d.t, "debootstrap")
+	rootfs := filepath.Join(d.t.TempDir(), "rootfs")
+	d.t.Logf("building the nix job image %s with debootstrap (once; about a minute)", NixJobImage)
+	MustRun(d.t, nil, "", debootstrap, "--variant=minbase", "--include=libdbi-perl,nix-bin,curl,ca-certificates",
+		"bookworm", rootfs, "http://deb.debian.org/debian")
+	if err := os.MkdirAll(filepath.Join(rootfs, "etc", "nix"), 0o755); err != nil {
+		d.t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(rootfs, "etc", "nix", "nix.conf"), []byte(nixImageConf), 0o644); err != nil {
+		d.t.Fatal(err)
+	}
+	archive := filepath.Join(d.t.TempDir(), "rootfs.tar")
+	MustRun(d.t, nil, "", "tar", "-C", rootfs, "-cf", archive, ".")
+	d.Must("import", "--change", "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+		archive, NixJobImage)
+	return NixJobImage
+}

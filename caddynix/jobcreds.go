@@ -1,0 +1,125 @@
+package caddynix
+
+import (
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"sync"
+
+	"github.com/caddyserver/caddy/v2"
+)
+
+// namedCaches holds, per cache name, what the configurations serving that
+// cache share: the per-job upload credentials a runner issued. Old and new
+// handler instances share it across a reload, so a credential issued before
+// a reload still works after it.
+var namedCaches = caddy.NewUsagePool()
+
+// sharedCache is the state of one named cache shared across configurations.
+type sharedCache struct {
+	mu         sync.RWMutex
+	url        string
+	publicKeys []string
+	jobTokens  map[[sha256.Size]byte]struct{}
+}
+
+// Destruct is called when no configuration serves the cache any more.
+func (s *sharedCache) Destruct() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	clear(s.jobTokens)
+	return nil
+}
+
+// allows reports whether token is a live job credential.
+func (s *sharedCache) allows(token string) bool {
+	digest := sha256.Sum256([]byte(token))
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	_, ok := s.jobTokens[digest]
+	return ok
+}
+
+// CacheAccess is what a runner needs to let a job use a cache served by a
+// nix_cache handler in the same Caddy: where it is, which keys sign it, and
+// a way to issue upload credentials valid only until they are revoked.
+type CacheAccess struct {
+	// URL is the cache's base URL, for substituters and `nix copy --to`.
+	URL string
+	// PublicKeys are the cache's public keys, for trusted-public-keys.
+	PublicKeys []string
+	shared     *sharedCache
+}
+
+// IssueJobCredential returns a new upload token that the cache accepts until
+// revoke is called.
+func (a *CacheAccess) IssueJobCredential() (token string, revoke func()) {
+	raw := make([]byte, 32)
+	_, _ = rand.Read(raw)
+	token = hex.EncodeToString(raw)
+	digest := sha256.Sum256([]byte(token))
+	a.shared.mu.Lock()
+	a.shared.jobTokens[digest] = struct{}{}
+	a.shared.mu.Unlock()
+	var once sync.Once
+	return token, func() {
+		once.Do(func() {
+			a.shared.mu.Lock()
+			delete(a.shared.jobTokens, digest)
+			a.shared.mu.Unlock()
+		})
+	}
+}
+
+// ErrNoSuchCache is returned by LookupCache for a name no handler serves.
+var ErrNoSuchCache = errors.New("no nix_cache with that name is configured")
+
+// LookupCache finds the cache that a nix_cache handler named name serves in
+// this process. The handler must have uploads enabled and a url set.
+func LookupCache(name string) (*CacheAccess, error) {
+	var shared *sharedCache
+	namedCaches.Range(func(key, value any) bool {
+		if key == name {
+			shared = value.(*sharedCache)
+			return false
+		}
+		return true
+	})
+	if shared == nil {
+		return nil, fmt.Errorf("nix_cache %q: %w (give the handler `name %s`)", name, ErrNoSuchCache, name)
+	}
+	shared.mu.RLock()
+	defer shared.mu.RUnlock()
+	if shared.url == "" {
+		return nil, fmt.Errorf("nix_cache %q has no url: set `url` to the address jobs reach it at, e.g. https://cache.example.org", name)
+	}
+	if shared.jobTokens == nil {
+		return nil, fmt.Errorf("nix_cache %q does not accept uploads: add an `upload` block", name)
+	}
+	return &CacheAccess{URL: shared.url, PublicKeys: append([]string(nil), shared.publicKeys...), shared: shared}, nil
+}
+
+// shareCache joins the named cache's shared state and records this
+// configuration's URL and keys in it.
+func (h *Handler) shareCache() error {
+	if h.Name == "" {
+		return nil
+	}
+	value, _, err := namedCaches.LoadOrNew(h.Name, func() (caddy.Destructor, error) {
+		return &sharedCache{}, nil
+	})
+	if err != nil {
+		return err
+	}
+	h.shared = value.(*sharedCache)
+	h.shared.mu.Lock()
+	defer h.shared.mu.Unlock()
+	h.shared.url = h.url
+	h.shared.publicKeys = h.publicKeyStrings()
+	if h.Upload != nil && h.shared.jobTokens == nil {
+		h.shared.jobTokens = map[[sha256.Size]byte]struct{}{}
+	}
+	return nil
+}
