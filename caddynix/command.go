@@ -95,12 +95,12 @@ uploads in progress are listed as notes; they do not make the cache unclean.`,
 			}
 			out := cmd.OutOrStdout()
 			for _, note := range report.notes {
-				fmt.Fprintln(out, "note:", note)
+				_, _ = fmt.Fprintln(out, "note:", note)
 			}
 			for _, problem := range report.problems {
-				fmt.Fprintln(out, "problem:", problem)
+				_, _ = fmt.Fprintln(out, "problem:", problem)
 			}
-			fmt.Fprintf(out, "%d narinfos checked, %d problems\n", report.narinfos, len(report.problems))
+			_, _ = fmt.Fprintf(out, "%d narinfos checked, %d problems\n", report.narinfos, len(report.problems))
 			if len(report.problems) > 0 {
 				return fmt.Errorf("the cache in %s has %d problems", root, len(report.problems))
 			}

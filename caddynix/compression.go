@@ -66,7 +66,7 @@ func contentDecoder(encoding string, r io.Reader) (io.Reader, func(), error) {
 		if err != nil {
 			return nil, nil, fmt.Errorf("reading gzip body: %w", err)
 		}
-		return gr, func() { gr.Close() }, nil
+		return gr, func() { _ = gr.Close() }, nil
 	case "zstd", "xz", "bzip2", "bzip":
 		if encoding == "bzip" {
 			encoding = "bzip2"

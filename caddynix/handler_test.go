@@ -35,7 +35,7 @@ func newTestHandler(t *testing.T) (*Handler, signature.PublicKey) {
 	if err := h.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { h.Cleanup() })
+	t.Cleanup(func() { _ = h.Cleanup() })
 	return h, public
 }
 
@@ -106,7 +106,7 @@ func TestProvisionRefusesStoreDirMismatch(t *testing.T) {
 	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
 	defer cancel()
 	err := h.Provision(ctx)
-	defer h.Cleanup()
+	defer func() { _ = h.Cleanup() }()
 	if err == nil || !strings.Contains(err.Error(), "store_dir") {
 		t.Fatalf("Provision with a cache of another store dir: %v", err)
 	}
@@ -124,7 +124,7 @@ func TestProvisionRefusesDuplicateKeyNames(t *testing.T) {
 	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
 	defer cancel()
 	err := h.Provision(ctx)
-	defer h.Cleanup()
+	defer func() { _ = h.Cleanup() }()
 	if err == nil || !strings.Contains(err.Error(), "same name") {
 		t.Fatalf("Provision with two keys of one name: %v", err)
 	}

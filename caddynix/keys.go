@@ -68,12 +68,12 @@ func writeNewFile(path, content string, mode os.FileMode) error {
 		return fmt.Errorf("creating %s: %w", path, err)
 	}
 	if _, err := f.WriteString(content); err != nil {
-		f.Close()
-		os.Remove(path)
+		_ = f.Close()
+		_ = os.Remove(path)
 		return fmt.Errorf("writing %s: %w", path, err)
 	}
 	if err := f.Close(); err != nil {
-		os.Remove(path)
+		_ = os.Remove(path)
 		return fmt.Errorf("writing %s: %w", path, err)
 	}
 	return nil

@@ -130,18 +130,18 @@ func (h *Handler) serveLanding(w http.ResponseWriter, r *http.Request) error {
 
 // writeText writes the plain-text landing page.
 func (p landingPage) writeText(w io.Writer) {
-	fmt.Fprintf(w, "%s: a Nix binary cache\n\npaths: %d\nsize: %s\nstore dir: %s\npriority: %d\n\n",
+	_, _ = fmt.Fprintf(w, "%s: a Nix binary cache\n\npaths: %d\nsize: %s\nstore dir: %s\npriority: %d\n\n",
 		p.Name, p.Paths, p.Size, p.StoreDir, p.Priority)
 	if len(p.PublicKeys) == 0 {
-		fmt.Fprintf(w, "public keys: none (paths are unsigned)\n\n")
+		_, _ = fmt.Fprintf(w, "public keys: none (paths are unsigned)\n\n")
 	} else {
-		fmt.Fprintf(w, "public keys:\n")
+		_, _ = fmt.Fprintf(w, "public keys:\n")
 		for _, key := range p.PublicKeys {
-			fmt.Fprintf(w, "  %s\n", key)
+			_, _ = fmt.Fprintf(w, "  %s\n", key)
 		}
-		fmt.Fprintln(w)
+		_, _ = fmt.Fprintln(w)
 	}
-	fmt.Fprintf(w, "nix.conf:\n%s", p.NixConf())
+	_, _ = fmt.Fprintf(w, "nix.conf:\n%s", p.NixConf())
 }
 
 // cacheName is the configured name, or the host the request was sent to.

@@ -38,7 +38,7 @@ func (h *Handler) serveFile(w http.ResponseWriter, r *http.Request, req cacheReq
 		h.logger.Error("opening cache file", zap.String("file", req.file), zap.Error(err))
 		return caddyhttp.Error(http.StatusNotFound, nil)
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }()
 
 	header := w.Header()
 	header.Set("Content-Type", contentTypes[req.kind])
@@ -72,7 +72,7 @@ func (h *Handler) serveNarInfo(w http.ResponseWriter, r *http.Request, req cache
 		}
 		return caddyhttp.Error(http.StatusNotFound, nil)
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }()
 	body, err := h.narinfos.get(req.file, info, func() ([]byte, error) {
 		return h.signedNarInfo(f, req.hash)
 	})
@@ -119,11 +119,11 @@ func (h *Handler) openFile(rel string) (*os.File, fs.FileInfo, error) {
 	}
 	info, err := f.Stat()
 	if err != nil {
-		f.Close()
+		_ = f.Close()
 		return nil, nil, err
 	}
 	if !info.Mode().IsRegular() {
-		f.Close()
+		_ = f.Close()
 		return nil, nil, fs.ErrNotExist
 	}
 	return f, info, nil

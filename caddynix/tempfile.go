@@ -43,7 +43,7 @@ func (h *Handler) createTemp(dir string) (*os.File, string, error) {
 // fsync, rename, then fsync the directory so the rename survives a crash.
 func (h *Handler) commitTemp(f *os.File, tempName, name string) error {
 	if err := f.Sync(); err != nil {
-		f.Close()
+		_ = f.Close()
 		return fmt.Errorf("syncing %s: %w", name, err)
 	}
 	if err := f.Close(); err != nil {
@@ -56,7 +56,7 @@ func (h *Handler) commitTemp(f *os.File, tempName, name string) error {
 	if err != nil {
 		return fmt.Errorf("opening the directory of %s: %w", name, err)
 	}
-	defer dir.Close()
+	defer func() { _ = dir.Close() }()
 	if err := dir.Sync(); err != nil {
 		return fmt.Errorf("syncing the directory of %s: %w", name, err)
 	}
@@ -65,7 +65,7 @@ func (h *Handler) commitTemp(f *os.File, tempName, name string) error {
 
 // discardTemp removes a temporary file that will not be committed.
 func (h *Handler) discardTemp(f *os.File, tempName string) {
-	f.Close()
+	_ = f.Close()
 	if err := h.dir.Remove(tempName); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		h.logger.Warn("removing a temporary upload file", zap.String("file", tempName), zap.Error(err))
 	}

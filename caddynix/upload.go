@@ -370,7 +370,7 @@ func (h *Handler) narMetaOf(url string) (narMeta, error) {
 	if err != nil {
 		return narMeta{}, err
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }()
 	compression := compressionOfExt[strings.TrimPrefix(path.Base(url)[52:], ".nar")]
 	meta, err := receiveNar(io.Discard, f, compression, math.MaxInt64-1)
 	if err != nil {

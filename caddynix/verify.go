@@ -44,7 +44,7 @@ func verifyCache(root string, opts verifyOptions) (*verifyReport, error) {
 	if err != nil {
 		return nil, fmt.Errorf("opening cache root: %w", err)
 	}
-	defer dir.Close()
+	defer func() { _ = dir.Close() }()
 	entries, err := fs.ReadDir(dir.FS(), ".")
 	if err != nil {
 		return nil, fmt.Errorf("listing cache root: %w", err)
@@ -121,7 +121,7 @@ func verifyNarInfo(dir *os.Root, name string, present, used map[string]bool, opt
 	if err != nil {
 		return append(problems, "NAR "+info.URL+" is missing")
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }()
 	var meta narMeta
 	if opts.narHash {
 		compression := compressionOfExt[strings.TrimPrefix(path.Base(info.URL)[52:], ".nar")]

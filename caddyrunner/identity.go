@@ -70,7 +70,7 @@ func (s fileIdentityStore) save(_ context.Context, id *identity) error {
 		return fmt.Errorf("writing runner identity: %w", err)
 	}
 	if err := os.Rename(tmp, s.path); err != nil {
-		os.Remove(tmp)
+		_ = os.Remove(tmp)
 		return fmt.Errorf("writing runner identity: %w", err)
 	}
 	return nil
@@ -146,7 +146,7 @@ func lockIdentity(store identityStore) (release func(), err error) {
 		return nil, fmt.Errorf("opening the runner lock file: %w", err)
 	}
 	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
-		f.Close()
+		_ = f.Close()
 		if errors.Is(err, syscall.EWOULDBLOCK) {
 			return nil, fmt.Errorf("runner identity %s is in use by another process (lock %s held): run one runner per identity, or give this one another name or state_file", store, path)
 		}
@@ -154,6 +154,6 @@ func lockIdentity(store identityStore) (release func(), err error) {
 	}
 	return func() {
 		_ = syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
-		f.Close()
+		_ = f.Close()
 	}, nil
 }

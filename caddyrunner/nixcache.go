@@ -44,7 +44,7 @@ func (d *daemon) giveCacheAccess(task *runnerv1.Task, s *settings, runsOn []stri
 	netrc := fmt.Sprintf("machine %s\nlogin job\npassword %s\n", u.Hostname(), token)
 	if err := os.WriteFile(hostNetrc, []byte(netrc), 0o600); err != nil {
 		revoke()
-		os.RemoveAll(dir)
+		_ = os.RemoveAll(dir)
 		return nil, fmt.Errorf("writing the job's netrc file: %w", err)
 	}
 	release = func() {

@@ -320,13 +320,14 @@ func (r *reporter) run() {
 		case <-r.ctx.Done():
 			return
 		case <-r.wake:
-			r.sendLog(r.ctx, false)
-			r.sendState(r.ctx, false)
+			// Failures are logged and retried at the next tick.
+			_ = r.sendLog(r.ctx, false)
+			_ = r.sendState(r.ctx, false)
 			lastState = time.Now()
 		case <-logTicker.C:
-			r.sendLog(r.ctx, false)
+			_ = r.sendLog(r.ctx, false)
 			if time.Since(lastState) >= stateInterval {
-				r.sendState(r.ctx, false)
+				_ = r.sendState(r.ctx, false)
 				lastState = time.Now()
 			}
 		}

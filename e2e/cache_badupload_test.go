@@ -154,8 +154,12 @@ func TestNarinfoWithMissingReferenceIsRefused(t *testing.T) {
 		// Newer nix may compress narinfo bodies and say so in Content-Encoding.
 		var gz bytes.Buffer
 		w := gzip.NewWriter(&gz)
-		w.Write([]byte(p.narinfo))
-		w.Close()
+		if _, err := w.Write([]byte(p.narinfo)); err != nil {
+			t.Fatal(err)
+		}
+		if err := w.Close(); err != nil {
+			t.Fatal(err)
+		}
 		req, _ := http.NewRequest(http.MethodPut, base+p.hash+".narinfo", &gz)
 		req.Header.Set("Content-Encoding", "gzip")
 		req.SetBasicAuth("nix", uploadToken)
@@ -219,8 +223,10 @@ func TestKillDuringUploadLeavesCleanCache(t *testing.T) {
 		t.Fatalf("the upload never got 8 MiB into a temporary file: %v", err)
 	}
 	caddy.Kill()
-	pr.CloseWithError(io.ErrClosedPipe)
-	<-uploadDone
+	_ = pr.CloseWithError(io.ErrClosedPipe)
+	if err := <-uploadDone; err == nil {
+		t.Fatal("the upload succeeded although caddy was killed during it")
+	}
 	if _, err := os.Stat(partial); err != nil {
 		t.Fatalf("the partial upload vanished before the restart: %v", err)
 	}
