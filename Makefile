@@ -94,6 +94,7 @@ fuzz:
 
 ## bench: side-by-side measurements against the alternatives (not part of test)
 bench: build e2e-deps act-runner
+	@command -v nginx >/dev/null || { apt-get update -q && apt-get install -y -q nginx; }
 	$(GO) test -count=1 -run '^$$' -bench . -benchtime 1x -timeout 60m ./bench
 
 clean:

@@ -152,6 +152,20 @@ func BenchmarkRunnerPickup(b *testing.B) {
 			timings[label] = append(timings[label], timeJob(b, g, "bench", label, i))
 		}
 	}
+	for _, step := range [][2]string{{"pickup", "commit to job start"}, {"done", "commit to job success"}} {
+		what, title := step[0], step[1]
+		c := newComparison(fmt.Sprintf("Runner: %s, one-step busybox job, fetch_interval %s", title, interval), "s", "lower",
+			"gitea_runner no worse than Gitea's runner")
+		for _, label := range []string{"ours", "theirs"} {
+			for _, t := range timings[label] {
+				v := t.pickup
+				if what == "done" {
+					v = t.done
+				}
+				c.add(map[string]string{"ours": "gitea_runner", "theirs": "Gitea's runner v1.0.8"}[label], v.Seconds())
+			}
+		}
+	}
 	for _, what := range []string{"pickup", "done"} {
 		med := map[string]time.Duration{}
 		for label, ts := range timings {
@@ -173,14 +187,21 @@ func BenchmarkRunnerPickup(b *testing.B) {
 
 	idle := time.Duration(envInt("BENCH_IDLE_SECONDS", 60)) * time.Second
 	pids := map[string]int{"ours": caddy.PID(), "theirs": theirs.Process.Pid}
+	cpuCmp := newComparison(fmt.Sprintf("Runner idle for %v: CPU time", idle), "s", "lower", "gitea_runner lower than Gitea's runner")
+	rssCmp := newComparison("Runner idle: resident memory", "MiB", "lower", "gitea_runner lower than Gitea's runner")
+	rssCmp.notes = append(rssCmp.notes, "gitea_runner's figure is the whole caddy process, with Caddy's standard modules and the cache handler linked in.")
+	names := map[string]string{"ours": "gitea_runner", "theirs": "Gitea's runner v1.0.8"}
 	cpu0 := map[string]float64{}
 	for label, pid := range pids {
 		cpu0[label] = cpuSeconds(b, pid)
 	}
 	time.Sleep(idle)
-	for label, pid := range pids {
+	for _, label := range []string{"ours", "theirs"} {
+		pid := pids[label]
 		cpu := cpuSeconds(b, pid) - cpu0[label]
 		rss := procStatusKiB(b, pid, "VmRSS")
+		cpuCmp.add(names[label], cpu)
+		rssCmp.add(names[label], float64(rss)/1024)
 		b.ReportMetric(cpu, label+"-idle-cpu-s")
 		b.ReportMetric(float64(rss)/1024, label+"-rss-MiB")
 		b.Logf("%s idle for %v: %.2f s CPU, RSS %d MiB", label, idle, cpu, rss/1024)

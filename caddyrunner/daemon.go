@@ -255,10 +255,18 @@ func (d *daemon) poll(client *giteaClient) {
 		s := d.settings()
 		d.declareIfChanged(client, s)
 
-		ctx, cancel := context.WithTimeout(d.pollCtx, fetchTimeout)
+		// Not cancelled when polling stops: Gitea assigns the task before it
+		// answers, so an abandoned request would leave the job claimed by
+		// nobody until Gitea's zombie reaper finds it.
+		ctx, cancel := context.WithTimeout(context.Background(), fetchTimeout)
 		resp, err := client.FetchTask(ctx, connect.NewRequest(&runnerv1.FetchTaskRequest{TasksVersion: tasksVersion}))
 		cancel()
 		if d.pollCtx.Err() != nil {
+			if err == nil && resp.Msg.Task != nil {
+				// Run it under the shutdown's grace: it finishes, or is
+				// cancelled and reported, instead of being lost.
+				d.start(client, resp.Msg.Task)
+			}
 			return
 		}
 		var task *runnerv1.Task

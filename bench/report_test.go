@@ -1,0 +1,115 @@
+package bench
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// comparison is one measured quantity for several contenders, measured
+// alternately in the same run.
+type comparison struct {
+	name    string
+	unit    string
+	better  string // "higher" or "lower"
+	samples map[string][]float64
+	order   []string
+	goal    string
+	notes   []string
+}
+
+var (
+	resultsMu sync.Mutex
+	results   []*comparison
+)
+
+func newComparison(name, unit, better, goal string) *comparison {
+	c := &comparison{name: name, unit: unit, better: better, goal: goal, samples: map[string][]float64{}}
+	resultsMu.Lock()
+	results = append(results, c)
+	resultsMu.Unlock()
+	return c
+}
+
+func (c *comparison) add(contender string, v float64) {
+	if _, ok := c.samples[contender]; !ok {
+		c.order = append(c.order, contender)
+	}
+	c.samples[contender] = append(c.samples[contender], v)
+}
+
+func medianOf(vs []float64) float64 {
+	s := slices.Clone(vs)
+	slices.Sort(s)
+	if len(s) == 0 {
+		return 0
+	}
+	return s[len(s)/2]
+}
+
+// TestMain writes BENCHMARKS.md when benchmarks recorded results.
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if len(results) > 0 {
+		if err := writeReport(); err != nil {
+			fmt.Fprintln(os.Stderr, "writing BENCHMARKS.md:", err)
+			code = 1
+		}
+	}
+	os.Exit(code)
+}
+
+func writeReport() error {
+	var b strings.Builder
+	fmt.Fprintf(&b, "# Benchmarks\n\nWritten by `make bench` on %s. Each comparison runs the contenders alternately in the same run, so drift between runs cancels out; the table gives the median, the spread (min–max) over the rounds, and the ratio of each median to the first contender's.\n\n", time.Now().UTC().Format("2006-01-02 15:04 MST"))
+	host, _ := os.Hostname()
+	cpu := "unknown"
+	if data, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for line := range strings.Lines(string(data)) {
+			if v, ok := strings.CutPrefix(line, "model name"); ok {
+				cpu = strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(v), ":"))
+				break
+			}
+		}
+	}
+	fmt.Fprintf(&b, "Machine: %s, %d CPUs (%s), %s/%s, %s.\n\n", host, runtime.NumCPU(), cpu, runtime.GOOS, runtime.GOARCH, runtime.Version())
+	fmt.Fprintf(&b, "Versions: caddy v2.11.9 with this bundle (bin/caddy); %s; Gitea v1.26.0; Gitea's runner v1.0.8; %s.\n\n", versionOf("nginx", "-v"), versionOf("nix", "--version"))
+	fmt.Fprintf(&b, "Command: `make bench` (`go test -run '^$' -bench . -benchtime 1x ./bench`).\n\n")
+	for _, c := range results {
+		fmt.Fprintf(&b, "## %s\n\n", c.name)
+		if c.goal != "" {
+			fmt.Fprintf(&b, "Goal: %s.\n\n", c.goal)
+		}
+		fmt.Fprintf(&b, "| contender | median (%s) | spread | rounds | ratio to %s |\n|---|---|---|---|---|\n", c.unit, c.order[0])
+		base := medianOf(c.samples[c.order[0]])
+		for _, who := range c.order {
+			vs := c.samples[who]
+			fmt.Fprintf(&b, "| %s | %.4g | %.4g–%.4g | %d | %.3f |\n", who, medianOf(vs), slices.Min(vs), slices.Max(vs), len(vs), medianOf(vs)/base)
+		}
+		fmt.Fprintf(&b, "\n%s is better.", strings.ToUpper(c.better[:1])+c.better[1:])
+		for _, n := range c.notes {
+			fmt.Fprintf(&b, " %s", n)
+		}
+		b.WriteString("\n\n")
+	}
+	root, err := filepath.Abs("..")
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(filepath.Join(root, "BENCHMARKS.md"), []byte(b.String()), 0o644)
+}
+
+func versionOf(cmd string, arg string) string {
+	out, err := exec.Command(cmd, arg).CombinedOutput()
+	if err != nil {
+		return cmd + " (not installed)"
+	}
+	return strings.TrimSpace(strings.Split(string(out), "\n")[0])
+}

@@ -1,0 +1,190 @@
+package bench
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/cargoxx-pkgs/runner/e2e/harness"
+)
+
+// seedBuildWorkflow builds a small closure with nix in the job container;
+// with push set, it also copies it to the cache the runner hands out.
+func seedBuildWorkflow(label string, i int, push bool) string {
+	pushStep := ""
+	if push {
+		pushStep = `      - run: nix copy --to "$CARGOXX_NIX_CACHE_URL" $(nix-build /tmp/c.nix --no-out-link)
+`
+	}
+	return fmt.Sprintf(`on:
+  push:
+    paths: ['.gitea/workflows/%[1]s-%[2]d.yml']
+jobs:
+  build:
+    runs-on: %[1]s
+    defaults:
+      run:
+        shell: sh
+    steps:
+      - run: |
+          echo 'let mk = n: d: builtins.derivation { name = n; system = builtins.currentSystem; builder = "/bin/sh"; args = [ "-c" "echo ${n} > $out; for x in ${toString d}; do echo $x >> $out; done; sleep 2" ]; nonce = "%[1]s-%[2]d-%[3]d"; }; a = mk "a" []; b = mk "b" [ a ]; in mk "c" [ a b ]' > /tmp/c.nix
+          nix-build /tmp/c.nix --no-out-link
+%[4]s`, label, i, time.Now().UnixNano(), pushStep)
+}
+
+// rssTree is the resident memory of a process and its descendants, in KiB.
+func rssTree(b *testing.B, pid int) int64 {
+	b.Helper()
+	total := procStatusKiB(b, pid, "VmRSS")
+	children, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid))
+	for _, c := range strings.Fields(string(children)) {
+		if child, err := strconv.Atoi(c); err == nil {
+			total += rssTree(b, child)
+		}
+	}
+	return total
+}
+
+// BenchmarkSeedMemory compares the memory of the one-Caddyfile deployment
+// (runner and cache in one caddy) with the stack it replaces, Gitea's own
+// runner plus nginx serving the same cache directory: at idle, and at the
+// peak while each runs the same nix build job.
+func BenchmarkSeedMemory(b *testing.B) {
+	docker := harness.NewDocker(b)
+	image := docker.NixJobImage()
+	g := harness.StartGitea(b, "")
+	g.CreateRepo("seed")
+	token := g.RepoRegistrationToken("seed")
+	dir := b.TempDir()
+	os.MkdirAll(filepath.Join(dir, "cache"), 0o700)
+	harness.MustRun(b, nil, "", harness.CaddyBinary(b, "caddy"), "nix-cache", "keygen", "--name", "seed-1",
+		"--secret-key", filepath.Join(dir, "cache", "cache.sec"), "--public-key", filepath.Join(dir, "cache", "cache.pub"))
+	caddy := harness.StartCaddy(b, fmt.Sprintf(`{
+	admin {$CADDY_ADMIN}
+	gitea_runner {
+		instance %s
+		registration_token %s
+		name caddy-seed
+		labels ours:docker://%s
+		container {
+			network host
+		}
+		nix_cache main
+	}
+}
+http://:{$CADDY_HTTP_PORT} {
+	bind 127.0.0.1
+	nix_cache {
+		name main
+		url http://127.0.0.1:{$CADDY_HTTP_PORT}
+		root cache/store
+		secret_key_file cache/cache.sec
+		upload
+	}
+}
+`, g.URL, token, image), harness.CaddyOptions{Dir: dir})
+	theirs := startGiteaRunner(b, g, token, "theirs:docker://"+image, 2*time.Second)
+	nginx, _ := startNginx(b, filepath.Join(dir, "cache", "store"))
+	time.Sleep(10 * time.Second)
+
+	idle := newComparison("Seed deployment memory at idle", "MiB", "lower", "one caddy below Gitea's runner plus nginx")
+	peak := newComparison("Seed deployment memory, peak while running the same nix build job", "MiB", "lower", "one caddy below Gitea's runner plus nginx")
+	peak.notes = append(peak.notes, "The caddy job also pushes its closure to the cache through caddy; Gitea's runner's job only builds (in the seed it pushes to a bind-mounted directory, which costs the runner and nginx nothing).")
+	for round := range envInt("BENCH_ROUNDS", 3) {
+		idle.add("caddy (runner + cache)", float64(rssTree(b, caddy.PID()))/1024)
+		idle.add("Gitea's runner + nginx", float64(rssTree(b, theirs.Process.Pid)+rssTree(b, nginx.Process.Pid))/1024)
+		for _, label := range []string{"ours", "theirs"} {
+			sha := g.CommitWorkflow("seed", fmt.Sprintf("%s-%d.yml", label, round), seedBuildWorkflow(label, round, label == "ours"))
+			var max int64
+			deadline := time.Now().Add(5 * time.Minute)
+			for done := false; !done && time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+				var rss int64
+				if label == "ours" {
+					rss = rssTree(b, caddy.PID())
+				} else {
+					rss = rssTree(b, theirs.Process.Pid) + rssTree(b, nginx.Process.Pid)
+				}
+				max = maxInt(max, rss)
+				runs, _ := g.Runs("seed")
+				for _, r := range runs {
+					if r.HeadSha == sha && strings.Contains(r.Path, label+"-") && r.Status == "completed" {
+						if r.Conclusion != "success" {
+							b.Fatalf("%s job concluded %s", label, r.Conclusion)
+						}
+						done = true
+					}
+				}
+			}
+			name := map[string]string{"ours": "caddy (runner + cache)", "theirs": "Gitea's runner + nginx"}[label]
+			peak.add(name, float64(max)/1024)
+		}
+	}
+}
+
+func maxInt(a, b int64) int64 {
+	if a > b {
+		return a
+	}
+	return b
+}
+
+// startNginx serves root as static files over loopback, as the seed's file
+// server does, with sendfile and long keep-alive; it returns the process and
+// its port.
+func startNginx(b *testing.B, root string) (*exec.Cmd, int) {
+	b.Helper()
+	nginx := harness.LookTool(b, "nginx")
+	dir := b.TempDir()
+	port := harness.FreePort(b)
+	os.MkdirAll(root, 0o755)
+	conf := filepath.Join(dir, "nginx.conf")
+	os.WriteFile(conf, []byte(fmt.Sprintf(`daemon off;
+worker_processes auto;
+pid %[1]s/nginx.pid;
+error_log %[1]s/error.log;
+events { worker_connections 1024; }
+http {
+	access_log off;
+	sendfile on;
+	tcp_nopush on;
+	keepalive_requests 100000;
+	default_type application/octet-stream;
+	types { text/x-nix-narinfo narinfo; application/x-nix-nar nar; }
+	client_body_temp_path %[1]s/body;
+	proxy_temp_path %[1]s/proxy;
+	fastcgi_temp_path %[1]s/fastcgi;
+	uwsgi_temp_path %[1]s/uwsgi;
+	scgi_temp_path %[1]s/scgi;
+	server {
+		listen 127.0.0.1:%[2]d;
+		root %[3]s;
+	}
+}
+`, dir, port, root)), 0o644)
+	cmd := exec.Command(nginx, "-c", conf, "-p", dir)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() {
+		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
+		_ = cmd.Wait()
+	})
+	if err := harness.Eventually(10*time.Second, 50*time.Millisecond, func() error {
+		conn, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		if err != nil {
+			return err
+		}
+		return conn.Close()
+	}); err != nil {
+		b.Fatalf("nginx does not answer: %v", err)
+	}
+	return cmd, port
+}

@@ -1,0 +1,261 @@
+package bench
+
+import (
+	"crypto/rand"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/cargoxx-pkgs/runner/e2e/harness"
+	"github.com/nix-community/go-nix/pkg/nixbase32"
+)
+
+// servers are the three contenders serving one directory over loopback.
+type servers struct {
+	urls map[string]string // contender → base URL
+}
+
+// startServers serves root with nix_cache (signing with a fresh key),
+// Caddy's file_server, and nginx (static files, sendfile), each on its own
+// loopback port. presigned, if set, is what file_server and nginx serve
+// instead of root (pre-signed narinfo copies).
+func startServers(b *testing.B, root, presigned string) *servers {
+	b.Helper()
+	if presigned == "" {
+		presigned = root
+	}
+	dir := b.TempDir()
+	secret := filepath.Join(dir, "cache.sec")
+	harness.MustRun(b, nil, "", harness.CaddyBinary(b, "caddy"), "nix-cache", "keygen",
+		"--name", "bench-1", "--secret-key", secret, "--public-key", filepath.Join(dir, "cache.pub"))
+	filePort := harness.FreePort(b)
+	caddy := harness.StartCaddy(b, fmt.Sprintf(`{
+	admin {$CADDY_ADMIN}
+}
+http://:{$CADDY_HTTP_PORT} {
+	bind 127.0.0.1
+	nix_cache {
+		root %s
+		secret_key_file %s
+	}
+}
+http://:%d {
+	bind 127.0.0.1
+	file_server {
+		root %s
+	}
+}
+`, root, secret, filePort, presigned), harness.CaddyOptions{})
+
+	_, nginxPort := startNginx(b, presigned)
+	s := &servers{urls: map[string]string{
+		"nix_cache":   caddy.URL(),
+		"file_server": fmt.Sprintf("http://127.0.0.1:%d", filePort),
+		"nginx":       fmt.Sprintf("http://127.0.0.1:%d", nginxPort),
+	}}
+	for name, u := range s.urls {
+		if err := harness.Eventually(10*time.Second, 50*time.Millisecond, func() error {
+			resp, err := http.Get(u + "/nix-cache-info")
+			if err != nil {
+				return err
+			}
+			resp.Body.Close()
+			return nil
+		}); err != nil {
+			b.Fatalf("%s does not answer: %v", name, err)
+		}
+	}
+	return s
+}
+
+// loadResult is what a load run measured.
+type loadResult struct {
+	requests  int
+	bytes     int64
+	elapsed   time.Duration
+	latencies []time.Duration
+}
+
+// load requests the paths round-robin over conns keep-alive connections for
+// dur, and fails the benchmark on any error or non-200 answer.
+func load(b *testing.B, base string, paths []string, conns int, dur time.Duration) loadResult {
+	b.Helper()
+	transport := &http.Transport{MaxIdleConnsPerHost: conns, MaxConnsPerHost: conns, DisableCompression: true}
+	defer transport.CloseIdleConnections()
+	client := &http.Client{Transport: transport}
+	var mu sync.Mutex
+	var res loadResult
+	var failure error
+	deadline := time.Now().Add(dur)
+	start := time.Now()
+	var wg sync.WaitGroup
+	buf := make([][]byte, conns)
+	for i := range conns {
+		buf[i] = make([]byte, 256<<10)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var lats []time.Duration
+			var n int
+			var bytes int64
+			for j := i; time.Now().Before(deadline); j += conns {
+				t0 := time.Now()
+				resp, err := client.Get(base + paths[j%len(paths)])
+				if err != nil {
+					mu.Lock()
+					failure = err
+					mu.Unlock()
+					return
+				}
+				got, err := io.CopyBuffer(io.Discard, resp.Body, buf[i])
+				resp.Body.Close()
+				if err != nil || resp.StatusCode != http.StatusOK {
+					mu.Lock()
+					failure = fmt.Errorf("GET %s: %s %v", paths[j%len(paths)], resp.Status, err)
+					mu.Unlock()
+					return
+				}
+				lats = append(lats, time.Since(t0))
+				n++
+				bytes += got
+			}
+			mu.Lock()
+			res.requests += n
+			res.bytes += bytes
+			res.latencies = append(res.latencies, lats...)
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	res.elapsed = time.Since(start)
+	if failure != nil {
+		b.Fatalf("load against %s: %v", base, failure)
+	}
+	return res
+}
+
+func percentile(lats []time.Duration, p float64) time.Duration {
+	s := slices.Clone(lats)
+	slices.Sort(s)
+	return s[min(len(s)-1, int(float64(len(s))*p))]
+}
+
+// writeRandomNar writes a file of size random bytes under a valid NAR name.
+func writeRandomNar(b *testing.B, root string, size int) string {
+	b.Helper()
+	hash := make([]byte, 32)
+	_, _ = rand.Read(hash)
+	name := "nar/" + nixbase32.EncodeToString(hash) + ".nar.zst"
+	data := make([]byte, size)
+	_, _ = rand.Read(data)
+	os.MkdirAll(filepath.Join(root, "nar"), 0o755)
+	if err := os.WriteFile(filepath.Join(root, name), data, 0o644); err != nil {
+		b.Fatal(err)
+	}
+	return "/" + name
+}
+
+var contenders = []string{"nix_cache", "nginx", "file_server"}
+
+// BenchmarkNarDownload measures NAR throughput of nix_cache, nginx and
+// Caddy's file_server on the same files: 64 MiB and 1 MiB NARs, over 1 and
+// 16 connections, rounds alternating between the servers.
+func BenchmarkNarDownload(b *testing.B) {
+	root := filepath.Join(b.TempDir(), "cache")
+	big, small := writeRandomNar(b, root, 64<<20), writeRandomNar(b, root, 1<<20)
+	s := startServers(b, root, "")
+	dur := time.Duration(envInt("BENCH_LOAD_SECONDS", 3)) * time.Second
+	for _, nar := range []struct {
+		label string
+		path  string
+	}{{"64 MiB", big}, {"1 MiB", small}} {
+		for _, conns := range []int{1, 16} {
+			c := newComparison(fmt.Sprintf("NAR download, %s, %d connection(s)", nar.label, conns), "MiB/s", "higher",
+				"nix_cache at least 0.95x nginx")
+			for round := range envInt("BENCH_ROUNDS", 5) {
+				order := slices.Clone(contenders)
+				if round%2 == 1 {
+					slices.Reverse(order)
+				}
+				for _, who := range order {
+					r := load(b, s.urls[who], []string{nar.path}, conns, dur)
+					c.add(who, float64(r.bytes)/(1<<20)/r.elapsed.Seconds())
+				}
+			}
+			b.Logf("%s: nix_cache %.0f, nginx %.0f, file_server %.0f MiB/s", c.name,
+				medianOf(c.samples["nix_cache"]), medianOf(c.samples["nginx"]), medianOf(c.samples["file_server"]))
+		}
+	}
+}
+
+// syntheticNarinfo is a valid narinfo for a made-up path.
+func syntheticNarinfo(i int) (hash, text string) {
+	h := make([]byte, 20)
+	_, _ = rand.Read(h)
+	hash = nixbase32.EncodeToString(h)
+	fileHash, narHash := make([]byte, 32), make([]byte, 32)
+	_, _ = rand.Read(fileHash)
+	_, _ = rand.Read(narHash)
+	ref := make([]byte, 20)
+	_, _ = rand.Read(ref)
+	text = fmt.Sprintf("StorePath: /nix/store/%s-bench-%d\nURL: nar/%s.nar.xz\nCompression: xz\nFileHash: sha256:%s\nFileSize: %d\nNarHash: sha256:%s\nNarSize: %d\nReferences: %s-dep %s-bench-%d\nDeriver: %s-bench-%d.drv\n",
+		hash, i, nixbase32.EncodeToString(fileHash), nixbase32.EncodeToString(fileHash), 1000+i,
+		nixbase32.EncodeToString(narHash), 4000+i, nixbase32.EncodeToString(ref), hash, i, nixbase32.EncodeToString(ref), i)
+	return hash, text
+}
+
+// BenchmarkNarinfo measures narinfo requests per second and latency:
+// nix_cache signing 10,000 distinct narinfos on the fly against nginx and
+// file_server serving pre-signed copies of the same answers.
+func BenchmarkNarinfo(b *testing.B) {
+	root := filepath.Join(b.TempDir(), "cache")
+	presigned := filepath.Join(b.TempDir(), "presigned")
+	os.MkdirAll(root, 0o755)
+	os.MkdirAll(presigned, 0o755)
+	n := envInt("BENCH_NARINFOS", 10000)
+	paths := make([]string, n)
+	for i := range n {
+		hash, text := syntheticNarinfo(i)
+		os.WriteFile(filepath.Join(root, hash+".narinfo"), []byte(text), 0o644)
+		paths[i] = "/" + hash + ".narinfo"
+	}
+	s := startServers(b, root, presigned)
+	// The pre-signed copies are exactly what nix_cache answers.
+	for _, p := range paths {
+		resp, err := http.Get(s.urls["nix_cache"] + p)
+		if err != nil {
+			b.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if !strings.Contains(string(body), "\nSig: bench-1:") {
+			b.Fatalf("nix_cache did not sign %s: %s", p, body)
+		}
+		os.WriteFile(filepath.Join(presigned, strings.TrimPrefix(p, "/")), body, 0o644)
+	}
+	dur := time.Duration(envInt("BENCH_LOAD_SECONDS", 3)) * time.Second
+	rps := newComparison("narinfo, 10,000 distinct, 16 connections: requests per second", "req/s", "higher", "nix_cache at least 1.0x file_server")
+	p50 := newComparison("narinfo, 16 connections: p50 latency", "ms", "lower", "")
+	p99 := newComparison("narinfo, 16 connections: p99 latency", "ms", "lower", "")
+	for round := range envInt("BENCH_ROUNDS", 5) {
+		order := slices.Clone(contenders)
+		if round%2 == 1 {
+			slices.Reverse(order)
+		}
+		for _, who := range order {
+			r := load(b, s.urls[who], paths, 16, dur)
+			rps.add(who, float64(r.requests)/r.elapsed.Seconds())
+			p50.add(who, float64(percentile(r.latencies, 0.50).Microseconds())/1000)
+			p99.add(who, float64(percentile(r.latencies, 0.99).Microseconds())/1000)
+		}
+	}
+	b.Logf("narinfo req/s: nix_cache %.0f, nginx %.0f, file_server %.0f", medianOf(rps.samples["nix_cache"]),
+		medianOf(rps.samples["nginx"]), medianOf(rps.samples["file_server"]))
+}
