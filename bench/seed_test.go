@@ -34,19 +34,26 @@ jobs:
         shell: sh
     steps:
       - run: |
-          echo 'let mk = n: d: builtins.derivation { name = n; system = builtins.currentSystem; builder = "/bin/sh"; args = [ "-c" "echo ${n} > $out; for x in ${toString d}; do echo $x >> $out; done; sleep 2" ]; nonce = "%[1]s-%[2]d-%[3]d"; }; a = mk "a" []; b = mk "b" [ a ]; in mk "c" [ a b ]' > /tmp/c.nix
+          echo 'let mk = n: d: builtins.derivation { name = n; system = builtins.currentSystem; builder = "/bin/sh"; args = [ "-c" "echo ${n} > $out; for x in ${toString d}; do echo $x >> $out; done; /bin/sleep 2" ]; nonce = "%[1]s-%[2]d-%[3]d"; }; a = mk "a" []; b = mk "b" [ a ]; in mk "c" [ a b ]' > /tmp/c.nix
           nix-build /tmp/c.nix --no-out-link
 %[4]s`, label, i, time.Now().UnixNano(), pushStep)
 }
 
-// rssTree is the resident memory of a process and its descendants, in KiB.
+// rssTree is the resident memory (VmRSS) of a process and its descendants,
+// in KiB.
 func rssTree(b *testing.B, pid int) int64 {
+	return memTree(b, pid, "VmRSS")
+}
+
+// memTree sums a /proc/<pid>/status field over a process and its
+// descendants, in KiB.
+func memTree(b *testing.B, pid int, field string) int64 {
 	b.Helper()
-	total := procStatusKiB(b, pid, "VmRSS")
+	total := procStatusKiB(b, pid, field)
 	children, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid))
 	for _, c := range strings.Fields(string(children)) {
 		if child, err := strconv.Atoi(c); err == nil {
-			total += rssTree(b, child)
+			total += memTree(b, child, field)
 		}
 	}
 	return total
@@ -94,12 +101,15 @@ http://:{$CADDY_HTTP_PORT} {
 	nginx, _ := startNginx(b, filepath.Join(dir, "cache", "store"))
 	time.Sleep(10 * time.Second)
 
-	idle := newComparison("Seed deployment memory at idle", "MiB", "lower", "one caddy below Gitea's runner plus nginx")
+	idle := newComparison("Seed deployment memory at idle (VmRSS)", "MiB", "lower", "one caddy below Gitea's runner plus nginx")
+	idleAnon := newComparison("Seed deployment private memory at idle (RssAnon)", "MiB", "lower", "")
 	peak := newComparison("Seed deployment memory, peak while running the same nix build job", "MiB", "lower", "one caddy below Gitea's runner plus nginx")
 	peak.notes = append(peak.notes, "The caddy job also pushes its closure to the cache through caddy; Gitea's runner's job only builds (in the seed it pushes to a bind-mounted directory, which costs the runner and nginx nothing).")
 	for round := range envInt("BENCH_ROUNDS", 3) {
 		idle.add("caddy (runner + cache)", float64(rssTree(b, caddy.PID()))/1024)
 		idle.add("Gitea's runner + nginx", float64(rssTree(b, theirs.Process.Pid)+rssTree(b, nginx.Process.Pid))/1024)
+		idleAnon.add("caddy (runner + cache)", float64(memTree(b, caddy.PID(), "RssAnon"))/1024)
+		idleAnon.add("Gitea's runner + nginx", float64(memTree(b, theirs.Process.Pid, "RssAnon")+memTree(b, nginx.Process.Pid, "RssAnon"))/1024)
 		for _, label := range []string{"ours", "theirs"} {
 			sha := g.CommitWorkflow("seed", fmt.Sprintf("%s-%d.yml", label, round), seedBuildWorkflow(label, round, label == "ours"))
 			var max int64
@@ -145,7 +155,10 @@ func startNginx(b *testing.B, root string) (*exec.Cmd, int) {
 	port := harness.FreePort(b)
 	os.MkdirAll(root, 0o755)
 	conf := filepath.Join(dir, "nginx.conf")
+	// Workers run as root so they can read the benchmark's private
+	// temporary directories, as the test's own processes do.
 	os.WriteFile(conf, []byte(fmt.Sprintf(`daemon off;
+user root;
 worker_processes auto;
 pid %[1]s/nginx.pid;
 error_log %[1]s/error.log;

@@ -22,8 +22,8 @@ const runnerVersion = "cargoxx-runner"
 const (
 	// fetchTimeout bounds one FetchTask call.
 	fetchTimeout = 5 * time.Second
-	// maxBackoffShift caps the backoff after failed polls at
-	// fetch_interval × 2^5, and maxFetchWait caps it absolutely.
+	// maxBackoffShift caps the backoff at fetch_interval × 2^5, and
+	// maxFetchWait caps it absolutely: pickup latency is what users see.
 	maxBackoffShift = 5
 	maxFetchWait    = 5 * time.Second
 )
@@ -247,7 +247,7 @@ func (d *daemon) retry(what string, attempt func(context.Context) (retry bool, e
 // task, so a full runner asks for nothing.
 func (d *daemon) poll(client *giteaClient) {
 	var tasksVersion int64
-	failures := 0
+	misses := 0
 	for {
 		if !d.waitForSlot() {
 			return
@@ -293,13 +293,11 @@ func (d *daemon) poll(client *giteaClient) {
 			task = resp.Msg.Task
 		}
 		if task == nil {
-			if failed {
-				failures++
-			} else {
+			if !failed {
 				pollsTotal.WithLabelValues("empty").Inc()
-				failures = 0
 			}
-			if !d.sleepOrWake(backoff(s.fetchInterval, failures)) {
+			misses++
+			if !d.sleepOrWake(backoff(s.fetchInterval, misses)) {
 				return
 			}
 			continue
@@ -307,16 +305,14 @@ func (d *daemon) poll(client *giteaClient) {
 		pollsTotal.WithLabelValues("task").Inc()
 		// Version 0 makes Gitea look in its database again: another job may
 		// have become ready at the version just seen.
-		tasksVersion, failures = 0, 0
+		tasksVersion, misses = 0, 0
 		d.start(client, task)
 	}
 }
 
-// backoff is the wait after n failed polls: fetch_interval at first, then
-// doubling up to maxFetchWait, with ±20% jitter. An empty answer is not a
-// failure: polls that find nothing cost Gitea little (the tasks_version
-// check), and pickup latency is what users see, so they wait just
-// fetch_interval.
+// backoff is the wait after n empty or failed polls in a row:
+// fetch_interval while n is at most 1, then doubling, capped at
+// maxFetchWait (or fetch_interval if that is longer), with ±20% jitter.
 func backoff(interval time.Duration, n int) time.Duration {
 	wait := interval
 	if n > 1 {
