@@ -22,7 +22,9 @@ type comparison struct {
 	samples map[string][]float64
 	order   []string
 	goal    string
-	notes   []string
+	// holds, given the medians, says whether the goal holds.
+	holds func(median map[string]float64) bool
+	notes []string
 }
 
 var (
@@ -52,6 +54,16 @@ func medianOf(vs []float64) float64 {
 		return 0
 	}
 	return s[len(s)/2]
+}
+
+// ratioAtLeast is a goal: ours is at least factor times theirs.
+func ratioAtLeast(ours, theirs string, factor float64) func(map[string]float64) bool {
+	return func(m map[string]float64) bool { return m[ours] >= factor*m[theirs] }
+}
+
+// ratioAtMost is a goal: ours is at most factor times theirs.
+func ratioAtMost(ours, theirs string, factor float64) func(map[string]float64) bool {
+	return func(m map[string]float64) bool { return m[ours] <= factor*m[theirs] }
 }
 
 // TestMain writes BENCHMARKS.md when benchmarks recorded results.
@@ -85,7 +97,18 @@ func writeReport() error {
 	for _, c := range results {
 		fmt.Fprintf(&b, "## %s\n\n", c.name)
 		if c.goal != "" {
-			fmt.Fprintf(&b, "Goal: %s.\n\n", c.goal)
+			verdict := ""
+			if c.holds != nil {
+				medians := map[string]float64{}
+				for who, vs := range c.samples {
+					medians[who] = medianOf(vs)
+				}
+				verdict = " Holds: **no**."
+				if c.holds(medians) {
+					verdict = " Holds: yes."
+				}
+			}
+			fmt.Fprintf(&b, "Goal: %s.%s\n\n", c.goal, verdict)
 		}
 		fmt.Fprintf(&b, "| contender | median (%s) | spread | rounds | ratio to %s |\n|---|---|---|---|---|\n", c.unit, c.order[0])
 		base := medianOf(c.samples[c.order[0]])

@@ -62,9 +62,9 @@ type App struct {
 	// `capacity`.
 	Capacity int `json:"capacity,omitempty"`
 
-	// FetchInterval is the wait between polls when there is no work; while
-	// polls keep finding nothing (or failing) the wait doubles, up to 5 s or
-	// FetchInterval if that is longer. Default: 2s.
+	// FetchInterval is the wait between polls when there is no work; after
+	// failed polls the wait doubles, up to 5 s (or FetchInterval if longer),
+	// while Gitea is unreachable. Default: 2s.
 	// Caddyfile: `fetch_interval`.
 	FetchInterval caddy.Duration `json:"fetch_interval,omitempty"`
 

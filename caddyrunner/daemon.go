@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -22,8 +23,8 @@ const runnerVersion = "cargoxx-runner"
 const (
 	// fetchTimeout bounds one FetchTask call.
 	fetchTimeout = 5 * time.Second
-	// maxBackoffShift caps the backoff at fetch_interval × 2^5, and
-	// maxFetchWait caps it absolutely: pickup latency is what users see.
+	// maxBackoffShift caps the backoff after failed polls at
+	// fetch_interval × 2^5, and maxFetchWait caps it absolutely.
 	maxBackoffShift = 5
 	maxFetchWait    = 5 * time.Second
 )
@@ -170,7 +171,7 @@ func (d *daemon) ensureIdentity() (*identity, error) {
 		if err != nil {
 			var cerr *connect.Error
 			// A refused token will not become valid by waiting.
-			if errors.As(err, &cerr) && (cerr.Code() == connect.CodeUnauthenticated || cerr.Code() == connect.CodePermissionDenied || cerr.Code() == connect.CodeInvalidArgument) {
+			if isUnauthenticated(err) || (errors.As(err, &cerr) && (cerr.Code() == connect.CodePermissionDenied || cerr.Code() == connect.CodeInvalidArgument)) {
 				return false, err
 			}
 			return true, err
@@ -247,7 +248,7 @@ func (d *daemon) retry(what string, attempt func(context.Context) (retry bool, e
 // task, so a full runner asks for nothing.
 func (d *daemon) poll(client *giteaClient) {
 	var tasksVersion int64
-	misses := 0
+	failures := 0
 	for {
 		if !d.waitForSlot() {
 			return
@@ -274,8 +275,7 @@ func (d *daemon) poll(client *giteaClient) {
 		switch {
 		case err != nil:
 			pollsTotal.WithLabelValues("error").Inc()
-			var cerr *connect.Error
-			if errors.As(err, &cerr) && cerr.Code() == connect.CodeUnauthenticated {
+			if isUnauthenticated(err) {
 				err = fmt.Errorf("gitea no longer knows this runner (deleted?): %w; remove %s and restart to register again", err, d.store)
 				d.setError(err)
 				d.logger().Error("polling stopped", zap.Error(err))
@@ -293,11 +293,13 @@ func (d *daemon) poll(client *giteaClient) {
 			task = resp.Msg.Task
 		}
 		if task == nil {
-			if !failed {
+			if failed {
+				failures++
+			} else {
 				pollsTotal.WithLabelValues("empty").Inc()
+				failures = 0
 			}
-			misses++
-			if !d.sleepOrWake(backoff(s.fetchInterval, misses)) {
+			if !d.sleepOrWake(backoff(s.fetchInterval, failures)) {
 				return
 			}
 			continue
@@ -305,14 +307,27 @@ func (d *daemon) poll(client *giteaClient) {
 		pollsTotal.WithLabelValues("task").Inc()
 		// Version 0 makes Gitea look in its database again: another job may
 		// have become ready at the version just seen.
-		tasksVersion, misses = 0, 0
+		tasksVersion, failures = 0, 0
 		d.start(client, task)
 	}
 }
 
-// backoff is the wait after n empty or failed polls in a row:
-// fetch_interval while n is at most 1, then doubling, capped at
-// maxFetchWait (or fetch_interval if that is longer), with ±20% jitter.
+// isUnauthenticated reports whether Gitea refused the runner's credentials.
+// Gitea answers with a gRPC status that Connect clients see as an unknown
+// error whose message names the code, so both forms count.
+func isUnauthenticated(err error) bool {
+	var cerr *connect.Error
+	if errors.As(err, &cerr) && cerr.Code() == connect.CodeUnauthenticated {
+		return true
+	}
+	return strings.Contains(err.Error(), "code = Unauthenticated")
+}
+
+// backoff is the wait after n failed polls: fetch_interval at first, then
+// doubling up to maxFetchWait, with ±20% jitter. An empty answer is not a
+// failure: polls that find nothing cost Gitea little (the tasks_version
+// check), and pickup latency is what users see, so they wait just
+// fetch_interval.
 func backoff(interval time.Duration, n int) time.Duration {
 	wait := interval
 	if n > 1 {

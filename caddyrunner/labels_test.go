@@ -51,7 +51,7 @@ func TestBackoff(t *testing.T) {
 	for n, want := range map[int][2]float64{0: {1.6, 2.4}, 1: {1.6, 2.4}, 2: {3.2, 4.8}, 3: {4, 6}, 10: {4, 6}} {
 		got := backoff(interval, n).Seconds()
 		if got < want[0] || got > want[1] {
-			t.Errorf("backoff after %d misses = %.2fs, want within [%v, %v]", n, got, want[0], want[1])
+			t.Errorf("backoff after %d failures = %.2fs, want within [%v, %v]", n, got, want[0], want[1])
 		}
 	}
 }

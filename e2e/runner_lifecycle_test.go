@@ -377,3 +377,34 @@ func TestRunnerDrainAndResume(t *testing.T) {
 		t.Fatalf("after resume the run concluded %q", run.Conclusion)
 	}
 }
+
+func TestRunnerStopsPollingWhenDeleted(t *testing.T) {
+	g := harness.StartGitea(t, "")
+	g.CreateRepo("deleted")
+	caddy := harness.StartCaddy(t, fmt.Sprintf(`{
+	admin {$CADDY_ADMIN}
+	gitea_runner {
+		instance %s
+		registration_token %s
+		labels e2e:host
+		fetch_interval 500ms
+	}
+}
+`, g.URL, g.RepoRegistrationToken("deleted")), harness.CaddyOptions{NoHTTP: true})
+	id := waitRegistered(t, caddy)
+	if _, err := g.Client.DeleteRepoActionRunner(harness.GiteaAdmin, "deleted", id); err != nil {
+		t.Fatalf("deleting runner %d in Gitea: %v", id, err)
+	}
+	if err := harness.Eventually(30*time.Second, 250*time.Millisecond, func() error {
+		st := adminStatus(t, caddy)
+		if len(st.Runners) == 1 && strings.Contains(st.Runners[0].LastError, "register again") {
+			return nil
+		}
+		return fmt.Errorf("status %+v does not say to register again", st)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(caddy.Log(), "polling stopped") {
+		t.Fatalf("caddy's log does not say polling stopped:\n%s", caddy.Log())
+	}
+}
