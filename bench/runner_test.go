@@ -8,7 +8,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -32,7 +31,7 @@ func giteaRunnerBinary(b *testing.B) string {
 // startGiteaRunner registers and runs Gitea's runner with the same settings
 // as gitea_runner gets: fetch interval, host network, no Docker socket in
 // jobs, no cache server.
-func startGiteaRunner(b *testing.B, g *harness.Gitea, token, label string, fetchInterval time.Duration) *exec.Cmd {
+func startGiteaRunner(b *testing.B, g *harness.Gitea, token, label string, fetchInterval time.Duration) *harness.Process {
 	b.Helper()
 	bin := giteaRunnerBinary(b)
 	dir := b.TempDir()
@@ -57,18 +56,12 @@ host:
 		"--instance", g.URL, "--token", token, "--name", "gitea-runner-bench", "--labels", label)
 	cmd := exec.Command(bin, "daemon", "--config", config)
 	cmd.Dir = dir
-	logFile, _ := os.Create(filepath.Join(dir, "runner.log"))
-	cmd.Stdout, cmd.Stderr = logFile, logFile
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
+	proc, err := harness.StartProcess("Gitea's runner", cmd, filepath.Join(dir, "runner.log"))
+	if err != nil {
 		b.Fatal(err)
 	}
-	b.Cleanup(func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		_ = cmd.Wait()
-		logFile.Close()
-	})
-	return cmd
+	b.Cleanup(func() { proc.Stop(30 * time.Second) })
+	return proc
 }
 
 // jobTiming is when a job was seen to start and to succeed, after its commit.
@@ -188,7 +181,7 @@ func BenchmarkRunnerPickup(b *testing.B) {
 	}
 
 	idle := time.Duration(envInt("BENCH_IDLE_SECONDS", 60)) * time.Second
-	pids := map[string]int{"ours": caddy.PID(), "theirs": theirs.Process.Pid}
+	pids := map[string]int{"ours": caddy.PID(), "theirs": theirs.PID()}
 	cpuCmp := newComparison(fmt.Sprintf("Runner idle for %v: CPU time", idle), "s", "lower", "gitea_runner lower than Gitea's runner")
 	cpuCmp.holds = ratioAtMost("gitea_runner", "Gitea's runner v1.0.8", 0.999)
 	cpuCmp.notes = append(cpuCmp.notes, "gitea_runner polls every fetch_interval while idle (Gitea's runner backs off to 5 s), trading a few milliseconds of CPU a minute for pickup latency.")

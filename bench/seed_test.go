@@ -8,7 +8,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -110,9 +109,9 @@ http://:{$CADDY_HTTP_PORT} {
 	peak.notes = append(peak.notes, "The caddy job also pushes its closure to the cache through caddy; Gitea's runner's job only builds (in the seed it pushes to a bind-mounted directory, which costs the runner and nginx nothing).")
 	for round := range envInt("BENCH_ROUNDS", 3) {
 		idle.add("caddy (runner + cache)", float64(rssTree(b, caddy.PID()))/1024)
-		idle.add("Gitea's runner + nginx", float64(rssTree(b, theirs.Process.Pid)+rssTree(b, nginx.Process.Pid))/1024)
+		idle.add("Gitea's runner + nginx", float64(rssTree(b, theirs.PID())+rssTree(b, nginx.PID()))/1024)
 		idleAnon.add("caddy (runner + cache)", float64(memTree(b, caddy.PID(), "RssAnon"))/1024)
-		idleAnon.add("Gitea's runner + nginx", float64(memTree(b, theirs.Process.Pid, "RssAnon")+memTree(b, nginx.Process.Pid, "RssAnon"))/1024)
+		idleAnon.add("Gitea's runner + nginx", float64(memTree(b, theirs.PID(), "RssAnon")+memTree(b, nginx.PID(), "RssAnon"))/1024)
 		for _, label := range []string{"ours", "theirs"} {
 			sha := g.CommitWorkflow("seed", fmt.Sprintf("%s-%d.yml", label, round), seedBuildWorkflow(label, round, label == "ours"))
 			var max int64
@@ -122,7 +121,7 @@ http://:{$CADDY_HTTP_PORT} {
 				if label == "ours" {
 					rss = rssTree(b, caddy.PID())
 				} else {
-					rss = rssTree(b, theirs.Process.Pid) + rssTree(b, nginx.Process.Pid)
+					rss = rssTree(b, theirs.PID()) + rssTree(b, nginx.PID())
 				}
 				max = maxInt(max, rss)
 				runs, _ := g.Runs("seed")
@@ -151,7 +150,7 @@ func maxInt(a, b int64) int64 {
 // startNginx serves root as static files over loopback, as the seed's file
 // server does, with sendfile and long keep-alive; it returns the process and
 // its port.
-func startNginx(b *testing.B, root string) (*exec.Cmd, int) {
+func startNginx(b *testing.B, root string) (*harness.Process, int) {
 	b.Helper()
 	nginx := harness.LookTool(b, "nginx")
 	dir := b.TempDir()
@@ -184,15 +183,11 @@ http {
 	}
 }
 `, dir, port, root)), 0o644)
-	cmd := exec.Command(nginx, "-c", conf, "-p", dir)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
+	proc, err := harness.StartProcess("nginx", exec.Command(nginx, "-c", conf, "-p", dir), filepath.Join(dir, "nginx.log"))
+	if err != nil {
 		b.Fatal(err)
 	}
-	b.Cleanup(func() {
-		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
-		_ = cmd.Wait()
-	})
+	b.Cleanup(func() { proc.Stop(10 * time.Second) })
 	if err := harness.Eventually(10*time.Second, 50*time.Millisecond, func() error {
 		conn, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port))
 		if err != nil {
@@ -202,5 +197,5 @@ http {
 	}); err != nil {
 		b.Fatalf("nginx does not answer: %v", err)
 	}
-	return cmd, port
+	return proc, port
 }

@@ -10,7 +10,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -45,8 +44,7 @@ type Caddy struct {
 	AdminAddr string // host:port of the admin endpoint
 	LogPath   string
 
-	cmd    *exec.Cmd
-	exited chan struct{}
+	proc *Process
 }
 
 // CaddyBinary returns the path of bin/caddy, or skips (fails under
@@ -97,10 +95,6 @@ func StartCaddy(t testing.TB, caddyfile string, opts CaddyOptions) *Caddy {
 // Start (re)starts the process on the same directory, ports and Caddyfile.
 func (c *Caddy) Start() {
 	c.t.Helper()
-	logFile, err := os.OpenFile(c.LogPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-	if err != nil {
-		c.t.Fatal(err)
-	}
 	cmd := exec.Command(c.opts.Binary, "run", "--config", c.Config, "--adapter", "caddyfile")
 	cmd.Dir = c.Dir
 	cmd.Env = append(os.Environ(),
@@ -112,27 +106,15 @@ func (c *Caddy) Start() {
 		"XDG_CONFIG_HOME="+filepath.Join(c.Dir, "xdg-config"),
 	)
 	cmd.Env = append(cmd.Env, c.opts.Env...)
-	cmd.Stdout = logFile
-	cmd.Stderr = logFile
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		logFile.Close()
-		c.t.Fatalf("starting %s: %v", c.opts.Binary, err)
+	proc, err := StartProcess("caddy", cmd, c.LogPath)
+	if err != nil {
+		c.t.Fatal(err)
 	}
-	c.cmd = cmd
-	c.exited = make(chan struct{})
-	var exitErr error
-	go func() {
-		exitErr = cmd.Wait()
-		logFile.Close()
-		close(c.exited)
-	}()
+	c.proc = proc
 
 	err = Eventually(30*time.Second, 50*time.Millisecond, func() error {
-		select {
-		case <-c.exited:
-			return fmt.Errorf("%w: caddy exited: %v", errStop, exitErr)
-		default:
+		if err := proc.Exited(); err != nil {
+			return err
 		}
 		resp, err := http.Get("http://" + c.AdminAddr + "/config/")
 		if err != nil {
@@ -188,32 +170,25 @@ func (c *Caddy) Reload(caddyfile string) error {
 // Stop ends the process gracefully, killing it if it does not exit within
 // 30 seconds. Stopping a stopped process does nothing.
 func (c *Caddy) Stop() {
-	if c.cmd == nil {
+	if c.proc == nil {
 		return
 	}
-	_ = c.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-c.exited:
-	case <-time.After(30 * time.Second):
-		c.t.Logf("caddy did not stop within 30s of SIGTERM; killing it")
-		c.Kill()
-	}
-	c.cmd = nil
+	c.proc.Stop(30 * time.Second)
+	c.proc = nil
 }
 
 // Kill ends the process at once with SIGKILL, as a crash would.
 func (c *Caddy) Kill() {
-	if c.cmd == nil {
+	if c.proc == nil {
 		return
 	}
-	_ = syscall.Kill(-c.cmd.Process.Pid, syscall.SIGKILL)
-	<-c.exited
-	c.cmd = nil
+	c.proc.Kill()
+	c.proc = nil
 }
 
 // PID is the running process's id.
 func (c *Caddy) PID() int {
-	return c.cmd.Process.Pid
+	return c.proc.PID()
 }
 
 // Log returns what the process has logged so far.

@@ -9,7 +9,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -39,8 +38,7 @@ type Gitea struct {
 
 	binary string
 	config string
-	cmd    *exec.Cmd
-	exited chan struct{}
+	proc   *Process
 }
 
 var giteaBuildMu sync.Mutex
@@ -221,33 +219,17 @@ func (g *Gitea) CLI(args ...string) string {
 // Start (re)starts the web server and waits until /api/healthz answers.
 func (g *Gitea) Start() {
 	g.t.Helper()
-	logFile, err := os.OpenFile(g.LogPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-	if err != nil {
-		g.t.Fatal(err)
-	}
 	cmd := exec.Command(g.binary, "--config", g.config, "web")
 	cmd.Dir = g.Dir
 	cmd.Env = append(os.Environ(), g.env()...)
-	cmd.Stdout = logFile
-	cmd.Stderr = logFile
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		logFile.Close()
-		g.t.Fatalf("starting gitea: %v", err)
+	proc, err := StartProcess("gitea", cmd, g.LogPath)
+	if err != nil {
+		g.t.Fatal(err)
 	}
-	g.cmd = cmd
-	g.exited = make(chan struct{})
-	var exitErr error
-	go func() {
-		exitErr = cmd.Wait()
-		logFile.Close()
-		close(g.exited)
-	}()
+	g.proc = proc
 	err = Eventually(120*time.Second, 200*time.Millisecond, func() error {
-		select {
-		case <-g.exited:
-			return fmt.Errorf("%w: gitea exited: %v", errStop, exitErr)
-		default:
+		if err := proc.Exited(); err != nil {
+			return err
 		}
 		resp, err := http.Get(g.URL + "api/healthz")
 		if err != nil {
@@ -268,17 +250,11 @@ func (g *Gitea) Start() {
 
 // Stop ends the server (SIGTERM, then SIGKILL after 30 seconds).
 func (g *Gitea) Stop() {
-	if g.cmd == nil {
+	if g.proc == nil {
 		return
 	}
-	_ = g.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-g.exited:
-	case <-time.After(30 * time.Second):
-		_ = syscall.Kill(-g.cmd.Process.Pid, syscall.SIGKILL)
-		<-g.exited
-	}
-	g.cmd = nil
+	g.proc.Stop(30 * time.Second)
+	g.proc = nil
 }
 
 // Addr is the server's host:port.

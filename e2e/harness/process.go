@@ -1,0 +1,71 @@
+package harness
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"syscall"
+	"time"
+)
+
+// Process is a program running in the background, in a process group of its
+// own, with its output appended to a log file.
+type Process struct {
+	name   string
+	cmd    *exec.Cmd
+	exited chan struct{}
+	err    error // how it exited; valid once exited is closed
+}
+
+// StartProcess starts cmd with its output appended to logPath.
+func StartProcess(name string, cmd *exec.Cmd, logPath string) (*Process, error) {
+	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	cmd.Stdout = logFile
+	cmd.Stderr = logFile
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		_ = logFile.Close()
+		return nil, fmt.Errorf("starting %s: %w", name, err)
+	}
+	p := &Process{name: name, cmd: cmd, exited: make(chan struct{})}
+	go func() {
+		p.err = cmd.Wait()
+		_ = logFile.Close()
+		close(p.exited)
+	}()
+	return p, nil
+}
+
+// PID is the process id.
+func (p *Process) PID() int { return p.cmd.Process.Pid }
+
+// Exited returns an error, which makes Eventually give up, once the process
+// has ended; nil while it runs.
+func (p *Process) Exited() error {
+	select {
+	case <-p.exited:
+		return fmt.Errorf("%w: %s exited: %v", errStop, p.name, p.err)
+	default:
+		return nil
+	}
+}
+
+// Stop sends SIGTERM and waits up to grace for the process to end, then
+// kills its whole process group.
+func (p *Process) Stop(grace time.Duration) {
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.exited:
+	case <-time.After(grace):
+		p.Kill()
+	}
+}
+
+// Kill ends the whole process group at once with SIGKILL, as a crash would.
+func (p *Process) Kill() {
+	_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
+	<-p.exited
+}
