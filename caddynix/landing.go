@@ -65,14 +65,13 @@ func (s *statsCache) get(root string) cacheStats {
 
 // landingPage is what the landing page shows.
 type landingPage struct {
-	Name          string
-	URL           string
-	PublicKeys    []string
-	Paths         int
-	Size          string
-	StoreDir      string
-	Priority      int
-	WantMassQuery bool
+	Name       string
+	URL        string
+	PublicKeys []string
+	Paths      int
+	Size       string
+	StoreDir   string
+	Priority   int
 }
 
 // NixConf is the nix.conf snippet that makes a client use this cache.
@@ -104,14 +103,13 @@ var landingHTML = template.Must(template.New("landing").Parse(`<!DOCTYPE html>
 func (h *Handler) serveLanding(w http.ResponseWriter, r *http.Request) error {
 	stats := h.stats.get(h.root)
 	page := landingPage{
-		Name:          h.cacheName(r),
-		URL:           h.cacheURL(r),
-		PublicKeys:    h.publicKeyStrings(),
-		Paths:         stats.Paths,
-		Size:          humanize.IBytes(uint64(stats.NarBytes)),
-		StoreDir:      h.StoreDir,
-		Priority:      *h.Priority,
-		WantMassQuery: *h.WantMassQuery,
+		Name:       h.cacheName(r),
+		URL:        h.cacheURL(r),
+		PublicKeys: h.publicKeyStrings(),
+		Paths:      stats.Paths,
+		Size:       humanize.IBytes(uint64(stats.NarBytes)),
+		StoreDir:   h.StoreDir,
+		Priority:   *h.Priority,
 	}
 	var body bytes.Buffer
 	if strings.Contains(r.Header.Get("Accept"), "text/html") {

@@ -72,16 +72,6 @@ func (s labelSet) names() []string {
 	return out
 }
 
-// needsDocker reports whether any label runs jobs in containers.
-func (s labelSet) needsDocker() bool {
-	for _, l := range s {
-		if l.schema == "docker" {
-			return true
-		}
-	}
-	return false
-}
-
 // pickPlatform returns the image (or hostPlatform) of the first runs-on
 // entry the runner has a label for. Gitea only sends jobs whose runs-on
 // labels the runner covers, so a miss means the labels changed since.

@@ -25,9 +25,6 @@ func TestParseLabels(t *testing.T) {
 			t.Errorf("pickPlatform(%s) = %q, want %q", runsOn, got, want)
 		}
 	}
-	if !set.needsDocker() {
-		t.Error("needsDocker is false with docker labels")
-	}
 }
 
 func TestParseLabelsRejects(t *testing.T) {

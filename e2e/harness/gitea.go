@@ -6,7 +6,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -208,14 +207,6 @@ func (g *Gitea) must(args ...string) string {
 	return MustRun(g.t, g.env(), g.Dir, g.binary, append([]string{"--config", g.config}, args...)...)
 }
 
-// CLI runs a gitea CLI command against this server's configuration and
-// returns its output; some commands (actions generate-runner-token) need the
-// server to be running.
-func (g *Gitea) CLI(args ...string) string {
-	g.t.Helper()
-	return g.must(args...)
-}
-
 // Start (re)starts the web server and waits until /api/healthz answers.
 func (g *Gitea) Start() {
 	g.t.Helper()
@@ -255,9 +246,4 @@ func (g *Gitea) Stop() {
 	}
 	g.proc.Stop(30 * time.Second)
 	g.proc = nil
-}
-
-// Addr is the server's host:port.
-func (g *Gitea) Addr() string {
-	return "127.0.0.1:" + strconv.Itoa(g.Port)
 }

@@ -52,16 +52,6 @@ func (g *Gitea) RepoRegistrationToken(repo string) string {
 	return token.Token
 }
 
-// InstanceRegistrationToken mints an instance-wide runner registration token.
-func (g *Gitea) InstanceRegistrationToken() string {
-	g.t.Helper()
-	token, _, err := g.Client.CreateAdminActionRunnerRegistrationToken()
-	if err != nil {
-		g.t.Fatalf("minting an instance registration token: %v", err)
-	}
-	return token.Token
-}
-
 // SetSecret creates or updates a repository's Actions secret.
 func (g *Gitea) SetSecret(repo, name, value string) {
 	g.t.Helper()
