@@ -5,7 +5,6 @@ import (
 	"crypto/subtle"
 	"fmt"
 	"net/http"
-	"os"
 	"strings"
 
 	"github.com/caddyserver/caddy/v2"
@@ -34,18 +33,11 @@ func loadCredentials(cfg *UploadConfig, repl *caddy.Replacer) (*credentials, err
 	}
 	for _, file := range cfg.TokenFiles {
 		path := repl.ReplaceAll(file, "")
-		info, err := os.Stat(path)
+		token, err := readPrivateFile(path, "upload token file")
 		if err != nil {
-			return nil, fmt.Errorf("reading upload token file: %w", err)
+			return nil, err
 		}
-		if perm := info.Mode().Perm(); perm&0o077 != 0 {
-			return nil, fmt.Errorf("upload token file %s is readable by group or others (mode %04o): restrict it with `chmod 600 %s`", path, perm, path)
-		}
-		data, err := os.ReadFile(path)
-		if err != nil {
-			return nil, fmt.Errorf("reading upload token file: %w", err)
-		}
-		if err := creds.add(strings.TrimSpace(string(data))); err != nil {
+		if err := creds.add(token); err != nil {
 			return nil, fmt.Errorf("upload token file %s: %w", path, err)
 		}
 	}

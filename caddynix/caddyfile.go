@@ -9,6 +9,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/cargoxx-pkgs/runner/internal/caddyutil"
 )
 
 func init() {
@@ -56,7 +57,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		seen[option] = true
 		switch option {
 		case "name", "url", "root", "store_dir", "secret_key_file":
-			value, err := singleArg(d)
+			value, err := caddyutil.SingleArg(d)
 			if err != nil {
 				return err
 			}
@@ -82,7 +83,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			h.GenerateKey = true
 		case "priority":
-			value, err := singleArg(d)
+			value, err := caddyutil.SingleArg(d)
 			if err != nil {
 				return err
 			}
@@ -92,7 +93,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			h.Priority = &priority
 		case "want_mass_query":
-			value, err := singleArg(d)
+			value, err := caddyutil.SingleArg(d)
 			if err != nil {
 				return err
 			}
@@ -117,7 +118,7 @@ func (h *Handler) unmarshalUpload(d *caddyfile.Dispenser) error {
 	sizeSet := false
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		option := d.Val()
-		value, err := singleArg(d)
+		value, err := caddyutil.SingleArg(d)
 		if err != nil {
 			return err
 		}
@@ -141,18 +142,6 @@ func (h *Handler) unmarshalUpload(d *caddyfile.Dispenser) error {
 		}
 	}
 	return nil
-}
-
-// singleArg returns the one argument of the current option.
-func singleArg(d *caddyfile.Dispenser) (string, error) {
-	if !d.NextArg() {
-		return "", d.ArgErr()
-	}
-	value := d.Val()
-	if d.NextArg() {
-		return "", d.ArgErr()
-	}
-	return value, nil
 }
 
 // Interface guard

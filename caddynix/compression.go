@@ -5,6 +5,8 @@ import (
 	"compress/gzip"
 	"fmt"
 	"io"
+	"path"
+	"strings"
 
 	"github.com/klauspost/compress/zstd"
 	"github.com/ulikunitz/xz"
@@ -26,6 +28,13 @@ var compressionOfExt = map[string]string{
 	".xz":  "xz",
 	".zst": "zstd",
 	".bz2": "bzip2",
+}
+
+// narCompression is the compression of a NAR named nar/<52-char hash>.nar[.ext],
+// as the NAR URL shapes in urls.go allow.
+func narCompression(narPath string) (string, bool) {
+	compression, ok := compressionOfExt[strings.TrimPrefix(path.Base(narPath)[52:], ".nar")]
+	return compression, ok
 }
 
 // decompressor returns a reader of r's decompressed content for a NAR

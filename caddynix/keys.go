@@ -15,22 +15,11 @@ import (
 // key file that the group or others may read is refused: the key is what
 // makes clients trust the cache.
 func loadSecretKey(path string) (signature.SecretKey, error) {
-	info, err := os.Stat(path)
+	data, err := readPrivateFile(path, "secret key")
 	if err != nil {
-		return signature.SecretKey{}, fmt.Errorf("reading secret key: %w", err)
+		return signature.SecretKey{}, err
 	}
-	if !info.Mode().IsRegular() {
-		return signature.SecretKey{}, fmt.Errorf("secret key %s is not a regular file", path)
-	}
-	if perm := info.Mode().Perm(); perm&0o077 != 0 {
-		return signature.SecretKey{}, fmt.Errorf("secret key %s is readable by group or others (mode %04o): restrict it with `chmod 600 %s`", path, perm, path)
-	}
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return signature.SecretKey{}, fmt.Errorf("reading secret key: %w", err)
-	}
-	// Key files usually end in a newline, which go-nix does not expect.
-	key, err := signature.LoadSecretKey(strings.TrimSpace(string(data)))
+	key, err := signature.LoadSecretKey(data)
 	if err != nil {
 		return signature.SecretKey{}, fmt.Errorf("secret key %s is not in Nix's name:base64 format: %w", path, err)
 	}
@@ -38,6 +27,27 @@ func loadSecretKey(path string) (signature.SecretKey, error) {
 		return signature.SecretKey{}, fmt.Errorf("secret key %s has no name before the colon", path)
 	}
 	return key, nil
+}
+
+// readPrivateFile reads a file holding a secret (what names it in errors),
+// refusing one that the group or others may read. Surrounding white space,
+// such as the usual final newline, is trimmed.
+func readPrivateFile(path, what string) (string, error) {
+	info, err := os.Stat(path)
+	if err != nil {
+		return "", fmt.Errorf("reading %s: %w", what, err)
+	}
+	if !info.Mode().IsRegular() {
+		return "", fmt.Errorf("%s %s is not a regular file", what, path)
+	}
+	if perm := info.Mode().Perm(); perm&0o077 != 0 {
+		return "", fmt.Errorf("%s %s is readable by group or others (mode %04o): restrict it with `chmod 600 %s`", what, path, perm, path)
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("reading %s: %w", what, err)
+	}
+	return strings.TrimSpace(string(data)), nil
 }
 
 // generateKeyPair writes a new key pair in Nix's format: the secret key with

@@ -7,6 +7,7 @@ import (
 	"strconv"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/cargoxx-pkgs/runner/internal/caddyutil"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -53,18 +54,7 @@ var (
 
 // registerMetrics adds the cache's collectors to a config's registry.
 func registerMetrics(registry prometheus.Registerer) error {
-	if registry == nil {
-		return nil
-	}
-	for _, c := range []prometheus.Collector{requestsTotal, bytesServed, narinfoLookups, uploadsTotal, uploadBytes, uploadRejections} {
-		if err := registry.Register(c); err != nil {
-			var already prometheus.AlreadyRegisteredError
-			if !errors.As(err, &already) {
-				return err
-			}
-		}
-	}
-	return nil
+	return caddyutil.RegisterCollectors(registry, requestsTotal, bytesServed, narinfoLookups, uploadsTotal, uploadBytes, uploadRejections)
 }
 
 // meteredWriter counts the status code and body bytes of a response. It

@@ -143,7 +143,7 @@ type narMeta struct {
 // temporary file while hashing both the file and its decompressed content.
 func (h *Handler) putNar(r *http.Request, req cacheRequest) error {
 	name := path.Base(req.file)
-	compression, ok := compressionOfExt[strings.TrimPrefix(name[52:], ".nar")]
+	compression, ok := narCompression(req.file)
 	if !ok {
 		return reject(http.StatusBadRequest, "bad_compression", "%s: unsupported NAR compression (use none, xz, zstd or bzip2)", req.file)
 	}
@@ -371,7 +371,7 @@ func (h *Handler) narMetaOf(url string) (narMeta, error) {
 		return narMeta{}, err
 	}
 	defer func() { _ = f.Close() }()
-	compression := compressionOfExt[strings.TrimPrefix(path.Base(url)[52:], ".nar")]
+	compression, _ := narCompression(url)
 	meta, err := receiveNar(io.Discard, f, compression, math.MaxInt64-1)
 	if err != nil {
 		var uerr *uploadError

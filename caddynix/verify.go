@@ -124,7 +124,7 @@ func verifyNarInfo(dir *os.Root, name string, present, used map[string]bool, opt
 	defer func() { _ = f.Close() }()
 	var meta narMeta
 	if opts.narHash {
-		compression := compressionOfExt[strings.TrimPrefix(path.Base(info.URL)[52:], ".nar")]
+		compression, _ := narCompression(info.URL)
 		meta, err = receiveNar(io.Discard, f, compression, math.MaxInt64-1)
 		if err != nil {
 			return append(problems, fmt.Sprintf("NAR %s: %v", info.URL, err))

@@ -8,6 +8,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	"github.com/cargoxx-pkgs/runner/internal/caddyutil"
 )
 
 func init() {
@@ -65,7 +66,7 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		seen[option] = true
 		switch option {
 		case "instance", "registration_token", "api_token", "name", "state_file", "nix_cache":
-			value, err := oneArg(d)
+			value, err := caddyutil.SingleArg(d)
 			if err != nil {
 				return err
 			}
@@ -108,7 +109,7 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				}
 			}
 		case "capacity":
-			value, err := oneArg(d)
+			value, err := caddyutil.SingleArg(d)
 			if err != nil {
 				return err
 			}
@@ -118,7 +119,7 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			a.Capacity = n
 		case "fetch_interval", "timeout", "shutdown_timeout":
-			value, err := oneArg(d)
+			value, err := caddyutil.SingleArg(d)
 			if err != nil {
 				return err
 			}
@@ -171,7 +172,7 @@ func (a *App) unmarshalContainer(d *caddyfile.Dispenser) error {
 		seen[option] = true
 		switch option {
 		case "network", "docker_host", "options":
-			value, err := oneArg(d)
+			value, err := caddyutil.SingleArg(d)
 			if err != nil {
 				return err
 			}
@@ -204,17 +205,6 @@ func (a *App) unmarshalContainer(d *caddyfile.Dispenser) error {
 	}
 	a.Container = c
 	return nil
-}
-
-func oneArg(d *caddyfile.Dispenser) (string, error) {
-	if !d.NextArg() {
-		return "", d.ArgErr()
-	}
-	value := d.Val()
-	if d.NextArg() {
-		return "", d.ArgErr()
-	}
-	return value, nil
 }
 
 // Interface guard

@@ -1,8 +1,7 @@
 package caddyrunner
 
 import (
-	"errors"
-
+	"github.com/cargoxx-pkgs/runner/internal/caddyutil"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -32,17 +31,7 @@ var (
 	}, []string{"kind"})
 )
 
+// registerMetrics adds the runner's collectors to a config's registry.
 func registerMetrics(registry prometheus.Registerer) error {
-	if registry == nil {
-		return nil
-	}
-	for _, c := range []prometheus.Collector{pollsTotal, tasksTotal, tasksRunning, jobDuration, reportFailures} {
-		if err := registry.Register(c); err != nil {
-			var already prometheus.AlreadyRegisteredError
-			if !errors.As(err, &already) {
-				return err
-			}
-		}
-	}
-	return nil
+	return caddyutil.RegisterCollectors(registry, pollsTotal, tasksTotal, tasksRunning, jobDuration, reportFailures)
 }

@@ -1,0 +1,41 @@
+// Package caddyutil holds the small pieces of Caddy glue that the bundle's
+// modules share.
+package caddyutil
+
+import (
+	"errors"
+
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// RegisterCollectors adds process-wide collectors to a config's metrics
+// registry. Each config has a registry of its own, so the collectors are
+// registered again on every reload; their counts carry over.
+func RegisterCollectors(registry prometheus.Registerer, collectors ...prometheus.Collector) error {
+	if registry == nil {
+		return nil
+	}
+	for _, c := range collectors {
+		if err := registry.Register(c); err != nil {
+			var already prometheus.AlreadyRegisteredError
+			if !errors.As(err, &already) {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// SingleArg returns the one argument of the current Caddyfile option, or an
+// argument error naming its place.
+func SingleArg(d *caddyfile.Dispenser) (string, error) {
+	if !d.NextArg() {
+		return "", d.ArgErr()
+	}
+	value := d.Val()
+	if d.NextArg() {
+		return "", d.ArgErr()
+	}
+	return value, nil
+}
