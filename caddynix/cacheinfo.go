@@ -16,7 +16,7 @@ import (
 // binary cache" when it cannot.
 func (h *Handler) serveCacheInfo(w http.ResponseWriter, r *http.Request) error {
 	w.Header().Set("Content-Type", "text/x-nix-cache-info")
-	http.ServeContent(w, r, "", time.Time{}, strings.NewReader(h.cacheInfo()))
+	http.ServeContent(memoryBodyWriter{w}, r, "", time.Time{}, strings.NewReader(h.cacheInfo()))
 	return nil
 }
 

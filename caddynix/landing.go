@@ -122,7 +122,7 @@ func (h *Handler) serveLanding(w http.ResponseWriter, r *http.Request) error {
 		page.writeText(&body)
 	}
 	w.Header().Set("Cache-Control", "no-cache")
-	http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(body.Bytes()))
+	http.ServeContent(memoryBodyWriter{w}, r, "", time.Time{}, bytes.NewReader(body.Bytes()))
 	return nil
 }
 

@@ -51,7 +51,7 @@ func (h *Handler) serveFile(w http.ResponseWriter, r *http.Request, req cacheReq
 			header.Set("Content-Type", narContentType(enc))
 		}
 	}
-	http.ServeContent(w, r, "", info.ModTime(), f)
+	http.ServeContent(newSendfileWriter(w, f), r, "", info.ModTime(), f)
 	return nil
 }
 
@@ -64,7 +64,9 @@ const maxNarinfoSize = 1 << 20
 // for, is logged and answered as missing: a client then builds the path
 // instead of failing.
 func (h *Handler) serveNarInfo(w http.ResponseWriter, r *http.Request, req cacheRequest) error {
-	f, info, err := h.openFile(req.file)
+	// A stat is enough to tell whether the cached signed copy is current;
+	// the file is opened only to sign it again.
+	info, err := h.statFile(req.file)
 	if err != nil {
 		narinfoLookups.WithLabelValues("missing").Inc()
 		if !errors.Is(err, fs.ErrNotExist) {
@@ -72,8 +74,12 @@ func (h *Handler) serveNarInfo(w http.ResponseWriter, r *http.Request, req cache
 		}
 		return caddyhttp.Error(http.StatusNotFound, nil)
 	}
-	defer func() { _ = f.Close() }()
 	body, err := h.narinfos.get(req.file, info, func() ([]byte, error) {
+		f, _, err := h.openFile(req.file)
+		if err != nil {
+			return nil, err
+		}
+		defer func() { _ = f.Close() }()
 		return h.signedNarInfo(f, req.hash)
 	})
 	if err != nil {
@@ -83,7 +89,7 @@ func (h *Handler) serveNarInfo(w http.ResponseWriter, r *http.Request, req cache
 	}
 	narinfoLookups.WithLabelValues("served").Inc()
 	w.Header().Set("Content-Type", contentTypes[kindNarinfo])
-	http.ServeContent(w, r, "", info.ModTime(), bytes.NewReader(body))
+	http.ServeContent(memoryBodyWriter{w}, r, "", info.ModTime(), bytes.NewReader(body))
 	return nil
 }
 
@@ -107,6 +113,19 @@ func (h *Handler) signedNarInfo(f io.Reader, hash string) ([]byte, error) {
 		return nil, err
 	}
 	return []byte(info.String()), nil
+}
+
+// statFile describes a regular file below the cache root, as openFile would
+// open it.
+func (h *Handler) statFile(rel string) (fs.FileInfo, error) {
+	info, err := h.dir.Stat(filepath.FromSlash(rel))
+	if err != nil {
+		return nil, err
+	}
+	if !info.Mode().IsRegular() {
+		return nil, fs.ErrNotExist
+	}
+	return info, nil
 }
 
 // openFile opens a regular file below the cache root. rel has already been

@@ -1,0 +1,66 @@
+package caddynix
+
+import (
+	"io"
+	"net/http"
+	"os"
+
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+)
+
+// sendfileWriter lets the kernel send a whole file to the client.
+//
+// http.ServeContent copies a file as an io.LimitedReader around the
+// *os.File, and Caddy's write idle timeout (on by default) wraps whatever it
+// is given in a LimitedReader of its own, one chunk at a time. Go only uses
+// sendfile(2) for a single LimitedReader around a file, so without this
+// writer every NAR would go through user space in 32 KiB reads and writes.
+// When the limit ends exactly at the end of the file, which is the case for
+// every response that is not a byte range, the file itself is handed on.
+type sendfileWriter struct {
+	*caddyhttp.ResponseWriterWrapper
+	file *os.File
+}
+
+func newSendfileWriter(w http.ResponseWriter, f *os.File) *sendfileWriter {
+	return &sendfileWriter{ResponseWriterWrapper: &caddyhttp.ResponseWriterWrapper{ResponseWriter: w}, file: f}
+}
+
+func (w *sendfileWriter) ReadFrom(r io.Reader) (int64, error) {
+	if lr, ok := r.(*io.LimitedReader); ok && lr.R == w.file && w.remaining() == lr.N {
+		// Files in the cache are replaced by rename, never written in
+		// place, so the file cannot grow past the limit while it is sent.
+		n, err := w.ResponseWriterWrapper.ReadFrom(w.file)
+		lr.N -= n
+		return n, err
+	}
+	return w.ResponseWriterWrapper.ReadFrom(r)
+}
+
+// remaining is how many bytes are left between the file's offset and its
+// end, or -1 if that cannot be told.
+func (w *sendfileWriter) remaining() int64 {
+	offset, err := w.file.Seek(0, io.SeekCurrent)
+	if err != nil {
+		return -1
+	}
+	info, err := w.file.Stat()
+	if err != nil {
+		return -1
+	}
+	return info.Size() - offset
+}
+
+// memoryBodyWriter hides io.ReaderFrom from http.ServeContent, so that a
+// body already in memory (a signed narinfo, nix-cache-info) is buffered and
+// goes out with the response header in one write, instead of the header
+// being flushed on its own ahead of a copy loop.
+type memoryBodyWriter struct {
+	http.ResponseWriter
+}
+
+// Unwrap lets http.ResponseController reach the connection.
+func (w memoryBodyWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// Interface guard
+var _ io.ReaderFrom = (*sendfileWriter)(nil)
