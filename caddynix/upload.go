@@ -74,7 +74,19 @@ func (h *Handler) serveUpload(w http.ResponseWriter, r *http.Request, req cacheR
 	if ok {
 		kind = req.kind.String()
 	}
+	body := &trackedBody{ReadCloser: r.Body}
+	r.Body = body
 	err := h.upload(r, req, ok)
+	if !body.read && r.ProtoMajor == 1 && strings.EqualFold(r.Header.Get("Expect"), "100-continue") {
+		// The client is waiting for "100 Continue" before it sends the
+		// body, as curl and nix do for large uploads, and the body is not
+		// wanted: the NAR is already stored, or the upload is refused.
+		// Left open, the connection would have the server read and
+		// discard the body before answering, and the client would sit out
+		// its whole wait (1 s in curl) and then send the body for nothing.
+		// Closing it lets the answer go at once and the client stop.
+		w.Header().Set("Connection", "close")
+	}
 	var uerr *uploadError
 	switch {
 	case err == nil:
@@ -96,6 +108,17 @@ func (h *Handler) serveUpload(w http.ResponseWriter, r *http.Request, req cacheR
 		http.Error(w, "the cache could not store the upload; try again", http.StatusInternalServerError)
 		return nil
 	}
+}
+
+// trackedBody notes whether a request body was read at all.
+type trackedBody struct {
+	io.ReadCloser
+	read bool
+}
+
+func (b *trackedBody) Read(p []byte) (int, error) {
+	b.read = true
+	return b.ReadCloser.Read(p)
 }
 
 func (h *Handler) upload(r *http.Request, req cacheRequest, ok bool) error {
