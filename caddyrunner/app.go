@@ -63,10 +63,19 @@ type App struct {
 	Capacity int `json:"capacity,omitempty"`
 
 	// FetchInterval is the wait between polls when there is no work; after
-	// failed polls the wait doubles, up to 5 s (or FetchInterval if longer),
-	// while Gitea is unreachable. Default: 2s.
+	// failed polls the wait doubles, up to 5 s (or FetchIntervalMax if
+	// longer), while Gitea is unreachable. Default: 2s.
 	// Caddyfile: `fetch_interval`.
 	FetchInterval caddy.Duration `json:"fetch_interval,omitempty"`
+
+	// FetchIntervalMax lets the wait between polls grow while there is no
+	// work: each empty answer after the first doubles it, from
+	// FetchInterval up to this, and a job brings it back to FetchInterval.
+	// A larger value polls Gitea less while idle and picks up the first
+	// job after a quiet spell later. Default: FetchInterval, a steady
+	// wait. Gitea's runner backs off to 5s (its `fetch_interval_max`).
+	// Caddyfile: `fetch_interval_max`.
+	FetchIntervalMax caddy.Duration `json:"fetch_interval_max,omitempty"`
 
 	// Timeout bounds a job. Default: 3h. Caddyfile: `timeout`.
 	Timeout caddy.Duration `json:"timeout,omitempty"`
@@ -187,6 +196,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 		labels:         labels,
 		capacity:       max(a.Capacity, 1),
 		fetchInterval:  durationOr(a.FetchInterval, 2*time.Second),
+		fetchMax:       time.Duration(a.FetchIntervalMax),
 		timeout:        durationOr(a.Timeout, 3*time.Hour),
 		shutdown:       time.Duration(a.ShutdownTimeout),
 		env:            env,
@@ -221,6 +231,8 @@ func (a *App) Validate() error {
 		return fmt.Errorf("gitea_runner: capacity %d must be at least 1", a.Capacity)
 	case a.FetchInterval < 0 || (a.FetchInterval > 0 && time.Duration(a.FetchInterval) < 100*time.Millisecond):
 		return fmt.Errorf("gitea_runner: fetch_interval %s must be at least 100ms", time.Duration(a.FetchInterval))
+	case a.FetchIntervalMax < 0 || (a.FetchIntervalMax > 0 && time.Duration(a.FetchIntervalMax) < a.settings.fetchInterval):
+		return fmt.Errorf("gitea_runner: fetch_interval_max %s must not be shorter than fetch_interval (%s)", time.Duration(a.FetchIntervalMax), a.settings.fetchInterval)
 	case a.Timeout < 0 || a.ShutdownTimeout < 0:
 		return errors.New("gitea_runner: timeout and shutdown_timeout must not be negative")
 	}

@@ -38,6 +38,7 @@ func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
 //	    labels              <label>...           # repeatable
 //	    capacity            <n>
 //	    fetch_interval      <duration>
+//	    fetch_interval_max  <duration>
 //	    timeout             <duration>
 //	    shutdown_timeout    <duration>
 //	    state_file          <path>
@@ -118,7 +119,7 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("gitea_runner: capacity %q is not a positive integer", value)
 			}
 			a.Capacity = n
-		case "fetch_interval", "timeout", "shutdown_timeout":
+		case "fetch_interval", "fetch_interval_max", "timeout", "shutdown_timeout":
 			value, err := caddyutil.SingleArg(d)
 			if err != nil {
 				return err
@@ -130,6 +131,8 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			switch option {
 			case "fetch_interval":
 				a.FetchInterval = caddy.Duration(dur)
+			case "fetch_interval_max":
+				a.FetchIntervalMax = caddy.Duration(dur)
 			case "timeout":
 				a.Timeout = caddy.Duration(dur)
 			case "shutdown_timeout":

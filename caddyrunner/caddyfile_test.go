@@ -1,9 +1,11 @@
 package caddyrunner
 
 import (
+	"encoding/json"
 	"strings"
 	"testing"
 
+	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
 )
@@ -25,6 +27,7 @@ func TestCaddyfileAdapt(t *testing.T) {
 		labels more:host,again:host
 		capacity 2
 		fetch_interval 2s
+		fetch_interval_max 10s
 		timeout 3h
 		shutdown_timeout 10m
 		state_file data/.runner
@@ -42,7 +45,7 @@ func TestCaddyfileAdapt(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := `"gitea_runner":{"instance":"https://git.example.org","registration_token":"{env.GITEA_RUNNER_REGISTRATION_TOKEN}","scope":"repo owner/name","name":"cargoxx-pkgs-runner","labels":["self-hosted:docker://cargoxx-runner-job:latest","other:host","more:host","again:host"],"capacity":2,"fetch_interval":2000000000,"timeout":10800000000000,"shutdown_timeout":600000000000,"state_file":"data/.runner","env":{"KEY":"value"},"container":{"network":"host","privileged":true,"options":"--cpus 2","valid_volumes":["/srv/shared/**"],"docker_host":"-","force_pull":true}}`
+	want := `"gitea_runner":{"instance":"https://git.example.org","registration_token":"{env.GITEA_RUNNER_REGISTRATION_TOKEN}","scope":"repo owner/name","name":"cargoxx-pkgs-runner","labels":["self-hosted:docker://cargoxx-runner-job:latest","other:host","more:host","again:host"],"capacity":2,"fetch_interval":2000000000,"fetch_interval_max":10000000000,"timeout":10800000000000,"shutdown_timeout":600000000000,"state_file":"data/.runner","env":{"KEY":"value"},"container":{"network":"host","privileged":true,"options":"--cpus 2","valid_volumes":["/srv/shared/**"],"docker_host":"-","force_pull":true}}`
 	if !strings.Contains(got, want) {
 		t.Fatalf("adapted:\n%s\nwant it to contain:\n%s", got, want)
 	}
@@ -64,6 +67,34 @@ func TestCaddyfileErrors(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			if out, err := adapt(t, "{\n\tgitea_runner {\n\t\t"+body+"\n\t}\n}"); err == nil {
 				t.Fatalf("adapting %q succeeded: %s", body, out)
+			}
+		})
+	}
+}
+
+func TestValidateFetchIntervals(t *testing.T) {
+	for body, wantErr := range map[string]string{
+		"fetch_interval 2s\n\t\tfetch_interval_max 5s": "",
+		"fetch_interval_max 5s":                        "",
+		"fetch_interval 2s\n\t\tfetch_interval_max 1s": "fetch_interval_max 1s must not be shorter than fetch_interval (2s)",
+		"fetch_interval_max 1s":                        "fetch_interval_max 1s must not be shorter than fetch_interval (2s)",
+		"fetch_interval 50ms":                          "fetch_interval 50ms must be at least 100ms",
+	} {
+		t.Run(body, func(t *testing.T) {
+			out, err := adapt(t, "{\n\tgitea_runner {\n\t\tinstance http://127.0.0.1:1\n\t\tregistration_token x\n\t\tlabels a:host\n\t\tstate_file "+t.TempDir()+"/.runner\n\t\t"+body+"\n\t}\n}")
+			if err != nil {
+				t.Fatal(err)
+			}
+			var cfg caddy.Config
+			if err := json.Unmarshal([]byte(out), &cfg); err != nil {
+				t.Fatal(err)
+			}
+			err = caddy.Validate(&cfg)
+			switch {
+			case wantErr == "" && err != nil:
+				t.Fatalf("valid config refused: %v", err)
+			case wantErr != "" && (err == nil || !strings.Contains(err.Error(), wantErr)):
+				t.Fatalf("got error %v, want one saying %q", err, wantErr)
 			}
 		})
 	}

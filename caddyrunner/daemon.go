@@ -37,6 +37,7 @@ type settings struct {
 	labels         labelSet
 	capacity       int
 	fetchInterval  time.Duration
+	fetchMax       time.Duration // 0: no backoff on empty polls
 	timeout        time.Duration
 	shutdown       time.Duration
 	env            map[string]string
@@ -248,7 +249,7 @@ func (d *daemon) retry(what string, attempt func(context.Context) (retry bool, e
 // task, so a full runner asks for nothing.
 func (d *daemon) poll(client *giteaClient) {
 	var tasksVersion int64
-	failures := 0
+	empties, failures := 0, 0
 	for {
 		if !d.waitForSlot() {
 			return
@@ -297,9 +298,9 @@ func (d *daemon) poll(client *giteaClient) {
 				failures++
 			} else {
 				pollsTotal.WithLabelValues("empty").Inc()
-				failures = 0
+				empties, failures = empties+1, 0
 			}
-			if !d.sleepOrWake(backoff(s.fetchInterval, failures)) {
+			if !d.sleepOrWake(pollWait(s, empties, failures)) {
 				return
 			}
 			continue
@@ -307,7 +308,7 @@ func (d *daemon) poll(client *giteaClient) {
 		pollsTotal.WithLabelValues("task").Inc()
 		// Version 0 makes Gitea look in its database again: another job may
 		// have become ready at the version just seen.
-		tasksVersion, failures = 0, 0
+		tasksVersion, empties, failures = 0, 0, 0
 		d.start(client, task)
 	}
 }
@@ -323,15 +324,21 @@ func isUnauthenticated(err error) bool {
 	return strings.Contains(err.Error(), "code = Unauthenticated")
 }
 
-// backoff is the wait after n failed polls: fetch_interval at first, then
-// doubling up to maxFetchWait, with ±20% jitter. An empty answer is not a
-// failure: polls that find nothing cost Gitea little (the tasks_version
-// check), and pickup latency is what users see, so they wait just
-// fetch_interval.
-func backoff(interval time.Duration, n int) time.Duration {
-	wait := interval
+// pollWait is the wait before the next poll, with ±20% jitter, after
+// `empties` empty answers in a row or, while Gitea fails, `failures` failed
+// polls in a row. Both start at fetch_interval and double from the second
+// on: failures up to maxFetchWait (or fetch_interval_max if longer), empty
+// answers up to fetch_interval_max, which by default is fetch_interval:
+// polls that find nothing cost Gitea little (the tasks_version check), and
+// pickup latency is what users see.
+func pollWait(s *settings, empties, failures int) time.Duration {
+	n, ceiling := empties, max(s.fetchMax, s.fetchInterval)
+	if failures > 0 {
+		n, ceiling = failures, max(maxFetchWait, ceiling)
+	}
+	wait := s.fetchInterval
 	if n > 1 {
-		wait = min(interval<<min(n-1, maxBackoffShift), max(maxFetchWait, interval))
+		wait = min(s.fetchInterval<<min(n-1, maxBackoffShift), ceiling)
 	}
 	return jitter(wait)
 }

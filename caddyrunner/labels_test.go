@@ -3,7 +3,6 @@ package caddyrunner
 import (
 	"slices"
 	"testing"
-	"time"
 )
 
 func TestParseLabels(t *testing.T) {
@@ -39,16 +38,6 @@ func TestParseLabelsRejects(t *testing.T) {
 	} {
 		if _, err := parseLabels(bad); err == nil {
 			t.Errorf("parseLabels(%q) succeeded", bad)
-		}
-	}
-}
-
-func TestBackoff(t *testing.T) {
-	interval := 2 * time.Second
-	for n, want := range map[int][2]float64{0: {1.6, 2.4}, 1: {1.6, 2.4}, 2: {3.2, 4.8}, 3: {4, 6}, 10: {4, 6}} {
-		got := backoff(interval, n).Seconds()
-		if got < want[0] || got > want[1] {
-			t.Errorf("backoff after %d failures = %.2fs, want within [%v, %v]", n, got, want[0], want[1])
 		}
 	}
 }
