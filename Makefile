@@ -92,10 +92,12 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzParseNarInfo -fuzztime $(FUZZTIME) ./caddynix
 	$(GO) test -run '^$$' -fuzz FuzzClassify -fuzztime $(FUZZTIME) ./caddynix
 
-## bench: side-by-side measurements against the alternatives (not part of test)
+## bench: side-by-side measurements against the alternatives (not part of test);
+## BENCH=regexp picks some of them
+BENCH ?= .
 bench: build e2e-deps act-runner
 	@command -v nginx >/dev/null || { apt-get update -q && apt-get install -y -q nginx; }
-	$(GO) test -count=1 -run '^$$' -bench . -benchtime 1x -timeout 60m ./bench
+	$(GO) test -count=1 -run '^$$' -bench '$(BENCH)' -benchtime 1x -timeout 60m ./bench
 
 clean:
 	rm -rf bin

@@ -19,7 +19,8 @@ import (
 
 // servers are the three contenders serving one directory over loopback.
 type servers struct {
-	urls map[string]string // contender → base URL
+	urls  map[string]string // contender → base URL
+	admin string            // nix_cache's caddy admin endpoint, for profiles
 }
 
 // startServers serves root with nix_cache (signing with a fresh key),
@@ -55,7 +56,7 @@ http://:%d {
 `, root, secret, filePort, presigned), harness.CaddyOptions{})
 
 	_, nginxPort := startNginx(b, presigned)
-	s := &servers{urls: map[string]string{
+	s := &servers{admin: caddy.AdminAddr, urls: map[string]string{
 		"nix_cache":   caddy.URL(),
 		"file_server": fmt.Sprintf("http://127.0.0.1:%d", filePort),
 		"nginx":       fmt.Sprintf("http://127.0.0.1:%d", nginxPort),
@@ -182,7 +183,9 @@ func BenchmarkNarDownload(b *testing.B) {
 			c.holds = ratioAtLeast("nix_cache", "nginx", 0.95)
 			c.notes = append(c.notes, "The load generator is a Go client on the same two cores.")
 			if nar.label == "1 MiB" {
-				c.notes = append(c.notes, "For small NARs the cost is per request, not per byte: nix_cache matches Caddy's file_server (ratio about 1.0), so the gap to nginx is Go's HTTP server, not the handler, which adds one path match, one open below the root and a counting writer that keeps sendfile.")
+				c.notes = append(c.notes, "Where the time goes (BENCH_PROFILES): two thirds of caddy's CPU time is the sendfile calls themselves. "+
+					"Caddy's write idle timeout (on by default) feeds a response to the connection in 64 KiB chunks (the server option max_write_chunk), so a 1 MiB NAR takes 16 sendfile calls after the header's write, where nginx makes one. "+
+					"file_server falls further behind because it loses sendfile altogether: the idle timeout wraps http.ServeContent's io.LimitedReader in one of its own, which Go's sendfile does not look through, so the file is copied in 32 KiB reads and writes; nix_cache hands the file itself on.")
 			}
 			for round := range envInt("BENCH_ROUNDS", 5) {
 				order := slices.Clone(contenders)
@@ -193,6 +196,11 @@ func BenchmarkNarDownload(b *testing.B) {
 					r := load(b, s.urls[who], []string{nar.path}, conns, dur)
 					c.add(who, float64(r.bytes)/(1<<20)/r.elapsed.Seconds())
 				}
+			}
+			if profiling() {
+				wait := profileCaddy(b, s.admin, fmt.Sprintf("nar-%s-%dconn", strings.ReplaceAll(nar.label, " ", ""), conns), dur)
+				load(b, s.urls["nix_cache"], []string{nar.path}, conns, dur)
+				wait()
 			}
 			b.Logf("%s: nix_cache %.0f, nginx %.0f, file_server %.0f MiB/s", c.name,
 				medianOf(c.samples["nix_cache"]), medianOf(c.samples["nginx"]), medianOf(c.samples["file_server"]))
@@ -248,7 +256,8 @@ func BenchmarkNarinfo(b *testing.B) {
 	dur := time.Duration(envInt("BENCH_LOAD_SECONDS", 3)) * time.Second
 	rps := newComparison("narinfo, 10,000 distinct, 16 connections: requests per second", "req/s", "higher", "nix_cache at least 1.0x file_server")
 	rps.holds = ratioAtLeast("nix_cache", "file_server", 1.0)
-	rps.notes = append(rps.notes, "nix_cache signs each narinfo once and then answers from memory until the file changes; file_server and nginx serve pre-signed copies from disk.")
+	rps.notes = append(rps.notes, "nix_cache signs each narinfo once and then answers from memory while a stat shows the file unchanged, and writes header and body in one call; file_server and nginx serve pre-signed copies from disk. "+
+		"Where the time goes (BENCH_PROFILES): about 40% of caddy's CPU time is system calls (the response's write, the request's read, the stat); the rest is Go's HTTP server, Caddy's routing and memory allocation.")
 	p50 := newComparison("narinfo, 16 connections: p50 latency", "ms", "lower", "")
 	p99 := newComparison("narinfo, 16 connections: p99 latency", "ms", "lower", "")
 	for round := range envInt("BENCH_ROUNDS", 5) {
@@ -262,6 +271,11 @@ func BenchmarkNarinfo(b *testing.B) {
 			p50.add(who, float64(percentile(r.latencies, 0.50).Microseconds())/1000)
 			p99.add(who, float64(percentile(r.latencies, 0.99).Microseconds())/1000)
 		}
+	}
+	if profiling() {
+		wait := profileCaddy(b, s.admin, "narinfo", dur)
+		load(b, s.urls["nix_cache"], paths, 16, dur)
+		wait()
 	}
 	b.Logf("narinfo req/s: nix_cache %.0f, nginx %.0f, file_server %.0f", medianOf(rps.samples["nix_cache"]),
 		medianOf(rps.samples["nginx"]), medianOf(rps.samples["file_server"]))
