@@ -87,10 +87,11 @@ e2e: build xcaddy e2e-deps
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./e2e/...
 
 FUZZTIME ?= 30s
-## fuzz: fuzz the narinfo parser and the URL classifier
+## fuzz: fuzz the narinfo parser, the URL classifier and the xz reader
 fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzParseNarInfo -fuzztime $(FUZZTIME) ./caddynix
 	$(GO) test -run '^$$' -fuzz FuzzClassify -fuzztime $(FUZZTIME) ./caddynix
+	$(GO) test -run '^$$' -fuzz FuzzXzReader -fuzztime $(FUZZTIME) ./caddynix
 
 ## bench: side-by-side measurements against the alternatives (not part of test);
 ## BENCH=regexp picks some of them

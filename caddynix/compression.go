@@ -9,7 +9,6 @@ import (
 	"strings"
 
 	"github.com/klauspost/compress/zstd"
-	"github.com/ulikunitz/xz"
 )
 
 // narCompressions maps a narinfo's Compression to the NAR file extension
@@ -44,11 +43,7 @@ func decompressor(compression string, r io.Reader) (io.Reader, func(), error) {
 	case "none":
 		return r, func() {}, nil
 	case "xz":
-		xr, err := xz.NewReader(r)
-		if err != nil {
-			return nil, nil, fmt.Errorf("reading xz data: %w", err)
-		}
-		return xr, func() {}, nil
+		return newXzReader(r, maxXzDictSize), func() {}, nil
 	case "zstd":
 		// One goroutine and a bounded window keep memory flat whatever the
 		// NAR's size.

@@ -3,6 +3,9 @@ package e2e
 import (
 	"bytes"
 	"compress/gzip"
+	"crypto/sha256"
+	"encoding/binary"
+	"hash/crc32"
 	"io"
 	"net/http"
 	"os"
@@ -13,6 +16,7 @@ import (
 	"time"
 
 	"github.com/cargoxx-pkgs/runner/e2e/harness"
+	"github.com/nix-community/go-nix/pkg/nixbase32"
 )
 
 // put sends an authenticated PUT and returns the status and body.
@@ -111,6 +115,18 @@ func TestBadUploadsAreRefused(t *testing.T) {
 		{"encoded traversal in a log name", "log/..%2f..%2fescape.drv", []byte("log"), 400},
 		{"unknown file", "cache.sec", []byte("secret"), 400},
 	}
+	// An xz NAR whose block header asks the decoder for a 4 GiB dictionary.
+	hugeDict := withXzDictionary(t, pathsOf(t, nix, nix.BuildClosure("xzdict", 0), "xz")["leaf"].nar, 40)
+	hugeDictPath := "nar/" + nixbase32.EncodeToString(sha256Of(hugeDict)) + ".nar.xz"
+	tests = append(tests, struct {
+		name   string
+		path   string
+		body   []byte
+		status int
+	}{"xz NAR asking for a 4 GiB dictionary", hugeDictPath, hugeDict, 400})
+	if status, body := put(t, base+hugeDictPath, bytes.NewReader(hugeDict)); !strings.Contains(body, "dictionary") {
+		t.Errorf("an xz NAR asking for a 4 GiB dictionary: %d %q, want a reason that names the dictionary", status, body)
+	}
 	for _, tt := range tests {
 		status, body := put(t, base+tt.path, bytes.NewReader(tt.body))
 		if status != tt.status || body == "" || strings.Contains(body, "\n") {
@@ -178,7 +194,7 @@ func TestNarinfoWithMissingReferenceIsRefused(t *testing.T) {
 }
 
 func TestKillDuringUploadLeavesCleanCache(t *testing.T) {
-	nix := uploaderNix(t, uploadToken)
+	nix := harness.NetrcNix(t, uploadToken)
 	root := filepath.Join(t.TempDir(), "cache")
 	secret, public := keygen(t, "crash-1")
 	caddy := harness.StartCaddy(t, uploadCaddyfile(root, secret, ""), harness.CaddyOptions{})
@@ -249,4 +265,25 @@ func TestKillDuringUploadLeavesCleanCache(t *testing.T) {
 	if c, _ := substitute(nix, caddy.URL(), public, closure.Top); c.Err != nil {
 		t.Fatalf("substituting after the restart:\n%s", c)
 	}
+}
+
+// withXzDictionary rewrites the LZMA2 dictionary size byte in the first
+// block header of an xz stream, fixing the header's CRC32.
+func withXzDictionary(t *testing.T, stream []byte, props byte) []byte {
+	t.Helper()
+	s := bytes.Clone(stream)
+	headerSize := (int(s[12]) + 1) * 4
+	header := s[12 : 12+headerSize]
+	i := bytes.Index(header[2:], []byte{0x21, 0x01}) // LZMA2, one property byte
+	if i < 0 {
+		t.Fatal("no LZMA2 filter in the xz block header")
+	}
+	header[2+i+2] = props
+	binary.LittleEndian.PutUint32(header[headerSize-4:], crc32.ChecksumIEEE(header[:headerSize-4]))
+	return s
+}
+
+func sha256Of(data []byte) []byte {
+	sum := sha256.Sum256(data)
+	return sum[:]
 }
