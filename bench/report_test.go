@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"flag"
 	"fmt"
 	"os"
 	"os/exec"
@@ -103,7 +104,7 @@ func writeReport() error {
 	}
 	fmt.Fprintf(&b, "Machine: %s, %d CPUs (%s), %s/%s, %s.\n\n", host, runtime.NumCPU(), cpu, runtime.GOOS, runtime.GOARCH, runtime.Version())
 	fmt.Fprintf(&b, "Versions: caddy v2.11.9 with this bundle (bin/caddy); %s; Gitea v1.26.0; Gitea's runner v1.0.8; %s.\n\n", versionOf("nginx", "-v"), versionOf("nix", "--version"))
-	fmt.Fprintf(&b, "Command: `make bench` (`go test -run '^$' -bench . -benchtime 1x ./bench`).\n\n")
+	fmt.Fprintf(&b, "Command: `make bench` (`go test -run '^$' -bench '%s' -benchtime 1x ./bench`).\n\n", flag.Lookup("test.bench").Value)
 	for _, c := range results {
 		fmt.Fprintf(&b, "## %s\n\n", c.name)
 		if c.goal != "" {

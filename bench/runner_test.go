@@ -184,7 +184,7 @@ func BenchmarkRunnerPickup(b *testing.B) {
 	cpuCmp := newComparison(fmt.Sprintf("Runner idle for %v: CPU time", idle), "s", "lower", "gitea_runner lower than Gitea's runner")
 	cpuCmp.holds = ratioAtMost("gitea_runner", "Gitea's runner v1.0.8", 0.999)
 	cpuCmp.notes = append(cpuCmp.notes, "An idle runner's CPU time is its polls, each a FetchTask call whose cost is mostly Go's HTTP client and scheduler waking up (see runner-idle.cpu.pprof with BENCH_PROFILES). "+
-		"gitea_runner polls every fetch_interval while idle, Gitea's runner backs off to 5 s; with fetch_interval_max 5s gitea_runner polls as often as Gitea's runner, and the row above shows what it then costs. /proc counts CPU time in 10 ms ticks.")
+		"gitea_runner polls every fetch_interval while idle, Gitea's runner backs off to 5 s; with fetch_interval_max 5s gitea_runner polls as often as Gitea's runner, and the row above shows what it then costs.")
 	rssCmp := newComparison("Runner idle: resident memory (VmRSS)", "MiB", "lower", "gitea_runner lower than Gitea's runner")
 	rssCmp.holds = ratioAtMost("gitea_runner", "Gitea's runner v1.0.8", 0.999)
 	rssCmp.notes = append(rssCmp.notes, "gitea_runner's figure is the whole caddy process, with Caddy's standard modules and the cache handler linked in; most of it is the binary's own pages (RssFile), shared and reclaimable, which the next table leaves out.")
@@ -211,16 +211,31 @@ func BenchmarkRunnerPickup(b *testing.B) {
 	profileCaddy(b, ours.AdminAddr, "runner-idle", idle)()
 }
 
-// cpuSeconds is a process's user plus system CPU time.
+// cpuSeconds is the time a process's threads have spent on a CPU, to the
+// nanosecond (/proc/<pid>/task/*/schedstat), where /proc/<pid>/stat counts
+// 10 ms ticks, too coarse for an idle minute. Threads that have exited are
+// not counted; Go programs keep theirs.
 func cpuSeconds(b *testing.B, pid int) float64 {
 	b.Helper()
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		b.Fatal(err)
+	tasks, err := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/schedstat", pid))
+	if err != nil || len(tasks) == 0 {
+		b.Fatalf("reading the CPU time of process %d: no threads found (%v)", pid, err)
 	}
-	// Fields after the command name, which is in parentheses.
-	fields := strings.Fields(string(data[strings.LastIndexByte(string(data), ')')+2:]))
-	utime, _ := strconv.ParseFloat(fields[11], 64)
-	stime, _ := strconv.ParseFloat(fields[12], 64)
-	return (utime + stime) / 100 // USER_HZ
+	var ns int64
+	for _, task := range tasks {
+		data, err := os.ReadFile(task)
+		if err != nil {
+			continue // the thread has just exited
+		}
+		fields := strings.Fields(string(data))
+		if len(fields) == 0 {
+			b.Fatalf("%s: unexpected content %q", task, data)
+		}
+		onCPU, err := strconv.ParseInt(fields[0], 10, 64)
+		if err != nil {
+			b.Fatalf("%s: %v", task, err)
+		}
+		ns += onCPU
+	}
+	return float64(ns) / 1e9
 }

@@ -70,8 +70,7 @@ func BenchmarkSeedMemory(b *testing.B) {
 	token := g.RepoRegistrationToken("seed")
 	dir := b.TempDir()
 	os.MkdirAll(filepath.Join(dir, "cache"), 0o700)
-	harness.MustRun(b, nil, "", harness.CaddyBinary(b, "caddy"), "nix-cache", "keygen", "--name", "seed-1",
-		"--secret-key", filepath.Join(dir, "cache", "cache.sec"), "--public-key", filepath.Join(dir, "cache", "cache.pub"))
+	harness.Keygen(b, "seed-1", filepath.Join(dir, "cache", "cache.sec"), filepath.Join(dir, "cache", "cache.pub"))
 	caddy := harness.StartCaddy(b, fmt.Sprintf(`{
 	admin {$CADDY_ADMIN}
 	gitea_runner {

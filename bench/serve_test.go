@@ -32,10 +32,7 @@ func startServers(b *testing.B, root, presigned string) *servers {
 	if presigned == "" {
 		presigned = root
 	}
-	dir := b.TempDir()
-	secret := filepath.Join(dir, "cache.sec")
-	harness.MustRun(b, nil, "", harness.CaddyBinary(b, "caddy"), "nix-cache", "keygen",
-		"--name", "bench-1", "--secret-key", secret, "--public-key", filepath.Join(dir, "cache.pub"))
+	secret, _ := harness.TempKeygen(b, "bench-1")
 	filePort := harness.FreePort(b)
 	caddy := harness.StartCaddy(b, fmt.Sprintf(`{
 	admin {$CADDY_ADMIN}

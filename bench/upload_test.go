@@ -17,40 +17,15 @@ const uploadToken = "bench-upload-token-0123456789abcdef"
 
 func uploadCaddy(b *testing.B, root string) *harness.Caddy {
 	b.Helper()
-	dir := b.TempDir()
-	secret := filepath.Join(dir, "cache.sec")
-	harness.MustRun(b, nil, "", harness.CaddyBinary(b, "caddy"), "nix-cache", "keygen",
-		"--name", "bench-1", "--secret-key", secret, "--public-key", filepath.Join(dir, "cache.pub"))
-	return harness.StartCaddy(b, fmt.Sprintf(`{
-	admin {$CADDY_ADMIN}
-}
-http://:{$CADDY_HTTP_PORT} {
-	bind 127.0.0.1
-	nix_cache {
-		root %s
-		secret_key_file %s
-		upload {
-			token %s
-		}
-	}
-}
-`, root, secret, uploadToken), harness.CaddyOptions{})
-}
-
-func uploaderNix(b *testing.B) *harness.Nix {
-	b.Helper()
-	netrc := filepath.Join(b.TempDir(), "netrc")
-	if err := os.WriteFile(netrc, []byte("machine 127.0.0.1 login nix password "+uploadToken+"\n"), 0o600); err != nil {
-		b.Fatal(err)
-	}
-	return harness.NewNix(b, "netrc-file = "+netrc+"\n")
+	secret, _ := harness.TempKeygen(b, "bench-1")
+	return harness.StartCaddy(b, harness.UploadCacheCaddyfile(root, secret, uploadToken, ""), harness.CaddyOptions{})
 }
 
 // BenchmarkNixCopyHTTPvsFile times `nix copy --to http://` into nix_cache
 // against `nix copy --to file://` of the same closure, alternating, and
 // reports the ratio of the medians.
 func BenchmarkNixCopyHTTPvsFile(b *testing.B) {
-	nix := uploaderNix(b)
+	nix := harness.NetrcNix(b, uploadToken)
 	size := int64(envInt("BENCH_UPLOAD_MIB", 256)) << 20
 	closure := nix.BuildClosure("bench-upload", size)
 	compression := envString("BENCH_COMPRESSION", "zstd")
@@ -91,7 +66,7 @@ func BenchmarkNixCopyHTTPvsFile(b *testing.B) {
 // BenchmarkUploadPeakRSS uploads one large NAR and reports how far caddy's
 // peak resident memory (VmHWM) rose above its idle size.
 func BenchmarkUploadPeakRSS(b *testing.B) {
-	nix := uploaderNix(b)
+	nix := harness.NetrcNix(b, uploadToken)
 	size := int64(envInt("BENCH_RSS_MIB", 1024)) << 20
 	closure := nix.BuildClosure("bench-rss", size)
 	for _, compression := range []string{"none", "zstd"} {

@@ -28,18 +28,7 @@ func cacheCaddyfile(root string, keys ...string) string {
 // secret key file and the public key.
 func keygen(t *testing.T, name string) (string, string) {
 	t.Helper()
-	dir := t.TempDir()
-	secret, public := filepath.Join(dir, name+".sec"), filepath.Join(dir, name+".pub")
-	out := harness.MustRun(t, nil, "", harness.CaddyBinary(t, "caddy"), "nix-cache", "keygen",
-		"--name", name, "--secret-key", secret, "--public-key", public)
-	data, err := os.ReadFile(public)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if strings.TrimSpace(out) != strings.TrimSpace(string(data)) {
-		t.Fatalf("keygen printed %q but wrote %q", out, data)
-	}
-	return secret, strings.TrimSpace(string(data))
+	return harness.TempKeygen(t, name)
 }
 
 // substitute realises top in a fresh chroot store from the cache at url,

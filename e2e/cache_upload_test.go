@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -17,33 +16,7 @@ const uploadToken = "e2e-upload-token-0123456789abcdef"
 // uploadCaddyfile serves root signed by key, with uploads authenticated by
 // uploadToken, and extra lines in the upload block.
 func uploadCaddyfile(root, key, uploadExtra string) string {
-	return fmt.Sprintf(`{
-	admin {$CADDY_ADMIN}
-}
-
-http://:{$CADDY_HTTP_PORT} {
-	bind 127.0.0.1
-	nix_cache {
-		root %s
-		secret_key_file %s
-		upload {
-			token %s
-			%s
-		}
-	}
-}
-`, root, key, uploadToken, uploadExtra)
-}
-
-// uploaderNix is nix configured with a netrc file holding token for
-// 127.0.0.1, as a CI job would be.
-func uploaderNix(t *testing.T, token string) *harness.Nix {
-	t.Helper()
-	netrc := filepath.Join(t.TempDir(), "netrc")
-	if err := os.WriteFile(netrc, []byte("machine 127.0.0.1 login nix password "+token+"\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return harness.NewNix(t, "netrc-file = "+netrc+"\n")
+	return harness.UploadCacheCaddyfile(root, key, uploadToken, uploadExtra)
 }
 
 // verifyClean runs `caddy nix-cache verify` with NarHash checks and fails
@@ -59,7 +32,7 @@ func verifyClean(t *testing.T, root, publicKeyFile string) string {
 }
 
 func TestNixCopyUploads(t *testing.T) {
-	nix := uploaderNix(t, uploadToken)
+	nix := harness.NetrcNix(t, uploadToken)
 	root := filepath.Join(t.TempDir(), "cache")
 	secret, public := keygen(t, "upload-1")
 	caddy := harness.StartCaddy(t, uploadCaddyfile(root, secret, ""), harness.CaddyOptions{})
@@ -123,7 +96,7 @@ func TestUploadNeedsValidToken(t *testing.T) {
 
 	for name, nix := range map[string]*harness.Nix{
 		"no credentials": harness.NewNix(t, ""),
-		"wrong token":    uploaderNix(t, "not-the-token-0123456789abcdef"),
+		"wrong token":    harness.NetrcNix(t, "not-the-token-0123456789abcdef"),
 	} {
 		closure := nix.BuildClosure("auth", 0)
 		c := nix.Copy("--to", caddy.URL()+"/", closure.Top)
@@ -137,7 +110,7 @@ func TestUploadNeedsValidToken(t *testing.T) {
 }
 
 func TestConcurrentUploadsOfOverlappingClosures(t *testing.T) {
-	nix := uploaderNix(t, uploadToken)
+	nix := harness.NetrcNix(t, uploadToken)
 	root := filepath.Join(t.TempDir(), "cache")
 	secret, public := keygen(t, "concurrent-1")
 	caddy := harness.StartCaddy(t, uploadCaddyfile(root, secret, ""), harness.CaddyOptions{})

@@ -205,11 +205,7 @@ func TestRunnerSurvivesReloadAndRestart(t *testing.T) {
 }
 
 func TestRunnerSurvivesGiteaRestart(t *testing.T) {
-	docker := harness.NewDocker(t)
-	image := docker.JobImage()
-	g := harness.StartGitea(t, "")
-	g.CreateRepo("outage")
-	harness.StartCaddy(t, runnerCaddyfile(g, g.RepoRegistrationToken("outage"), image, ""), harness.CaddyOptions{NoHTTP: true})
+	g, _ := startRunner(t, "outage", "")
 	const lines = 80
 	sha := g.CommitWorkflow("outage", "ci.yml", jobWorkflow("steady",
 		fmt.Sprintf("i=1\nwhile [ $i -le %d ]; do echo line-$i; i=$((i+1)); sleep 0.5; done", lines)))
@@ -347,11 +343,7 @@ func TestRunnerStartsWhileGiteaIsDown(t *testing.T) {
 }
 
 func TestRunnerDrainAndResume(t *testing.T) {
-	docker := harness.NewDocker(t)
-	image := docker.JobImage()
-	g := harness.StartGitea(t, "")
-	g.CreateRepo("drain")
-	caddy := harness.StartCaddy(t, runnerCaddyfile(g, g.RepoRegistrationToken("drain"), image, ""), harness.CaddyOptions{NoHTTP: true})
+	g, caddy := startRunner(t, "drain", "")
 	waitRegistered(t, caddy)
 	post := func(path string) {
 		resp, err := http.Post("http://"+caddy.AdminAddr+path, "", nil)

@@ -30,6 +30,18 @@ func runnerCaddyfile(g *harness.Gitea, token, image, extra string) string {
 `, g.URL, token, image, extra)
 }
 
+// startRunner starts Gitea with the repository repo and a caddy whose
+// gitea_runner, registered for that repository, runs jobs labelled e2e in the
+// busybox job image; extra goes into the gitea_runner block.
+func startRunner(t *testing.T, repo, extra string) (*harness.Gitea, *harness.Caddy) {
+	t.Helper()
+	image := harness.NewDocker(t).JobImage()
+	g := harness.StartGitea(t, "")
+	g.CreateRepo(repo)
+	caddy := harness.StartCaddy(t, runnerCaddyfile(g, g.RepoRegistrationToken(repo), image, extra), harness.CaddyOptions{NoHTTP: true})
+	return g, caddy
+}
+
 const twoJobWorkflow = `on: [push]
 jobs:
   first:
@@ -124,11 +136,7 @@ func TestRunnerRunsWorkflowWithNeedsSecretsAndVars(t *testing.T) {
 }
 
 func TestRunnerReportsFailingStep(t *testing.T) {
-	docker := harness.NewDocker(t)
-	image := docker.JobImage()
-	g := harness.StartGitea(t, "")
-	g.CreateRepo("failing")
-	harness.StartCaddy(t, runnerCaddyfile(g, g.RepoRegistrationToken("failing"), image, ""), harness.CaddyOptions{NoHTTP: true})
+	g, _ := startRunner(t, "failing", "")
 
 	sha := g.CommitWorkflow("failing", "ci.yml", `on: [push]
 jobs:
@@ -165,11 +173,7 @@ jobs:
 }
 
 func TestRunnerTimeoutBoundsJob(t *testing.T) {
-	docker := harness.NewDocker(t)
-	image := docker.JobImage()
-	g := harness.StartGitea(t, "")
-	g.CreateRepo("timeout")
-	harness.StartCaddy(t, runnerCaddyfile(g, g.RepoRegistrationToken("timeout"), image, "timeout 5s"), harness.CaddyOptions{NoHTTP: true})
+	g, _ := startRunner(t, "timeout", "timeout 5s")
 	sha := g.CommitWorkflow("timeout", "ci.yml", jobWorkflow("endless", "echo started\nsleep 120"))
 	run := g.WaitRun("timeout", sha, time.Minute, harness.Completed)
 	if run.Conclusion == "success" {

@@ -97,9 +97,7 @@ func TestSeedDeploymentJobsPushToCache(t *testing.T) {
 	}
 	secretKey := filepath.Join(dir, "cache", "cache.sec")
 	publicKeyFile := filepath.Join(dir, "cache", "cache.pub")
-	harness.MustRun(t, nil, "", harness.CaddyBinary(t, "caddy"), "nix-cache", "keygen",
-		"--name", "seed-cache-1", "--secret-key", secretKey, "--public-key", publicKeyFile)
-	publicKey, _ := os.ReadFile(publicKeyFile)
+	publicKey := harness.Keygen(t, "seed-cache-1", secretKey, publicKeyFile)
 	caddy := harness.StartCaddy(t, fmt.Sprintf(`{
 	admin {$CADDY_ADMIN}
 	gitea_runner {
@@ -142,7 +140,7 @@ http://:{$CADDY_HTTP_PORT} {
 	top := m[1]
 
 	// A consumer elsewhere substitutes the closure, trusting only the cache.
-	c, store := substitute(nix, caddy.URL(), strings.TrimSpace(string(publicKey)), top)
+	c, store := substitute(nix, caddy.URL(), publicKey, top)
 	if c.Err != nil {
 		t.Fatalf("substituting what the job pushed:\n%s", c)
 	}
@@ -179,9 +177,7 @@ http://:{$CADDY_HTTP_PORT} {
 func TestProductionCaddyfileValidates(t *testing.T) {
 	dir := t.TempDir()
 	os.MkdirAll(filepath.Join(dir, "cache"), 0o700)
-	harness.MustRun(t, nil, "", harness.CaddyBinary(t, "caddy"), "nix-cache", "keygen",
-		"--name", "cache.example.org-1", "--secret-key", filepath.Join(dir, "cache", "cache.sec"),
-		"--public-key", filepath.Join(dir, "cache", "cache.pub"))
+	harness.Keygen(t, "cache.example.org-1", filepath.Join(dir, "cache", "cache.sec"), filepath.Join(dir, "cache", "cache.pub"))
 	config := filepath.Join(harness.RepoRoot(t), "caddyfiles", "production.Caddyfile")
 	env := []string{
 		"GITEA_INSTANCE_URL=https://git.example.org",
