@@ -32,6 +32,16 @@ func (d *daemon) giveCacheAccess(task *runnerv1.Task, s *settings, runsOn []stri
 	if err != nil || u.Hostname() == "" {
 		return nil, fmt.Errorf("nix_cache %q has an unusable url %q", s.nixCache, access.URL)
 	}
+	if forkPullRequest(task) {
+		// Everything uploaded is signed with the cache's key, so code from
+		// someone else's fork may read the cache but not write to it, as
+		// Gitea gives such jobs no secrets.
+		rep.logf("this job runs a pull request from a fork: it may substitute from the Nix cache %s but gets no upload credential", access.URL)
+		env["NIX_CONFIG"] = joinNixConfig(env["NIX_CONFIG"], fmt.Sprintf("extra-substituters = %s\nextra-trusted-public-keys = %s\n",
+			access.URL, strings.Join(access.PublicKeys, " ")))
+		env["CARGOXX_NIX_CACHE_URL"] = access.URL
+		return func() {}, nil
+	}
 	token, revoke := access.IssueJobCredential()
 	rep.addMask(token)
 
@@ -60,12 +70,34 @@ func (d *daemon) giveCacheAccess(task *runnerv1.Task, s *settings, runsOn []stri
 		*options = strings.TrimSpace(*options + " --volume " + hostNetrc + ":" + jobNetrcPath + ":ro")
 		*validVolumes = append(slices.Clone(*validVolumes), hostNetrc)
 	}
-	nixConfig := fmt.Sprintf("extra-substituters = %s\nextra-trusted-public-keys = %s\nnetrc-file = %s\n",
-		access.URL, strings.Join(access.PublicKeys, " "), netrcPath)
-	if existing := env["NIX_CONFIG"]; existing != "" {
-		nixConfig = existing + "\n" + nixConfig
-	}
-	env["NIX_CONFIG"] = nixConfig
+	env["NIX_CONFIG"] = joinNixConfig(env["NIX_CONFIG"], fmt.Sprintf("extra-substituters = %s\nextra-trusted-public-keys = %s\nnetrc-file = %s\n",
+		access.URL, strings.Join(access.PublicKeys, " "), netrcPath))
 	env["CARGOXX_NIX_CACHE_URL"] = access.URL
 	return release, nil
+}
+
+// joinNixConfig appends settings to a job's NIX_CONFIG, keeping what the
+// job's env already set.
+func joinNixConfig(existing, settings string) string {
+	if existing == "" {
+		return settings
+	}
+	return existing + "\n" + settings
+}
+
+// forkPullRequest reports whether a task runs code from a pull request
+// whose head is in another repository, the jobs Gitea gives no secrets:
+// every pull_request* event but pull_request_target, which runs the base
+// repository's workflow.
+func forkPullRequest(task *runnerv1.Task) bool {
+	fields := task.GetContext().GetFields()
+	event := fields["event_name"].GetStringValue()
+	if !strings.HasPrefix(event, "pull_request") || event == "pull_request_target" {
+		return false
+	}
+	pr := fields["event"].GetStructValue().GetFields()["pull_request"].GetStructValue().GetFields()
+	head := pr["head"].GetStructValue().GetFields()["repo"].GetStructValue().GetFields()["full_name"].GetStringValue()
+	base := pr["base"].GetStructValue().GetFields()["repo"].GetStructValue().GetFields()["full_name"].GetStringValue()
+	// Without both names it cannot be told apart, so it counts as a fork.
+	return head == "" || base == "" || head != base
 }

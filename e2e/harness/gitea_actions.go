@@ -244,3 +244,30 @@ func (g *Gitea) RepoRunners(repo string) []*gitea.ActionRunner {
 	}
 	return resp.Runners
 }
+
+// OpenForkPullRequest forks repo into a new organisation org, commits a
+// workflow file to a new branch of the fork, and opens a pull request from
+// it into repo's main branch. It returns the pull request's head SHA, the
+// commit its runs are for.
+func (g *Gitea) OpenForkPullRequest(repo, org, file, content string) string {
+	g.t.Helper()
+	if _, _, err := g.Client.CreateOrg(gitea.CreateOrgOption{Name: org, Visibility: gitea.VisibleTypePublic}); err != nil {
+		g.t.Fatalf("creating organisation %s: %v", org, err)
+	}
+	if _, _, err := g.Client.CreateFork(GiteaAdmin, repo, gitea.CreateForkOption{Organization: &org}); err != nil {
+		g.t.Fatalf("forking %s into %s: %v", repo, org, err)
+	}
+	resp, _, err := g.Client.CreateFile(org, repo, ".gitea/workflows/"+file, gitea.CreateFileOptions{
+		FileOptions: gitea.FileOptions{Message: "add workflow " + file, BranchName: "main", NewBranchName: "from-fork"},
+		Content:     base64.StdEncoding.EncodeToString([]byte(content)),
+	})
+	if err != nil {
+		g.t.Fatalf("committing workflow %s to the fork %s/%s: %v", file, org, repo, err)
+	}
+	if _, _, err := g.Client.CreatePullRequest(GiteaAdmin, repo, gitea.CreatePullRequestOption{
+		Head: org + ":from-fork", Base: "main", Title: "change from a fork",
+	}); err != nil {
+		g.t.Fatalf("opening a pull request from %s/%s: %v", org, repo, err)
+	}
+	return resp.Commit.SHA
+}
