@@ -71,30 +71,8 @@ func BenchmarkSeedMemory(b *testing.B) {
 	dir := b.TempDir()
 	os.MkdirAll(filepath.Join(dir, "cache"), 0o700)
 	harness.Keygen(b, "seed-1", filepath.Join(dir, "cache", "cache.sec"), filepath.Join(dir, "cache", "cache.pub"))
-	caddy := harness.StartCaddy(b, fmt.Sprintf(`{
-	admin {$CADDY_ADMIN}
-	gitea_runner {
-		instance %s
-		registration_token %s
-		name caddy-seed
-		labels ours:docker://%s
-		container {
-			network host
-		}
-		nix_cache main
-	}
-}
-http://:{$CADDY_HTTP_PORT} {
-	bind 127.0.0.1
-	nix_cache {
-		name main
-		url http://127.0.0.1:{$CADDY_HTTP_PORT}
-		root cache/store
-		secret_key_file cache/cache.sec
-		upload
-	}
-}
-`, g.URL, token, image), harness.CaddyOptions{Dir: dir})
+	caddy := harness.StartCaddy(b, harness.RunnerCacheCaddyfile(g.URL, token, "ours:docker://"+image, "cache/store", "cache/cache.sec",
+		"name caddy-seed"), harness.CaddyOptions{Dir: dir})
 	theirs := startGiteaRunner(b, g, token, "theirs:docker://"+image, 2*time.Second)
 	nginx, _ := startNginx(b, filepath.Join(dir, "cache", "store"))
 	time.Sleep(10 * time.Second)

@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"fmt"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -37,32 +36,8 @@ func TestForkPullRequestGetsNoUploadCredential(t *testing.T) {
 	g.CreateRepo("pkgs")
 	root := filepath.Join(t.TempDir(), "cache")
 	secret, public := keygen(t, "fork-1")
-	caddy := harness.StartCaddy(t, fmt.Sprintf(`{
-	admin {$CADDY_ADMIN}
-	gitea_runner {
-		instance %s
-		registration_token %s
-		labels e2e:docker://%s
-		fetch_interval 500ms
-		container {
-			network host
-			docker_host -
-		}
-		nix_cache main
-	}
-}
-
-http://:{$CADDY_HTTP_PORT} {
-	bind 127.0.0.1
-	nix_cache {
-		name main
-		url http://127.0.0.1:{$CADDY_HTTP_PORT}
-		root %s
-		secret_key_file %s
-		upload
-	}
-}
-`, g.URL, g.RepoRegistrationToken("pkgs"), image, root, secret), harness.CaddyOptions{})
+	caddy := harness.StartCaddy(t, harness.RunnerCacheCaddyfile(g.URL, g.RepoRegistrationToken("pkgs"), "e2e:docker://"+image,
+		root, secret, "fetch_interval 500ms"), harness.CaddyOptions{})
 
 	jobLog := func(sha string) string {
 		run := g.WaitRun("pkgs", sha, 3*time.Minute, harness.Completed)

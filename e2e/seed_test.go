@@ -98,31 +98,8 @@ func TestSeedDeploymentJobsPushToCache(t *testing.T) {
 	secretKey := filepath.Join(dir, "cache", "cache.sec")
 	publicKeyFile := filepath.Join(dir, "cache", "cache.pub")
 	publicKey := harness.Keygen(t, "seed-cache-1", secretKey, publicKeyFile)
-	caddy := harness.StartCaddy(t, fmt.Sprintf(`{
-	admin {$CADDY_ADMIN}
-	gitea_runner {
-		instance %s
-		registration_token %s
-		labels self-hosted:docker://%s
-		fetch_interval 500ms
-		container {
-			network host
-		}
-		nix_cache main
-	}
-}
-
-http://:{$CADDY_HTTP_PORT} {
-	bind 127.0.0.1
-	nix_cache {
-		name main
-		url http://127.0.0.1:{$CADDY_HTTP_PORT}
-		root cache/store
-		secret_key_file cache/cache.sec
-		upload
-	}
-}
-`, g.URL, g.RepoRegistrationToken("pkgs"), image), harness.CaddyOptions{Dir: dir})
+	caddy := harness.StartCaddy(t, harness.RunnerCacheCaddyfile(g.URL, g.RepoRegistrationToken("pkgs"), "self-hosted:docker://"+image,
+		"cache/store", "cache/cache.sec", "fetch_interval 500ms"), harness.CaddyOptions{Dir: dir})
 
 	workflow := strings.ReplaceAll(seedWorkflow, "NONCE", fmt.Sprint(time.Now().UnixNano()))
 	workflow = strings.ReplaceAll(workflow, "CAPTURE", capture.url+"/credential")

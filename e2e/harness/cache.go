@@ -68,3 +68,37 @@ http://:{$CADDY_HTTP_PORT} {
 }
 `, root, secretFile, token, uploadExtra)
 }
+
+// RunnerCacheCaddyfile is the one-Caddyfile deployment in small: a
+// gitea_runner registered with instance by token, running jobs for label
+// (`name:docker://image`) on the host network and handing them the
+// nix_cache called main, which serves root, signed with secretFile, on the
+// test's HTTP port and takes their uploads. runnerExtra goes into the
+// gitea_runner block.
+func RunnerCacheCaddyfile(instance, token, label, root, secretFile, runnerExtra string) string {
+	return fmt.Sprintf(`{
+	admin {$CADDY_ADMIN}
+	gitea_runner {
+		instance %s
+		registration_token %s
+		labels %s
+		%s
+		container {
+			network host
+		}
+		nix_cache main
+	}
+}
+
+http://:{$CADDY_HTTP_PORT} {
+	bind 127.0.0.1
+	nix_cache {
+		name main
+		url http://127.0.0.1:{$CADDY_HTTP_PORT}
+		root %s
+		secret_key_file %s
+		upload
+	}
+}
+`, instance, token, label, runnerExtra, root, secretFile)
+}
