@@ -48,6 +48,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if d.NextArg() {
 		return d.ArgErr()
 	}
+	textOptions := map[string]*string{"name": &h.Name, "url": &h.URL, "root": &h.Root, "store_dir": &h.StoreDir}
 	seen := map[string]bool{}
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		option := d.Val()
@@ -55,24 +56,21 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			return d.Errf("nix_cache: %s given more than once", option)
 		}
 		seen[option] = true
-		switch option {
-		case "name", "url", "root", "store_dir", "secret_key_file":
+		if target, ok := textOptions[option]; ok {
 			value, err := caddyutil.SingleArg(d)
 			if err != nil {
 				return err
 			}
-			switch option {
-			case "name":
-				h.Name = value
-			case "url":
-				h.URL = value
-			case "root":
-				h.Root = value
-			case "store_dir":
-				h.StoreDir = value
-			case "secret_key_file":
-				h.SecretKeyFiles = append(h.SecretKeyFiles, value)
+			*target = value
+			continue
+		}
+		switch option {
+		case "secret_key_file":
+			value, err := caddyutil.SingleArg(d)
+			if err != nil {
+				return err
 			}
+			h.SecretKeyFiles = append(h.SecretKeyFiles, value)
 		case "upload":
 			if err := h.unmarshalUpload(d); err != nil {
 				return err

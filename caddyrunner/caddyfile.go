@@ -58,6 +58,14 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if d.NextArg() {
 		return d.ArgErr()
 	}
+	textOptions := map[string]*string{
+		"instance": &a.Instance, "registration_token": &a.RegistrationToken, "api_token": &a.APIToken,
+		"name": &a.Name, "state_file": &a.StateFile, "nix_cache": &a.NixCache,
+	}
+	durationOptions := map[string]*caddy.Duration{
+		"fetch_interval": &a.FetchInterval, "fetch_interval_max": &a.FetchIntervalMax,
+		"timeout": &a.Timeout, "shutdown_timeout": &a.ShutdownTimeout,
+	}
 	seen := map[string]bool{}
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		option := d.Val()
@@ -65,26 +73,27 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			return d.Errf("gitea_runner: %s given more than once", option)
 		}
 		seen[option] = true
-		switch option {
-		case "instance", "registration_token", "api_token", "name", "state_file", "nix_cache":
+		if target, ok := textOptions[option]; ok {
 			value, err := caddyutil.SingleArg(d)
 			if err != nil {
 				return err
 			}
-			switch option {
-			case "instance":
-				a.Instance = value
-			case "registration_token":
-				a.RegistrationToken = value
-			case "api_token":
-				a.APIToken = value
-			case "name":
-				a.Name = value
-			case "state_file":
-				a.StateFile = value
-			case "nix_cache":
-				a.NixCache = value
+			*target = value
+			continue
+		}
+		if target, ok := durationOptions[option]; ok {
+			value, err := caddyutil.SingleArg(d)
+			if err != nil {
+				return err
 			}
+			dur, err := caddy.ParseDuration(value)
+			if err != nil {
+				return d.Errf("gitea_runner: %s %q: %v", option, value, err)
+			}
+			*target = caddy.Duration(dur)
+			continue
+		}
+		switch option {
 		case "scope":
 			args := d.RemainingArgs()
 			switch {
@@ -119,25 +128,6 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("gitea_runner: capacity %q is not a positive integer", value)
 			}
 			a.Capacity = n
-		case "fetch_interval", "fetch_interval_max", "timeout", "shutdown_timeout":
-			value, err := caddyutil.SingleArg(d)
-			if err != nil {
-				return err
-			}
-			dur, err := caddy.ParseDuration(value)
-			if err != nil {
-				return d.Errf("gitea_runner: %s %q: %v", option, value, err)
-			}
-			switch option {
-			case "fetch_interval":
-				a.FetchInterval = caddy.Duration(dur)
-			case "fetch_interval_max":
-				a.FetchIntervalMax = caddy.Duration(dur)
-			case "timeout":
-				a.Timeout = caddy.Duration(dur)
-			case "shutdown_timeout":
-				a.ShutdownTimeout = caddy.Duration(dur)
-			}
 		case "env":
 			args := d.RemainingArgs()
 			if len(args) != 2 {
@@ -166,6 +156,7 @@ func (a *App) unmarshalContainer(d *caddyfile.Dispenser) error {
 		return d.ArgErr()
 	}
 	c := new(ContainerConfig)
+	textOptions := map[string]*string{"network": &c.Network, "docker_host": &c.DockerHost, "options": &c.Options}
 	seen := map[string]bool{}
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		option := d.Val()
@@ -173,20 +164,15 @@ func (a *App) unmarshalContainer(d *caddyfile.Dispenser) error {
 			return d.Errf("gitea_runner: container %s given more than once", option)
 		}
 		seen[option] = true
-		switch option {
-		case "network", "docker_host", "options":
+		if target, ok := textOptions[option]; ok {
 			value, err := caddyutil.SingleArg(d)
 			if err != nil {
 				return err
 			}
-			switch option {
-			case "network":
-				c.Network = value
-			case "docker_host":
-				c.DockerHost = value
-			case "options":
-				c.Options = value
-			}
+			*target = value
+			continue
+		}
+		switch option {
 		case "valid_volumes":
 			args := d.RemainingArgs()
 			if len(args) == 0 {
