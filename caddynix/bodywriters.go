@@ -20,10 +20,11 @@ import (
 type sendfileWriter struct {
 	*caddyhttp.ResponseWriterWrapper
 	file *os.File
+	size int64 // the file's, as stat'ed when it was opened
 }
 
-func newSendfileWriter(w http.ResponseWriter, f *os.File) *sendfileWriter {
-	return &sendfileWriter{ResponseWriterWrapper: &caddyhttp.ResponseWriterWrapper{ResponseWriter: w}, file: f}
+func newSendfileWriter(w http.ResponseWriter, f *os.File, size int64) *sendfileWriter {
+	return &sendfileWriter{ResponseWriterWrapper: &caddyhttp.ResponseWriterWrapper{ResponseWriter: w}, file: f, size: size}
 }
 
 func (w *sendfileWriter) ReadFrom(r io.Reader) (int64, error) {
@@ -44,11 +45,7 @@ func (w *sendfileWriter) remaining() int64 {
 	if err != nil {
 		return -1
 	}
-	info, err := w.file.Stat()
-	if err != nil {
-		return -1
-	}
-	return info.Size() - offset
+	return w.size - offset
 }
 
 // memoryBodyWriter hides io.ReaderFrom from http.ServeContent, so that a

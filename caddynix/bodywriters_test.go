@@ -46,7 +46,7 @@ func TestSendfileWriterHandsOnTheFile(t *testing.T) {
 			}
 			rec := &readerRecorder{ResponseRecorder: httptest.NewRecorder()}
 			lr := &io.LimitedReader{R: f, N: tc.n}
-			n, err := newSendfileWriter(rec, f).ReadFrom(lr)
+			n, err := newSendfileWriter(rec, f, int64(len(data))).ReadFrom(lr)
 			if err != nil || n != tc.n {
 				t.Fatalf("ReadFrom = %d, %v; want %d bytes", n, err, tc.n)
 			}

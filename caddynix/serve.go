@@ -51,7 +51,7 @@ func (h *Handler) serveFile(w http.ResponseWriter, r *http.Request, req cacheReq
 			header.Set("Content-Type", narContentType(enc))
 		}
 	}
-	http.ServeContent(newSendfileWriter(w, f), r, "", info.ModTime(), f)
+	http.ServeContent(newSendfileWriter(w, f, info.Size()), r, "", info.ModTime(), f)
 	return nil
 }
 
