@@ -208,7 +208,7 @@ func BenchmarkRunnerPickup(b *testing.B) {
 	rssCmp.add(bareName, float64(procStatusKiB(b, bare.PID(), "VmRSS"))/1024)
 	anonCmp.add(bareName, float64(procStatusKiB(b, bare.PID(), "RssAnon"))/1024)
 	// Profiling costs CPU itself, so it gets a window of its own.
-	profileCaddy(b, ours.AdminAddr, "runner-idle", idle)()
+	profileCaddy(b, ours.Admin, "runner-idle", idle)()
 }
 
 // cpuSeconds is the time a process's threads have spent on a CPU, to the

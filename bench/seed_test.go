@@ -71,7 +71,7 @@ func BenchmarkSeedMemory(b *testing.B) {
 	dir := b.TempDir()
 	os.MkdirAll(filepath.Join(dir, "cache"), 0o700)
 	harness.Keygen(b, "seed-1", filepath.Join(dir, "cache", "cache.sec"), filepath.Join(dir, "cache", "cache.pub"))
-	caddy := harness.StartCaddy(b, harness.RunnerCacheCaddyfile(g.URL, token, "ours:docker://"+image, "cache/store", "cache/cache.sec",
+	caddy := harness.StartCaddy(b, harness.RunnerCacheCaddyfile(g.URL, token, "ours:docker://"+image, "host", "cache/store", "cache/cache.sec",
 		"name caddy-seed"), harness.CaddyOptions{Dir: dir})
 	theirs := startGiteaRunner(b, g, token, "theirs:docker://"+image, 2*time.Second)
 	nginx, _ := startNginx(b, filepath.Join(dir, "cache", "store"))
@@ -122,7 +122,7 @@ func BenchmarkSeedMemory(b *testing.B) {
 	}
 	if profiling() {
 		// Allocation (heap) and CPU profiles of caddy over one more job.
-		wait := profileCaddy(b, caddy.AdminAddr, "seed-job", 30*time.Second)
+		wait := profileCaddy(b, caddy.Admin, "seed-job", 30*time.Second)
 		runJob("ours", rounds)
 		wait()
 	}

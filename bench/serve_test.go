@@ -65,7 +65,7 @@ http://:%[3]d {
 `, root, secret, filePort, chunkPort, presigned), harness.CaddyOptions{})
 
 	_, nginxPort := startNginx(b, presigned)
-	s := &servers{admin: caddy.AdminAddr, urls: map[string]string{
+	s := &servers{admin: caddy.Admin, urls: map[string]string{
 		"nix_cache":     caddy.URL(),
 		"file_server":   fmt.Sprintf("http://127.0.0.1:%d", filePort),
 		"nginx":         fmt.Sprintf("http://127.0.0.1:%d", nginxPort),

@@ -17,6 +17,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/cargoxx-pkgs/runner/caddynix"
+	"github.com/cargoxx-pkgs/runner/internal/caddyutil"
 	"go.uber.org/zap"
 )
 
@@ -104,6 +105,17 @@ type App struct {
 	// copy --to "$CARGOXX_NIX_CACHE_URL"` works. Jobs never see a signing key
 	// or a long-lived secret. Caddyfile: `nix_cache`.
 	NixCache string `json:"nix_cache,omitempty"`
+
+	// TrustedJobs says that every job this runner takes is trusted code,
+	// and lifts the refusal to start when jobs could reach Caddy's admin
+	// endpoint (a TCP endpoint with host labels or `network host`, or one
+	// beyond loopback), the Docker socket, privileged containers or
+	// Caddy's files through valid_volumes. Whoever reaches the admin
+	// endpoint can load any configuration, including one that serves the
+	// cache's signing key. Jobs for pull requests from forks still never
+	// run with access to the host. Default: false. Caddyfile:
+	// `trusted_jobs`.
+	TrustedJobs bool `json:"trusted_jobs,omitempty"`
 
 	instance string
 	store    identityStore
@@ -211,16 +223,26 @@ func (a *App) Provision(ctx caddy.Context) error {
 			scope:    strings.Join(strings.Fields(a.Scope), " "),
 		},
 	}
+	statePath := ""
 	if a.StateFile != "" {
-		path, err := filepath.Abs(repl.ReplaceAll(a.StateFile, ""))
-		if err != nil {
+		if statePath, err = filepath.Abs(repl.ReplaceAll(a.StateFile, "")); err != nil {
 			return fmt.Errorf("gitea_runner: state_file: %w", err)
 		}
-		a.store = fileIdentityStore{path: path}
+		a.store = fileIdentityStore{path: statePath}
 	} else {
 		a.store = newStorageIdentityStore(ctx.Storage(), caddy.AppDataDir(), a.instance, name)
 	}
 	a.key = a.instance + "\x00" + a.store.String()
+	if !a.TrustedJobs {
+		admin, err := caddyutil.AdminOf(ctx)
+		if err != nil {
+			return fmt.Errorf("gitea_runner: cannot tell whether jobs reach Caddy's admin endpoint (%w); if every job is trusted code, say so with `trusted_jobs`", err)
+		}
+		protected := []string{admin.SocketPath(), caddy.AppDataDir(), statePath}
+		if exposure := adminExposure(admin, labels, container, protected); exposure != "" {
+			return adminRefusal(exposure)
+		}
+	}
 	return registerMetrics(ctx.GetMetricsRegistry())
 }
 

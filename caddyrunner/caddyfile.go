@@ -52,6 +52,7 @@ func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
 //	        force_pull
 //	    }
 //	    nix_cache           <cache name>
+//	    trusted_jobs
 //	}
 func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // the option name
@@ -140,6 +141,11 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("gitea_runner: env %s given more than once", args[0])
 			}
 			a.Env[args[0]] = args[1]
+		case "trusted_jobs":
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			a.TrustedJobs = true
 		case "container":
 			if err := a.unmarshalContainer(d); err != nil {
 				return err

@@ -40,12 +40,13 @@ func TestCaddyfileAdapt(t *testing.T) {
 			docker_host -
 			force_pull
 		}
+		trusted_jobs
 	}
 }`)
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := `"gitea_runner":{"instance":"https://git.example.org","registration_token":"{env.GITEA_RUNNER_REGISTRATION_TOKEN}","scope":"repo owner/name","name":"cargoxx-pkgs-runner","labels":["self-hosted:docker://cargoxx-runner-job:latest","other:host","more:host","again:host"],"capacity":2,"fetch_interval":2000000000,"fetch_interval_max":10000000000,"timeout":10800000000000,"shutdown_timeout":600000000000,"state_file":"data/.runner","env":{"KEY":"value"},"container":{"network":"host","privileged":true,"options":"--cpus 2","valid_volumes":["/srv/shared/**"],"docker_host":"-","force_pull":true}}`
+	want := `"gitea_runner":{"instance":"https://git.example.org","registration_token":"{env.GITEA_RUNNER_REGISTRATION_TOKEN}","scope":"repo owner/name","name":"cargoxx-pkgs-runner","labels":["self-hosted:docker://cargoxx-runner-job:latest","other:host","more:host","again:host"],"capacity":2,"fetch_interval":2000000000,"fetch_interval_max":10000000000,"timeout":10800000000000,"shutdown_timeout":600000000000,"state_file":"data/.runner","env":{"KEY":"value"},"container":{"network":"host","privileged":true,"options":"--cpus 2","valid_volumes":["/srv/shared/**"],"docker_host":"-","force_pull":true},"trusted_jobs":true}`
 	if !strings.Contains(got, want) {
 		t.Fatalf("adapted:\n%s\nwant it to contain:\n%s", got, want)
 	}
@@ -81,7 +82,7 @@ func TestValidateFetchIntervals(t *testing.T) {
 		"fetch_interval 50ms":                          "fetch_interval 50ms must be at least 100ms",
 	} {
 		t.Run(body, func(t *testing.T) {
-			out, err := adapt(t, "{\n\tgitea_runner {\n\t\tinstance http://127.0.0.1:1\n\t\tregistration_token x\n\t\tlabels a:host\n\t\tstate_file "+t.TempDir()+"/.runner\n\t\t"+body+"\n\t}\n}")
+			out, err := adapt(t, "{\n\tgitea_runner {\n\t\tinstance http://127.0.0.1:1\n\t\tregistration_token x\n\t\tlabels a:docker://busybox\n\t\tstate_file "+t.TempDir()+"/.runner\n\t\t"+body+"\n\t}\n}")
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -98,6 +98,9 @@ func (d *daemon) execute(ctx context.Context, task *runnerv1.Task, s *settings, 
 		preset.Token = t
 	}
 
+	if why := untrustedRefusal(task, s, job.RunsOn()); why != "" {
+		return fmt.Errorf("refusing to run the job: %s", why)
+	}
 	env := d.jobEnv(s)
 	if url := fields["actions_id_token_request_url"].GetStringValue(); url != "" {
 		env["ACTIONS_ID_TOKEN_REQUEST_URL"] = url
@@ -127,6 +130,10 @@ func (d *daemon) execute(ctx context.Context, task *runnerv1.Task, s *settings, 
 		}
 		// Revoked as soon as the job ends, whatever its outcome.
 		defer release()
+	}
+
+	if s.labels.pickPlatform(job.RunsOn()) == hostPlatform {
+		hideCaddyEnv(env)
 	}
 
 	cfg := &runner.Config{

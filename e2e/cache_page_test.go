@@ -101,7 +101,7 @@ func TestNarinfoFollowsFileChangesAndMetricsSurviveReload(t *testing.T) {
 // metric reads one sample from the admin endpoint's /metrics.
 func metric(t *testing.T, caddy *harness.Caddy, series string) float64 {
 	t.Helper()
-	body := get(t, "http://"+caddy.AdminAddr+"/metrics", nil, http.StatusOK)
+	body := adminGet(t, caddy, "/metrics")
 	for line := range strings.Lines(body) {
 		if rest, ok := strings.CutPrefix(line, series+" "); ok {
 			v, err := strconv.ParseFloat(strings.TrimSpace(rest), 64)

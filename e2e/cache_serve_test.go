@@ -260,6 +260,25 @@ func do(t *testing.T, method, url string, headers map[string]string) *http.Respo
 	return resp
 }
 
+// adminGet fetches path from caddy's admin endpoint, failing t unless it
+// answers 200.
+func adminGet(t *testing.T, caddy *harness.Caddy, path string) string {
+	t.Helper()
+	resp, err := caddy.AdminDo(http.MethodGet, path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET %s on the admin endpoint: %s: %s", path, resp.Status, body)
+	}
+	return string(body)
+}
+
 func get(t *testing.T, url string, headers map[string]string, wantStatus int) string {
 	t.Helper()
 	req, err := http.NewRequest(http.MethodGet, url, nil)

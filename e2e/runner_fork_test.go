@@ -36,7 +36,7 @@ func TestForkPullRequestGetsNoUploadCredential(t *testing.T) {
 	g.CreateRepo("pkgs")
 	root := filepath.Join(t.TempDir(), "cache")
 	secret, public := keygen(t, "fork-1")
-	caddy := harness.StartCaddy(t, harness.RunnerCacheCaddyfile(g.URL, g.RepoRegistrationToken("pkgs"), "e2e:docker://"+image,
+	caddy := harness.StartCaddy(t, harness.RunnerCacheCaddyfile(g.URL, g.RepoRegistrationToken("pkgs"), "e2e:docker://"+image, "none",
 		root, secret, "fetch_interval 500ms"), harness.CaddyOptions{})
 
 	jobLog := func(sha string) string {

@@ -34,7 +34,7 @@ type runnerStatus struct {
 func adminStatus(t *testing.T, c *harness.Caddy) runnerStatus {
 	t.Helper()
 	var st runnerStatus
-	body := get(t, "http://"+c.AdminAddr+"/gitea-runner/status", nil, http.StatusOK)
+	body := adminGet(t, c, "/gitea-runner/status")
 	if err := json.Unmarshal([]byte(body), &st); err != nil {
 		t.Fatalf("status is not JSON: %v\n%s", err, body)
 	}
@@ -309,7 +309,7 @@ func TestRunnerIdentityIsExclusive(t *testing.T) {
 
 	second := filepath.Join(t.TempDir(), "Caddyfile")
 	os.WriteFile(second, []byte(config), 0o644)
-	c := harness.Run([]string{"CADDY_ADMIN=127.0.0.1:" + fmt.Sprint(harness.FreePort(t)), "XDG_DATA_HOME=" + t.TempDir()}, "",
+	c := harness.Run([]string{"CADDY_ADMIN=" + harness.AdminSocket(t), "XDG_DATA_HOME=" + t.TempDir()}, "",
 		harness.CaddyBinary(t, "caddy"), "run", "--config", second, "--adapter", "caddyfile")
 	if c.Err == nil || !strings.Contains(c.Output, "in use by another process") {
 		t.Fatalf("a second caddy on the same identity should refuse to start:\n%s", c)
@@ -346,7 +346,7 @@ func TestRunnerDrainAndResume(t *testing.T) {
 	g, caddy := startRunner(t, "drain", "")
 	waitRegistered(t, caddy)
 	post := func(path string) {
-		resp, err := http.Post("http://"+caddy.AdminAddr+path, "", nil)
+		resp, err := caddy.AdminDo(http.MethodPost, path, nil)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -98,7 +98,7 @@ func TestSeedDeploymentJobsPushToCache(t *testing.T) {
 	secretKey := filepath.Join(dir, "cache", "cache.sec")
 	publicKeyFile := filepath.Join(dir, "cache", "cache.pub")
 	publicKey := harness.Keygen(t, "seed-cache-1", secretKey, publicKeyFile)
-	caddy := harness.StartCaddy(t, harness.RunnerCacheCaddyfile(g.URL, g.RepoRegistrationToken("pkgs"), "self-hosted:docker://"+image,
+	caddy := harness.StartCaddy(t, harness.RunnerCacheCaddyfile(g.URL, g.RepoRegistrationToken("pkgs"), "self-hosted:docker://"+image, "host",
 		"cache/store", "cache/cache.sec", "fetch_interval 500ms"), harness.CaddyOptions{Dir: dir})
 
 	workflow := strings.ReplaceAll(seedWorkflow, "NONCE", fmt.Sprint(time.Now().UnixNano()))
@@ -169,7 +169,8 @@ func TestProductionCaddyfileValidates(t *testing.T) {
 	}
 	adapted := harness.MustRun(t, env, dir, harness.CaddyBinary(t, "caddy"), "adapt", "--config", config)
 	for _, want := range []string{`"nix_cache":"main"`, `"root":"cache/store"`, `"secret_key_files":["cache/cache.sec"]`,
-		`"labels":["self-hosted:docker://cargoxx-runner-job:latest"]`, `"state_file":"data/.runner"`, `"https_port":8443`} {
+		`"labels":["self-hosted:docker://cargoxx-runner-job:latest"]`, `"state_file":"data/.runner"`, `"https_port":8443`,
+		`"admin":{"listen":"unix//run/caddy/admin.sock"}`} {
 		if !strings.Contains(adapted, want) {
 			t.Errorf("adapted production.Caddyfile lacks %s:\n%s", want, adapted)
 		}
@@ -178,4 +179,12 @@ func TestProductionCaddyfileValidates(t *testing.T) {
 		t.Error("the registration token is baked into the adapted config; it should stay an {env.*} placeholder")
 	}
 	harness.MustRun(t, env, dir, harness.CaddyBinary(t, "caddy"), "validate", "--config", config)
+
+	// Jobs on the host next to an admin endpoint on a TCP port: refused.
+	withHost := append(slices.Clone(env), "GITEA_RUNNER_LABELS=self-hosted:docker://cargoxx-runner-job:latest,metal:host")
+	if c := harness.Run(append(slices.Clone(withHost), "CADDY_ADMIN=localhost:2019"), dir, harness.CaddyBinary(t, "caddy"), "validate", "--config", config); c.Err == nil ||
+		!strings.Contains(c.Output, "host label(s) metal reach the admin endpoint localhost:2019") {
+		t.Errorf("production.Caddyfile with a host label and a TCP admin endpoint should be refused:\n%s", c)
+	}
+	harness.MustRun(t, withHost, dir, harness.CaddyBinary(t, "caddy"), "validate", "--config", config)
 }

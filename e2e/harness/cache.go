@@ -71,11 +71,12 @@ http://:{$CADDY_HTTP_PORT} {
 
 // RunnerCacheCaddyfile is the one-Caddyfile deployment in small: a
 // gitea_runner registered with instance by token, running jobs for label
-// (`name:docker://image`) on the host network and handing them the
-// nix_cache called main, which serves root, signed with secretFile, on the
-// test's HTTP port and takes their uploads. runnerExtra goes into the
-// gitea_runner block.
-func RunnerCacheCaddyfile(instance, token, label, root, secretFile, runnerExtra string) string {
+// (`name:docker://image`) in containers on network (host, to reach the
+// cache on loopback, or none) and handing them the nix_cache called main,
+// which serves root, signed with secretFile, on the test's HTTP port and
+// takes their uploads. The admin endpoint is {$CADDY_ADMIN}, a unix socket.
+// runnerExtra goes into the gitea_runner block.
+func RunnerCacheCaddyfile(instance, token, label, network, root, secretFile, runnerExtra string) string {
 	return fmt.Sprintf(`{
 	admin {$CADDY_ADMIN}
 	gitea_runner {
@@ -84,7 +85,7 @@ func RunnerCacheCaddyfile(instance, token, label, root, secretFile, runnerExtra 
 		labels %s
 		%s
 		container {
-			network host
+			network %s
 		}
 		nix_cache main
 	}
@@ -100,5 +101,5 @@ http://:{$CADDY_HTTP_PORT} {
 		upload
 	}
 }
-`, instance, token, label, runnerExtra, root, secretFile)
+`, instance, token, label, runnerExtra, network, root, secretFile)
 }

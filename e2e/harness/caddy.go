@@ -1,6 +1,7 @@
 package harness
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"net"
@@ -27,13 +28,18 @@ type CaddyOptions struct {
 	// NoHTTP says the configuration serves no HTTP site, so StartCaddy waits
 	// only for the admin endpoint.
 	NoHTTP bool
+	// TCPAdmin puts the admin endpoint on a loopback port instead of a unix
+	// socket.
+	TCPAdmin bool
 }
 
 // Caddy is a running caddy process.
 //
-// The Caddyfile it runs can use the environment placeholders {$CADDY_HTTP_PORT},
-// {$CADDY_HTTPS_PORT} and {$CADDY_ADMIN}, which StartCaddy sets to free
-// loopback ports, so tests never collide on a port.
+// The Caddyfile it runs can use the environment placeholders {$CADDY_HTTP_PORT}
+// and {$CADDY_HTTPS_PORT}, which StartCaddy sets to free loopback ports, so
+// tests never collide on a port, and {$CADDY_ADMIN}, a unix socket of the
+// test's own (a loopback port with TCPAdmin), as a deployment that runs
+// jobs has it.
 type Caddy struct {
 	t         testing.TB
 	opts      CaddyOptions
@@ -41,10 +47,57 @@ type Caddy struct {
 	Config    string // path of the Caddyfile
 	HTTPPort  int
 	HTTPSPort int
-	AdminAddr string // host:port of the admin endpoint
+	Admin     string // the admin endpoint's address, as in `admin ADDRESS`
 	LogPath   string
 
 	proc *Process
+}
+
+// AdminSocket returns a unix socket address, unix//PATH, in a new
+// directory short enough for a socket's path limit.
+func AdminSocket(t testing.TB) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "caddy-admin-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.RemoveAll(dir) })
+	return "unix/" + filepath.Join(dir, "admin.sock")
+}
+
+// AdminClient returns an HTTP client that reaches the admin endpoint
+// address (unix//PATH or HOST:PORT) whatever the URL's host, and the base
+// URL to use with it.
+func AdminClient(address string) (*http.Client, string) {
+	socket, ok := strings.CutPrefix(address, "unix/")
+	if !ok {
+		return http.DefaultClient, "http://" + address
+	}
+	transport := &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", socket)
+	}}
+	return &http.Client{Transport: transport}, "http://caddy-admin"
+}
+
+// AdminDo sends a request to the admin endpoint, e.g.
+// AdminDo("GET", "/config/", nil).
+func (c *Caddy) AdminDo(method, path string, body io.Reader) (*http.Response, error) {
+	client, base := AdminClient(c.Admin)
+	req, err := http.NewRequest(method, base+path, body)
+	if err != nil {
+		return nil, err
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "text/caddyfile")
+	}
+	return client.Do(req)
+}
+
+// AdminURL is the URL of path on the admin endpoint, for clients that
+// cannot dial a unix socket; only with TCPAdmin.
+func (c *Caddy) AdminURL(path string) string {
+	_, base := AdminClient(c.Admin)
+	return base + path
 }
 
 // CaddyBinary returns the path of bin/caddy, or skips (fails under
@@ -76,8 +129,12 @@ func StartCaddy(t testing.TB, caddyfile string, opts CaddyOptions) *Caddy {
 		Config:    filepath.Join(opts.Dir, "Caddyfile"),
 		HTTPPort:  FreePort(t),
 		HTTPSPort: FreePort(t),
-		AdminAddr: "127.0.0.1:" + strconv.Itoa(FreePort(t)),
 		LogPath:   filepath.Join(opts.Dir, "caddy.log"),
+	}
+	if opts.TCPAdmin {
+		c.Admin = "127.0.0.1:" + strconv.Itoa(FreePort(t))
+	} else {
+		c.Admin = AdminSocket(t)
 	}
 	if err := os.WriteFile(c.Config, []byte(caddyfile), 0o644); err != nil {
 		t.Fatal(err)
@@ -100,7 +157,7 @@ func (c *Caddy) Start() {
 	cmd.Env = append(os.Environ(),
 		"CADDY_HTTP_PORT="+strconv.Itoa(c.HTTPPort),
 		"CADDY_HTTPS_PORT="+strconv.Itoa(c.HTTPSPort),
-		"CADDY_ADMIN="+c.AdminAddr,
+		"CADDY_ADMIN="+c.Admin,
 		// Keep Caddy's storage and autosaved config inside the test.
 		"XDG_DATA_HOME="+filepath.Join(c.Dir, "xdg-data"),
 		"XDG_CONFIG_HOME="+filepath.Join(c.Dir, "xdg-config"),
@@ -116,7 +173,7 @@ func (c *Caddy) Start() {
 		if err := proc.Exited(); err != nil {
 			return err
 		}
-		resp, err := http.Get("http://" + c.AdminAddr + "/config/")
+		resp, err := c.AdminDo(http.MethodGet, "/config/", nil)
 		if err != nil {
 			return err
 		}
@@ -150,12 +207,7 @@ func (c *Caddy) Reload(caddyfile string) error {
 	if err := os.WriteFile(c.Config, []byte(caddyfile), 0o644); err != nil {
 		return err
 	}
-	req, err := http.NewRequest(http.MethodPost, "http://"+c.AdminAddr+"/load", strings.NewReader(caddyfile))
-	if err != nil {
-		return err
-	}
-	req.Header.Set("Content-Type", "text/caddyfile")
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := c.AdminDo(http.MethodPost, "/load", strings.NewReader(caddyfile))
 	if err != nil {
 		return fmt.Errorf("reloading caddy: %w", err)
 	}
