@@ -41,6 +41,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	        token        <token>     # repeatable
 //	        token_file   <file>      # repeatable
 //	        max_nar_size <size>      # bytes, or 8GiB, 500MB, …
+//	        max_log_size <size>      # default 64MiB
 //	    }
 //	}
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
@@ -113,28 +114,31 @@ func (h *Handler) unmarshalUpload(d *caddyfile.Dispenser) error {
 		return d.ArgErr()
 	}
 	h.Upload = new(UploadConfig)
-	sizeSet := false
+	sizes := map[string]*int64{"max_nar_size": &h.Upload.MaxNarSize, "max_log_size": &h.Upload.MaxLogSize}
+	seen := map[string]bool{}
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		option := d.Val()
 		value, err := caddyutil.SingleArg(d)
 		if err != nil {
 			return err
 		}
+		if target, ok := sizes[option]; ok {
+			if seen[option] {
+				return d.Errf("nix_cache: %s given more than once", option)
+			}
+			seen[option] = true
+			size, err := humanize.ParseBytes(value)
+			if err != nil || size == 0 || size > math.MaxInt64 {
+				return d.Errf("nix_cache: %s %q is not a positive size such as 8GiB", option, value)
+			}
+			*target = int64(size)
+			continue
+		}
 		switch option {
 		case "token":
 			h.Upload.Tokens = append(h.Upload.Tokens, value)
 		case "token_file":
 			h.Upload.TokenFiles = append(h.Upload.TokenFiles, value)
-		case "max_nar_size":
-			if sizeSet {
-				return d.Errf("nix_cache: max_nar_size given more than once")
-			}
-			sizeSet = true
-			size, err := humanize.ParseBytes(value)
-			if err != nil || size == 0 || size > math.MaxInt64 {
-				return d.Errf("nix_cache: max_nar_size %q is not a positive size such as 8GiB", value)
-			}
-			h.Upload.MaxNarSize = int64(size)
 		default:
 			return d.Errf("nix_cache: unknown upload option %q", option)
 		}

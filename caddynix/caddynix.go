@@ -143,6 +143,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		if h.Upload.MaxNarSize == 0 {
 			h.Upload.MaxNarSize = defaultMaxNarSize
 		}
+		if h.Upload.MaxLogSize == 0 {
+			h.Upload.MaxLogSize = defaultMaxLogSize
+		}
 		h.creds, err = loadCredentials(h.Upload, repl)
 		if err != nil {
 			return fmt.Errorf("nix_cache: %w", err)
@@ -220,8 +223,8 @@ func (h *Handler) Validate() error {
 	if *h.Priority < 0 {
 		return fmt.Errorf("nix_cache: priority %d must not be negative", *h.Priority)
 	}
-	if h.Upload != nil && h.Upload.MaxNarSize < 0 {
-		return fmt.Errorf("nix_cache: max_nar_size %d must be positive", h.Upload.MaxNarSize)
+	if h.Upload != nil && (h.Upload.MaxNarSize < 0 || h.Upload.MaxLogSize < 0) {
+		return fmt.Errorf("nix_cache: max_nar_size %d and max_log_size %d must be positive", h.Upload.MaxNarSize, h.Upload.MaxLogSize)
 	}
 	return nil
 }
@@ -240,9 +243,21 @@ func (h *Handler) Cleanup() error {
 	return nil
 }
 
+// uploadPrefix is the cache again, below its own URL, for uploads. Nix
+// remembers every narinfo it uploads, unsigned, in its lookup cache under
+// the URL it uploaded to, and then trusts that copy over the server's
+// signed one for a month: a machine that uploaded to the substituter's URL
+// could not substitute what it uploaded. Uploading to URL/upload keeps
+// those copies apart from the substituter's.
+const uploadPrefix = "/upload/"
+
 // ServeHTTP answers the cache's own URL shapes and 404s everything else.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
-	req, ok := classify(r.URL.Path)
+	urlPath := r.URL.Path
+	if rest, found := strings.CutPrefix(urlPath, uploadPrefix); found && h.Upload != nil {
+		urlPath = "/" + rest
+	}
+	req, ok := classify(urlPath)
 	kind := "other"
 	if ok {
 		kind = req.kind.String()

@@ -8,6 +8,7 @@ import (
 	"path"
 	"strings"
 
+	"github.com/andybalholm/brotli"
 	"github.com/klauspost/compress/zstd"
 )
 
@@ -71,11 +72,16 @@ func contentDecoder(encoding string, r io.Reader) (io.Reader, func(), error) {
 			return nil, nil, fmt.Errorf("reading gzip body: %w", err)
 		}
 		return gr, func() { _ = gr.Close() }, nil
+	case "br":
+		// Nix 2.34 sends listings, logs and narinfo with Content-Encoding
+		// br when ls-, log- or narinfo-compression asks for brotli, as
+		// cache.nixos.org stores them.
+		return brotli.NewReader(r), func() {}, nil
 	case "zstd", "xz", "bzip2", "bzip":
 		if encoding == "bzip" {
 			encoding = "bzip2"
 		}
 		return decompressor(encoding, r)
 	}
-	return nil, nil, fmt.Errorf("Content-Encoding %q is not supported (use gzip, zstd, xz or bzip2)", encoding)
+	return nil, nil, fmt.Errorf("Content-Encoding %q is not supported (use gzip, br, zstd, xz or bzip2)", encoding)
 }

@@ -138,3 +138,36 @@ func statusOf(err error) int {
 	}
 	return http.StatusInternalServerError
 }
+
+func TestHandlerRefusesEmptySuffixRanges(t *testing.T) {
+	h, _ := newTestHandler(t)
+	narPath := filepath.Join(h.root, "nar", "1a0jcm4a6p8gy3w1j0sj0q1jp7bxsbvmp6hlx3k1zx9gzds7nhh0.nar")
+	if err := os.MkdirAll(filepath.Dir(narPath), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(narPath, []byte("0123456789"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for rangeHeader, want := range map[string]struct {
+		status       int
+		contentRange string
+		body         string
+	}{
+		"bytes=-0":      {http.StatusRequestedRangeNotSatisfiable, "bytes */10", ""},
+		"bytes=-0,-0":   {http.StatusRequestedRangeNotSatisfiable, "bytes */10", ""},
+		"bytes=-0, 2-3": {http.StatusPartialContent, "bytes 2-3/10", "23"},
+		"bytes=-2":      {http.StatusPartialContent, "bytes 8-9/10", "89"},
+	} {
+		rec := httptest.NewRecorder()
+		req := httptest.NewRequest(http.MethodGet, "/nar/1a0jcm4a6p8gy3w1j0sj0q1jp7bxsbvmp6hlx3k1zx9gzds7nhh0.nar", nil)
+		req.Header.Set("Range", rangeHeader)
+		if err := h.ServeHTTP(rec, req, nil); err != nil {
+			t.Fatal(err)
+		}
+		if rec.Code != want.status || rec.Header().Get("Content-Range") != want.contentRange ||
+			(want.body != "" && rec.Body.String() != want.body) {
+			t.Errorf("Range %s: %d, Content-Range %q, body %q; want %d, %q, %q", rangeHeader, rec.Code,
+				rec.Header().Get("Content-Range"), rec.Body, want.status, want.contentRange, want.body)
+		}
+	}
+}

@@ -36,7 +36,7 @@ var (
 		Namespace: "caddy",
 		Subsystem: "nix_cache",
 		Name:      "uploads_total",
-		Help:      "Uploads by kind (nar, narinfo, ls, log, realisation, nix-cache-info) and outcome (stored, rejected, failed).",
+		Help:      "Uploads by kind (nar, narinfo, ls, log, realisation, nix-cache-info) and outcome (stored, rejected, aborted, failed).",
 	}, []string{"kind", "outcome"})
 	uploadBytes = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "caddy",

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/cargoxx-pkgs/runner/internal/nixfmt"
 	"github.com/nix-community/go-nix/pkg/narinfo"
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
 	"github.com/nix-community/go-nix/pkg/nixhash"
@@ -74,6 +75,11 @@ func parseNarInfo(data []byte) (*narinfo.NarInfo, error) {
 		return nil, fmt.Errorf("narinfo NarHash %s is not a sha256 hash", info.NarHash)
 	case info.NarSize == 0:
 		return nil, errors.New("narinfo has no positive NarSize")
+	}
+	if info.CA != "" {
+		if err := nixfmt.CheckContentAddress(info.CA); err != nil {
+			return nil, fmt.Errorf("narinfo %w", err)
+		}
 	}
 	return info, nil
 }

@@ -14,6 +14,7 @@ import (
 	"strings"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/nix-community/go-nix/pkg/narinfo"
 	"go.uber.org/zap"
 )
 
@@ -35,10 +36,19 @@ func (h *Handler) serveFile(w http.ResponseWriter, r *http.Request, req cacheReq
 		if errors.Is(err, fs.ErrNotExist) {
 			return caddyhttp.Error(http.StatusNotFound, nil)
 		}
-		h.logger.Error("opening cache file", zap.String("file", req.file), zap.Error(err))
+		if info, lerr := h.dir.Lstat(filepath.FromSlash(req.file)); lerr == nil && info.Mode()&fs.ModeSymlink != 0 {
+			// A symlink out of the cache: anyone can ask for it, so it
+			// must not fill the error log.
+			h.logger.Debug("not following a symlink out of the cache root", zap.String("file", req.file), zap.Error(err))
+		} else {
+			h.logger.Error("opening cache file", zap.String("file", req.file), zap.Error(err))
+		}
 		return caddyhttp.Error(http.StatusNotFound, nil)
 	}
 	defer func() { _ = f.Close() }()
+	if !dropEmptySuffixRanges(w, r, info.Size()) {
+		return nil
+	}
 
 	header := w.Header()
 	header.Set("Content-Type", contentTypes[req.kind])
@@ -88,6 +98,9 @@ func (h *Handler) serveNarInfo(w http.ResponseWriter, r *http.Request, req cache
 		return caddyhttp.Error(http.StatusNotFound, nil)
 	}
 	narinfoLookups.WithLabelValues("served").Inc()
+	if !dropEmptySuffixRanges(w, r, int64(len(body))) {
+		return nil
+	}
 	w.Header().Set("Content-Type", contentTypes[kindNarinfo])
 	http.ServeContent(memoryBodyWriter{w}, r, "", info.ModTime(), bytes.NewReader(body))
 	return nil
@@ -99,6 +112,21 @@ func (h *Handler) signedNarInfo(f io.Reader, hash string) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("reading narinfo: %w", err)
 	}
+	info, err := h.servableNarInfo(data, hash)
+	if err != nil {
+		return nil, err
+	}
+	if err := signNarInfo(info, h.keys); err != nil {
+		return nil, err
+	}
+	return []byte(info.String()), nil
+}
+
+// servableNarInfo is the rule for what is served as the narinfo of the
+// path with hash: at most maxNarinfoSize bytes, parsing with Nix's rules,
+// and describing that path in this cache's store. Uploads check what they
+// store with it too, so that nothing accepted goes unserved.
+func (h *Handler) servableNarInfo(data []byte, hash string) (*narinfo.NarInfo, error) {
 	if len(data) > maxNarinfoSize {
 		return nil, fmt.Errorf("narinfo is larger than %d bytes", maxNarinfoSize)
 	}
@@ -109,10 +137,7 @@ func (h *Handler) signedNarInfo(f io.Reader, hash string) ([]byte, error) {
 	if dir, base := path.Split(info.StorePath); dir != h.StoreDir+"/" || !strings.HasPrefix(base, hash+"-") {
 		return nil, fmt.Errorf("narinfo describes %s, not a path %s/%s-…", info.StorePath, h.StoreDir, hash)
 	}
-	if err := signNarInfo(info, h.keys); err != nil {
-		return nil, err
-	}
-	return []byte(info.String()), nil
+	return info, nil
 }
 
 // statFile describes a regular file below the cache root, as openFile would

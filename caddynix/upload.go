@@ -2,6 +2,7 @@ package caddynix
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"encoding/json"
 	"errors"
@@ -10,15 +11,21 @@ import (
 	"io/fs"
 	"math"
 	"net/http"
+	"os"
 	"path"
+	"slices"
 	"strings"
 	"sync"
+	"time"
 
+	"github.com/cargoxx-pkgs/runner/internal/nixfmt"
 	"github.com/nix-community/go-nix/pkg/narinfo"
+	"github.com/nix-community/go-nix/pkg/narinfo/signature"
 	"github.com/nix-community/go-nix/pkg/nixbase32"
 	"github.com/nix-community/go-nix/pkg/nixhash"
 	"github.com/nix-community/go-nix/pkg/storepath"
 	"go.uber.org/zap"
+	"golang.org/x/sync/semaphore"
 )
 
 // UploadConfig enables uploads with `nix copy --to http(s)://…`. Without it,
@@ -37,22 +44,30 @@ type UploadConfig struct {
 	// that a gitea_runner in the same Caddy gives its jobs are accepted.
 	TokenFiles []string `json:"token_files,omitempty"`
 
-	// MaxNarSize bounds a NAR upload, compressed and uncompressed, and a
-	// build log, in bytes. Larger uploads get 413. Default: 8 GiB.
-	// Caddyfile: `max_nar_size`, which also takes sizes such as 8GiB.
+	// MaxNarSize bounds a NAR upload, compressed and uncompressed, in
+	// bytes. Larger uploads get 413. Default: 8 GiB. Caddyfile:
+	// `max_nar_size`, which also takes sizes such as 8GiB.
 	MaxNarSize int64 `json:"max_nar_size,omitempty"`
+
+	// MaxLogSize bounds a build log upload once its Content-Encoding is
+	// undone, in bytes. Larger uploads get 413. Default: 64 MiB.
+	// Caddyfile: `max_log_size`.
+	MaxLogSize int64 `json:"max_log_size,omitempty"`
 }
 
 const (
 	defaultMaxNarSize = 8 << 30
+	defaultMaxLogSize = 64 << 20
 	// Listings of huge closures run to a few megabytes.
 	maxListingSize = 64 << 20
 	// Realisations and nix-cache-info are small JSON and text documents.
 	maxSmallDocSize = 1 << 20
 )
 
-// narMagic starts every NAR.
-var narMagic = []byte("\x0d\x00\x00\x00\x00\x00\x00\x00nix-archive-1\x00\x00\x00")
+// jsonCheckMemory bounds the memory that checking uploaded JSON documents
+// takes at once, whatever the number of uploads: each document waits for
+// its size in this budget before it is read into memory.
+var jsonCheckMemory = semaphore.NewWeighted(maxListingSize)
 
 // uploadError is an upload refused with a 4xx status and a one-line reason.
 type uploadError struct {
@@ -77,21 +92,21 @@ func (h *Handler) serveUpload(w http.ResponseWriter, r *http.Request, req cacheR
 	body := &trackedBody{ReadCloser: r.Body}
 	r.Body = body
 	err := h.upload(r, req, ok)
-	if !body.read && r.ProtoMajor == 1 && strings.EqualFold(r.Header.Get("Expect"), "100-continue") {
-		// The client is waiting for "100 Continue" before it sends the
-		// body, as curl and nix do for large uploads, and the body is not
-		// wanted: the NAR is already stored, or the upload is refused.
-		// Left open, the connection would have the server read and
-		// discard the body before answering, and the client would sit out
-		// its whole wait (1 s in curl) and then send the body for nothing.
-		// Closing it lets the answer go at once and the client stop.
-		w.Header().Set("Connection", "close")
+	clientErr := body.err
+	if !body.eof && r.ProtoMajor == 1 && r.ContentLength != 0 {
+		finishUnreadBody(w, r, body)
 	}
 	var uerr *uploadError
 	switch {
 	case err == nil:
 		uploadsTotal.WithLabelValues(kind, "stored").Inc()
 		w.WriteHeader(http.StatusCreated)
+		return nil
+	case clientErr != nil:
+		// The client went away or stopped sending: not the server's fault.
+		uploadsTotal.WithLabelValues(kind, "aborted").Inc()
+		h.logger.Info("upload aborted by the client", zap.String("path", r.URL.Path), zap.NamedError("reason", clientErr))
+		http.Error(w, "the upload's body ended early", http.StatusBadRequest)
 		return nil
 	case errors.As(err, &uerr):
 		uploadsTotal.WithLabelValues(kind, "rejected").Inc()
@@ -110,15 +125,59 @@ func (h *Handler) serveUpload(w http.ResponseWriter, r *http.Request, req cacheR
 	}
 }
 
-// trackedBody notes whether a request body was read at all.
+// Unwanted bodies of up to maxDrain bytes are read and dropped for up to
+// drainWait, so that the connection can carry the client's next request.
+const (
+	maxDrain  = 256 << 10 // what Go's server itself would read
+	drainWait = 250 * time.Millisecond
+)
+
+// finishUnreadBody deals with a body the upload did not read to its end
+// (the NAR is already stored, or the upload is refused) before the answer
+// goes out. Left to itself, Go's server reads up to 256 KiB of it first:
+// a client waiting for "100 Continue", as curl and nix do for large
+// uploads, would sit out its whole wait (1 s in curl) and then send the
+// body for nothing, and a body that stalls would hold the answer until
+// the idle timeout. Such connections are closed instead, so the answer
+// goes at once; larger bodies Go's server already answers and closes.
+func finishUnreadBody(w http.ResponseWriter, r *http.Request, body *trackedBody) {
+	switch {
+	case !body.read && strings.EqualFold(r.Header.Get("Expect"), "100-continue"):
+		w.Header().Set("Connection", "close")
+	case r.ContentLength > maxDrain:
+	default:
+		rc := http.NewResponseController(w)
+		if err := rc.SetReadDeadline(time.Now().Add(drainWait)); err != nil {
+			w.Header().Set("Connection", "close")
+			return
+		}
+		n, err := io.Copy(io.Discard, io.LimitReader(body, maxDrain+1))
+		_ = rc.SetReadDeadline(time.Time{})
+		if err != nil || n > maxDrain {
+			w.Header().Set("Connection", "close")
+		}
+	}
+}
+
+// trackedBody notes whether a request body was read at all and to its
+// end, and the error, other than its end, that reading it met.
 type trackedBody struct {
 	io.ReadCloser
 	read bool
+	eof  bool
+	err  error
 }
 
 func (b *trackedBody) Read(p []byte) (int, error) {
 	b.read = true
-	return b.ReadCloser.Read(p)
+	n, err := b.ReadCloser.Read(p)
+	switch {
+	case errors.Is(err, io.EOF):
+		b.eof = true
+	case err != nil && b.err == nil:
+		b.err = err
+	}
+	return n, err
 }
 
 func (h *Handler) upload(r *http.Request, req cacheRequest, ok bool) error {
@@ -140,7 +199,7 @@ func (h *Handler) upload(r *http.Request, req cacheRequest, ok bool) error {
 	case kindRealisation:
 		return h.putDocument(r, req.file, maxSmallDocSize, true)
 	case kindLog:
-		return h.putDocument(r, req.file, h.Upload.MaxNarSize, false)
+		return h.putDocument(r, req.file, h.Upload.MaxLogSize, false)
 	}
 	return reject(http.StatusMethodNotAllowed, "bad_path", "%s cannot be uploaded", r.URL.Path)
 }
@@ -225,8 +284,8 @@ func receiveNar(f io.Writer, body io.Reader, compression string, max int64) (nar
 	type narResult struct {
 		hash   []byte
 		size   int64
-		header []byte
 		err    error
+		badNar error
 	}
 	done := make(chan narResult, 1)
 	go func() {
@@ -243,9 +302,13 @@ func receiveNar(f io.Writer, body io.Reader, compression string, max int64) (nar
 		}
 		defer release()
 		narHasher := sha256.New()
-		head := &headWriter{limit: len(narMagic)}
-		res.size, res.err = io.Copy(io.MultiWriter(narHasher, head), io.LimitReader(plain, max+1))
-		res.hash, res.header = narHasher.Sum(nil), head.buf
+		counted := &countingReader{r: io.TeeReader(io.LimitReader(plain, max+1), narHasher)}
+		res.badNar = nixfmt.CheckNar(counted)
+		// Whatever follows a NAR, or is left of a broken one, is hashed
+		// and counted too, so that the size limit and decoding errors
+		// still show.
+		_, res.err = io.Copy(io.Discard, counted)
+		res.size, res.hash = counted.n, narHasher.Sum(nil)
 	}()
 
 	// Large chunks: fewer system calls and hand-offs to the decompressor.
@@ -262,8 +325,8 @@ func receiveNar(f io.Writer, body io.Reader, compression string, max int64) (nar
 		return meta, reject(http.StatusBadRequest, "bad_compression", "the body is not valid %s data: %v", compression, res.err)
 	case res.size > max:
 		return meta, reject(http.StatusRequestEntityTooLarge, "too_large", "the decompressed NAR is larger than max_nar_size (%d bytes)", max)
-	case !bytes.Equal(res.header, narMagic):
-		return meta, reject(http.StatusBadRequest, "not_a_nar", "the body is not a NAR (no nix-archive-1 header after %s decompression)", compression)
+	case res.badNar != nil:
+		return meta, reject(http.StatusBadRequest, "not_a_nar", "the body is not a whole NAR after %s decompression: %v", compression, res.badNar)
 	}
 	copy(meta.fileHash[:], fileHasher.Sum(nil))
 	copy(meta.narHash[:], res.hash)
@@ -271,22 +334,10 @@ func receiveNar(f io.Writer, body io.Reader, compression string, max int64) (nar
 	return meta, nil
 }
 
-// headWriter keeps the first bytes written to it.
-type headWriter struct {
-	limit int
-	buf   []byte
-}
-
-func (w *headWriter) Write(p []byte) (int, error) {
-	if room := w.limit - len(w.buf); room > 0 {
-		w.buf = append(w.buf, p[:min(room, len(p))]...)
-	}
-	return len(p), nil
-}
-
 // putNarInfo stores a narinfo, the commit point of a path's upload: it is
 // accepted only when its NAR is stored and matches it, and its references
-// are already in the cache.
+// are already in the cache. A path the cache already holds is never
+// replaced: the same NAR again changes nothing, another one is a conflict.
 func (h *Handler) putNarInfo(r *http.Request, req cacheRequest) error {
 	data, err := h.readSmallBody(r, maxNarinfoSize)
 	if err != nil {
@@ -299,6 +350,13 @@ func (h *Handler) putNarInfo(r *http.Request, req cacheRequest) error {
 	}
 	if err := h.checkNarInfoNames(info, req.hash); err != nil {
 		return err
+	}
+	existing, replaceable, err := h.storedNarInfo(req.file)
+	if err != nil {
+		return err
+	}
+	if existing != nil {
+		return sameNar(existing, info)
 	}
 	if err := h.checkNarInfoNar(info); err != nil {
 		return err
@@ -315,14 +373,73 @@ func (h *Handler) putNarInfo(r *http.Request, req cacheRequest) error {
 			return reject(http.StatusBadRequest, "missing_reference", "reference %s is not in the cache: upload it first", ref)
 		}
 	}
+	// Only the cache signs with its own key names; a signature claiming one
+	// of them is forged, or stale.
+	info.Signatures = slices.DeleteFunc(info.Signatures, func(sig signature.Signature) bool {
+		return h.ownKeyName(sig.Name)
+	})
+	stored := []byte(info.String())
+	// What is stored must be what is served: the same check decides both.
+	if _, err := h.servableNarInfo(stored, req.hash); err != nil {
+		return reject(http.StatusBadRequest, "bad_narinfo", "the narinfo could not be served as stored: %v", err)
+	}
 	if err := h.ensureCacheInfoFile(); err != nil {
 		return err
 	}
-	if err := h.writeFile(req.file, []byte(info.String())); err != nil {
+	if replaceable {
+		err = h.writeFile(req.file, stored)
+	} else if created, cerr := h.createFile(req.file, stored); cerr != nil {
+		err = cerr
+	} else if !created {
+		// Another upload of the same path came first.
+		if existing, _, err = h.storedNarInfo(req.file); err == nil && existing != nil {
+			err = sameNar(existing, info)
+		}
+	}
+	if err != nil {
 		return err
 	}
 	h.pending.delete(info.URL)
 	return nil
+}
+
+// storedNarInfo returns the narinfo the cache holds under name, or nil;
+// replaceable says a file is there that cannot be served, which is no
+// valid path and may be replaced.
+func (h *Handler) storedNarInfo(name string) (info *narinfo.NarInfo, replaceable bool, err error) {
+	data, err := h.dir.ReadFile(name)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, false, nil
+	}
+	if err != nil {
+		return nil, false, fmt.Errorf("reading the stored %s: %w", name, err)
+	}
+	info, err = h.servableNarInfo(data, strings.TrimSuffix(name, ".narinfo"))
+	if err != nil {
+		return nil, true, nil
+	}
+	return info, false, nil
+}
+
+// sameNar accepts an upload of a path the cache holds only when it
+// describes the same NAR; the stored narinfo stays as it is. Uploads never
+// replace a path, as Nix's own stores never replace a valid path.
+func sameNar(existing, upload *narinfo.NarInfo) error {
+	if !bytes.Equal(existing.NarHash.Digest(), upload.NarHash.Digest()) || existing.NarSize != upload.NarSize {
+		return reject(http.StatusConflict, "path_exists", "the cache already holds %s with NarHash %s and NarSize %d, and never replaces it with another NAR",
+			existing.StorePath, existing.NarHash, existing.NarSize)
+	}
+	return nil
+}
+
+// ownKeyName reports whether name is the name of one of the cache's keys.
+func (h *Handler) ownKeyName(name string) bool {
+	for _, key := range h.keys {
+		if key.ToPublicKey().Name == name {
+			return true
+		}
+	}
+	return false
 }
 
 // checkNarInfoNames checks the store path, URL, compression and deriver.
@@ -420,17 +537,64 @@ func (h *Handler) putCacheInfo(r *http.Request) error {
 	return h.ensureCacheInfoFile()
 }
 
-// putDocument stores a listing, realisation or build log.
+// putDocument stores a listing, realisation or build log. The body is
+// streamed to a temporary file, however well it compresses, so a small
+// request can never make the cache hold much in memory; a JSON document is
+// then checked within jsonCheckMemory.
 func (h *Handler) putDocument(r *http.Request, name string, limit int64, isJSON bool) error {
-	data, err := h.readSmallBody(r, limit)
+	if r.ContentLength > limit {
+		return reject(http.StatusRequestEntityTooLarge, "too_large", "body of %d bytes is larger than %d bytes", r.ContentLength, limit)
+	}
+	body, release, err := contentDecoder(r.Header.Get("Content-Encoding"), r.Body)
+	if err != nil {
+		return reject(http.StatusBadRequest, "bad_encoding", "%v", err)
+	}
+	defer release()
+	f, tempName, err := h.createTemp(path.Dir(name))
 	if err != nil {
 		return err
 	}
-	uploadBytes.WithLabelValues(strings.SplitN(name, "/", 2)[0]).Add(float64(len(data)))
-	if isJSON && !json.Valid(data) {
-		return reject(http.StatusBadRequest, "bad_json", "%s is not valid JSON", name)
+	committed := false
+	defer func() {
+		if !committed {
+			h.discardTemp(f, tempName)
+		}
+	}()
+	n, err := io.Copy(f, io.LimitReader(body, limit+1))
+	if err != nil {
+		return reject(http.StatusBadRequest, "bad_body", "reading the body: %v", err)
 	}
-	return h.writeFile(name, data)
+	if n > limit {
+		return reject(http.StatusRequestEntityTooLarge, "too_large", "%s is larger than %d bytes once decoded", name, limit)
+	}
+	uploadBytes.WithLabelValues(strings.SplitN(name, "/", 2)[0]).Add(float64(n))
+	if isJSON {
+		if err := checkJSONFile(r.Context(), f, n); err != nil {
+			return reject(http.StatusBadRequest, "bad_json", "%s is not valid JSON: %v", name, err)
+		}
+	}
+	if err := h.commitTemp(f, tempName, name); err != nil {
+		return err
+	}
+	committed = true
+	return nil
+}
+
+// checkJSONFile checks that the size bytes of f are one JSON document,
+// holding them in memory only within jsonCheckMemory.
+func checkJSONFile(ctx context.Context, f *os.File, size int64) error {
+	if err := jsonCheckMemory.Acquire(ctx, max(size, 1)); err != nil {
+		return err
+	}
+	defer jsonCheckMemory.Release(max(size, 1))
+	data := make([]byte, size)
+	if _, err := f.ReadAt(data, 0); err != nil && !errors.Is(err, io.EOF) {
+		return err
+	}
+	if !json.Valid(data) {
+		return errors.New("it does not parse")
+	}
+	return nil
 }
 
 // readSmallBody reads a whole request body of at most limit bytes, undoing
@@ -469,6 +633,20 @@ func (h *Handler) writeFile(name string, data []byte) error {
 		return err
 	}
 	return nil
+}
+
+// createFile writes name below the root with data unless it exists, and
+// reports whether it did.
+func (h *Handler) createFile(name string, data []byte) (bool, error) {
+	f, tempName, err := h.createTemp(path.Dir(name))
+	if err != nil {
+		return false, err
+	}
+	if _, err := f.Write(data); err != nil {
+		h.discardTemp(f, tempName)
+		return false, fmt.Errorf("writing %s: %w", name, err)
+	}
+	return h.commitTempNew(f, tempName, name)
 }
 
 // ensureCacheInfoFile writes nix-cache-info into the root when it is

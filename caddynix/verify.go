@@ -57,8 +57,8 @@ func verifyCache(root string, opts verifyOptions) (*verifyReport, error) {
 			present[hash] = true
 			narinfos = append(narinfos, e.Name())
 		}
-		if _, ok := tempFilePID(e.Name()); ok {
-			report.notes = append(report.notes, "upload in progress or interrupted: "+e.Name())
+		if strings.HasPrefix(e.Name(), tempPrefix) {
+			report.tempFile(dir, e.Name())
 		}
 	}
 	slices.Sort(narinfos)
@@ -77,12 +77,33 @@ func verifyCache(root string, opts verifyOptions) (*verifyReport, error) {
 		name := "nar/" + e.Name()
 		switch {
 		case strings.HasPrefix(e.Name(), tempPrefix):
-			report.notes = append(report.notes, "upload in progress or interrupted: "+name)
+			report.tempFile(dir, name)
 		case !used[name]:
 			report.notes = append(report.notes, "orphaned NAR (no narinfo names it): "+name)
 		}
 	}
+	for _, sub := range []string{"log", "realisations"} {
+		subEntries, err := fs.ReadDir(dir.FS(), sub)
+		if err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("listing %s/: %w", sub, err)
+		}
+		for _, e := range subEntries {
+			if strings.HasPrefix(e.Name(), tempPrefix) {
+				report.tempFile(dir, sub+"/"+e.Name())
+			}
+		}
+	}
 	return report, nil
+}
+
+// tempFile notes an upload in progress, or reports a dead writer's
+// leftover as a problem: the server removes those when it starts.
+func (r *verifyReport) tempFile(dir *os.Root, name string) {
+	if tempFileInUse(dir, name) {
+		r.notes = append(r.notes, "upload in progress: "+name)
+	} else {
+		r.problems = append(r.problems, "leftover of an interrupted upload (removed when the server starts): "+name)
+	}
 }
 
 // verifyNarInfo checks one narinfo and returns its problems.
