@@ -13,15 +13,17 @@ CACHE_DIR ?= $(HOME)/.cache/cargoxx-runner
 GITEA_BIN ?= $(CACHE_DIR)/gitea-$(GITEA_VERSION)
 GITEA_RUNNER_VERSION := v1.0.8
 GITEA_RUNNER_BIN ?= $(CACHE_DIR)/act_runner-$(GITEA_RUNNER_VERSION)
+# Debian sid's Nix, the current one, in a root filesystem of its own.
+NIX_CURRENT_ROOT ?= $(CACHE_DIR)/nix-sid
 
 # E2E=require turns a skipped end-to-end test into a failure (CI sets it).
 E2E ?=
 TEST_TIMEOUT ?= 60m
 
-export GITEA_BIN GITEA_RUNNER_BIN
+export GITEA_BIN GITEA_RUNNER_BIN NIX_CURRENT_ROOT
 export E2E
 
-.PHONY: all build xcaddy run test unit e2e e2e-deps gitea act-runner fmt lint vet fuzz bench clean
+.PHONY: all build xcaddy run test unit e2e e2e-deps gitea nix-current act-runner fmt lint vet fuzz bench clean
 
 all: build
 
@@ -47,8 +49,9 @@ test: build xcaddy e2e-deps
 unit:
 	$(GO) test -count=1 -short ./...
 
-## e2e-deps: build the Gitea server the end-to-end tests run (cached in $(CACHE_DIR))
-e2e-deps: gitea
+## e2e-deps: build the Gitea server and the current-Nix root the end-to-end
+## tests run (cached in $(CACHE_DIR))
+e2e-deps: gitea nix-current
 
 # The binary's name carries the version, so an existing file is never stale.
 gitea:
@@ -59,6 +62,15 @@ gitea:
 			-ldflags '-X main.Version=$(GITEA_VERSION:v%=%)' \
 			-o "$(GITEA_BIN).tmp" code.gitea.io/gitea && \
 		mv "$(GITEA_BIN).tmp" "$(GITEA_BIN)"; \
+	fi
+
+# Needs root and debootstrap; without them the current-Nix tests skip (and
+# fail under E2E=require).
+nix-current:
+	@if [ "$$(id -u)" = 0 ] && command -v debootstrap >/dev/null; then \
+		e2e/tools/nix-current-root "$(NIX_CURRENT_ROOT)"; \
+	else \
+		echo "not building the current-Nix root: needs root and debootstrap"; \
 	fi
 
 ## act-runner: Gitea's own runner, which make bench compares gitea_runner with

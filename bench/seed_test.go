@@ -19,7 +19,7 @@ import (
 func seedBuildWorkflow(label string, i int, push bool) string {
 	pushStep := ""
 	if push {
-		pushStep = `      - run: nix copy --to "$CARGOXX_NIX_CACHE_URL" $(nix-build /tmp/c.nix --no-out-link)
+		pushStep = `      - run: nix copy --to "$CARGOXX_NIX_CACHE_UPLOAD_URL" $(nix-build /tmp/c.nix --no-out-link)
 `
 	}
 	return fmt.Sprintf(`on:

@@ -1,12 +1,15 @@
 package bench
 
 import (
+	"bytes"
+	"compress/gzip"
 	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -17,15 +20,27 @@ const uploadToken = "bench-upload-token-0123456789abcdef"
 
 func uploadCaddy(b *testing.B, root string) *harness.Caddy {
 	b.Helper()
+	return uploadCaddyWith(b, root, harness.CaddyOptions{})
+}
+
+func uploadCaddyWith(b *testing.B, root string, opts harness.CaddyOptions) *harness.Caddy {
+	b.Helper()
 	secret, _ := harness.TempKeygen(b, "bench-1")
-	return harness.StartCaddy(b, harness.UploadCacheCaddyfile(root, secret, uploadToken, ""), harness.CaddyOptions{})
+	return harness.StartCaddy(b, harness.UploadCacheCaddyfile(root, secret, uploadToken, ""), opts)
 }
 
 // BenchmarkNixCopyHTTPvsFile times `nix copy --to http://` into nix_cache
-// against `nix copy --to file://` of the same closure, alternating, and
-// reports the ratio of the medians.
+// against `nix copy --to file://` of the same closure, alternating, with
+// each Nix the tests run, and reports the ratio of the medians.
 func BenchmarkNixCopyHTTPvsFile(b *testing.B) {
-	nix := harness.NetrcNix(b, uploadToken)
+	for _, client := range []harness.NixClient{harness.Nix28, harness.NixCurrent()} {
+		nixCopyHTTPvsFile(b, client)
+	}
+}
+
+func nixCopyHTTPvsFile(b *testing.B, client harness.NixClient) {
+	nix := client.Netrc(b, uploadToken)
+	version := strings.TrimSpace(nix.Must("nix", "--version"))
 	size := int64(envInt("BENCH_UPLOAD_MIB", 256)) << 20
 	closure := nix.BuildClosure("bench-upload", size)
 	compression := envString("BENCH_COMPRESSION", "zstd")
@@ -47,20 +62,22 @@ func BenchmarkNixCopyHTTPvsFile(b *testing.B) {
 		}
 		fileTimes = append(fileTimes, time.Since(start))
 	}
-	c := newComparison(fmt.Sprintf("Upload: nix copy of a 3-path closure with a %d MiB payload, compression=%s", size>>20, compression),
+	c := newComparison(fmt.Sprintf("Upload with %s: nix copy of a 3-path closure with a %d MiB payload, compression=%s", version, size>>20, compression),
 		"s", "lower", "nix copy --to http:// within 1.1x of --to file://")
 	for i := range httpTimes {
 		c.add("nix copy --to file://", fileTimes[i].Seconds())
 		c.add("nix copy --to http:// (nix_cache)", httpTimes[i].Seconds())
 	}
 	c.holds = ratioAtMost("nix copy --to http:// (nix_cache)", "nix copy --to file://", 1.1)
-	c.notes = append(c.notes, "Nix 2.8 reads an HTTP upload's whole compressed NAR into memory before it sends it, which the file:// store does not; that client-side time is in the http:// figure.")
+	if client == harness.Nix28 {
+		c.notes = append(c.notes, "Nix 2.8 reads an HTTP upload's whole compressed NAR into memory before it sends it, which the file:// store does not; that client-side time is in the http:// figure.")
+	}
 	h, f := median(httpTimes), median(fileTimes)
 	b.ReportMetric(h.Seconds(), "http-s")
 	b.ReportMetric(f.Seconds(), "file-s")
 	b.ReportMetric(h.Seconds()/f.Seconds(), "http/file")
-	b.Logf("closure with a %d MiB payload, compression=%s: http %v (runs %v), file %v (runs %v), ratio %.3f",
-		size>>20, compression, h, httpTimes, f, fileTimes, h.Seconds()/f.Seconds())
+	b.Logf("%s, closure with a %d MiB payload, compression=%s: http %v (runs %v), file %v (runs %v), ratio %.3f",
+		version, size>>20, compression, h, httpTimes, f, fileTimes, h.Seconds()/f.Seconds())
 }
 
 // BenchmarkUploadPeakRSS uploads one large NAR and reports how far caddy's
@@ -164,4 +181,67 @@ func envString(name, def string) string {
 		return v
 	}
 	return def
+}
+
+// BenchmarkHostileLogUploadPeakRSS sends four build logs at once, each a
+// small gzip body that decodes to BENCH_HOSTILE_LOG_MIB (150) MiB, as a
+// hostile job with an upload credential could, and reports how far caddy's
+// peak resident memory rose above idle. BENCH_BASELINE_CADDY names another
+// caddy binary (say, one built before logs were streamed to disk) to
+// measure beside it.
+func BenchmarkHostileLogUploadPeakRSS(b *testing.B) {
+	decoded := envInt("BENCH_HOSTILE_LOG_MIB", 150) << 20
+	body := gzipOfZeros(b, decoded)
+	binaries := map[string]string{"nix_cache": harness.CaddyBinary(b, "caddy")}
+	order := []string{"nix_cache"}
+	if baseline := os.Getenv("BENCH_BASELINE_CADDY"); baseline != "" {
+		binaries["nix_cache before streaming logs (BENCH_BASELINE_CADDY)"] = baseline
+		order = append([]string{"nix_cache before streaming logs (BENCH_BASELINE_CADDY)"}, order...)
+	}
+	c := newComparison(fmt.Sprintf("Upload memory: caddy's peak RSS above idle under 4 concurrent %d KiB gzip log uploads that decode to %d MiB each",
+		len(body)>>10, decoded>>20), "MiB", "lower", "under 64 MiB above idle")
+	for range envInt("BENCH_ROUNDS", 3) {
+		for _, name := range order {
+			caddy := uploadCaddyWith(b, filepath.Join(b.TempDir(), "cache"), harness.CaddyOptions{Binary: binaries[name]})
+			pid := caddy.PID()
+			idle := procStatusKiB(b, pid, "VmRSS")
+			var wg sync.WaitGroup
+			statuses := make([]int, 4)
+			for i := range statuses {
+				wg.Go(func() {
+					drv := fmt.Sprintf("log/%s-hostile-%d.drv", strings.Repeat("a", 32), i)
+					req, _ := http.NewRequest(http.MethodPut, caddy.URL()+"/"+drv, bytes.NewReader(body))
+					req.SetBasicAuth("nix", uploadToken)
+					req.Header.Set("Content-Encoding", "gzip")
+					if resp, err := http.DefaultClient.Do(req); err == nil {
+						statuses[i] = resp.StatusCode
+						resp.Body.Close()
+					}
+				})
+			}
+			wg.Wait()
+			peak := procStatusKiB(b, pid, "VmHWM")
+			c.add(name, float64(peak-idle)/1024)
+			b.Logf("%s: answers %v, idle %d MiB, peak %d MiB", name, statuses, idle/1024, peak/1024)
+			caddy.Stop()
+		}
+	}
+	c.holds = func(m map[string]float64) bool { return m["nix_cache"] < 64 }
+	c.notes = append(c.notes, "nix_cache streams a log to disk and refuses it past max_log_size (64 MiB by default) with 413.")
+}
+
+func gzipOfZeros(b *testing.B, size int) []byte {
+	b.Helper()
+	var buf bytes.Buffer
+	zw, _ := gzip.NewWriterLevel(&buf, gzip.BestCompression)
+	zeros := make([]byte, 1<<20)
+	for written := 0; written < size; written += len(zeros) {
+		if _, err := zw.Write(zeros); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if err := zw.Close(); err != nil {
+		b.Fatal(err)
+	}
+	return buf.Bytes()
 }

@@ -102,7 +102,7 @@ type App struct {
 	// binary cache jobs use: each job gets an upload credential valid only
 	// while it runs, and NIX_CONFIG naming the cache as a substituter, its
 	// public keys and a netrc file with the credential, so that plain `nix
-	// copy --to "$CARGOXX_NIX_CACHE_URL"` works. Jobs never see a signing key
+	// copy --to "$CARGOXX_NIX_CACHE_UPLOAD_URL"` works. Jobs never see a signing key
 	// or a long-lived secret. Caddyfile: `nix_cache`.
 	NixCache string `json:"nix_cache,omitempty"`
 

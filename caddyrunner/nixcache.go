@@ -73,6 +73,10 @@ func (d *daemon) giveCacheAccess(task *runnerv1.Task, s *settings, runsOn []stri
 	env["NIX_CONFIG"] = joinNixConfig(env["NIX_CONFIG"], fmt.Sprintf("extra-substituters = %s\nextra-trusted-public-keys = %s\nnetrc-file = %s\n",
 		access.URL, strings.Join(access.PublicKeys, " "), netrcPath))
 	env["CARGOXX_NIX_CACHE_URL"] = access.URL
+	// Uploads go to the cache's upload URL, so that Nix's lookup cache on
+	// a machine that uploads (a host job's HOME is Caddy's) never holds the
+	// unsigned narinfo it sent under the substituter's URL.
+	env["CARGOXX_NIX_CACHE_UPLOAD_URL"] = strings.TrimSuffix(access.URL, "/") + "/upload"
 	return release, nil
 }
 

@@ -44,91 +44,97 @@ func substitute(nix *harness.Nix, url, trustedKey, top string) (harness.Command,
 }
 
 func TestNixSubstitutesSignedClosure(t *testing.T) {
-	nix := harness.NewNix(t, "")
-	for _, compression := range []string{"xz", "zstd"} {
-		t.Run(compression, func(t *testing.T) {
-			closure := nix.BuildClosure("serve-"+compression, 0)
-			root := filepath.Join(t.TempDir(), "cache")
-			if c := nix.Copy("--to", "file://"+root+"?compression="+compression, closure.Top); c.Err != nil {
-				t.Fatalf("filling the cache:\n%s", c)
-			}
-			secret, public := keygen(t, "e2e-"+compression+"-1")
-			caddy := harness.StartCaddy(t, cacheCaddyfile(root, secret), harness.CaddyOptions{})
+	harness.ForEachNix(t, func(t *testing.T, client harness.NixClient) {
+		nix := client.New(t, "")
+		for _, compression := range []string{"xz", "zstd"} {
+			t.Run(compression, func(t *testing.T) {
+				closure := nix.BuildClosure("serve-"+compression, 0)
+				root := filepath.Join(t.TempDir(), "cache")
+				if c := nix.Copy("--to", "file://"+root+"?compression="+compression, closure.Top); c.Err != nil {
+					t.Fatalf("filling the cache:\n%s", c)
+				}
+				secret, public := keygen(t, "e2e-"+compression+"-1")
+				caddy := harness.StartCaddy(t, cacheCaddyfile(root, secret), harness.CaddyOptions{})
 
-			c, store := substitute(nix, caddy.URL(), public, closure.Top)
-			if c.Err != nil {
-				t.Fatalf("substituting from the cache:\n%s", c)
-			}
-			if got := nix.StorePaths(store); !slices.Equal(got, closure.Paths) {
-				t.Fatalf("chroot store holds %v, want %v", got, closure.Paths)
-			}
+				c, store := substitute(nix, caddy.URL(), public, closure.Top)
+				if c.Err != nil {
+					t.Fatalf("substituting from the cache:\n%s", c)
+				}
+				if got := nix.StorePaths(store); !slices.Equal(got, closure.Paths) {
+					t.Fatalf("chroot store holds %v, want %v", got, closure.Paths)
+				}
 
-			_, otherPublic := keygen(t, "e2e-"+compression+"-1") // same name, other key
-			c, _ = substitute(nix, caddy.URL(), otherPublic, closure.Top)
-			if c.Err == nil || !strings.Contains(c.Output, "is not signed by any of the keys in 'trusted-public-keys'") {
-				t.Fatalf("substituting while trusting another key should fail with nix's signature error:\n%s", c)
-			}
+				_, otherPublic := keygen(t, "e2e-"+compression+"-1") // same name, other key
+				c, _ = substitute(nix, caddy.URL(), otherPublic, closure.Top)
+				if c.Err == nil || !strings.Contains(c.Output, "not signed by any of the keys in 'trusted-public-keys'") {
+					t.Fatalf("substituting while trusting another key should fail with nix's signature error:\n%s", c)
+				}
 
-			c = nix.PathInfo("--store", caddy.URL(), "--recursive", closure.Top)
-			if c.Err != nil || !slices.Equal(sortedFields(c.Stdout), closure.Paths) {
-				t.Fatalf("nix path-info --store %s lists:\n%s\nwant %v", caddy.URL(), c, closure.Paths)
-			}
-		})
-	}
+				c = nix.PathInfo("--store", caddy.URL(), "--recursive", closure.Top)
+				if c.Err != nil || !slices.Equal(sortedFields(c.Stdout), closure.Paths) {
+					t.Fatalf("nix path-info --store %s lists:\n%s\nwant %v", caddy.URL(), c, closure.Paths)
+				}
+			})
+		}
+	})
 }
 
 func TestTwoKeysAndClientSignatures(t *testing.T) {
-	nix := harness.NewNix(t, "")
-	closure := nix.BuildClosure("twokeys", 0)
-	clientSecret := filepath.Join(t.TempDir(), "client.sec")
-	clientPublicFile := filepath.Join(t.TempDir(), "client.pub")
-	// A key made by nix itself, used here by the client that fills the cache.
-	nix.Must("nix-store", "--generate-binary-cache-key", "client-1", clientSecret, clientPublicFile)
-	root := filepath.Join(t.TempDir(), "cache")
-	if c := nix.Copy("--to", "file://"+root+"?secret-key="+clientSecret, closure.Top); c.Err != nil {
-		t.Fatalf("filling the cache:\n%s", c)
-	}
-	first, firstPublic := keygen(t, "first-1")
-	second, secondPublic := keygen(t, "second-1")
-	caddy := harness.StartCaddy(t, cacheCaddyfile(root, first, second), harness.CaddyOptions{})
-
-	for _, key := range []string{firstPublic, secondPublic} {
-		if c, _ := substitute(nix, caddy.URL(), key, closure.Top); c.Err != nil {
-			t.Fatalf("trusting only %s:\n%s", key, c)
+	harness.ForEachNix(t, func(t *testing.T, client harness.NixClient) {
+		nix := client.New(t, "")
+		closure := nix.BuildClosure("twokeys", 0)
+		clientSecret := filepath.Join(t.TempDir(), "client.sec")
+		clientPublicFile := filepath.Join(t.TempDir(), "client.pub")
+		// A key made by nix itself, used here by the client that fills the cache.
+		nix.Must("nix-store", "--generate-binary-cache-key", "client-1", clientSecret, clientPublicFile)
+		root := filepath.Join(t.TempDir(), "cache")
+		if c := nix.Copy("--to", "file://"+root+"?secret-key="+clientSecret, closure.Top); c.Err != nil {
+			t.Fatalf("filling the cache:\n%s", c)
 		}
-	}
-	clientPublic, _ := os.ReadFile(clientPublicFile)
-	if c, _ := substitute(nix, caddy.URL(), strings.TrimSpace(string(clientPublic)), closure.Top); c.Err != nil {
-		t.Fatalf("the client's own signature was not kept:\n%s", c)
-	}
+		first, firstPublic := keygen(t, "first-1")
+		second, secondPublic := keygen(t, "second-1")
+		caddy := harness.StartCaddy(t, cacheCaddyfile(root, first, second), harness.CaddyOptions{})
 
-	hash := strings.SplitN(filepath.Base(closure.Top), "-", 2)[0]
-	body := get(t, caddy.URL()+"/"+hash+".narinfo", nil, http.StatusOK)
-	for _, name := range []string{"client-1:", "first-1:", "second-1:"} {
-		if n := strings.Count(body, "\nSig: "+name); n != 1 {
-			t.Errorf("narinfo has %d signatures by %s, want 1:\n%s", n, name, body)
+		for _, key := range []string{firstPublic, secondPublic} {
+			if c, _ := substitute(nix, caddy.URL(), key, closure.Top); c.Err != nil {
+				t.Fatalf("trusting only %s:\n%s", key, c)
+			}
 		}
-	}
+		clientPublic, _ := os.ReadFile(clientPublicFile)
+		if c, _ := substitute(nix, caddy.URL(), strings.TrimSpace(string(clientPublic)), closure.Top); c.Err != nil {
+			t.Fatalf("the client's own signature was not kept:\n%s", c)
+		}
+
+		hash := strings.SplitN(filepath.Base(closure.Top), "-", 2)[0]
+		body := get(t, caddy.URL()+"/"+hash+".narinfo", nil, http.StatusOK)
+		for _, name := range []string{"client-1:", "first-1:", "second-1:"} {
+			if n := strings.Count(body, "\nSig: "+name); n != 1 {
+				t.Errorf("narinfo has %d signatures by %s, want 1:\n%s", n, name, body)
+			}
+		}
+	})
 }
 
 func TestNixKeyWorksInHandler(t *testing.T) {
-	nix := harness.NewNix(t, "")
-	closure := nix.BuildClosure("nixkey", 0)
-	root := filepath.Join(t.TempDir(), "cache")
-	if c := nix.Copy("--to", "file://"+root, closure.Top); c.Err != nil {
-		t.Fatalf("filling the cache:\n%s", c)
-	}
-	dir := t.TempDir()
-	secret, public := filepath.Join(dir, "nix.sec"), filepath.Join(dir, "nix.pub")
-	nix.Must("nix-store", "--generate-binary-cache-key", "made-by-nix-1", secret, public)
-	if err := os.Chmod(secret, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	caddy := harness.StartCaddy(t, cacheCaddyfile(root, secret), harness.CaddyOptions{})
-	publicKey, _ := os.ReadFile(public)
-	if c, _ := substitute(nix, caddy.URL(), strings.TrimSpace(string(publicKey)), closure.Top); c.Err != nil {
-		t.Fatalf("substituting with a key made by nix-store:\n%s", c)
-	}
+	harness.ForEachNix(t, func(t *testing.T, client harness.NixClient) {
+		nix := client.New(t, "")
+		closure := nix.BuildClosure("nixkey", 0)
+		root := filepath.Join(t.TempDir(), "cache")
+		if c := nix.Copy("--to", "file://"+root, closure.Top); c.Err != nil {
+			t.Fatalf("filling the cache:\n%s", c)
+		}
+		dir := t.TempDir()
+		secret, public := filepath.Join(dir, "nix.sec"), filepath.Join(dir, "nix.pub")
+		nix.Must("nix-store", "--generate-binary-cache-key", "made-by-nix-1", secret, public)
+		if err := os.Chmod(secret, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		caddy := harness.StartCaddy(t, cacheCaddyfile(root, secret), harness.CaddyOptions{})
+		publicKey, _ := os.ReadFile(public)
+		if c, _ := substitute(nix, caddy.URL(), strings.TrimSpace(string(publicKey)), closure.Top); c.Err != nil {
+			t.Fatalf("substituting with a key made by nix-store:\n%s", c)
+		}
+	})
 }
 
 func TestWorldReadableKeyIsRefused(t *testing.T) {
@@ -149,91 +155,93 @@ func TestWorldReadableKeyIsRefused(t *testing.T) {
 }
 
 func TestRangeHeadAndMisses(t *testing.T) {
-	nix := harness.NewNix(t, "")
-	closure := nix.BuildClosure("range", 64<<10)
-	root := filepath.Join(t.TempDir(), "cache")
-	if c := nix.Copy("--to", "file://"+root+"?compression=none&write-nar-listing=1", closure.Top); c.Err != nil {
-		t.Fatalf("filling the cache:\n%s", c)
-	}
-	secret, _ := keygen(t, "range-1")
-	hash := strings.SplitN(filepath.Base(closure.Top), "-", 2)[0]
-	drvLog := "log/" + hash + "-range-top.drv"
-	if err := os.WriteFile(filepath.Join(root, drvLog), []byte("build log line\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	// The key file sits inside the cache root: it must still never be served.
-	inRoot := filepath.Join(root, "cache.sec")
-	data, _ := os.ReadFile(secret)
-	if err := os.WriteFile(inRoot, data, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	caddy := harness.StartCaddy(t, cacheCaddyfile(root, inRoot), harness.CaddyOptions{})
-
-	nars, _ := filepath.Glob(filepath.Join(root, "nar", "*.nar"))
-	var nar string
-	var whole []byte
-	for _, candidate := range nars { // the top path's NAR, with the payload
-		if data, _ := os.ReadFile(candidate); len(data) > len(whole) {
-			nar, whole = candidate, data
+	harness.ForEachNix(t, func(t *testing.T, client harness.NixClient) {
+		nix := client.New(t, "")
+		closure := nix.BuildClosure("range", 64<<10)
+		root := filepath.Join(t.TempDir(), "cache")
+		if c := nix.Copy("--to", "file://"+root+"?compression=none&write-nar-listing=1", closure.Top); c.Err != nil {
+			t.Fatalf("filling the cache:\n%s", c)
 		}
-	}
-	if len(whole) < 64<<10 {
-		t.Fatalf("no NAR with the 64 KiB payload among %v", nars)
-	}
-	narURL := caddy.URL() + "/nar/" + filepath.Base(nar)
-	part := get(t, narURL, map[string]string{"Range": "bytes=100-1099"}, http.StatusPartialContent)
-	if part != string(whole[100:1100]) {
-		t.Fatalf("Range bytes=100-1099 returned %d bytes that differ from the file's", len(part))
-	}
-	full := get(t, narURL, nil, http.StatusOK)
-	if full != string(whole) {
-		t.Fatalf("GET returned %d bytes, the file has %d", len(full), len(whole))
-	}
-	first := do(t, http.MethodGet, narURL, nil)
-	if etag := first.Header.Get("ETag"); etag == "" {
-		t.Fatal("NAR response has no ETag")
-	} else if again := do(t, http.MethodGet, narURL, map[string]string{"If-None-Match": etag}); again.StatusCode != http.StatusNotModified {
-		t.Fatalf("conditional GET with the NAR's ETag: %s, want 304", again.Status)
-	}
-	if cc := first.Header.Get("Cache-Control"); !strings.Contains(cc, "immutable") {
-		t.Fatalf("NAR Cache-Control %q is not immutable", cc)
-	}
-	if listing := get(t, caddy.URL()+"/"+hash+".ls", nil, http.StatusOK); !strings.Contains(listing, `"payload"`) {
-		t.Fatalf(".ls listing does not list the payload file: %s", listing)
-	}
-	if logText := get(t, caddy.URL()+"/"+drvLog, nil, http.StatusOK); logText != "build log line\n" {
-		t.Fatalf("build log: %q", logText)
-	}
+		secret, _ := keygen(t, "range-1")
+		hash := strings.SplitN(filepath.Base(closure.Top), "-", 2)[0]
+		drvLog := "log/" + hash + "-range-top.drv"
+		if err := os.WriteFile(filepath.Join(root, drvLog), []byte("build log line\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		// The key file sits inside the cache root: it must still never be served.
+		inRoot := filepath.Join(root, "cache.sec")
+		data, _ := os.ReadFile(secret)
+		if err := os.WriteFile(inRoot, data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		caddy := harness.StartCaddy(t, cacheCaddyfile(root, inRoot), harness.CaddyOptions{})
 
-	for _, path := range []string{"/nix-cache-info", "/nar/" + filepath.Base(nar), "/"} {
-		getResp := do(t, http.MethodGet, caddy.URL()+path, nil)
-		headResp := do(t, http.MethodHead, caddy.URL()+path, nil)
-		for _, h := range []string{"Content-Type", "Content-Length", "Cache-Control", "Last-Modified"} {
-			if getResp.Header.Get(h) != headResp.Header.Get(h) || getResp.StatusCode != headResp.StatusCode {
-				t.Errorf("HEAD %s: %s %s=%q, GET: %s %q", path, headResp.Status, h, headResp.Header.Get(h), getResp.Status, getResp.Header.Get(h))
+		nars, _ := filepath.Glob(filepath.Join(root, "nar", "*.nar"))
+		var nar string
+		var whole []byte
+		for _, candidate := range nars { // the top path's NAR, with the payload
+			if data, _ := os.ReadFile(candidate); len(data) > len(whole) {
+				nar, whole = candidate, data
 			}
 		}
-	}
-
-	missing := []string{
-		"/cache.sec",
-		"/00000000000000000000000000000000.narinfo",
-		"/nar/0000000000000000000000000000000000000000000000000000.nar.xz",
-		"/../cache.sec",
-		"/nar/../cache.sec",
-		"/nar/%2e%2e/cache.sec",
-		"/%2e%2e/%2e%2e/etc/passwd",
-		"/nar%2f..%2fcache.sec",
-		"/nar/..%2fcache.sec",
-		"/log/..%2f..%2fcache.sec",
-		"/whatever",
-	}
-	for _, path := range missing {
-		resp := do(t, http.MethodGet, caddy.URL()+path, nil)
-		if resp.StatusCode != http.StatusNotFound {
-			t.Errorf("GET %s: %s, want 404 Not Found", path, resp.Status)
+		if len(whole) < 64<<10 {
+			t.Fatalf("no NAR with the 64 KiB payload among %v", nars)
 		}
-	}
+		narURL := caddy.URL() + "/nar/" + filepath.Base(nar)
+		part := get(t, narURL, map[string]string{"Range": "bytes=100-1099"}, http.StatusPartialContent)
+		if part != string(whole[100:1100]) {
+			t.Fatalf("Range bytes=100-1099 returned %d bytes that differ from the file's", len(part))
+		}
+		full := get(t, narURL, nil, http.StatusOK)
+		if full != string(whole) {
+			t.Fatalf("GET returned %d bytes, the file has %d", len(full), len(whole))
+		}
+		first := do(t, http.MethodGet, narURL, nil)
+		if etag := first.Header.Get("ETag"); etag == "" {
+			t.Fatal("NAR response has no ETag")
+		} else if again := do(t, http.MethodGet, narURL, map[string]string{"If-None-Match": etag}); again.StatusCode != http.StatusNotModified {
+			t.Fatalf("conditional GET with the NAR's ETag: %s, want 304", again.Status)
+		}
+		if cc := first.Header.Get("Cache-Control"); !strings.Contains(cc, "immutable") {
+			t.Fatalf("NAR Cache-Control %q is not immutable", cc)
+		}
+		if listing := get(t, caddy.URL()+"/"+hash+".ls", nil, http.StatusOK); !strings.Contains(listing, `"payload"`) {
+			t.Fatalf(".ls listing does not list the payload file: %s", listing)
+		}
+		if logText := get(t, caddy.URL()+"/"+drvLog, nil, http.StatusOK); logText != "build log line\n" {
+			t.Fatalf("build log: %q", logText)
+		}
+
+		for _, path := range []string{"/nix-cache-info", "/nar/" + filepath.Base(nar), "/"} {
+			getResp := do(t, http.MethodGet, caddy.URL()+path, nil)
+			headResp := do(t, http.MethodHead, caddy.URL()+path, nil)
+			for _, h := range []string{"Content-Type", "Content-Length", "Cache-Control", "Last-Modified"} {
+				if getResp.Header.Get(h) != headResp.Header.Get(h) || getResp.StatusCode != headResp.StatusCode {
+					t.Errorf("HEAD %s: %s %s=%q, GET: %s %q", path, headResp.Status, h, headResp.Header.Get(h), getResp.Status, getResp.Header.Get(h))
+				}
+			}
+		}
+
+		missing := []string{
+			"/cache.sec",
+			"/00000000000000000000000000000000.narinfo",
+			"/nar/0000000000000000000000000000000000000000000000000000.nar.xz",
+			"/../cache.sec",
+			"/nar/../cache.sec",
+			"/nar/%2e%2e/cache.sec",
+			"/%2e%2e/%2e%2e/etc/passwd",
+			"/nar%2f..%2fcache.sec",
+			"/nar/..%2fcache.sec",
+			"/log/..%2f..%2fcache.sec",
+			"/whatever",
+		}
+		for _, path := range missing {
+			resp := do(t, http.MethodGet, caddy.URL()+path, nil)
+			if resp.StatusCode != http.StatusNotFound {
+				t.Errorf("GET %s: %s, want 404 Not Found", path, resp.Status)
+			}
+		}
+	})
 }
 
 func sortedFields(s string) []string {

@@ -78,77 +78,79 @@ jobs:
           out=$(nix-build /tmp/closure.nix --no-out-link)
           echo "built-path $out"
       - name: push it to the cache
-        run: nix copy --to "$CARGOXX_NIX_CACHE_URL" $(nix-build /tmp/closure.nix --no-out-link)
+        run: nix copy --to "$CARGOXX_NIX_CACHE_UPLOAD_URL" $(nix-build /tmp/closure.nix --no-out-link)
       - name: hand the credential to the test, out of band
         run: curl -sS --data-binary @/run/cargoxx/nix-cache.netrc CAPTURE
 `
 
 func TestSeedDeploymentJobsPushToCache(t *testing.T) {
-	docker := harness.NewDocker(t)
-	image := docker.NixJobImage()
-	nix := harness.NewNix(t, "")
-	g := harness.StartGitea(t, "")
-	g.CreateRepo("pkgs")
-	capture := startCaptureServer(t)
+	harness.ForEachNix(t, func(t *testing.T, client harness.NixClient) {
+		docker := harness.NewDocker(t)
+		image := docker.NixJobImageFor(client)
+		nix := client.New(t, "")
+		g := harness.StartGitea(t, "")
+		g.CreateRepo("pkgs")
+		capture := startCaptureServer(t)
 
-	dir := t.TempDir()
-	if err := os.MkdirAll(filepath.Join(dir, "cache"), 0o700); err != nil {
-		t.Fatal(err)
-	}
-	secretKey := filepath.Join(dir, "cache", "cache.sec")
-	publicKeyFile := filepath.Join(dir, "cache", "cache.pub")
-	publicKey := harness.Keygen(t, "seed-cache-1", secretKey, publicKeyFile)
-	caddy := harness.StartCaddy(t, harness.RunnerCacheCaddyfile(g.URL, g.RepoRegistrationToken("pkgs"), "self-hosted:docker://"+image, "host",
-		"cache/store", "cache/cache.sec", "fetch_interval 500ms"), harness.CaddyOptions{Dir: dir})
+		dir := t.TempDir()
+		if err := os.MkdirAll(filepath.Join(dir, "cache"), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		secretKey := filepath.Join(dir, "cache", "cache.sec")
+		publicKeyFile := filepath.Join(dir, "cache", "cache.pub")
+		publicKey := harness.Keygen(t, "seed-cache-1", secretKey, publicKeyFile)
+		caddy := harness.StartCaddy(t, harness.RunnerCacheCaddyfile(g.URL, g.RepoRegistrationToken("pkgs"), "self-hosted:docker://"+image, "host",
+			"cache/store", "cache/cache.sec", "fetch_interval 500ms"), harness.CaddyOptions{Dir: dir})
 
-	workflow := strings.ReplaceAll(seedWorkflow, "NONCE", fmt.Sprint(time.Now().UnixNano()))
-	workflow = strings.ReplaceAll(workflow, "CAPTURE", capture.url+"/credential")
-	sha := g.CommitWorkflow("pkgs", "build.yml", workflow)
-	run := g.WaitRun("pkgs", sha, 5*time.Minute, harness.Completed)
-	job := g.Jobs("pkgs", run.ID)[0]
-	log := g.JobLog("pkgs", job.ID)
-	if run.Conclusion != "success" {
-		t.Fatalf("the build job concluded %q:\n%s", run.Conclusion, log)
-	}
-	m := regexp.MustCompile(`built-path (/nix/store/\S+-seed-c)`).FindStringSubmatch(log)
-	if m == nil {
-		t.Fatalf("the job's log does not name the built path:\n%s", log)
-	}
-	top := m[1]
+		workflow := strings.ReplaceAll(seedWorkflow, "NONCE", fmt.Sprint(time.Now().UnixNano()))
+		workflow = strings.ReplaceAll(workflow, "CAPTURE", capture.url+"/credential")
+		sha := g.CommitWorkflow("pkgs", "build.yml", workflow)
+		run := g.WaitRun("pkgs", sha, 5*time.Minute, harness.Completed)
+		job := g.Jobs("pkgs", run.ID)[0]
+		log := g.JobLog("pkgs", job.ID)
+		if run.Conclusion != "success" {
+			t.Fatalf("the build job concluded %q:\n%s", run.Conclusion, log)
+		}
+		m := regexp.MustCompile(`built-path (/nix/store/\S+-seed-c)`).FindStringSubmatch(log)
+		if m == nil {
+			t.Fatalf("the job's log does not name the built path:\n%s", log)
+		}
+		top := m[1]
 
-	// A consumer elsewhere substitutes the closure, trusting only the cache.
-	c, store := substitute(nix, caddy.URL(), publicKey, top)
-	if c.Err != nil {
-		t.Fatalf("substituting what the job pushed:\n%s", c)
-	}
-	if paths := nix.StorePaths(store); len(paths) != 3 || !slices.Contains(paths, top) {
-		t.Fatalf("the consumer's store holds %v, want the 3-path closure of %s", paths, top)
-	}
+		// A consumer elsewhere substitutes the closure, trusting only the cache.
+		c, store := substitute(nix, caddy.URL(), publicKey, top)
+		if c.Err != nil {
+			t.Fatalf("substituting what the job pushed:\n%s", c)
+		}
+		if paths := nix.StorePaths(store); len(paths) != 3 || !slices.Contains(paths, top) {
+			t.Fatalf("the consumer's store holds %v, want the 3-path closure of %s", paths, top)
+		}
 
-	// The job's credential died with the job.
-	netrc := capture.last()
-	token := regexp.MustCompile(`password (\S+)`).FindStringSubmatch(netrc)
-	if token == nil {
-		t.Fatalf("the job did not see a netrc with a password: %q", netrc)
-	}
-	req, _ := http.NewRequest(http.MethodPut, caddy.URL()+"/nix-cache-info", strings.NewReader("StoreDir: /nix/store\n"))
-	req.SetBasicAuth("job", token[1])
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusUnauthorized {
-		t.Fatalf("the ended job's credential got %s, want 401", resp.Status)
-	}
+		// The job's credential died with the job.
+		netrc := capture.last()
+		token := regexp.MustCompile(`password (\S+)`).FindStringSubmatch(netrc)
+		if token == nil {
+			t.Fatalf("the job did not see a netrc with a password: %q", netrc)
+		}
+		req, _ := http.NewRequest(http.MethodPut, caddy.URL()+"/nix-cache-info", strings.NewReader("StoreDir: /nix/store\n"))
+		req.SetBasicAuth("job", token[1])
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusUnauthorized {
+			t.Fatalf("the ended job's credential got %s, want 401", resp.Status)
+		}
 
-	if strings.Contains(log, token[1]) {
-		t.Fatal("the job's credential appears in Gitea's job log")
-	}
-	if secret := readSecret(t, secretKey); strings.Contains(log, secret) {
-		t.Fatal("the cache's secret key appears in Gitea's job log")
-	}
-	verifyClean(t, filepath.Join(dir, "cache", "store"), publicKeyFile)
+		if strings.Contains(log, token[1]) {
+			t.Fatal("the job's credential appears in Gitea's job log")
+		}
+		if secret := readSecret(t, secretKey); strings.Contains(log, secret) {
+			t.Fatal("the cache's secret key appears in Gitea's job log")
+		}
+		verifyClean(t, filepath.Join(dir, "cache", "store"), publicKeyFile)
+	})
 }
 
 func TestProductionCaddyfileValidates(t *testing.T) {

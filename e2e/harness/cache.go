@@ -36,15 +36,11 @@ func TempKeygen(t testing.TB, name string) (secretFile, publicKey string) {
 	return secretFile, Keygen(t, name, secretFile, filepath.Join(dir, name+".pub"))
 }
 
-// NetrcNix is nix configured with a netrc file that presents token to
-// 127.0.0.1, as a CI job uploading to a cache would be.
+// NetrcNix is the host's nix configured with a netrc file that presents
+// token to 127.0.0.1, as a CI job uploading to a cache would be.
 func NetrcNix(t testing.TB, token string) *Nix {
 	t.Helper()
-	netrc := filepath.Join(t.TempDir(), "netrc")
-	if err := os.WriteFile(netrc, []byte("machine 127.0.0.1 login nix password "+token+"\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return NewNix(t, "netrc-file = "+netrc+"\n")
+	return Nix28.Netrc(t, token)
 }
 
 // UploadCacheCaddyfile is a Caddyfile that serves the cache in root, signed

@@ -203,3 +203,39 @@ func (d *Docker) NixJobImage() string {
 		archive, NixJobImage)
 	return NixJobImage
 }
+
+// CurrentNixJobImage is the tag of the job image with current Nix that
+// NixJobImageFor builds.
+const CurrentNixJobImage = "cargoxx-e2e-nix-current:1"
+
+// NixJobImageFor returns a job image with the client's nix: NixJobImage for
+// the host's Nix 2.8, or for current Nix an image imported from its root
+// filesystem (without its store), with the job image's nix.conf.
+func (d *Docker) NixJobImageFor(client NixClient) string {
+	d.t.Helper()
+	if client.root == "" {
+		return d.NixJobImage()
+	}
+	imageMu.Lock()
+	defer imageMu.Unlock()
+	if d.Run("image", "inspect", CurrentNixJobImage).Err == nil {
+		return CurrentNixJobImage
+	}
+	if _, err := os.Stat(filepath.Join(client.root, "usr", "bin", "nix")); err != nil {
+		Missing(d.t, "current nix (a Debian sid root with nix-bin; `make e2e-deps` builds it)", err)
+	}
+	conf := d.t.TempDir()
+	if err := os.MkdirAll(filepath.Join(conf, "etc", "nix"), 0o755); err != nil {
+		d.t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(conf, "etc", "nix", "nix.conf"), []byte(nixImageConf), 0o644); err != nil {
+		d.t.Fatal(err)
+	}
+	archive := filepath.Join(d.t.TempDir(), "rootfs.tar")
+	MustRun(d.t, nil, "", "tar", "-C", client.root, "-cf", archive, "--exclude=./nix", "--exclude=./etc/nix/nix.conf",
+		"--exclude=./proc/*", "--exclude=./dev/*", "--exclude=./sys/*", "--exclude=./tmp/*", ".")
+	MustRun(d.t, nil, "", "tar", "-C", conf, "-rf", archive, "./etc/nix/nix.conf")
+	d.Must("import", "--change", "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+		archive, CurrentNixJobImage)
+	return CurrentNixJobImage
+}

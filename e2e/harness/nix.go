@@ -11,16 +11,82 @@ import (
 	"testing"
 )
 
-// Nix runs the real nix commands with a configuration of the test's own:
-// NIX_CONF_DIR, the user configuration and nix's lookup cache all live in a
-// temporary directory, so tests never see each other's settings or cached
-// narinfo answers. Builds go to the machine's /nix/store (nix runs as root
-// without a daemon); consumers substitute into chroot stores of their own.
+// Nix runs the real nix commands of one client with a configuration of the
+// test's own: NIX_CONF_DIR, the user configuration and nix's lookup cache
+// all live in a temporary directory, so tests never see each other's
+// settings or cached narinfo answers. Builds go to the client's /nix/store
+// (nix runs as root without a daemon); consumers substitute into chroot
+// stores of their own.
 type Nix struct {
 	t       testing.TB
+	client  NixClient
 	ConfDir string
 	Env     []string
 }
+
+// NixClient is one Nix the tests run: Debian bookworm's Nix 2.8 on the
+// host, or Debian sid's current Nix in a root filesystem of its own.
+type NixClient struct {
+	// Name names the client in subtests: nix-2.8 or nix-current.
+	Name string
+	// root is the root filesystem nix runs in; "" for the host's.
+	root string
+}
+
+// Nix28 is the host's Nix, Debian bookworm's 2.8.
+var Nix28 = NixClient{Name: "nix-2.8"}
+
+// NixCurrent is Debian sid's Nix in the root filesystem NIX_CURRENT_ROOT
+// names (default ~/.cache/cargoxx-runner/nix-sid), which `make e2e-deps`
+// builds with e2e/tools/nix-current-root.
+func NixCurrent() NixClient {
+	root := os.Getenv("NIX_CURRENT_ROOT")
+	if root == "" {
+		home, _ := os.UserHomeDir()
+		root = filepath.Join(home, ".cache", "cargoxx-runner", "nix-sid")
+	}
+	return NixClient{Name: "nix-current", root: root}
+}
+
+// ForEachNix runs test once for each client, as a subtest named after it.
+func ForEachNix(t *testing.T, test func(t *testing.T, client NixClient)) {
+	for _, client := range []NixClient{Nix28, NixCurrent()} {
+		t.Run(client.Name, func(t *testing.T) { test(t, client) })
+	}
+}
+
+// New checks that the client's nix is usable and returns a handle with a
+// fresh configuration; extraConf is appended to NixConfig.
+func (c NixClient) New(t testing.TB, extraConf string) *Nix {
+	t.Helper()
+	return newNix(t, c, extraConf)
+}
+
+// Netrc is New with a netrc file that presents token to 127.0.0.1, as a
+// CI job uploading to a cache would be.
+func (c NixClient) Netrc(t testing.TB, token string) *Nix {
+	t.Helper()
+	netrc := filepath.Join(t.TempDir(), "netrc")
+	if err := os.WriteFile(netrc, []byte("machine 127.0.0.1 login nix password "+token+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return c.New(t, "netrc-file = "+netrc+"\n")
+}
+
+// Root is the root filesystem the client runs in, "" for the host's.
+func (c NixClient) Root() string { return c.root }
+
+// inRoot runs a command in a root filesystem: in a mount namespace of its
+// own (so nothing stays mounted), with /proc, /dev (pseudo-terminals
+// included: nix's builder needs one) and the temporary directory, where
+// tests keep every file nix reads or writes, at the same paths inside.
+const inRoot = `root=$1 tmp=$2
+shift 2
+mount -t proc proc "$root/proc" &&
+	mount --rbind /dev "$root/dev" &&
+	mkdir -p "$root$tmp" &&
+	mount --bind "$tmp" "$root$tmp" &&
+	exec chroot "$root" "$@"`
 
 // NixConfig is the nix.conf every test starts from: no sandbox and no build
 // users (the tests run as root in a container), no substituters (nothing may
@@ -33,15 +99,29 @@ require-sigs = true
 fsync-metadata = false
 `
 
-// NewNix checks that nix is installed and usable, and returns a handle with a
-// fresh configuration. extraConf is appended to NixConfig.
+// NewNix checks that the host's nix (Nix28) is usable and returns a handle
+// with a fresh configuration. extraConf is appended to NixConfig.
 func NewNix(t testing.TB, extraConf string) *Nix {
 	t.Helper()
-	for _, tool := range []string{"nix", "nix-build", "nix-store"} {
-		LookTool(t, tool)
-	}
-	if _, err := os.Stat("/nix/store"); err != nil {
-		Missing(t, "nix (/nix/store)", err)
+	return newNix(t, Nix28, extraConf)
+}
+
+func newNix(t testing.TB, client NixClient, extraConf string) *Nix {
+	t.Helper()
+	if client.root == "" {
+		for _, tool := range []string{"nix", "nix-build", "nix-store"} {
+			LookTool(t, tool)
+		}
+		if _, err := os.Stat("/nix/store"); err != nil {
+			Missing(t, "nix (/nix/store)", err)
+		}
+	} else {
+		for _, tool := range []string{"unshare", "chroot", "mount"} {
+			LookTool(t, tool)
+		}
+		if _, err := os.Stat(filepath.Join(client.root, "usr", "bin", "nix")); err != nil {
+			Missing(t, "current nix (a Debian sid root with nix-bin; `make e2e-deps` builds it)", err)
+		}
 	}
 	dir := t.TempDir()
 	confDir := filepath.Join(dir, "etc")
@@ -54,6 +134,7 @@ func NewNix(t testing.TB, extraConf string) *Nix {
 	}
 	n := &Nix{
 		t:       t,
+		client:  client,
 		ConfDir: confDir,
 		Env: []string{
 			"NIX_CONF_DIR=" + confDir,
@@ -61,6 +142,7 @@ func NewNix(t testing.TB, extraConf string) *Nix {
 			"NIX_REMOTE=",
 			"XDG_CACHE_HOME=" + filepath.Join(dir, "cache"),
 			"HOME=" + dir,
+			"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
 		},
 	}
 	if c := n.Run("nix-store", "--version"); c.Err != nil {
@@ -75,7 +157,7 @@ func NewNix(t testing.TB, extraConf string) *Nix {
 // sharing the uploader's lookup cache would never ask the server; and nix's
 // cache database does not take concurrent writers well.
 func (n *Nix) WithFreshCache() *Nix {
-	fresh := &Nix{t: n.t, ConfDir: n.ConfDir, Env: slices.Clone(n.Env)}
+	fresh := &Nix{t: n.t, client: n.client, ConfDir: n.ConfDir, Env: slices.Clone(n.Env)}
 	fresh.Env = append(fresh.Env, "XDG_CACHE_HOME="+filepath.Join(n.t.TempDir(), "cache"))
 	return fresh
 }
@@ -83,13 +165,26 @@ func (n *Nix) WithFreshCache() *Nix {
 // Run runs a nix command (nix, nix-store, nix-build, …) with the test's
 // configuration.
 func (n *Nix) Run(name string, args ...string) Command {
-	return Run(n.Env, "", name, args...)
+	if n.client.root == "" {
+		return Run(n.Env, "", name, args...)
+	}
+	wrapped := append([]string{"--mount", "--propagation", "private", "--", "sh", "-c", inRoot, "sh", n.client.root, os.TempDir(), name}, args...)
+	c := Run(n.Env, "", "unshare", wrapped...)
+	c.Args = append([]string{"chroot", n.client.root, name}, args...)
+	return c
 }
+
+// Client is the Nix this handle runs.
+func (n *Nix) Client() NixClient { return n.client }
 
 // Must runs a nix command and fails the test, with its output, if it fails.
 func (n *Nix) Must(name string, args ...string) string {
 	n.t.Helper()
-	return MustRun(n.t, n.Env, "", name, args...)
+	c := n.Run(name, args...)
+	if c.Err != nil {
+		n.t.Fatalf("command failed:\n%s", c)
+	}
+	return c.Stdout
 }
 
 // Closure is a set of store paths built for a test: Top depends on the rest.
