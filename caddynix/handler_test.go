@@ -20,13 +20,19 @@ import (
 // signing key.
 func newTestHandler(t *testing.T) (*Handler, signature.PublicKey) {
 	t.Helper()
+	return newTestHandlerWith(t, nil)
+}
+
+// newTestHandlerWith is newTestHandler with an upload configuration.
+func newTestHandlerWith(t *testing.T, upload *UploadConfig) (*Handler, signature.PublicKey) {
+	t.Helper()
 	dir := t.TempDir()
 	root := filepath.Join(dir, "cache")
 	public, err := generateKeyPair("unit-1", filepath.Join(dir, "k.sec"), filepath.Join(dir, "k.pub"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := &Handler{Root: root, SecretKeyFiles: []string{filepath.Join(dir, "k.sec")}}
+	h := &Handler{Root: root, SecretKeyFiles: []string{filepath.Join(dir, "k.sec")}, Upload: upload}
 	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
 	t.Cleanup(cancel)
 	if err := h.Provision(ctx); err != nil {

@@ -3,7 +3,6 @@ package caddynix
 import (
 	"bytes"
 	"compress/gzip"
-	"context"
 	"crypto/rand"
 	"crypto/sha256"
 	"fmt"
@@ -16,7 +15,6 @@ import (
 	"testing"
 
 	"github.com/andybalholm/brotli"
-	"github.com/caddyserver/caddy/v2"
 	"github.com/nix-community/go-nix/pkg/nar"
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
 	"github.com/nix-community/go-nix/pkg/nixbase32"
@@ -28,26 +26,7 @@ const testUploadToken = "unit-upload-token-0123456789"
 // testUploadToken, signing with one key called unit-1.
 func newUploadHandler(t *testing.T) (*Handler, signature.PublicKey) {
 	t.Helper()
-	dir := t.TempDir()
-	public, err := generateKeyPair("unit-1", filepath.Join(dir, "k.sec"), filepath.Join(dir, "k.pub"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	h := &Handler{
-		Root:           filepath.Join(dir, "cache"),
-		SecretKeyFiles: []string{filepath.Join(dir, "k.sec")},
-		Upload:         &UploadConfig{Tokens: []string{testUploadToken}},
-	}
-	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
-	t.Cleanup(cancel)
-	if err := h.Provision(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if err := h.Validate(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = h.Cleanup() })
-	return h, public
+	return newTestHandlerWith(t, &UploadConfig{Tokens: []string{testUploadToken}})
 }
 
 func put(t *testing.T, h *Handler, target string, body []byte) *httptest.ResponseRecorder {

@@ -38,7 +38,7 @@ func TestNixCopyUploads(t *testing.T) {
 		secret, public := keygen(t, "upload-1")
 		caddy := harness.StartCaddy(t, uploadCaddyfile(root, secret, ""), harness.CaddyOptions{})
 
-		for _, query := range []string{"", "?compression=zstd"} {
+		for _, query := range []string{"", "?compression=zstd", "?compression=none"} {
 			closure := nix.BuildClosure("upload", 1<<20)
 			if c := nix.Copy("--to", caddy.URL()+"/"+query, closure.Top); c.Err != nil {
 				t.Fatalf("nix copy --to %s/%s:\n%s", caddy.URL(), query, c)
@@ -52,9 +52,10 @@ func TestNixCopyUploads(t *testing.T) {
 			}
 		}
 		nars, _ := filepath.Glob(filepath.Join(root, "nar", "*"))
-		if !slices.ContainsFunc(nars, func(n string) bool { return strings.HasSuffix(n, ".nar.xz") }) ||
-			!slices.ContainsFunc(nars, func(n string) bool { return strings.HasSuffix(n, ".nar.zst") }) {
-			t.Fatalf("expected both xz and zstd NARs, got %v", nars)
+		for _, ext := range []string{".nar.xz", ".nar.zst", ".nar"} {
+			if !slices.ContainsFunc(nars, func(n string) bool { return strings.HasSuffix(n, ext) }) {
+				t.Fatalf("expected xz, zstd and uncompressed NARs, got %v", nars)
+			}
 		}
 		publicFile := filepath.Join(t.TempDir(), "cache.pub")
 		os.WriteFile(publicFile, []byte(public+"\n"), 0o644)
@@ -69,6 +70,9 @@ func TestNixCopyUploads(t *testing.T) {
 		if listing := get(t, caddy.URL()+"/"+hash+".ls", nil, 200); !strings.Contains(listing, `"references"`) {
 			t.Fatalf("uploaded listing does not list the top path's files: %s", listing)
 		}
+		if ls := nix.Must("nix", "store", "ls", "--store", caddy.URL(), "--option", "trusted-public-keys", public, closure.Top+"/"); !strings.Contains(ls, "references") {
+			t.Fatalf("nix store ls --store %s:\n%s", caddy.URL(), ls)
+		}
 		drv := strings.TrimSpace(nix.Must("nix-store", "--query", "--deriver", closure.Top))
 		if c := nix.Run("nix", "store", "copy-log", "--to", caddy.URL()+"/", drv); c.Err != nil {
 			t.Fatalf("nix store copy-log:\n%s", c)
@@ -76,6 +80,9 @@ func TestNixCopyUploads(t *testing.T) {
 		localLog := nix.Must("nix-store", "--read-log", drv)
 		if served := get(t, caddy.URL()+"/log/"+filepath.Base(drv), nil, 200); served != localLog {
 			t.Fatalf("served build log %q, nix has %q", served, localLog)
+		}
+		if log := nix.Must("nix", "log", "--store", caddy.URL(), closure.Top); log != localLog {
+			t.Fatalf("nix log --store %s: %q, want %q", caddy.URL(), log, localLog)
 		}
 
 		// What the handler stored is a file:// cache that nix reads back.

@@ -16,38 +16,9 @@ import (
 
 // isolationCaddyfile runs a runner with a container label on the host
 // network and a host label, handing jobs the cache, with the admin endpoint
-// {$CADDY_ADMIN}. The cache also takes the long-lived upload token in
-// CARGOXX_E2E_UPLOAD_TOKEN, read from Caddy's environment as production
-// Caddyfiles read theirs.
-func isolationCaddyfile(g *harness.Gitea, token, image, root, secret, extra string) string {
-	return fmt.Sprintf(`{
-	admin {$CADDY_ADMIN}
-	gitea_runner {
-		instance %s
-		registration_token %s
-		labels e2e:docker://%s metal:host
-		fetch_interval 500ms
-		container {
-			network host
-		}
-		nix_cache main
-		%s
-	}
-}
-
-http://:{$CADDY_HTTP_PORT} {
-	bind 127.0.0.1
-	nix_cache {
-		name main
-		url http://127.0.0.1:{$CADDY_HTTP_PORT}
-		root %s
-		secret_key_file %s
-		upload {
-			token {env.CARGOXX_E2E_UPLOAD_TOKEN}
-		}
-	}
-}
-`, g.URL, token, image, extra, root, secret)
+// on a unix socket.
+func isolationCaddyfile(g *harness.Gitea, token, image, root, secret string) string {
+	return harness.RunnerCacheCaddyfile(g.URL, token, "e2e:docker://"+image+" metal:host", "host", root, secret, "fetch_interval 500ms")
 }
 
 // probeWorkflow has a job in a container and a job on the host each look
@@ -90,7 +61,8 @@ func TestJobsCannotReachCaddy(t *testing.T) {
 	nonce := make([]byte, 16)
 	_, _ = rand.Read(nonce)
 	uploadToken := "caddy-env-token-" + hex.EncodeToString(nonce)
-	config := isolationCaddyfile(g, g.RepoRegistrationToken("pkgs"), image, root, secret, "")
+	config := isolationCaddyfile(g, g.RepoRegistrationToken("pkgs"), image, root, secret)
+	// A secret in Caddy's environment, as a Caddyfile's {env.*} tokens are.
 	caddy := harness.StartCaddy(t, config, harness.CaddyOptions{Env: []string{"CARGOXX_E2E_UPLOAD_TOKEN=" + uploadToken}})
 	socket := strings.TrimPrefix(caddy.Admin, "unix/")
 
@@ -168,8 +140,7 @@ func TestForkPullRequestNeverRunsOnTheHost(t *testing.T) {
 	g.CreateRepo("pkgs")
 	root := filepath.Join(t.TempDir(), "cache")
 	secret, _ := keygen(t, "isolation-2")
-	harness.StartCaddy(t, isolationCaddyfile(g, g.RepoRegistrationToken("pkgs"), image, root, secret, ""),
-		harness.CaddyOptions{Env: []string{"CARGOXX_E2E_UPLOAD_TOKEN=long-lived-upload-token-0123456789"}})
+	harness.StartCaddy(t, isolationCaddyfile(g, g.RepoRegistrationToken("pkgs"), image, root, secret), harness.CaddyOptions{})
 	workflow := func(event string) string {
 		return `on: [` + event + `]
 jobs:
