@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -18,6 +19,10 @@ import (
 	"github.com/nix-community/go-nix/pkg/nar"
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
 	"github.com/nix-community/go-nix/pkg/nixbase32"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
 )
 
 const testUploadToken = "unit-upload-token-0123456789"
@@ -364,5 +369,73 @@ func TestVerifyFindsBrokenNars(t *testing.T) {
 	}
 	if problems := strings.Join(report.problems, "\n"); !strings.Contains(problems, "cut short") {
 		t.Fatalf("verify --nar-hash does not report the NAR cut short: %q", problems)
+	}
+}
+
+// failingReader gives data, then fails as a connection the client dropped.
+type failingReader struct {
+	data []byte
+}
+
+func (r *failingReader) Read(p []byte) (int, error) {
+	if len(r.data) == 0 {
+		return 0, io.ErrUnexpectedEOF
+	}
+	n := copy(p, r.data)
+	r.data = r.data[n:]
+	return n, nil
+}
+
+// TestClientAbortIsNoServerError uploads a NAR whose body breaks off, as
+// when the client goes away: no 500, no error-level log line, and the
+// upload counts as aborted.
+func TestClientAbortIsNoServerError(t *testing.T) {
+	h, _ := newUploadHandler(t)
+	logs, observed := observer.New(zapcore.DebugLevel)
+	h.logger = zap.New(logs)
+	p := newTestPath(t, "aborted", strings.Repeat("payload ", 1000))
+	before := testutil.ToFloat64(uploadsTotal.WithLabelValues("nar", "aborted"))
+	rec := httptest.NewRecorder()
+	req := httptest.NewRequest(http.MethodPut, "/"+p.narURL(), &failingReader{data: p.nar[:len(p.nar)/2]})
+	req.ContentLength = int64(len(p.nar))
+	req.Header.Set("Authorization", "Bearer "+testUploadToken)
+	if err := h.ServeHTTP(rec, req, nil); err != nil {
+		t.Fatal(err)
+	}
+	if rec.Code >= 500 {
+		t.Fatalf("a client abort answered %d", rec.Code)
+	}
+	if n := observed.FilterLevelExact(zapcore.ErrorLevel).Len(); n != 0 {
+		t.Fatalf("a client abort logged %d error lines: %v", n, observed.All())
+	}
+	if got := testutil.ToFloat64(uploadsTotal.WithLabelValues("nar", "aborted")) - before; got != 1 {
+		t.Fatalf("aborted uploads rose by %v, want 1", got)
+	}
+	if _, err := os.Stat(filepath.Join(h.root, p.narURL())); err == nil {
+		t.Fatal("half a NAR was stored")
+	}
+}
+
+// TestSymlinkOutOfTheRootIsNoError asks, as a scanner would, for a cache
+// file that is a symlink leading out of the root: 404, logged below the
+// error level.
+func TestSymlinkOutOfTheRootIsNoError(t *testing.T) {
+	h, _ := newTestHandler(t)
+	logs, observed := observer.New(zapcore.DebugLevel)
+	h.logger = zap.New(logs)
+	if err := os.MkdirAll(filepath.Join(h.root, "nar"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	name := "nar/1a0jcm4a6p8gy3w1j0sj0q1jp7bxsbvmp6hlx3k1zx9gzds7nhh0.nar"
+	if err := os.Symlink("/etc/passwd", filepath.Join(h.root, name)); err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		if rec := serve(t, h, http.MethodGet, "/"+name); rec.Code != http.StatusNotFound {
+			t.Fatalf("GET through a symlink out of the root: %d", rec.Code)
+		}
+	}
+	if n := observed.FilterLevelExact(zapcore.ErrorLevel).Len(); n != 0 {
+		t.Fatalf("requests for a symlink out of the root logged %d error lines", n)
 	}
 }
