@@ -101,9 +101,9 @@ e2e: build xcaddy e2e-deps
 FUZZTIME ?= 30s
 ## fuzz: fuzz the narinfo parser, the URL classifier and the xz reader
 fuzz:
-	$(GO) test -run '^$$' -fuzz FuzzParseNarInfo -fuzztime $(FUZZTIME) ./caddynix
+	$(GO) test -run '^$$' -fuzz FuzzParseNarInfo -fuzztime $(FUZZTIME) ./internal/nixfmt
 	$(GO) test -run '^$$' -fuzz FuzzClassify -fuzztime $(FUZZTIME) ./caddynix
-	$(GO) test -run '^$$' -fuzz FuzzXzReader -fuzztime $(FUZZTIME) ./caddynix
+	$(GO) test -run '^$$' -fuzz FuzzXzReader -fuzztime $(FUZZTIME) ./internal/xz
 
 ## bench: side-by-side measurements against the alternatives (not part of test);
 ## BENCH=regexp picks some of them

@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"crypto/subtle"
 	"fmt"
+	"github.com/cargoxx-pkgs/runner/internal/nixfmt"
 	"net/http"
 	"strings"
 
@@ -33,7 +34,7 @@ func loadCredentials(cfg *UploadConfig, repl *caddy.Replacer) (*credentials, err
 	}
 	for _, file := range cfg.TokenFiles {
 		path := repl.ReplaceAll(file, "")
-		token, err := readPrivateFile(path, "upload token file")
+		token, err := nixfmt.ReadPrivateFile(path, "upload token file")
 		if err != nil {
 			return nil, err
 		}

@@ -11,6 +11,7 @@ package caddynix
 import (
 	"errors"
 	"fmt"
+	"github.com/cargoxx-pkgs/runner/internal/nixfmt"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -18,6 +19,8 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/cargoxx-pkgs/runner/caddynix/storage"
+	"github.com/cargoxx-pkgs/runner/caddynix/storage/dir"
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
 	"go.uber.org/zap"
 )
@@ -78,7 +81,7 @@ type Handler struct {
 	Upload *UploadConfig `json:"upload,omitempty"`
 
 	root     string
-	dir      *os.Root
+	store    storage.Store
 	keys     []signature.SecretKey
 	narinfos *narinfoCache
 	stats    *statsCache
@@ -127,11 +130,11 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err := os.MkdirAll(h.root, 0o755); err != nil {
 		return fmt.Errorf("nix_cache: creating cache root %s: %w", h.root, err)
 	}
-	h.dir, err = os.OpenRoot(h.root)
+	h.store, err = dir.Open(h.root)
 	if err != nil {
-		return fmt.Errorf("nix_cache: opening cache root %s: %w", h.root, err)
+		return fmt.Errorf("nix_cache: cache root %s: %w", h.root, err)
 	}
-	if data, err := h.dir.ReadFile("nix-cache-info"); err == nil {
+	if data, err := h.readObject(ctx, "nix-cache-info", maxSmallDocSize); err == nil {
 		if stored := storedStoreDir(data); stored != "" && stored != h.StoreDir {
 			return fmt.Errorf("nix_cache: %s/nix-cache-info says StoreDir %s but store_dir is %s: the cache holds paths of another store; set store_dir to match", h.root, stored, h.StoreDir)
 		}
@@ -155,7 +158,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err := h.shareCache(); err != nil {
 		return fmt.Errorf("nix_cache: %w", err)
 	}
-	h.sweepLeftovers()
+	h.sweepLeftovers(ctx)
 	if err := registerMetrics(ctx.GetMetricsRegistry()); err != nil {
 		return fmt.Errorf("nix_cache: registering metrics: %w", err)
 	}
@@ -178,7 +181,7 @@ func (h *Handler) loadKeys(repl *caddy.Replacer) error {
 			if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 				return fmt.Errorf("nix_cache: generate_key: %w", err)
 			}
-			public, err := generateKeyPair(name+"-1", path, strings.TrimSuffix(path, ".sec")+".pub")
+			public, err := nixfmt.GenerateKeyPair(name+"-1", path, strings.TrimSuffix(path, ".sec")+".pub")
 			if err != nil {
 				return fmt.Errorf("nix_cache: generate_key: %w", err)
 			}
@@ -188,7 +191,7 @@ func (h *Handler) loadKeys(repl *caddy.Replacer) error {
 	names := map[string]string{}
 	for _, file := range h.SecretKeyFiles {
 		path := repl.ReplaceAll(file, "")
-		key, err := loadSecretKey(path)
+		key, err := nixfmt.LoadSecretKey(path)
 		if err != nil {
 			return fmt.Errorf("nix_cache: %w", err)
 		}
@@ -237,8 +240,8 @@ func (h *Handler) Cleanup() error {
 		}
 		h.shared = nil
 	}
-	if h.dir != nil {
-		return h.dir.Close()
+	if h.store != nil {
+		return h.store.Close()
 	}
 	return nil
 }

@@ -3,6 +3,7 @@ package caddynix
 import (
 	"errors"
 	"fmt"
+	"github.com/cargoxx-pkgs/runner/internal/nixfmt"
 	"os"
 	"strings"
 
@@ -43,7 +44,7 @@ func keygenCommand() *cobra.Command {
 			if name == "" || secretPath == "" || publicPath == "" {
 				return errors.New("--name, --secret-key and --public-key are all required")
 			}
-			public, err := generateKeyPair(name, secretPath, publicPath)
+			public, err := nixfmt.GenerateKeyPair(name, secretPath, publicPath)
 			if err != nil {
 				return err
 			}

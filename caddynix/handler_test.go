@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"github.com/cargoxx-pkgs/runner/internal/nixfmt"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -15,6 +16,19 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
 )
+
+// sampleNarinfo is a narinfo as Nix writes it, with a key Nix ignores.
+const sampleNarinfo = `StorePath: /nix/store/wy01klyklshzl6crdbjgx2yyrwwv42sc-c
+URL: nar/1a0jcm4a6p8gy3w1j0sj0q1jp7bxsbvmp6hlx3k1zx9gzds7nhh0.nar.xz
+Compression: xz
+FileHash: sha256:1a0jcm4a6p8gy3w1j0sj0q1jp7bxsbvmp6hlx3k1zx9gzds7nhh0
+FileSize: 316
+NarHash: sha256:0c0k4fb2dq8lcdi0b2jfjhsvprdkkavvcffy7mpwlacbg0bcwbrx
+NarSize: 400
+References: s1w4pv4wk26rnhszw001nryksx0g7fgy-b 2mq0d0irxq2fb3zqafd5gyphzy6zxjyw-a
+Deriver: pk6x23rpy0sipmq8c177y3sn8dhbv9x2-c.drv
+X-Unknown-Key: tolerated
+`
 
 // newTestHandler provisions a handler on a temporary cache root with one
 // signing key.
@@ -28,7 +42,7 @@ func newTestHandlerWith(t *testing.T, upload *UploadConfig) (*Handler, signature
 	t.Helper()
 	dir := t.TempDir()
 	root := filepath.Join(dir, "cache")
-	public, err := generateKeyPair("unit-1", filepath.Join(dir, "k.sec"), filepath.Join(dir, "k.pub"))
+	public, err := nixfmt.GenerateKeyPair("unit-1", filepath.Join(dir, "k.sec"), filepath.Join(dir, "k.pub"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -64,11 +78,11 @@ func TestHandlerServesSignedNarinfo(t *testing.T) {
 	if rec.Code != http.StatusOK || rec.Header().Get("Content-Type") != "text/x-nix-narinfo" {
 		t.Fatalf("GET narinfo: %d %q", rec.Code, rec.Header().Get("Content-Type"))
 	}
-	info, err := parseNarInfo(rec.Body.Bytes())
+	info, err := nixfmt.ParseNarInfo(rec.Body.Bytes())
 	if err != nil {
 		t.Fatalf("served narinfo does not parse: %v\n%s", err, rec.Body)
 	}
-	if len(info.Signatures) != 1 || !public.Verify(fingerprint(info), info.Signatures[0]) {
+	if len(info.Signatures) != 1 || !public.Verify(nixfmt.Fingerprint(info), info.Signatures[0]) {
 		t.Fatalf("served narinfo is not signed by the handler's key:\n%s", rec.Body)
 	}
 	if strings.Contains(rec.Body.String(), "X-Unknown-Key") {

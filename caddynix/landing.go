@@ -2,19 +2,18 @@ package caddynix
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"html/template"
 	"io"
-	"io/fs"
 	"net"
 	"net/http"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/cargoxx-pkgs/runner/caddynix/storage"
 	"github.com/dustin/go-humanize"
 )
 
@@ -36,29 +35,25 @@ type statsCache struct {
 
 // get returns the cache's statistics, counting again when they are older
 // than statsTTL.
-func (s *statsCache) get(root string) cacheStats {
+func (s *statsCache) get(ctx context.Context, store storage.Store) cacheStats {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if time.Since(s.at) < statsTTL && !s.at.IsZero() {
 		return s.stats
 	}
 	var stats cacheStats
-	if entries, err := os.ReadDir(root); err == nil {
+	if entries, err := store.List(ctx, ""); err == nil {
 		for _, e := range entries {
-			if strings.HasSuffix(e.Name(), ".narinfo") && e.Type().IsRegular() {
+			if strings.HasSuffix(e.Name, ".narinfo") {
 				stats.Paths++
 			}
 		}
 	}
-	_ = filepath.WalkDir(filepath.Join(root, "nar"), func(_ string, d fs.DirEntry, err error) error {
-		if err != nil || !d.Type().IsRegular() {
-			return nil
+	if nars, err := store.List(ctx, "nar"); err == nil {
+		for _, nar := range nars {
+			stats.NarBytes += nar.Size
 		}
-		if info, err := d.Info(); err == nil {
-			stats.NarBytes += info.Size()
-		}
-		return nil
-	})
+	}
 	s.stats, s.at = stats, time.Now()
 	return stats
 }
@@ -101,7 +96,7 @@ var landingHTML = template.Must(template.New("landing").Parse(`<!DOCTYPE html>
 // serveLanding answers the cache's root: HTML for browsers, plain text for
 // everything else (curl).
 func (h *Handler) serveLanding(w http.ResponseWriter, r *http.Request) error {
-	stats := h.stats.get(h.root)
+	stats := h.stats.get(r.Context(), h.store)
 	page := landingPage{
 		Name:       h.cacheName(r),
 		URL:        h.cacheURL(r),

@@ -1,10 +1,7 @@
 package caddynix
 
 import (
-	"io/fs"
 	"sync"
-	"syscall"
-	"time"
 )
 
 // maxCachedNarinfos bounds the signed-narinfo cache. A signed narinfo is
@@ -14,16 +11,14 @@ const maxCachedNarinfos = 65536
 
 // narinfoCache keeps signed narinfos in memory, so that a narinfo is parsed
 // and signed once, not on every request. An entry is used only while the
-// file it came from is unchanged: same inode, size and modification time.
+// object it came from is unchanged: the same storage.Info.Version.
 type narinfoCache struct {
 	mu      sync.Mutex
 	entries map[string]cachedNarinfo
 }
 
 type cachedNarinfo struct {
-	inode   uint64
-	size    int64
-	modTime time.Time
+	version string
 	body    []byte
 }
 
@@ -31,20 +26,19 @@ func newNarinfoCache() *narinfoCache {
 	return &narinfoCache{entries: make(map[string]cachedNarinfo)}
 }
 
-// get returns the cached body for the file name, or builds it with make.
-func (c *narinfoCache) get(name string, info fs.FileInfo, build func() ([]byte, error)) ([]byte, error) {
-	key := cachedNarinfo{inode: inodeOf(info), size: info.Size(), modTime: info.ModTime()}
+// get returns the cached body for the object name at version, or builds
+// it with build.
+func (c *narinfoCache) get(name, version string, build func() ([]byte, error)) ([]byte, error) {
 	c.mu.Lock()
 	entry, ok := c.entries[name]
 	c.mu.Unlock()
-	if ok && entry.inode == key.inode && entry.size == key.size && entry.modTime.Equal(key.modTime) {
+	if ok && entry.version == version {
 		return entry.body, nil
 	}
 	body, err := build()
 	if err != nil {
 		return nil, err
 	}
-	key.body = body
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if len(c.entries) >= maxCachedNarinfos {
@@ -54,13 +48,6 @@ func (c *narinfoCache) get(name string, info fs.FileInfo, build func() ([]byte, 
 			break
 		}
 	}
-	c.entries[name] = key
+	c.entries[name] = cachedNarinfo{version: version, body: body}
 	return body, nil
-}
-
-func inodeOf(info fs.FileInfo) uint64 {
-	if st, ok := info.Sys().(*syscall.Stat_t); ok {
-		return st.Ino
-	}
-	return 0
 }

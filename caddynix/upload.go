@@ -11,7 +11,6 @@ import (
 	"io/fs"
 	"math"
 	"net/http"
-	"os"
 	"path"
 	"slices"
 	"strings"
@@ -22,8 +21,6 @@ import (
 	"github.com/nix-community/go-nix/pkg/narinfo"
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
 	"github.com/nix-community/go-nix/pkg/nixbase32"
-	"github.com/nix-community/go-nix/pkg/nixhash"
-	"github.com/nix-community/go-nix/pkg/storepath"
 	"go.uber.org/zap"
 	"golang.org/x/sync/semaphore"
 )
@@ -225,9 +222,9 @@ type narMeta struct {
 // temporary file while hashing both the file and its decompressed content.
 func (h *Handler) putNar(r *http.Request, req cacheRequest) error {
 	name := path.Base(req.file)
-	compression, ok := narCompression(req.file)
+	compression, ok := nixfmt.NarCompression(req.file)
 	if !ok {
-		return reject(http.StatusBadRequest, "bad_compression", "%s: unsupported NAR compression (use none, xz, zstd or bzip2)", req.file)
+		return reject(http.StatusBadRequest, "bad_compression", "%s: unsupported NAR compression (use none, xz, zstd, bzip2 or br)", req.file)
 	}
 	wantHash, err := nixbase32.DecodeString(name[:52])
 	if err != nil {
@@ -237,28 +234,23 @@ func (h *Handler) putNar(r *http.Request, req cacheRequest) error {
 	if r.ContentLength > max {
 		return reject(http.StatusRequestEntityTooLarge, "too_large", "NAR of %d bytes is larger than max_nar_size (%d bytes)", r.ContentLength, max)
 	}
-	if info, err := h.dir.Stat(req.file); err == nil && info.Mode().IsRegular() {
+	if _, err := h.store.Stat(r.Context(), req.file); err == nil {
 		// NARs are named by their hash: the same name is the same content.
 		return nil
 	}
-	body, release, err := contentDecoder(r.Header.Get("Content-Encoding"), r.Body)
+	body, release, err := nixfmt.ContentDecoder(r.Header.Get("Content-Encoding"), r.Body)
 	if err != nil {
 		return reject(http.StatusBadRequest, "bad_encoding", "%v", err)
 	}
 	defer release()
 
-	f, tempName, err := h.createTemp("nar")
+	up, err := h.store.Create(r.Context(), req.file)
 	if err != nil {
 		return err
 	}
-	committed := false
-	defer func() {
-		if !committed {
-			h.discardTemp(f, tempName)
-		}
-	}()
+	defer up.Abort()
 
-	meta, err := receiveNar(f, body, compression, max)
+	meta, err := receiveNar(up, body, compression, max)
 	if err != nil {
 		return err
 	}
@@ -266,17 +258,16 @@ func (h *Handler) putNar(r *http.Request, req cacheRequest) error {
 	if !bytes.Equal(meta.fileHash[:], wantHash) {
 		return reject(http.StatusBadRequest, "file_hash_mismatch", "the body's sha256 is %s, but the URL names %s", nixbase32.EncodeToString(meta.fileHash[:]), name[:52])
 	}
-	if err := h.commitTemp(f, tempName, req.file); err != nil {
+	if err := up.Commit(); err != nil {
 		return err
 	}
-	committed = true
 	h.pending.put(req.file, meta)
 	return nil
 }
 
 // receiveNar copies body to f, hashing it, while a second goroutine
 // decompresses the same bytes and hashes the NAR inside. Memory stays
-// bounded: nothing is buffered beyond the decompressor's window.
+// bounded: nothing is buffered beyond the nixfmt.Decompressor's window.
 func receiveNar(f io.Writer, body io.Reader, compression string, max int64) (narMeta, error) {
 	var meta narMeta
 	fileHasher := sha256.New()
@@ -295,7 +286,7 @@ func receiveNar(f io.Writer, body io.Reader, compression string, max int64) (nar
 			_, _ = io.Copy(io.Discard, pr)
 			done <- res
 		}()
-		plain, release, err := decompressor(compression, pr)
+		plain, release, err := nixfmt.Decompressor(compression, pr)
 		if err != nil {
 			res.err = err
 			return
@@ -311,7 +302,7 @@ func receiveNar(f io.Writer, body io.Reader, compression string, max int64) (nar
 		res.size, res.hash = counted.n, narHasher.Sum(nil)
 	}()
 
-	// Large chunks: fewer system calls and hand-offs to the decompressor.
+	// Large chunks: fewer system calls and hand-offs to the nixfmt.Decompressor.
 	buf := make([]byte, 1<<20)
 	n, copyErr := io.CopyBuffer(io.MultiWriter(f, fileHasher, pw), io.LimitReader(body, max+1), buf)
 	pw.CloseWithError(copyErr)
@@ -339,26 +330,23 @@ func receiveNar(f io.Writer, body io.Reader, compression string, max int64) (nar
 // are already in the cache. A path the cache already holds is never
 // replaced: the same NAR again changes nothing, another one is a conflict.
 func (h *Handler) putNarInfo(r *http.Request, req cacheRequest) error {
-	data, err := h.readSmallBody(r, maxNarinfoSize)
+	data, err := h.readSmallBody(r, nixfmt.MaxNarInfoSize)
 	if err != nil {
 		return err
 	}
 	uploadBytes.WithLabelValues("narinfo").Add(float64(len(data)))
-	info, err := parseNarInfo(data)
+	info, err := h.admitNarInfo(data, req.hash)
 	if err != nil {
-		return reject(http.StatusBadRequest, "bad_narinfo", "%v", err)
-	}
-	if err := h.checkNarInfoNames(info, req.hash); err != nil {
 		return err
 	}
-	existing, replaceable, err := h.storedNarInfo(req.file)
+	existing, replaceable, err := h.storedNarInfo(r.Context(), req.file)
 	if err != nil {
 		return err
 	}
 	if existing != nil {
 		return sameNar(existing, info)
 	}
-	if err := h.checkNarInfoNar(info); err != nil {
+	if err := h.checkNarInfoNar(r.Context(), info); err != nil {
 		return err
 	}
 	self := path.Base(info.StorePath)
@@ -366,10 +354,7 @@ func (h *Handler) putNarInfo(r *http.Request, req cacheRequest) error {
 		if ref == self {
 			continue
 		}
-		if _, err := storepath.FromString(ref); err != nil {
-			return reject(http.StatusBadRequest, "bad_narinfo", "reference %q is not a store path name: %v", ref, err)
-		}
-		if _, err := h.dir.Stat(ref[:storePathHashLen] + ".narinfo"); err != nil {
+		if _, err := h.store.Stat(r.Context(), ref[:storePathHashLen]+".narinfo"); err != nil {
 			return reject(http.StatusBadRequest, "missing_reference", "reference %s is not in the cache: upload it first", ref)
 		}
 	}
@@ -378,21 +363,22 @@ func (h *Handler) putNarInfo(r *http.Request, req cacheRequest) error {
 	info.Signatures = slices.DeleteFunc(info.Signatures, func(sig signature.Signature) bool {
 		return h.ownKeyName(sig.Name)
 	})
+	// What is stored is checked again as stored, by the rule serving
+	// applies, so that nothing accepted is answered as missing.
 	stored := []byte(info.String())
-	// What is stored must be what is served: the same check decides both.
-	if _, err := h.servableNarInfo(stored, req.hash); err != nil {
-		return reject(http.StatusBadRequest, "bad_narinfo", "the narinfo could not be served as stored: %v", err)
+	if _, err := h.admitNarInfo(stored, req.hash); err != nil {
+		return fmt.Errorf("as stored: %w", err)
 	}
-	if err := h.ensureCacheInfoFile(); err != nil {
+	if err := h.ensureCacheInfoFile(r.Context()); err != nil {
 		return err
 	}
 	if replaceable {
-		err = h.writeFile(req.file, stored)
-	} else if created, cerr := h.createFile(req.file, stored); cerr != nil {
+		err = h.writeFile(r.Context(), req.file, stored)
+	} else if created, cerr := h.createFile(r.Context(), req.file, stored); cerr != nil {
 		err = cerr
 	} else if !created {
 		// Another upload of the same path came first.
-		if existing, _, err = h.storedNarInfo(req.file); err == nil && existing != nil {
+		if existing, _, err = h.storedNarInfo(r.Context(), req.file); err == nil && existing != nil {
 			err = sameNar(existing, info)
 		}
 	}
@@ -406,15 +392,15 @@ func (h *Handler) putNarInfo(r *http.Request, req cacheRequest) error {
 // storedNarInfo returns the narinfo the cache holds under name, or nil;
 // replaceable says a file is there that cannot be served, which is no
 // valid path and may be replaced.
-func (h *Handler) storedNarInfo(name string) (info *narinfo.NarInfo, replaceable bool, err error) {
-	data, err := h.dir.ReadFile(name)
+func (h *Handler) storedNarInfo(ctx context.Context, name string) (info *narinfo.NarInfo, replaceable bool, err error) {
+	data, err := h.readObject(ctx, name, nixfmt.MaxNarInfoSize)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, false, nil
 	}
 	if err != nil {
 		return nil, false, fmt.Errorf("reading the stored %s: %w", name, err)
 	}
-	info, err = h.servableNarInfo(data, strings.TrimSuffix(name, ".narinfo"))
+	info, err = nixfmt.Admit(data, h.StoreDir, strings.TrimSuffix(name, ".narinfo"))
 	if err != nil {
 		return nil, true, nil
 	}
@@ -442,43 +428,20 @@ func (h *Handler) ownKeyName(name string) bool {
 	return false
 }
 
-// checkNarInfoNames checks the store path, URL, compression and deriver.
-func (h *Handler) checkNarInfoNames(info *narinfo.NarInfo, hash string) error {
-	dir, base := path.Split(info.StorePath)
-	if dir != h.StoreDir+"/" {
-		return reject(http.StatusBadRequest, "bad_store_path", "StorePath %s is not in %s", info.StorePath, h.StoreDir)
+// admitNarInfo applies the cache's one narinfo rule, nixfmt.Admit, to an
+// upload.
+func (h *Handler) admitNarInfo(data []byte, hash string) (*narinfo.NarInfo, error) {
+	info, err := nixfmt.Admit(data, h.StoreDir, hash)
+	var refused *nixfmt.AdmitError
+	if errors.As(err, &refused) {
+		return nil, reject(http.StatusBadRequest, refused.Reason, "%v", refused)
 	}
-	if _, err := storepath.FromString(base); err != nil {
-		return reject(http.StatusBadRequest, "bad_store_path", "StorePath %s: %v", info.StorePath, err)
-	}
-	if !strings.HasPrefix(base, hash+"-") {
-		return reject(http.StatusBadRequest, "store_path_mismatch", "StorePath %s does not match the URL's hash %s", info.StorePath, hash)
-	}
-	if info.Deriver != "" {
-		if _, err := storepath.FromString(info.Deriver); err != nil {
-			return reject(http.StatusBadRequest, "bad_narinfo", "Deriver %q is not a store path name: %v", info.Deriver, err)
-		}
-	}
-	nar, ok := classify("/" + info.URL)
-	if !ok || nar.kind != kindNar {
-		return reject(http.StatusBadRequest, "bad_url", "URL %q is not a NAR of this cache (nar/<filehash>.nar[.xz|.zst|.bz2])", info.URL)
-	}
-	ext, supported := narCompressions[info.Compression]
-	if !supported {
-		return reject(http.StatusBadRequest, "bad_compression", "Compression %q is not supported by this cache (use none, xz, zstd or bzip2)", info.Compression)
-	}
-	if !strings.HasSuffix(info.URL, ext) {
-		return reject(http.StatusBadRequest, "bad_compression", "URL %s does not end in %s as Compression %s requires", info.URL, ext, info.Compression)
-	}
-	if info.FileHash == nil || info.FileHash.Algo() != nixhash.SHA256 || info.FileSize == 0 {
-		return reject(http.StatusBadRequest, "bad_narinfo", "narinfo needs a sha256 FileHash and a FileSize")
-	}
-	return nil
+	return info, err
 }
 
 // checkNarInfoNar checks the narinfo against the stored NAR it names.
-func (h *Handler) checkNarInfoNar(info *narinfo.NarInfo) error {
-	meta, err := h.narMetaOf(info.URL)
+func (h *Handler) checkNarInfoNar(ctx context.Context, info *narinfo.NarInfo) error {
+	meta, err := h.narMetaOf(ctx, info.URL)
 	if errors.Is(err, fs.ErrNotExist) {
 		return reject(http.StatusBadRequest, "missing_nar", "the NAR %s has not been uploaded: upload it before its narinfo", info.URL)
 	}
@@ -500,18 +463,18 @@ func (h *Handler) checkNarInfoNar(info *narinfo.NarInfo) error {
 
 // narMetaOf returns the hashes of a stored NAR: from the upload that stored
 // it, or, after a restart, by reading it again.
-func (h *Handler) narMetaOf(url string) (narMeta, error) {
+func (h *Handler) narMetaOf(ctx context.Context, url string) (narMeta, error) {
 	if meta, ok := h.pending.get(url); ok {
-		if _, err := h.dir.Stat(url); err == nil {
+		if _, err := h.store.Stat(ctx, url); err == nil {
 			return meta, nil
 		}
 	}
-	f, err := h.dir.Open(url)
+	f, _, err := h.store.Open(ctx, url)
 	if err != nil {
 		return narMeta{}, err
 	}
 	defer func() { _ = f.Close() }()
-	compression, _ := narCompression(url)
+	compression, _ := nixfmt.NarCompression(url)
 	meta, err := receiveNar(io.Discard, f, compression, math.MaxInt64-1)
 	if err != nil {
 		var uerr *uploadError
@@ -534,7 +497,7 @@ func (h *Handler) putCacheInfo(r *http.Request) error {
 	if dir := storedStoreDir(data); dir != "" && dir != h.StoreDir {
 		return reject(http.StatusBadRequest, "store_dir_mismatch", "StoreDir %s is not this cache's %s", dir, h.StoreDir)
 	}
-	return h.ensureCacheInfoFile()
+	return h.ensureCacheInfoFile(r.Context())
 }
 
 // putDocument stores a listing, realisation or build log. The body is
@@ -545,22 +508,17 @@ func (h *Handler) putDocument(r *http.Request, name string, limit int64, isJSON 
 	if r.ContentLength > limit {
 		return reject(http.StatusRequestEntityTooLarge, "too_large", "body of %d bytes is larger than %d bytes", r.ContentLength, limit)
 	}
-	body, release, err := contentDecoder(r.Header.Get("Content-Encoding"), r.Body)
+	body, release, err := nixfmt.ContentDecoder(r.Header.Get("Content-Encoding"), r.Body)
 	if err != nil {
 		return reject(http.StatusBadRequest, "bad_encoding", "%v", err)
 	}
 	defer release()
-	f, tempName, err := h.createTemp(path.Dir(name))
+	up, err := h.store.Create(r.Context(), name)
 	if err != nil {
 		return err
 	}
-	committed := false
-	defer func() {
-		if !committed {
-			h.discardTemp(f, tempName)
-		}
-	}()
-	n, err := io.Copy(f, io.LimitReader(body, limit+1))
+	defer up.Abort()
+	n, err := io.Copy(up, io.LimitReader(body, limit+1))
 	if err != nil {
 		return reject(http.StatusBadRequest, "bad_body", "reading the body: %v", err)
 	}
@@ -569,20 +527,16 @@ func (h *Handler) putDocument(r *http.Request, name string, limit int64, isJSON 
 	}
 	uploadBytes.WithLabelValues(strings.SplitN(name, "/", 2)[0]).Add(float64(n))
 	if isJSON {
-		if err := checkJSONFile(r.Context(), f, n); err != nil {
+		if err := checkJSON(r.Context(), up, n); err != nil {
 			return reject(http.StatusBadRequest, "bad_json", "%s is not valid JSON: %v", name, err)
 		}
 	}
-	if err := h.commitTemp(f, tempName, name); err != nil {
-		return err
-	}
-	committed = true
-	return nil
+	return up.Commit()
 }
 
-// checkJSONFile checks that the size bytes of f are one JSON document,
-// holding them in memory only within jsonCheckMemory.
-func checkJSONFile(ctx context.Context, f *os.File, size int64) error {
+// checkJSON checks that the size bytes of f are one JSON document, holding
+// them in memory only within jsonCheckMemory.
+func checkJSON(ctx context.Context, f io.ReaderAt, size int64) error {
 	if err := jsonCheckMemory.Acquire(ctx, max(size, 1)); err != nil {
 		return err
 	}
@@ -603,7 +557,7 @@ func (h *Handler) readSmallBody(r *http.Request, limit int64) ([]byte, error) {
 	if r.ContentLength > limit {
 		return nil, reject(http.StatusRequestEntityTooLarge, "too_large", "body of %d bytes is larger than %d bytes", r.ContentLength, limit)
 	}
-	body, release, err := contentDecoder(r.Header.Get("Content-Encoding"), r.Body)
+	body, release, err := nixfmt.ContentDecoder(r.Header.Get("Content-Encoding"), r.Body)
 	if err != nil {
 		return nil, reject(http.StatusBadRequest, "bad_encoding", "%v", err)
 	}
@@ -618,45 +572,52 @@ func (h *Handler) readSmallBody(r *http.Request, limit int64) ([]byte, error) {
 	return data, nil
 }
 
-// writeFile atomically replaces name below the root with data.
-func (h *Handler) writeFile(name string, data []byte) error {
-	f, tempName, err := h.createTemp(path.Dir(name))
+// writeFile atomically replaces name with data.
+func (h *Handler) writeFile(ctx context.Context, name string, data []byte) error {
+	up, err := h.store.Create(ctx, name)
 	if err != nil {
 		return err
 	}
-	if _, err := f.Write(data); err != nil {
-		h.discardTemp(f, tempName)
+	defer up.Abort()
+	if _, err := up.Write(data); err != nil {
 		return fmt.Errorf("writing %s: %w", name, err)
 	}
-	if err := h.commitTemp(f, tempName, name); err != nil {
-		h.discardTemp(f, tempName)
-		return err
-	}
-	return nil
+	return up.Commit()
 }
 
-// createFile writes name below the root with data unless it exists, and
-// reports whether it did.
-func (h *Handler) createFile(name string, data []byte) (bool, error) {
-	f, tempName, err := h.createTemp(path.Dir(name))
+// createFile writes name with data unless it exists, and reports whether
+// it did.
+func (h *Handler) createFile(ctx context.Context, name string, data []byte) (bool, error) {
+	up, err := h.store.Create(ctx, name)
 	if err != nil {
 		return false, err
 	}
-	if _, err := f.Write(data); err != nil {
-		h.discardTemp(f, tempName)
+	defer up.Abort()
+	if _, err := up.Write(data); err != nil {
 		return false, fmt.Errorf("writing %s: %w", name, err)
 	}
-	return h.commitTempNew(f, tempName, name)
+	return up.CommitNew()
+}
+
+// readObject reads a stored object, up to one byte past limit, so that a
+// check of the size can tell a larger one.
+func (h *Handler) readObject(ctx context.Context, name string, limit int64) ([]byte, error) {
+	f, _, err := h.store.Open(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	defer func() { _ = f.Close() }()
+	return io.ReadAll(io.LimitReader(f, limit+1))
 }
 
 // ensureCacheInfoFile writes nix-cache-info into the root when it is
 // missing, so that the directory stays a complete file:// cache that `nix
 // copy --from file://` can read.
-func (h *Handler) ensureCacheInfoFile() error {
-	if _, err := h.dir.Stat("nix-cache-info"); err == nil {
+func (h *Handler) ensureCacheInfoFile(ctx context.Context) error {
+	if _, err := h.store.Stat(ctx, "nix-cache-info"); err == nil {
 		return nil
 	}
-	return h.writeFile("nix-cache-info", []byte("StoreDir: "+h.StoreDir+"\n"))
+	return h.writeFile(ctx, "nix-cache-info", []byte("StoreDir: "+h.StoreDir+"\n"))
 }
 
 // maxPendingNars bounds the hashes kept for NARs whose narinfo has not come
@@ -695,4 +656,16 @@ func (p *pendingNars) delete(url string) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	delete(p.nars, url)
+}
+
+// countingReader counts the bytes read through it.
+type countingReader struct {
+	r io.Reader
+	n int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
 }

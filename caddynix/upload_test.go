@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"fmt"
+	"github.com/cargoxx-pkgs/runner/internal/nixfmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -188,8 +189,8 @@ func TestUploadNeverReplacesAPath(t *testing.T) {
 		t.Fatalf("the stored narinfo changed:\n%s\nto\n%s", stored, after)
 	}
 	served := serve(t, h, http.MethodGet, "/"+first.hash+".narinfo")
-	info, err := parseNarInfo(served.Body.Bytes())
-	if err != nil || info.URL != first.narURL() || !public.Verify(fingerprint(info), info.Signatures[0]) {
+	info, err := nixfmt.ParseNarInfo(served.Body.Bytes())
+	if err != nil || info.URL != first.narURL() || !public.Verify(nixfmt.Fingerprint(info), info.Signatures[0]) {
 		t.Fatalf("the cache serves another NAR for the path now: %v\n%s", err, served.Body)
 	}
 }
@@ -199,12 +200,12 @@ func TestUploadDropsSignaturesUnderTheCachesKeyNames(t *testing.T) {
 	p := newTestPath(t, "signed", "content")
 	forger, _, _ := signature.GenerateKeypair("unit-1", rand.Reader)
 	client, clientPublic, _ := signature.GenerateKeypair("client-1", rand.Reader)
-	info, err := parseNarInfo([]byte(p.narinfo("")))
+	info, err := nixfmt.ParseNarInfo([]byte(p.narinfo("")))
 	if err != nil {
 		t.Fatal(err)
 	}
-	forged, _ := forger.Sign(rand.Reader, fingerprint(info))
-	kept, _ := client.Sign(rand.Reader, fingerprint(info))
+	forged, _ := forger.Sign(rand.Reader, nixfmt.Fingerprint(info))
+	kept, _ := client.Sign(rand.Reader, nixfmt.Fingerprint(info))
 	if rec := p.upload(t, h, "Sig: "+forged.String()+"\nSig: "+kept.String()+"\n"); rec.Code != http.StatusCreated {
 		t.Fatalf("upload: %d %s", rec.Code, rec.Body)
 	}
@@ -247,12 +248,12 @@ func TestUploadStoresOnlyWhatItServes(t *testing.T) {
 	key, _, _ := signature.GenerateKeypair("client-1", rand.Reader)
 	sig, _ := key.Sign(rand.Reader, "x")
 	line := "Sig: " + sig.String() + "\n"
-	for body.Len()+len(line)+len("System: x\n") <= maxNarinfoSize {
+	for body.Len()+len(line)+len("System: x\n") <= nixfmt.MaxNarInfoSize {
 		body.WriteString(line)
 	}
-	body.WriteString("System: " + strings.Repeat("x", maxNarinfoSize-body.Len()-len("System: \n")) + "\n")
-	if body.Len() != maxNarinfoSize {
-		t.Fatalf("built %d bytes, want %d", body.Len(), maxNarinfoSize)
+	body.WriteString("System: " + strings.Repeat("x", nixfmt.MaxNarInfoSize-body.Len()-len("System: \n")) + "\n")
+	if body.Len() != nixfmt.MaxNarInfoSize {
+		t.Fatalf("built %d bytes, want %d", body.Len(), nixfmt.MaxNarInfoSize)
 	}
 	if rec := put(t, h, "/"+p.narURL(), p.nar); rec.Code != http.StatusCreated {
 		t.Fatalf("PUT NAR: %d %s", rec.Code, rec.Body)

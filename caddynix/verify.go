@@ -2,16 +2,14 @@ package caddynix
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
-	"errors"
 	"fmt"
+	"github.com/cargoxx-pkgs/runner/caddynix/storage"
+	"github.com/cargoxx-pkgs/runner/caddynix/storage/dir"
+	"github.com/cargoxx-pkgs/runner/internal/nixfmt"
 	"io"
-	"io/fs"
 	"math"
-	"os"
-	"path"
-	"path/filepath"
-	"slices"
 	"strings"
 
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
@@ -40,87 +38,84 @@ type verifyReport struct {
 // references are present, and its signatures under the given keys verify.
 // NARs that no narinfo names are listed as notes.
 func verifyCache(root string, opts verifyOptions) (*verifyReport, error) {
-	dir, err := os.OpenRoot(root)
+	ctx := context.Background()
+	store, err := dir.Open(root)
 	if err != nil {
-		return nil, fmt.Errorf("opening cache root: %w", err)
+		return nil, err
 	}
-	defer func() { _ = dir.Close() }()
-	entries, err := fs.ReadDir(dir.FS(), ".")
+	defer func() { _ = store.Close() }()
+	entries, err := store.List(ctx, "")
 	if err != nil {
-		return nil, fmt.Errorf("listing cache root: %w", err)
+		return nil, fmt.Errorf("listing the cache: %w", err)
+	}
+	// The store directory is the one the cache announces.
+	storeDir := "/nix/store"
+	if data, err := readAll(ctx, store, "nix-cache-info", maxSmallDocSize); err == nil {
+		if stored := storedStoreDir(data); stored != "" {
+			storeDir = stored
+		}
 	}
 	report := new(verifyReport)
 	present := map[string]bool{}
 	var narinfos []string
 	for _, e := range entries {
-		if hash, ok := strings.CutSuffix(e.Name(), ".narinfo"); ok && e.Type().IsRegular() {
+		if hash, ok := strings.CutSuffix(e.Name, ".narinfo"); ok {
 			present[hash] = true
-			narinfos = append(narinfos, e.Name())
-		}
-		if strings.HasPrefix(e.Name(), tempPrefix) {
-			report.tempFile(dir, e.Name())
+			narinfos = append(narinfos, e.Name)
 		}
 	}
-	slices.Sort(narinfos)
 	used := map[string]bool{}
 	for _, name := range narinfos {
 		report.narinfos++
-		for _, problem := range verifyNarInfo(dir, name, present, used, opts) {
+		for _, problem := range verifyNarInfo(ctx, store, storeDir, name, present, used, opts) {
 			report.problems = append(report.problems, name+": "+problem)
 		}
 	}
-	narEntries, err := fs.ReadDir(dir.FS(), "nar")
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+	nars, err := store.List(ctx, "nar")
+	if err != nil {
 		return nil, fmt.Errorf("listing nar/: %w", err)
 	}
-	for _, e := range narEntries {
-		name := "nar/" + e.Name()
-		switch {
-		case strings.HasPrefix(e.Name(), tempPrefix):
-			report.tempFile(dir, name)
-		case !used[name]:
-			report.notes = append(report.notes, "orphaned NAR (no narinfo names it): "+name)
+	for _, nar := range nars {
+		if !used[nar.Name] {
+			report.notes = append(report.notes, "orphaned NAR (no narinfo names it): "+nar.Name)
 		}
 	}
-	for _, sub := range []string{"log", "realisations"} {
-		subEntries, err := fs.ReadDir(dir.FS(), sub)
-		if err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return nil, fmt.Errorf("listing %s/: %w", sub, err)
-		}
-		for _, e := range subEntries {
-			if strings.HasPrefix(e.Name(), tempPrefix) {
-				report.tempFile(dir, sub+"/"+e.Name())
-			}
-		}
+	live, abandoned, err := store.Temporaries()
+	if err != nil {
+		return nil, fmt.Errorf("listing uploads in progress: %w", err)
+	}
+	for _, name := range live {
+		report.notes = append(report.notes, "upload in progress: "+name)
+	}
+	for _, name := range abandoned {
+		report.problems = append(report.problems, "leftover of an interrupted upload (removed when the server starts): "+name)
 	}
 	return report, nil
 }
 
-// tempFile notes an upload in progress, or reports a dead writer's
-// leftover as a problem: the server removes those when it starts.
-func (r *verifyReport) tempFile(dir *os.Root, name string) {
-	if tempFileInUse(dir, name) {
-		r.notes = append(r.notes, "upload in progress: "+name)
-	} else {
-		r.problems = append(r.problems, "leftover of an interrupted upload (removed when the server starts): "+name)
+// readAll reads a stored object of at most limit bytes.
+func readAll(ctx context.Context, store storage.Store, name string, limit int64) ([]byte, error) {
+	f, _, err := store.Open(ctx, name)
+	if err != nil {
+		return nil, err
 	}
+	defer func() { _ = f.Close() }()
+	return io.ReadAll(io.LimitReader(f, limit+1))
 }
 
 // verifyNarInfo checks one narinfo and returns its problems.
-func verifyNarInfo(dir *os.Root, name string, present, used map[string]bool, opts verifyOptions) []string {
-	data, err := dir.ReadFile(name)
+func verifyNarInfo(ctx context.Context, store storage.Store, storeDir, name string, present, used map[string]bool, opts verifyOptions) []string {
+	data, err := readAll(ctx, store, name, nixfmt.MaxNarInfoSize)
 	if err != nil {
 		return []string{err.Error()}
 	}
-	info, err := parseNarInfo(data)
+	// The rule that upload and serving apply: what it refuses is never
+	// served, so it is a problem here.
+	info, err := nixfmt.Admit(data, storeDir, strings.TrimSuffix(name, ".narinfo"))
 	if err != nil {
 		return []string{err.Error()}
 	}
 	var problems []string
-	hash := strings.TrimSuffix(name, ".narinfo")
-	if !strings.HasPrefix(path.Base(info.StorePath), hash+"-") {
-		problems = append(problems, fmt.Sprintf("describes %s, not a path with hash %s", info.StorePath, hash))
-	}
 	for _, ref := range info.References {
 		if len(ref) < storePathHashLen || !present[ref[:storePathHashLen]] {
 			problems = append(problems, "reference "+ref+" is missing")
@@ -128,24 +123,20 @@ func verifyNarInfo(dir *os.Root, name string, present, used map[string]bool, opt
 	}
 	for _, sig := range info.Signatures {
 		for _, key := range opts.publicKeys {
-			if sig.Name == key.Name && !key.Verify(fingerprint(info), sig) {
+			if sig.Name == key.Name && !key.Verify(nixfmt.Fingerprint(info), sig) {
 				problems = append(problems, "signature by "+sig.Name+" does not verify")
 			}
 		}
 	}
-	nar, ok := classify("/" + info.URL)
-	if !ok || nar.kind != kindNar {
-		return append(problems, "URL "+info.URL+" is not a NAR of this cache")
-	}
 	used[info.URL] = true
-	f, err := dir.Open(filepath.FromSlash(info.URL))
+	f, _, err := store.Open(ctx, info.URL)
 	if err != nil {
 		return append(problems, "NAR "+info.URL+" is missing")
 	}
 	defer func() { _ = f.Close() }()
 	var meta narMeta
 	if opts.narHash {
-		compression, _ := narCompression(info.URL)
+		compression, _ := nixfmt.NarCompression(info.URL)
 		meta, err = receiveNar(io.Discard, f, compression, math.MaxInt64-1)
 		if err != nil {
 			return append(problems, fmt.Sprintf("NAR %s: %v", info.URL, err))

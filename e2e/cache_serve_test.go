@@ -46,7 +46,7 @@ func substitute(nix *harness.Nix, url, trustedKey, top string) (harness.Command,
 func TestNixSubstitutesSignedClosure(t *testing.T) {
 	harness.ForEachNix(t, func(t *testing.T, client harness.NixClient) {
 		nix := client.New(t, "")
-		for _, compression := range []string{"xz", "zstd", "none"} {
+		for _, compression := range []string{"xz", "zstd", "none", "br"} {
 			t.Run(compression, func(t *testing.T) {
 				closure := nix.BuildClosure("serve-"+compression, 0)
 				root := filepath.Join(t.TempDir(), "cache")

@@ -38,7 +38,7 @@ func TestNixCopyUploads(t *testing.T) {
 		secret, public := keygen(t, "upload-1")
 		caddy := harness.StartCaddy(t, uploadCaddyfile(root, secret, ""), harness.CaddyOptions{})
 
-		for _, query := range []string{"", "?compression=zstd", "?compression=none"} {
+		for _, query := range []string{"", "?compression=zstd", "?compression=none", "?compression=br"} {
 			closure := nix.BuildClosure("upload", 1<<20)
 			if c := nix.Copy("--to", caddy.URL()+"/"+query, closure.Top); c.Err != nil {
 				t.Fatalf("nix copy --to %s/%s:\n%s", caddy.URL(), query, c)
@@ -52,9 +52,9 @@ func TestNixCopyUploads(t *testing.T) {
 			}
 		}
 		nars, _ := filepath.Glob(filepath.Join(root, "nar", "*"))
-		for _, ext := range []string{".nar.xz", ".nar.zst", ".nar"} {
+		for _, ext := range []string{".nar.xz", ".nar.zst", ".nar", ".nar.br"} {
 			if !slices.ContainsFunc(nars, func(n string) bool { return strings.HasSuffix(n, ext) }) {
-				t.Fatalf("expected xz, zstd and uncompressed NARs, got %v", nars)
+				t.Fatalf("expected xz, zstd, brotli and uncompressed NARs, got %v", nars)
 			}
 		}
 		publicFile := filepath.Join(t.TempDir(), "cache.pub")

@@ -1,4 +1,4 @@
-package caddynix
+package nixfmt
 
 import (
 	"crypto/rand"
@@ -10,12 +10,12 @@ import (
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
 )
 
-// loadSecretKey reads a secret key in Nix's `name:base64` format, as written
+// LoadSecretKey reads a secret key in Nix's `name:base64` format, as written
 // by `nix-store --generate-binary-cache-key` or `caddy nix-cache keygen`. A
 // key file that the group or others may read is refused: the key is what
 // makes clients trust the cache.
-func loadSecretKey(path string) (signature.SecretKey, error) {
-	data, err := readPrivateFile(path, "secret key")
+func LoadSecretKey(path string) (signature.SecretKey, error) {
+	data, err := ReadPrivateFile(path, "secret key")
 	if err != nil {
 		return signature.SecretKey{}, err
 	}
@@ -29,10 +29,10 @@ func loadSecretKey(path string) (signature.SecretKey, error) {
 	return key, nil
 }
 
-// readPrivateFile reads a file holding a secret (what names it in errors),
+// ReadPrivateFile reads a file holding a secret (what names it in errors),
 // refusing one that the group or others may read. Surrounding white space,
 // such as the usual final newline, is trimmed.
-func readPrivateFile(path, what string) (string, error) {
+func ReadPrivateFile(path, what string) (string, error) {
 	info, err := os.Stat(path)
 	if err != nil {
 		return "", fmt.Errorf("reading %s: %w", what, err)
@@ -50,10 +50,10 @@ func readPrivateFile(path, what string) (string, error) {
 	return strings.TrimSpace(string(data)), nil
 }
 
-// generateKeyPair writes a new key pair in Nix's format: the secret key with
+// GenerateKeyPair writes a new key pair in Nix's format: the secret key with
 // mode 0600, the public key with mode 0644. Existing files are never
 // overwritten.
-func generateKeyPair(name, secretPath, publicPath string) (signature.PublicKey, error) {
+func GenerateKeyPair(name, secretPath, publicPath string) (signature.PublicKey, error) {
 	if name == "" || strings.ContainsAny(name, ": \t\n") {
 		return signature.PublicKey{}, fmt.Errorf("key name %q must be non-empty and contain no colon or white space, e.g. cache.example.org-1", name)
 	}

@@ -1,4 +1,4 @@
-package caddynix
+package nixfmt
 
 import (
 	"bytes"
@@ -9,25 +9,24 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/cargoxx-pkgs/runner/internal/nixfmt"
 	"github.com/nix-community/go-nix/pkg/narinfo"
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
 	"github.com/nix-community/go-nix/pkg/nixhash"
 )
 
 // narinfoKeys are the keys Nix reads from a narinfo. Nix ignores any other
-// key, and so does parseNarInfo.
+// key, and so does ParseNarInfo.
 var narinfoKeys = map[string]bool{
 	"StorePath": true, "URL": true, "Compression": true, "FileHash": true,
 	"FileSize": true, "NarHash": true, "NarSize": true, "References": true,
 	"Deriver": true, "System": true, "Sig": true, "CA": true,
 }
 
-// parseNarInfo parses a narinfo with Nix's rules, which are more lenient
+// ParseNarInfo parses a narinfo with Nix's rules, which are more lenient
 // than go-nix's parser in one way (unknown keys are ignored) and stricter in
 // others (every line ends in a newline; StorePath, URL, NarHash and a
 // positive NarSize are required; only Sig may repeat).
-func parseNarInfo(data []byte) (*narinfo.NarInfo, error) {
+func ParseNarInfo(data []byte) (*narinfo.NarInfo, error) {
 	if len(data) == 0 {
 		return nil, errors.New("narinfo is empty")
 	}
@@ -77,18 +76,18 @@ func parseNarInfo(data []byte) (*narinfo.NarInfo, error) {
 		return nil, errors.New("narinfo has no positive NarSize")
 	}
 	if info.CA != "" {
-		if err := nixfmt.CheckContentAddress(info.CA); err != nil {
+		if err := CheckContentAddress(info.CA); err != nil {
 			return nil, fmt.Errorf("narinfo %w", err)
 		}
 	}
 	return info, nil
 }
 
-// fingerprint is the message a narinfo signature signs:
+// Fingerprint is the message a narinfo signature signs:
 // 1;<store path>;sha256:<nix32 NarHash>;<NarSize>;<sorted full reference paths>
 // go-nix's Fingerprint neither sorts the references nor knows other store
 // directories, so it is not used.
-func fingerprint(info *narinfo.NarInfo) string {
+func Fingerprint(info *narinfo.NarInfo) string {
 	storeDir := path.Dir(info.StorePath)
 	refs := make([]string, len(info.References))
 	for i, ref := range info.References {
@@ -99,14 +98,14 @@ func fingerprint(info *narinfo.NarInfo) string {
 		fmt.Sprint(info.NarSize) + ";" + strings.Join(refs, ",")
 }
 
-// signNarInfo adds a signature by every key. Signatures the narinfo already
+// Sign adds a signature by every key. Signatures the narinfo already
 // carries are kept, except those under one of the keys' names, which are
 // replaced by a fresh one, so no key name ever appears twice.
-func signNarInfo(info *narinfo.NarInfo, keys []signature.SecretKey) error {
+func Sign(info *narinfo.NarInfo, keys []signature.SecretKey) error {
 	if len(keys) == 0 {
 		return nil
 	}
-	message := fingerprint(info)
+	message := Fingerprint(info)
 	ours := map[string]bool{}
 	for _, key := range keys {
 		ours[key.ToPublicKey().Name] = true

@@ -1,4 +1,4 @@
-package caddynix
+package xz
 
 import (
 	"bytes"
@@ -71,7 +71,7 @@ func TestXzReaderDecodesWhatWritersWrite(t *testing.T) {
 	}
 	for name, compressed := range cases {
 		t.Run(name, func(t *testing.T) {
-			got, err := io.ReadAll(newXzReader(bytes.NewReader(compressed), maxXzDictSize))
+			got, err := io.ReadAll(NewReader(bytes.NewReader(compressed), MaxDictSize))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -126,7 +126,7 @@ func TestXzReaderRefusesBadStreams(t *testing.T) {
 		"lone padding byte":  {append(bytes.Clone(good), 0), "stream padding"},
 	} {
 		t.Run(name, func(t *testing.T) {
-			_, err := io.ReadAll(newXzReader(bytes.NewReader(tc.stream), maxXzDictSize))
+			_, err := io.ReadAll(NewReader(bytes.NewReader(tc.stream), MaxDictSize))
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("got error %v, want one saying %q", err, tc.want)
 			}
@@ -138,7 +138,7 @@ func FuzzXzReader(f *testing.F) {
 	f.Add(xzCompress(f, testData(4000), xz.WriterConfig{}))
 	f.Add(xzCompress(f, testData(4000), xz.WriterConfig{CheckSum: xz.CRC32, BlockSize: 1000}))
 	f.Fuzz(func(t *testing.T, stream []byte) {
-		ours, err := io.ReadAll(newXzReader(bytes.NewReader(stream), 1<<20))
+		ours, err := io.ReadAll(NewReader(bytes.NewReader(stream), 1<<20))
 		if err != nil {
 			return
 		}

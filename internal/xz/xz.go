@@ -1,4 +1,7 @@
-package caddynix
+// Package xz reads the .xz container around LZMA2 data with bounded
+// memory: the dictionary a stream asks for is checked against a limit
+// before anything is allocated, and every check the format has is made.
+package xz
 
 import (
 	"bufio"
@@ -15,16 +18,16 @@ import (
 	"github.com/ulikunitz/xz/lzma"
 )
 
-// maxXzDictSize bounds the LZMA2 dictionary an xz stream may ask for. The
+// MaxDictSize bounds the LZMA2 dictionary an xz stream may ask for. The
 // decoder allocates the whole dictionary up front, and the format allows
 // 4 GiB, so without a bound one upload could make caddy allocate gigabytes.
 // xz -9, the largest preset, uses 64 MiB; nix's default, -6, uses 8 MiB.
-const maxXzDictSize = 64 << 20
+const MaxDictSize = 64 << 20
 
 // The .xz container (https://tukaani.org/xz/xz-file-format.txt) around the
 // LZMA2 data, which github.com/ulikunitz/xz/lzma decodes. The container is
 // read here, rather than by the xz package's reader, to refuse a dictionary
-// larger than maxXzDictSize before it is allocated.
+// larger than MaxDictSize before it is allocated.
 var (
 	xzHeaderMagic = []byte{0xfd, '7', 'z', 'X', 'Z', 0x00}
 	xzFooterMagic = []byte{'Y', 'Z'}
@@ -42,9 +45,9 @@ const (
 // xzRecord is what the index says, and what was read, of one block.
 type xzRecord struct{ unpadded, uncompressed uint64 }
 
-// xzReader decompresses a sequence of .xz streams, checking every header,
+// Reader decompresses a sequence of .xz streams, checking every header,
 // block check and index, and refusing dictionaries over maxDict.
-type xzReader struct {
+type Reader struct {
 	in      *bufio.Reader
 	maxDict int64
 	err     error
@@ -65,11 +68,13 @@ type xzReader struct {
 	}
 }
 
-func newXzReader(r io.Reader, maxDict int64) *xzReader {
-	return &xzReader{in: bufio.NewReaderSize(r, 64<<10), maxDict: maxDict}
+// NewReader returns a reader of the data in the .xz stream r, which refuses
+// a stream whose LZMA2 dictionary exceeds maxDict bytes.
+func NewReader(r io.Reader, maxDict int64) *Reader {
+	return &Reader{in: bufio.NewReaderSize(r, 64<<10), maxDict: maxDict}
 }
 
-func (x *xzReader) Read(p []byte) (int, error) {
+func (x *Reader) Read(p []byte) (int, error) {
 	for x.err == nil {
 		if x.block == nil {
 			x.err = x.next()
@@ -93,7 +98,7 @@ func (x *xzReader) Read(p []byte) (int, error) {
 
 // next reads up to the next block and starts it, or reports io.EOF at the
 // end of the last stream.
-func (x *xzReader) next() error {
+func (x *Reader) next() error {
 	if !x.started {
 		x.started = true
 		return x.streamHeader()
@@ -114,7 +119,7 @@ func (x *xzReader) next() error {
 	return x.startBlock(size)
 }
 
-func (x *xzReader) streamHeader() error {
+func (x *Reader) streamHeader() error {
 	var h [12]byte
 	if _, err := io.ReadFull(x.in, h[:]); err != nil {
 		return fmt.Errorf("xz stream header: %w", noEOF(err))
@@ -141,7 +146,7 @@ func validCheck(c byte) bool {
 	return false
 }
 
-func (x *xzReader) startBlock(sizeByte byte) error {
+func (x *Reader) startBlock(sizeByte byte) error {
 	headerSize := (int(sizeByte) + 1) * 4
 	h := make([]byte, headerSize)
 	h[0] = sizeByte
@@ -221,7 +226,7 @@ func lzma2DictSize(props byte) (int64, error) {
 	return int64(2|props&1) << (props/2 + 11), nil
 }
 
-func (x *xzReader) endBlock() error {
+func (x *Reader) endBlock() error {
 	compressed := x.compressed.n
 	if x.declared.compressed >= 0 && compressed != x.declared.compressed {
 		return fmt.Errorf("xz block: %d compressed bytes, header says %d", compressed, x.declared.compressed)
@@ -249,7 +254,7 @@ func (x *xzReader) endBlock() error {
 }
 
 // skipPadding reads the zero bytes that bring n up to a multiple of four.
-func (x *xzReader) skipPadding(n int64) error {
+func (x *Reader) skipPadding(n int64) error {
 	for ; n%4 != 0; n++ {
 		b, err := x.in.ReadByte()
 		if err != nil {
@@ -264,7 +269,7 @@ func (x *xzReader) skipPadding(n int64) error {
 
 // index reads the index, whose indicator byte has been read, and compares
 // it with the blocks read.
-func (x *xzReader) index() error {
+func (x *Reader) index() error {
 	crc := crc32.NewIEEE()
 	crc.Write([]byte{0})
 	in := &countingReader{r: io.TeeReader(x.in, crc)}
@@ -303,7 +308,7 @@ func (x *xzReader) index() error {
 	return nil
 }
 
-func (x *xzReader) footer() error {
+func (x *Reader) footer() error {
 	var f [12]byte
 	if _, err := io.ReadFull(x.in, f[:]); err != nil {
 		return fmt.Errorf("xz stream footer: %w", noEOF(err))
@@ -323,7 +328,7 @@ func (x *xzReader) footer() error {
 
 // streamPadding skips null bytes after a stream and starts the next stream,
 // if any.
-func (x *xzReader) streamPadding() error {
+func (x *Reader) streamPadding() error {
 	for {
 		b, err := x.in.Peek(1)
 		if err == io.EOF {

@@ -1,4 +1,4 @@
-package caddynix
+package nixfmt
 
 import (
 	"crypto/rand"
@@ -26,7 +26,7 @@ X-Unknown-Key: tolerated
 `
 
 func TestParseNarInfoToleratesUnknownKeys(t *testing.T) {
-	info, err := parseNarInfo([]byte(sampleNarinfo))
+	info, err := ParseNarInfo([]byte(sampleNarinfo))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -56,44 +56,44 @@ func TestParseNarInfoRejects(t *testing.T) {
 	}
 	for name, text := range tests {
 		t.Run(name, func(t *testing.T) {
-			if _, err := parseNarInfo([]byte(text)); err == nil {
-				t.Fatalf("parseNarInfo accepted:\n%s", text)
+			if _, err := ParseNarInfo([]byte(text)); err == nil {
+				t.Fatalf("ParseNarInfo accepted:\n%s", text)
 			}
 		})
 	}
 }
 
 func TestFingerprintSortsReferences(t *testing.T) {
-	info, err := parseNarInfo([]byte(sampleNarinfo))
+	info, err := ParseNarInfo([]byte(sampleNarinfo))
 	if err != nil {
 		t.Fatal(err)
 	}
 	want := "1;/nix/store/wy01klyklshzl6crdbjgx2yyrwwv42sc-c;sha256:0c0k4fb2dq8lcdi0b2jfjhsvprdkkavvcffy7mpwlacbg0bcwbrx;400;" +
 		"/nix/store/2mq0d0irxq2fb3zqafd5gyphzy6zxjyw-a,/nix/store/s1w4pv4wk26rnhszw001nryksx0g7fgy-b"
-	if got := fingerprint(info); got != want {
-		t.Fatalf("fingerprint:\n got %s\nwant %s", got, want)
+	if got := Fingerprint(info); got != want {
+		t.Fatalf("Fingerprint:\n got %s\nwant %s", got, want)
 	}
 	// The narinfo's own order is left alone.
 	if info.References[0] != "s1w4pv4wk26rnhszw001nryksx0g7fgy-b" {
-		t.Fatalf("fingerprint reordered the narinfo's references: %v", info.References)
+		t.Fatalf("Fingerprint reordered the narinfo's references: %v", info.References)
 	}
 }
 
 func TestFingerprintNormalisesNarHashEncoding(t *testing.T) {
-	// The same hash in base16: the fingerprint must still use nix32.
+	// The same hash in base16: the Fingerprint must still use nix32.
 	base16 := strings.Replace(sampleNarinfo,
 		"NarHash: sha256:0c0k4fb2dq8lcdi0b2jfjhsvprdkkavvcffy7mpwlacbg0bcwbrx",
 		"NarHash: sha256:"+hexOfNix32(t, "0c0k4fb2dq8lcdi0b2jfjhsvprdkkavvcffy7mpwlacbg0bcwbrx"), 1)
-	a, err := parseNarInfo([]byte(sampleNarinfo))
+	a, err := ParseNarInfo([]byte(sampleNarinfo))
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := parseNarInfo([]byte(base16))
+	b, err := ParseNarInfo([]byte(base16))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if fingerprint(a) != fingerprint(b) {
-		t.Fatalf("fingerprints differ:\n%s\n%s", fingerprint(a), fingerprint(b))
+	if Fingerprint(a) != Fingerprint(b) {
+		t.Fatalf("fingerprints differ:\n%s\n%s", Fingerprint(a), Fingerprint(b))
 	}
 }
 
@@ -101,15 +101,15 @@ func TestSignNarInfoKeepsOtherSignaturesWithoutDuplicates(t *testing.T) {
 	ours, _, _ := signature.GenerateKeypair("cache-1", rand.Reader)
 	second, _, _ := signature.GenerateKeypair("cache-2", rand.Reader)
 	client, _, _ := signature.GenerateKeypair("client-1", rand.Reader)
-	info, err := parseNarInfo([]byte(sampleNarinfo))
+	info, err := ParseNarInfo([]byte(sampleNarinfo))
 	if err != nil {
 		t.Fatal(err)
 	}
-	clientSig, _ := client.Sign(rand.Reader, fingerprint(info))
+	clientSig, _ := client.Sign(rand.Reader, Fingerprint(info))
 	info.Signatures = append(info.Signatures, clientSig)
 
 	for range 2 { // signing twice must not add a second signature per key
-		if err := signNarInfo(info, []signature.SecretKey{ours, second}); err != nil {
+		if err := Sign(info, []signature.SecretKey{ours, second}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -123,7 +123,7 @@ func TestSignNarInfoKeepsOtherSignaturesWithoutDuplicates(t *testing.T) {
 	for _, key := range []signature.SecretKey{ours, second, client} {
 		ok := false
 		for _, sig := range info.Signatures {
-			ok = ok || key.ToPublicKey().Verify(fingerprint(info), sig)
+			ok = ok || key.ToPublicKey().Verify(Fingerprint(info), sig)
 		}
 		if !ok {
 			t.Errorf("no valid signature by %s", key.ToPublicKey().Name)
@@ -135,14 +135,14 @@ func TestNarInfoOutputAlwaysHasCompression(t *testing.T) {
 	// Nix reads a missing Compression as bzip2, so the served narinfo says
 	// so explicitly.
 	text := strings.Replace(sampleNarinfo, "Compression: xz\n", "", 1)
-	info, err := parseNarInfo([]byte(text))
+	info, err := ParseNarInfo([]byte(text))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if out := info.String(); !strings.Contains(out, "\nCompression: bzip2\n") {
 		t.Fatalf("served narinfo lacks Compression:\n%s", out)
 	}
-	info, _ = parseNarInfo([]byte(sampleNarinfo))
+	info, _ = ParseNarInfo([]byte(sampleNarinfo))
 	if out := info.String(); !strings.Contains(out, "\nCompression: xz\n") {
 		t.Fatalf("served narinfo changed Compression:\n%s", out)
 	}
@@ -157,7 +157,7 @@ func TestLoadSecretKey(t *testing.T) {
 	if err := os.WriteFile(path, []byte(secret.String()+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	key, err := loadSecretKey(path)
+	key, err := LoadSecretKey(path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -168,7 +168,7 @@ func TestLoadSecretKey(t *testing.T) {
 	if err := os.Chmod(path, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := loadSecretKey(path); err == nil || !strings.Contains(err.Error(), "chmod 600") {
+	if _, err := LoadSecretKey(path); err == nil || !strings.Contains(err.Error(), "chmod 600") {
 		t.Fatalf("world-readable key: err = %v, want a refusal that says chmod 600", err)
 	}
 
@@ -176,10 +176,10 @@ func TestLoadSecretKey(t *testing.T) {
 	if err := os.WriteFile(bad, []byte("no-colon-here\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := loadSecretKey(bad); err == nil {
+	if _, err := LoadSecretKey(bad); err == nil {
 		t.Fatal("a malformed key loaded")
 	}
-	if _, err := loadSecretKey(filepath.Join(dir, "missing.sec")); err == nil {
+	if _, err := LoadSecretKey(filepath.Join(dir, "missing.sec")); err == nil {
 		t.Fatal("a missing key loaded")
 	}
 }
@@ -187,7 +187,7 @@ func TestLoadSecretKey(t *testing.T) {
 func TestGenerateKeyPair(t *testing.T) {
 	dir := t.TempDir()
 	secretPath, publicPath := filepath.Join(dir, "k.sec"), filepath.Join(dir, "k.pub")
-	public, err := generateKeyPair("test-1", secretPath, publicPath)
+	public, err := GenerateKeyPair("test-1", secretPath, publicPath)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -195,7 +195,7 @@ func TestGenerateKeyPair(t *testing.T) {
 	if err != nil || info.Mode().Perm() != 0o600 {
 		t.Fatalf("secret key file mode: %v, %v", info, err)
 	}
-	secret, err := loadSecretKey(secretPath)
+	secret, err := LoadSecretKey(secretPath)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -203,10 +203,10 @@ func TestGenerateKeyPair(t *testing.T) {
 	if strings.TrimSpace(string(data)) != public.String() || secret.ToPublicKey().String() != public.String() {
 		t.Fatalf("public key file %q does not match the secret key", data)
 	}
-	if _, err := generateKeyPair("test-1", secretPath, publicPath); err == nil {
-		t.Fatal("generateKeyPair overwrote an existing key")
+	if _, err := GenerateKeyPair("test-1", secretPath, publicPath); err == nil {
+		t.Fatal("GenerateKeyPair overwrote an existing key")
 	}
-	if _, err := generateKeyPair("bad:name", filepath.Join(dir, "x"), filepath.Join(dir, "y")); err == nil {
+	if _, err := GenerateKeyPair("bad:name", filepath.Join(dir, "x"), filepath.Join(dir, "y")); err == nil {
 		t.Fatal("a key name with a colon was accepted")
 	}
 }

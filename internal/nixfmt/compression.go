@@ -1,4 +1,4 @@
-package caddynix
+package nixfmt
 
 import (
 	"compress/bzip2"
@@ -9,42 +9,49 @@ import (
 	"strings"
 
 	"github.com/andybalholm/brotli"
+	"github.com/cargoxx-pkgs/runner/internal/xz"
 	"github.com/klauspost/compress/zstd"
 )
 
-// narCompressions maps a narinfo's Compression to the NAR file extension
+// NarCompressions maps a narinfo's Compression to the NAR file extension
 // Nix gives it. These are the compressions this cache can check on upload.
-var narCompressions = map[string]string{
+var NarCompressions = map[string]string{
 	"none":  ".nar",
 	"xz":    ".nar.xz",
 	"zstd":  ".nar.zst",
 	"bzip2": ".nar.bz2",
+	"br":    ".nar.br",
 }
 
-// compressionOfExt is the inverse of narCompressions, keyed by the
+// compressionOfExt is the inverse of NarCompressions, keyed by the
 // extension after ".nar" ("" for an uncompressed NAR).
 var compressionOfExt = map[string]string{
 	"":     "none",
 	".xz":  "xz",
 	".zst": "zstd",
 	".bz2": "bzip2",
+	".br":  "br",
 }
 
-// narCompression is the compression of a NAR named nar/<52-char hash>.nar[.ext],
-// as the NAR URL shapes in urls.go allow.
-func narCompression(narPath string) (string, bool) {
-	compression, ok := compressionOfExt[strings.TrimPrefix(path.Base(narPath)[52:], ".nar")]
+// NarCompression is the compression of a NAR named <file hash>.nar[.ext],
+// by its extension.
+func NarCompression(narPath string) (string, bool) {
+	_, ext, ok := strings.Cut(path.Base(narPath), ".nar")
+	if !ok {
+		return "", false
+	}
+	compression, ok := compressionOfExt[ext]
 	return compression, ok
 }
 
-// decompressor returns a reader of r's decompressed content for a NAR
+// Decompressor returns a reader of r's decompressed content for a NAR
 // compression, and a function that releases its resources.
-func decompressor(compression string, r io.Reader) (io.Reader, func(), error) {
+func Decompressor(compression string, r io.Reader) (io.Reader, func(), error) {
 	switch compression {
 	case "none":
 		return r, func() {}, nil
 	case "xz":
-		return newXzReader(r, maxXzDictSize), func() {}, nil
+		return xz.NewReader(r, xz.MaxDictSize), func() {}, nil
 	case "zstd":
 		// One goroutine and a bounded window keep memory flat whatever the
 		// NAR's size.
@@ -56,13 +63,15 @@ func decompressor(compression string, r io.Reader) (io.Reader, func(), error) {
 		return zr, zr.Close, nil
 	case "bzip2":
 		return bzip2.NewReader(r), func() {}, nil
+	case "br":
+		return brotli.NewReader(r), func() {}, nil
 	}
-	return nil, nil, fmt.Errorf("compression %q is not supported by this cache (use none, xz, zstd or bzip2)", compression)
+	return nil, nil, fmt.Errorf("compression %q is not supported by this cache (use none, xz, zstd, bzip2 or br)", compression)
 }
 
-// contentDecoder undoes a request's Content-Encoding, which newer Nix sets
+// ContentDecoder undoes a request's Content-Encoding, which newer Nix sets
 // on compressed narinfo, listing and log uploads.
-func contentDecoder(encoding string, r io.Reader) (io.Reader, func(), error) {
+func ContentDecoder(encoding string, r io.Reader) (io.Reader, func(), error) {
 	switch encoding {
 	case "", "identity", "none":
 		return r, func() {}, nil
@@ -81,7 +90,7 @@ func contentDecoder(encoding string, r io.Reader) (io.Reader, func(), error) {
 		if encoding == "bzip" {
 			encoding = "bzip2"
 		}
-		return decompressor(encoding, r)
+		return Decompressor(encoding, r)
 	}
 	return nil, nil, fmt.Errorf("Content-Encoding %q is not supported (use gzip, br, zstd, xz or bzip2)", encoding)
 }

@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/cargoxx-pkgs/runner/caddynix/storage/dir"
 )
 
 // TestSweepRemovesDeadWritersLeftovers leaves temporary files as a crashed
@@ -23,16 +24,16 @@ func TestSweepRemovesDeadWritersLeftovers(t *testing.T) {
 		t.Fatal(err)
 	}
 	leftovers := []string{
-		filepath.Join(root, "nar", tempPrefix+strconv.Itoa(os.Getpid())+"-0123456789abcdef"),
-		filepath.Join(root, "nar", tempPrefix+"1-0123456789abcdef"),
-		filepath.Join(root, tempPrefix+"fedcba9876543210"),
+		filepath.Join(root, "nar", dir.TempPrefix+strconv.Itoa(os.Getpid())+"-0123456789abcdef"),
+		filepath.Join(root, "nar", dir.TempPrefix+"1-0123456789abcdef"),
+		filepath.Join(root, dir.TempPrefix+"fedcba9876543210"),
 	}
 	for _, name := range leftovers {
 		if err := os.WriteFile(name, []byte("half a NAR"), 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}
-	live := filepath.Join(root, "nar", tempPrefix+"live0123456789ab")
+	live := filepath.Join(root, "nar", dir.TempPrefix+"live0123456789ab")
 	f, err := os.Create(live)
 	if err != nil {
 		t.Fatal(err)

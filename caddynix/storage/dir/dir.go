@@ -1,0 +1,357 @@
+// Package dir is a nix_cache's storage in a local directory, in exactly
+// the layout `nix copy --to file://DIR` writes, so that such a directory
+// is served as it is and what is stored can be read back by `nix copy
+// --from file://DIR`. Every name is resolved with os.Root, so nothing
+// outside the directory can be reached, symlinks included.
+package dir
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"github.com/cargoxx-pkgs/runner/caddynix/storage"
+)
+
+// TempPrefix starts the name of every file being written. Its writer holds
+// an exclusive flock on it until it is committed or removed, and the kernel
+// drops the lock when the writer dies, so a file under this prefix that
+// nobody holds is a dead writer's leftover, whatever process ids (PID 1 in
+// a container, a reused PID) say.
+const TempPrefix = ".upload-"
+
+// layoutDirs are the directories of the layout that uploads write to.
+var layoutDirs = []string{".", "nar", "log", "realisations"}
+
+// Store is a cache directory.
+type Store struct {
+	path string
+	root *os.Root
+}
+
+// Open opens the existing directory path as a cache's storage.
+func Open(path string) (*Store, error) {
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return nil, fmt.Errorf("resolving %q: %w", path, err)
+	}
+	root, err := os.OpenRoot(abs)
+	if err != nil {
+		return nil, fmt.Errorf("opening the cache directory: %w", err)
+	}
+	return &Store{path: abs, root: root}, nil
+}
+
+// Path is the directory's absolute path.
+func (s *Store) Path() string { return s.path }
+
+// Stat describes the regular file name.
+func (s *Store) Stat(_ context.Context, name string) (storage.Info, error) {
+	info, err := s.root.Stat(filepath.FromSlash(name))
+	if err != nil {
+		return storage.Info{}, s.outside(name, err)
+	}
+	if !info.Mode().IsRegular() {
+		return storage.Info{}, fmt.Errorf("%s is not a regular file: %w", name, fs.ErrNotExist)
+	}
+	return infoOf(name, info), nil
+}
+
+// infoOf describes a file.
+func infoOf(name string, info fs.FileInfo) storage.Info {
+	var inode uint64
+	if st, ok := info.Sys().(*syscall.Stat_t); ok {
+		inode = st.Ino
+	}
+	return storage.Info{
+		Name:    name,
+		Size:    info.Size(),
+		ModTime: info.ModTime(),
+		Version: version(inode, info),
+	}
+}
+
+// version identifies a file's content as cheaply as a stat allows: a file
+// is replaced by rename, so a new inode, size or modification time.
+func version(inode uint64, info fs.FileInfo) string {
+	buf := make([]byte, 0, 48)
+	buf = strconv.AppendUint(buf, inode, 36)
+	buf = append(buf, '-')
+	buf = strconv.AppendInt(buf, info.Size(), 36)
+	buf = append(buf, '-')
+	buf = strconv.AppendInt(buf, info.ModTime().UnixNano(), 36)
+	return string(buf)
+}
+
+// Open opens the regular file name. The object is an *os.File.
+func (s *Store) Open(_ context.Context, name string) (storage.Object, storage.Info, error) {
+	f, err := s.root.Open(filepath.FromSlash(name))
+	if err != nil {
+		return nil, storage.Info{}, s.outside(name, err)
+	}
+	info, err := f.Stat()
+	if err != nil {
+		_ = f.Close()
+		return nil, storage.Info{}, err
+	}
+	if !info.Mode().IsRegular() {
+		_ = f.Close()
+		return nil, storage.Info{}, fmt.Errorf("%s is not a regular file: %w", name, fs.ErrNotExist)
+	}
+	return f, infoOf(name, info), nil
+}
+
+// outside marks the error of a name that is a symlink out of the root.
+func (s *Store) outside(name string, err error) error {
+	if errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	if info, lerr := s.root.Lstat(filepath.FromSlash(name)); lerr == nil && info.Mode()&fs.ModeSymlink != 0 {
+		return fmt.Errorf("%s: %w: %w", name, storage.ErrOutsideRoot, err)
+	}
+	return err
+}
+
+// Create starts writing name through a locked temporary file beside it.
+func (s *Store) Create(_ context.Context, name string) (storage.Upload, error) {
+	dir := path.Dir(name)
+	if err := s.root.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("creating %s: %w", dir, err)
+	}
+	random := make([]byte, 8)
+	_, _ = rand.Read(random)
+	temp := path.Join(dir, TempPrefix+hex.EncodeToString(random))
+	f, err := s.root.OpenFile(temp, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("creating a temporary file in %s: %w", dir, err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		_ = f.Close()
+		_ = s.root.Remove(temp)
+		return nil, fmt.Errorf("locking the temporary file %s: %w", temp, err)
+	}
+	return &upload{store: s, file: f, temp: temp, name: name}, nil
+}
+
+// Delete removes the file name.
+func (s *Store) Delete(_ context.Context, name string) error {
+	if err := s.root.Remove(filepath.FromSlash(name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	return nil
+}
+
+// List returns the regular files directly in dir, in name order, without
+// temporary files.
+func (s *Store) List(_ context.Context, dir string) ([]storage.Info, error) {
+	if dir == "" {
+		dir = "."
+	}
+	entries, err := fs.ReadDir(s.root.FS(), dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	out := make([]storage.Info, 0, len(entries))
+	for _, e := range entries {
+		if !e.Type().IsRegular() || strings.HasPrefix(e.Name(), TempPrefix) {
+			continue
+		}
+		info, err := e.Info()
+		if err != nil {
+			continue // removed meanwhile
+		}
+		out = append(out, infoOf(path.Join(dir, e.Name()), info))
+	}
+	return out, nil
+}
+
+// Close releases the directory.
+func (s *Store) Close() error { return s.root.Close() }
+
+// Temporaries lists the temporary files of uploads in the layout's
+// directories: those a live writer holds, and those whose writer died.
+func (s *Store) Temporaries() (live, abandoned []string, err error) {
+	for _, dir := range layoutDirs {
+		entries, err := fs.ReadDir(s.root.FS(), dir)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return nil, nil, err
+		}
+		for _, e := range entries {
+			if !strings.HasPrefix(e.Name(), TempPrefix) {
+				continue
+			}
+			name := path.Join(dir, e.Name())
+			if s.held(name) {
+				live = append(live, name)
+			} else {
+				abandoned = append(abandoned, name)
+			}
+		}
+	}
+	return live, abandoned, nil
+}
+
+// RemoveAbandoned removes the temporary files whose writer died and
+// returns their names.
+func (s *Store) RemoveAbandoned(_ context.Context) ([]string, error) {
+	_, abandoned, err := s.Temporaries()
+	if err != nil {
+		return nil, err
+	}
+	var removed []string
+	var errs []error
+	for _, name := range abandoned {
+		ok, err := s.removeUnheld(name)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("removing %s: %w", name, err))
+		}
+		if ok {
+			removed = append(removed, name)
+		}
+	}
+	return removed, errors.Join(errs...)
+}
+
+// removeUnheld removes the temporary file name unless a writer holds it
+// (again: it may have been created meanwhile), and reports whether it did.
+func (s *Store) removeUnheld(name string) (bool, error) {
+	f, err := s.root.Open(name)
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, nil // committed or removed meanwhile
+	}
+	if err != nil {
+		return false, err
+	}
+	defer func() { _ = f.Close() }()
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		if errors.Is(err, syscall.EWOULDBLOCK) {
+			return false, nil
+		}
+		return false, err
+	}
+	if err := s.root.Remove(name); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return false, err
+	}
+	return true, nil
+}
+
+// held reports whether a live writer holds the temporary file name.
+func (s *Store) held(name string) bool {
+	f, err := s.root.Open(name)
+	if err != nil {
+		return false
+	}
+	defer func() { _ = f.Close() }()
+	err = syscall.Flock(int(f.Fd()), syscall.LOCK_SH|syscall.LOCK_NB)
+	if err == nil {
+		_ = syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
+	}
+	return errors.Is(err, syscall.EWOULDBLOCK)
+}
+
+// syncDir makes a new name in name's directory survive a crash.
+func (s *Store) syncDir(name string) error {
+	dir, err := s.root.Open(path.Dir(name))
+	if err != nil {
+		return fmt.Errorf("opening the directory of %s: %w", name, err)
+	}
+	defer func() { _ = dir.Close() }()
+	if err := dir.Sync(); err != nil {
+		return fmt.Errorf("syncing the directory of %s: %w", name, err)
+	}
+	return nil
+}
+
+// upload is a file being written under a temporary name.
+type upload struct {
+	store      *Store
+	file       *os.File
+	temp, name string
+	done       bool
+}
+
+func (u *upload) Write(p []byte) (int, error)             { return u.file.Write(p) }
+func (u *upload) ReadAt(p []byte, off int64) (int, error) { return u.file.ReadAt(p, off) }
+
+// Commit fsyncs the file, renames it into place and fsyncs the directory,
+// so that a crash never leaves a partial file under its final name.
+func (u *upload) Commit() error {
+	if err := u.finish(); err != nil {
+		return err
+	}
+	if err := u.store.root.Rename(u.temp, u.name); err != nil {
+		u.remove()
+		return fmt.Errorf("renaming into place %s: %w", u.name, err)
+	}
+	return u.store.syncDir(u.name)
+}
+
+// CommitNew links the file into place only if nothing is there yet.
+func (u *upload) CommitNew() (bool, error) {
+	if err := u.finish(); err != nil {
+		return false, err
+	}
+	err := u.store.root.Link(u.temp, u.name)
+	u.remove()
+	if errors.Is(err, fs.ErrExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("linking into place %s: %w", u.name, err)
+	}
+	return true, u.store.syncDir(u.name)
+}
+
+// Abort closes and removes the temporary file.
+func (u *upload) Abort() {
+	if u.done {
+		return
+	}
+	u.done = true
+	_ = u.file.Close()
+	u.remove()
+}
+
+// finish makes the written data durable and closes the file.
+func (u *upload) finish() error {
+	if u.done {
+		return errors.New("the upload was already committed or aborted")
+	}
+	u.done = true
+	if err := u.file.Sync(); err != nil {
+		_ = u.file.Close()
+		u.remove()
+		return fmt.Errorf("syncing %s: %w", u.name, err)
+	}
+	if err := u.file.Close(); err != nil {
+		u.remove()
+		return fmt.Errorf("closing %s: %w", u.name, err)
+	}
+	return nil
+}
+
+func (u *upload) remove() {
+	_ = u.store.root.Remove(u.temp)
+}
+
+// Interface guards
+var (
+	_ storage.Store   = (*Store)(nil)
+	_ storage.Sweeper = (*Store)(nil)
+	_ storage.Upload  = (*upload)(nil)
+)

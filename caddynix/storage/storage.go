@@ -1,0 +1,81 @@
+// Package storage is where a nix_cache keeps its files. Serving, uploads,
+// verify and collection go through Store, so that a backend (a directory,
+// later an S3 bucket) plugs in without touching the handler. Names are
+// slash-separated and relative to the cache's root, in the layout of a
+// `file://` binary cache: nix-cache-info, <hash>.narinfo, nar/…, log/…,
+// realisations/…; the handler checks them before they reach a backend.
+package storage
+
+import (
+	"context"
+	"errors"
+	"io"
+	"time"
+)
+
+// Info describes a stored object.
+type Info struct {
+	// Name is the object's name below the root.
+	Name    string
+	Size    int64
+	ModTime time.Time
+	// Version changes whenever the object is replaced: for a directory,
+	// its inode, size and modification time; for S3, its ETag.
+	Version string
+}
+
+// Object is a stored object open for reading, with Range support through
+// Seek and ReadAt. A directory backend hands out *os.File, so that the
+// kernel can send it.
+type Object interface {
+	io.ReadSeekCloser
+	io.ReaderAt
+}
+
+// Upload is an object being written. Nothing is visible under its name
+// until Commit or CommitNew, and a reader never sees it half-written.
+type Upload interface {
+	io.Writer
+	// ReaderAt reads back what was written so far, for checks before
+	// the commit.
+	io.ReaderAt
+	// Commit makes the object visible under its name, durably, replacing
+	// what was there.
+	Commit() error
+	// CommitNew makes the object visible only if nothing is there yet,
+	// and reports whether it did; the upload is gone either way.
+	CommitNew() (bool, error)
+	// Abort drops the upload; after a commit it does nothing.
+	Abort()
+}
+
+// Store is a cache's storage. Missing objects are reported with an error
+// that wraps fs.ErrNotExist.
+type Store interface {
+	// Stat describes the object name.
+	Stat(ctx context.Context, name string) (Info, error)
+	// Open opens the object name for reading.
+	Open(ctx context.Context, name string) (Object, Info, error)
+	// Create starts writing the object name.
+	Create(ctx context.Context, name string) (Upload, error)
+	// Delete removes the object name; a missing one is no error.
+	Delete(ctx context.Context, name string) error
+	// List returns the objects directly below the directory dir ("" for
+	// the root), in name order, without uploads in progress.
+	List(ctx context.Context, dir string) ([]Info, error)
+	// Close releases the store.
+	Close() error
+}
+
+// Sweeper is a Store whose writers can leave temporary objects behind
+// when they die, and that can remove them.
+type Sweeper interface {
+	// RemoveAbandoned removes what writers that are no longer running
+	// left behind, and returns the names it removed.
+	RemoveAbandoned(ctx context.Context) ([]string, error)
+}
+
+// ErrOutsideRoot is wrapped by the errors of a name that resolves to
+// something outside the cache's root, such as a symlink leading out: not
+// the cache's, and asked for by anyone, so not worth an error log line.
+var ErrOutsideRoot = errors.New("outside the cache root")
