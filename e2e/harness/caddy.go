@@ -104,6 +104,7 @@ func (c *Caddy) AdminURL(path string) string {
 // E2E=require) when it has not been built.
 func CaddyBinary(t testing.TB, name string) string {
 	t.Helper()
+	skipShort(t)
 	path := filepath.Join(RepoRoot(t), "bin", name)
 	if _, err := os.Stat(path); err != nil {
 		Missing(t, "bin/"+name+" (run `make build xcaddy`)", err)

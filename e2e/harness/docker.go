@@ -33,6 +33,7 @@ var (
 // containers can only use the host's loopback network.
 func NewDocker(t testing.TB) *Docker {
 	t.Helper()
+	skipShort(t)
 	LookTool(t, "docker")
 	d := &Docker{t: t}
 	if err := d.ping(); err != nil {

@@ -103,6 +103,7 @@ func giteaSourceDir(t testing.TB) string {
 // is printed if the test failed.
 func StartGitea(t testing.TB, extraINI string) *Gitea {
 	t.Helper()
+	skipShort(t)
 	LookTool(t, "git")
 	g := &Gitea{t: t, binary: GiteaBinary(t), Dir: t.TempDir(), Port: FreePort(t)}
 	g.URL = fmt.Sprintf("http://127.0.0.1:%d/", g.Port)

@@ -27,6 +27,15 @@ func Required() bool {
 	return os.Getenv("E2E") == "require"
 }
 
+// skipShort skips an end-to-end test under `go test -short` (make unit):
+// those need built binaries and real peers.
+func skipShort(t testing.TB) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("end-to-end test: not run with -short (make unit)")
+	}
+}
+
 // Missing skips t because tool is unavailable, or fails it under E2E=require.
 func Missing(t testing.TB, tool string, why error) {
 	t.Helper()

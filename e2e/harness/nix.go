@@ -108,6 +108,7 @@ func NewNix(t testing.TB, extraConf string) *Nix {
 
 func newNix(t testing.TB, client NixClient, extraConf string) *Nix {
 	t.Helper()
+	skipShort(t)
 	if client.root == "" {
 		for _, tool := range []string{"nix", "nix-build", "nix-store"} {
 			LookTool(t, tool)
