@@ -15,27 +15,6 @@ func adapt(t *testing.T, caddyfile string) (string, error) {
 	return string(out), err
 }
 
-func TestCaddyfileAdapt(t *testing.T) {
-	got, err := adapt(t, `:8080 {
-	file_server
-	nix_cache {
-		name main
-		root cache/store
-		store_dir /nix/store
-		priority 30
-		want_mass_query false
-	}
-}`)
-	if err != nil {
-		t.Fatal(err)
-	}
-	// nix_cache is ordered before file_server whatever the order in the file.
-	want := `{"handler":"nix_cache","name":"main","priority":30,"root":"cache/store","store_dir":"/nix/store","want_mass_query":false},{"handler":"file_server","hide":["./Caddyfile"]}`
-	if !strings.Contains(got, want) {
-		t.Fatalf("adapted config:\n%s\nwant it to contain:\n%s", got, want)
-	}
-}
-
 func TestCaddyfileErrors(t *testing.T) {
 	tests := map[string]string{
 		"unknown option":  "nix_cache {\n\tflavour vanilla\n}",

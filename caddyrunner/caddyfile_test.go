@@ -16,42 +16,6 @@ func adapt(t *testing.T, caddyfile string) (string, error) {
 	return string(out), err
 }
 
-func TestCaddyfileAdapt(t *testing.T) {
-	got, err := adapt(t, `{
-	gitea_runner {
-		instance https://git.example.org
-		registration_token {env.GITEA_RUNNER_REGISTRATION_TOKEN}
-		scope repo owner/name
-		name cargoxx-pkgs-runner
-		labels self-hosted:docker://cargoxx-runner-job:latest other:host
-		labels more:host,again:host
-		capacity 2
-		fetch_interval 2s
-		fetch_interval_max 10s
-		timeout 3h
-		shutdown_timeout 10m
-		state_file data/.runner
-		env KEY value
-		container {
-			network host
-			privileged
-			options "--cpus 2"
-			valid_volumes /srv/shared/**
-			docker_host -
-			force_pull
-		}
-		trusted_jobs
-	}
-}`)
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := `"gitea_runner":{"instance":"https://git.example.org","registration_token":"{env.GITEA_RUNNER_REGISTRATION_TOKEN}","scope":"repo owner/name","name":"cargoxx-pkgs-runner","labels":["self-hosted:docker://cargoxx-runner-job:latest","other:host","more:host","again:host"],"capacity":2,"fetch_interval":2000000000,"fetch_interval_max":10000000000,"timeout":10800000000000,"shutdown_timeout":600000000000,"state_file":"data/.runner","env":{"KEY":"value"},"container":{"network":"host","privileged":true,"options":"--cpus 2","valid_volumes":["/srv/shared/**"],"docker_host":"-","force_pull":true},"trusted_jobs":true}`
-	if !strings.Contains(got, want) {
-		t.Fatalf("adapted:\n%s\nwant it to contain:\n%s", got, want)
-	}
-}
-
 func TestCaddyfileErrors(t *testing.T) {
 	for name, body := range map[string]string{
 		"unknown option":      "flavour vanilla",
