@@ -134,7 +134,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return fmt.Errorf("nix_cache: cache root %s: %w", h.root, err)
 	}
-	if data, err := h.readObject(ctx, "nix-cache-info", maxSmallDocSize); err == nil {
+	if data, err := storage.ReadAll(ctx, h.store, "nix-cache-info", maxSmallDocSize); err == nil {
 		if stored := storedStoreDir(data); stored != "" && stored != h.StoreDir {
 			return fmt.Errorf("nix_cache: %s/nix-cache-info says StoreDir %s but store_dir is %s: the cache holds paths of another store; set store_dir to match", h.root, stored, h.StoreDir)
 		}

@@ -17,19 +17,6 @@ import (
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
 )
 
-// sampleNarinfo is a narinfo as Nix writes it, with a key Nix ignores.
-const sampleNarinfo = `StorePath: /nix/store/wy01klyklshzl6crdbjgx2yyrwwv42sc-c
-URL: nar/1a0jcm4a6p8gy3w1j0sj0q1jp7bxsbvmp6hlx3k1zx9gzds7nhh0.nar.xz
-Compression: xz
-FileHash: sha256:1a0jcm4a6p8gy3w1j0sj0q1jp7bxsbvmp6hlx3k1zx9gzds7nhh0
-FileSize: 316
-NarHash: sha256:0c0k4fb2dq8lcdi0b2jfjhsvprdkkavvcffy7mpwlacbg0bcwbrx
-NarSize: 400
-References: s1w4pv4wk26rnhszw001nryksx0g7fgy-b 2mq0d0irxq2fb3zqafd5gyphzy6zxjyw-a
-Deriver: pk6x23rpy0sipmq8c177y3sn8dhbv9x2-c.drv
-X-Unknown-Key: tolerated
-`
-
 // newTestHandler provisions a handler on a temporary cache root with one
 // signing key.
 func newTestHandler(t *testing.T) (*Handler, signature.PublicKey) {
@@ -71,10 +58,11 @@ func serve(t *testing.T, h *Handler, method, target string) *httptest.ResponseRe
 
 func TestHandlerServesSignedNarinfo(t *testing.T) {
 	h, public := newTestHandler(t)
-	if err := os.WriteFile(filepath.Join(h.root, "wy01klyklshzl6crdbjgx2yyrwwv42sc.narinfo"), []byte(sampleNarinfo), 0o644); err != nil {
+	p := newTestPath(t, "c", "content")
+	if err := os.WriteFile(filepath.Join(h.root, p.hash+".narinfo"), []byte(p.narinfo("X-Unknown-Key: tolerated\n")), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	rec := serve(t, h, http.MethodGet, "/wy01klyklshzl6crdbjgx2yyrwwv42sc.narinfo")
+	rec := serve(t, h, http.MethodGet, "/"+p.hash+".narinfo")
 	if rec.Code != http.StatusOK || rec.Header().Get("Content-Type") != "text/x-nix-narinfo" {
 		t.Fatalf("GET narinfo: %d %q", rec.Code, rec.Header().Get("Content-Type"))
 	}
@@ -93,7 +81,7 @@ func TestHandlerServesSignedNarinfo(t *testing.T) {
 func TestHandlerAnswersBadNarinfoAsMissing(t *testing.T) {
 	h, _ := newTestHandler(t)
 	// A narinfo stored under another path's hash, and a corrupt one.
-	if err := os.WriteFile(filepath.Join(h.root, "2mq0d0irxq2fb3zqafd5gyphzy6zxjyw.narinfo"), []byte(sampleNarinfo), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(h.root, "2mq0d0irxq2fb3zqafd5gyphzy6zxjyw.narinfo"), []byte(newTestPath(t, "c", "content").narinfo("")), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	if err := os.WriteFile(filepath.Join(h.root, "s1w4pv4wk26rnhszw001nryksx0g7fgy.narinfo"), []byte("garbage"), 0o644); err != nil {

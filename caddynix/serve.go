@@ -79,7 +79,7 @@ func (h *Handler) serveNarInfo(w http.ResponseWriter, r *http.Request, req cache
 		return caddyhttp.Error(http.StatusNotFound, nil)
 	}
 	body, err := h.narinfos.get(req.file, info.Version, func() ([]byte, error) {
-		data, err := h.readObject(r.Context(), req.file, nixfmt.MaxNarInfoSize)
+		data, err := storage.ReadAll(r.Context(), h.store, req.file, nixfmt.MaxNarInfoSize)
 		if err != nil {
 			return nil, err
 		}

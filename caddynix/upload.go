@@ -17,6 +17,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/cargoxx-pkgs/runner/caddynix/storage"
 	"github.com/cargoxx-pkgs/runner/internal/nixfmt"
 	"github.com/nix-community/go-nix/pkg/narinfo"
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
@@ -267,7 +268,7 @@ func (h *Handler) putNar(r *http.Request, req cacheRequest) error {
 
 // receiveNar copies body to f, hashing it, while a second goroutine
 // decompresses the same bytes and hashes the NAR inside. Memory stays
-// bounded: nothing is buffered beyond the nixfmt.Decompressor's window.
+// bounded: nothing is buffered beyond the decompressor's window.
 func receiveNar(f io.Writer, body io.Reader, compression string, max int64) (narMeta, error) {
 	var meta narMeta
 	fileHasher := sha256.New()
@@ -302,7 +303,7 @@ func receiveNar(f io.Writer, body io.Reader, compression string, max int64) (nar
 		res.size, res.hash = counted.n, narHasher.Sum(nil)
 	}()
 
-	// Large chunks: fewer system calls and hand-offs to the nixfmt.Decompressor.
+	// Large chunks: fewer system calls and hand-offs to the decompressor.
 	buf := make([]byte, 1<<20)
 	n, copyErr := io.CopyBuffer(io.MultiWriter(f, fileHasher, pw), io.LimitReader(body, max+1), buf)
 	pw.CloseWithError(copyErr)
@@ -393,7 +394,7 @@ func (h *Handler) putNarInfo(r *http.Request, req cacheRequest) error {
 // replaceable says a file is there that cannot be served, which is no
 // valid path and may be replaced.
 func (h *Handler) storedNarInfo(ctx context.Context, name string) (info *narinfo.NarInfo, replaceable bool, err error) {
-	data, err := h.readObject(ctx, name, nixfmt.MaxNarInfoSize)
+	data, err := storage.ReadAll(ctx, h.store, name, nixfmt.MaxNarInfoSize)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, false, nil
 	}
@@ -505,12 +506,9 @@ func (h *Handler) putCacheInfo(r *http.Request) error {
 // request can never make the cache hold much in memory; a JSON document is
 // then checked within jsonCheckMemory.
 func (h *Handler) putDocument(r *http.Request, name string, limit int64, isJSON bool) error {
-	if r.ContentLength > limit {
-		return reject(http.StatusRequestEntityTooLarge, "too_large", "body of %d bytes is larger than %d bytes", r.ContentLength, limit)
-	}
-	body, release, err := nixfmt.ContentDecoder(r.Header.Get("Content-Encoding"), r.Body)
+	body, release, err := decodedBody(r, limit)
 	if err != nil {
-		return reject(http.StatusBadRequest, "bad_encoding", "%v", err)
+		return err
 	}
 	defer release()
 	up, err := h.store.Create(r.Context(), name)
@@ -551,15 +549,25 @@ func checkJSON(ctx context.Context, f io.ReaderAt, size int64) error {
 	return nil
 }
 
-// readSmallBody reads a whole request body of at most limit bytes, undoing
-// its Content-Encoding.
-func (h *Handler) readSmallBody(r *http.Request, limit int64) ([]byte, error) {
+// decodedBody is a request body of at most limit bytes as sent, with its
+// Content-Encoding undone; the caller bounds what it reads of the result.
+func decodedBody(r *http.Request, limit int64) (io.Reader, func(), error) {
 	if r.ContentLength > limit {
-		return nil, reject(http.StatusRequestEntityTooLarge, "too_large", "body of %d bytes is larger than %d bytes", r.ContentLength, limit)
+		return nil, nil, reject(http.StatusRequestEntityTooLarge, "too_large", "body of %d bytes is larger than %d bytes", r.ContentLength, limit)
 	}
 	body, release, err := nixfmt.ContentDecoder(r.Header.Get("Content-Encoding"), r.Body)
 	if err != nil {
-		return nil, reject(http.StatusBadRequest, "bad_encoding", "%v", err)
+		return nil, nil, reject(http.StatusBadRequest, "bad_encoding", "%v", err)
+	}
+	return body, release, nil
+}
+
+// readSmallBody reads a whole request body of at most limit bytes, undoing
+// its Content-Encoding.
+func (h *Handler) readSmallBody(r *http.Request, limit int64) ([]byte, error) {
+	body, release, err := decodedBody(r, limit)
+	if err != nil {
+		return nil, err
 	}
 	defer release()
 	data, err := io.ReadAll(io.LimitReader(body, limit+1))
@@ -597,17 +605,6 @@ func (h *Handler) createFile(ctx context.Context, name string, data []byte) (boo
 		return false, fmt.Errorf("writing %s: %w", name, err)
 	}
 	return up.CommitNew()
-}
-
-// readObject reads a stored object, up to one byte past limit, so that a
-// check of the size can tell a larger one.
-func (h *Handler) readObject(ctx context.Context, name string, limit int64) ([]byte, error) {
-	f, _, err := h.store.Open(ctx, name)
-	if err != nil {
-		return nil, err
-	}
-	defer func() { _ = f.Close() }()
-	return io.ReadAll(io.LimitReader(f, limit+1))
 }
 
 // ensureCacheInfoFile writes nix-cache-info into the root when it is

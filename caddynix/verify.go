@@ -50,7 +50,7 @@ func verifyCache(root string, opts verifyOptions) (*verifyReport, error) {
 	}
 	// The store directory is the one the cache announces.
 	storeDir := "/nix/store"
-	if data, err := readAll(ctx, store, "nix-cache-info", maxSmallDocSize); err == nil {
+	if data, err := storage.ReadAll(ctx, store, "nix-cache-info", maxSmallDocSize); err == nil {
 		if stored := storedStoreDir(data); stored != "" {
 			storeDir = stored
 		}
@@ -93,19 +93,9 @@ func verifyCache(root string, opts verifyOptions) (*verifyReport, error) {
 	return report, nil
 }
 
-// readAll reads a stored object of at most limit bytes.
-func readAll(ctx context.Context, store storage.Store, name string, limit int64) ([]byte, error) {
-	f, _, err := store.Open(ctx, name)
-	if err != nil {
-		return nil, err
-	}
-	defer func() { _ = f.Close() }()
-	return io.ReadAll(io.LimitReader(f, limit+1))
-}
-
 // verifyNarInfo checks one narinfo and returns its problems.
 func verifyNarInfo(ctx context.Context, store storage.Store, storeDir, name string, present, used map[string]bool, opts verifyOptions) []string {
-	data, err := readAll(ctx, store, name, nixfmt.MaxNarInfoSize)
+	data, err := storage.ReadAll(ctx, store, name, nixfmt.MaxNarInfoSize)
 	if err != nil {
 		return []string{err.Error()}
 	}

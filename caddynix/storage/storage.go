@@ -67,6 +67,17 @@ type Store interface {
 	Close() error
 }
 
+// ReadAll reads the object name, up to one byte past limit, so that a check
+// of the size can tell a larger one.
+func ReadAll(ctx context.Context, store Store, name string, limit int64) ([]byte, error) {
+	obj, _, err := store.Open(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	defer func() { _ = obj.Close() }()
+	return io.ReadAll(io.LimitReader(obj, limit+1))
+}
+
 // Sweeper is a Store whose writers can leave temporary objects behind
 // when they die, and that can remove them.
 type Sweeper interface {

@@ -28,12 +28,18 @@ func Required() bool {
 }
 
 // skipShort skips an end-to-end test under `go test -short` (make unit):
-// those need built binaries and real peers.
+// those need the built caddy, nix, Docker and Gitea, which short mode does
+// not provide. Under E2E=require, short mode is a failure instead.
 func skipShort(t testing.TB) {
 	t.Helper()
-	if testing.Short() {
-		t.Skip("end-to-end test: not run with -short (make unit)")
+	if !testing.Short() {
+		return
 	}
+	const why = "end-to-end test needing bin/caddy, nix, Docker and Gitea: not run with -short (make unit)"
+	if Required() {
+		t.Fatalf("%s, and E2E=require: run it without -short (make test)", why)
+	}
+	t.Skip("skipping: " + why)
 }
 
 // Missing skips t because tool is unavailable, or fails it under E2E=require.
