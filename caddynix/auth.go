@@ -18,6 +18,9 @@ const minTokenLength = 16
 // digests are kept, and they are compared in constant time.
 type credentials struct {
 	digests [][sha256.Size]byte
+	// names say which configured token each digest is, for provenance:
+	// "token 1", or "token_file /run/secrets/upload".
+	names []string
 }
 
 // loadCredentials expands and reads the configured tokens.
@@ -28,7 +31,7 @@ func loadCredentials(cfg *UploadConfig, repl *caddy.Replacer) (*credentials, err
 		if token == "" {
 			return nil, fmt.Errorf("upload token %d is empty after placeholders are expanded (is its environment variable set?)", i+1)
 		}
-		if err := creds.add(token); err != nil {
+		if err := creds.add(token, fmt.Sprintf("token %d", i+1)); err != nil {
 			return nil, fmt.Errorf("upload token %d: %w", i+1, err)
 		}
 	}
@@ -38,29 +41,35 @@ func loadCredentials(cfg *UploadConfig, repl *caddy.Replacer) (*credentials, err
 		if err != nil {
 			return nil, err
 		}
-		if err := creds.add(token); err != nil {
+		if err := creds.add(token, "token_file "+path); err != nil {
 			return nil, fmt.Errorf("upload token file %s: %w", path, err)
 		}
 	}
 	return creds, nil
 }
 
-func (c *credentials) add(token string) error {
+func (c *credentials) add(token, name string) error {
 	if len(token) < minTokenLength {
 		return fmt.Errorf("token is shorter than %d characters: generate one with `openssl rand -hex 32`", minTokenLength)
 	}
 	c.digests = append(c.digests, sha256.Sum256([]byte(token)))
+	c.names = append(c.names, name)
 	return nil
 }
 
-// allows reports whether token is one of the credentials.
-func (c *credentials) allows(token string) bool {
+// allows reports whether token is one of the credentials, and its name.
+func (c *credentials) allows(token string) (string, bool) {
 	digest := sha256.Sum256([]byte(token))
-	found := 0
-	for _, d := range c.digests {
-		found |= subtle.ConstantTimeCompare(d[:], digest[:])
+	match := -1
+	for i, d := range c.digests {
+		if subtle.ConstantTimeCompare(d[:], digest[:]) == 1 {
+			match = i
+		}
 	}
-	return found == 1
+	if match < 0 {
+		return "", false
+	}
+	return c.names[match], true
 }
 
 // requestToken returns the token a request presents: the password of Basic

@@ -6,6 +6,7 @@ import (
 
 	"github.com/dustin/go-humanize"
 
+	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -43,13 +44,20 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	        max_nar_size <size>      # bytes, or 8GiB, 500MB, …
 //	        max_log_size <size>      # default 64MiB
 //	    }
+//	    retention {
+//	        max_size <size>          # e.g. 50GiB
+//	        max_age  <duration>      # e.g. 90d
+//	        min_age  <duration>      # default 1h
+//	        interval <duration>      # default 1h
+//	    }
+//	    index_file      <file>
 //	}
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // the directive name
 	if d.NextArg() {
 		return d.ArgErr()
 	}
-	textOptions := map[string]*string{"name": &h.Name, "url": &h.URL, "root": &h.Root, "store_dir": &h.StoreDir}
+	textOptions := map[string]*string{"name": &h.Name, "url": &h.URL, "root": &h.Root, "store_dir": &h.StoreDir, "index_file": &h.IndexFile}
 	seen := map[string]bool{}
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		option := d.Val()
@@ -74,6 +82,10 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			h.SecretKeyFiles = append(h.SecretKeyFiles, value)
 		case "upload":
 			if err := h.unmarshalUpload(d); err != nil {
+				return err
+			}
+		case "retention":
+			if err := h.unmarshalRetention(d); err != nil {
 				return err
 			}
 		case "generate_key":
@@ -127,11 +139,9 @@ func (h *Handler) unmarshalUpload(d *caddyfile.Dispenser) error {
 				return d.Errf("nix_cache: %s given more than once", option)
 			}
 			seen[option] = true
-			size, err := humanize.ParseBytes(value)
-			if err != nil || size == 0 || size > math.MaxInt64 {
-				return d.Errf("nix_cache: %s %q is not a positive size such as 8GiB", option, value)
+			if *target, err = parseSize(d, option, value); err != nil {
+				return err
 			}
-			*target = int64(size)
 			continue
 		}
 		switch option {
@@ -144,6 +154,51 @@ func (h *Handler) unmarshalUpload(d *caddyfile.Dispenser) error {
 		}
 	}
 	return nil
+}
+
+// unmarshalRetention parses the retention block.
+func (h *Handler) unmarshalRetention(d *caddyfile.Dispenser) error {
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	h.Retention = new(RetentionConfig)
+	durations := map[string]*caddy.Duration{"max_age": &h.Retention.MaxAge, "min_age": &h.Retention.MinAge, "interval": &h.Retention.Interval}
+	seen := map[string]bool{}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		option := d.Val()
+		value, err := caddyutil.SingleArg(d)
+		if err != nil {
+			return err
+		}
+		if seen[option] {
+			return d.Errf("nix_cache: retention: %s given more than once", option)
+		}
+		seen[option] = true
+		if target, ok := durations[option]; ok {
+			dur, err := caddy.ParseDuration(value)
+			if err != nil || dur <= 0 {
+				return d.Errf("nix_cache: retention: %s %q is not a positive duration such as 90d or 1h", option, value)
+			}
+			*target = caddy.Duration(dur)
+			continue
+		}
+		if option != "max_size" {
+			return d.Errf("nix_cache: unknown retention option %q (max_size, max_age, min_age, interval)", option)
+		}
+		if h.Retention.MaxSize, err = parseSize(d, option, value); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// parseSize reads a positive size in bytes, or with a unit such as 8GiB.
+func parseSize(d *caddyfile.Dispenser, option, value string) (int64, error) {
+	size, err := humanize.ParseBytes(value)
+	if err != nil || size == 0 || size > math.MaxInt64 {
+		return 0, d.Errf("nix_cache: %s %q is not a positive size such as 8GiB", option, value)
+	}
+	return int64(size), nil
 }
 
 // Interface guard

@@ -21,6 +21,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/cargoxx-pkgs/runner/caddynix/storage"
 	"github.com/cargoxx-pkgs/runner/caddynix/storage/dir"
+	"github.com/cargoxx-pkgs/runner/caddynix/storage/index"
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
 	"go.uber.org/zap"
 )
@@ -80,7 +81,21 @@ type Handler struct {
 	// Without it, PUT answers 405. Caddyfile: an `upload` block.
 	Upload *UploadConfig `json:"upload,omitempty"`
 
+	// Retention deletes what the cache no longer needs, whole closures at
+	// a time, least recently used first. Without it, the cache only
+	// grows. Caddyfile: a `retention` block.
+	Retention *RetentionConfig `json:"retention,omitempty"`
+
+	// IndexFile is where the cache keeps its index: every path's
+	// references, sizes, provenance and last use, the pins and the CI runs
+	// that pushed. The files stay the truth: a lost index is rebuilt from
+	// them. Default: a file under Caddy's data directory named after the
+	// root (`caddy nix-cache` commands find it the same way). Caddyfile:
+	// `index_file`.
+	IndexFile string `json:"index_file,omitempty"`
+
 	root     string
+	state    *cacheState
 	store    storage.Store
 	keys     []signature.SecretKey
 	narinfos *narinfoCache
@@ -154,6 +169,21 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 			return fmt.Errorf("nix_cache: %w", err)
 		}
 	}
+	if h.Retention != nil {
+		h.Retention.setDefaults()
+	}
+	indexPath := repl.ReplaceAll(h.IndexFile, "")
+	if indexPath == "" {
+		indexPath = defaultIndexPath(h.root)
+	}
+	if h.state, err = joinCacheState(indexPath); err != nil {
+		return fmt.Errorf("nix_cache: %w", err)
+	}
+	app, err := ctx.App("nix_cache")
+	if err != nil {
+		return fmt.Errorf("nix_cache: %w", err)
+	}
+	app.(*App).register(h)
 	h.url = strings.TrimRight(repl.ReplaceAll(h.URL, ""), "/")
 	if err := h.shareCache(); err != nil {
 		return fmt.Errorf("nix_cache: %w", err)
@@ -208,6 +238,19 @@ func (h *Handler) loadKeys(repl *caddy.Replacer) error {
 	return nil
 }
 
+// collector collects the handler's cache with the index idx.
+func (h *Handler) collector(idx *index.Index) *collector {
+	return &collector{store: h.store, storeDir: h.StoreDir, state: h.state, idx: idx, logger: h.logger, cache: h.cacheLabel()}
+}
+
+// cacheLabel names the cache in metrics and logs: its name, or its root.
+func (h *Handler) cacheLabel() string {
+	if h.Name != "" {
+		return h.Name
+	}
+	return h.root
+}
+
 // publicKeyStrings lists the public keys of the signing keys, in Nix's
 // format, for trusted-public-keys.
 func (h *Handler) publicKeyStrings() []string {
@@ -229,11 +272,22 @@ func (h *Handler) Validate() error {
 	if h.Upload != nil && (h.Upload.MaxNarSize < 0 || h.Upload.MaxLogSize < 0) {
 		return fmt.Errorf("nix_cache: max_nar_size %d and max_log_size %d must be positive", h.Upload.MaxNarSize, h.Upload.MaxLogSize)
 	}
+	if h.Retention != nil {
+		if err := h.Retention.validate(); err != nil {
+			return fmt.Errorf("nix_cache: %w", err)
+		}
+	}
 	return nil
 }
 
-// Cleanup releases the cache root and leaves the named cache's shared state.
+// Cleanup releases the cache root and leaves the shared states.
 func (h *Handler) Cleanup() error {
+	if h.state != nil {
+		if err := leaveCacheState(h.state); err != nil {
+			return err
+		}
+		h.state = nil
+	}
 	if h.shared != nil {
 		if _, err := namedCaches.Delete(h.Name); err != nil {
 			return err

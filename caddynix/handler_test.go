@@ -1,7 +1,6 @@
 package caddynix
 
 import (
-	"context"
 	"crypto/rand"
 	"errors"
 	"github.com/cargoxx-pkgs/runner/internal/nixfmt"
@@ -34,8 +33,7 @@ func newTestHandlerWith(t *testing.T, upload *UploadConfig) (*Handler, signature
 		t.Fatal(err)
 	}
 	h := &Handler{Root: root, SecretKeyFiles: []string{filepath.Join(dir, "k.sec")}, Upload: upload}
-	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
-	t.Cleanup(cancel)
+	ctx := testContext(t)
 	if err := h.Provision(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -44,6 +42,30 @@ func newTestHandlerWith(t *testing.T, upload *UploadConfig) (*Handler, signature
 	}
 	t.Cleanup(func() { _ = h.Cleanup() })
 	return h, public
+}
+
+// testContext is the context of a configuration being loaded, in which a
+// handler can load the nix_cache app.
+func testContext(t *testing.T) caddy.Context {
+	t.Helper()
+	ctx, err := caddy.ProvisionContext(&caddy.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ctx
+}
+
+// TestMain keeps the indexes of the tests' caches out of the user's data
+// directory.
+func TestMain(m *testing.M) {
+	data, err := os.MkdirTemp("", "caddynix-test-data-")
+	if err != nil {
+		panic(err)
+	}
+	_ = os.Setenv("XDG_DATA_HOME", data)
+	code := m.Run()
+	_ = os.RemoveAll(data)
+	os.Exit(code)
 }
 
 func serve(t *testing.T, h *Handler, method, target string) *httptest.ResponseRecorder {
@@ -111,8 +133,7 @@ func TestProvisionRefusesStoreDirMismatch(t *testing.T) {
 		t.Fatal(err)
 	}
 	h := &Handler{Root: root}
-	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
-	defer cancel()
+	ctx := testContext(t)
 	err := h.Provision(ctx)
 	defer func() { _ = h.Cleanup() }()
 	if err == nil || !strings.Contains(err.Error(), "store_dir") {
@@ -129,8 +150,7 @@ func TestProvisionRefusesDuplicateKeyNames(t *testing.T) {
 		}
 	}
 	h := &Handler{Root: filepath.Join(dir, "cache"), SecretKeyFiles: []string{filepath.Join(dir, "a"), filepath.Join(dir, "b")}}
-	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
-	defer cancel()
+	ctx := testContext(t)
 	err := h.Provision(ctx)
 	defer func() { _ = h.Cleanup() }()
 	if err == nil || !strings.Contains(err.Error(), "same name") {

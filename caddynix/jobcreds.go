@@ -9,6 +9,7 @@ import (
 	"sync"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/cargoxx-pkgs/runner/caddynix/storage/index"
 )
 
 // namedCaches holds, per cache name, what the configurations serving that
@@ -22,7 +23,9 @@ type sharedCache struct {
 	mu         sync.RWMutex
 	url        string
 	publicKeys []string
-	jobTokens  map[[sha256.Size]byte]struct{}
+	// jobTokens are the live job credentials, with the job each was
+	// issued to (nil when the runner did not say).
+	jobTokens map[[sha256.Size]byte]*index.Job
 }
 
 // Destruct is called when no configuration serves the cache any more.
@@ -33,13 +36,13 @@ func (s *sharedCache) Destruct() error {
 	return nil
 }
 
-// allows reports whether token is a live job credential.
-func (s *sharedCache) allows(token string) bool {
+// allows reports whether token is a live job credential, and its job.
+func (s *sharedCache) allows(token string) (*index.Job, bool) {
 	digest := sha256.Sum256([]byte(token))
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	_, ok := s.jobTokens[digest]
-	return ok
+	job, ok := s.jobTokens[digest]
+	return job, ok
 }
 
 // CacheAccess is what a runner needs to let a job use a cache served by a
@@ -61,7 +64,7 @@ func (a *CacheAccess) IssueJobCredential() (token string, revoke func()) {
 	token = hex.EncodeToString(raw)
 	digest := sha256.Sum256([]byte(token))
 	a.shared.mu.Lock()
-	a.shared.jobTokens[digest] = struct{}{}
+	a.shared.jobTokens[digest] = nil
 	a.shared.mu.Unlock()
 	var once sync.Once
 	return token, func() {
@@ -119,7 +122,7 @@ func (h *Handler) shareCache() error {
 	h.shared.url = h.url
 	h.shared.publicKeys = h.publicKeyStrings()
 	if h.Upload != nil && h.shared.jobTokens == nil {
-		h.shared.jobTokens = map[[sha256.Size]byte]struct{}{}
+		h.shared.jobTokens = map[[sha256.Size]byte]*index.Job{}
 	}
 	return nil
 }

@@ -52,9 +52,57 @@ var (
 	}, []string{"reason"})
 )
 
+// Collectors of the storage and retention, labelled by cache (its name, or
+// its root).
+var (
+	storedBytes = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: "caddy",
+		Subsystem: "nix_cache",
+		Name:      "stored_bytes",
+		Help:      "Bytes of NAR files and narinfos the cache holds, as of its last indexing or collection.",
+	}, []string{"cache"})
+	storedPaths = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: "caddy",
+		Subsystem: "nix_cache",
+		Name:      "stored_paths",
+		Help:      "Store paths the cache holds, as of its last indexing or collection.",
+	}, []string{"cache"})
+	protectedBytes = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: "caddy",
+		Subsystem: "nix_cache",
+		Name:      "protected_bytes",
+		Help:      "Bytes that retention keeps whatever its limits: pinned closures, closures of kept CI runs, paths younger than min_age.",
+	}, []string{"cache"})
+	gcRuns = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy",
+		Subsystem: "nix_cache",
+		Name:      "gc_runs_total",
+		Help:      "Collections run by retention, the admin endpoint or the command line.",
+	}, []string{"cache"})
+	gcDeletedPaths = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy",
+		Subsystem: "nix_cache",
+		Name:      "gc_deleted_paths_total",
+		Help:      "Store paths deleted by collections and deletions.",
+	}, []string{"cache"})
+	gcFreedBytes = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy",
+		Subsystem: "nix_cache",
+		Name:      "gc_freed_bytes_total",
+		Help:      "Bytes freed by collections and deletions, orphaned NARs included.",
+	}, []string{"cache"})
+	indexRebuilds = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy",
+		Subsystem: "nix_cache",
+		Name:      "index_rebuilds_total",
+		Help:      "Times the index was built from the files: at start, after a lost or corrupt index, or on request.",
+	}, []string{"cache"})
+)
+
 // registerMetrics adds the cache's collectors to a config's registry.
 func registerMetrics(registry prometheus.Registerer) error {
-	return caddyutil.RegisterCollectors(registry, requestsTotal, bytesServed, narinfoLookups, uploadsTotal, uploadBytes, uploadRejections)
+	return caddyutil.RegisterCollectors(registry, requestsTotal, bytesServed, narinfoLookups, uploadsTotal, uploadBytes, uploadRejections,
+		storedBytes, storedPaths, protectedBytes, gcRuns, gcDeletedPaths, gcFreedBytes, indexRebuilds)
 }
 
 // meteredWriter counts the status code and body bytes of a response. It

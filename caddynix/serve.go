@@ -91,6 +91,7 @@ func (h *Handler) serveNarInfo(w http.ResponseWriter, r *http.Request, req cache
 		return caddyhttp.Error(http.StatusNotFound, nil)
 	}
 	narinfoLookups.WithLabelValues("served").Inc()
+	h.state.markServed(req.hash)
 	if !dropEmptySuffixRanges(w, r, int64(len(body))) {
 		return nil
 	}

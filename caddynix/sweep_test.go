@@ -1,7 +1,6 @@
 package caddynix
 
 import (
-	"context"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -9,7 +8,6 @@ import (
 	"syscall"
 	"testing"
 
-	"github.com/caddyserver/caddy/v2"
 	"github.com/cargoxx-pkgs/runner/caddynix/storage/dir"
 )
 
@@ -58,8 +56,7 @@ func TestSweepRemovesDeadWritersLeftovers(t *testing.T) {
 	}
 
 	h := &Handler{Root: root}
-	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
-	defer cancel()
+	ctx := testContext(t)
 	if err := h.Provision(ctx); err != nil {
 		t.Fatal(err)
 	}

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/cargoxx-pkgs/runner/caddynix/storage"
+	"github.com/cargoxx-pkgs/runner/caddynix/storage/index"
 	"github.com/cargoxx-pkgs/runner/internal/nixfmt"
 	"github.com/nix-community/go-nix/pkg/narinfo"
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
@@ -179,7 +180,9 @@ func (b *trackedBody) Read(p []byte) (int, error) {
 }
 
 func (h *Handler) upload(r *http.Request, req cacheRequest, ok bool) error {
-	if token, present := requestToken(r); !present || !h.allowsUpload(token) {
+	token, present := requestToken(r)
+	pusher, allowed := h.uploader(token)
+	if !present || !allowed {
 		return reject(http.StatusUnauthorized, "unauthorized", "uploads need a valid token (Basic password from a netrc file, or Bearer)")
 	}
 	if !ok {
@@ -189,7 +192,7 @@ func (h *Handler) upload(r *http.Request, req cacheRequest, ok bool) error {
 	case kindNar:
 		return h.putNar(r, req)
 	case kindNarinfo:
-		return h.putNarInfo(r, req)
+		return h.putNarInfo(r, req, pusher)
 	case kindCacheInfo:
 		return h.putCacheInfo(r)
 	case kindListing:
@@ -202,13 +205,23 @@ func (h *Handler) upload(r *http.Request, req cacheRequest, ok bool) error {
 	return reject(http.StatusMethodNotAllowed, "bad_path", "%s cannot be uploaded", r.URL.Path)
 }
 
-// allowsUpload reports whether token is a configured upload token or a live
-// credential a runner issued to a job.
-func (h *Handler) allowsUpload(token string) bool {
-	if h.creds.allows(token) {
-		return true
+// uploader returns who presents token: a configured upload token or a
+// live credential a runner issued to a job.
+func (h *Handler) uploader(token string) (*index.Pusher, bool) {
+	if name, ok := h.creds.allows(token); ok {
+		return &index.Pusher{Token: name}, true
 	}
-	return h.shared != nil && h.shared.allows(token)
+	if h.shared == nil {
+		return nil, false
+	}
+	job, ok := h.shared.allows(token)
+	if !ok {
+		return nil, false
+	}
+	if job == nil {
+		return &index.Pusher{Token: "job credential"}, true
+	}
+	return &index.Pusher{Job: job}, true
 }
 
 // narMeta is what a NAR upload was found to hold.
@@ -330,7 +343,7 @@ func receiveNar(f io.Writer, body io.Reader, compression string, max int64) (nar
 // accepted only when its NAR is stored and matches it, and its references
 // are already in the cache. A path the cache already holds is never
 // replaced: the same NAR again changes nothing, another one is a conflict.
-func (h *Handler) putNarInfo(r *http.Request, req cacheRequest) error {
+func (h *Handler) putNarInfo(r *http.Request, req cacheRequest, pusher *index.Pusher) error {
 	data, err := h.readSmallBody(r, nixfmt.MaxNarInfoSize)
 	if err != nil {
 		return err
@@ -340,23 +353,14 @@ func (h *Handler) putNarInfo(r *http.Request, req cacheRequest) error {
 	if err != nil {
 		return err
 	}
-	existing, replaceable, err := h.storedNarInfo(r.Context(), req.file)
+	existing, _, err := h.storedNarInfo(r.Context(), req.file)
 	if err != nil {
 		return err
 	}
-	if existing != nil {
-		return sameNar(existing, info)
-	}
-	if err := h.checkNarInfoNar(r.Context(), info); err != nil {
-		return err
-	}
-	self := path.Base(info.StorePath)
-	for _, ref := range info.References {
-		if ref == self {
-			continue
-		}
-		if _, err := h.store.Stat(r.Context(), ref[:storePathHashLen]+".narinfo"); err != nil {
-			return reject(http.StatusBadRequest, "missing_reference", "reference %s is not in the cache: upload it first", ref)
+	if existing == nil {
+		// Reading the NAR again can take a while: not under the lock.
+		if err := h.checkNarInfoNar(r.Context(), info); err != nil {
+			return err
 		}
 	}
 	// Only the cache signs with its own key names; a signature claiming one
@@ -370,24 +374,78 @@ func (h *Handler) putNarInfo(r *http.Request, req cacheRequest) error {
 	if _, err := h.admitNarInfo(stored, req.hash); err != nil {
 		return fmt.Errorf("as stored: %w", err)
 	}
-	if err := h.ensureCacheInfoFile(r.Context()); err != nil {
-		return err
-	}
-	if replaceable {
-		err = h.writeFile(r.Context(), req.file, stored)
-	} else if created, cerr := h.createFile(r.Context(), req.file, stored); cerr != nil {
-		err = cerr
-	} else if !created {
-		// Another upload of the same path came first.
-		if existing, _, err = h.storedNarInfo(r.Context(), req.file); err == nil && existing != nil {
-			err = sameNar(existing, info)
-		}
-	}
+	info, file, err := h.commitNarInfo(r.Context(), req, info, stored)
 	if err != nil {
 		return err
 	}
 	h.pending.delete(info.URL)
+	if idx := h.state.index(); idx != nil {
+		if err := idx.RecordPush(index.FromNarInfo(info, file), pusher, time.Now()); err != nil {
+			h.logger.Error("recording an upload in the cache index", zap.String("store_path", info.StorePath), zap.Error(err))
+		}
+	}
 	return nil
+}
+
+// commitNarInfo stores the narinfo unless the path is there, checking,
+// under the lock that collections delete under, that its NAR and its
+// references are stored, and telling a running collection that the path
+// and what it needs are wanted again. It returns the narinfo the cache
+// holds, and its file.
+func (h *Handler) commitNarInfo(ctx context.Context, req cacheRequest, info *narinfo.NarInfo, stored []byte) (*narinfo.NarInfo, storage.Info, error) {
+	h.state.closure.RLock()
+	defer h.state.closure.RUnlock()
+	existing, replaceable, err := h.storedNarInfo(ctx, req.file)
+	if err != nil {
+		return nil, storage.Info{}, err
+	}
+	if existing == nil {
+		if _, err := h.store.Stat(ctx, info.URL); err != nil {
+			return nil, storage.Info{}, reject(http.StatusBadRequest, "missing_nar", "the NAR %s has not been uploaded: upload it before its narinfo", info.URL)
+		}
+		self := path.Base(info.StorePath)
+		for _, ref := range info.References {
+			if ref == self {
+				continue
+			}
+			if _, err := h.store.Stat(ctx, ref[:storePathHashLen]+".narinfo"); err != nil {
+				return nil, storage.Info{}, reject(http.StatusBadRequest, "missing_reference", "reference %s is not in the cache: upload it first", ref)
+			}
+		}
+		if err := h.ensureCacheInfoFile(ctx); err != nil {
+			return nil, storage.Info{}, err
+		}
+		if replaceable {
+			err = h.writeFile(ctx, req.file, stored)
+		} else if created, cerr := h.createFile(ctx, req.file, stored); cerr != nil {
+			err = cerr
+		} else if !created {
+			// Another upload of the same path came first.
+			existing, _, err = h.storedNarInfo(ctx, req.file)
+			if err == nil && existing == nil {
+				err = fmt.Errorf("%s vanished while it was uploaded", req.file)
+			}
+		}
+		if err != nil {
+			return nil, storage.Info{}, err
+		}
+	}
+	if existing != nil {
+		if err := sameNar(existing, info); err != nil {
+			return nil, storage.Info{}, err
+		}
+		info = existing
+	}
+	file, err := h.store.Stat(ctx, req.file)
+	if err != nil {
+		return nil, storage.Info{}, err
+	}
+	touched := []string{req.hash, info.URL}
+	for _, ref := range info.References {
+		touched = append(touched, ref[:storePathHashLen])
+	}
+	h.state.noteTouched(touched...)
+	return info, file, nil
 }
 
 // storedNarInfo returns the narinfo the cache holds under name, or nil;

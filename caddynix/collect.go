@@ -1,0 +1,331 @@
+package caddynix
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/cargoxx-pkgs/runner/caddynix/storage"
+	"github.com/cargoxx-pkgs/runner/caddynix/storage/index"
+	"go.uber.org/zap"
+)
+
+// collector deletes what a cache no longer needs. The handler's retention
+// loop, the admin routes and `caddy nix-cache gc|delete` all use it.
+type collector struct {
+	store    storage.Store
+	storeDir string
+	state    *cacheState
+	idx      *index.Index
+	logger   *zap.Logger
+	// cache labels the metrics.
+	cache string
+}
+
+// collectReport says what a collection did, or with dryRun would do.
+type collectReport struct {
+	DryRun bool `json:"dry_run,omitempty"`
+	// Paths is how many paths the cache held before.
+	Paths int `json:"paths"`
+	// Deleted are the store paths deleted.
+	Deleted []string `json:"deleted"`
+	// Nars is how many NAR files were deleted, orphans included.
+	Nars int `json:"nars_deleted"`
+	// Orphans are NAR files no narinfo named, older than min_age.
+	Orphans    []string `json:"orphans_deleted,omitempty"`
+	FreedBytes int64    `json:"freed_bytes"`
+	SizeBefore int64    `json:"size_before"`
+	SizeAfter  int64    `json:"size_after"`
+	// Protected is the size of pinned closures, closures of kept CI runs
+	// and paths younger than min_age.
+	Protected int64 `json:"protected_bytes"`
+	MaxSize   int64 `json:"max_size,omitempty"`
+	// KeptByUploads counts paths planned for deletion that an upload
+	// needed meanwhile, and that were kept.
+	KeptByUploads int                  `json:"kept_by_uploads,omitempty"`
+	Reconciled    index.ReconcileStats `json:"reconciled"`
+	Duration      time.Duration        `json:"duration_ns"`
+}
+
+// errCollecting is returned when another collection of the cache runs.
+var errCollecting = errors.New("a collection of this cache is already running")
+
+// collect brings the index in line with the files, plans by pol and, unless
+// dryRun, deletes.
+func (c *collector) collect(ctx context.Context, pol policy, dryRun bool) (*collectReport, error) {
+	if !c.state.collecting.TryLock() {
+		return nil, errCollecting
+	}
+	defer c.state.collecting.Unlock()
+	start := time.Now()
+	report := &collectReport{DryRun: dryRun, MaxSize: pol.maxSize}
+	if err := c.state.flushServed(); err != nil {
+		return nil, fmt.Errorf("writing served times: %w", err)
+	}
+	// Uploads from here on are seen by the deletions below.
+	c.state.track(true)
+	defer c.state.track(false)
+
+	var err error
+	report.Reconciled, err = c.idx.Reconcile(ctx, c.store, c.storeDir, false)
+	if err != nil {
+		return nil, fmt.Errorf("indexing the cache: %w", err)
+	}
+	paths, err := c.idx.Paths()
+	if err != nil {
+		return nil, err
+	}
+	served, err := c.idx.Served()
+	if err != nil {
+		return nil, err
+	}
+	roots, err := c.roots()
+	if err != nil {
+		return nil, err
+	}
+	now := time.Now()
+	plan := planRetention(paths, served, roots, pol, now)
+	report.Paths, report.SizeBefore, report.SizeAfter, report.Protected = plan.Paths, plan.SizeBefore, plan.SizeAfter, plan.Protected
+
+	orphans, err := c.orphanNars(ctx, paths, now.Add(-pol.minAge))
+	if err != nil {
+		return nil, err
+	}
+	if dryRun {
+		for _, p := range plan.Delete {
+			report.Deleted = append(report.Deleted, p.StorePath)
+		}
+		report.Nars = len(plan.Nars) + len(orphans)
+		report.FreedBytes = plan.SizeBefore - plan.SizeAfter
+		for _, o := range orphans {
+			report.Orphans = append(report.Orphans, o.Name)
+			report.FreedBytes += o.Size
+		}
+		report.Duration = time.Since(start)
+		return report, nil
+	}
+
+	if err := c.deleteOrphans(ctx, orphans, report); err != nil {
+		return report, err
+	}
+	freed, err := c.deletePaths(ctx, plan.Delete, plan.Nars, report)
+	report.SizeAfter = plan.SizeBefore - freed
+	if err != nil {
+		return report, err
+	}
+	report.Duration = time.Since(start)
+	c.record(report)
+	return report, nil
+}
+
+// roots are the hash parts of the paths whose closures are kept: the pins
+// and the paths of the kept CI runs.
+func (c *collector) roots() ([]string, error) {
+	pins, err := c.idx.Pins()
+	if err != nil {
+		return nil, err
+	}
+	var roots []string
+	for _, pin := range pins {
+		roots = append(roots, pin.Hash)
+	}
+	runs, err := c.idx.KeptRuns()
+	if err != nil {
+		return nil, err
+	}
+	for _, run := range runs {
+		roots = append(roots, run.Paths...)
+	}
+	return roots, nil
+}
+
+// orphanNars lists the NAR files that no indexed narinfo names and that
+// are older than before: left by uploads whose narinfo never came.
+func (c *collector) orphanNars(ctx context.Context, paths map[string]*index.Path, before time.Time) ([]storage.Info, error) {
+	named := make(map[string]bool, len(paths))
+	for _, p := range paths {
+		named[p.NarURL] = true
+	}
+	nars, err := c.store.List(ctx, "nar")
+	if err != nil {
+		return nil, fmt.Errorf("listing nar/: %w", err)
+	}
+	var orphans []storage.Info
+	for _, nar := range nars {
+		if !named[nar.Name] && nar.ModTime.Before(before) {
+			orphans = append(orphans, nar)
+		}
+	}
+	return orphans, nil
+}
+
+func (c *collector) deleteOrphans(ctx context.Context, orphans []storage.Info, report *collectReport) error {
+	c.state.closure.Lock()
+	defer c.state.closure.Unlock()
+	for _, o := range orphans {
+		if c.state.wasTouched(o.Name) {
+			continue
+		}
+		if err := c.store.Delete(ctx, o.Name); err != nil {
+			return fmt.Errorf("deleting orphaned NAR %s: %w", o.Name, err)
+		}
+		report.Orphans = append(report.Orphans, o.Name)
+		report.Nars++
+		report.FreedBytes += o.Size
+	}
+	return nil
+}
+
+// deleteBatch is how many paths are deleted under one hold of the closure
+// lock, so that uploads wait for a short while at most.
+const deleteBatch = 256
+
+// deletePaths deletes paths, given referrers first, and then the NAR files
+// nars. A path an upload committed or referenced since the plan is kept,
+// with everything it references. It returns the bytes it freed.
+func (c *collector) deletePaths(ctx context.Context, paths []*index.Path, nars []string, report *collectReport) (int64, error) {
+	var freed int64
+	kept := map[string]bool{}
+	keptNars := map[string]bool{}
+	for start := 0; start < len(paths); start += deleteBatch {
+		batch := paths[start:min(start+deleteBatch, len(paths))]
+		var gone []string
+		err := func() error {
+			c.state.closure.Lock()
+			defer c.state.closure.Unlock()
+			for _, p := range batch {
+				if kept[p.Hash] || c.state.wasTouched(p.Hash) {
+					report.KeptByUploads++
+					keptNars[p.NarURL] = true
+					for _, ref := range p.References {
+						kept[ref] = true
+					}
+					continue
+				}
+				// The narinfo first: from then on, the path is not in
+				// the cache, whatever is left of it.
+				if err := c.store.Delete(ctx, p.Hash+".narinfo"); err != nil {
+					return fmt.Errorf("deleting %s: %w", p.StorePath, err)
+				}
+				if err := c.store.Delete(ctx, p.Hash+".ls"); err != nil {
+					return fmt.Errorf("deleting the listing of %s: %w", p.StorePath, err)
+				}
+				gone = append(gone, p.Hash)
+				report.Deleted = append(report.Deleted, p.StorePath)
+				freed += p.NarinfoSize
+			}
+			return nil
+		}()
+		if ierr := c.idx.Delete(gone...); ierr != nil && err == nil {
+			err = fmt.Errorf("updating the index: %w", ierr)
+		}
+		if err != nil {
+			report.FreedBytes += freed
+			return freed, err
+		}
+	}
+	sizes := map[string]int64{}
+	for _, p := range paths {
+		sizes[p.NarURL] = p.FileSize
+	}
+	c.state.closure.Lock()
+	defer c.state.closure.Unlock()
+	defer func() { report.FreedBytes += freed }()
+	for _, nar := range nars {
+		if keptNars[nar] || c.state.wasTouched(nar) {
+			continue
+		}
+		if err := c.store.Delete(ctx, nar); err != nil {
+			return freed, fmt.Errorf("deleting NAR %s: %w", nar, err)
+		}
+		report.Nars++
+		freed += sizes[nar]
+	}
+	return freed, nil
+}
+
+// record logs a collection and counts it in the metrics.
+func (c *collector) record(report *collectReport) {
+	gcRuns.WithLabelValues(c.cache).Inc()
+	gcDeletedPaths.WithLabelValues(c.cache).Add(float64(len(report.Deleted)))
+	gcFreedBytes.WithLabelValues(c.cache).Add(float64(report.FreedBytes))
+	storedBytes.WithLabelValues(c.cache).Set(float64(report.SizeAfter))
+	storedPaths.WithLabelValues(c.cache).Set(float64(report.Paths - len(report.Deleted)))
+	protectedBytes.WithLabelValues(c.cache).Set(float64(report.Protected))
+	fields := []zap.Field{
+		zap.String("cache", c.cache),
+		zap.Int("paths", report.Paths),
+		zap.Int("deleted_paths", len(report.Deleted)),
+		zap.Int("deleted_nars", report.Nars),
+		zap.Int64("freed_bytes", report.FreedBytes),
+		zap.Int64("size_bytes", report.SizeAfter),
+		zap.Duration("took", report.Duration),
+	}
+	if report.KeptByUploads > 0 {
+		fields = append(fields, zap.Int("kept_for_uploads", report.KeptByUploads))
+	}
+	if report.MaxSize > 0 && report.SizeAfter > report.MaxSize {
+		c.logger.Warn("the cache stays over max_size: pinned closures, closures of kept CI runs and paths younger than min_age take what is left",
+			append(fields, zap.Int64("max_size", report.MaxSize), zap.Int64("protected_bytes", report.Protected))...)
+		return
+	}
+	if len(report.Deleted) > 0 || report.Nars > 0 {
+		c.logger.Info("collected the cache", fields...)
+	} else {
+		c.logger.Debug("collected the cache: nothing to delete", fields...)
+	}
+}
+
+// reindex brings the index in line with the files, reading every narinfo
+// again with full, and counts what is stored.
+func (c *collector) reindex(ctx context.Context, full bool) (index.ReconcileStats, error) {
+	c.state.collecting.Lock()
+	defer c.state.collecting.Unlock()
+	start := time.Now()
+	rebuild := full || !c.idx.Complete()
+	stats, err := c.idx.Reconcile(ctx, c.store, c.storeDir, full)
+	if err != nil {
+		return stats, err
+	}
+	if rebuild {
+		indexRebuilds.WithLabelValues(c.cache).Inc()
+	}
+	paths, err := c.idx.Paths()
+	if err != nil {
+		return stats, err
+	}
+	size := cacheSize(paths)
+	storedBytes.WithLabelValues(c.cache).Set(float64(size))
+	storedPaths.WithLabelValues(c.cache).Set(float64(len(paths)))
+	fields := []zap.Field{
+		zap.String("cache", c.cache),
+		zap.Int("narinfos", stats.Narinfos),
+		zap.Int("indexed", stats.Added),
+		zap.Int("forgotten", stats.Removed),
+		zap.Int64("size_bytes", size),
+		zap.Duration("took", time.Since(start)),
+	}
+	if len(stats.Invalid) > 0 {
+		c.logger.Warn("some narinfos break the cache's rule and are neither served nor indexed; `caddy nix-cache verify` lists them",
+			append(fields, zap.Int("invalid", len(stats.Invalid)), zap.String("first", stats.Invalid[0]))...)
+	} else if stats.Added > 0 || stats.Removed > 0 {
+		c.logger.Info("indexed the cache", fields...)
+	}
+	return stats, nil
+}
+
+// cacheSize is the bytes of NAR files and narinfos of paths, a NAR that
+// several paths name counted once.
+func cacheSize(paths map[string]*index.Path) int64 {
+	var size int64
+	nars := map[string]bool{}
+	for _, p := range paths {
+		if !nars[p.NarURL] {
+			nars[p.NarURL] = true
+			size += p.FileSize
+		}
+		size += p.NarinfoSize
+	}
+	return size
+}

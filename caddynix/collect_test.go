@@ -1,0 +1,246 @@
+package caddynix
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/cargoxx-pkgs/runner/caddynix/storage/index"
+	"go.uber.org/zap"
+)
+
+// narinfoWithRefs is the path's narinfo referencing refs.
+func (p testPath) narinfoWithRefs(refs ...testPath) string {
+	var names []string
+	for _, ref := range refs {
+		names = append(names, ref.hash+"-"+ref.name)
+	}
+	return strings.Replace(p.narinfo(""), "References: \n", "References: "+strings.Join(names, " ")+"\n", 1)
+}
+
+// uploadWithRefs uploads the path's NAR and its narinfo referencing refs.
+func (p testPath) uploadWithRefs(t *testing.T, h *Handler, refs ...testPath) int {
+	t.Helper()
+	if rec := put(t, h, "/"+p.narURL(), p.nar); rec.Code != http.StatusCreated {
+		t.Fatalf("PUT %s: %d %s", p.narURL(), rec.Code, rec.Body)
+	}
+	return put(t, h, "/"+p.hash+".narinfo", []byte(p.narinfoWithRefs(refs...))).Code
+}
+
+// newIndexedHandler is an upload handler with its index open, as it is once
+// Caddy has started.
+func newIndexedHandler(t *testing.T) (*Handler, *collector) {
+	t.Helper()
+	h, _ := newUploadHandler(t)
+	idx, err := h.state.open(context.Background(), zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h, h.collector(idx)
+}
+
+func present(h *Handler, p testPath) bool {
+	_, err := os.Stat(filepath.Join(h.root, p.hash+".narinfo"))
+	return err == nil
+}
+
+func TestCollectKeepsClosuresWholeAndRecentPaths(t *testing.T) {
+	h, c := newIndexedHandler(t)
+	lib := newTestPath(t, "lib", strings.Repeat("l", 1000))
+	app := newTestPath(t, "app", strings.Repeat("a", 1000))
+	old := newTestPath(t, "old", strings.Repeat("o", 1000))
+	pinned := newTestPath(t, "pinned", strings.Repeat("p", 1000))
+	for _, step := range []struct {
+		p    testPath
+		refs []testPath
+	}{{lib, nil}, {app, []testPath{lib}}, {old, []testPath{lib}}, {pinned, nil}} {
+		if code := step.p.uploadWithRefs(t, h, step.refs...); code != http.StatusCreated {
+			t.Fatalf("uploading %s: %d", step.p.name, code)
+		}
+	}
+	if err := c.idx.SetPin(pinPath("keep", pinned)); err != nil {
+		t.Fatal(err)
+	}
+	// app is served now; everything else was pushed long ago.
+	long := time.Now().Add(-48 * time.Hour)
+	ageIndex(t, c, long)
+	if rec := serve(t, h, http.MethodGet, "/"+app.hash+".narinfo"); rec.Code != http.StatusOK {
+		t.Fatalf("GET app narinfo: %d", rec.Code)
+	}
+
+	report, err := c.collect(context.Background(), policy{maxAge: 24 * time.Hour, minAge: time.Hour}, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !present(h, lib) || !present(h, app) || !present(h, pinned) || present(h, old) {
+		t.Fatalf("after collecting: lib %v app %v pinned %v old %v; want only old gone (deleted %v)",
+			present(h, lib), present(h, app), present(h, pinned), present(h, old), report.Deleted)
+	}
+	if _, err := os.Stat(filepath.Join(h.root, old.narURL())); !os.IsNotExist(err) {
+		t.Errorf("old's NAR is still there: %v", err)
+	}
+	clean, err := verifyCache(h.root, verifyOptions{narHash: true})
+	if err != nil || len(clean.problems) > 0 {
+		t.Fatalf("verify after collecting: %v %v", err, clean.problems)
+	}
+	if _, ok, _ := c.idx.Get(old.hash); ok {
+		t.Errorf("the index still has the deleted path")
+	}
+}
+
+// pinPath is a pin called name on p.
+func pinPath(name string, p testPath) index.Pin {
+	return index.Pin{Name: name, StorePath: "/nix/store/" + p.hash + "-" + p.name, Hash: p.hash, CreatedAt: time.Now()}
+}
+
+// ageIndex makes every indexed path look pushed at when.
+func ageIndex(t *testing.T, c *collector, when time.Time) {
+	t.Helper()
+	paths, err := c.idx.Paths()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range paths {
+		p.PushedAt, p.LastPushedAt = when, when
+		if err := c.idx.RecordPush(*p, p.Pusher, when); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func TestCollectMaxSizeTakesPullRequestPushesFirst(t *testing.T) {
+	h, c := newIndexedHandler(t)
+	var paths []testPath
+	for i := range 6 {
+		p := newTestPath(t, fmt.Sprint("p", i), strings.Repeat("x", 1000+i))
+		if code := p.uploadWithRefs(t, h); code != http.StatusCreated {
+			t.Fatalf("upload: %d", code)
+		}
+		paths = append(paths, p)
+	}
+	ageIndex(t, c, time.Now().Add(-48*time.Hour))
+	// p5 is the newest but came only from a pull request.
+	rec, _, _ := c.idx.Get(paths[5].hash)
+	if err := c.idx.Delete(rec.Hash); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.idx.RecordPush(rec, &index.Pusher{Job: &index.Job{Repository: "o/r", RunID: "9", PullRequest: true}}, time.Now().Add(-47*time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	stored, _ := c.idx.Paths()
+	size := cacheSize(stored)
+	report, err := c.collect(context.Background(), policy{maxSize: size - 1, minAge: time.Hour}, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(report.Deleted) != 1 || !strings.Contains(report.Deleted[0], paths[5].hash) {
+		t.Fatalf("deleted %v, want only the pull-request push %s", report.Deleted, paths[5].hash)
+	}
+	if report.SizeAfter > size-1 {
+		t.Errorf("size after %d, over max_size %d", report.SizeAfter, size-1)
+	}
+}
+
+// TestCollectRacesUploads collects in a loop while uploads reference what
+// it deletes: every upload is either whole or refused, never a hole.
+func TestCollectRacesUploads(t *testing.T) {
+	h, c := newIndexedHandler(t)
+	var bases []testPath
+	for i := range 40 {
+		p := newTestPath(t, fmt.Sprint("base", i), fmt.Sprint("base content ", i))
+		if code := p.uploadWithRefs(t, h); code != http.StatusCreated {
+			t.Fatalf("upload: %d", code)
+		}
+		bases = append(bases, p)
+	}
+	ageIndex(t, c, time.Now().Add(-48*time.Hour))
+
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for ctx.Err() == nil {
+			if _, err := c.collect(ctx, policy{maxAge: time.Hour, minAge: time.Second}, false); err != nil && ctx.Err() == nil {
+				t.Error(err)
+			}
+		}
+	})
+	var accepted []testPath
+	var mu sync.Mutex
+	for w := range 4 {
+		wg.Go(func() {
+			for i := w; i < len(bases); i += 4 {
+				top := newTestPath(t, fmt.Sprint("top", i), fmt.Sprint("top content ", i))
+				code := top.uploadWithRefs(t, h, bases[i])
+				switch code {
+				case http.StatusCreated:
+					mu.Lock()
+					accepted = append(accepted, top)
+					mu.Unlock()
+				case http.StatusBadRequest:
+				default:
+					t.Errorf("upload of a top path: %d", code)
+				}
+			}
+		})
+	}
+	time.Sleep(200 * time.Millisecond)
+	cancel()
+	wg.Wait()
+	report, err := verifyCache(h.root, verifyOptions{narHash: true})
+	if err != nil || len(report.problems) > 0 {
+		t.Fatalf("verify after racing: %v %v", err, report.problems)
+	}
+	for _, top := range accepted {
+		if !present(h, top) {
+			t.Errorf("accepted upload %s is gone", top.name)
+		}
+	}
+	t.Logf("%d of %d top paths accepted", len(accepted), len(bases))
+}
+
+func TestReindexFindsWhatNixCopyWrote(t *testing.T) {
+	h, c := newIndexedHandler(t)
+	a := newTestPath(t, "a", "aaa")
+	b := newTestPath(t, "b", "bbb")
+	if err := os.MkdirAll(filepath.Join(h.root, "nar"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []testPath{a, b} {
+		if err := os.WriteFile(filepath.Join(h.root, p.narURL()), p.nar, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(h.root, a.hash+".narinfo"), []byte(a.narinfo("")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(h.root, b.hash+".narinfo"), []byte(b.narinfoWithRefs(a)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(h.root, "0000000000000000000000000000000z.narinfo"), []byte("not a narinfo"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	stats, err := c.reindex(context.Background(), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if stats.Narinfos != 3 || stats.Added != 2 || len(stats.Invalid) != 1 {
+		t.Fatalf("reindex: %+v, want 3 narinfos, 2 indexed, 1 invalid", stats)
+	}
+	rec, ok, err := c.idx.Get(b.hash)
+	if err != nil || !ok || !slices.Equal(rec.References, []string{a.hash}) || rec.NarURL != b.narURL() {
+		t.Fatalf("index record of b: %+v %v %v", rec, ok, err)
+	}
+	if err := os.Remove(filepath.Join(h.root, b.hash+".narinfo")); err != nil {
+		t.Fatal(err)
+	}
+	if stats, err = c.reindex(context.Background(), false); err != nil || stats.Removed != 1 {
+		t.Fatalf("reindex after a narinfo was removed: %+v %v", stats, err)
+	}
+}

@@ -1,0 +1,184 @@
+package caddynix
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/cargoxx-pkgs/runner/caddynix/storage/index"
+	"go.uber.org/zap"
+)
+
+// cacheStates holds, per index file, what every configuration serving that
+// cache shares: the open index, the lock that keeps deletions and uploads
+// apart, and the served times not yet written down. Old and new handlers
+// share it across a reload, so the index is opened once per process.
+var cacheStates = caddy.NewUsagePool()
+
+// cacheState is the shared state of one cache.
+type cacheState struct {
+	indexPath string
+
+	mu  sync.Mutex
+	idx *index.Index
+
+	// closure is held for reading by an upload from the moment it checks
+	// that a narinfo's NAR and references are stored until its narinfo is
+	// committed and noted, and for writing by a collection while it
+	// deletes: a path being deleted is never left referenced.
+	closure sync.RWMutex
+	// collecting is held by the one collection that runs at a time.
+	collecting sync.Mutex
+	// touched is, while a collection runs, what uploads committed or
+	// referenced since it planned: hash parts, and NAR URLs.
+	touched map[string]bool
+
+	servedMu sync.Mutex
+	served   map[string]time.Time
+}
+
+// defaultIndexPath is where the index of the cache at root lives unless
+// index_file says otherwise: under Caddy's data directory, named after the
+// root, so that the cache directory keeps exactly the file:// layout.
+func defaultIndexPath(root string) string {
+	digest := sha256.Sum256([]byte(root))
+	return filepath.Join(caddy.AppDataDir(), "nix_cache", "index-"+hex.EncodeToString(digest[:8])+".db")
+}
+
+// joinCacheState returns the shared state of the cache whose index is at
+// indexPath; leave it with leaveCacheState.
+func joinCacheState(indexPath string) (*cacheState, error) {
+	value, _, err := cacheStates.LoadOrNew(indexPath, func() (caddy.Destructor, error) {
+		return &cacheState{indexPath: indexPath}, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return value.(*cacheState), nil
+}
+
+func leaveCacheState(s *cacheState) error {
+	_, err := cacheStates.Delete(s.indexPath)
+	return err
+}
+
+// Destruct writes down the served times and closes the index once no
+// configuration serves the cache.
+func (s *cacheState) Destruct() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.idx == nil {
+		return nil
+	}
+	err := s.flushServedLocked()
+	return errors.Join(err, s.idx.Close())
+}
+
+// index returns the open index, or nil before it has been opened.
+func (s *cacheState) index() *index.Index {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.idx
+}
+
+// open opens the index file, waiting while another process holds it. A
+// corrupt file is replaced (the error says so) and rebuilt by the
+// reconciliation that follows.
+func (s *cacheState) open(ctx context.Context, logger *zap.Logger) (*index.Index, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.idx != nil {
+		return s.idx, nil
+	}
+	warned := false
+	for {
+		idx, err := index.Open(s.indexPath, time.Second)
+		if errors.Is(err, index.ErrCorrupt) {
+			logger.Warn("rebuilding the cache index from the files", zap.String("index_file", s.indexPath), zap.Error(err))
+			err = nil
+		}
+		if err == nil {
+			s.idx = idx
+			return idx, nil
+		}
+		if !errors.Is(err, index.ErrInUse) {
+			return nil, fmt.Errorf("opening the cache index %s: %w", s.indexPath, err)
+		}
+		if !warned {
+			logger.Warn("waiting for another process to release the cache index (a `caddy nix-cache` command?)", zap.String("index_file", s.indexPath))
+			warned = true
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+// markServed notes that the path with hash part hash was just served.
+func (s *cacheState) markServed(hash string) {
+	s.servedMu.Lock()
+	if s.served == nil {
+		s.served = map[string]time.Time{}
+	}
+	s.served[hash] = time.Now()
+	s.servedMu.Unlock()
+}
+
+// flushServed writes the served times noted since the last flush.
+func (s *cacheState) flushServed() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.flushServedLocked()
+}
+
+func (s *cacheState) flushServedLocked() error {
+	if s.idx == nil {
+		return nil
+	}
+	s.servedMu.Lock()
+	served := s.served
+	s.served = nil
+	s.servedMu.Unlock()
+	return s.idx.MarkServed(served)
+}
+
+// noteTouched tells a running collection that an upload committed or
+// referenced these hash parts and NAR URLs. Call with closure held for
+// reading.
+func (s *cacheState) noteTouched(keys ...string) {
+	s.servedMu.Lock()
+	defer s.servedMu.Unlock()
+	if s.touched == nil {
+		return
+	}
+	for _, key := range keys {
+		s.touched[key] = true
+	}
+}
+
+// track starts or stops recording what uploads touch.
+func (s *cacheState) track(on bool) {
+	s.servedMu.Lock()
+	defer s.servedMu.Unlock()
+	if on {
+		s.touched = map[string]bool{}
+	} else {
+		s.touched = nil
+	}
+}
+
+// wasTouched reports whether an upload touched key since track(true).
+// Call with closure held for writing.
+func (s *cacheState) wasTouched(key string) bool {
+	s.servedMu.Lock()
+	defer s.servedMu.Unlock()
+	return s.touched[key]
+}

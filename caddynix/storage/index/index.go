@@ -1,0 +1,151 @@
+// Package index is what a nix_cache knows about its store paths beyond the
+// files themselves: for every path its references and sizes, who pushed it
+// and when, and when it was last served; the named pins; and the CI runs
+// that pushed paths. Retention decides from it without reading every
+// narinfo.
+//
+// The files stay the truth. Serving never consults the index, and
+// Reconcile brings it back in line with the files (after a crash, a lost
+// index, or a directory written by `nix copy --to file://`).
+//
+// The index is a bbolt file: embedded, pure Go, one writer at a time. A
+// second process that opens it waits up to the given timeout and then gets
+// ErrInUse.
+package index
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// Buckets of the index file.
+var (
+	pathsBucket  = []byte("paths")  // narinfo hash → Path (JSON)
+	servedBucket = []byte("served") // narinfo hash → last served, Unix seconds
+	pinsBucket   = []byte("pins")   // pin name → Pin (JSON)
+	runsBucket   = []byte("runs")   // repository \x00 run id → Run (JSON)
+	metaBucket   = []byte("meta")
+)
+
+// schemaVersion is stored in the meta bucket; an index of another schema
+// is rebuilt from the files.
+const schemaVersion = "1"
+
+// ErrInUse is returned by Open when another process holds the index.
+var ErrInUse = errors.New("the index is in use by another process")
+
+// ErrCorrupt is wrapped by the error of Open when the file is not a
+// readable index; it has been moved aside and a new, empty one created.
+var ErrCorrupt = errors.New("the index file was unreadable")
+
+// Index is a cache's index file.
+type Index struct {
+	db   *bolt.DB
+	path string
+}
+
+// Open opens or creates the index file at path (mode 0600, its directory
+// 0700). An unreadable or foreign-schema file is moved aside to
+// path.corrupt-<time> and replaced by an empty index; Open then returns
+// the new index together with an error wrapping ErrCorrupt, so the caller
+// can warn and rebuild.
+func Open(path string, timeout time.Duration) (*Index, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, fmt.Errorf("creating the index directory: %w", err)
+	}
+	x, err := open(path, timeout)
+	if err == nil || errors.Is(err, ErrInUse) {
+		return x, err
+	}
+	aside := fmt.Sprintf("%s.corrupt-%d", path, time.Now().Unix())
+	if rerr := os.Rename(path, aside); rerr != nil {
+		return nil, fmt.Errorf("opening the index %s: %w (and moving it aside failed: %v)", path, err, rerr)
+	}
+	x, nerr := open(path, timeout)
+	if nerr != nil {
+		return nil, fmt.Errorf("creating a new index %s: %w", path, nerr)
+	}
+	return x, fmt.Errorf("%w (%v); it was moved to %s and a new one is built from the files", ErrCorrupt, err, aside)
+}
+
+func open(path string, timeout time.Duration) (*Index, error) {
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: timeout, FreelistType: bolt.FreelistMapType})
+	if errors.Is(err, bolt.ErrTimeout) {
+		return nil, fmt.Errorf("%s: %w", path, ErrInUse)
+	}
+	if err != nil {
+		return nil, err
+	}
+	x := &Index{db: db, path: path}
+	err = db.Update(func(tx *bolt.Tx) error {
+		meta, err := tx.CreateBucketIfNotExists(metaBucket)
+		if err != nil {
+			return err
+		}
+		switch v := meta.Get([]byte("schema")); {
+		case v == nil:
+			if err := meta.Put([]byte("schema"), []byte(schemaVersion)); err != nil {
+				return err
+			}
+		case string(v) != schemaVersion:
+			return fmt.Errorf("index schema %q, this caddy writes %q", v, schemaVersion)
+		}
+		for _, name := range [][]byte{pathsBucket, servedBucket, pinsBucket, runsBucket} {
+			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		_ = db.Close()
+		return nil, err
+	}
+	return x, nil
+}
+
+// Path is the index file's path.
+func (x *Index) Path() string { return x.path }
+
+// Close closes the index file.
+func (x *Index) Close() error { return x.db.Close() }
+
+// Size is the index file's size in bytes.
+func (x *Index) Size() int64 {
+	var size int64
+	_ = x.db.View(func(tx *bolt.Tx) error {
+		size = tx.Size()
+		return nil
+	})
+	return size
+}
+
+// Complete reports whether the index has been reconciled with the files
+// at least once since it was created.
+func (x *Index) Complete() bool {
+	var done bool
+	_ = x.db.View(func(tx *bolt.Tx) error {
+		done = tx.Bucket(metaBucket).Get([]byte("complete")) != nil
+		return nil
+	})
+	return done
+}
+
+func (x *Index) setComplete(tx *bolt.Tx) error {
+	return tx.Bucket(metaBucket).Put([]byte("complete"), []byte(time.Now().UTC().Format(time.RFC3339)))
+}
+
+// putJSON stores v as JSON under key.
+func putJSON(b *bolt.Bucket, key string, v any) error {
+	data, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	return b.Put([]byte(key), data)
+}

@@ -1,0 +1,179 @@
+package index
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// Path is what the index knows of one store path, keyed by the hash part
+// of its name (the name of its narinfo).
+type Path struct {
+	Hash      string `json:"-"`
+	StorePath string `json:"store_path"`
+	// NarURL is the NAR file the narinfo names, e.g. nar/<filehash>.nar.xz.
+	NarURL   string `json:"nar_url"`
+	FileSize int64  `json:"file_size"`
+	NarSize  int64  `json:"nar_size"`
+	// NarinfoSize is the size of the narinfo file itself.
+	NarinfoSize int64 `json:"narinfo_size"`
+	// References are the hash parts of the paths it references, itself
+	// left out.
+	References []string `json:"references,omitempty"`
+	// Version is the narinfo file's storage version when it was indexed;
+	// another version means the file changed and is indexed again.
+	Version string `json:"version"`
+	// PushedAt is when it was first stored: the upload, or for a path
+	// found in the files, the narinfo's modification time.
+	PushedAt time.Time `json:"pushed_at"`
+	// LastPushedAt is when it was last uploaded, again or first.
+	LastPushedAt time.Time `json:"last_pushed_at"`
+	// Pusher is who uploaded it first; nil for a path found in the files.
+	Pusher *Pusher `json:"pusher,omitempty"`
+	// PullRequestOnly is set while every upload of it came from a
+	// pull-request job: retention lets such paths go first.
+	PullRequestOnly bool `json:"pull_request_only,omitempty"`
+}
+
+// Pusher is who uploaded a path: a configured token, or a CI job.
+type Pusher struct {
+	// Token names the configured upload token, e.g. "token 1" or
+	// "token_file /run/secrets/upload".
+	Token string `json:"token,omitempty"`
+	Job   *Job   `json:"job,omitempty"`
+}
+
+// Job is the CI job that uploaded a path with its per-job credential.
+type Job struct {
+	Repository string `json:"repository"`
+	RunID      string `json:"run_id"`
+	RunURL     string `json:"run_url,omitempty"`
+	JobName    string `json:"job,omitempty"`
+	Commit     string `json:"commit,omitempty"`
+	Ref        string `json:"ref,omitempty"`
+	Event      string `json:"event,omitempty"`
+	// DefaultBranch says the run was on the repository's default branch
+	// (a push, schedule or manual run there).
+	DefaultBranch bool `json:"default_branch,omitempty"`
+	// PullRequest says the run was for a pull request.
+	PullRequest bool `json:"pull_request,omitempty"`
+}
+
+// RecordPush records an upload of p (first or again) by pusher at time
+// at: a new path is stored as it is; a known one keeps its first pusher
+// and gets the new push time.
+func (x *Index) RecordPush(p Path, pusher *Pusher, at time.Time) error {
+	return x.db.Batch(func(tx *bolt.Tx) error {
+		b := tx.Bucket(pathsBucket)
+		pullRequest := pusher != nil && pusher.Job != nil && pusher.Job.PullRequest
+		if old, ok, err := getPath(b, p.Hash); err != nil {
+			return err
+		} else if ok && old.StorePath == p.StorePath {
+			p.PushedAt, p.Pusher = old.PushedAt, old.Pusher
+			p.PullRequestOnly = old.PullRequestOnly && pullRequest
+		} else {
+			p.PushedAt, p.Pusher, p.PullRequestOnly = at, pusher, pullRequest
+		}
+		p.LastPushedAt = at
+		if err := putJSON(b, p.Hash, p); err != nil {
+			return err
+		}
+		if pusher != nil && pusher.Job != nil {
+			return addRunPath(tx, pusher.Job, p.Hash, at)
+		}
+		return nil
+	})
+}
+
+// Get returns the index's record of the path with hash part hash.
+func (x *Index) Get(hash string) (Path, bool, error) {
+	var p Path
+	var ok bool
+	err := x.db.View(func(tx *bolt.Tx) error {
+		var err error
+		p, ok, err = getPath(tx.Bucket(pathsBucket), hash)
+		return err
+	})
+	return p, ok, err
+}
+
+func getPath(b *bolt.Bucket, hash string) (Path, bool, error) {
+	data := b.Get([]byte(hash))
+	if data == nil {
+		return Path{}, false, nil
+	}
+	var p Path
+	if err := json.Unmarshal(data, &p); err != nil {
+		return Path{}, false, fmt.Errorf("index record of %s: %w", hash, err)
+	}
+	p.Hash = hash
+	return p, true, nil
+}
+
+// Paths returns every indexed path by hash.
+func (x *Index) Paths() (map[string]*Path, error) {
+	paths := map[string]*Path{}
+	err := x.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(pathsBucket).ForEach(func(k, v []byte) error {
+			p := new(Path)
+			if err := json.Unmarshal(v, p); err != nil {
+				return fmt.Errorf("index record of %s: %w", k, err)
+			}
+			p.Hash = string(k)
+			paths[p.Hash] = p
+			return nil
+		})
+	})
+	return paths, err
+}
+
+// Delete forgets the paths with the given hash parts.
+func (x *Index) Delete(hashes ...string) error {
+	return x.db.Update(func(tx *bolt.Tx) error {
+		paths, served := tx.Bucket(pathsBucket), tx.Bucket(servedBucket)
+		for _, hash := range hashes {
+			if err := paths.Delete([]byte(hash)); err != nil {
+				return err
+			}
+			if err := served.Delete([]byte(hash)); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// MarkServed records when paths were last served.
+func (x *Index) MarkServed(served map[string]time.Time) error {
+	if len(served) == 0 {
+		return nil
+	}
+	return x.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(servedBucket)
+		for hash, at := range served {
+			var v [8]byte
+			binary.BigEndian.PutUint64(v[:], uint64(at.Unix()))
+			if err := b.Put([]byte(hash), v[:]); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// Served returns when each path was last served, for the paths that were.
+func (x *Index) Served() (map[string]time.Time, error) {
+	served := map[string]time.Time{}
+	err := x.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(servedBucket).ForEach(func(k, v []byte) error {
+			if len(v) == 8 {
+				served[string(k)] = time.Unix(int64(binary.BigEndian.Uint64(v)), 0)
+			}
+			return nil
+		})
+	})
+	return served, err
+}

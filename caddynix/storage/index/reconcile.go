@@ -1,0 +1,151 @@
+package index
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"path"
+	"strings"
+
+	"github.com/cargoxx-pkgs/runner/caddynix/storage"
+	"github.com/cargoxx-pkgs/runner/internal/nixfmt"
+	"github.com/nix-community/go-nix/pkg/narinfo"
+	bolt "go.etcd.io/bbolt"
+)
+
+// hashLen is the length of a store path's hash part.
+const hashLen = 32
+
+// FromNarInfo is the record of an admitted narinfo stored as file.
+func FromNarInfo(info *narinfo.NarInfo, file storage.Info) Path {
+	self := path.Base(info.StorePath)
+	p := Path{
+		Hash:        self[:hashLen],
+		StorePath:   info.StorePath,
+		NarURL:      info.URL,
+		FileSize:    int64(info.FileSize),
+		NarSize:     int64(info.NarSize),
+		NarinfoSize: file.Size,
+		Version:     file.Version,
+		PushedAt:    file.ModTime,
+	}
+	for _, ref := range info.References {
+		if ref != self && len(ref) >= hashLen {
+			p.References = append(p.References, ref[:hashLen])
+		}
+	}
+	p.LastPushedAt = p.PushedAt
+	return p
+}
+
+// ReconcileStats says what a reconciliation changed.
+type ReconcileStats struct {
+	// Narinfos is how many narinfo files there are.
+	Narinfos int
+	// Added is how many were indexed anew or again (the file changed).
+	Added int
+	// Removed is how many records had no file any more.
+	Removed int
+	// Invalid lists the narinfos that the cache's rule refuses, which are
+	// never served and not indexed.
+	Invalid []string
+}
+
+// reconcileBatch is how many records one write transaction takes.
+const reconcileBatch = 2000
+
+// Reconcile brings the index in line with the files: every narinfo the
+// cache would serve is indexed (again, when its file changed, or always
+// with full), and records whose file is gone are dropped. Provenance and
+// served times of unchanged paths are kept.
+func (x *Index) Reconcile(ctx context.Context, store storage.Store, storeDir string, full bool) (ReconcileStats, error) {
+	var stats ReconcileStats
+	files, err := store.List(ctx, "")
+	if err != nil {
+		return stats, fmt.Errorf("listing the cache: %w", err)
+	}
+	indexed, err := x.Paths()
+	if err != nil {
+		return stats, err
+	}
+	var changed []Path
+	present := make(map[string]bool, len(files))
+	invalid := map[string]bool{}
+	for _, file := range files {
+		hash, ok := strings.CutSuffix(file.Name, ".narinfo")
+		if !ok || len(hash) != hashLen {
+			continue
+		}
+		stats.Narinfos++
+		present[hash] = true
+		if old := indexed[hash]; old != nil && old.Version == file.Version && !full {
+			continue
+		}
+		if err := ctx.Err(); err != nil {
+			return stats, err
+		}
+		data, err := storage.ReadAll(ctx, store, file.Name, nixfmt.MaxNarInfoSize)
+		if errors.Is(err, fs.ErrNotExist) {
+			delete(present, hash)
+			continue
+		}
+		if err != nil {
+			return stats, fmt.Errorf("reading %s: %w", file.Name, err)
+		}
+		info, err := nixfmt.Admit(data, storeDir, hash)
+		if err != nil {
+			stats.Invalid = append(stats.Invalid, fmt.Sprintf("%s: %v", file.Name, err))
+			delete(present, hash)
+			invalid[hash] = true
+			continue
+		}
+		p := FromNarInfo(info, file)
+		if old := indexed[hash]; old != nil && old.StorePath == p.StorePath {
+			p.PushedAt, p.LastPushedAt, p.Pusher, p.PullRequestOnly = old.PushedAt, old.LastPushedAt, old.Pusher, old.PullRequestOnly
+		}
+		changed = append(changed, p)
+		if len(changed) == reconcileBatch {
+			if err := x.putPaths(changed); err != nil {
+				return stats, err
+			}
+			stats.Added += len(changed)
+			changed = changed[:0]
+		}
+	}
+	if err := x.putPaths(changed); err != nil {
+		return stats, err
+	}
+	stats.Added += len(changed)
+	var gone []string
+	for hash := range indexed {
+		if present[hash] {
+			continue
+		}
+		// An upload may have stored it since the listing.
+		if _, err := store.Stat(ctx, hash+".narinfo"); invalid[hash] || errors.Is(err, fs.ErrNotExist) {
+			gone = append(gone, hash)
+		}
+	}
+	if err := x.Delete(gone...); err != nil {
+		return stats, err
+	}
+	stats.Removed = len(gone)
+	return stats, x.db.Update(x.setComplete)
+}
+
+// putPaths stores records as they are.
+func (x *Index) putPaths(paths []Path) error {
+	if len(paths) == 0 {
+		return nil
+	}
+	return x.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(pathsBucket)
+		for _, p := range paths {
+			if err := putJSON(b, p.Hash, p); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
