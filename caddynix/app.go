@@ -43,6 +43,7 @@ func (a *App) Start() error {
 	ctx, cancel := context.WithCancel(context.Background())
 	a.cancel, a.wg = cancel, new(sync.WaitGroup)
 	for _, h := range a.handlers {
+		h.startServing()
 		a.wg.Go(func() { h.runBackground(ctx) })
 	}
 	return nil
@@ -51,6 +52,9 @@ func (a *App) Start() error {
 // Stop ends the background work and waits for it: a collection stops
 // between two deletions.
 func (a *App) Stop() error {
+	for _, h := range a.handlers {
+		h.stopServing()
+	}
 	if a.cancel != nil {
 		a.cancel()
 		a.wg.Wait()

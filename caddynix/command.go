@@ -15,7 +15,7 @@ import (
 func init() {
 	caddycmd.RegisterCommand(caddycmd.Command{
 		Name:  "nix-cache",
-		Usage: "keygen|verify …",
+		Usage: "keygen|verify|gc|reindex|pin|path-info|delete …",
 		Short: "Manages Nix binary caches served by nix_cache",
 		Long: `
 Tools for the Nix binary caches that the nix_cache handler serves.
@@ -25,9 +25,15 @@ nix-store --generate-binary-cache-key: the secret key (mode 0600) for the
 handler's secret_key_file, the public key for clients' trusted-public-keys.
 
 verify checks a cache directory's integrity and exits non-zero on any
-problem.`,
+problem.
+
+gc, reindex, pin, path-info and delete work on a cache's index and files:
+with --root on a cache no running caddy serves, or with --address through
+the admin endpoint of the caddy that serves it (the same operations are
+its routes /nix-cache/gc, /nix-cache/pin, …). They print JSON.`,
 		CobraFunc: func(cmd *cobra.Command) {
-			cmd.AddCommand(keygenCommand(), verifyCommand())
+			cmd.AddCommand(keygenCommand(), verifyCommand(), gcCommand(), reindexCommand(),
+				pinCommand(), pathInfoCommand(), deleteCommand())
 		},
 	})
 }

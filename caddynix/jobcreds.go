@@ -7,9 +7,11 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/cargoxx-pkgs/runner/caddynix/storage/index"
+	"go.uber.org/zap"
 )
 
 // namedCaches holds, per cache name, what the configurations serving that
@@ -20,6 +22,9 @@ var namedCaches = caddy.NewUsagePool()
 
 // sharedCache is the state of one named cache shared across configurations.
 type sharedCache struct {
+	// state is the cache's index and locks, where jobs are recorded.
+	state      *cacheState
+	logger     *zap.Logger
 	mu         sync.RWMutex
 	url        string
 	publicKeys []string
@@ -56,23 +61,48 @@ type CacheAccess struct {
 	shared     *sharedCache
 }
 
-// IssueJobCredential returns a new upload token that the cache accepts until
-// revoke is called.
-func (a *CacheAccess) IssueJobCredential() (token string, revoke func()) {
+// Job is the CI job a credential is issued to. The paths it uploads are
+// recorded with it (`caddy nix-cache path-info` shows them), and the paths
+// of a repository's last successful default-branch runs can be kept.
+type Job = index.Job
+
+// IssueJobCredential returns a new upload token for job that the cache
+// accepts until finish is called with the job's outcome. keepRuns is how
+// many successful default-branch runs of the job's repository retention
+// keeps (0: none).
+func (a *CacheAccess) IssueJobCredential(job *Job, keepRuns int) (token string, finish func(succeeded bool)) {
 	raw := make([]byte, 32)
 	_, _ = rand.Read(raw)
 	token = hex.EncodeToString(raw)
 	digest := sha256.Sum256([]byte(token))
 	a.shared.mu.Lock()
-	a.shared.jobTokens[digest] = nil
+	a.shared.jobTokens[digest] = job
 	a.shared.mu.Unlock()
+	a.recordJob(job, func(idx *index.Index) error { return idx.StartJob(job, keepRuns, time.Now()) })
 	var once sync.Once
-	return token, func() {
+	return token, func(succeeded bool) {
 		once.Do(func() {
 			a.shared.mu.Lock()
 			delete(a.shared.jobTokens, digest)
 			a.shared.mu.Unlock()
+			a.recordJob(job, func(idx *index.Index) error { return idx.FinishJob(job, succeeded, time.Now()) })
 		})
+	}
+}
+
+// recordJob writes what a job did into the cache's index, when the job
+// is known and the index is open.
+func (a *CacheAccess) recordJob(job *Job, write func(*index.Index) error) {
+	a.shared.mu.RLock()
+	state, logger := a.shared.state, a.shared.logger
+	a.shared.mu.RUnlock()
+	if job == nil || state == nil {
+		return
+	}
+	if idx := state.index(); idx != nil {
+		if err := write(idx); err != nil {
+			logger.Error("recording a job in the cache index", zap.Error(err))
+		}
 	}
 }
 
@@ -120,6 +150,8 @@ func (h *Handler) shareCache() error {
 	h.shared.mu.Lock()
 	defer h.shared.mu.Unlock()
 	h.shared.url = h.url
+	h.shared.state = h.state
+	h.shared.logger = h.logger
 	h.shared.publicKeys = h.publicKeyStrings()
 	if h.Upload != nil && h.shared.jobTokens == nil {
 		h.shared.jobTokens = map[[sha256.Size]byte]*index.Job{}

@@ -106,6 +106,13 @@ type App struct {
 	// or a long-lived secret. Caddyfile: `nix_cache`.
 	NixCache string `json:"nix_cache,omitempty"`
 
+	// KeepDefaultBranchRuns keeps, in the nix_cache's retention, what the
+	// last N successful runs on each repository's default branch pushed,
+	// with their closures: a run is successful when every job of it this
+	// runner ran succeeded. Default: 0, none. Caddyfile:
+	// `keep_default_branch_runs` inside a `nix_cache <name> { … }` block.
+	KeepDefaultBranchRuns int `json:"keep_default_branch_runs,omitempty"`
+
 	// TrustedJobs says that every job this runner takes is trusted code,
 	// and lifts the refusal to start when jobs could reach Caddy's admin
 	// endpoint (a TCP endpoint with host labels or `network host`, or one
@@ -217,6 +224,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 		actionCacheDir: filepath.Join(dataDir, "actions"),
 		jobFilesDir:    filepath.Join(dataDir, "jobs"),
 		nixCache:       a.NixCache,
+		keepRuns:       a.KeepDefaultBranchRuns,
 		registration: registration{
 			token:    repl.ReplaceAll(a.RegistrationToken, ""),
 			apiToken: repl.ReplaceAll(a.APIToken, ""),
@@ -257,6 +265,10 @@ func (a *App) Validate() error {
 		return fmt.Errorf("gitea_runner: fetch_interval_max %s must not be shorter than fetch_interval (%s)", time.Duration(a.FetchIntervalMax), a.settings.fetchInterval)
 	case a.Timeout < 0 || a.ShutdownTimeout < 0:
 		return errors.New("gitea_runner: timeout and shutdown_timeout must not be negative")
+	case a.KeepDefaultBranchRuns < 0:
+		return errors.New("gitea_runner: keep_default_branch_runs must not be negative")
+	case a.KeepDefaultBranchRuns > 0 && a.NixCache == "":
+		return errors.New("gitea_runner: keep_default_branch_runs keeps what jobs push to a nix_cache: name it with `nix_cache <name> { keep_default_branch_runs N }`")
 	}
 	kind, name, _ := strings.Cut(a.settings.registration.scope, " ")
 	switch kind {

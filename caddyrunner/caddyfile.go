@@ -51,7 +51,9 @@ func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
 //	        docker_host    <socket> | -
 //	        force_pull
 //	    }
-//	    nix_cache           <cache name>
+//	    nix_cache           <cache name> {
+//	        keep_default_branch_runs <n>
+//	    }
 //	    trusted_jobs
 //	}
 func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
@@ -61,7 +63,7 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	}
 	textOptions := map[string]*string{
 		"instance": &a.Instance, "registration_token": &a.RegistrationToken, "api_token": &a.APIToken,
-		"name": &a.Name, "state_file": &a.StateFile, "nix_cache": &a.NixCache,
+		"name": &a.Name, "state_file": &a.StateFile,
 	}
 	durationOptions := map[string]*caddy.Duration{
 		"fetch_interval": &a.FetchInterval, "fetch_interval_max": &a.FetchIntervalMax,
@@ -95,6 +97,10 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			continue
 		}
 		switch option {
+		case "nix_cache":
+			if err := a.unmarshalNixCache(d); err != nil {
+				return err
+			}
 		case "scope":
 			args := d.RemainingArgs()
 			switch {
@@ -204,3 +210,29 @@ func (a *App) unmarshalContainer(d *caddyfile.Dispenser) error {
 
 // Interface guard
 var _ caddyfile.Unmarshaler = (*App)(nil)
+
+// unmarshalNixCache parses `nix_cache <name>`, with an optional block.
+func (a *App) unmarshalNixCache(d *caddyfile.Dispenser) error {
+	if !d.NextArg() {
+		return d.ArgErr()
+	}
+	a.NixCache = d.Val()
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		if d.Val() != "keep_default_branch_runs" {
+			return d.Errf("gitea_runner: unknown nix_cache option %q (keep_default_branch_runs)", d.Val())
+		}
+		value, err := caddyutil.SingleArg(d)
+		if err != nil {
+			return err
+		}
+		n, err := strconv.Atoi(value)
+		if err != nil || n < 0 {
+			return d.Errf("gitea_runner: keep_default_branch_runs %q is not a number of runs", value)
+		}
+		a.KeepDefaultBranchRuns = n
+	}
+	return nil
+}

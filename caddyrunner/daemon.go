@@ -46,7 +46,10 @@ type settings struct {
 	actionCacheDir string
 	jobFilesDir    string
 	nixCache       string
-	registration   registration
+	// keepRuns is how many successful default-branch runs per repository
+	// the cache keeps.
+	keepRuns     int
+	registration registration
 }
 
 // registration is how to register when no identity is stored yet.

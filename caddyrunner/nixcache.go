@@ -21,9 +21,10 @@ const jobNetrcPath = "/run/cargoxx/nix-cache.netrc"
 // credential in a netrc file (bind-mounted read-only into a container job,
 // or left on the host for a host job), and NIX_CONFIG naming the cache as
 // substituter with its public keys and the netrc file. The returned release
-// revokes the credential and removes the file.
+// revokes the credential, records the job's outcome with the cache and
+// removes the file.
 func (d *daemon) giveCacheAccess(task *runnerv1.Task, s *settings, runsOn []string, env map[string]string,
-	options *string, validVolumes *[]string, rep *reporter) (release func(), err error) {
+	options *string, validVolumes *[]string, rep *reporter) (release func(succeeded bool), err error) {
 	access, err := caddynix.LookupCache(s.nixCache)
 	if err != nil {
 		return nil, err
@@ -40,25 +41,25 @@ func (d *daemon) giveCacheAccess(task *runnerv1.Task, s *settings, runsOn []stri
 		env["NIX_CONFIG"] = joinNixConfig(env["NIX_CONFIG"], fmt.Sprintf("extra-substituters = %s\nextra-trusted-public-keys = %s\n",
 			access.URL, strings.Join(access.PublicKeys, " ")))
 		env["CARGOXX_NIX_CACHE_URL"] = access.URL
-		return func() {}, nil
+		return func(bool) {}, nil
 	}
-	token, revoke := access.IssueJobCredential()
+	token, finish := access.IssueJobCredential(cacheJob(task, d.instance), s.keepRuns)
 	rep.addMask(token)
 
 	dir := filepath.Join(s.jobFilesDir, strconv.FormatInt(task.Id, 10))
 	if err := os.MkdirAll(dir, 0o700); err != nil {
-		revoke()
+		finish(false)
 		return nil, fmt.Errorf("creating the job's credential directory: %w", err)
 	}
 	hostNetrc := filepath.Join(dir, "nix-cache.netrc")
 	netrc := fmt.Sprintf("machine %s\nlogin job\npassword %s\n", u.Hostname(), token)
 	if err := os.WriteFile(hostNetrc, []byte(netrc), 0o600); err != nil {
-		revoke()
+		finish(false)
 		_ = os.RemoveAll(dir)
 		return nil, fmt.Errorf("writing the job's netrc file: %w", err)
 	}
-	release = func() {
-		revoke()
+	release = func(succeeded bool) {
+		finish(succeeded)
 		if err := os.RemoveAll(dir); err != nil && !errors.Is(err, os.ErrNotExist) {
 			d.logger().Warn("removing a job's credential directory")
 		}
@@ -78,6 +79,32 @@ func (d *daemon) giveCacheAccess(task *runnerv1.Task, s *settings, runsOn []stri
 	// unsigned narinfo it sent under the substituter's URL.
 	env["CARGOXX_NIX_CACHE_UPLOAD_URL"] = strings.TrimSuffix(access.URL, "/") + "/upload"
 	return release, nil
+}
+
+// cacheJob describes a task for the cache's records: its repository, run
+// and commit, and whether it runs on the default branch or for a pull
+// request.
+func cacheJob(task *runnerv1.Task, instance string) *caddynix.Job {
+	fields := task.GetContext().GetFields()
+	str := func(name string) string { return fields[name].GetStringValue() }
+	event := str("event_name")
+	repository := str("repository")
+	defaultBranch := fields["event"].GetStructValue().GetFields()["repository"].GetStructValue().GetFields()["default_branch"].GetStringValue()
+	pullRequest := strings.HasPrefix(event, "pull_request")
+	job := &caddynix.Job{
+		Repository:    repository,
+		RunID:         str("run_id"),
+		JobName:       str("job"),
+		Commit:        str("sha"),
+		Ref:           str("ref"),
+		Event:         event,
+		PullRequest:   pullRequest,
+		DefaultBranch: !pullRequest && defaultBranch != "" && str("ref") == "refs/heads/"+defaultBranch,
+	}
+	if runNumber := str("run_number"); runNumber != "" && repository != "" {
+		job.RunURL = strings.TrimSuffix(instance, "/") + "/" + repository + "/actions/runs/" + runNumber
+	}
+	return job
 }
 
 // joinNixConfig appends settings to a job's NIX_CONFIG, keeping what the

@@ -42,3 +42,29 @@ func TestForkPullRequest(t *testing.T) {
 		})
 	}
 }
+
+func TestCacheJobTellsDefaultBranchFromPullRequests(t *testing.T) {
+	repo := map[string]any{"repository": map[string]any{"default_branch": "main"}}
+	for name, tc := range map[string]struct {
+		ctx                        map[string]any
+		defaultBranch, pullRequest bool
+	}{
+		"push to main":     {map[string]any{"event_name": "push", "ref": "refs/heads/main", "event": repo}, true, false},
+		"push to a branch": {map[string]any{"event_name": "push", "ref": "refs/heads/wip", "event": repo}, false, false},
+		"tag":              {map[string]any{"event_name": "push", "ref": "refs/tags/v1", "event": repo}, false, false},
+		"schedule on main": {map[string]any{"event_name": "schedule", "ref": "refs/heads/main", "event": repo}, true, false},
+		"pull request":     {map[string]any{"event_name": "pull_request", "ref": "refs/heads/main", "event": repo}, false, true},
+		"no default known": {map[string]any{"event_name": "push", "ref": "refs/heads/main", "event": map[string]any{}}, false, false},
+	} {
+		t.Run(name, func(t *testing.T) {
+			tc.ctx["repository"], tc.ctx["run_id"], tc.ctx["run_number"], tc.ctx["sha"] = "pkgs/main", "41", "7", "abc"
+			job := cacheJob(taskWithContext(t, tc.ctx), "https://git.example.org/")
+			if job.DefaultBranch != tc.defaultBranch || job.PullRequest != tc.pullRequest {
+				t.Fatalf("default branch %v, pull request %v; want %v, %v", job.DefaultBranch, job.PullRequest, tc.defaultBranch, tc.pullRequest)
+			}
+			if job.Repository != "pkgs/main" || job.RunID != "41" || job.Commit != "abc" || job.RunURL != "https://git.example.org/pkgs/main/actions/runs/7" {
+				t.Fatalf("job %+v", job)
+			}
+		})
+	}
+}

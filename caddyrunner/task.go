@@ -129,7 +129,7 @@ func (d *daemon) execute(ctx context.Context, task *runnerv1.Task, s *settings, 
 			return err
 		}
 		// Revoked as soon as the job ends, whatever its outcome.
-		defer release()
+		defer func() { release(err == nil) }()
 	}
 
 	if s.labels.pickPlatform(job.RunsOn()) == hostPlatform {

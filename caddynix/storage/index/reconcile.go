@@ -42,14 +42,14 @@ func FromNarInfo(info *narinfo.NarInfo, file storage.Info) Path {
 // ReconcileStats says what a reconciliation changed.
 type ReconcileStats struct {
 	// Narinfos is how many narinfo files there are.
-	Narinfos int
+	Narinfos int `json:"narinfos"`
 	// Added is how many were indexed anew or again (the file changed).
-	Added int
+	Added int `json:"indexed"`
 	// Removed is how many records had no file any more.
-	Removed int
+	Removed int `json:"forgotten"`
 	// Invalid lists the narinfos that the cache's rule refuses, which are
 	// never served and not indexed.
-	Invalid []string
+	Invalid []string `json:"invalid,omitempty"`
 }
 
 // reconcileBatch is how many records one write transaction takes.

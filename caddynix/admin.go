@@ -1,0 +1,206 @@
+package caddynix
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"net/http"
+	"net/url"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/cargoxx-pkgs/runner/caddynix/storage/index"
+	"github.com/dustin/go-humanize"
+)
+
+func init() {
+	caddy.RegisterModule(adminAPI{})
+}
+
+// operation is one thing an operator does to a cache, offered both as an
+// admin route, /nix-cache/<name>, and as `caddy nix-cache <command>`, with
+// the same parameters (query parameters, or flags) and the same JSON
+// answer.
+type operation struct {
+	method string
+	run    func(ctx context.Context, c *collector, params url.Values, defaults *RetentionConfig) (any, error)
+}
+
+var operations = map[string]operation{
+	"gc": {http.MethodPost, func(ctx context.Context, c *collector, params url.Values, defaults *RetentionConfig) (any, error) {
+		pol, err := policyOf(params, defaults)
+		if err != nil {
+			return nil, err
+		}
+		return c.collect(ctx, pol, params.Get("dry_run") == "true")
+	}},
+	"reindex": {http.MethodPost, func(ctx context.Context, c *collector, params url.Values, _ *RetentionConfig) (any, error) {
+		return c.reindex(ctx, params.Get("full") == "true")
+	}},
+	"pins": {http.MethodGet, func(_ context.Context, c *collector, _ url.Values, _ *RetentionConfig) (any, error) {
+		pins, err := c.idx.Pins()
+		if pins == nil {
+			pins = []index.Pin{}
+		}
+		return pinsAnswer(pins), err
+	}},
+	"pin": {http.MethodPost, func(_ context.Context, c *collector, params url.Values, _ *RetentionConfig) (any, error) {
+		pin, err := c.pin(params.Get("name"), params.Get("store_path"))
+		return pinsAnswer{pin}, err
+	}},
+	"unpin": {http.MethodPost, func(_ context.Context, c *collector, params url.Values, _ *RetentionConfig) (any, error) {
+		return map[string]string{"unpinned": params.Get("name")}, c.idx.Unpin(params.Get("name"))
+	}},
+	"path-info": {http.MethodGet, func(_ context.Context, c *collector, params url.Values, _ *RetentionConfig) (any, error) {
+		return c.pathInfo(params.Get("store_path"))
+	}},
+	"delete": {http.MethodPost, func(ctx context.Context, c *collector, params url.Values, _ *RetentionConfig) (any, error) {
+		return c.deletePath(ctx, params.Get("store_path"), params.Get("with_referrers") == "true")
+	}},
+}
+
+// pinsAnswer lists pins with their names, which the index keys them by.
+type pinsAnswer []index.Pin
+
+func (p pinsAnswer) MarshalJSON() ([]byte, error) {
+	type named struct {
+		Name string `json:"name"`
+		index.Pin
+	}
+	out := make([]named, len(p))
+	for i, pin := range p {
+		out[i] = named{pin.Name, pin}
+	}
+	return json.Marshal(out)
+}
+
+// policyOf is a collection's policy: max_size, max_age and min_age from
+// params, else from the cache's retention block, else none (min_age 1h).
+func policyOf(params url.Values, defaults *RetentionConfig) (policy, error) {
+	pol := policy{minAge: time.Duration(defaultMinAge)}
+	if defaults != nil {
+		pol = defaults.policy()
+	}
+	if v := params.Get("max_size"); v != "" {
+		size, err := humanize.ParseBytes(v)
+		if err != nil || size > math.MaxInt64 {
+			return pol, fmt.Errorf("max_size %q is not a size such as 50GiB", v)
+		}
+		pol.maxSize = int64(size)
+	}
+	for name, target := range map[string]*time.Duration{"max_age": &pol.maxAge, "min_age": &pol.minAge} {
+		if v := params.Get(name); v != "" {
+			d, err := caddy.ParseDuration(v)
+			if err != nil || d < 0 {
+				return pol, fmt.Errorf("%s %q is not a duration such as 90d or 1h", name, v)
+			}
+			*target = d
+		}
+	}
+	return pol, nil
+}
+
+// runningCaches are the caches whose nix_cache app has started, by label
+// (name, or root).
+var runningCaches = struct {
+	sync.Mutex
+	byLabel map[string]*Handler
+}{byLabel: map[string]*Handler{}}
+
+func (h *Handler) startServing() {
+	runningCaches.Lock()
+	defer runningCaches.Unlock()
+	runningCaches.byLabel[h.cacheLabel()] = h
+}
+
+func (h *Handler) stopServing() {
+	runningCaches.Lock()
+	defer runningCaches.Unlock()
+	if runningCaches.byLabel[h.cacheLabel()] == h {
+		delete(runningCaches.byLabel, h.cacheLabel())
+	}
+}
+
+// runningCache finds a running cache by name or root; with no label, the
+// only one.
+func runningCache(label string) (*Handler, error) {
+	runningCaches.Lock()
+	defer runningCaches.Unlock()
+	if h, ok := runningCaches.byLabel[label]; ok {
+		return h, nil
+	}
+	var labels []string
+	for l := range runningCaches.byLabel {
+		labels = append(labels, l)
+	}
+	sort.Strings(labels)
+	if label == "" && len(labels) == 1 {
+		return runningCaches.byLabel[labels[0]], nil
+	}
+	if label == "" {
+		return nil, fmt.Errorf("say which cache with ?cache=<name or root>: this caddy serves %s", strings.Join(labels, ", "))
+	}
+	return nil, fmt.Errorf("no cache %q is served here; this caddy serves %s", label, strings.Join(labels, ", "))
+}
+
+// adminAPI serves the operations on Caddy's admin endpoint, e.g.
+// POST /nix-cache/gc?cache=main&max_size=40GiB&dry_run=true.
+type adminAPI struct{}
+
+// CaddyModule returns the Caddy module information.
+func (adminAPI) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "admin.api.nix_cache",
+		New: func() caddy.Module { return new(adminAPI) },
+	}
+}
+
+// Routes returns the admin routes.
+func (adminAPI) Routes() []caddy.AdminRoute {
+	return []caddy.AdminRoute{{Pattern: "/nix-cache/", Handler: caddy.AdminHandlerFunc(serveOperation)}}
+}
+
+func serveOperation(w http.ResponseWriter, r *http.Request) error {
+	name := strings.TrimPrefix(r.URL.Path, "/nix-cache/")
+	op, ok := operations[name]
+	if !ok {
+		return caddy.APIError{HTTPStatus: http.StatusNotFound, Err: fmt.Errorf("no operation %q: use gc, reindex, pins, pin, unpin, path-info or delete", name)}
+	}
+	if r.Method != op.method {
+		return caddy.APIError{HTTPStatus: http.StatusMethodNotAllowed, Err: fmt.Errorf("%s needs %s", name, op.method)}
+	}
+	params := r.URL.Query()
+	h, err := runningCache(params.Get("cache"))
+	if err != nil {
+		return caddy.APIError{HTTPStatus: http.StatusNotFound, Err: err}
+	}
+	idx := h.state.index()
+	if idx == nil {
+		return caddy.APIError{HTTPStatus: http.StatusServiceUnavailable, Err: errors.New("the cache's index is not open yet; try again in a moment")}
+	}
+	result, err := op.run(r.Context(), h.collector(idx), params, h.Retention)
+	if err != nil {
+		return caddy.APIError{HTTPStatus: operationStatus(err), Err: err}
+	}
+	w.Header().Set("Content-Type", "application/json")
+	return json.NewEncoder(w).Encode(result)
+}
+
+// operationStatus is the admin route's status for an operation's error.
+func operationStatus(err error) int {
+	switch {
+	case errors.Is(err, errUnknownPath), errors.Is(err, index.ErrNoSuchPin):
+		return http.StatusNotFound
+	case errors.Is(err, errCollecting):
+		return http.StatusConflict
+	}
+	return http.StatusBadRequest
+}
+
+// Interface guards
+var _ caddy.AdminRouter = (*adminAPI)(nil)

@@ -1,0 +1,252 @@
+package caddynix
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/url"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	caddycmd "github.com/caddyserver/caddy/v2/cmd"
+	"github.com/cargoxx-pkgs/runner/caddynix/storage"
+	"github.com/cargoxx-pkgs/runner/caddynix/storage/dir"
+	"github.com/cargoxx-pkgs/runner/caddynix/storage/index"
+	"github.com/spf13/cobra"
+)
+
+// target is the cache a command works on: a directory no caddy serves, or
+// a cache of a running caddy, reached through its admin endpoint.
+type target struct {
+	root, indexFile string
+	address, cache  string
+}
+
+func (t *target) flags(cmd *cobra.Command) {
+	cmd.Flags().StringVar(&t.root, "root", "", "the cache directory, when no running caddy serves it")
+	cmd.Flags().StringVar(&t.indexFile, "index", "", "the cache's index file, when its nix_cache sets index_file (with --root)")
+	cmd.Flags().StringVar(&t.address, "address", "", "the admin endpoint of the caddy serving the cache, e.g. unix//run/caddy/admin.sock")
+	cmd.Flags().StringVar(&t.cache, "cache", "", "with --address: the cache's name or root, when that caddy serves several")
+}
+
+// run performs the operation name and prints its JSON answer.
+func (t *target) run(cmd *cobra.Command, name string, params url.Values) error {
+	op := operations[name]
+	out := cmd.OutOrStdout()
+	switch {
+	case t.address != "" && t.root != "":
+		return errors.New("give either --root or --address, not both")
+	case t.address != "":
+		if t.cache != "" {
+			params.Set("cache", t.cache)
+		}
+		resp, err := caddycmd.AdminAPIRequest(t.address, op.method, "/nix-cache/"+name+"?"+params.Encode(), nil, nil)
+		if err != nil {
+			return err
+		}
+		defer func() { _ = resp.Body.Close() }()
+		var pretty bytes.Buffer
+		body, err := io.ReadAll(resp.Body)
+		if err != nil {
+			return err
+		}
+		if json.Indent(&pretty, body, "", "  ") == nil {
+			body = append(pretty.Bytes(), '\n')
+		}
+		_, err = out.Write(body)
+		return err
+	case t.root == "":
+		return errors.New("--root (a cache no running caddy serves) or --address (the admin endpoint of the caddy serving it) is required")
+	}
+	c, closeCache, err := t.openOffline()
+	if err != nil {
+		return err
+	}
+	defer closeCache()
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer stop()
+	result, err := op.run(ctx, c, params, nil)
+	if err != nil {
+		return err
+	}
+	enc := json.NewEncoder(out)
+	enc.SetIndent("", "  ")
+	return enc.Encode(result)
+}
+
+// openOffline opens a cache directory and its index in this process.
+func (t *target) openOffline() (*collector, func(), error) {
+	root, err := filepath.Abs(t.root)
+	if err != nil {
+		return nil, nil, err
+	}
+	store, err := dir.Open(root)
+	if err != nil {
+		return nil, nil, err
+	}
+	storeDir := "/nix/store"
+	if data, err := storage.ReadAll(context.Background(), store, "nix-cache-info", maxSmallDocSize); err == nil {
+		if stored := storedStoreDir(data); stored != "" {
+			storeDir = stored
+		}
+	}
+	indexPath := t.indexFile
+	if indexPath == "" {
+		indexPath = defaultIndexPath(root)
+	}
+	logger := caddy.Log().Named("nix_cache")
+	idx, err := index.Open(indexPath, 2*time.Second)
+	switch {
+	case errors.Is(err, index.ErrInUse):
+		_ = store.Close()
+		return nil, nil, fmt.Errorf("a running caddy serves the cache in %s and holds its index: use --address with that caddy's admin endpoint (e.g. --address unix//run/caddy/admin.sock)", root)
+	case errors.Is(err, index.ErrCorrupt):
+		logger.Warn(err.Error())
+	case err != nil:
+		_ = store.Close()
+		return nil, nil, err
+	}
+	state := &cacheState{indexPath: indexPath, idx: idx}
+	c := &collector{store: store, storeDir: storeDir, state: state, idx: idx, logger: logger, cache: root}
+	return c, func() { _ = state.Destruct(); _ = store.Close() }, nil
+}
+
+func gcCommand() *cobra.Command {
+	var t target
+	var maxSize, maxAge, minAge string
+	var dryRun bool
+	cmd := &cobra.Command{
+		Use:   "gc (--root <dir> | --address <admin>) [--max-size <size>] [--max-age <duration>] [--min-age <duration>] [--dry-run]",
+		Short: "Collects a cache as its retention would",
+		Long: `Deletes what the cache no longer needs, whole closures at a time: paths
+not served or pushed for --max-age, then the least recently used (pull-request
+pushes first) until the cache is under --max-size. Pins, the closures of kept
+CI runs and paths younger than --min-age (default 1h) stay, as does anything
+a kept path references. NARs no narinfo names, older than --min-age, go too.
+Through --address, limits left out are those of the cache's retention block.`,
+		Example: "caddy nix-cache gc --root cache/store --max-size 40GiB --dry-run",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			params := url.Values{}
+			for name, v := range map[string]string{"max_size": maxSize, "max_age": maxAge, "min_age": minAge} {
+				if v != "" {
+					params.Set(name, v)
+				}
+			}
+			if dryRun {
+				params.Set("dry_run", "true")
+			}
+			return t.run(cmd, "gc", params)
+		},
+	}
+	t.flags(cmd)
+	cmd.Flags().StringVar(&maxSize, "max-size", "", "delete least recently used paths until the cache is under this size, e.g. 50GiB")
+	cmd.Flags().StringVar(&maxAge, "max-age", "", "delete paths not served or pushed for this long, e.g. 90d")
+	cmd.Flags().StringVar(&minAge, "min-age", "", "never delete paths pushed more recently than this (default 1h)")
+	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "only say what would be deleted")
+	return cmd
+}
+
+func reindexCommand() *cobra.Command {
+	var t target
+	var full bool
+	cmd := &cobra.Command{
+		Use:   "reindex (--root <dir> | --address <admin>) [--full]",
+		Short: "Brings a cache's index in line with its files",
+		Long: `Indexes every narinfo the index does not know or that changed, and forgets
+records whose narinfo is gone. With --full, reads every narinfo again.
+Provenance and served times of unchanged paths are kept.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			params := url.Values{}
+			if full {
+				params.Set("full", "true")
+			}
+			return t.run(cmd, "reindex", params)
+		},
+	}
+	t.flags(cmd)
+	cmd.Flags().BoolVar(&full, "full", false, "read every narinfo again")
+	return cmd
+}
+
+func pinCommand() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "pin add|rm|ls",
+		Short: "Keeps store paths' closures whatever retention decides",
+	}
+	var addTarget, rmTarget, lsTarget target
+	add := &cobra.Command{
+		Use:     "add <name> <store path>",
+		Short:   "Pins a store path the cache holds under a name (moving the pin if it exists)",
+		Example: "caddy nix-cache pin add release-1.2 /nix/store/…-hello-2.12 --address unix//run/caddy/admin.sock",
+		Args:    cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return addTarget.run(cmd, "pin", url.Values{"name": {args[0]}, "store_path": {args[1]}})
+		},
+	}
+	rm := &cobra.Command{
+		Use:   "rm <name>",
+		Short: "Removes a pin",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return rmTarget.run(cmd, "unpin", url.Values{"name": {args[0]}})
+		},
+	}
+	ls := &cobra.Command{
+		Use:   "ls",
+		Short: "Lists the pins",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return lsTarget.run(cmd, "pins", url.Values{})
+		},
+	}
+	addTarget.flags(add)
+	rmTarget.flags(rm)
+	lsTarget.flags(ls)
+	cmd.AddCommand(add, rm, ls)
+	return cmd
+}
+
+func pathInfoCommand() *cobra.Command {
+	var t target
+	cmd := &cobra.Command{
+		Use:   "path-info <store path>",
+		Short: "Shows who pushed a store path and when, its sizes, references and pins",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return t.run(cmd, "path-info", url.Values{"store_path": {args[0]}})
+		},
+	}
+	t.flags(cmd)
+	return cmd
+}
+
+func deleteCommand() *cobra.Command {
+	var t target
+	var withReferrers bool
+	cmd := &cobra.Command{
+		Use:   "delete <store path> [--with-referrers]",
+		Short: "Deletes one store path from the cache",
+		Long: `Deletes a store path, its narinfo first and its NAR when no other path
+names it. While paths the cache keeps reference it, it refuses, unless
+--with-referrers, which deletes them too. Pinned paths are refused.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			params := url.Values{"store_path": {args[0]}}
+			if withReferrers {
+				params.Set("with_referrers", "true")
+			}
+			return t.run(cmd, "delete", params)
+		},
+	}
+	t.flags(cmd)
+	cmd.Flags().BoolVar(&withReferrers, "with-referrers", false, "also delete every path that references it")
+	return cmd
+}

@@ -1,0 +1,208 @@
+package caddynix
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/cargoxx-pkgs/runner/caddynix/storage/index"
+	"github.com/nix-community/go-nix/pkg/nixbase32"
+	"go.uber.org/zap"
+)
+
+// The operations on a cache that its admin routes and `caddy nix-cache`
+// commands offer, on a collector whether Caddy runs it or not.
+
+// errUnknownPath is wrapped by the errors of a store path the cache does
+// not hold.
+var errUnknownPath = errors.New("the cache does not hold this store path")
+
+// hashOfStorePath reads a store path given as /nix/store/<hash>-<name>,
+// <hash>-<name> or <hash>, and returns its hash part.
+func hashOfStorePath(storeDir, arg string) (string, error) {
+	base := strings.TrimPrefix(arg, storeDir+"/")
+	if strings.Contains(base, "/") {
+		return "", fmt.Errorf("%q is not a store path of %s", arg, storeDir)
+	}
+	hash, _, _ := strings.Cut(base, "-")
+	if len(hash) != storePathHashLen {
+		return "", fmt.Errorf("%q is not a store path: its hash part must be %d characters", arg, storePathHashLen)
+	}
+	if _, err := nixbase32.DecodeString(hash); err != nil {
+		return "", fmt.Errorf("%q is not a store path: its hash part is not nix32", arg)
+	}
+	return hash, nil
+}
+
+// lookup returns the index record of a store path the cache holds.
+func (c *collector) lookup(arg string) (index.Path, error) {
+	hash, err := hashOfStorePath(c.storeDir, arg)
+	if err != nil {
+		return index.Path{}, err
+	}
+	p, ok, err := c.idx.Get(hash)
+	if err != nil {
+		return index.Path{}, err
+	}
+	if !ok {
+		// The files are the truth: it may have come since the last look.
+		if _, err := c.idx.Reconcile(context.Background(), c.store, c.storeDir, false); err != nil {
+			return index.Path{}, err
+		}
+		if p, ok, err = c.idx.Get(hash); err != nil {
+			return index.Path{}, err
+		}
+	}
+	if !ok {
+		return index.Path{}, fmt.Errorf("%s: %w", arg, errUnknownPath)
+	}
+	return p, nil
+}
+
+// pin creates or moves the pin name to a store path the cache holds.
+func (c *collector) pin(name, storePath string) (index.Pin, error) {
+	if err := index.CheckPinName(name); err != nil {
+		return index.Pin{}, err
+	}
+	p, err := c.lookup(storePath)
+	if err != nil {
+		return index.Pin{}, err
+	}
+	pin := index.Pin{Name: name, StorePath: p.StorePath, Hash: p.Hash, CreatedAt: time.Now().UTC()}
+	return pin, c.idx.SetPin(pin)
+}
+
+// pathInfo is what `path-info` shows of a store path.
+type pathInfo struct {
+	index.Path
+	Hash       string     `json:"hash"`
+	LastServed *time.Time `json:"last_served,omitempty"`
+	Pins       []string   `json:"pins,omitempty"`
+}
+
+// pathInfo describes a store path the cache holds: sizes, references, who
+// pushed it and when, when it was last served and the pins on it.
+func (c *collector) pathInfo(storePath string) (*pathInfo, error) {
+	if err := c.state.flushServed(); err != nil {
+		return nil, err
+	}
+	p, err := c.lookup(storePath)
+	if err != nil {
+		return nil, err
+	}
+	info := &pathInfo{Path: p, Hash: p.Hash}
+	served, err := c.idx.Served()
+	if err != nil {
+		return nil, err
+	}
+	if at, ok := served[p.Hash]; ok {
+		info.LastServed = &at
+	}
+	pins, err := c.idx.Pins()
+	if err != nil {
+		return nil, err
+	}
+	for _, pin := range pins {
+		if pin.Hash == p.Hash {
+			info.Pins = append(info.Pins, pin.Name)
+		}
+	}
+	return info, nil
+}
+
+// deletePath deletes one store path. While paths the cache keeps
+// reference it, it refuses, unless withReferrers, which deletes them too.
+// Pinned paths are never deleted this way: remove the pin first.
+func (c *collector) deletePath(ctx context.Context, storePath string, withReferrers bool) (*collectReport, error) {
+	target, err := c.lookup(storePath)
+	if err != nil {
+		return nil, err
+	}
+	c.state.collecting.Lock()
+	defer c.state.collecting.Unlock()
+	c.state.track(true)
+	defer c.state.track(false)
+	paths, err := c.idx.Paths()
+	if err != nil {
+		return nil, err
+	}
+	referrers := map[string][]string{}
+	for hash, p := range paths {
+		for _, ref := range p.References {
+			referrers[ref] = append(referrers[ref], hash)
+		}
+	}
+	// Everything that needs the target, with how far above it it is.
+	depth := map[string]int{target.Hash: 0}
+	queue := []string{target.Hash}
+	for len(queue) > 0 {
+		hash := queue[0]
+		queue = queue[1:]
+		for _, r := range referrers[hash] {
+			if _, seen := depth[r]; !seen {
+				depth[r] = depth[hash] + 1
+				queue = append(queue, r)
+			}
+		}
+	}
+	if len(depth) > 1 && !withReferrers {
+		var names []string
+		for hash := range depth {
+			if hash != target.Hash {
+				names = append(names, paths[hash].StorePath)
+			}
+		}
+		slices.Sort(names)
+		if len(names) > 5 {
+			names = append(names[:5], fmt.Sprintf("and %d more", len(names)-5))
+		}
+		return nil, fmt.Errorf("%s is referenced by %d paths the cache keeps (%s): delete them too with --with-referrers (with_referrers=true)",
+			target.StorePath, len(depth)-1, strings.Join(names, ", "))
+	}
+	pins, err := c.idx.Pins()
+	if err != nil {
+		return nil, err
+	}
+	for _, pin := range pins {
+		if _, doomed := depth[pin.Hash]; doomed {
+			return nil, fmt.Errorf("%s is pinned as %q: remove the pin first", pin.StorePath, pin.Name)
+		}
+	}
+	var victims []*index.Path
+	for hash := range depth {
+		victims = append(victims, paths[hash])
+	}
+	// Farthest referrers first, so that nothing kept is ever left with a
+	// missing reference.
+	slices.SortFunc(victims, func(a, b *index.Path) int {
+		return cmp.Or(cmp.Compare(depth[b.Hash], depth[a.Hash]), cmp.Compare(a.Hash, b.Hash))
+	})
+	users := map[string]int{}
+	for _, p := range paths {
+		users[p.NarURL]++
+	}
+	var nars []string
+	for _, p := range victims {
+		if users[p.NarURL]--; users[p.NarURL] == 0 {
+			nars = append(nars, p.NarURL)
+		}
+	}
+	report := &collectReport{Paths: len(paths)}
+	report.SizeBefore = cacheSize(paths)
+	freed, err := c.deletePaths(ctx, victims, nars, report)
+	report.SizeAfter = report.SizeBefore - freed
+	if err != nil {
+		return report, err
+	}
+	gcDeletedPaths.WithLabelValues(c.cache).Add(float64(len(report.Deleted)))
+	gcFreedBytes.WithLabelValues(c.cache).Add(float64(report.FreedBytes))
+	c.logger.Info("deleted a path", zap.String("store_path", target.StorePath), zap.Strings("deleted", report.Deleted), zap.Int64("freed_bytes", report.FreedBytes))
+	if report.KeptByUploads > 0 {
+		return report, fmt.Errorf("an upload needed %s while it was deleted: %d paths were kept", target.StorePath, report.KeptByUploads)
+	}
+	return report, nil
+}
