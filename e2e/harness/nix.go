@@ -233,6 +233,43 @@ in mk "%s-top" [ leaf middle ] "%s"
 	return Closure{Top: top, Paths: sortedCopy(paths)}
 }
 
+// BuildSharedClosures builds n closures that share one path: the i-th top
+// path references a base path common to all and a leaf of its own, and
+// carries payload bytes of random data. It returns the top paths in order
+// and the base path.
+func (n *Nix) BuildSharedClosures(name string, count int, payload int64) (tops []string, base string) {
+	n.t.Helper()
+	nonce := make([]byte, 8)
+	_, _ = rand.Read(nonce)
+	expr := fmt.Sprintf(`
+let
+  mk = name: deps: extra: builtins.derivation {
+    inherit name;
+    system = builtins.currentSystem;
+    builder = "/bin/sh";
+    args = [ "-c" ''
+      /bin/mkdir $out
+      echo ${name} > $out/name
+      for dep in ${toString deps}; do echo $dep >> $out/references; done
+      ${extra}
+    '' ];
+    nonce = "%s";
+  };
+  base = mk "%s-base" [] "";
+  top = i: mk "%s-top-${toString i}" [ base (mk "%s-leaf-${toString i}" [] "") ] "%s";
+in [ base ] ++ builtins.genList top %d
+`, hex.EncodeToString(nonce), name, name, name, payloadCommand(payload), count)
+	file := filepath.Join(n.t.TempDir(), "shared.nix")
+	if err := os.WriteFile(file, []byte(expr), 0o644); err != nil {
+		n.t.Fatal(err)
+	}
+	out := strings.Fields(n.Must("nix-build", file, "--no-out-link", "--quiet"))
+	if len(out) != count+1 {
+		n.t.Fatalf("nix-build of %d shared closures printed %d paths", count, len(out))
+	}
+	return out[1:], out[0]
+}
+
 func payloadCommand(size int64) string {
 	if size <= 0 {
 		return ""
