@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
-	"github.com/cargoxx-pkgs/runner/caddynix/storage/index"
 	"github.com/dustin/go-humanize"
 )
 
@@ -42,41 +41,21 @@ var operations = map[string]operation{
 	"reindex": {http.MethodPost, func(ctx context.Context, c *collector, params url.Values, _ *RetentionConfig) (any, error) {
 		return c.reindex(ctx, params.Get("full") == "true")
 	}},
-	"pins": {http.MethodGet, func(_ context.Context, c *collector, _ url.Values, _ *RetentionConfig) (any, error) {
-		pins, err := c.idx.Pins()
-		if pins == nil {
-			pins = []index.Pin{}
-		}
-		return pinsAnswer(pins), err
+	"pins": {http.MethodGet, func(ctx context.Context, c *collector, _ url.Values, _ *RetentionConfig) (any, error) {
+		return c.pins(ctx)
 	}},
-	"pin": {http.MethodPost, func(_ context.Context, c *collector, params url.Values, _ *RetentionConfig) (any, error) {
-		pin, err := c.pin(params.Get("name"), params.Get("store_path"))
-		return pinsAnswer{pin}, err
+	"pin": {http.MethodPost, func(ctx context.Context, c *collector, params url.Values, _ *RetentionConfig) (any, error) {
+		return c.pin(ctx, params.Get("name"), params.Get("store_path"))
 	}},
-	"unpin": {http.MethodPost, func(_ context.Context, c *collector, params url.Values, _ *RetentionConfig) (any, error) {
-		return map[string]string{"unpinned": params.Get("name")}, c.idx.Unpin(params.Get("name"))
+	"unpin": {http.MethodPost, func(ctx context.Context, c *collector, params url.Values, _ *RetentionConfig) (any, error) {
+		return map[string]string{"unpinned": params.Get("name")}, c.unpin(ctx, params.Get("name"))
 	}},
-	"path-info": {http.MethodGet, func(_ context.Context, c *collector, params url.Values, _ *RetentionConfig) (any, error) {
-		return c.pathInfo(params.Get("store_path"))
+	"path-info": {http.MethodGet, func(ctx context.Context, c *collector, params url.Values, _ *RetentionConfig) (any, error) {
+		return c.pathInfo(ctx, params.Get("store_path"))
 	}},
 	"delete": {http.MethodPost, func(ctx context.Context, c *collector, params url.Values, _ *RetentionConfig) (any, error) {
 		return c.deletePath(ctx, params.Get("store_path"), params.Get("with_referrers") == "true")
 	}},
-}
-
-// pinsAnswer lists pins with their names, which the index keys them by.
-type pinsAnswer []index.Pin
-
-func (p pinsAnswer) MarshalJSON() ([]byte, error) {
-	type named struct {
-		Name string `json:"name"`
-		index.Pin
-	}
-	out := make([]named, len(p))
-	for i, pin := range p {
-		out[i] = named{pin.Name, pin}
-	}
-	return json.Marshal(out)
 }
 
 // policyOf is a collection's policy: max_size, max_age and min_age from
@@ -194,10 +173,8 @@ func serveOperation(w http.ResponseWriter, r *http.Request) error {
 // operationStatus is the admin route's status for an operation's error.
 func operationStatus(err error) int {
 	switch {
-	case errors.Is(err, errUnknownPath), errors.Is(err, index.ErrNoSuchPin):
+	case errors.Is(err, errUnknownPath), errors.Is(err, errNoSuchPin):
 		return http.StatusNotFound
-	case errors.Is(err, errCollecting):
-		return http.StatusConflict
 	}
 	return http.StatusBadRequest
 }

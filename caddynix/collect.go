@@ -2,7 +2,6 @@ package caddynix
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"time"
 
@@ -48,15 +47,11 @@ type collectReport struct {
 	Duration      time.Duration        `json:"duration_ns"`
 }
 
-// errCollecting is returned when another collection of the cache runs.
-var errCollecting = errors.New("a collection of this cache is already running")
-
 // collect brings the index in line with the files, plans by pol and, unless
 // dryRun, deletes.
 func (c *collector) collect(ctx context.Context, pol policy, dryRun bool) (*collectReport, error) {
-	if !c.state.collecting.TryLock() {
-		return nil, errCollecting
-	}
+	// One collection at a time: a second waits, and then finds little to do.
+	c.state.collecting.Lock()
 	defer c.state.collecting.Unlock()
 	start := time.Now()
 	report := &collectReport{DryRun: dryRun, MaxSize: pol.maxSize}
@@ -68,8 +63,7 @@ func (c *collector) collect(ctx context.Context, pol policy, dryRun bool) (*coll
 	defer c.state.track(false)
 
 	var err error
-	report.Reconciled, err = c.idx.Reconcile(ctx, c.store, c.storeDir, false)
-	if err != nil {
+	if report.Reconciled, err = c.sync(ctx, false); err != nil {
 		return nil, fmt.Errorf("indexing the cache: %w", err)
 	}
 	paths, err := c.idx.Paths()
@@ -80,7 +74,7 @@ func (c *collector) collect(ctx context.Context, pol policy, dryRun bool) (*coll
 	if err != nil {
 		return nil, err
 	}
-	roots, err := c.roots()
+	roots, forgotten, err := c.roots(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -106,6 +100,9 @@ func (c *collector) collect(ctx context.Context, pol policy, dryRun bool) (*coll
 		return report, nil
 	}
 
+	if err := c.forgetRuns(ctx, forgotten); err != nil {
+		return report, err
+	}
 	if err := c.deleteOrphans(ctx, orphans, report); err != nil {
 		return report, err
 	}
@@ -120,24 +117,36 @@ func (c *collector) collect(ctx context.Context, pol policy, dryRun bool) (*coll
 }
 
 // roots are the hash parts of the paths whose closures are kept: the pins
-// and the paths of the kept CI runs.
-func (c *collector) roots() ([]string, error) {
-	pins, err := c.idx.Pins()
+// and the paths of the kept CI runs. It also returns the runs that can no
+// longer be kept, which the index has forgotten.
+func (c *collector) roots(ctx context.Context) (roots []string, forgotten []*index.Run, err error) {
+	pins, err := c.pins(ctx)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	var roots []string
 	for _, pin := range pins {
 		roots = append(roots, pin.Hash)
 	}
-	runs, err := c.idx.KeptRuns()
+	kept, forgotten, err := c.idx.KeptRuns()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	for _, run := range runs {
+	for _, run := range kept {
 		roots = append(roots, run.Paths...)
 	}
-	return roots, nil
+	return roots, forgotten, nil
+}
+
+// sync brings the index in line with the storage. An index built anew, or
+// with full, also adopts the run records kept in the storage.
+func (c *collector) sync(ctx context.Context, full bool) (index.ReconcileStats, error) {
+	rebuild := full || !c.idx.Complete()
+	stats, err := c.idx.Reconcile(ctx, c.store, c.storeDir, full)
+	if err != nil || !rebuild {
+		return stats, err
+	}
+	indexRebuilds.WithLabelValues(c.cache).Inc()
+	return stats, c.adoptRuns(ctx)
 }
 
 // orphanNars lists the NAR files that no indexed narinfo names and that
@@ -283,13 +292,9 @@ func (c *collector) reindex(ctx context.Context, full bool) (index.ReconcileStat
 	c.state.collecting.Lock()
 	defer c.state.collecting.Unlock()
 	start := time.Now()
-	rebuild := full || !c.idx.Complete()
-	stats, err := c.idx.Reconcile(ctx, c.store, c.storeDir, full)
+	stats, err := c.sync(ctx, full)
 	if err != nil {
 		return stats, err
-	}
-	if rebuild {
-		indexRebuilds.WithLabelValues(c.cache).Inc()
 	}
 	paths, err := c.idx.Paths()
 	if err != nil {

@@ -2,6 +2,7 @@ package caddynix
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"os"
@@ -65,7 +66,7 @@ func TestCollectKeepsClosuresWholeAndRecentPaths(t *testing.T) {
 			t.Fatalf("uploading %s: %d", step.p.name, code)
 		}
 	}
-	if err := c.idx.SetPin(pinPath("keep", pinned)); err != nil {
+	if _, err := c.pin(context.Background(), "keep", "/nix/store/"+pinned.hash+"-"+pinned.name); err != nil {
 		t.Fatal(err)
 	}
 	// app is served now; everything else was pushed long ago.
@@ -93,11 +94,6 @@ func TestCollectKeepsClosuresWholeAndRecentPaths(t *testing.T) {
 	if _, ok, _ := c.idx.Get(old.hash); ok {
 		t.Errorf("the index still has the deleted path")
 	}
-}
-
-// pinPath is a pin called name on p.
-func pinPath(name string, p testPath) index.Pin {
-	return index.Pin{Name: name, StorePath: "/nix/store/" + p.hash + "-" + p.name, Hash: p.hash, CreatedAt: time.Now()}
 }
 
 // ageIndex makes every indexed path look pushed at when.
@@ -242,5 +238,134 @@ func TestReindexFindsWhatNixCopyWrote(t *testing.T) {
 	}
 	if stats, err = c.reindex(context.Background(), false); err != nil || stats.Removed != 1 {
 		t.Fatalf("reindex after a narinfo was removed: %+v %v", stats, err)
+	}
+}
+
+// loseIndex deletes the handler's index file, as an operator might, and
+// opens a new one.
+func loseIndex(t *testing.T, h *Handler) *collector {
+	t.Helper()
+	h.state.mu.Lock()
+	if err := h.state.idx.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(h.state.indexPath); err != nil {
+		t.Fatal(err)
+	}
+	h.state.idx = nil
+	h.state.mu.Unlock()
+	idx, err := h.state.open(context.Background(), zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h.collector(idx)
+}
+
+// TestLostIndexMakesTheSameDecisions: pins, served times and CI runs are
+// kept in the storage too, so a collection planned on a rebuilt index
+// deletes what the lost one would have.
+func TestLostIndexMakesTheSameDecisions(t *testing.T) {
+	h, c := newIndexedHandler(t)
+	h.state.setStore(h.store)
+	ctx := context.Background()
+	var paths []testPath
+	for i := range 8 {
+		p := newTestPath(t, fmt.Sprint("p", i), strings.Repeat("x", 1000+i))
+		if code := p.uploadWithRefs(t, h); code != http.StatusCreated {
+			t.Fatalf("upload: %d", code)
+		}
+		// Pushed i hours after a day ago.
+		at := time.Now().Add(-24*time.Hour + time.Duration(i)*time.Hour)
+		if err := os.Chtimes(filepath.Join(h.root, p.hash+".narinfo"), at, at); err != nil {
+			t.Fatal(err)
+		}
+		paths = append(paths, p)
+	}
+	c = loseIndex(t, h)
+	if _, err := c.reindex(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	storePath := func(p testPath) string { return "/nix/store/" + p.hash + "-" + p.name }
+	push := func(p testPath, job *index.Job) {
+		rec, _, err := c.idx.Get(p.hash)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := c.idx.StartJob(job, 1, time.Now()); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.idx.RecordPush(rec, &index.Pusher{Job: job}, time.Now()); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.idx.FinishJob(job, true, time.Now()); err != nil {
+			t.Fatal(err)
+		}
+		if err := saveRun(ctx, h.store, c.idx, job); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// p0, the oldest, was built by the default branch's last run; p7, the
+	// newest, only by a pull request; p1 was served; p2 is pinned.
+	push(paths[0], &index.Job{Repository: "pkgs/main", RunID: "12", DefaultBranch: true})
+	push(paths[7], &index.Job{Repository: "pkgs/main", RunID: "13", PullRequest: true})
+	h.state.served = map[string]time.Time{paths[1].hash: time.Now()}
+	if _, err := c.pin(ctx, "release", storePath(paths[2])); err != nil {
+		t.Fatal(err)
+	}
+	stored, _ := c.idx.Paths()
+	pol := policy{maxSize: cacheSize(stored) / 2}
+	before, err := c.collect(ctx, pol, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{storePath(paths[7]), storePath(paths[3]), storePath(paths[4]), storePath(paths[5])}
+	if !slices.Equal(before.Deleted, want) {
+		t.Fatalf("planned %v,\nwant the pull-request push, then the least recently used: %v", before.Deleted, want)
+	}
+
+	c = loseIndex(t, h)
+	after, err := c.collect(ctx, pol, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(after.Deleted, before.Deleted) {
+		t.Fatalf("after the index was lost, planned %v; before, %v", after.Deleted, before.Deleted)
+	}
+	info, err := c.pathInfo(ctx, storePath(paths[0]))
+	if err != nil || info.Pusher == nil || info.Pusher.Job == nil || info.Pusher.Job.RunID != "12" {
+		t.Fatalf("path-info after the index was lost does not name the run: %+v %v", info, err)
+	}
+}
+
+func TestPinNames(t *testing.T) {
+	h, c := newIndexedHandler(t)
+	ctx := context.Background()
+	p := newTestPath(t, "pinned", "content")
+	if code := p.uploadWithRefs(t, h); code != http.StatusCreated {
+		t.Fatalf("upload: %d", code)
+	}
+	for _, bad := range []string{"", "-x", "a/b", "a b", "../x", strings.Repeat("a", 129)} {
+		if _, err := c.pin(ctx, bad, p.hash); err == nil {
+			t.Errorf("pin name %q accepted", bad)
+		}
+	}
+	if _, err := c.pin(ctx, "release-1.2_x", p.hash); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.unpin(ctx, "nope"); !errors.Is(err, errNoSuchPin) {
+		t.Fatalf("unpin of an unknown pin: %v", err)
+	}
+	pins, err := c.pins(ctx)
+	if err != nil || len(pins) != 1 || pins[0].Name != "release-1.2_x" || pins[0].Hash != p.hash {
+		t.Fatalf("pins %+v %v", pins, err)
+	}
+	if data, err := os.ReadFile(filepath.Join(h.root, pinsDir, "release-1.2_x")); err != nil || string(data) != "/nix/store/"+p.hash+"-pinned\n" {
+		t.Fatalf("the pin's object holds %q (%v)", data, err)
+	}
+	if err := os.WriteFile(filepath.Join(h.root, pinsDir, "broken"), []byte("not a store path\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.collect(ctx, policy{maxAge: time.Second}, true); err == nil || !strings.Contains(err.Error(), "pin rm broken") {
+		t.Fatalf("a collection with an unreadable pin: %v", err)
 	}
 }

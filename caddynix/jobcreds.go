@@ -1,6 +1,7 @@
 package caddynix
 
 import (
+	"context"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
@@ -10,6 +11,7 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/cargoxx-pkgs/runner/caddynix/storage"
 	"github.com/cargoxx-pkgs/runner/caddynix/storage/index"
 	"go.uber.org/zap"
 )
@@ -78,29 +80,35 @@ func (a *CacheAccess) IssueJobCredential(job *Job, keepRuns int) (token string, 
 	a.shared.mu.Lock()
 	a.shared.jobTokens[digest] = job
 	a.shared.mu.Unlock()
-	a.recordJob(job, func(idx *index.Index) error { return idx.StartJob(job, keepRuns, time.Now()) })
+	a.recordJob(job, func(_ storage.Store, idx *index.Index) error { return idx.StartJob(job, keepRuns, time.Now()) })
 	var once sync.Once
 	return token, func(succeeded bool) {
 		once.Do(func() {
 			a.shared.mu.Lock()
 			delete(a.shared.jobTokens, digest)
 			a.shared.mu.Unlock()
-			a.recordJob(job, func(idx *index.Index) error { return idx.FinishJob(job, succeeded, time.Now()) })
+			a.recordJob(job, func(store storage.Store, idx *index.Index) error {
+				if err := idx.FinishJob(job, succeeded, time.Now()); err != nil {
+					return err
+				}
+				// The run's record outlives the index.
+				return saveRun(context.Background(), store, idx, job)
+			})
 		})
 	}
 }
 
 // recordJob writes what a job did into the cache's index, when the job
 // is known and the index is open.
-func (a *CacheAccess) recordJob(job *Job, write func(*index.Index) error) {
+func (a *CacheAccess) recordJob(job *Job, write func(storage.Store, *index.Index) error) {
 	a.shared.mu.RLock()
 	state, logger := a.shared.state, a.shared.logger
 	a.shared.mu.RUnlock()
 	if job == nil || state == nil {
 		return
 	}
-	if idx := state.index(); idx != nil {
-		if err := write(idx); err != nil {
+	if idx, store := state.index(), state.storage(); idx != nil && store != nil {
+		if err := write(store, idx); err != nil {
 			logger.Error("recording a job in the cache index", zap.Error(err))
 		}
 	}

@@ -112,7 +112,7 @@ func (t *target) openOffline() (*collector, func(), error) {
 		_ = store.Close()
 		return nil, nil, err
 	}
-	state := &cacheState{indexPath: indexPath, idx: idx}
+	state := &cacheState{indexPath: indexPath, idx: idx, store: store}
 	c := &collector{store: store, storeDir: storeDir, state: state, idx: idx, logger: logger, cache: root}
 	return c, func() { _ = state.Destruct(); _ = store.Close() }, nil
 }

@@ -63,19 +63,6 @@ func (c *collector) lookup(arg string) (index.Path, error) {
 	return p, nil
 }
 
-// pin creates or moves the pin name to a store path the cache holds.
-func (c *collector) pin(name, storePath string) (index.Pin, error) {
-	if err := index.CheckPinName(name); err != nil {
-		return index.Pin{}, err
-	}
-	p, err := c.lookup(storePath)
-	if err != nil {
-		return index.Pin{}, err
-	}
-	pin := index.Pin{Name: name, StorePath: p.StorePath, Hash: p.Hash, CreatedAt: time.Now().UTC()}
-	return pin, c.idx.SetPin(pin)
-}
-
 // pathInfo is what `path-info` shows of a store path.
 type pathInfo struct {
 	index.Path
@@ -86,7 +73,7 @@ type pathInfo struct {
 
 // pathInfo describes a store path the cache holds: sizes, references, who
 // pushed it and when, when it was last served and the pins on it.
-func (c *collector) pathInfo(storePath string) (*pathInfo, error) {
+func (c *collector) pathInfo(ctx context.Context, storePath string) (*pathInfo, error) {
 	if err := c.state.flushServed(); err != nil {
 		return nil, err
 	}
@@ -102,7 +89,7 @@ func (c *collector) pathInfo(storePath string) (*pathInfo, error) {
 	if at, ok := served[p.Hash]; ok {
 		info.LastServed = &at
 	}
-	pins, err := c.idx.Pins()
+	pins, err := c.pins(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -163,7 +150,7 @@ func (c *collector) deletePath(ctx context.Context, storePath string, withReferr
 		return nil, fmt.Errorf("%s is referenced by %d paths the cache keeps (%s): delete them too with --with-referrers (with_referrers=true)",
 			target.StorePath, len(depth)-1, strings.Join(names, ", "))
 	}
-	pins, err := c.idx.Pins()
+	pins, err := c.pins(ctx)
 	if err != nil {
 		return nil, err
 	}

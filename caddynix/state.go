@@ -6,11 +6,13 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io/fs"
 	"path/filepath"
 	"sync"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/cargoxx-pkgs/runner/caddynix/storage"
 	"github.com/cargoxx-pkgs/runner/caddynix/storage/index"
 	"go.uber.org/zap"
 )
@@ -27,6 +29,9 @@ type cacheState struct {
 
 	mu  sync.Mutex
 	idx *index.Index
+	// store is the storage of the running configuration, where what must
+	// outlive the index is written: use times, run records.
+	store storage.Store
 
 	// closure is held for reading by an upload from the moment it checks
 	// that a narinfo's NAR and references are stored until its narinfo is
@@ -78,6 +83,21 @@ func (s *cacheState) Destruct() error {
 	}
 	err := s.flushServedLocked()
 	return errors.Join(err, s.idx.Close())
+}
+
+// setStore makes store the one records are written to: the running
+// configuration's.
+func (s *cacheState) setStore(store storage.Store) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.store = store
+}
+
+// storage returns the running configuration's storage, or nil.
+func (s *cacheState) storage() storage.Store {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.store
 }
 
 // index returns the open index, or nil before it has been opened.
@@ -147,7 +167,20 @@ func (s *cacheState) flushServedLocked() error {
 	served := s.served
 	s.served = nil
 	s.servedMu.Unlock()
-	return s.idx.MarkServed(served)
+	if err := s.idx.MarkServed(served); err != nil {
+		return err
+	}
+	// The narinfo keeps its last use too, for when the index is lost.
+	recorder, ok := s.store.(storage.UseRecorder)
+	if !ok {
+		return nil
+	}
+	for hash, at := range served {
+		if err := recorder.RecordUse(context.Background(), hash+".narinfo", at); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("noting the last use of %s.narinfo: %w", hash, err)
+		}
+	}
+	return nil
 }
 
 // noteTouched tells a running collection that an upload committed or

@@ -374,13 +374,19 @@ func (h *Handler) putNarInfo(r *http.Request, req cacheRequest, pusher *index.Pu
 	if _, err := h.admitNarInfo(stored, req.hash); err != nil {
 		return fmt.Errorf("as stored: %w", err)
 	}
-	info, file, err := h.commitNarInfo(r.Context(), req, info, stored)
+	info, file, again, err := h.commitNarInfo(r.Context(), req, info, stored)
 	if err != nil {
 		return err
 	}
 	h.pending.delete(info.URL)
 	if idx := h.state.index(); idx != nil {
-		if err := idx.RecordPush(index.FromNarInfo(info, file), pusher, time.Now()); err != nil {
+		// A new path was pushed when its narinfo was written: the time a
+		// rebuilt index reads from the file.
+		at := time.Now()
+		if !again {
+			at = file.ModTime
+		}
+		if err := idx.RecordPush(index.FromNarInfo(info, file), pusher, at); err != nil {
 			h.logger.Error("recording an upload in the cache index", zap.String("store_path", info.StorePath), zap.Error(err))
 		}
 	}
@@ -391,17 +397,17 @@ func (h *Handler) putNarInfo(r *http.Request, req cacheRequest, pusher *index.Pu
 // under the lock that collections delete under, that its NAR and its
 // references are stored, and telling a running collection that the path
 // and what it needs are wanted again. It returns the narinfo the cache
-// holds, and its file.
-func (h *Handler) commitNarInfo(ctx context.Context, req cacheRequest, info *narinfo.NarInfo, stored []byte) (*narinfo.NarInfo, storage.Info, error) {
+// holds, its file, and whether the cache held it already.
+func (h *Handler) commitNarInfo(ctx context.Context, req cacheRequest, info *narinfo.NarInfo, stored []byte) (_ *narinfo.NarInfo, _ storage.Info, again bool, _ error) {
 	h.state.closure.RLock()
 	defer h.state.closure.RUnlock()
 	existing, replaceable, err := h.storedNarInfo(ctx, req.file)
 	if err != nil {
-		return nil, storage.Info{}, err
+		return nil, storage.Info{}, false, err
 	}
 	if existing == nil {
 		if _, err := h.store.Stat(ctx, info.URL); err != nil {
-			return nil, storage.Info{}, reject(http.StatusBadRequest, "missing_nar", "the NAR %s has not been uploaded: upload it before its narinfo", info.URL)
+			return nil, storage.Info{}, false, reject(http.StatusBadRequest, "missing_nar", "the NAR %s has not been uploaded: upload it before its narinfo", info.URL)
 		}
 		self := path.Base(info.StorePath)
 		for _, ref := range info.References {
@@ -409,11 +415,11 @@ func (h *Handler) commitNarInfo(ctx context.Context, req cacheRequest, info *nar
 				continue
 			}
 			if _, err := h.store.Stat(ctx, ref[:storePathHashLen]+".narinfo"); err != nil {
-				return nil, storage.Info{}, reject(http.StatusBadRequest, "missing_reference", "reference %s is not in the cache: upload it first", ref)
+				return nil, storage.Info{}, false, reject(http.StatusBadRequest, "missing_reference", "reference %s is not in the cache: upload it first", ref)
 			}
 		}
 		if err := h.ensureCacheInfoFile(ctx); err != nil {
-			return nil, storage.Info{}, err
+			return nil, storage.Info{}, false, err
 		}
 		if replaceable {
 			err = h.writeFile(ctx, req.file, stored)
@@ -427,25 +433,27 @@ func (h *Handler) commitNarInfo(ctx context.Context, req cacheRequest, info *nar
 			}
 		}
 		if err != nil {
-			return nil, storage.Info{}, err
+			return nil, storage.Info{}, false, err
 		}
 	}
 	if existing != nil {
 		if err := sameNar(existing, info); err != nil {
-			return nil, storage.Info{}, err
+			return nil, storage.Info{}, false, err
 		}
 		info = existing
+		// Pushed again: wanted again, also after the index is lost.
+		h.state.markServed(req.hash)
 	}
 	file, err := h.store.Stat(ctx, req.file)
 	if err != nil {
-		return nil, storage.Info{}, err
+		return nil, storage.Info{}, false, err
 	}
 	touched := []string{req.hash, info.URL}
 	for _, ref := range info.References {
 		touched = append(touched, ref[:storePathHashLen])
 	}
 	h.state.noteTouched(touched...)
-	return info, file, nil
+	return info, file, existing != nil, nil
 }
 
 // storedNarInfo returns the narinfo the cache holds under name, or nil;
@@ -640,15 +648,10 @@ func (h *Handler) readSmallBody(r *http.Request, limit int64) ([]byte, error) {
 
 // writeFile atomically replaces name with data.
 func (h *Handler) writeFile(ctx context.Context, name string, data []byte) error {
-	up, err := h.store.Create(ctx, name)
-	if err != nil {
-		return err
-	}
-	defer up.Abort()
-	if _, err := up.Write(data); err != nil {
+	if err := writeObject(ctx, h.store, name, data); err != nil {
 		return fmt.Errorf("writing %s: %w", name, err)
 	}
-	return up.Commit()
+	return nil
 }
 
 // createFile writes name with data unless it exists, and reports whether

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -157,8 +158,14 @@ func TestRetentionKeepsWholeClosures(t *testing.T) {
 	get(t, narinfoURL(caddy.URL(), served[0]), nil, 404)
 	verifyClean(t, root, publicFile)
 
-	// A lost index is rebuilt from the files when caddy starts, and the
-	// cache is still under max_size by its count.
+	// A lost index is rebuilt from the files when caddy starts, and
+	// plans what the lost one planned: pins, served times and push times
+	// are in the files too.
+	deeper := gc.SizeAfter / 2
+	var planned gcAnswer
+	if c := nixCache(t, &planned, "gc", "--dry-run", "--max-size", fmt.Sprint(deeper), "--min-age", "0s", admin); c.Err != nil {
+		t.Fatalf("gc --dry-run:\n%s", c)
+	}
 	caddy.Stop()
 	indexes, _ := filepath.Glob(filepath.Join(caddy.Dir, "xdg-data", "caddy", "nix_cache", "index-*.db"))
 	if len(indexes) != 1 {
@@ -169,11 +176,16 @@ func TestRetentionKeepsWholeClosures(t *testing.T) {
 	}
 	caddy.Start()
 	var again gcAnswer
-	if c := nixCache(t, &again, "gc", "--dry-run", "--max-size", fmt.Sprint(maxSize), "--min-age", "0s", admin); c.Err != nil {
+	if c := nixCache(t, &again, "gc", "--dry-run", "--max-size", fmt.Sprint(deeper), "--min-age", "0s", admin); c.Err != nil {
 		t.Fatalf("gc --dry-run after the index was lost:\n%s", c)
 	}
-	if len(again.Deleted) != 0 || again.SizeBefore > maxSize || again.SizeBefore == 0 {
-		t.Fatalf("after rebuilding the index: %d bytes, %d deletions planned", again.SizeBefore, len(again.Deleted))
+	if len(planned.Deleted) == 0 || !slices.Equal(again.Deleted, planned.Deleted) {
+		t.Fatalf("with the index: %d deletions planned %v\nafter it was lost: %v", len(planned.Deleted), planned.Deleted, again.Deleted)
+	}
+	for _, kept := range append(append([]string{}, served[1:]...), pinned) {
+		if slices.Contains(planned.Deleted, kept) {
+			t.Fatalf("a deeper collection would delete the served or pinned %s", kept)
+		}
 	}
 }
 

@@ -22,6 +22,9 @@ type Info struct {
 	// Version changes whenever the object is replaced: for a directory,
 	// its inode, size and modification time; for S3, its ETag.
 	Version string
+	// UsedAt is when the object was last used, where the backend keeps it
+	// (a file's access time); zero otherwise.
+	UsedAt time.Time
 }
 
 // Object is a stored object open for reading, with Range support through
@@ -84,6 +87,12 @@ type Sweeper interface {
 	// RemoveAbandoned removes what writers that are no longer running
 	// left behind, and returns the names it removed.
 	RemoveAbandoned(ctx context.Context) ([]string, error)
+}
+
+// UseRecorder is a Store that can note on an object when it was last used,
+// so that retention's use times outlive the index.
+type UseRecorder interface {
+	RecordUse(ctx context.Context, name string, at time.Time) error
 }
 
 // ErrOutsideRoot is wrapped by the errors of a name that resolves to

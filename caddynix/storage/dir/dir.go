@@ -18,6 +18,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/cargoxx-pkgs/runner/caddynix/storage"
 )
@@ -30,7 +31,7 @@ import (
 const TempPrefix = ".upload-"
 
 // layoutDirs are the directories of the layout that uploads write to.
-var layoutDirs = []string{".", "nar", "log", "realisations"}
+var layoutDirs = []string{".", "nar", "log", "realisations", "retention/pins", "retention/runs"}
 
 // Store is a cache directory.
 type Store struct {
@@ -69,14 +70,17 @@ func (s *Store) Stat(_ context.Context, name string) (storage.Info, error) {
 // infoOf describes a file.
 func infoOf(name string, info fs.FileInfo) storage.Info {
 	var inode uint64
+	var usedAt time.Time
 	if st, ok := info.Sys().(*syscall.Stat_t); ok {
 		inode = st.Ino
+		usedAt = time.Unix(st.Atim.Unix())
 	}
 	return storage.Info{
 		Name:    name,
 		Size:    info.Size(),
 		ModTime: info.ModTime(),
 		Version: version(inode, info),
+		UsedAt:  usedAt,
 	}
 }
 
@@ -92,9 +96,15 @@ func version(inode uint64, info fs.FileInfo) string {
 	return string(buf)
 }
 
-// Open opens the regular file name. The object is an *os.File.
+// Open opens the regular file name. The object is an *os.File. Reading it
+// leaves the file's access time alone where the kernel allows (the file is
+// the process's own), so that the access time says when the cache last
+// used it (RecordUse), not when it was last read for a check.
 func (s *Store) Open(_ context.Context, name string) (storage.Object, storage.Info, error) {
-	f, err := s.root.Open(filepath.FromSlash(name))
+	f, err := s.root.OpenFile(filepath.FromSlash(name), os.O_RDONLY|syscall.O_NOATIME, 0)
+	if errors.Is(err, fs.ErrPermission) {
+		f, err = s.root.Open(filepath.FromSlash(name))
+	}
 	if err != nil {
 		return nil, storage.Info{}, s.outside(name, err)
 	}
@@ -140,6 +150,16 @@ func (s *Store) Create(_ context.Context, name string) (storage.Upload, error) {
 		return nil, fmt.Errorf("locking the temporary file %s: %w", temp, err)
 	}
 	return &upload{store: s, file: f, temp: temp, name: name}, nil
+}
+
+// RecordUse sets the file's access time to at, leaving its modification
+// time, and so its version, as it is.
+func (s *Store) RecordUse(_ context.Context, name string, at time.Time) error {
+	info, err := s.root.Stat(filepath.FromSlash(name))
+	if err != nil {
+		return err
+	}
+	return s.root.Chtimes(filepath.FromSlash(name), at, info.ModTime())
 }
 
 // Delete removes the file name.
@@ -351,7 +371,8 @@ func (u *upload) remove() {
 
 // Interface guards
 var (
-	_ storage.Store   = (*Store)(nil)
-	_ storage.Sweeper = (*Store)(nil)
-	_ storage.Upload  = (*upload)(nil)
+	_ storage.Store       = (*Store)(nil)
+	_ storage.Sweeper     = (*Store)(nil)
+	_ storage.UseRecorder = (*Store)(nil)
+	_ storage.Upload      = (*upload)(nil)
 )

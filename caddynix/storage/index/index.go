@@ -1,7 +1,7 @@
 // Package index is what a nix_cache knows about its store paths beyond the
 // files themselves: for every path its references and sizes, who pushed it
-// and when, and when it was last served; the named pins; and the CI runs
-// that pushed paths. Retention decides from it without reading every
+// and when, and when it was last served; and the CI runs that pushed
+// paths. Retention decides from it without reading every
 // narinfo.
 //
 // The files stay the truth. Serving never consults the index, and
@@ -29,7 +29,6 @@ import (
 var (
 	pathsBucket  = []byte("paths")  // narinfo hash → Path (JSON)
 	servedBucket = []byte("served") // narinfo hash → last served, Unix seconds
-	pinsBucket   = []byte("pins")   // pin name → Pin (JSON)
 	runsBucket   = []byte("runs")   // repository \x00 run id → Run (JSON)
 	metaBucket   = []byte("meta")
 )
@@ -97,7 +96,7 @@ func open(path string, timeout time.Duration) (*Index, error) {
 		case string(v) != schemaVersion:
 			return fmt.Errorf("index schema %q, this caddy writes %q", v, schemaVersion)
 		}
-		for _, name := range [][]byte{pathsBucket, servedBucket, pinsBucket, runsBucket} {
+		for _, name := range [][]byte{pathsBucket, servedBucket, runsBucket} {
 			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 				return err
 			}

@@ -102,7 +102,7 @@ func TestKeptRunsAreTheLastSuccessfulDefaultBranchRuns(t *testing.T) {
 	run("10", false, true, "d") // a pull request
 	run("11", true, true, "e")
 	// Numeric order: run 11 is newer than run 9 and 2.
-	kept, err := x.KeptRuns()
+	kept, forgotten, err := x.KeptRuns()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -113,7 +113,10 @@ func TestKeptRunsAreTheLastSuccessfulDefaultBranchRuns(t *testing.T) {
 	if !slices.Equal(ids, []string{"11", "2"}) {
 		t.Fatalf("kept runs %v, want [11 2]", ids)
 	}
-	kept, _ = x.KeptRuns()
+	if len(forgotten) != 1 || forgotten[0].RunID != "1" {
+		t.Fatalf("forgotten runs %v, want run 1", forgotten)
+	}
+	kept, _, _ = x.KeptRuns()
 	if len(kept) != 2 {
 		t.Fatalf("kept runs changed on a second look: %d", len(kept))
 	}
@@ -125,24 +128,5 @@ func TestKeptRunsAreTheLastSuccessfulDefaultBranchRuns(t *testing.T) {
 		return nil
 	}); err != nil {
 		t.Fatal(err)
-	}
-}
-
-func TestPinNames(t *testing.T) {
-	x, _ := openTest(t)
-	for _, bad := range []string{"", "-x", "a/b", "a b", "../x", string(make([]byte, 200))} {
-		if err := x.SetPin(Pin{Name: bad, Hash: "h"}); err == nil {
-			t.Errorf("pin name %q accepted", bad)
-		}
-	}
-	if err := x.SetPin(Pin{Name: "release-1.2_x", Hash: "h", StorePath: "/nix/store/h-x"}); err != nil {
-		t.Fatal(err)
-	}
-	if err := x.Unpin("nope"); !errors.Is(err, ErrNoSuchPin) {
-		t.Fatalf("Unpin of an unknown pin: %v", err)
-	}
-	pins, _ := x.Pins()
-	if len(pins) != 1 || pins[0].Name != "release-1.2_x" {
-		t.Fatalf("pins %+v", pins)
 	}
 }

@@ -69,12 +69,17 @@ func (x *Index) RecordPush(p Path, pusher *Pusher, at time.Time) error {
 	return x.db.Batch(func(tx *bolt.Tx) error {
 		b := tx.Bucket(pathsBucket)
 		pullRequest := pusher != nil && pusher.Job != nil && pusher.Job.PullRequest
-		if old, ok, err := getPath(b, p.Hash); err != nil {
+		switch old, ok, err := getPath(b, p.Hash); {
+		case err != nil:
 			return err
-		} else if ok && old.StorePath == p.StorePath {
+		case ok && old.StorePath == p.StorePath && old.Pusher != nil:
 			p.PushedAt, p.Pusher = old.PushedAt, old.Pusher
 			p.PullRequestOnly = old.PullRequestOnly && pullRequest
-		} else {
+		case ok && old.StorePath == p.StorePath:
+			// Found in the files, pusher unknown: this is the first one
+			// known, as when the index adopts run records.
+			p.PushedAt, p.Pusher, p.PullRequestOnly = old.PushedAt, pusher, pullRequest
+		default:
 			p.PushedAt, p.Pusher, p.PullRequestOnly = at, pusher, pullRequest
 		}
 		p.LastPushedAt = at
@@ -154,14 +159,17 @@ func (x *Index) MarkServed(served map[string]time.Time) error {
 	return x.db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(servedBucket)
 		for hash, at := range served {
-			var v [8]byte
-			binary.BigEndian.PutUint64(v[:], uint64(at.Unix()))
-			if err := b.Put([]byte(hash), v[:]); err != nil {
+			if err := b.Put([]byte(hash), servedValue(at)); err != nil {
 				return err
 			}
 		}
 		return nil
 	})
+}
+
+// servedValue encodes a served time.
+func servedValue(at time.Time) []byte {
+	return binary.BigEndian.AppendUint64(nil, uint64(at.Unix()))
 }
 
 // Served returns when each path was last served, for the paths that were.

@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"path"
 	"strings"
+	"time"
 
 	"github.com/cargoxx-pkgs/runner/caddynix/storage"
 	"github.com/cargoxx-pkgs/runner/internal/nixfmt"
@@ -70,6 +71,7 @@ func (x *Index) Reconcile(ctx context.Context, store storage.Store, storeDir str
 		return stats, err
 	}
 	var changed []Path
+	used := map[string]time.Time{}
 	present := make(map[string]bool, len(files))
 	invalid := map[string]bool{}
 	for _, file := range files {
@@ -105,15 +107,21 @@ func (x *Index) Reconcile(ctx context.Context, store storage.Store, storeDir str
 			p.PushedAt, p.LastPushedAt, p.Pusher, p.PullRequestOnly = old.PushedAt, old.LastPushedAt, old.Pusher, old.PullRequestOnly
 		}
 		changed = append(changed, p)
+		// A narinfo read since it was written was served: its access
+		// time says when, should the index have lost it.
+		if file.UsedAt.After(file.ModTime) {
+			used[hash] = file.UsedAt
+		}
 		if len(changed) == reconcileBatch {
-			if err := x.putPaths(changed); err != nil {
+			if err := x.putPaths(changed, used); err != nil {
 				return stats, err
 			}
 			stats.Added += len(changed)
 			changed = changed[:0]
+			clear(used)
 		}
 	}
-	if err := x.putPaths(changed); err != nil {
+	if err := x.putPaths(changed, used); err != nil {
 		return stats, err
 	}
 	stats.Added += len(changed)
@@ -134,16 +142,22 @@ func (x *Index) Reconcile(ctx context.Context, store storage.Store, storeDir str
 	return stats, x.db.Update(x.setComplete)
 }
 
-// putPaths stores records as they are.
-func (x *Index) putPaths(paths []Path) error {
+// putPaths stores records as they are, and the use times the index does
+// not have yet.
+func (x *Index) putPaths(paths []Path, used map[string]time.Time) error {
 	if len(paths) == 0 {
 		return nil
 	}
 	return x.db.Update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(pathsBucket)
+		b, served := tx.Bucket(pathsBucket), tx.Bucket(servedBucket)
 		for _, p := range paths {
 			if err := putJSON(b, p.Hash, p); err != nil {
 				return err
+			}
+			if at, ok := used[p.Hash]; ok && served.Get([]byte(p.Hash)) == nil {
+				if err := served.Put([]byte(p.Hash), servedValue(at)); err != nil {
+					return err
+				}
 			}
 		}
 		return nil

@@ -106,11 +106,10 @@ func addRunPath(tx *bolt.Tx, job *Job, hash string, at time.Time) error {
 }
 
 // KeptRuns returns, for every repository, its last Keep successful
-// default-branch runs, newest first, and forgets the runs older than
-// those that can no longer become kept.
-func (x *Index) KeptRuns() ([]*Run, error) {
-	var kept []*Run
-	err := x.db.Update(func(tx *bolt.Tx) error {
+// default-branch runs, newest first, and forgets (and returns) the runs
+// older than those, which can no longer become kept.
+func (x *Index) KeptRuns() (kept, forgotten []*Run, err error) {
+	err = x.db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(runsBucket)
 		byRepo := map[string][]*Run{}
 		keys := map[*Run][]byte{}
@@ -147,10 +146,69 @@ func (x *Index) KeptRuns() ([]*Run, error) {
 					if err := b.Delete(keys[run]); err != nil {
 						return err
 					}
+					forgotten = append(forgotten, run)
 				}
 			}
 		}
 		return nil
 	})
-	return kept, err
+	return kept, forgotten, err
+}
+
+// Run returns the record of job's run, or nil.
+func (x *Index) Run(job *Job) (*Run, error) {
+	var run *Run
+	err := x.db.View(func(tx *bolt.Tx) error {
+		var err error
+		run, err = getRun(tx.Bucket(runsBucket), runKey(job))
+		return err
+	})
+	return run, err
+}
+
+// AdoptRuns takes run records kept outside the index into it, for an index
+// built anew: runs it does not know are stored, and paths they pushed that
+// the index knows no pusher of get the run's job as pusher, pull-request
+// only when every run that pushed them was for a pull request.
+func (x *Index) AdoptRuns(runs []*Run) error {
+	return x.db.Update(func(tx *bolt.Tx) error {
+		b, paths := tx.Bucket(runsBucket), tx.Bucket(pathsBucket)
+		adopted := map[string]*Path{}
+		for _, run := range runs {
+			key := runKey(&run.Job)
+			if b.Get(key) != nil {
+				continue
+			}
+			data, err := json.Marshal(run)
+			if err != nil {
+				return err
+			}
+			if err := b.Put(key, data); err != nil {
+				return err
+			}
+			for _, hash := range run.Paths {
+				p, ok := adopted[hash]
+				if !ok {
+					record, found, err := getPath(paths, hash)
+					if err != nil || !found || record.Pusher != nil {
+						continue
+					}
+					p = &record
+					p.PullRequestOnly = true
+					adopted[hash] = p
+				}
+				if p.Pusher == nil {
+					job := run.Job
+					p.Pusher = &Pusher{Job: &job}
+				}
+				p.PullRequestOnly = p.PullRequestOnly && run.PullRequest
+			}
+		}
+		for hash, p := range adopted {
+			if err := putJSON(paths, hash, p); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
 }
