@@ -265,7 +265,7 @@ func loseIndex(t *testing.T, h *Handler) *collector {
 // kept in the storage too, so a collection planned on a rebuilt index
 // deletes what the lost one would have.
 func TestLostIndexMakesTheSameDecisions(t *testing.T) {
-	h, c := newIndexedHandler(t)
+	h, _ := newIndexedHandler(t)
 	h.state.setStore(h.store)
 	ctx := context.Background()
 	var paths []testPath
@@ -281,7 +281,7 @@ func TestLostIndexMakesTheSameDecisions(t *testing.T) {
 		}
 		paths = append(paths, p)
 	}
-	c = loseIndex(t, h)
+	c := loseIndex(t, h)
 	if _, err := c.reindex(ctx, false); err != nil {
 		t.Fatal(err)
 	}
