@@ -271,3 +271,37 @@ func (g *Gitea) OpenForkPullRequest(repo, org, file, content string) string {
 	}
 	return resp.Commit.SHA
 }
+
+// OpenPullRequest commits a file to a new branch of repo and opens a pull
+// request from it into main. It returns the pull request's head SHA, the
+// commit its runs are for.
+func (g *Gitea) OpenPullRequest(repo, branch, file, content string) string {
+	g.t.Helper()
+	resp, _, err := g.Client.CreateFile(GiteaAdmin, repo, file, gitea.CreateFileOptions{
+		FileOptions: gitea.FileOptions{Message: "add " + file, BranchName: "main", NewBranchName: branch},
+		Content:     base64.StdEncoding.EncodeToString([]byte(content)),
+	})
+	if err != nil {
+		g.t.Fatalf("committing %s to a new branch %s of %s: %v", file, branch, repo, err)
+	}
+	if _, _, err := g.Client.CreatePullRequest(GiteaAdmin, repo, gitea.CreatePullRequestOption{
+		Head: branch, Base: "main", Title: "change " + file,
+	}); err != nil {
+		g.t.Fatalf("opening a pull request from %s: %v", branch, err)
+	}
+	return resp.Commit.SHA
+}
+
+// CommitFile commits a file to main through the contents API. It returns
+// the commit SHA.
+func (g *Gitea) CommitFile(repo, file, content string) string {
+	g.t.Helper()
+	resp, _, err := g.Client.CreateFile(GiteaAdmin, repo, file, gitea.CreateFileOptions{
+		FileOptions: gitea.FileOptions{Message: "add " + file, BranchName: "main"},
+		Content:     base64.StdEncoding.EncodeToString([]byte(content)),
+	})
+	if err != nil {
+		g.t.Fatalf("committing %s to %s: %v", file, repo, err)
+	}
+	return resp.Commit.SHA
+}

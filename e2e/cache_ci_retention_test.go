@@ -1,0 +1,136 @@
+package e2e
+
+import (
+	"net/http"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cargoxx-pkgs/runner/e2e/harness"
+)
+
+// ciPushWorkflow builds a closure of two paths, new for every commit and
+// event, and pushes it to the cache, on pushes to main and on pull
+// requests.
+const ciPushWorkflow = `on:
+  push:
+    branches: [main]
+  pull_request:
+jobs:
+  build:
+    runs-on: self-hosted
+    defaults:
+      run:
+        shell: sh
+    steps:
+      - run: |
+          cat > /tmp/closure.nix <<'EOF'
+          let
+            mk = name: deps: builtins.derivation {
+              inherit name;
+              system = builtins.currentSystem;
+              builder = "/bin/sh";
+              args = [ "-c" "echo ${name} > $out; for d in ${toString deps}; do echo $d >> $out; done" ];
+              nonce = "${{ github.sha }}-${{ github.event_name }}";
+            };
+            dep = mk "ci-dep" [];
+          in mk "ci-top" [ dep ]
+          EOF
+          out=$(nix-build /tmp/closure.nix --no-out-link)
+          echo "built-path $out"
+          nix copy --to "$CARGOXX_NIX_CACHE_UPLOAD_URL" $out
+`
+
+// TestRetentionKeepsTheLastDefaultBranchRuns: with keep_default_branch_runs
+// 1, a collection that may delete everything keeps the closure the last
+// successful run on main pushed, deletes an older run's and a pull
+// request's, the pull request's first, and path-info links to the run.
+func TestRetentionKeepsTheLastDefaultBranchRuns(t *testing.T) {
+	image := harness.NewDocker(t).NixJobImage()
+	g := harness.StartGitea(t, "")
+	g.CreateRepo("pkgs")
+	dir := t.TempDir()
+	root := filepath.Join(dir, "cache")
+	secret, public := keygen(t, "ci-retention-1")
+	caddyfile := harness.RunnerCacheCaddyfile(g.URL, g.RepoRegistrationToken("pkgs"), "self-hosted:docker://"+image, "host",
+		root, secret, "fetch_interval 500ms")
+	caddyfile = strings.Replace(caddyfile, "nix_cache main\n", "nix_cache main {\n\t\t\tkeep_default_branch_runs 1\n\t\t}\n", 1)
+	caddy := harness.StartCaddy(t, caddyfile, harness.CaddyOptions{})
+	admin := "--address=" + caddy.Admin
+
+	built := func(sha string) string {
+		t.Helper()
+		run := g.WaitRun("pkgs", sha, 5*time.Minute, harness.Completed)
+		log := g.JobLog("pkgs", g.Jobs("pkgs", run.ID)[0].ID)
+		if run.Conclusion != "success" {
+			t.Fatalf("the run for %s concluded %q:\n%s", sha, run.Conclusion, log)
+		}
+		m := regexp.MustCompile(`built-path (/nix/store/\S+-ci-top)`).FindStringSubmatch(log)
+		if m == nil {
+			t.Fatalf("the job's log does not name the built path:\n%s", log)
+		}
+		return m[1]
+	}
+	older := built(g.CommitWorkflow("pkgs", "build.yml", ciPushWorkflow))
+	latest := built(g.CommitFile("pkgs", "second.txt", "a second commit on main\n"))
+	pullRequest := built(g.OpenPullRequest("pkgs", "feature", "feature.txt", "a change under review\n"))
+
+	var gc gcAnswer
+	if c := nixCache(t, &gc, "gc", "--max-size", "1", "--min-age", "0s", admin); c.Err != nil {
+		t.Fatalf("gc:\n%s", c)
+	}
+	position := func(path string) int { return slices.Index(gc.Deleted, path) }
+	if position(latest) >= 0 || position(older) < 0 || position(pullRequest) < 0 {
+		t.Fatalf("deleted %v;\nwant the older run's %s and the pull request's %s, not the last run's %s", gc.Deleted, older, pullRequest, latest)
+	}
+	if position(pullRequest) > position(older) {
+		t.Errorf("the pull request's push went after the default branch's: %v", gc.Deleted)
+	}
+	if len(gc.Deleted) != 4 {
+		t.Errorf("deleted %d paths, want the 2 closures of 2 paths: %v", len(gc.Deleted), gc.Deleted)
+	}
+	nix := harness.NewNix(t, "")
+	if c, store := substitute(nix, caddy.URL(), public, latest); c.Err != nil {
+		t.Fatalf("substituting the kept run's closure:\n%s", c)
+	} else if got := nix.StorePaths(store); len(got) != 2 {
+		t.Fatalf("the kept closure substituted as %v", got)
+	}
+	publicFile := filepath.Join(dir, "cache.pub")
+	if err := os.WriteFile(publicFile, []byte(public+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	verifyClean(t, root, publicFile)
+
+	var info struct {
+		Pusher struct {
+			Job struct {
+				Repository    string `json:"repository"`
+				RunURL        string `json:"run_url"`
+				Event         string `json:"event"`
+				Ref           string `json:"ref"`
+				Commit        string `json:"commit"`
+				DefaultBranch bool   `json:"default_branch"`
+			} `json:"job"`
+		} `json:"pusher"`
+	}
+	if c := nixCache(t, &info, "path-info", latest, admin); c.Err != nil {
+		t.Fatalf("path-info:\n%s", c)
+	}
+	job := info.Pusher.Job
+	if !strings.HasSuffix(job.Repository, "/pkgs") || job.Event != "push" || job.Ref != "refs/heads/main" || !job.DefaultBranch || len(job.Commit) != 40 {
+		t.Fatalf("path-info of the kept path: %+v", job)
+	}
+	resp, err := http.Get(job.RunURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || !strings.HasPrefix(job.RunURL, g.URL) {
+		t.Fatalf("the run link %s answers %s", job.RunURL, resp.Status)
+	}
+	t.Logf("kept %s, pushed by %s", latest, job.RunURL)
+}
