@@ -67,6 +67,8 @@ type landingPage struct {
 	Size       string
 	StoreDir   string
 	Priority   int
+	// Retention says what retention keeps the cache to, or is empty.
+	Retention string
 }
 
 // NixConf is the nix.conf snippet that makes a client use this cache.
@@ -84,6 +86,7 @@ var landingHTML = template.Must(template.New("landing").Parse(`<!DOCTYPE html>
 <body>
 <h1>{{.Name}}</h1>
 <p>A Nix binary cache with {{.Paths}} store paths ({{.Size}} of NARs), store directory <code>{{.StoreDir}}</code>, priority {{.Priority}}.</p>
+{{if .Retention}}<p>Retention: {{.Retention}}.</p>{{end}}
 <h2>Public keys</h2>
 {{if .PublicKeys}}<ul>{{range .PublicKeys}}<li><code>{{.}}</code></li>{{end}}</ul>{{else}}<p>This cache has no signing key: its paths are unsigned.</p>{{end}}
 <h2>Use it</h2>
@@ -105,6 +108,7 @@ func (h *Handler) serveLanding(w http.ResponseWriter, r *http.Request) error {
 		Size:       humanize.IBytes(uint64(stats.NarBytes)),
 		StoreDir:   h.StoreDir,
 		Priority:   *h.Priority,
+		Retention:  h.retentionSummary(stats.NarBytes),
 	}
 	var body bytes.Buffer
 	if strings.Contains(r.Header.Get("Accept"), "text/html") {
@@ -123,8 +127,12 @@ func (h *Handler) serveLanding(w http.ResponseWriter, r *http.Request) error {
 
 // writeText writes the plain-text landing page.
 func (p landingPage) writeText(w io.Writer) {
-	_, _ = fmt.Fprintf(w, "%s: a Nix binary cache\n\npaths: %d\nsize: %s\nstore dir: %s\npriority: %d\n\n",
+	_, _ = fmt.Fprintf(w, "%s: a Nix binary cache\n\npaths: %d\nsize: %s\nstore dir: %s\npriority: %d\n",
 		p.Name, p.Paths, p.Size, p.StoreDir, p.Priority)
+	if p.Retention != "" {
+		_, _ = fmt.Fprintf(w, "retention: %s\n", p.Retention)
+	}
+	_, _ = fmt.Fprintln(w)
 	if len(p.PublicKeys) == 0 {
 		_, _ = fmt.Fprintf(w, "public keys: none (paths are unsigned)\n\n")
 	} else {
@@ -135,6 +143,26 @@ func (p landingPage) writeText(w io.Writer) {
 		_, _ = fmt.Fprintln(w)
 	}
 	_, _ = fmt.Fprintf(w, "nix.conf:\n%s", p.NixConf())
+}
+
+// retentionSummary says what the retention block keeps the cache to, with
+// the share of max_size that size takes.
+func (h *Handler) retentionSummary(size int64) string {
+	r := h.Retention
+	if r == nil {
+		return ""
+	}
+	var parts []string
+	if r.MaxSize > 0 {
+		parts = append(parts, fmt.Sprintf("%s of max_size %s (%.0f%%)", humanize.IBytes(uint64(size)), humanize.IBytes(uint64(r.MaxSize)), 100*float64(size)/float64(r.MaxSize)))
+	}
+	if r.MaxAge > 0 {
+		parts = append(parts, "paths unused for "+time.Duration(r.MaxAge).String()+" are deleted")
+	}
+	if len(parts) == 0 {
+		return "collected every " + time.Duration(r.Interval).String()
+	}
+	return strings.Join(parts, "; ")
 }
 
 // cacheName is the configured name, or the host the request was sent to.

@@ -111,6 +111,9 @@ func TestRetentionKeepsWholeClosures(t *testing.T) {
 	}
 	t.Logf("gc deleted %d paths, %d → %d bytes (max %d)", len(gc.Deleted), gc.SizeBefore, gc.SizeAfter, maxSize)
 	verifyClean(t, root, publicFile)
+	if page := get(t, caddy.URL()+"/", nil, 200); !strings.Contains(page, "retention: ") || !strings.Contains(page, "of max_size 10 GiB (0%)") {
+		t.Errorf("the landing page does not show the size against max_size:\n%s", page)
+	}
 
 	// The served and pinned closures are kept, whole; so is what they
 	// share with everything.
