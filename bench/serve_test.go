@@ -179,6 +179,10 @@ var contenders = []string{"nix_cache", "nginx", "file_server"}
 // (nginx's sendfile_max_chunk) instead of Caddy's 64 KiB.
 const chunkedNixCache = "nix_cache, write_max_chunk 2MiB"
 
+// baselineNixCache is the contender BENCH_BASELINE_CADDY runs: a caddy
+// built from an earlier commit.
+const baselineNixCache = "nix_cache of BENCH_BASELINE_CADDY"
+
 // BenchmarkNarDownload measures NAR throughput of nix_cache, nginx and
 // Caddy's file_server on the same files: 64 MiB and 1 MiB NARs, over 1 and
 // 16 connections, rounds alternating between the servers.
@@ -269,15 +273,35 @@ func BenchmarkNarinfo(b *testing.B) {
 		}
 		os.WriteFile(filepath.Join(presigned, strings.TrimPrefix(p, "/")), body, 0o644)
 	}
+	all := slices.Clone(contenders)
+	// A caddy from before the index serves the same narinfos beside it,
+	// to show what the index costs.
+	if baseline := os.Getenv("BENCH_BASELINE_CADDY"); baseline != "" {
+		secret, _ := harness.TempKeygen(b, "bench-1")
+		old := harness.StartCaddy(b, fmt.Sprintf(`{
+	admin {$CADDY_ADMIN}
+}
+http://:{$CADDY_HTTP_PORT} {
+	bind 127.0.0.1
+	nix_cache {
+		root %s
+		secret_key_file %s
+	}
+}
+`, root, secret), harness.CaddyOptions{Binary: baseline})
+		s.urls[baselineNixCache] = old.URL()
+		all = append(all, baselineNixCache)
+	}
 	dur := time.Duration(envInt("BENCH_LOAD_SECONDS", 3)) * time.Second
 	rps := newComparison("narinfo, 10,000 distinct, 16 connections: requests per second", "req/s", "higher", "nix_cache at least 1.0x file_server")
 	rps.holds = ratioAtLeast("nix_cache", "file_server", 1.0)
 	rps.notes = append(rps.notes, "nix_cache signs each narinfo once and then answers from memory while a stat shows the file unchanged, and writes header and body in one call; file_server and nginx serve pre-signed copies from disk. "+
+		"nix_cache notes each path's last use in memory and writes it to its index every 30 s; a caddy built before the index, when BENCH_BASELINE_CADDY names one, serves the same narinfos as its own contender. "+
 		"Where the time goes (BENCH_PROFILES): about 40% of caddy's CPU time is system calls (the response's write, the request's read, the stat); the rest is Go's HTTP server, Caddy's routing and memory allocation.")
 	p50 := newComparison("narinfo, 16 connections: p50 latency", "ms", "lower", "")
 	p99 := newComparison("narinfo, 16 connections: p99 latency", "ms", "lower", "")
 	for round := range envInt("BENCH_ROUNDS", 5) {
-		order := slices.Clone(contenders)
+		order := slices.Clone(all)
 		if round%2 == 1 {
 			slices.Reverse(order)
 		}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"path"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/nix-community/go-nix/pkg/narinfo"
@@ -37,7 +38,9 @@ func ParseNarInfo(data []byte) (*narinfo.NarInfo, error) {
 		// Nix keeps a carriage return in the value, breaking hashes and URLs.
 		return nil, errors.New("narinfo has a carriage return: lines must end in a bare newline")
 	}
-	var known bytes.Buffer
+	// The fields are read here rather than by go-nix's parser, which
+	// allocates a megabyte per narinfo; the rules for each value are its.
+	info := &narinfo.NarInfo{}
 	seen := map[string]bool{}
 	for line := range strings.Lines(string(data)) {
 		key, value, ok := strings.Cut(strings.TrimSuffix(line, "\n"), ": ")
@@ -51,17 +54,16 @@ func ParseNarInfo(data []byte) (*narinfo.NarInfo, error) {
 			return nil, fmt.Errorf("narinfo has more than one %s line", key)
 		}
 		seen[key] = true
-		if key == "Sig" {
-			// go-nix's own error for a bad Sig loses the reason.
-			if _, err := signature.ParseSignature(value); err != nil {
-				return nil, fmt.Errorf("narinfo Sig %q: %w", value, err)
-			}
+		if strings.Contains(value, ": ") {
+			return nil, fmt.Errorf("parsing narinfo: found separator ': ' twice or more in %s", strings.TrimSpace(line))
 		}
-		known.WriteString(line)
+		if err := setNarInfoField(info, key, value); err != nil {
+			return nil, fmt.Errorf("parsing narinfo: %w", err)
+		}
 	}
-	info, err := narinfo.Parse(&known)
-	if err != nil {
-		return nil, fmt.Errorf("parsing narinfo: %w", err)
+	if info.Compression == "" {
+		// Nix's default, from before compression was configurable.
+		info.Compression = "bzip2"
 	}
 	switch {
 	case info.StorePath == "":
@@ -81,6 +83,50 @@ func ParseNarInfo(data []byte) (*narinfo.NarInfo, error) {
 		}
 	}
 	return info, nil
+}
+
+// setNarInfoField sets one field of a narinfo from its line's value.
+func setNarInfoField(info *narinfo.NarInfo, key, value string) error {
+	var err error
+	switch key {
+	case "StorePath":
+		info.StorePath = value
+	case "URL":
+		info.URL = value
+	case "Compression":
+		info.Compression = value
+	case "FileHash":
+		info.FileHash, err = nixhash.ParseAny(value, nil)
+	case "FileSize":
+		info.FileSize, err = strconv.ParseUint(value, 10, 0)
+	case "NarHash":
+		info.NarHash, err = nixhash.ParseAny(value, nil)
+	case "NarSize":
+		info.NarSize, err = strconv.ParseUint(value, 10, 0)
+	case "References":
+		if value != "" {
+			info.References = append(info.References, strings.Split(value, " ")...)
+		}
+	case "Deriver":
+		if value != "unknown-deriver" {
+			info.Deriver = value
+		}
+	case "System":
+		info.System = value
+	case "Sig":
+		// go-nix's own error for a bad Sig loses the reason.
+		var sig signature.Signature
+		if sig, err = signature.ParseSignature(value); err != nil {
+			return fmt.Errorf("Sig %q: %w", value, err)
+		}
+		info.Signatures = append(info.Signatures, sig)
+	case "CA":
+		info.CA = value
+	}
+	if err != nil {
+		return fmt.Errorf("%s %q: %w", key, value, err)
+	}
+	return nil
 }
 
 // Fingerprint is the message a narinfo signature signs:
