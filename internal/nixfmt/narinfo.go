@@ -117,7 +117,7 @@ func setNarInfoField(info *narinfo.NarInfo, key, value string) error {
 		// go-nix's own error for a bad Sig loses the reason.
 		var sig signature.Signature
 		if sig, err = signature.ParseSignature(value); err != nil {
-			return fmt.Errorf("Sig %q: %w", value, err)
+			return fmt.Errorf("signature %q: %w", value, err)
 		}
 		info.Signatures = append(info.Signatures, sig)
 	case "CA":
