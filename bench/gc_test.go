@@ -95,7 +95,7 @@ func BenchmarkCollect(b *testing.B) {
 	wall := newComparison(fmt.Sprintf("Index and collection, %d paths: wall time", n), "s", "lower", "")
 	wall.notes = append(wall.notes, "Each run is a `caddy nix-cache` process on the cache directory (--root), so it includes opening the index and listing the directory. "+
 		"reindex --full reads and parses every narinfo and rewrites every record; the first row is the least that takes, cat of every narinfo. "+
-		"gc --dry-run brings the index in line with the files (a listing and a stat per file), loads every record and plans; gc with nothing to do is the same with nothing deleted.")
+		"gc --dry-run brings the index in line with the files (a listing and a stat per file), loads every record and plans; gc to half the size then deletes, and the row after it is the least that takes, rm of as many files in a copy of the cache; gc with nothing to do is a collection that finds nothing to delete.")
 	rss := newComparison(fmt.Sprintf("Index and collection, %d paths: peak resident memory", n), "MiB", "lower", "")
 	maxSize := fmt.Sprint(narBytes / 2)
 	for range envInt("BENCH_ROUNDS", 3) {
@@ -108,9 +108,19 @@ func BenchmarkCollect(b *testing.B) {
 		wall.add("gc --dry-run to half the size", d.Seconds())
 		rss.add("gc --dry-run to half the size", m)
 	}
+	// A copy, to time rm of as many files as the collection deletes.
+	copied := filepath.Join(b.TempDir(), "copy")
+	if out, err := exec.Command("cp", "-a", root, copied).CombinedOutput(); err != nil {
+		b.Fatalf("copying the cache: %v\n%s", err, out)
+	}
+	before, _ := filepath.Glob(filepath.Join(root, "*.narinfo"))
 	d, m := timed(b, env, caddy, "nix-cache", "gc", "--max-size", maxSize, "--root", root)
 	wall.add("gc to half the size", d.Seconds())
 	rss.add("gc to half the size", m)
+	after, _ := filepath.Glob(filepath.Join(root, "*.narinfo"))
+	deleted := len(before) - len(after)
+	d, _ = timed(b, nil, "sh", "-c", fmt.Sprintf("cd %s && ls | grep narinfo | head -n %d | xargs rm && ls nar | head -n %[2]d | sed s,^,nar/, | xargs rm", copied, deleted))
+	wall.add(fmt.Sprintf("rm of as many narinfos and NARs (%d each)", deleted), d.Seconds())
 	d, m = timed(b, env, caddy, "nix-cache", "gc", "--max-size", maxSize, "--root", root)
 	wall.add("gc with nothing to do", d.Seconds())
 	rss.add("gc with nothing to do", m)

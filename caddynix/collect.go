@@ -197,9 +197,16 @@ func (c *collector) deletePaths(ctx context.Context, paths []*index.Path, nars [
 	var freed int64
 	kept := map[string]bool{}
 	keptNars := map[string]bool{}
+	// The index forgets them all at the end, in one transaction: should
+	// the process die before, reconciling with the files does it.
+	var gone []*index.Path
+	defer func() {
+		if err := c.idx.Forget(gone); err != nil {
+			c.logger.Error("removing deleted paths from the index; the next collection does", zap.Error(err))
+		}
+	}()
 	for start := 0; start < len(paths); start += deleteBatch {
 		batch := paths[start:min(start+deleteBatch, len(paths))]
-		var gone []string
 		err := func() error {
 			c.state.closure.Lock()
 			defer c.state.closure.Unlock()
@@ -220,15 +227,12 @@ func (c *collector) deletePaths(ctx context.Context, paths []*index.Path, nars [
 				if err := c.store.Delete(ctx, p.Hash+".ls"); err != nil {
 					return fmt.Errorf("deleting the listing of %s: %w", p.StorePath, err)
 				}
-				gone = append(gone, p.Hash)
+				gone = append(gone, p)
 				report.Deleted = append(report.Deleted, p.StorePath)
 				freed += p.NarinfoSize
 			}
 			return nil
 		}()
-		if ierr := c.idx.Delete(gone...); ierr != nil && err == nil {
-			err = fmt.Errorf("updating the index: %w", ierr)
-		}
 		if err != nil {
 			report.FreedBytes += freed
 			return freed, err

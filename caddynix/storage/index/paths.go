@@ -151,6 +151,30 @@ func (x *Index) Delete(hashes ...string) error {
 	})
 }
 
+// Forget drops the records of deleted paths, unless a path was stored
+// again since (its record has another narinfo version).
+func (x *Index) Forget(deleted []*Path) error {
+	if len(deleted) == 0 {
+		return nil
+	}
+	return x.db.Update(func(tx *bolt.Tx) error {
+		paths, served := tx.Bucket(pathsBucket), tx.Bucket(servedBucket)
+		for _, p := range deleted {
+			current, ok, err := getPath(paths, p.Hash)
+			if err != nil || !ok || current.Version != p.Version {
+				continue
+			}
+			if err := paths.Delete([]byte(p.Hash)); err != nil {
+				return err
+			}
+			if err := served.Delete([]byte(p.Hash)); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
 // MarkServed records when paths were last served.
 func (x *Index) MarkServed(served map[string]time.Time) error {
 	if len(served) == 0 {

@@ -2,6 +2,7 @@ package index
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -66,7 +67,7 @@ func (x *Index) Reconcile(ctx context.Context, store storage.Store, storeDir str
 	if err != nil {
 		return stats, fmt.Errorf("listing the cache: %w", err)
 	}
-	indexed, err := x.Paths()
+	indexed, err := x.versions()
 	if err != nil {
 		return stats, err
 	}
@@ -81,7 +82,7 @@ func (x *Index) Reconcile(ctx context.Context, store storage.Store, storeDir str
 		}
 		stats.Narinfos++
 		present[hash] = true
-		if old := indexed[hash]; old != nil && old.Version == file.Version && !full {
+		if version, ok := indexed[hash]; ok && version == file.Version && !full {
 			continue
 		}
 		if err := ctx.Err(); err != nil {
@@ -103,7 +104,9 @@ func (x *Index) Reconcile(ctx context.Context, store storage.Store, storeDir str
 			continue
 		}
 		p := FromNarInfo(info, file)
-		if old := indexed[hash]; old != nil && old.StorePath == p.StorePath {
+		if old, ok, err := x.Get(hash); err != nil {
+			return stats, err
+		} else if ok && old.StorePath == p.StorePath {
 			p.PushedAt, p.LastPushedAt, p.Pusher, p.PullRequestOnly = old.PushedAt, old.LastPushedAt, old.Pusher, old.PullRequestOnly
 		}
 		changed = append(changed, p)
@@ -140,6 +143,25 @@ func (x *Index) Reconcile(ctx context.Context, store storage.Store, storeDir str
 	}
 	stats.Removed = len(gone)
 	return stats, x.db.Update(x.setComplete)
+}
+
+// versions returns the narinfo version of every record, without decoding
+// the rest of them.
+func (x *Index) versions() (map[string]string, error) {
+	versions := map[string]string{}
+	err := x.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(pathsBucket).ForEach(func(k, v []byte) error {
+			var record struct {
+				Version string `json:"version"`
+			}
+			if err := json.Unmarshal(v, &record); err != nil {
+				return fmt.Errorf("index record of %s: %w", k, err)
+			}
+			versions[string(k)] = record.Version
+			return nil
+		})
+	})
+	return versions, err
 }
 
 // putPaths stores records as they are, and the use times the index does
