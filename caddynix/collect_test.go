@@ -14,7 +14,10 @@ import (
 	"time"
 
 	"github.com/cargoxx-pkgs/runner/caddynix/storage/index"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
 )
 
 // narinfoWithRefs is the path's narinfo referencing refs.
@@ -367,5 +370,101 @@ func TestPinNames(t *testing.T) {
 	}
 	if _, err := c.collect(ctx, policy{maxAge: time.Second}, true); err == nil || !strings.Contains(err.Error(), "pin rm broken") {
 		t.Fatalf("a collection with an unreadable pin: %v", err)
+	}
+}
+
+func TestDeletePathWithReferrers(t *testing.T) {
+	h, c := newIndexedHandler(t)
+	ctx := context.Background()
+	lib := newTestPath(t, "lib", "lib")
+	app := newTestPath(t, "app", "app")
+	top := newTestPath(t, "top", "top")
+	for _, step := range []struct {
+		p    testPath
+		refs []testPath
+	}{{lib, nil}, {app, []testPath{lib}}, {top, []testPath{app}}} {
+		if code := step.p.uploadWithRefs(t, h, step.refs...); code != http.StatusCreated {
+			t.Fatalf("uploading %s: %d", step.p.name, code)
+		}
+	}
+	if _, err := c.deletePath(ctx, lib.hash, false); err == nil || !strings.Contains(err.Error(), "referenced by 2 paths") {
+		t.Fatalf("deleting a referenced path: %v", err)
+	}
+	if !present(h, lib) {
+		t.Fatal("a refused delete deleted")
+	}
+	if _, err := c.deletePath(ctx, "/nix/store/"+strings.Repeat("0", 32)+"-ghost", false); !errors.Is(err, errUnknownPath) {
+		t.Fatalf("deleting an unknown path: %v", err)
+	}
+	report, err := c.deletePath(ctx, lib.hash, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(report.Deleted) != 3 || !strings.Contains(report.Deleted[0], "-top") || !strings.Contains(report.Deleted[2], "-lib") {
+		t.Fatalf("deleted %v, want top, app, lib in that order", report.Deleted)
+	}
+	for _, p := range []testPath{lib, app, top} {
+		if present(h, p) {
+			t.Errorf("%s is still there", p.name)
+		}
+	}
+	if clean, err := verifyCache(h.root, verifyOptions{}); err != nil || len(clean.problems) > 0 || clean.narinfos != 0 {
+		t.Fatalf("verify after deleting: %v %+v", err, clean)
+	}
+}
+
+func TestCorruptIndexIsRebuiltWithAWarning(t *testing.T) {
+	h, _ := newUploadHandler(t)
+	p := newTestPath(t, "kept", "kept")
+	if code := p.uploadWithRefs(t, h); code != http.StatusCreated {
+		t.Fatalf("upload: %d", code)
+	}
+	if err := os.MkdirAll(filepath.Dir(h.state.indexPath), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(h.state.indexPath, []byte("garbage, not an index"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	core, logs := observer.New(zapcore.WarnLevel)
+	idx, err := h.state.open(context.Background(), zap.New(core))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if logs.FilterMessageSnippet("rebuilding the cache index").Len() != 1 {
+		t.Fatalf("no warning about the corrupt index: %v", logs.All())
+	}
+	c := h.collector(idx)
+	if _, err := c.reindex(context.Background(), false); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok, _ := idx.Get(p.hash); !ok {
+		t.Fatal("the rebuilt index lacks the stored path")
+	}
+}
+
+func TestCollectionOverMaxSizeSaysWhy(t *testing.T) {
+	h, c := newIndexedHandler(t)
+	core, logs := observer.New(zapcore.WarnLevel)
+	c.logger = zap.New(core)
+	p := newTestPath(t, "pinned", strings.Repeat("p", 5000))
+	if code := p.uploadWithRefs(t, h); code != http.StatusCreated {
+		t.Fatalf("upload: %d", code)
+	}
+	ageIndex(t, c, time.Now().Add(-48*time.Hour))
+	if _, err := c.pin(context.Background(), "keep", p.hash); err != nil {
+		t.Fatal(err)
+	}
+	report, err := c.collect(context.Background(), policy{maxSize: 100}, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(report.Deleted) != 0 || report.Protected < 5000 {
+		t.Fatalf("report %+v: the pinned path must stay and count as protected", report)
+	}
+	if logs.FilterMessageSnippet("stays over max_size").Len() != 1 {
+		t.Fatalf("no warning that the cache stays over max_size: %v", logs.All())
+	}
+	if got := testutil.ToFloat64(protectedBytes.WithLabelValues(c.cache)); got < 5000 {
+		t.Fatalf("caddy_nix_cache_protected_bytes is %v", got)
 	}
 }
