@@ -201,31 +201,11 @@ type Closure struct {
 // NAR as large as a test needs.
 func (n *Nix) BuildClosure(name string, payload int64) Closure {
 	n.t.Helper()
-	nonce := make([]byte, 8)
-	_, _ = rand.Read(nonce)
-	expr := fmt.Sprintf(`
-let
-  mk = name: deps: extra: builtins.derivation {
-    inherit name;
-    system = builtins.currentSystem;
-    builder = "/bin/sh";
-    args = [ "-c" ''
-      /bin/mkdir $out
-      echo ${name} > $out/name
-      for dep in ${toString deps}; do echo $dep >> $out/references; done
-      ${extra}
-    '' ];
-    nonce = "%s";
-  };
+	top := strings.TrimSpace(n.build(fmt.Sprintf(`
   leaf = mk "%s-leaf" [] "";
   middle = mk "%s-middle" [ leaf ] "";
 in mk "%s-top" [ leaf middle ] "%s"
-`, hex.EncodeToString(nonce), name, name, name, payloadCommand(payload))
-	file := filepath.Join(n.t.TempDir(), "closure.nix")
-	if err := os.WriteFile(file, []byte(expr), 0o644); err != nil {
-		n.t.Fatal(err)
-	}
-	top := strings.TrimSpace(n.Must("nix-build", file, "--no-out-link", "--quiet"))
+`, name, name, name, payloadCommand(payload))))
 	paths := strings.Fields(n.Must("nix-store", "--query", "--requisites", top))
 	if len(paths) != 3 {
 		n.t.Fatalf("closure of %s has %d paths, want 3: %v", top, len(paths), paths)
@@ -238,6 +218,24 @@ in mk "%s-top" [ leaf middle ] "%s"
 // carries payload bytes of random data. It returns the top paths in order
 // and the base path.
 func (n *Nix) BuildSharedClosures(name string, count int, payload int64) (tops []string, base string) {
+	n.t.Helper()
+	out := strings.Fields(n.build(fmt.Sprintf(`
+  base = mk "%s-base" [] "";
+  top = i: mk "%s-top-${toString i}" [ base (mk "%s-leaf-${toString i}" [] "") ] "%s";
+in [ base ] ++ builtins.genList top %d
+`, name, name, name, payloadCommand(payload), count)))
+	if len(out) != count+1 {
+		n.t.Fatalf("nix-build of %d shared closures printed %d paths", count, len(out))
+	}
+	return out[1:], out[0]
+}
+
+// build runs nix-build on the bindings and body given, after a `let` that
+// defines mk: a derivation built by /bin/sh that records its name and its
+// dependencies (so they become references) and runs extra, with a random
+// nonce that makes its paths new on every call. It returns nix-build's
+// output, the paths built.
+func (n *Nix) build(rest string) string {
 	n.t.Helper()
 	nonce := make([]byte, 8)
 	_, _ = rand.Read(nonce)
@@ -255,19 +253,12 @@ let
     '' ];
     nonce = "%s";
   };
-  base = mk "%s-base" [] "";
-  top = i: mk "%s-top-${toString i}" [ base (mk "%s-leaf-${toString i}" [] "") ] "%s";
-in [ base ] ++ builtins.genList top %d
-`, hex.EncodeToString(nonce), name, name, name, payloadCommand(payload), count)
-	file := filepath.Join(n.t.TempDir(), "shared.nix")
+`, hex.EncodeToString(nonce)) + rest
+	file := filepath.Join(n.t.TempDir(), "build.nix")
 	if err := os.WriteFile(file, []byte(expr), 0o644); err != nil {
 		n.t.Fatal(err)
 	}
-	out := strings.Fields(n.Must("nix-build", file, "--no-out-link", "--quiet"))
-	if len(out) != count+1 {
-		n.t.Fatalf("nix-build of %d shared closures printed %d paths", count, len(out))
-	}
-	return out[1:], out[0]
+	return n.Must("nix-build", file, "--no-out-link", "--quiet")
 }
 
 func payloadCommand(size int64) string {
