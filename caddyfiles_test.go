@@ -3,8 +3,11 @@ package runner
 import (
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
 	"github.com/cargoxx-pkgs/runner/internal/adapttest"
 )
@@ -29,4 +32,25 @@ func TestShippedCaddyfilesAdapt(t *testing.T) {
 		t.Setenv("ACME_EMAIL", "ops@example.org")
 		adapttest.RunFile(t, filepath.Join("caddyfiles", "production.Caddyfile"), filepath.Join("testdata", "production.json"))
 	})
+}
+
+// TestProductionCaddyfileNamesAMissingVariable: started without one of the
+// variables it needs, production.Caddyfile says which.
+func TestProductionCaddyfileNamesAMissingVariable(t *testing.T) {
+	for _, missing := range []string{"GITEA_INSTANCE_URL", "CACHE_DOMAIN", "ACME_EMAIL"} {
+		t.Run(missing, func(t *testing.T) {
+			for _, name := range []string{"GITEA_INSTANCE_URL", "CACHE_DOMAIN", "ACME_EMAIL"} {
+				t.Setenv(name, "set-"+name)
+			}
+			t.Setenv(missing, "")
+			data, err := os.ReadFile(filepath.Join("caddyfiles", "production.Caddyfile"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, _, err = caddyfile.Adapter{ServerType: httpcaddyfile.ServerType{}}.Adapt(data, map[string]any{"filename": "production.Caddyfile"})
+			if err == nil || !strings.Contains(err.Error(), "environment variable "+missing+", which is not set") {
+				t.Fatalf("adapting without %s: %v", missing, err)
+			}
+		})
+	}
 }

@@ -4,11 +4,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
-	"slices"
-	"time"
 
 	"github.com/caddyserver/caddy/v2"
-	"go.uber.org/zap"
 )
 
 func init() {
@@ -41,48 +38,6 @@ func (adminAPI) Routes() []caddy.AdminRoute {
 	}
 }
 
-// runnerStatus is one runner's entry in the status response.
-type runnerStatus struct {
-	Instance      string        `json:"instance"`
-	ID            int64         `json:"id,omitempty"`
-	Name          string        `json:"name"`
-	Labels        []string      `json:"labels"`
-	Capacity      int           `json:"capacity"`
-	Draining      bool          `json:"draining"`
-	Running       []runningTask `json:"running"`
-	LastPoll      *time.Time    `json:"last_successful_poll,omitempty"`
-	LastError     string        `json:"last_error,omitempty"`
-	IdentityStore string        `json:"identity"`
-}
-
-func (d *daemon) status() runnerStatus {
-	s := d.settings()
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	st := runnerStatus{
-		Instance:      d.instance,
-		Name:          s.name,
-		Labels:        s.labelSpecs,
-		Capacity:      s.capacity,
-		Draining:      d.draining,
-		Running:       []runningTask{},
-		LastError:     d.lastErr,
-		IdentityStore: d.store.String(),
-	}
-	if d.id != nil {
-		st.ID = d.id.ID
-	}
-	if !d.lastPoll.IsZero() {
-		t := d.lastPoll
-		st.LastPoll = &t
-	}
-	for _, task := range d.running {
-		st.Running = append(st.Running, *task)
-	}
-	slices.SortFunc(st.Running, func(a, b runningTask) int { return int(a.ID - b.ID) })
-	return st
-}
-
 func allDaemons() []*daemon {
 	var out []*daemon
 	daemons.Range(func(_, value any) bool {
@@ -113,15 +68,7 @@ func setDraining(w http.ResponseWriter, r *http.Request, draining bool) error {
 		return caddy.APIError{HTTPStatus: http.StatusNotFound, Err: fmt.Errorf("no gitea_runner is running")}
 	}
 	for _, d := range all {
-		d.mu.Lock()
-		d.draining = draining
-		d.mu.Unlock()
-		d.poke()
-		verb := "resumed"
-		if draining {
-			verb = "draining"
-		}
-		d.logger().Info("runner "+verb+" through the admin API", zap.String("name", d.settings().name))
+		d.setDraining(draining)
 	}
 	w.WriteHeader(http.StatusNoContent)
 	return nil

@@ -12,7 +12,6 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
-	"strings"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -90,6 +89,13 @@ type App struct {
 	// `.runner` file (mode 0600), so an existing act_runner registration is
 	// reused. Default: Caddy's storage. Caddyfile: `state_file`.
 	StateFile string `json:"state_file,omitempty"`
+
+	// WorkDir is where the runner keeps its work: the actions jobs use,
+	// host jobs' work trees, each running job's credential files and the
+	// lock that marks an identity in Caddy's storage as in use. No job can
+	// mount it. Default: gitea_runner under Caddy's data directory.
+	// Caddyfile: `work_dir`.
+	WorkDir string `json:"work_dir,omitempty"`
 
 	// Env is added to every job's environment. Caddyfile: `env KEY value`
 	// (repeatable).
@@ -208,7 +214,17 @@ func (a *App) Provision(ctx caddy.Context) error {
 	for k, v := range a.Env {
 		env[k] = repl.ReplaceAll(v, "")
 	}
-	dataDir := filepath.Join(caddy.AppDataDir(), "gitea_runner")
+	registrationScope, err := parseScope(a.Scope)
+	if err != nil {
+		return fmt.Errorf("gitea_runner: %w", err)
+	}
+	workDir := repl.ReplaceAll(a.WorkDir, "")
+	if workDir == "" {
+		workDir = filepath.Join(caddy.AppDataDir(), "gitea_runner")
+	}
+	if workDir, err = filepath.Abs(workDir); err != nil {
+		return fmt.Errorf("gitea_runner: work_dir: %w", err)
+	}
 	a.settings = &settings{
 		name:           name,
 		labelSpecs:     specs,
@@ -221,14 +237,14 @@ func (a *App) Provision(ctx caddy.Context) error {
 		env:            env,
 		container:      container,
 		workdirParent:  "workspace",
-		actionCacheDir: filepath.Join(dataDir, "actions"),
-		jobFilesDir:    filepath.Join(dataDir, "jobs"),
+		actionCacheDir: filepath.Join(workDir, "actions"),
+		jobFilesDir:    filepath.Join(workDir, "jobs"),
 		nixCache:       a.NixCache,
 		keepRuns:       a.KeepDefaultBranchRuns,
 		registration: registration{
 			token:    repl.ReplaceAll(a.RegistrationToken, ""),
 			apiToken: repl.ReplaceAll(a.APIToken, ""),
-			scope:    strings.Join(strings.Fields(a.Scope), " "),
+			scope:    registrationScope,
 		},
 	}
 	statePath := ""
@@ -238,7 +254,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 		}
 		a.store = fileIdentityStore{path: statePath}
 	} else {
-		a.store = newStorageIdentityStore(ctx.Storage(), caddy.AppDataDir(), a.instance, name)
+		a.store = newStorageIdentityStore(ctx.Storage(), workDir, a.instance, name)
 	}
 	a.key = a.instance + "\x00" + a.store.String()
 	if !a.TrustedJobs {
@@ -246,7 +262,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 		if err != nil {
 			return fmt.Errorf("gitea_runner: cannot tell whether jobs reach Caddy's admin endpoint (%w); if every job is trusted code, say so with `trusted_jobs`", err)
 		}
-		protected := []string{admin.SocketPath(), caddy.AppDataDir(), statePath}
+		protected := []string{admin.SocketPath(), caddy.AppDataDir(), statePath, workDir}
 		if exposure := adminExposure(admin, labels, container, protected); exposure != "" {
 			return adminRefusal(exposure)
 		}
@@ -269,16 +285,6 @@ func (a *App) Validate() error {
 		return errors.New("gitea_runner: keep_default_branch_runs must not be negative")
 	case a.KeepDefaultBranchRuns > 0 && a.NixCache == "":
 		return errors.New("gitea_runner: keep_default_branch_runs keeps what jobs push to a nix_cache: name it with `nix_cache <name> { keep_default_branch_runs N }`")
-	}
-	kind, name, _ := strings.Cut(a.settings.registration.scope, " ")
-	switch kind {
-	case "", "instance":
-	case "org", "repo":
-		if name == "" || (kind == "repo" && !strings.Contains(name, "/")) {
-			return fmt.Errorf("gitea_runner: scope %q: write `scope org NAME` or `scope repo OWNER/NAME`", a.Scope)
-		}
-	default:
-		return fmt.Errorf("gitea_runner: scope %q is not instance, org NAME or repo OWNER/NAME", a.Scope)
 	}
 	return nil
 }

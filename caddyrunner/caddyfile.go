@@ -42,6 +42,7 @@ func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
 //	    timeout             <duration>
 //	    shutdown_timeout    <duration>
 //	    state_file          <path>
+//	    work_dir            <directory>
 //	    env                 <key> <value>        # repeatable
 //	    container {
 //	        network        <mode>
@@ -63,7 +64,7 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	}
 	textOptions := map[string]*string{
 		"instance": &a.Instance, "registration_token": &a.RegistrationToken, "api_token": &a.APIToken,
-		"name": &a.Name, "state_file": &a.StateFile,
+		"name": &a.Name, "state_file": &a.StateFile, "work_dir": &a.WorkDir,
 	}
 	durationOptions := map[string]*caddy.Duration{
 		"fetch_interval": &a.FetchInterval, "fetch_interval_max": &a.FetchIntervalMax,
@@ -103,12 +104,11 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 		case "scope":
 			args := d.RemainingArgs()
-			switch {
-			case len(args) == 1 && args[0] == "instance":
-			case len(args) == 2 && args[0] == "org":
-			case len(args) == 2 && args[0] == "repo" && strings.Count(args[1], "/") == 1:
-			default:
-				return d.Errf("gitea_runner: scope must be `instance`, `org NAME` or `repo OWNER/NAME`")
+			if len(args) == 0 {
+				return d.ArgErr()
+			}
+			if _, err := parseScope(strings.Join(args, " ")); err != nil {
+				return d.Errf("gitea_runner: %v", err)
 			}
 			a.Scope = strings.Join(args, " ")
 		case "labels":

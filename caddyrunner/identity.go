@@ -87,13 +87,13 @@ type storageIdentityStore struct {
 }
 
 // newStorageIdentityStore keys the identity by instance and runner name.
-func newStorageIdentityStore(storage certmagic.Storage, dataDir, instance, name string) storageIdentityStore {
+func newStorageIdentityStore(storage certmagic.Storage, workDir, instance, name string) storageIdentityStore {
 	sum := sha256.Sum256([]byte(instance + "\x00" + name))
 	id := hex.EncodeToString(sum[:8])
 	return storageIdentityStore{
 		storage: storage,
 		key:     "gitea_runner/" + id + "/runner.json",
-		lock:    filepath.Join(dataDir, "gitea_runner", id+".lock"),
+		lock:    filepath.Join(workDir, id+".lock"),
 	}
 }
 
@@ -141,19 +141,30 @@ func lockIdentity(store identityStore) (release func(), err error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("creating the runner lock directory: %w", err)
 	}
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o600)
-	if err != nil {
-		return nil, fmt.Errorf("opening the runner lock file: %w", err)
-	}
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
-		_ = f.Close()
-		if errors.Is(err, syscall.EWOULDBLOCK) {
-			return nil, fmt.Errorf("runner identity %s is in use by another process (lock %s held): run one runner per identity, or give this one another name or state_file", store, path)
+	for {
+		f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o600)
+		if err != nil {
+			return nil, fmt.Errorf("opening the runner lock file: %w", err)
 		}
-		return nil, fmt.Errorf("locking the runner identity: %w", err)
+		if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+			_ = f.Close()
+			if errors.Is(err, syscall.EWOULDBLOCK) {
+				return nil, fmt.Errorf("runner identity %s is in use by another process (lock %s held): run one runner per identity, or give this one another name or state_file", store, path)
+			}
+			return nil, fmt.Errorf("locking the runner identity: %w", err)
+		}
+		// The holder before us removes the file as it lets go: a lock on
+		// a file no longer at path locks nothing, so start again.
+		held, herr := f.Stat()
+		current, cerr := os.Stat(path)
+		if herr != nil || cerr != nil || !os.SameFile(held, current) {
+			_ = f.Close()
+			continue
+		}
+		return func() {
+			_ = os.Remove(path)
+			_ = syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
+			_ = f.Close()
+		}, nil
 	}
-	return func() {
-		_ = syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
-		_ = f.Close()
-	}, nil
 }

@@ -6,25 +6,38 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 
 	runnerv1 "code.gitea.io/actions-proto-go/runner/v1"
 	"github.com/cargoxx-pkgs/runner/caddynix"
+	"go.uber.org/zap"
 )
 
 // jobNetrcPath is where a job container finds its cache credential.
 const jobNetrcPath = "/run/cargoxx/nix-cache.netrc"
 
-// giveCacheAccess hands a job the configured Nix cache: a fresh upload
-// credential in a netrc file (bind-mounted read-only into a container job,
-// or left on the host for a host job), and NIX_CONFIG naming the cache as
-// substituter with its public keys and the netrc file. The returned release
-// revokes the credential, records the job's outcome with the cache and
-// removes the file.
-func (d *daemon) giveCacheAccess(task *runnerv1.Task, s *settings, runsOn []string, env map[string]string,
-	options *string, validVolumes *[]string, rep *reporter) (release func(succeeded bool), err error) {
+// cacheHandoff is what a job gets of the configured Nix cache, for
+// execute to apply.
+type cacheHandoff struct {
+	// nixConfig names the cache as substituter, its keys, and for jobs that
+	// may upload the netrc file; it joins the job's NIX_CONFIG.
+	nixConfig string
+	// env are the CARGOXX_NIX_CACHE_* variables.
+	env map[string]string
+	// mount is the host's netrc file, to bind read-only at jobNetrcPath in
+	// a container job; empty for host jobs and jobs without a credential.
+	mount string
+	// release revokes the credential, records the job's outcome with the
+	// cache and removes the netrc file.
+	release func(succeeded bool)
+}
+
+// giveCacheAccess hands a job the configured Nix cache: NIX_CONFIG naming
+// the cache as a substituter with its public keys, and, but for a fork's
+// pull request, a fresh upload credential in a netrc file (bind-mounted
+// read-only into a container job, or left on the host for a host job).
+func (d *daemon) giveCacheAccess(task *runnerv1.Task, s *settings, runsOn []string, rep *reporter) (*cacheHandoff, error) {
 	access, err := caddynix.LookupCache(s.nixCache)
 	if err != nil {
 		return nil, err
@@ -33,15 +46,17 @@ func (d *daemon) giveCacheAccess(task *runnerv1.Task, s *settings, runsOn []stri
 	if err != nil || u.Hostname() == "" {
 		return nil, fmt.Errorf("nix_cache %q has an unusable url %q", s.nixCache, access.URL)
 	}
+	substituter := fmt.Sprintf("extra-substituters = %s\nextra-trusted-public-keys = %s\n", access.URL, strings.Join(access.PublicKeys, " "))
 	if forkPullRequest(task) {
 		// Everything uploaded is signed with the cache's key, so code from
 		// someone else's fork may read the cache but not write to it, as
 		// Gitea gives such jobs no secrets.
 		rep.logf("this job runs a pull request from a fork: it may substitute from the Nix cache %s but gets no upload credential", access.URL)
-		env["NIX_CONFIG"] = joinNixConfig(env["NIX_CONFIG"], fmt.Sprintf("extra-substituters = %s\nextra-trusted-public-keys = %s\n",
-			access.URL, strings.Join(access.PublicKeys, " ")))
-		env["CARGOXX_NIX_CACHE_URL"] = access.URL
-		return func(bool) {}, nil
+		return &cacheHandoff{
+			nixConfig: substituter,
+			env:       map[string]string{"CARGOXX_NIX_CACHE_URL": access.URL},
+			release:   func(bool) {},
+		}, nil
 	}
 	token, finish := access.IssueJobCredential(cacheJob(task, d.instance), s.keepRuns)
 	rep.addMask(token)
@@ -58,27 +73,28 @@ func (d *daemon) giveCacheAccess(task *runnerv1.Task, s *settings, runsOn []stri
 		_ = os.RemoveAll(dir)
 		return nil, fmt.Errorf("writing the job's netrc file: %w", err)
 	}
-	release = func(succeeded bool) {
-		finish(succeeded)
-		if err := os.RemoveAll(dir); err != nil && !errors.Is(err, os.ErrNotExist) {
-			d.logger().Warn("removing a job's credential directory")
-		}
+	handoff := &cacheHandoff{
+		env: map[string]string{
+			"CARGOXX_NIX_CACHE_URL": access.URL,
+			// Uploads go to the cache's upload URL, so that Nix's lookup
+			// cache on a machine that uploads (a host job's HOME is
+			// Caddy's) never holds the unsigned narinfo it sent under the
+			// substituter's URL.
+			"CARGOXX_NIX_CACHE_UPLOAD_URL": strings.TrimSuffix(access.URL, "/") + "/upload",
+		},
+		release: func(succeeded bool) {
+			finish(succeeded)
+			if err := os.RemoveAll(dir); err != nil && !errors.Is(err, os.ErrNotExist) {
+				d.logger().Warn("removing a job's credential directory", zap.String("dir", dir), zap.Error(err))
+			}
+		},
 	}
-
 	netrcPath := hostNetrc
 	if s.labels.pickPlatform(runsOn) != hostPlatform {
-		netrcPath = jobNetrcPath
-		*options = strings.TrimSpace(*options + " --volume " + hostNetrc + ":" + jobNetrcPath + ":ro")
-		*validVolumes = append(slices.Clone(*validVolumes), hostNetrc)
+		netrcPath, handoff.mount = jobNetrcPath, hostNetrc
 	}
-	env["NIX_CONFIG"] = joinNixConfig(env["NIX_CONFIG"], fmt.Sprintf("extra-substituters = %s\nextra-trusted-public-keys = %s\nnetrc-file = %s\n",
-		access.URL, strings.Join(access.PublicKeys, " "), netrcPath))
-	env["CARGOXX_NIX_CACHE_URL"] = access.URL
-	// Uploads go to the cache's upload URL, so that Nix's lookup cache on
-	// a machine that uploads (a host job's HOME is Caddy's) never holds the
-	// unsigned narinfo it sent under the substituter's URL.
-	env["CARGOXX_NIX_CACHE_UPLOAD_URL"] = strings.TrimSuffix(access.URL, "/") + "/upload"
-	return release, nil
+	handoff.nixConfig = substituter + "netrc-file = " + netrcPath + "\n"
+	return handoff, nil
 }
 
 // cacheJob describes a task for the cache's records: its repository, run

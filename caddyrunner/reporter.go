@@ -13,6 +13,7 @@ import (
 	"time"
 
 	runnerv1 "code.gitea.io/actions-proto-go/runner/v1"
+	"code.gitea.io/actions-proto-go/runner/v1/runnerv1connect"
 	"connectrpc.com/connect"
 	"gitea.com/gitea/runner/act/runner"
 	"github.com/sirupsen/logrus"
@@ -44,7 +45,7 @@ const (
 type reporter struct {
 	ctx    context.Context // the task's context
 	cancel context.CancelFunc
-	client *giteaClient
+	client runnerv1connect.RunnerServiceClient
 	logger *zap.Logger
 
 	rpcMu sync.Mutex // one RPC at a time, so acknowledgements stay in order
@@ -66,7 +67,7 @@ type reporter struct {
 	done chan struct{}
 }
 
-func newReporter(ctx context.Context, cancel context.CancelFunc, client *giteaClient, task *runnerv1.Task, logger *zap.Logger) *reporter {
+func newReporter(ctx context.Context, cancel context.CancelFunc, client runnerv1connect.RunnerServiceClient, task *runnerv1.Task, logger *zap.Logger) *reporter {
 	r := &reporter{
 		ctx:         ctx,
 		cancel:      cancel,

@@ -108,7 +108,7 @@ func newTestReporter(t *testing.T, steps int) (*reporter, *fakeRunnerService, co
 	fake := new(fakeRunnerService)
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	rep := newReporter(ctx, cancel, &giteaClient{RunnerServiceClient: fake}, task, zap.NewNop())
+	rep := newReporter(ctx, cancel, fake, task, zap.NewNop())
 	rep.resetSteps(steps)
 	go rep.run()
 	return rep, fake, ctx

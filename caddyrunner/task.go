@@ -9,10 +9,12 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"slices"
 	"strings"
 	"time"
 
 	runnerv1 "code.gitea.io/actions-proto-go/runner/v1"
+	"code.gitea.io/actions-proto-go/runner/v1/runnerv1connect"
 	"gitea.com/gitea/runner/act/common"
 	"gitea.com/gitea/runner/act/model"
 	"gitea.com/gitea/runner/act/runner"
@@ -23,7 +25,7 @@ import (
 
 // runTask runs one task to the end and reports it, whatever happens: the
 // final report goes out even when the job was cancelled or panicked.
-func (d *daemon) runTask(ctx context.Context, client *giteaClient, task *runnerv1.Task) {
+func (d *daemon) runTask(ctx context.Context, client runnerv1connect.RunnerServiceClient, task *runnerv1.Task) {
 	s := d.settings()
 	logger := d.logger().With(zap.Int64("task", task.Id),
 		zap.String("repository", task.Context.GetFields()["repository"].GetStringValue()),
@@ -74,29 +76,7 @@ func (d *daemon) execute(ctx context.Context, task *runnerv1.Task, s *settings, 
 	job := workflow.GetJob(jobID)
 	rep.resetSteps(len(job.Steps))
 
-	preset := &model.GithubContext{
-		Event:           fields["event"].GetStructValue().AsMap(),
-		RunID:           fields["run_id"].GetStringValue(),
-		RunNumber:       fields["run_number"].GetStringValue(),
-		RunAttempt:      fields["run_attempt"].GetStringValue(),
-		Actor:           fields["actor"].GetStringValue(),
-		Repository:      fields["repository"].GetStringValue(),
-		EventName:       fields["event_name"].GetStringValue(),
-		Sha:             fields["sha"].GetStringValue(),
-		Ref:             fields["ref"].GetStringValue(),
-		RefName:         fields["ref_name"].GetStringValue(),
-		RefType:         fields["ref_type"].GetStringValue(),
-		HeadRef:         fields["head_ref"].GetStringValue(),
-		BaseRef:         fields["base_ref"].GetStringValue(),
-		Token:           fields["token"].GetStringValue(),
-		RepositoryOwner: fields["repository_owner"].GetStringValue(),
-		RetentionDays:   fields["retention_days"].GetStringValue(),
-	}
-	if t := task.Secrets["GITEA_TOKEN"]; t != "" {
-		preset.Token = t
-	} else if t := task.Secrets["GITHUB_TOKEN"]; t != "" {
-		preset.Token = t
-	}
+	preset := githubContext(task)
 
 	if why := untrustedRefusal(task, s, job.RunsOn()); why != "" {
 		return fmt.Errorf("refusing to run the job: %s", why)
@@ -124,12 +104,18 @@ func (d *daemon) execute(ctx context.Context, task *runnerv1.Task, s *settings, 
 
 	options, validVolumes := s.container.Options, s.container.ValidVolumes
 	if s.nixCache != "" {
-		release, err := d.giveCacheAccess(task, s, job.RunsOn(), env, &options, &validVolumes, rep)
+		handoff, err := d.giveCacheAccess(task, s, job.RunsOn(), rep)
 		if err != nil {
 			return err
 		}
 		// Revoked as soon as the job ends, whatever its outcome.
-		defer func() { release(err == nil) }()
+		defer func() { handoff.release(err == nil) }()
+		env["NIX_CONFIG"] = joinNixConfig(env["NIX_CONFIG"], handoff.nixConfig)
+		maps.Copy(env, handoff.env)
+		if handoff.mount != "" {
+			options = strings.TrimSpace(options + " --volume " + handoff.mount + ":" + jobNetrcPath + ":ro")
+			validVolumes = append(slices.Clone(validVolumes), handoff.mount)
+		}
 	}
 
 	if s.labels.pickPlatform(job.RunsOn()) == hostPlatform {
@@ -174,6 +160,38 @@ func (d *daemon) execute(ctx context.Context, task *runnerv1.Task, s *settings, 
 	execErr := executor(ctx)
 	rep.setOutputs(job.Outputs)
 	return execErr
+}
+
+// githubContext is the github context of a task, as Gitea sent it: the
+// token is the job's GITEA_TOKEN or GITHUB_TOKEN secret when it has one,
+// as with Gitea's runner.
+func githubContext(task *runnerv1.Task) *model.GithubContext {
+	fields := task.GetContext().GetFields()
+	str := func(name string) string { return fields[name].GetStringValue() }
+	preset := &model.GithubContext{
+		Event:           fields["event"].GetStructValue().AsMap(),
+		RunID:           str("run_id"),
+		RunNumber:       str("run_number"),
+		RunAttempt:      str("run_attempt"),
+		Actor:           str("actor"),
+		Repository:      str("repository"),
+		EventName:       str("event_name"),
+		Sha:             str("sha"),
+		Ref:             str("ref"),
+		RefName:         str("ref_name"),
+		RefType:         str("ref_type"),
+		HeadRef:         str("head_ref"),
+		BaseRef:         str("base_ref"),
+		Token:           str("token"),
+		RepositoryOwner: str("repository_owner"),
+		RetentionDays:   str("retention_days"),
+	}
+	if t := task.Secrets["GITEA_TOKEN"]; t != "" {
+		preset.Token = t
+	} else if t := task.Secrets["GITHUB_TOKEN"]; t != "" {
+		preset.Token = t
+	}
+	return preset
 }
 
 // jobEnv is the environment every job gets: the configured env, then the

@@ -182,6 +182,13 @@ func TestProductionCaddyfileValidates(t *testing.T) {
 	}
 	harness.MustRun(t, env, dir, harness.CaddyBinary(t, "caddy"), "validate", "--config", config)
 
+	// Without a variable it needs, it says which.
+	partial := slices.DeleteFunc(slices.Clone(env), func(v string) bool { return strings.HasPrefix(v, "CACHE_DOMAIN=") })
+	if c := harness.Run(partial, dir, harness.CaddyBinary(t, "caddy"), "adapt", "--config", config); c.Err == nil ||
+		!strings.Contains(c.Output, "environment variable CACHE_DOMAIN, which is not set") {
+		t.Errorf("production.Caddyfile without CACHE_DOMAIN should say so:\n%s", c)
+	}
+
 	// Jobs on the host next to an admin endpoint on a TCP port: refused.
 	withHost := append(slices.Clone(env), "GITEA_RUNNER_LABELS=self-hosted:docker://cargoxx-runner-job:latest,metal:host")
 	if c := harness.Run(append(slices.Clone(withHost), "CADDY_ADMIN=localhost:2019"), dir, harness.CaddyBinary(t, "caddy"), "validate", "--config", config); c.Err == nil ||
