@@ -7,7 +7,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -62,21 +61,6 @@ func syntheticCache(b *testing.B, root string, n int) int64 {
 		b.Fatal(err)
 	}
 	return total
-}
-
-// timed runs a command and returns its wall time and peak resident memory.
-func timed(b *testing.B, env []string, name string, args ...string) (time.Duration, float64) {
-	b.Helper()
-	cmd := exec.Command(name, args...)
-	cmd.Env = append(os.Environ(), env...)
-	start := time.Now()
-	out, err := cmd.CombinedOutput()
-	elapsed := time.Since(start)
-	if err != nil {
-		b.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
-	}
-	rss := float64(cmd.ProcessState.SysUsage().(*syscall.Rusage).Maxrss) / 1024
-	return elapsed, rss
 }
 
 // BenchmarkCollect measures `caddy nix-cache` over a synthetic cache of

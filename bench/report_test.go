@@ -48,15 +48,6 @@ func (c *comparison) add(contender string, v float64) {
 	c.samples[contender] = append(c.samples[contender], v)
 }
 
-func medianOf(vs []float64) float64 {
-	s := slices.Clone(vs)
-	slices.Sort(s)
-	if len(s) == 0 {
-		return 0
-	}
-	return s[len(s)/2]
-}
-
 // ratioAtLeast is a goal: ours is at least factor times theirs.
 func ratioAtLeast(ours, theirs string, factor float64) func(map[string]float64) bool {
 	return func(m map[string]float64) bool { return m[ours] >= factor*m[theirs] }
@@ -112,7 +103,7 @@ func writeReport() error {
 			if c.holds != nil {
 				medians := map[string]float64{}
 				for who, vs := range c.samples {
-					medians[who] = medianOf(vs)
+					medians[who] = median(vs)
 				}
 				verdict = " Holds: **no**."
 				if c.holds(medians) {
@@ -122,10 +113,10 @@ func writeReport() error {
 			fmt.Fprintf(&b, "Goal: %s.%s\n\n", c.goal, verdict)
 		}
 		fmt.Fprintf(&b, "| contender | median (%s) | spread | rounds | ratio to %s |\n|---|---|---|---|---|\n", c.unit, c.order[0])
-		base := medianOf(c.samples[c.order[0]])
+		base := median(c.samples[c.order[0]])
 		for _, who := range c.order {
 			vs := c.samples[who]
-			fmt.Fprintf(&b, "| %s | %.4g | %.4g–%.4g | %d | %.3f |\n", who, medianOf(vs), slices.Min(vs), slices.Max(vs), len(vs), medianOf(vs)/base)
+			fmt.Fprintf(&b, "| %s | %.4g | %.4g–%.4g | %d | %.3f |\n", who, median(vs), slices.Min(vs), slices.Max(vs), len(vs), median(vs)/base)
 		}
 		fmt.Fprintf(&b, "\n%s is better.", strings.ToUpper(c.better[:1])+c.better[1:])
 		for _, n := range c.notes {

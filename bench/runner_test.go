@@ -6,7 +6,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -115,26 +114,14 @@ var runnerContenders = []struct{ label, name string }{
 // startCaddyRunner runs a caddy whose only app is a gitea_runner for label.
 func startCaddyRunner(b *testing.B, g *harness.Gitea, token, label, image string, interval, intervalMax time.Duration) *harness.Caddy {
 	b.Helper()
-	extra := ""
+	options := []string{"name gitea-runner-" + label, fmt.Sprintf("fetch_interval %s", interval)}
 	if intervalMax > 0 {
-		extra = fmt.Sprintf("fetch_interval_max %s", intervalMax)
+		options = append(options, fmt.Sprintf("fetch_interval_max %s", intervalMax))
 	}
-	return harness.StartCaddy(b, fmt.Sprintf(`{
-	admin {$CADDY_ADMIN}
-	gitea_runner {
-		instance %s
-		registration_token %s
-		name gitea-runner-%s
-		labels %s:docker://%s
-		fetch_interval %s
-		%s
-		container {
-			network host
-			docker_host -
-		}
-	}
-}
-`, g.URL, token, label, label, image, interval, extra), harness.CaddyOptions{NoHTTP: true})
+	return harness.StartCaddy(b, harness.Caddyfile{Runner: &harness.RunnerBlock{
+		Instance: g.URL, RegistrationToken: token, Labels: label + ":docker://" + image,
+		Options: options, Container: []string{"network host", "docker_host -"},
+	}}.String(), harness.CaddyOptions{NoHTTP: true})
 }
 
 // BenchmarkRunnerPickup runs one-step jobs in turn on gitea_runner (as
@@ -145,9 +132,7 @@ func startCaddyRunner(b *testing.B, g *harness.Gitea, token, label, image string
 func BenchmarkRunnerPickup(b *testing.B) {
 	docker := harness.NewDocker(b)
 	image := docker.JobImage()
-	g := harness.StartGitea(b, "")
-	g.CreateRepo("bench")
-	token := g.RepoRegistrationToken("bench")
+	g, token := harness.StartGiteaWithRepo(b, "bench")
 	interval := 2 * time.Second
 	// Gitea's runner's own default for fetch_interval_max.
 	theirMax := 5 * time.Second
@@ -155,7 +140,7 @@ func BenchmarkRunnerPickup(b *testing.B) {
 	ours := startCaddyRunner(b, g, token, "ours", image, interval, 0)
 	oursMax := startCaddyRunner(b, g, token, "oursmax", image, interval, theirMax)
 	theirs := startGiteaRunner(b, g, token, "theirs:docker://"+image, interval)
-	bare := harness.StartCaddy(b, "{\n\tadmin {$CADDY_ADMIN}\n}\n", harness.CaddyOptions{NoHTTP: true})
+	bare := harness.StartCaddy(b, harness.Caddyfile{}.String(), harness.CaddyOptions{NoHTTP: true})
 	pids := map[string]int{"ours": ours.PID(), "oursmax": oursMax.PID(), "theirs": theirs.PID()}
 	time.Sleep(5 * time.Second) // all registered and polling
 
@@ -209,33 +194,4 @@ func BenchmarkRunnerPickup(b *testing.B) {
 	anonCmp.add(bareName, float64(procStatusKiB(b, bare.PID(), "RssAnon"))/1024)
 	// Profiling costs CPU itself, so it gets a window of its own.
 	profileCaddy(b, ours.Admin, "runner-idle", idle)()
-}
-
-// cpuSeconds is the time a process's threads have spent on a CPU, to the
-// nanosecond (/proc/<pid>/task/*/schedstat), where /proc/<pid>/stat counts
-// 10 ms ticks, too coarse for an idle minute. Threads that have exited are
-// not counted; Go programs keep theirs.
-func cpuSeconds(b *testing.B, pid int) float64 {
-	b.Helper()
-	tasks, err := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/schedstat", pid))
-	if err != nil || len(tasks) == 0 {
-		b.Fatalf("reading the CPU time of process %d: no threads found (%v)", pid, err)
-	}
-	var ns int64
-	for _, task := range tasks {
-		data, err := os.ReadFile(task)
-		if err != nil {
-			continue // the thread has just exited
-		}
-		fields := strings.Fields(string(data))
-		if len(fields) == 0 {
-			b.Fatalf("%s: unexpected content %q", task, data)
-		}
-		onCPU, err := strconv.ParseInt(fields[0], 10, 64)
-		if err != nil {
-			b.Fatalf("%s: %v", task, err)
-		}
-		ns += onCPU
-	}
-	return float64(ns) / 1e9
 }

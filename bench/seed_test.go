@@ -6,7 +6,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -38,26 +37,6 @@ jobs:
 %[4]s`, label, i, time.Now().UnixNano(), pushStep)
 }
 
-// rssTree is the resident memory (VmRSS) of a process and its descendants,
-// in KiB.
-func rssTree(b *testing.B, pid int) int64 {
-	return memTree(b, pid, "VmRSS")
-}
-
-// memTree sums a /proc/<pid>/status field over a process and its
-// descendants, in KiB.
-func memTree(b *testing.B, pid int, field string) int64 {
-	b.Helper()
-	total := procStatusKiB(b, pid, field)
-	children, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid))
-	for _, c := range strings.Fields(string(children)) {
-		if child, err := strconv.Atoi(c); err == nil {
-			total += memTree(b, child, field)
-		}
-	}
-	return total
-}
-
 // BenchmarkSeedMemory compares the memory of the one-Caddyfile deployment
 // (runner and cache in one caddy) with the stack it replaces, Gitea's own
 // runner plus nginx serving the same cache directory: at idle, and at the
@@ -65,14 +44,12 @@ func memTree(b *testing.B, pid int, field string) int64 {
 func BenchmarkSeedMemory(b *testing.B) {
 	docker := harness.NewDocker(b)
 	image := docker.NixJobImage()
-	g := harness.StartGitea(b, "")
-	g.CreateRepo("seed")
-	token := g.RepoRegistrationToken("seed")
+	g, token := harness.StartGiteaWithRepo(b, "seed")
 	dir := b.TempDir()
 	os.MkdirAll(filepath.Join(dir, "cache"), 0o700)
 	harness.Keygen(b, "seed-1", filepath.Join(dir, "cache", "cache.sec"), filepath.Join(dir, "cache", "cache.pub"))
-	caddy := harness.StartCaddy(b, harness.RunnerCacheCaddyfile(g.URL, token, "ours:docker://"+image, "host", "cache/store", "cache/cache.sec",
-		"name caddy-seed"), harness.CaddyOptions{Dir: dir})
+	caddy := harness.StartCaddy(b, harness.RunnerCache(g.URL, token, "ours:docker://"+image, "host", "cache/store", "cache/cache.sec",
+		"name caddy-seed").String(), harness.CaddyOptions{Dir: dir})
 	theirs := startGiteaRunner(b, g, token, "theirs:docker://"+image, 2*time.Second)
 	nginx, _ := startNginx(b, filepath.Join(dir, "cache", "store"))
 	time.Sleep(10 * time.Second)

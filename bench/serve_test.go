@@ -34,35 +34,14 @@ func startServers(b *testing.B, root, presigned string) *servers {
 	}
 	secret, _ := harness.TempKeygen(b, "bench-1")
 	filePort, chunkPort := harness.FreePort(b), harness.FreePort(b)
-	caddy := harness.StartCaddy(b, fmt.Sprintf(`{
-	admin {$CADDY_ADMIN}
-	servers 127.0.0.1:%[4]d {
-		timeouts {
-			write_max_chunk 2MiB
-		}
-	}
-}
-http://:{$CADDY_HTTP_PORT} {
-	bind 127.0.0.1
-	nix_cache {
-		root %[1]s
-		secret_key_file %[2]s
-	}
-}
-http://:%[4]d {
-	bind 127.0.0.1
-	nix_cache {
-		root %[1]s
-		secret_key_file %[2]s
-	}
-}
-http://:%[3]d {
-	bind 127.0.0.1
-	file_server {
-		root %[5]s
-	}
-}
-`, root, secret, filePort, chunkPort, presigned), harness.CaddyOptions{})
+	caddy := harness.StartCaddy(b, harness.Caddyfile{
+		Global: []string{fmt.Sprintf("servers 127.0.0.1:%d {\n\ttimeouts {\n\t\twrite_max_chunk 2MiB\n\t}\n}", chunkPort)},
+		Cache:  &harness.CacheSite{Options: harness.CacheOptions(root, secret)},
+		Sites: []string{
+			fmt.Sprintf("http://:%d {\n\tbind 127.0.0.1\n\tnix_cache {\n\t\troot %s\n\t\tsecret_key_file %s\n\t}\n}", chunkPort, root, secret),
+			fmt.Sprintf("http://:%d {\n\tbind 127.0.0.1\n\tfile_server {\n\t\troot %s\n\t}\n}", filePort, presigned),
+		},
+	}.String(), harness.CaddyOptions{})
 
 	_, nginxPort := startNginx(b, presigned)
 	s := &servers{admin: caddy.Admin, urls: map[string]string{
@@ -152,12 +131,6 @@ func load(b *testing.B, base string, paths []string, conns int, dur time.Duratio
 	return res
 }
 
-func percentile(lats []time.Duration, p float64) time.Duration {
-	s := slices.Clone(lats)
-	slices.Sort(s)
-	return s[min(len(s)-1, int(float64(len(s))*p))]
-}
-
 // writeRandomNar writes a file of size random bytes under a valid NAR name.
 func writeRandomNar(b *testing.B, root string, size int) string {
 	b.Helper()
@@ -222,8 +195,8 @@ func BenchmarkNarDownload(b *testing.B) {
 				wait()
 			}
 			b.Logf("%s: nix_cache %.0f, nginx %.0f, file_server %.0f, %s %.0f MiB/s", c.name,
-				medianOf(c.samples["nix_cache"]), medianOf(c.samples["nginx"]), medianOf(c.samples["file_server"]),
-				chunkedNixCache, medianOf(c.samples[chunkedNixCache]))
+				median(c.samples["nix_cache"]), median(c.samples["nginx"]), median(c.samples["file_server"]),
+				chunkedNixCache, median(c.samples[chunkedNixCache]))
 		}
 	}
 }
@@ -278,17 +251,8 @@ func BenchmarkNarinfo(b *testing.B) {
 	// to show what the index costs.
 	if baseline := os.Getenv("BENCH_BASELINE_CADDY"); baseline != "" {
 		secret, _ := harness.TempKeygen(b, "bench-1")
-		old := harness.StartCaddy(b, fmt.Sprintf(`{
-	admin {$CADDY_ADMIN}
-}
-http://:{$CADDY_HTTP_PORT} {
-	bind 127.0.0.1
-	nix_cache {
-		root %s
-		secret_key_file %s
-	}
-}
-`, root, secret), harness.CaddyOptions{Binary: baseline})
+		old := harness.StartCaddy(b, harness.Caddyfile{Cache: &harness.CacheSite{Options: harness.CacheOptions(root, secret)}}.String(),
+			harness.CaddyOptions{Binary: baseline})
 		s.urls[baselineNixCache] = old.URL()
 		all = append(all, baselineNixCache)
 	}
@@ -317,6 +281,6 @@ http://:{$CADDY_HTTP_PORT} {
 		load(b, s.urls["nix_cache"], paths, 16, dur)
 		wait()
 	}
-	b.Logf("narinfo req/s: nix_cache %.0f, nginx %.0f, file_server %.0f", medianOf(rps.samples["nix_cache"]),
-		medianOf(rps.samples["nginx"]), medianOf(rps.samples["file_server"]))
+	b.Logf("narinfo req/s: nix_cache %.0f, nginx %.0f, file_server %.0f", median(rps.samples["nix_cache"]),
+		median(rps.samples["nginx"]), median(rps.samples["file_server"]))
 }

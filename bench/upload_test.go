@@ -7,7 +7,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -26,7 +25,7 @@ func uploadCaddy(b *testing.B, root string) *harness.Caddy {
 func uploadCaddyWith(b *testing.B, root string, opts harness.CaddyOptions) *harness.Caddy {
 	b.Helper()
 	secret, _ := harness.TempKeygen(b, "bench-1")
-	return harness.StartCaddy(b, harness.UploadCacheCaddyfile(root, secret, uploadToken, ""), opts)
+	return harness.StartCaddy(b, harness.UploadCache(root, secret, uploadToken).String(), opts)
 }
 
 // BenchmarkNixCopyHTTPvsFile times `nix copy --to http://` into nix_cache
@@ -135,52 +134,6 @@ func largestNar(b *testing.B, cache string) (string, string) {
 		}
 	}
 	return best, "nar/" + filepath.Base(best)
-}
-
-// procStatusKiB reads a "<field>: N kB" line of /proc/<pid>/status.
-func procStatusKiB(b *testing.B, pid int, field string) int64 {
-	b.Helper()
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		b.Fatal(err)
-	}
-	for line := range strings.Lines(string(data)) {
-		if rest, ok := strings.CutPrefix(line, field+":"); ok {
-			n, err := strconv.ParseInt(strings.Fields(rest)[0], 10, 64)
-			if err != nil {
-				b.Fatal(err)
-			}
-			return n
-		}
-	}
-	b.Fatalf("no %s in /proc/%d/status", field, pid)
-	return 0
-}
-
-func median(ds []time.Duration) time.Duration {
-	s := append([]time.Duration(nil), ds...)
-	for i := range s {
-		for j := i + 1; j < len(s); j++ {
-			if s[j] < s[i] {
-				s[i], s[j] = s[j], s[i]
-			}
-		}
-	}
-	return s[len(s)/2]
-}
-
-func envInt(name string, def int) int {
-	if v, err := strconv.Atoi(os.Getenv(name)); err == nil && v > 0 {
-		return v
-	}
-	return def
-}
-
-func envString(name, def string) string {
-	if v := os.Getenv(name); v != "" {
-		return v
-	}
-	return def
 }
 
 // BenchmarkHostileLogUploadPeakRSS sends four build logs at once, each a

@@ -152,7 +152,7 @@ func TestNarinfoWithMissingReferenceIsRefused(t *testing.T) {
 		nix := client.New(t, "")
 		root := filepath.Join(t.TempDir(), "cache")
 		secret, public := keygen(t, "refs-1")
-		caddy := harness.StartCaddy(t, uploadCaddyfile(root, secret, ""), harness.CaddyOptions{})
+		caddy := harness.StartCaddy(t, uploadCaddyfile(root, secret), harness.CaddyOptions{})
 		paths := pathsOf(t, nix, nix.BuildClosure("refs", 0), "xz")
 		base := caddy.URL() + "/"
 
@@ -202,7 +202,7 @@ func TestKillDuringUploadLeavesCleanCache(t *testing.T) {
 		nix := client.Netrc(t, uploadToken)
 		root := filepath.Join(t.TempDir(), "cache")
 		secret, public := keygen(t, "crash-1")
-		caddy := harness.StartCaddy(t, uploadCaddyfile(root, secret, ""), harness.CaddyOptions{})
+		caddy := harness.StartCaddy(t, uploadCaddyfile(root, secret), harness.CaddyOptions{})
 		closure := nix.BuildClosure("crash", 64<<20)
 		paths := pathsOf(t, nix, closure, "none")
 		top := paths["top"]
@@ -303,7 +303,7 @@ func TestHostileUploadsAreRefused(t *testing.T) {
 		nix := client.Netrc(t, uploadToken)
 		root := filepath.Join(t.TempDir(), "cache")
 		secret, public := keygen(t, "hostile-1")
-		caddy := harness.StartCaddy(t, uploadCaddyfile(root, secret, ""), harness.CaddyOptions{})
+		caddy := harness.StartCaddy(t, uploadCaddyfile(root, secret), harness.CaddyOptions{})
 		base := caddy.URL() + "/"
 		built := nix.BuildClosure("built", 0)
 		if c := nix.Copy("--to", caddy.URL(), built.Top); c.Err != nil {

@@ -51,15 +51,14 @@ jobs:
 // request's, the pull request's first, and path-info links to the run.
 func TestRetentionKeepsTheLastDefaultBranchRuns(t *testing.T) {
 	image := harness.NewDocker(t).NixJobImage()
-	g := harness.StartGitea(t, "")
-	g.CreateRepo("pkgs")
+	g, token := harness.StartGiteaWithRepo(t, "pkgs")
 	dir := t.TempDir()
 	root := filepath.Join(dir, "cache")
 	secret, public := keygen(t, "ci-retention-1")
-	caddyfile := harness.RunnerCacheCaddyfile(g.URL, g.RepoRegistrationToken("pkgs"), "self-hosted:docker://"+image, "host",
+	caddyfile := harness.RunnerCache(g.URL, token, "self-hosted:docker://"+image, "host",
 		root, secret, "fetch_interval 500ms")
-	caddyfile = strings.Replace(caddyfile, "nix_cache main\n", "nix_cache main {\n\t\t\tkeep_default_branch_runs 1\n\t\t}\n", 1)
-	caddy := harness.StartCaddy(t, caddyfile, harness.CaddyOptions{})
+	caddyfile.Runner.KeepDefaultBranchRuns = 1
+	caddy := harness.StartCaddy(t, caddyfile.String(), harness.CaddyOptions{})
 	admin := "--address=" + caddy.Admin
 
 	built := func(sha string) string {

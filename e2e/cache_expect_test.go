@@ -60,7 +60,7 @@ func TestUnwantedUploadIsAnsweredAtOnce(t *testing.T) {
 		nix := client.New(t, "")
 		root := filepath.Join(t.TempDir(), "cache")
 		secret, _ := keygen(t, "expect-1")
-		caddy := harness.StartCaddy(t, uploadCaddyfile(root, secret, ""), harness.CaddyOptions{})
+		caddy := harness.StartCaddy(t, uploadCaddyfile(root, secret), harness.CaddyOptions{})
 		leaf := pathsOf(t, nix, nix.BuildClosure("expect", 1<<20), "none")["leaf"]
 		addr := strings.TrimPrefix(caddy.URL(), "http://")
 
@@ -94,7 +94,7 @@ func TestUnwantedUploadIsAnsweredAtOnce(t *testing.T) {
 func TestRefusedUploadWithStalledBodyIsAnsweredAtOnce(t *testing.T) {
 	root := filepath.Join(t.TempDir(), "cache")
 	secret, _ := keygen(t, "stall-1")
-	caddy := harness.StartCaddy(t, uploadCaddyfile(root, secret, ""), harness.CaddyOptions{})
+	caddy := harness.StartCaddy(t, uploadCaddyfile(root, secret), harness.CaddyOptions{})
 	addr := fmt.Sprintf("127.0.0.1:%d", caddy.HTTPPort)
 	stalledPut := func(auth string) *http.Response {
 		conn, err := net.Dial("tcp", addr)

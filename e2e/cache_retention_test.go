@@ -16,26 +16,11 @@ import (
 // retentionCaddyfile serves root with uploads and a retention block whose
 // interval is long: the tests collect through the admin endpoint.
 func retentionCaddyfile(root, secret string) string {
-	return fmt.Sprintf(`{
-	admin {$CADDY_ADMIN}
-}
-
-http://:{$CADDY_HTTP_PORT} {
-	bind 127.0.0.1
-	nix_cache {
-		name main
-		root %s
-		secret_key_file %s
-		upload {
-			token %s
-		}
-		retention {
-			max_size 10GiB
-			interval 24h
-		}
-	}
-}
-`, root, secret, uploadToken)
+	options := append([]string{"name main"}, harness.CacheOptions(root, secret)...)
+	return harness.Caddyfile{Cache: &harness.CacheSite{
+		Options: append(options, "retention {\n\tmax_size 10GiB\n\tinterval 24h\n}"),
+		Upload:  []string{"token " + uploadToken},
+	}}.String()
 }
 
 // nixCache runs `caddy nix-cache args…` and decodes its JSON answer into
@@ -216,7 +201,7 @@ func TestGCOfWhatNixCopyWrote(t *testing.T) {
 		t.Fatalf("gc with one pinned closure deleted %d paths, want %d:\n%s", len(gc.Deleted), 5*2, c)
 	}
 	secret, public := keygen(t, "filecopy-1")
-	caddy := harness.StartCaddy(t, harness.UploadCacheCaddyfile(root, secret, uploadToken, ""), harness.CaddyOptions{})
+	caddy := harness.StartCaddy(t, harness.UploadCache(root, secret, uploadToken).String(), harness.CaddyOptions{})
 	if c, store := substitute(nix, caddy.URL(), public, tops[0]); c.Err != nil {
 		t.Fatalf("substituting the pinned closure:\n%s", c)
 	} else if got := nix.StorePaths(store); len(got) != 3 {

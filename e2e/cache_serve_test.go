@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -15,13 +14,7 @@ import (
 
 // cacheCaddyfile serves root as a Nix cache signed by the given keys.
 func cacheCaddyfile(root string, keys ...string) string {
-	var b strings.Builder
-	fmt.Fprintf(&b, "{\n\tadmin {$CADDY_ADMIN}\n}\n\nhttp://:{$CADDY_HTTP_PORT} {\n\tbind 127.0.0.1\n\tnix_cache {\n\t\troot %s\n", root)
-	for _, key := range keys {
-		fmt.Fprintf(&b, "\t\tsecret_key_file %s\n", key)
-	}
-	b.WriteString("\t}\n}\n")
-	return b.String()
+	return harness.Caddyfile{Cache: &harness.CacheSite{Options: harness.CacheOptions(root, keys...)}}.String()
 }
 
 // keygen makes a key pair with `caddy nix-cache keygen` and returns the

@@ -14,9 +14,9 @@ import (
 const uploadToken = "e2e-upload-token-0123456789abcdef"
 
 // uploadCaddyfile serves root signed by key, with uploads authenticated by
-// uploadToken, and extra lines in the upload block.
-func uploadCaddyfile(root, key, uploadExtra string) string {
-	return harness.UploadCacheCaddyfile(root, key, uploadToken, uploadExtra)
+// uploadToken, and more lines in the upload block.
+func uploadCaddyfile(root, key string, uploadOptions ...string) string {
+	return harness.UploadCache(root, key, uploadToken, uploadOptions...).String()
 }
 
 // verifyClean runs `caddy nix-cache verify` with NarHash checks and fails
@@ -36,7 +36,7 @@ func TestNixCopyUploads(t *testing.T) {
 		nix := client.Netrc(t, uploadToken)
 		root := filepath.Join(t.TempDir(), "cache")
 		secret, public := keygen(t, "upload-1")
-		caddy := harness.StartCaddy(t, uploadCaddyfile(root, secret, ""), harness.CaddyOptions{})
+		caddy := harness.StartCaddy(t, uploadCaddyfile(root, secret), harness.CaddyOptions{})
 
 		for _, query := range []string{"", "?compression=zstd", "?compression=none", "?compression=br"} {
 			closure := nix.BuildClosure("upload", 1<<20)
@@ -101,7 +101,7 @@ func TestUploadNeedsValidToken(t *testing.T) {
 	harness.ForEachNix(t, func(t *testing.T, client harness.NixClient) {
 		root := filepath.Join(t.TempDir(), "cache")
 		secret, _ := keygen(t, "auth-1")
-		caddy := harness.StartCaddy(t, uploadCaddyfile(root, secret, ""), harness.CaddyOptions{})
+		caddy := harness.StartCaddy(t, uploadCaddyfile(root, secret), harness.CaddyOptions{})
 		before := listTree(t, root)
 
 		for name, nix := range map[string]*harness.Nix{
@@ -125,7 +125,7 @@ func TestConcurrentUploadsOfOverlappingClosures(t *testing.T) {
 		nix := client.Netrc(t, uploadToken)
 		root := filepath.Join(t.TempDir(), "cache")
 		secret, public := keygen(t, "concurrent-1")
-		caddy := harness.StartCaddy(t, uploadCaddyfile(root, secret, ""), harness.CaddyOptions{})
+		caddy := harness.StartCaddy(t, uploadCaddyfile(root, secret), harness.CaddyOptions{})
 
 		// The copies send the top and the middle paths of two closures: the
 		// middle's closure is part of the top's, so every path is raced by
@@ -199,7 +199,7 @@ func TestUploaderSubstitutesWhatItUploaded(t *testing.T) {
 		nix := client.Netrc(t, uploadToken)
 		root := filepath.Join(t.TempDir(), "cache")
 		secret, public := keygen(t, "uploader-1")
-		caddy := harness.StartCaddy(t, uploadCaddyfile(root, secret, ""), harness.CaddyOptions{})
+		caddy := harness.StartCaddy(t, uploadCaddyfile(root, secret), harness.CaddyOptions{})
 		closure := nix.BuildClosure("uploader", 0)
 		if c := nix.Copy("--to", caddy.URL()+"/upload?compression=zstd", closure.Top); c.Err != nil {
 			t.Fatalf("nix copy --to %s/upload:\n%s", caddy.URL(), c)
@@ -234,7 +234,7 @@ func TestCurrentNixCompressedDocuments(t *testing.T) {
 	ca := harness.NixCurrent().New(t, "extra-experimental-features = ca-derivations\n")
 	root := filepath.Join(t.TempDir(), "cache")
 	secret, public := keygen(t, "current-1")
-	caddy := harness.StartCaddy(t, uploadCaddyfile(root, secret, ""), harness.CaddyOptions{})
+	caddy := harness.StartCaddy(t, uploadCaddyfile(root, secret), harness.CaddyOptions{})
 
 	if c := nix.Run("nix", "store", "info", "--store", caddy.URL()); c.Err != nil || !strings.Contains(c.Output, "Store URL: "+caddy.URL()) {
 		t.Fatalf("nix store info:\n%s", c)

@@ -32,12 +32,11 @@ jobs:
 // write to it, while a push to the repository gets one.
 func TestForkPullRequestGetsNoUploadCredential(t *testing.T) {
 	image := harness.NewDocker(t).JobImage()
-	g := harness.StartGitea(t, "")
-	g.CreateRepo("pkgs")
+	g, token := harness.StartGiteaWithRepo(t, "pkgs")
 	root := filepath.Join(t.TempDir(), "cache")
 	secret, public := keygen(t, "fork-1")
-	caddy := harness.StartCaddy(t, harness.RunnerCacheCaddyfile(g.URL, g.RepoRegistrationToken("pkgs"), "e2e:docker://"+image, "none",
-		root, secret, "fetch_interval 500ms"), harness.CaddyOptions{})
+	caddy := harness.StartCaddy(t, harness.RunnerCache(g.URL, token, "e2e:docker://"+image, "none",
+		root, secret, "fetch_interval 500ms").String(), harness.CaddyOptions{})
 
 	jobLog := func(sha string) string {
 		run := g.WaitRun("pkgs", sha, 3*time.Minute, harness.Completed)

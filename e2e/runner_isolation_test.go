@@ -18,7 +18,7 @@ import (
 // network and a host label, handing jobs the cache, with the admin endpoint
 // on a unix socket.
 func isolationCaddyfile(g *harness.Gitea, token, image, root, secret string) string {
-	return harness.RunnerCacheCaddyfile(g.URL, token, "e2e:docker://"+image+" metal:host", "host", root, secret, "fetch_interval 500ms")
+	return harness.RunnerCache(g.URL, token, "e2e:docker://"+image+" metal:host", "host", root, secret, "fetch_interval 500ms").String()
 }
 
 // probeWorkflow has a job in a container and a job on the host each look
@@ -54,14 +54,13 @@ jobs:
 // Caddy's environment. The admin API itself keeps working over the socket.
 func TestJobsCannotReachCaddy(t *testing.T) {
 	image := harness.NewDocker(t).JobImage()
-	g := harness.StartGitea(t, "")
-	g.CreateRepo("pkgs")
+	g, registrationToken := harness.StartGiteaWithRepo(t, "pkgs")
 	root := filepath.Join(t.TempDir(), "cache")
 	secret, _ := keygen(t, "isolation-1")
 	nonce := make([]byte, 16)
 	_, _ = rand.Read(nonce)
 	uploadToken := "caddy-env-token-" + hex.EncodeToString(nonce)
-	config := isolationCaddyfile(g, g.RepoRegistrationToken("pkgs"), image, root, secret)
+	config := isolationCaddyfile(g, registrationToken, image, root, secret)
 	// A secret in Caddy's environment, as a Caddyfile's {env.*} tokens are.
 	caddy := harness.StartCaddy(t, config, harness.CaddyOptions{Env: []string{"CARGOXX_E2E_UPLOAD_TOKEN=" + uploadToken}})
 	socket := strings.TrimPrefix(caddy.Admin, "unix/")
@@ -136,11 +135,10 @@ func TestJobsCannotReachCaddy(t *testing.T) {
 // while the same workflow pushed to the repository runs.
 func TestForkPullRequestNeverRunsOnTheHost(t *testing.T) {
 	image := harness.NewDocker(t).JobImage()
-	g := harness.StartGitea(t, "")
-	g.CreateRepo("pkgs")
+	g, token := harness.StartGiteaWithRepo(t, "pkgs")
 	root := filepath.Join(t.TempDir(), "cache")
 	secret, _ := keygen(t, "isolation-2")
-	harness.StartCaddy(t, isolationCaddyfile(g, g.RepoRegistrationToken("pkgs"), image, root, secret), harness.CaddyOptions{})
+	harness.StartCaddy(t, isolationCaddyfile(g, token, image, root, secret), harness.CaddyOptions{})
 	workflow := func(event string) string {
 		return `on: [` + event + `]
 jobs:
@@ -175,21 +173,12 @@ jobs:
 // a TCP port while jobs use the host network: it refuses, naming the fix,
 // and starts once the configuration says every job is trusted.
 func TestRunnerRefusesReachableAdminEndpoint(t *testing.T) {
-	config := fmt.Sprintf(`{
-	admin {$CADDY_ADMIN}
-	gitea_runner {
-		instance http://127.0.0.1:%d
-		registration_token unused-while-gitea-is-down
-		labels e2e:docker://busybox
-		container {
-			network host
-		}
-		%%s
-	}
-}
-`, harness.FreePort(t))
+	config := harness.Caddyfile{Runner: &harness.RunnerBlock{
+		Instance: fmt.Sprintf("http://127.0.0.1:%d", harness.FreePort(t)), RegistrationToken: "unused-while-gitea-is-down",
+		Labels: "e2e:docker://busybox", Container: []string{"network host"},
+	}}
 	file := filepath.Join(t.TempDir(), "Caddyfile")
-	if err := os.WriteFile(file, []byte(fmt.Sprintf(config, "")), 0o644); err != nil {
+	if err := os.WriteFile(file, []byte(config.String()), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	c := harness.Run([]string{"CADDY_ADMIN=127.0.0.1:" + fmt.Sprint(harness.FreePort(t)), "XDG_DATA_HOME=" + t.TempDir()}, "",
@@ -200,7 +189,8 @@ func TestRunnerRefusesReachableAdminEndpoint(t *testing.T) {
 		}
 	}
 
-	trusted := harness.StartCaddy(t, fmt.Sprintf(config, "trusted_jobs"), harness.CaddyOptions{NoHTTP: true, TCPAdmin: true})
+	config.Runner.Options = []string{"trusted_jobs"}
+	trusted := harness.StartCaddy(t, config.String(), harness.CaddyOptions{NoHTTP: true, TCPAdmin: true})
 	resp, err := http.Get(trusted.AdminURL("/gitea-runner/status"))
 	if err != nil {
 		t.Fatal(err)

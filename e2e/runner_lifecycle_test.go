@@ -86,9 +86,8 @@ func TestRunnerCapacity(t *testing.T) {
 	image := docker.JobImage()
 	for _, capacity := range []int{1, 2} {
 		t.Run(fmt.Sprint("capacity ", capacity), func(t *testing.T) {
-			g := harness.StartGitea(t, "")
-			g.CreateRepo("capacity")
-			harness.StartCaddy(t, runnerCaddyfile(g, g.RepoRegistrationToken("capacity"), image,
+			g, token := harness.StartGiteaWithRepo(t, "capacity")
+			harness.StartCaddy(t, runnerCaddyfile(g, token, image,
 				fmt.Sprintf("capacity %d", capacity)), harness.CaddyOptions{NoHTTP: true})
 			sha := g.CommitWorkflows("capacity", map[string]string{
 				"a.yml": jobWorkflow("a", "sleep 6"),
@@ -117,9 +116,8 @@ func TestRunnerCapacity(t *testing.T) {
 func TestRunnerCancelStopsJobAndContainer(t *testing.T) {
 	docker := harness.NewDocker(t)
 	image := docker.JobImage()
-	g := harness.StartGitea(t, "")
-	g.CreateRepo("cancel")
-	harness.StartCaddy(t, runnerCaddyfile(g, g.RepoRegistrationToken("cancel"), image, ""), harness.CaddyOptions{NoHTTP: true})
+	g, token := harness.StartGiteaWithRepo(t, "cancel")
+	harness.StartCaddy(t, runnerCaddyfile(g, token, image), harness.CaddyOptions{NoHTTP: true})
 	sha := g.CommitWorkflow("cancel", "ci.yml", jobWorkflow("sleeper", "echo sleeping\nsleep 300"))
 	run := g.WaitRun("cancel", sha, 2*time.Minute, harness.InProgress)
 	containers := func() string {
@@ -154,15 +152,13 @@ func TestRunnerCancelStopsJobAndContainer(t *testing.T) {
 func TestRunnerSurvivesReloadAndRestart(t *testing.T) {
 	docker := harness.NewDocker(t)
 	image := docker.JobImage()
-	g := harness.StartGitea(t, "")
-	g.CreateRepo("reload")
-	token := g.RepoRegistrationToken("reload")
-	caddy := harness.StartCaddy(t, runnerCaddyfile(g, token, image, ""), harness.CaddyOptions{NoHTTP: true})
+	g, token := harness.StartGiteaWithRepo(t, "reload")
+	caddy := harness.StartCaddy(t, runnerCaddyfile(g, token, image), harness.CaddyOptions{NoHTTP: true})
 	id := waitRegistered(t, caddy)
 
 	sha := g.CommitWorkflow("reload", "ci.yml", jobWorkflow("long", "for i in 1 2 3 4 5 6 7 8 9 10; do echo tick $i; sleep 1; done"))
 	g.WaitRun("reload", sha, 2*time.Minute, harness.InProgress)
-	if err := caddy.Reload(runnerCaddyfile(g, token, image, "labels extra:host\n\t\tcapacity 2")); err != nil {
+	if err := caddy.Reload(runnerCaddyfile(g, token, image, "labels extra:host", "capacity 2")); err != nil {
 		t.Fatal(err)
 	}
 	run := g.WaitRun("reload", sha, 2*time.Minute, harness.Completed)
@@ -205,7 +201,7 @@ func TestRunnerSurvivesReloadAndRestart(t *testing.T) {
 }
 
 func TestRunnerSurvivesGiteaRestart(t *testing.T) {
-	g, _ := startRunner(t, "outage", "")
+	g, _ := startRunner(t, "outage")
 	const lines = 80
 	sha := g.CommitWorkflow("outage", "ci.yml", jobWorkflow("steady",
 		fmt.Sprintf("i=1\nwhile [ $i -le %d ]; do echo line-$i; i=$((i+1)); sleep 0.5; done", lines)))
@@ -227,18 +223,10 @@ func TestRunnerSurvivesGiteaRestart(t *testing.T) {
 }
 
 func TestRunnerHostLabel(t *testing.T) {
-	g := harness.StartGitea(t, "")
-	g.CreateRepo("host")
-	harness.StartCaddy(t, fmt.Sprintf(`{
-	admin {$CADDY_ADMIN}
-	gitea_runner {
-		instance %s
-		registration_token %s
-		labels e2e:host
-		fetch_interval 500ms
-	}
-}
-`, g.URL, g.RepoRegistrationToken("host")), harness.CaddyOptions{NoHTTP: true})
+	g, token := harness.StartGiteaWithRepo(t, "host")
+	harness.StartCaddy(t, harness.Caddyfile{Runner: &harness.RunnerBlock{
+		Instance: g.URL, RegistrationToken: token, Labels: "e2e:host", Options: []string{"fetch_interval 500ms"},
+	}}.String(), harness.CaddyOptions{NoHTTP: true})
 	marker := filepath.Join(t.TempDir(), "ran-on-host")
 	sha := g.CommitWorkflow("host", "ci.yml", fmt.Sprintf(`on: [push]
 jobs:
@@ -261,20 +249,11 @@ func TestRunnerRegistersWithAPIToken(t *testing.T) {
 	image := docker.JobImage()
 	g := harness.StartGitea(t, "")
 	g.CreateRepo("apitoken")
-	caddy := harness.StartCaddy(t, fmt.Sprintf(`{
-	admin {$CADDY_ADMIN}
-	gitea_runner {
-		instance %s
-		api_token %s
-		scope repo %s/apitoken
-		labels e2e:docker://%s
-		fetch_interval 500ms
-		container {
-			network host
-		}
-	}
-}
-`, g.URL, g.Token, harness.GiteaAdmin, image), harness.CaddyOptions{NoHTTP: true})
+	caddy := harness.StartCaddy(t, harness.Caddyfile{Runner: &harness.RunnerBlock{
+		Instance: g.URL, Labels: "e2e:docker://" + image,
+		Options:   []string{"api_token " + g.Token, "scope repo " + harness.GiteaAdmin + "/apitoken", "fetch_interval 500ms"},
+		Container: []string{"network host"},
+	}}.String(), harness.CaddyOptions{NoHTTP: true})
 	waitRegistered(t, caddy)
 	sha := g.CommitWorkflow("apitoken", "ci.yml", jobWorkflow("hello", "echo registered-by-api-token"))
 	run := g.WaitRun("apitoken", sha, 2*time.Minute, harness.Completed)
@@ -287,19 +266,11 @@ func TestRunnerRegistersWithAPIToken(t *testing.T) {
 }
 
 func TestRunnerIdentityIsExclusive(t *testing.T) {
-	g := harness.StartGitea(t, "")
-	g.CreateRepo("exclusive")
+	g, token := harness.StartGiteaWithRepo(t, "exclusive")
 	state := filepath.Join(t.TempDir(), ".runner")
-	config := fmt.Sprintf(`{
-	admin {$CADDY_ADMIN}
-	gitea_runner {
-		instance %s
-		registration_token %s
-		labels e2e:host
-		state_file %s
-	}
-}
-`, g.URL, g.RepoRegistrationToken("exclusive"), state)
+	config := harness.Caddyfile{Runner: &harness.RunnerBlock{
+		Instance: g.URL, RegistrationToken: token, Labels: "e2e:host", Options: []string{"state_file " + state},
+	}}.String()
 	first := harness.StartCaddy(t, config, harness.CaddyOptions{NoHTTP: true})
 	waitRegistered(t, first)
 	info, err := os.Stat(state)
@@ -317,19 +288,11 @@ func TestRunnerIdentityIsExclusive(t *testing.T) {
 }
 
 func TestRunnerStartsWhileGiteaIsDown(t *testing.T) {
-	g := harness.StartGitea(t, "")
-	g.CreateRepo("late")
-	token := g.RepoRegistrationToken("late")
+	g, token := harness.StartGiteaWithRepo(t, "late")
 	g.Stop()
-	caddy := harness.StartCaddy(t, fmt.Sprintf(`{
-	admin {$CADDY_ADMIN}
-	gitea_runner {
-		instance %s
-		registration_token %s
-		labels e2e:host
-	}
-}
-`, g.URL, token), harness.CaddyOptions{NoHTTP: true})
+	caddy := harness.StartCaddy(t, harness.Caddyfile{Runner: &harness.RunnerBlock{
+		Instance: g.URL, RegistrationToken: token, Labels: "e2e:host",
+	}}.String(), harness.CaddyOptions{NoHTTP: true})
 	if err := harness.Eventually(30*time.Second, 200*time.Millisecond, func() error {
 		if st := adminStatus(t, caddy); len(st.Runners) != 1 || st.Runners[0].LastError == "" {
 			return fmt.Errorf("status %+v shows no error yet", st)
@@ -343,7 +306,7 @@ func TestRunnerStartsWhileGiteaIsDown(t *testing.T) {
 }
 
 func TestRunnerDrainAndResume(t *testing.T) {
-	g, caddy := startRunner(t, "drain", "")
+	g, caddy := startRunner(t, "drain")
 	waitRegistered(t, caddy)
 	post := func(path string) {
 		resp, err := caddy.AdminDo(http.MethodPost, path, nil)
@@ -371,18 +334,10 @@ func TestRunnerDrainAndResume(t *testing.T) {
 }
 
 func TestRunnerStopsPollingWhenDeleted(t *testing.T) {
-	g := harness.StartGitea(t, "")
-	g.CreateRepo("deleted")
-	caddy := harness.StartCaddy(t, fmt.Sprintf(`{
-	admin {$CADDY_ADMIN}
-	gitea_runner {
-		instance %s
-		registration_token %s
-		labels e2e:host
-		fetch_interval 500ms
-	}
-}
-`, g.URL, g.RepoRegistrationToken("deleted")), harness.CaddyOptions{NoHTTP: true})
+	g, token := harness.StartGiteaWithRepo(t, "deleted")
+	caddy := harness.StartCaddy(t, harness.Caddyfile{Runner: &harness.RunnerBlock{
+		Instance: g.URL, RegistrationToken: token, Labels: "e2e:host", Options: []string{"fetch_interval 500ms"},
+	}}.String(), harness.CaddyOptions{NoHTTP: true})
 	id := waitRegistered(t, caddy)
 	if _, err := g.Client.DeleteRepoActionRunner(harness.GiteaAdmin, "deleted", id); err != nil {
 		t.Fatalf("deleting runner %d in Gitea: %v", id, err)

@@ -11,34 +11,23 @@ import (
 
 // runnerCaddyfile is a Caddyfile that runs only the runner, on the busybox
 // job image with host networking and no Docker socket in jobs.
-func runnerCaddyfile(g *harness.Gitea, token, image, extra string) string {
-	return fmt.Sprintf(`{
-	admin {$CADDY_ADMIN}
-	gitea_runner {
-		instance %s
-		registration_token %s
-		name e2e-runner
-		labels e2e:docker://%s
-		fetch_interval 500ms
-		container {
-			network host
-			docker_host -
-		}
-		%s
-	}
-}
-`, g.URL, token, image, extra)
+// options go into the gitea_runner block.
+func runnerCaddyfile(g *harness.Gitea, token, image string, options ...string) string {
+	return harness.Caddyfile{Runner: &harness.RunnerBlock{
+		Instance: g.URL, RegistrationToken: token, Labels: "e2e:docker://" + image,
+		Options:   append([]string{"name e2e-runner", "fetch_interval 500ms"}, options...),
+		Container: []string{"network host", "docker_host -"},
+	}}.String()
 }
 
 // startRunner starts Gitea with the repository repo and a caddy whose
 // gitea_runner, registered for that repository, runs jobs labelled e2e in the
-// busybox job image; extra goes into the gitea_runner block.
-func startRunner(t *testing.T, repo, extra string) (*harness.Gitea, *harness.Caddy) {
+// busybox job image; options go into the gitea_runner block.
+func startRunner(t *testing.T, repo string, options ...string) (*harness.Gitea, *harness.Caddy) {
 	t.Helper()
 	image := harness.NewDocker(t).JobImage()
-	g := harness.StartGitea(t, "")
-	g.CreateRepo(repo)
-	caddy := harness.StartCaddy(t, runnerCaddyfile(g, g.RepoRegistrationToken(repo), image, extra), harness.CaddyOptions{NoHTTP: true})
+	g, token := harness.StartGiteaWithRepo(t, repo)
+	caddy := harness.StartCaddy(t, runnerCaddyfile(g, token, image, options...), harness.CaddyOptions{NoHTTP: true})
 	return g, caddy
 }
 
@@ -77,12 +66,11 @@ jobs:
 func TestRunnerRunsWorkflowWithNeedsSecretsAndVars(t *testing.T) {
 	docker := harness.NewDocker(t)
 	image := docker.JobImage()
-	g := harness.StartGitea(t, "")
-	g.CreateRepo("jobs")
+	g, token := harness.StartGiteaWithRepo(t, "jobs")
 	const secret = "s3cr3t-value-that-must-not-leak"
 	g.SetSecret("jobs", "E2E_SECRET", secret)
 	g.SetVariable("jobs", "E2E_VAR", "variable-value")
-	caddy := harness.StartCaddy(t, runnerCaddyfile(g, g.RepoRegistrationToken("jobs"), image, ""), harness.CaddyOptions{NoHTTP: true})
+	caddy := harness.StartCaddy(t, runnerCaddyfile(g, token, image), harness.CaddyOptions{NoHTTP: true})
 
 	sha := g.CommitWorkflow("jobs", "ci.yml", twoJobWorkflow)
 	run := g.WaitRun("jobs", sha, 3*time.Minute, harness.Completed)
@@ -136,7 +124,7 @@ func TestRunnerRunsWorkflowWithNeedsSecretsAndVars(t *testing.T) {
 }
 
 func TestRunnerReportsFailingStep(t *testing.T) {
-	g, _ := startRunner(t, "failing", "")
+	g, _ := startRunner(t, "failing")
 
 	sha := g.CommitWorkflow("failing", "ci.yml", `on: [push]
 jobs:
@@ -191,9 +179,8 @@ func TestRunnerTimeoutBoundsJob(t *testing.T) {
 func TestRunnerShutdownLetsJobsFinish(t *testing.T) {
 	docker := harness.NewDocker(t)
 	image := docker.JobImage()
-	g := harness.StartGitea(t, "")
-	g.CreateRepo("shutdown")
-	caddy := harness.StartCaddy(t, runnerCaddyfile(g, g.RepoRegistrationToken("shutdown"), image, "shutdown_timeout 2m"), harness.CaddyOptions{NoHTTP: true})
+	g, token := harness.StartGiteaWithRepo(t, "shutdown")
+	caddy := harness.StartCaddy(t, runnerCaddyfile(g, token, image, "shutdown_timeout 2m"), harness.CaddyOptions{NoHTTP: true})
 	sha := g.CommitWorkflow("shutdown", "ci.yml", jobWorkflow("finishing", "sleep 8\necho finished-after-shutdown"))
 	g.WaitRun("shutdown", sha, time.Minute, harness.InProgress)
 	caddy.Stop() // SIGTERM: caddy waits for the job
@@ -206,7 +193,7 @@ func TestRunnerShutdownLetsJobsFinish(t *testing.T) {
 	}
 
 	// With no grace, a running job is cancelled and reported at once.
-	caddy = harness.StartCaddy(t, runnerCaddyfile(g, g.RepoRegistrationToken("shutdown"), image, ""), harness.CaddyOptions{NoHTTP: true})
+	caddy = harness.StartCaddy(t, runnerCaddyfile(g, token, image), harness.CaddyOptions{NoHTTP: true})
 	sha = g.CommitWorkflow("shutdown", "ci2.yml", jobWorkflow("endless", "sleep 300"))
 	g.WaitRuns("shutdown", sha, 2, time.Minute, func(s harness.RunStatus) bool { return true })
 	var endless int64

@@ -88,8 +88,7 @@ func TestSeedDeploymentJobsPushToCache(t *testing.T) {
 		docker := harness.NewDocker(t)
 		image := docker.NixJobImageFor(client)
 		nix := client.New(t, "")
-		g := harness.StartGitea(t, "")
-		g.CreateRepo("pkgs")
+		g, registrationToken := harness.StartGiteaWithRepo(t, "pkgs")
 		capture := startCaptureServer(t)
 
 		dir := t.TempDir()
@@ -99,8 +98,8 @@ func TestSeedDeploymentJobsPushToCache(t *testing.T) {
 		secretKey := filepath.Join(dir, "cache", "cache.sec")
 		publicKeyFile := filepath.Join(dir, "cache", "cache.pub")
 		publicKey := harness.Keygen(t, "seed-cache-1", secretKey, publicKeyFile)
-		caddy := harness.StartCaddy(t, harness.RunnerCacheCaddyfile(g.URL, g.RepoRegistrationToken("pkgs"), "self-hosted:docker://"+image, "host",
-			"cache/store", "cache/cache.sec", "fetch_interval 500ms"), harness.CaddyOptions{Dir: dir})
+		caddy := harness.StartCaddy(t, harness.RunnerCache(g.URL, registrationToken, "self-hosted:docker://"+image, "host",
+			"cache/store", "cache/cache.sec", "fetch_interval 500ms").String(), harness.CaddyOptions{Dir: dir})
 
 		workflow := strings.ReplaceAll(seedWorkflow, "NONCE", fmt.Sprint(time.Now().UnixNano()))
 		workflow = strings.ReplaceAll(workflow, "CAPTURE", capture.url+"/credential")

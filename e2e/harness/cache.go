@@ -1,7 +1,6 @@
 package harness
 
 import (
-	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -43,59 +42,31 @@ func NetrcNix(t testing.TB, token string) *Nix {
 	return Nix28.Netrc(t, token)
 }
 
-// UploadCacheCaddyfile is a Caddyfile that serves the cache in root, signed
-// with secretFile, on the test's HTTP port and accepts uploads with token;
-// uploadExtra goes into the upload block.
-func UploadCacheCaddyfile(root, secretFile, token, uploadExtra string) string {
-	return fmt.Sprintf(`{
-	admin {$CADDY_ADMIN}
+// UploadCache serves the cache in root, signed with secretFile, on the
+// test's HTTP port, and takes uploads with token; uploadOptions go into the
+// upload block.
+func UploadCache(root, secretFile, token string, uploadOptions ...string) Caddyfile {
+	return Caddyfile{Cache: &CacheSite{
+		Options: CacheOptions(root, secretFile),
+		Upload:  append([]string{"token " + token}, uploadOptions...),
+	}}
 }
 
-http://:{$CADDY_HTTP_PORT} {
-	bind 127.0.0.1
-	nix_cache {
-		root %s
-		secret_key_file %s
-		upload {
-			token %s
-			%s
-		}
-	}
-}
-`, root, secretFile, token, uploadExtra)
-}
-
-// RunnerCacheCaddyfile is the one-Caddyfile deployment in small: a
-// gitea_runner registered with instance by token, running jobs for label
+// RunnerCache is the one-Caddyfile deployment in small: a gitea_runner
+// registered with instance by token, running jobs for label
 // (`name:docker://image`) in containers on network (host, to reach the
 // cache on loopback, or none) and handing them the nix_cache called main,
 // which serves root, signed with secretFile, on the test's HTTP port and
-// takes their uploads. The admin endpoint is {$CADDY_ADMIN}, a unix socket.
-// runnerExtra goes into the gitea_runner block.
-func RunnerCacheCaddyfile(instance, token, label, network, root, secretFile, runnerExtra string) string {
-	return fmt.Sprintf(`{
-	admin {$CADDY_ADMIN}
-	gitea_runner {
-		instance %s
-		registration_token %s
-		labels %s
-		%s
-		container {
-			network %s
-		}
-		nix_cache main
+// takes their uploads. runnerOptions go into the gitea_runner block.
+func RunnerCache(instance, token, label, network, root, secretFile string, runnerOptions ...string) Caddyfile {
+	return Caddyfile{
+		Runner: &RunnerBlock{
+			Instance: instance, RegistrationToken: token, Labels: label, Options: runnerOptions,
+			Container: []string{"network " + network}, NixCache: "main",
+		},
+		Cache: &CacheSite{
+			Options: append([]string{"name main", "url http://127.0.0.1:{$CADDY_HTTP_PORT}"}, CacheOptions(root, secretFile)...),
+			Upload:  []string{},
+		},
 	}
-}
-
-http://:{$CADDY_HTTP_PORT} {
-	bind 127.0.0.1
-	nix_cache {
-		name main
-		url http://127.0.0.1:{$CADDY_HTTP_PORT}
-		root %s
-		secret_key_file %s
-		upload
-	}
-}
-`, instance, token, label, runnerExtra, network, root, secretFile)
 }

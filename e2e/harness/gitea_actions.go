@@ -7,6 +7,7 @@ import (
 	"net/http/cookiejar"
 	"net/url"
 	"strings"
+	"testing"
 	"time"
 
 	"code.gitea.io/sdk/gitea"
@@ -304,4 +305,14 @@ func (g *Gitea) CommitFile(repo, file, content string) string {
 		g.t.Fatalf("committing %s to %s: %v", file, repo, err)
 	}
 	return resp.Commit.SHA
+}
+
+// StartGiteaWithRepo starts Gitea with the repository repo (see
+// CreateRepo) and returns a runner registration token for it: the start of
+// every runner test.
+func StartGiteaWithRepo(t testing.TB, repo string) (*Gitea, string) {
+	t.Helper()
+	g := StartGitea(t, "")
+	g.CreateRepo(repo)
+	return g, g.RepoRegistrationToken(repo)
 }

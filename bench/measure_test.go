@@ -1,0 +1,136 @@
+package bench
+
+import (
+	"cmp"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// What the benchmarks measure with, and how they summarise it.
+
+// median is the middle sample (the upper one of an even count), or zero
+// for none.
+func median[T cmp.Ordered](samples []T) T {
+	s := slices.Clone(samples)
+	slices.Sort(s)
+	if len(s) == 0 {
+		var zero T
+		return zero
+	}
+	return s[len(s)/2]
+}
+
+// percentile is the latency below which the fraction p of the samples lie.
+func percentile(lats []time.Duration, p float64) time.Duration {
+	s := slices.Clone(lats)
+	slices.Sort(s)
+	return s[min(len(s)-1, int(float64(len(s))*p))]
+}
+
+// procStatusKiB reads a "<field>: N kB" line of /proc/<pid>/status.
+func procStatusKiB(b *testing.B, pid int, field string) int64 {
+	b.Helper()
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		b.Fatal(err)
+	}
+	for line := range strings.Lines(string(data)) {
+		if rest, ok := strings.CutPrefix(line, field+":"); ok {
+			n, err := strconv.ParseInt(strings.Fields(rest)[0], 10, 64)
+			if err != nil {
+				b.Fatal(err)
+			}
+			return n
+		}
+	}
+	b.Fatalf("no %s in /proc/%d/status", field, pid)
+	return 0
+}
+
+// rssTree is the resident memory (VmRSS) of a process and its descendants,
+// in KiB.
+func rssTree(b *testing.B, pid int) int64 {
+	return memTree(b, pid, "VmRSS")
+}
+
+// memTree sums a /proc/<pid>/status field over a process and its
+// descendants, in KiB.
+func memTree(b *testing.B, pid int, field string) int64 {
+	b.Helper()
+	total := procStatusKiB(b, pid, field)
+	children, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid))
+	for _, c := range strings.Fields(string(children)) {
+		if child, err := strconv.Atoi(c); err == nil {
+			total += memTree(b, child, field)
+		}
+	}
+	return total
+}
+
+// cpuSeconds is the time a process's threads have spent on a CPU, to the
+// nanosecond (/proc/<pid>/task/*/schedstat), where /proc/<pid>/stat counts
+// 10 ms ticks, too coarse for an idle minute. Threads that have exited are
+// not counted; Go programs keep theirs.
+func cpuSeconds(b *testing.B, pid int) float64 {
+	b.Helper()
+	tasks, err := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/schedstat", pid))
+	if err != nil || len(tasks) == 0 {
+		b.Fatalf("reading the CPU time of process %d: no threads found (%v)", pid, err)
+	}
+	var ns int64
+	for _, task := range tasks {
+		data, err := os.ReadFile(task)
+		if err != nil {
+			continue // the thread has just exited
+		}
+		fields := strings.Fields(string(data))
+		if len(fields) == 0 {
+			b.Fatalf("%s: unexpected content %q", task, data)
+		}
+		onCPU, err := strconv.ParseInt(fields[0], 10, 64)
+		if err != nil {
+			b.Fatalf("%s: %v", task, err)
+		}
+		ns += onCPU
+	}
+	return float64(ns) / 1e9
+}
+
+// timed runs a command and returns its wall time and peak resident memory.
+func timed(b *testing.B, env []string, name string, args ...string) (time.Duration, float64) {
+	b.Helper()
+	cmd := exec.Command(name, args...)
+	cmd.Env = append(os.Environ(), env...)
+	start := time.Now()
+	out, err := cmd.CombinedOutput()
+	elapsed := time.Since(start)
+	if err != nil {
+		b.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+	}
+	rss := float64(cmd.ProcessState.SysUsage().(*syscall.Rusage).Maxrss) / 1024
+	return elapsed, rss
+}
+
+// envInt is a positive integer setting from the environment, or def.
+func envInt(name string, def int) int {
+	if v, err := strconv.Atoi(os.Getenv(name)); err == nil && v > 0 {
+		return v
+	}
+	return def
+}
+
+// envString is a setting from the environment, or def.
+func envString(name, def string) string {
+	if v := os.Getenv(name); v != "" {
+		return v
+	}
+	return def
+}
