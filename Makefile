@@ -109,7 +109,7 @@ fuzz:
 ## BENCH=regexp picks some of them
 BENCH ?= .
 bench: build e2e-deps act-runner
-	@command -v nginx >/dev/null || { apt-get update -q && apt-get install -y -q nginx; }
+	@command -v nginx >/dev/null && command -v wrk >/dev/null || { apt-get update -q && apt-get install -y -q nginx wrk; }
 	$(GO) test -count=1 -run '^$$' -bench '$(BENCH)' -benchtime 1x -timeout 60m ./bench
 
 clean:

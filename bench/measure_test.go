@@ -28,13 +28,6 @@ func median[T cmp.Ordered](samples []T) T {
 	return s[len(s)/2]
 }
 
-// percentile is the latency below which the fraction p of the samples lie.
-func percentile(lats []time.Duration, p float64) time.Duration {
-	s := slices.Clone(lats)
-	slices.Sort(s)
-	return s[min(len(s)-1, int(float64(len(s))*p))]
-}
-
 // procStatusKiB reads a "<field>: N kB" line of /proc/<pid>/status.
 func procStatusKiB(b *testing.B, pid int, field string) int64 {
 	b.Helper()

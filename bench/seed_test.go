@@ -51,7 +51,7 @@ func BenchmarkSeedMemory(b *testing.B) {
 	caddy := harness.StartCaddy(b, harness.RunnerCache(g.URL, token, "ours:docker://"+image, "host", "cache/store", "cache/cache.sec",
 		"name caddy-seed").String(), harness.CaddyOptions{Dir: dir})
 	theirs := startGiteaRunner(b, g, token, "theirs:docker://"+image, 2*time.Second)
-	nginx, _ := startNginx(b, filepath.Join(dir, "cache", "store"))
+	nginx, _ := startNginx(b, filepath.Join(dir, "cache", "store"), "")
 	time.Sleep(10 * time.Second)
 
 	idle := newComparison("Seed deployment memory at idle (VmRSS)", "MiB", "lower", "one caddy below Gitea's runner plus nginx")
@@ -106,9 +106,9 @@ func BenchmarkSeedMemory(b *testing.B) {
 }
 
 // startNginx serves root as static files over loopback, as the seed's file
-// server does, with sendfile and long keep-alive; it returns the process and
-// its port.
-func startNginx(b *testing.B, root string) (*harness.Process, int) {
+// server does, with sendfile and long keep-alive, on the CPUs cpus
+// (taskset's list; empty for any); it returns the process and its port.
+func startNginx(b *testing.B, root, cpus string) (*harness.Process, int) {
 	b.Helper()
 	nginx := harness.LookTool(b, "nginx")
 	dir := b.TempDir()
@@ -141,7 +141,11 @@ http {
 	}
 }
 `, dir, port, root)), 0o644)
-	proc, err := harness.StartProcess("nginx", exec.Command(nginx, "-c", conf, "-p", dir), filepath.Join(dir, "nginx.log"))
+	cmd := exec.Command(nginx, "-c", conf, "-p", dir)
+	if cpus != "" {
+		cmd = exec.Command("taskset", "-c", cpus, nginx, "-c", conf, "-p", dir)
+	}
+	proc, err := harness.StartProcess("nginx", cmd, filepath.Join(dir, "nginx.log"))
 	if err != nil {
 		b.Fatal(err)
 	}

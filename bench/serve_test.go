@@ -9,7 +9,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -41,9 +40,9 @@ func startServers(b *testing.B, root, presigned string) *servers {
 			fmt.Sprintf("http://:%d {\n\tbind 127.0.0.1\n\tnix_cache {\n\t\troot %s\n\t\tsecret_key_file %s\n\t}\n}", chunkPort, root, secret),
 			fmt.Sprintf("http://:%d {\n\tbind 127.0.0.1\n\tfile_server {\n\t\troot %s\n\t}\n}", filePort, presigned),
 		},
-	}.String(), harness.CaddyOptions{})
+	}.String(), harness.CaddyOptions{Binary: pinnedCaddy(b)})
 
-	_, nginxPort := startNginx(b, presigned)
+	_, nginxPort := startNginx(b, presigned, serverCPU)
 	s := &servers{admin: caddy.Admin, urls: map[string]string{
 		"nix_cache":     caddy.URL(),
 		"file_server":   fmt.Sprintf("http://127.0.0.1:%d", filePort),
@@ -63,72 +62,6 @@ func startServers(b *testing.B, root, presigned string) *servers {
 		}
 	}
 	return s
-}
-
-// loadResult is what a load run measured.
-type loadResult struct {
-	requests  int
-	bytes     int64
-	elapsed   time.Duration
-	latencies []time.Duration
-}
-
-// load requests the paths round-robin over conns keep-alive connections for
-// dur, and fails the benchmark on any error or non-200 answer.
-func load(b *testing.B, base string, paths []string, conns int, dur time.Duration) loadResult {
-	b.Helper()
-	transport := &http.Transport{MaxIdleConnsPerHost: conns, MaxConnsPerHost: conns, DisableCompression: true}
-	defer transport.CloseIdleConnections()
-	client := &http.Client{Transport: transport}
-	var mu sync.Mutex
-	var res loadResult
-	var failure error
-	deadline := time.Now().Add(dur)
-	start := time.Now()
-	var wg sync.WaitGroup
-	buf := make([][]byte, conns)
-	for i := range conns {
-		buf[i] = make([]byte, 256<<10)
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			var lats []time.Duration
-			var n int
-			var bytes int64
-			for j := i; time.Now().Before(deadline); j += conns {
-				t0 := time.Now()
-				resp, err := client.Get(base + paths[j%len(paths)])
-				if err != nil {
-					mu.Lock()
-					failure = err
-					mu.Unlock()
-					return
-				}
-				got, err := io.CopyBuffer(io.Discard, resp.Body, buf[i])
-				resp.Body.Close()
-				if err != nil || resp.StatusCode != http.StatusOK {
-					mu.Lock()
-					failure = fmt.Errorf("GET %s: %s %v", paths[j%len(paths)], resp.Status, err)
-					mu.Unlock()
-					return
-				}
-				lats = append(lats, time.Since(t0))
-				n++
-				bytes += got
-			}
-			mu.Lock()
-			res.requests += n
-			res.bytes += bytes
-			res.latencies = append(res.latencies, lats...)
-			mu.Unlock()
-		}()
-	}
-	wg.Wait()
-	res.elapsed = time.Since(start)
-	if failure != nil {
-		b.Fatalf("load against %s: %v", base, failure)
-	}
-	return res
 }
 
 // writeRandomNar writes a file of size random bytes under a valid NAR name.
@@ -172,7 +105,7 @@ func BenchmarkNarDownload(b *testing.B) {
 			c := newComparison(fmt.Sprintf("NAR download, %s, %d connection(s)", nar.label, conns), "MiB/s", "higher",
 				"nix_cache at least 0.95x nginx")
 			c.holds = ratioAtLeast("nix_cache", "nginx", 0.95)
-			c.notes = append(c.notes, "The load generator is a Go client on the same two cores.")
+			c.notes = append(c.notes, loadNote)
 			if nar.label == "1 MiB" {
 				c.notes = append(c.notes, "Where the time goes (BENCH_PROFILES): two thirds of caddy's CPU time is the sendfile calls themselves. "+
 					"Caddy's write idle timeout (on by default) feeds a response to the connection in 64 KiB chunks, so a 1 MiB NAR takes 16 sendfile calls after the header's write, where nginx makes one; the last row is the same nix_cache on a server with `servers { timeouts { write_max_chunk 2MiB } }`, nginx's chunk. "+
@@ -259,7 +192,8 @@ func BenchmarkNarinfo(b *testing.B) {
 	dur := time.Duration(envInt("BENCH_LOAD_SECONDS", 3)) * time.Second
 	rps := newComparison("narinfo, 10,000 distinct, 16 connections: requests per second", "req/s", "higher", "nix_cache at least 1.0x file_server")
 	rps.holds = ratioAtLeast("nix_cache", "file_server", 1.0)
-	rps.notes = append(rps.notes, "nix_cache signs each narinfo once and then answers from memory while a stat shows the file unchanged, and writes header and body in one call; file_server and nginx serve pre-signed copies from disk. "+
+	rps.notes = append(rps.notes, loadNote+" "+
+		"nix_cache signs each narinfo once and then answers from memory while a stat shows the file unchanged, and writes header and body in one call; file_server and nginx serve pre-signed copies from disk. "+
 		"nix_cache notes each path's last use in memory and writes it to its index every 30 s; a caddy built before the index, when BENCH_BASELINE_CADDY names one, serves the same narinfos as its own contender. "+
 		"Where the time goes (BENCH_PROFILES): about 40% of caddy's CPU time is system calls (the response's write, the request's read, the stat); the rest is Go's HTTP server, Caddy's routing and memory allocation.")
 	p50 := newComparison("narinfo, 16 connections: p50 latency", "ms", "lower", "")
@@ -272,8 +206,8 @@ func BenchmarkNarinfo(b *testing.B) {
 		for _, who := range order {
 			r := load(b, s.urls[who], paths, 16, dur)
 			rps.add(who, float64(r.requests)/r.elapsed.Seconds())
-			p50.add(who, float64(percentile(r.latencies, 0.50).Microseconds())/1000)
-			p99.add(who, float64(percentile(r.latencies, 0.99).Microseconds())/1000)
+			p50.add(who, float64(r.p50.Microseconds())/1000)
+			p99.add(who, float64(r.p99.Microseconds())/1000)
 		}
 	}
 	if profiling() {
