@@ -3,7 +3,6 @@ package bench
 import (
 	"crypto/rand"
 	"fmt"
-	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -167,18 +166,7 @@ func BenchmarkNarinfo(b *testing.B) {
 	}
 	s := startServers(b, root, presigned)
 	// The pre-signed copies are exactly what nix_cache answers.
-	for _, p := range paths {
-		resp, err := http.Get(s.urls["nix_cache"] + p)
-		if err != nil {
-			b.Fatal(err)
-		}
-		body, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if !strings.Contains(string(body), "\nSig: bench-1:") {
-			b.Fatalf("nix_cache did not sign %s: %s", p, body)
-		}
-		os.WriteFile(filepath.Join(presigned, strings.TrimPrefix(p, "/")), body, 0o644)
-	}
+	presign(b, s.urls["nix_cache"], presigned, paths)
 	all := slices.Clone(contenders)
 	// A caddy from before the index serves the same narinfos beside it,
 	// to show what the index costs.
