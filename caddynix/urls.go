@@ -56,7 +56,6 @@ const storePathHashLen = 32
 const nix32Chars = "0-9a-df-np-sv-z"
 
 var (
-	narinfoPattern = regexp.MustCompile(`^([` + nix32Chars + `]{32})\.(narinfo|ls)$`)
 	narPattern     = regexp.MustCompile(`^nar/[` + nix32Chars + `]{52}\.nar(\.(xz|zst|bz2|br|lz4|lzip|gz))?$`)
 	// A derivation's base name: its hash part, a dash and a store path name
 	// (letters, digits and +-._?=), ending in .drv.
@@ -65,6 +64,27 @@ var (
 	// and the output name.
 	realisationPattern = regexp.MustCompile(`^realisations/sha256:[0-9a-f]{64}![A-Za-z0-9+\-._?=]+\.doi$`)
 )
+
+// nix32Alphabet marks the bytes of nix32, nix32Chars above.
+var nix32Alphabet = func() (table [256]bool) {
+	for _, c := range "0123456789abcdfghijklmnpqrsvwxyz" {
+		table[c] = true
+	}
+	return table
+}()
+
+// isNix32Hash reports whether s is a store path hash part: 32 nix32 bytes.
+func isNix32Hash(s string) bool {
+	if len(s) != storePathHashLen {
+		return false
+	}
+	for i := range len(s) {
+		if !nix32Alphabet[s[i]] {
+			return false
+		}
+	}
+	return true
+}
 
 // classify maps a request path to a cache URL shape. Anything that is not
 // exactly one of the shapes (including any path with "..", empty segments,
@@ -81,12 +101,12 @@ func classify(urlPath string) (cacheRequest, bool) {
 	if p == "nix-cache-info" {
 		return cacheRequest{kind: kindCacheInfo, file: p}, true
 	}
-	if m := narinfoPattern.FindStringSubmatch(p); m != nil {
-		kind := kindNarinfo
-		if m[2] == "ls" {
-			kind = kindListing
-		}
-		return cacheRequest{kind: kind, file: p, hash: m[1]}, true
+	// narinfo is what clients ask for most: matched without a regexp.
+	if hash, ok := strings.CutSuffix(p, ".narinfo"); ok && isNix32Hash(hash) {
+		return cacheRequest{kind: kindNarinfo, file: p, hash: hash}, true
+	}
+	if hash, ok := strings.CutSuffix(p, ".ls"); ok && isNix32Hash(hash) {
+		return cacheRequest{kind: kindListing, file: p, hash: hash}, true
 	}
 	switch {
 	case narPattern.MatchString(p):

@@ -27,6 +27,13 @@ func TestClassify(t *testing.T) {
 		{"/" + hash + ".narinfo.bak", 0, false},
 		{"/" + hash[:31] + ".narinfo", 0, false},
 		{"/" + hash[:31] + "e.narinfo", 0, false}, // e is not a nix32 digit
+		{"/" + hash[:31] + "o.narinfo", 0, false},
+		{"/" + hash[:31] + "u.ls", 0, false},
+		{"/" + hash[:31] + "t.ls", 0, false},
+		{"/" + hash[:31] + "A.narinfo", 0, false},
+		{"/" + hash[:31] + "/.narinfo", 0, false},
+		{"/" + hash + hash + ".narinfo", 0, false},
+		{"/.narinfo", 0, false},
 		{"/" + hash + "/../cache.sec", 0, false},
 		{"/nar/../cache.sec", 0, false},
 		{"/nar/" + fileHash + ".nar.exe", 0, false},
