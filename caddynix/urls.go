@@ -56,7 +56,7 @@ const storePathHashLen = 32
 const nix32Chars = "0-9a-df-np-sv-z"
 
 var (
-	narPattern     = regexp.MustCompile(`^nar/[` + nix32Chars + `]{52}\.nar(\.(xz|zst|bz2|br|lz4|lzip|gz))?$`)
+	narPattern = regexp.MustCompile(`^nar/[` + nix32Chars + `]{52}\.nar(\.(xz|zst|bz2|br|lz4|lzip|gz))?$`)
 	// A derivation's base name: its hash part, a dash and a store path name
 	// (letters, digits and +-._?=), ending in .drv.
 	logPattern = regexp.MustCompile(`^log/[` + nix32Chars + `]{32}-[A-Za-z0-9+\-._?=]+\.drv$`)
