@@ -17,8 +17,9 @@ import (
 
 // servers are the three contenders serving one directory over loopback.
 type servers struct {
-	urls  map[string]string // contender → base URL
-	admin string            // nix_cache's caddy admin endpoint, for profiles
+	urls      map[string]string // contender → base URL
+	admin     string            // nix_cache's caddy admin endpoint, for profiles
+	publicKey string            // the key nix_cache signs with
 }
 
 // startServers serves root with nix_cache (signing with a fresh key),
@@ -30,7 +31,7 @@ func startServers(b *testing.B, root, presigned string) *servers {
 	if presigned == "" {
 		presigned = root
 	}
-	secret, _ := harness.TempKeygen(b, "bench-1")
+	secret, public := harness.TempKeygen(b, "bench-1")
 	filePort, chunkPort := harness.FreePort(b), harness.FreePort(b)
 	caddy := harness.StartCaddy(b, harness.Caddyfile{
 		Global: []string{fmt.Sprintf("servers 127.0.0.1:%d {\n\ttimeouts {\n\t\twrite_max_chunk 2MiB\n\t}\n}", chunkPort)},
@@ -42,7 +43,7 @@ func startServers(b *testing.B, root, presigned string) *servers {
 	}.String(), harness.CaddyOptions{Binary: pinnedCaddy(b)})
 
 	_, nginxPort := startNginx(b, presigned, serverCPU)
-	s := &servers{admin: caddy.Admin, urls: map[string]string{
+	s := &servers{admin: caddy.Admin, publicKey: public, urls: map[string]string{
 		"nix_cache":     caddy.URL(),
 		"file_server":   fmt.Sprintf("http://127.0.0.1:%d", filePort),
 		"nginx":         fmt.Sprintf("http://127.0.0.1:%d", nginxPort),
