@@ -142,13 +142,19 @@ func (s *cacheState) open(ctx context.Context, logger *zap.Logger) (*index.Index
 	}
 }
 
+// maxUnwrittenServed bounds the served times kept in memory between two
+// writes to the index, should the index be unavailable for a long time.
+const maxUnwrittenServed = 1 << 20
+
 // markServed notes that the path with hash part hash was just served.
 func (s *cacheState) markServed(hash string) {
 	s.servedMu.Lock()
 	if s.served == nil {
 		s.served = map[string]time.Time{}
 	}
-	s.served[hash] = time.Now()
+	if _, known := s.served[hash]; known || len(s.served) < maxUnwrittenServed {
+		s.served[hash] = time.Now()
+	}
 	s.servedMu.Unlock()
 }
 
