@@ -87,12 +87,12 @@ func load(b *testing.B, base string, paths []string, conns int, dur time.Duratio
 	return r
 }
 
-// pinnedCaddy is a script that runs bin/caddy on serverCPU, for
+// pinnedCaddy is a script that runs the caddy binary on serverCPU, for
 // harness.CaddyOptions.Binary.
-func pinnedCaddy(b *testing.B) string {
+func pinnedCaddy(b *testing.B, binary string) string {
 	b.Helper()
 	script := filepath.Join(b.TempDir(), "caddy-on-cpu-"+serverCPU)
-	content := fmt.Sprintf("#!/bin/sh\nexec taskset -c %s %s \"$@\"\n", serverCPU, harness.CaddyBinary(b, "caddy"))
+	content := fmt.Sprintf("#!/bin/sh\nexec taskset -c %s %s \"$@\"\n", serverCPU, binary)
 	if err := os.WriteFile(script, []byte(content), 0o755); err != nil {
 		b.Fatal(err)
 	}

@@ -40,7 +40,7 @@ func startServers(b *testing.B, root, presigned string) *servers {
 			fmt.Sprintf("http://:%d {\n\tbind 127.0.0.1\n\tnix_cache {\n\t\troot %s\n\t\tsecret_key_file %s\n\t}\n}", chunkPort, root, secret),
 			fmt.Sprintf("http://:%d {\n\tbind 127.0.0.1\n\tfile_server {\n\t\troot %s\n\t}\n}", filePort, presigned),
 		},
-	}.String(), harness.CaddyOptions{Binary: pinnedCaddy(b)})
+	}.String(), harness.CaddyOptions{Binary: pinnedCaddy(b, harness.CaddyBinary(b, "caddy"))})
 
 	_, nginxPort := startNginx(b, presigned, serverCPU)
 	s := &servers{admin: caddy.Admin, publicKey: public, urls: map[string]string{
@@ -174,9 +174,11 @@ func BenchmarkNarinfo(b *testing.B) {
 	if baseline := os.Getenv("BENCH_BASELINE_CADDY"); baseline != "" {
 		secret, _ := harness.TempKeygen(b, "bench-1")
 		old := harness.StartCaddy(b, harness.Caddyfile{Cache: &harness.CacheSite{Options: harness.CacheOptions(root, secret)}}.String(),
-			harness.CaddyOptions{Binary: baseline})
+			harness.CaddyOptions{Binary: pinnedCaddy(b, baseline)})
 		s.urls[baselineNixCache] = old.URL()
 		all = append(all, baselineNixCache)
+		// Signed once before the rounds, as nix_cache's were by presign.
+		presign(b, old.URL(), b.TempDir(), paths)
 	}
 	dur := time.Duration(envInt("BENCH_LOAD_SECONDS", 3)) * time.Second
 	rps := newComparison("narinfo, 10,000 distinct, 16 connections: requests per second", "req/s", "higher", "nix_cache at least 1.0x file_server")

@@ -100,6 +100,43 @@ func TestHandlerServesSignedNarinfo(t *testing.T) {
 	}
 }
 
+// TestNarinfoPlainAndConditionalAnswersAgree: the answer to a plain GET or
+// HEAD, written directly, is what http.ServeContent gives a request with a
+// precondition that holds.
+func TestNarinfoPlainAndConditionalAnswersAgree(t *testing.T) {
+	h, _ := newTestHandler(t)
+	p := newTestPath(t, "c", "content")
+	if err := os.WriteFile(filepath.Join(h.root, p.hash+".narinfo"), []byte(p.narinfo("")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	target := "/" + p.hash + ".narinfo"
+	plain := serve(t, h, http.MethodGet, target)
+	rec := httptest.NewRecorder()
+	req := httptest.NewRequest(http.MethodGet, target, nil)
+	req.Header.Set("If-Modified-Since", "Mon, 01 Jan 2001 00:00:00 GMT")
+	if err := h.ServeHTTP(rec, req, nil); err != nil {
+		t.Fatal(err)
+	}
+	if plain.Code != http.StatusOK || rec.Code != http.StatusOK || plain.Body.String() != rec.Body.String() {
+		t.Fatalf("plain %d, conditional %d; bodies equal: %v", plain.Code, rec.Code, plain.Body.String() == rec.Body.String())
+	}
+	for _, name := range []string{"Content-Type", "Content-Length", "Last-Modified", "Accept-Ranges"} {
+		if plain.Header().Get(name) != rec.Header().Get(name) || plain.Header().Get(name) == "" {
+			t.Errorf("%s: plain %q, ServeContent %q", name, plain.Header().Get(name), rec.Header().Get(name))
+		}
+	}
+	head := serve(t, h, http.MethodHead, target)
+	if head.Code != http.StatusOK || head.Body.Len() != 0 || head.Header().Get("Content-Length") != plain.Header().Get("Content-Length") {
+		t.Fatalf("HEAD: %d, %d body bytes, Content-Length %q", head.Code, head.Body.Len(), head.Header().Get("Content-Length"))
+	}
+	req = httptest.NewRequest(http.MethodGet, target, nil)
+	req.Header.Set("If-Modified-Since", plain.Header().Get("Last-Modified"))
+	rec = httptest.NewRecorder()
+	if err := h.ServeHTTP(rec, req, nil); err != nil || rec.Code != http.StatusNotModified {
+		t.Fatalf("If-Modified-Since the Last-Modified: %d %v, want 304", rec.Code, err)
+	}
+}
+
 func TestHandlerAnswersBadNarinfoAsMissing(t *testing.T) {
 	h, _ := newTestHandler(t)
 	// A narinfo stored under another path's hash, and a corrupt one.

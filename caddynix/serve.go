@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path"
+	"strconv"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/cargoxx-pkgs/runner/caddynix/storage"
@@ -92,12 +93,33 @@ func (h *Handler) serveNarInfo(w http.ResponseWriter, r *http.Request, req cache
 	}
 	narinfoLookups.WithLabelValues("served").Inc()
 	h.state.markServed(req.hash)
+	w.Header().Set("Content-Type", contentTypes[kindNarinfo])
+	if plainGet(r) {
+		// What a substituter sends: answered as http.ServeContent would,
+		// without its checks for headers the request does not have.
+		header := w.Header()
+		header.Set("Last-Modified", info.ModTime.UTC().Format(http.TimeFormat))
+		header.Set("Accept-Ranges", "bytes")
+		header.Set("Content-Length", strconv.Itoa(len(body)))
+		w.WriteHeader(http.StatusOK)
+		if r.Method != http.MethodHead {
+			_, _ = w.Write(body)
+		}
+		return nil
+	}
 	if !dropEmptySuffixRanges(w, r, int64(len(body))) {
 		return nil
 	}
-	w.Header().Set("Content-Type", contentTypes[kindNarinfo])
 	http.ServeContent(memoryBodyWriter{w}, r, "", info.ModTime, bytes.NewReader(body))
 	return nil
+}
+
+// plainGet reports whether a GET or HEAD asks for the whole representation
+// unconditionally: no Range and no precondition.
+func plainGet(r *http.Request) bool {
+	h := r.Header
+	return h.Get("Range") == "" && h.Get("If-Match") == "" && h.Get("If-None-Match") == "" &&
+		h.Get("If-Modified-Since") == "" && h.Get("If-Unmodified-Since") == "" && h.Get("If-Range") == ""
 }
 
 // signedNarInfo checks and signs a stored narinfo.
