@@ -19,6 +19,7 @@ import (
 
 	"github.com/cargoxx-pkgs/runner/caddynix/storage"
 	"github.com/cargoxx-pkgs/runner/caddynix/storage/index"
+	"github.com/cargoxx-pkgs/runner/internal/iox"
 	"github.com/cargoxx-pkgs/runner/internal/nixfmt"
 	"github.com/nix-community/go-nix/pkg/narinfo"
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
@@ -307,13 +308,13 @@ func receiveNar(f io.Writer, body io.Reader, compression string, max int64) (nar
 		}
 		defer release()
 		narHasher := sha256.New()
-		counted := &countingReader{r: io.TeeReader(io.LimitReader(plain, max+1), narHasher)}
+		counted := &iox.CountingReader{R: io.TeeReader(io.LimitReader(plain, max+1), narHasher)}
 		res.badNar = nixfmt.CheckNar(counted)
 		// Whatever follows a NAR, or is left of a broken one, is hashed
 		// and counted too, so that the size limit and decoding errors
 		// still show.
 		_, res.err = io.Copy(io.Discard, counted)
-		res.size, res.hash = counted.n, narHasher.Sum(nil)
+		res.size, res.hash = counted.N, narHasher.Sum(nil)
 	}()
 
 	// Large chunks: fewer system calls and hand-offs to the decompressor.
@@ -714,16 +715,4 @@ func (p *pendingNars) delete(url string) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	delete(p.nars, url)
-}
-
-// countingReader counts the bytes read through it.
-type countingReader struct {
-	r io.Reader
-	n int64
-}
-
-func (c *countingReader) Read(p []byte) (int, error) {
-	n, err := c.r.Read(p)
-	c.n += int64(n)
-	return n, err
 }

@@ -15,6 +15,7 @@ import (
 	"hash/crc64"
 	"io"
 
+	"github.com/cargoxx-pkgs/runner/internal/iox"
 	"github.com/ulikunitz/xz/lzma"
 )
 
@@ -61,7 +62,7 @@ type Reader struct {
 	block        io.Reader
 	blockCheck   hash.Hash
 	blockHeader  int64
-	compressed   *countingReader
+	compressed   *iox.CountingReader
 	uncompressed uint64
 	declared     struct {
 		compressed, uncompressed int64 // -1 when the header does not say
@@ -201,7 +202,7 @@ func (x *Reader) startBlock(sizeByte byte) error {
 		}
 	}
 
-	x.compressed = &countingReader{r: x.in}
+	x.compressed = &iox.CountingReader{R: x.in}
 	var data io.Reader = x.compressed
 	if x.declared.compressed >= 0 {
 		data = io.LimitReader(x.compressed, x.declared.compressed)
@@ -227,7 +228,7 @@ func lzma2DictSize(props byte) (int64, error) {
 }
 
 func (x *Reader) endBlock() error {
-	compressed := x.compressed.n
+	compressed := x.compressed.N
 	if x.declared.compressed >= 0 && compressed != x.declared.compressed {
 		return fmt.Errorf("xz block: %d compressed bytes, header says %d", compressed, x.declared.compressed)
 	}
@@ -272,7 +273,7 @@ func (x *Reader) skipPadding(n int64) error {
 func (x *Reader) index() error {
 	crc := crc32.NewIEEE()
 	crc.Write([]byte{0})
-	in := &countingReader{r: io.TeeReader(x.in, crc)}
+	in := &iox.CountingReader{R: io.TeeReader(x.in, crc)}
 	count, err := readXzVarint(in)
 	if err != nil {
 		return fmt.Errorf("xz index: %w", noEOF(err))
@@ -290,13 +291,13 @@ func (x *Reader) index() error {
 			return errors.New("xz index does not match the blocks")
 		}
 	}
-	for n := 1 + in.n; n%4 != 0; n++ {
+	for n := 1 + in.N; n%4 != 0; n++ {
 		var b [1]byte
 		if _, err := io.ReadFull(in, b[:]); err != nil || b[0] != 0 {
 			return errors.New("xz index: bad padding")
 		}
 	}
-	x.indexSize = 1 + in.n
+	x.indexSize = 1 + in.N
 	var sum [4]byte
 	if _, err := io.ReadFull(x.in, sum[:]); err != nil {
 		return fmt.Errorf("xz index: %w", noEOF(err))
@@ -393,18 +394,6 @@ func readXzVarint(r io.Reader) (uint64, error) {
 		}
 	}
 	return 0, errors.New("xz: integer is too long")
-}
-
-// countingReader counts the bytes read through it.
-type countingReader struct {
-	r io.Reader
-	n int64
-}
-
-func (c *countingReader) Read(p []byte) (int, error) {
-	n, err := c.r.Read(p)
-	c.n += int64(n)
-	return n, err
 }
 
 // noEOF turns an end of input inside the format into io.ErrUnexpectedEOF.
