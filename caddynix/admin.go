@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"math"
 	"net/http"
 	"net/url"
 	"sort"
@@ -14,7 +13,6 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
-	"github.com/dustin/go-humanize"
 )
 
 func init() {
@@ -66,11 +64,11 @@ func policyOf(params url.Values, defaults *RetentionConfig) (policy, error) {
 		pol = defaults.policy()
 	}
 	if v := params.Get("max_size"); v != "" {
-		size, err := humanize.ParseBytes(v)
-		if err != nil || size > math.MaxInt64 {
+		size, ok := byteSize(v)
+		if !ok {
 			return pol, fmt.Errorf("max_size %q is not a size such as 50GiB", v)
 		}
-		pol.maxSize = int64(size)
+		pol.maxSize = size
 	}
 	for name, target := range map[string]*time.Duration{"max_age": &pol.maxAge, "min_age": &pol.minAge} {
 		if v := params.Get(name); v != "" {

@@ -4,9 +4,10 @@ import (
 	"crypto/sha256"
 	"crypto/subtle"
 	"fmt"
-	"github.com/cargoxx-pkgs/runner/internal/nixfmt"
 	"net/http"
 	"strings"
+
+	"github.com/cargoxx-pkgs/runner/internal/nixfmt"
 
 	"github.com/caddyserver/caddy/v2"
 )

@@ -11,11 +11,12 @@ package caddynix
 import (
 	"errors"
 	"fmt"
-	"github.com/cargoxx-pkgs/runner/internal/nixfmt"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/cargoxx-pkgs/runner/internal/nixfmt"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"

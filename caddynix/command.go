@@ -3,9 +3,10 @@ package caddynix
 import (
 	"errors"
 	"fmt"
-	"github.com/cargoxx-pkgs/runner/internal/nixfmt"
 	"os"
 	"strings"
+
+	"github.com/cargoxx-pkgs/runner/internal/nixfmt"
 
 	caddycmd "github.com/caddyserver/caddy/v2/cmd"
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"

@@ -3,13 +3,14 @@ package caddynix
 import (
 	"crypto/rand"
 	"errors"
-	"github.com/cargoxx-pkgs/runner/internal/nixfmt"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/cargoxx-pkgs/runner/internal/nixfmt"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"

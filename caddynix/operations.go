@@ -117,19 +117,14 @@ func (c *collector) deletePath(ctx context.Context, storePath string, withReferr
 	if err != nil {
 		return nil, err
 	}
-	referrers := map[string][]string{}
-	for hash, p := range paths {
-		for _, ref := range p.References {
-			referrers[ref] = append(referrers[ref], hash)
-		}
-	}
+	graph := graphOf(paths)
 	// Everything that needs the target, with how far above it it is.
 	depth := map[string]int{target.Hash: 0}
 	queue := []string{target.Hash}
 	for len(queue) > 0 {
 		hash := queue[0]
 		queue = queue[1:]
-		for _, r := range referrers[hash] {
+		for _, r := range graph.referrers[hash] {
 			if _, seen := depth[r]; !seen {
 				depth[r] = depth[hash] + 1
 				queue = append(queue, r)
@@ -168,13 +163,9 @@ func (c *collector) deletePath(ctx context.Context, storePath string, withReferr
 	slices.SortFunc(victims, func(a, b *index.Path) int {
 		return cmp.Or(cmp.Compare(depth[b.Hash], depth[a.Hash]), cmp.Compare(a.Hash, b.Hash))
 	})
-	users := map[string]int{}
-	for _, p := range paths {
-		users[p.NarURL]++
-	}
 	var nars []string
 	for _, p := range victims {
-		if users[p.NarURL]--; users[p.NarURL] == 0 {
+		if graph.releaseNar(p) {
 			nars = append(nars, p.NarURL)
 		}
 	}

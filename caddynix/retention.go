@@ -84,20 +84,39 @@ func (u usage) compare(o usage) int {
 	return u.lastUsed.Compare(o.lastUsed)
 }
 
+// referenceGraph is which indexed paths reference each path, and how many
+// name each NAR file.
+type referenceGraph struct {
+	referrers map[string][]string
+	narUsers  map[string]int
+}
+
+func graphOf(paths map[string]*index.Path) referenceGraph {
+	g := referenceGraph{referrers: make(map[string][]string, len(paths)), narUsers: map[string]int{}}
+	for hash, p := range paths {
+		for _, ref := range p.References {
+			if _, ok := paths[ref]; ok {
+				g.referrers[ref] = append(g.referrers[ref], hash)
+			}
+		}
+		g.narUsers[p.NarURL]++
+	}
+	return g
+}
+
+// releaseNar counts p as deleted, and reports whether no path names its
+// NAR file any more.
+func (g referenceGraph) releaseNar(p *index.Path) bool {
+	g.narUsers[p.NarURL]--
+	return g.narUsers[p.NarURL] == 0
+}
+
 // planRetention decides what a collection deletes. roots are the hash
 // parts of paths whose closures are kept (pins, CI runs).
 func planRetention(paths map[string]*index.Path, served map[string]time.Time, roots []string, pol policy, now time.Time) retentionPlan {
 	plan := retentionPlan{Paths: len(paths)}
-	referrers := make(map[string][]string, len(paths))
-	narUsers := map[string]int{}
-	for hash, p := range paths {
-		for _, ref := range p.References {
-			if _, ok := paths[ref]; ok {
-				referrers[ref] = append(referrers[ref], hash)
-			}
-		}
-		narUsers[p.NarURL]++
-	}
+	graph := graphOf(paths)
+	referrers := graph.referrers
 	plan.SizeBefore = cacheSize(paths)
 
 	// What must stay: the closures of the roots and of young paths.
@@ -199,7 +218,7 @@ func planRetention(paths map[string]*index.Path, served map[string]time.Time, ro
 		deleted[hash] = true
 		plan.Delete = append(plan.Delete, p)
 		size -= p.NarinfoSize
-		if narUsers[p.NarURL]--; narUsers[p.NarURL] == 0 {
+		if graph.releaseNar(p) {
 			plan.Nars = append(plan.Nars, p.NarURL)
 			size -= p.FileSize
 		}

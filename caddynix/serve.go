@@ -3,13 +3,14 @@ package caddynix
 import (
 	"bytes"
 	"errors"
-	"github.com/cargoxx-pkgs/runner/internal/nixfmt"
 	"io/fs"
 	"mime"
 	"net/http"
 	"os"
 	"path"
 	"strconv"
+
+	"github.com/cargoxx-pkgs/runner/internal/nixfmt"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/cargoxx-pkgs/runner/caddynix/storage"

@@ -6,7 +6,6 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"fmt"
-	"github.com/cargoxx-pkgs/runner/internal/nixfmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -15,6 +14,8 @@ import (
 	"runtime"
 	"strings"
 	"testing"
+
+	"github.com/cargoxx-pkgs/runner/internal/nixfmt"
 
 	"github.com/andybalholm/brotli"
 	"github.com/nix-community/go-nix/pkg/nar"

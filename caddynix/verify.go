@@ -5,12 +5,13 @@ import (
 	"context"
 	"crypto/sha256"
 	"fmt"
-	"github.com/cargoxx-pkgs/runner/caddynix/storage"
-	"github.com/cargoxx-pkgs/runner/caddynix/storage/dir"
-	"github.com/cargoxx-pkgs/runner/internal/nixfmt"
 	"io"
 	"math"
 	"strings"
+
+	"github.com/cargoxx-pkgs/runner/caddynix/storage"
+	"github.com/cargoxx-pkgs/runner/caddynix/storage/dir"
+	"github.com/cargoxx-pkgs/runner/internal/nixfmt"
 
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
 	"github.com/nix-community/go-nix/pkg/nixbase32"
