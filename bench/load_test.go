@@ -62,7 +62,7 @@ func load(b *testing.B, base string, paths []string, conns int, dur time.Duratio
 	if err := os.WriteFile(script, []byte(fmt.Sprintf(wrkScript, list)), 0o644); err != nil {
 		b.Fatal(err)
 	}
-	out, err := exec.Command("taskset", "-c", clientCPU, wrk, "-t1", fmt.Sprintf("-c%d", conns),
+	out, err := exec.Command(harness.LookTool(b, "taskset"), "-c", clientCPU, wrk, "-t1", fmt.Sprintf("-c%d", conns),
 		fmt.Sprintf("-d%ds", int(dur.Seconds())), "--timeout", "10s", "-s", script, base).CombinedOutput()
 	if err != nil {
 		b.Fatalf("wrk against %s: %v\n%s", base, err, out)
@@ -92,7 +92,7 @@ func load(b *testing.B, base string, paths []string, conns int, dur time.Duratio
 func pinnedCaddy(b *testing.B, binary string) string {
 	b.Helper()
 	script := filepath.Join(b.TempDir(), "caddy-on-cpu-"+serverCPU)
-	content := fmt.Sprintf("#!/bin/sh\nexec taskset -c %s %s \"$@\"\n", serverCPU, binary)
+	content := fmt.Sprintf("#!/bin/sh\nexec %s -c %s %s \"$@\"\n", harness.LookTool(b, "taskset"), serverCPU, binary)
 	if err := os.WriteFile(script, []byte(content), 0o755); err != nil {
 		b.Fatal(err)
 	}

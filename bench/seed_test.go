@@ -143,7 +143,7 @@ http {
 `, dir, port, root)), 0o644)
 	cmd := exec.Command(nginx, "-c", conf, "-p", dir)
 	if cpus != "" {
-		cmd = exec.Command("taskset", "-c", cpus, nginx, "-c", conf, "-p", dir)
+		cmd = exec.Command(harness.LookTool(b, "taskset"), "-c", cpus, nginx, "-c", conf, "-p", dir)
 	}
 	proc, err := harness.StartProcess("nginx", cmd, filepath.Join(dir, "nginx.log"))
 	if err != nil {
