@@ -7,9 +7,8 @@ import (
 	"net/http"
 	"strings"
 
-	"github.com/cargoxx-pkgs/runner/internal/nixfmt"
-
 	"github.com/caddyserver/caddy/v2"
+	"github.com/cargoxx-pkgs/runner/internal/nixfmt"
 )
 
 // minTokenLength keeps guessable upload tokens out of the configuration.

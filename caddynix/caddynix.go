@@ -16,13 +16,12 @@ import (
 	"path/filepath"
 	"strings"
 
-	"github.com/cargoxx-pkgs/runner/internal/nixfmt"
-
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/cargoxx-pkgs/runner/caddynix/storage"
 	"github.com/cargoxx-pkgs/runner/caddynix/storage/dir"
 	"github.com/cargoxx-pkgs/runner/caddynix/storage/index"
+	"github.com/cargoxx-pkgs/runner/internal/nixfmt"
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
 	"go.uber.org/zap"
 )

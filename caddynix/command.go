@@ -6,9 +6,8 @@ import (
 	"os"
 	"strings"
 
-	"github.com/cargoxx-pkgs/runner/internal/nixfmt"
-
 	caddycmd "github.com/caddyserver/caddy/v2/cmd"
+	"github.com/cargoxx-pkgs/runner/internal/nixfmt"
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
 	"github.com/spf13/cobra"
 )

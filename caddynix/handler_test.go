@@ -10,10 +10,9 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/cargoxx-pkgs/runner/internal/nixfmt"
-
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/cargoxx-pkgs/runner/internal/nixfmt"
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
 )
 

@@ -10,10 +10,9 @@ import (
 	"path"
 	"strconv"
 
-	"github.com/cargoxx-pkgs/runner/internal/nixfmt"
-
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/cargoxx-pkgs/runner/caddynix/storage"
+	"github.com/cargoxx-pkgs/runner/internal/nixfmt"
 	"go.uber.org/zap"
 )
 

@@ -15,9 +15,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/cargoxx-pkgs/runner/internal/nixfmt"
-
 	"github.com/andybalholm/brotli"
+	"github.com/cargoxx-pkgs/runner/internal/nixfmt"
 	"github.com/nix-community/go-nix/pkg/nar"
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
 	"github.com/nix-community/go-nix/pkg/nixbase32"
