@@ -199,10 +199,7 @@ func TestNarinfoWithMissingReferenceIsRefused(t *testing.T) {
 
 func TestKillDuringUploadLeavesCleanCache(t *testing.T) {
 	harness.ForEachNix(t, func(t *testing.T, client harness.NixClient) {
-		nix := client.Netrc(t, uploadToken)
-		root := filepath.Join(t.TempDir(), "cache")
-		secret, public := keygen(t, "crash-1")
-		caddy := harness.StartCaddy(t, uploadCaddyfile(root, secret), harness.CaddyOptions{})
+		nix, caddy, root, public := startUploadCache(t, client, "crash-1")
 		closure := nix.BuildClosure("crash", 64<<20)
 		paths := pathsOf(t, nix, closure, "none")
 		top := paths["top"]
@@ -300,10 +297,7 @@ func sha256Of(data []byte) []byte {
 // the cache's own key name, and another NAR for a path the cache holds.
 func TestHostileUploadsAreRefused(t *testing.T) {
 	harness.ForEachNix(t, func(t *testing.T, client harness.NixClient) {
-		nix := client.Netrc(t, uploadToken)
-		root := filepath.Join(t.TempDir(), "cache")
-		secret, public := keygen(t, "hostile-1")
-		caddy := harness.StartCaddy(t, uploadCaddyfile(root, secret), harness.CaddyOptions{})
+		nix, caddy, root, public := startUploadCache(t, client, "hostile-1")
 		base := caddy.URL() + "/"
 		built := nix.BuildClosure("built", 0)
 		if c := nix.Copy("--to", caddy.URL(), built.Top); c.Err != nil {

@@ -19,6 +19,18 @@ func uploadCaddyfile(root, key string, uploadOptions ...string) string {
 	return harness.UploadCache(root, key, uploadToken, uploadOptions...).String()
 }
 
+// startUploadCache starts a caddy serving a new cache, signed with a key
+// called keyName, that takes uploads with uploadToken, and returns a Nix of
+// client that presents the token, the caddy, the cache's root and its
+// public key.
+func startUploadCache(t *testing.T, client harness.NixClient, keyName string) (*harness.Nix, *harness.Caddy, string, string) {
+	t.Helper()
+	root := filepath.Join(t.TempDir(), "cache")
+	secret, public := keygen(t, keyName)
+	caddy := harness.StartCaddy(t, uploadCaddyfile(root, secret), harness.CaddyOptions{})
+	return client.Netrc(t, uploadToken), caddy, root, public
+}
+
 // verifyClean runs `caddy nix-cache verify` with NarHash checks and fails
 // the test unless it reports a clean cache.
 func verifyClean(t *testing.T, root, publicKeyFile string) string {
@@ -33,10 +45,7 @@ func verifyClean(t *testing.T, root, publicKeyFile string) string {
 
 func TestNixCopyUploads(t *testing.T) {
 	harness.ForEachNix(t, func(t *testing.T, client harness.NixClient) {
-		nix := client.Netrc(t, uploadToken)
-		root := filepath.Join(t.TempDir(), "cache")
-		secret, public := keygen(t, "upload-1")
-		caddy := harness.StartCaddy(t, uploadCaddyfile(root, secret), harness.CaddyOptions{})
+		nix, caddy, root, public := startUploadCache(t, client, "upload-1")
 
 		for _, query := range []string{"", "?compression=zstd", "?compression=none", "?compression=br"} {
 			closure := nix.BuildClosure("upload", 1<<20)
@@ -122,10 +131,7 @@ func TestUploadNeedsValidToken(t *testing.T) {
 
 func TestConcurrentUploadsOfOverlappingClosures(t *testing.T) {
 	harness.ForEachNix(t, func(t *testing.T, client harness.NixClient) {
-		nix := client.Netrc(t, uploadToken)
-		root := filepath.Join(t.TempDir(), "cache")
-		secret, public := keygen(t, "concurrent-1")
-		caddy := harness.StartCaddy(t, uploadCaddyfile(root, secret), harness.CaddyOptions{})
+		nix, caddy, root, public := startUploadCache(t, client, "concurrent-1")
 
 		// The copies send the top and the middle paths of two closures: the
 		// middle's closure is part of the top's, so every path is raced by
@@ -196,10 +202,7 @@ func listTree(t *testing.T, root string) []string {
 // upload URL is not the substituter's.
 func TestUploaderSubstitutesWhatItUploaded(t *testing.T) {
 	harness.ForEachNix(t, func(t *testing.T, client harness.NixClient) {
-		nix := client.Netrc(t, uploadToken)
-		root := filepath.Join(t.TempDir(), "cache")
-		secret, public := keygen(t, "uploader-1")
-		caddy := harness.StartCaddy(t, uploadCaddyfile(root, secret), harness.CaddyOptions{})
+		nix, caddy, root, public := startUploadCache(t, client, "uploader-1")
 		closure := nix.BuildClosure("uploader", 0)
 		if c := nix.Copy("--to", caddy.URL()+"/upload?compression=zstd", closure.Top); c.Err != nil {
 			t.Fatalf("nix copy --to %s/upload:\n%s", caddy.URL(), c)
