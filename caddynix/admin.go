@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/cargoxx-pkgs/runner/internal/caddyutil"
 )
 
 func init() {
@@ -64,7 +65,7 @@ func policyOf(params url.Values, defaults *RetentionConfig) (policy, error) {
 		pol = defaults.policy()
 	}
 	if v := params.Get("max_size"); v != "" {
-		size, ok := byteSize(v)
+		size, ok := caddyutil.ByteSize(v)
 		if !ok {
 			return pol, fmt.Errorf("max_size %q is not a size such as 50GiB", v)
 		}

@@ -1,10 +1,7 @@
 package caddynix
 
 import (
-	"math"
 	"strconv"
-
-	"github.com/dustin/go-humanize"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
@@ -194,21 +191,11 @@ func (h *Handler) unmarshalRetention(d *caddyfile.Dispenser) error {
 
 // parseSize reads a positive size in bytes, or with a unit such as 8GiB.
 func parseSize(d *caddyfile.Dispenser, option, value string) (int64, error) {
-	size, ok := byteSize(value)
+	size, ok := caddyutil.ByteSize(value)
 	if !ok || size == 0 {
 		return 0, d.Errf("nix_cache: %s %q is not a positive size such as 8GiB", option, value)
 	}
 	return size, nil
-}
-
-// byteSize reads a size in bytes, or with a unit such as 8GiB, that fits
-// an int64.
-func byteSize(value string) (int64, bool) {
-	size, err := humanize.ParseBytes(value)
-	if err != nil || size > math.MaxInt64 {
-		return 0, false
-	}
-	return int64(size), true
 }
 
 // Interface guard

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/cargoxx-pkgs/runner/caddyrunner/actionscache"
 	"github.com/cargoxx-pkgs/runner/caddynix"
 	"github.com/cargoxx-pkgs/runner/internal/caddyutil"
 	"go.uber.org/zap"
@@ -118,6 +119,15 @@ type App struct {
 	// runner ran succeeded. Default: 0, none. Caddyfile:
 	// `keep_default_branch_runs` inside a `nix_cache <name> { … }` block.
 	KeepDefaultBranchRuns int `json:"keep_default_branch_runs,omitempty"`
+
+	// ActionsCache names an actions_cache handler in this Caddy (its
+	// `name`) that serves the jobs' `actions/cache`: each job gets
+	// ACTIONS_CACHE_URL, and its ACTIONS_RUNTIME_TOKEN is admitted while it
+	// runs, to restore its repository's entries of its own ref and the
+	// default branch and to save entries stamped with its ref. Without it,
+	// `actions/cache` steps find no cache server and only warn.
+	// Caddyfile: `actions_cache <name>`.
+	ActionsCache string `json:"actions_cache,omitempty"`
 
 	// TrustedJobs says that every job this runner takes is trusted code,
 	// and lifts the refusal to start when jobs could reach Caddy's admin
@@ -241,6 +251,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 		jobFilesDir:    filepath.Join(workDir, "jobs"),
 		nixCache:       a.NixCache,
 		keepRuns:       a.KeepDefaultBranchRuns,
+		actionsCache:   a.ActionsCache,
 		registration: registration{
 			token:    repl.ReplaceAll(a.RegistrationToken, ""),
 			apiToken: repl.ReplaceAll(a.APIToken, ""),
@@ -297,6 +308,11 @@ func (a *App) Start() error {
 	if a.NixCache != "" {
 		// Every app has been provisioned by now, the cache handlers too.
 		if _, err := caddynix.LookupCache(a.NixCache); err != nil {
+			return fmt.Errorf("gitea_runner: %w", err)
+		}
+	}
+	if a.ActionsCache != "" {
+		if _, err := actionscache.Lookup(a.ActionsCache); err != nil {
 			return fmt.Errorf("gitea_runner: %w", err)
 		}
 	}

@@ -55,6 +55,7 @@ func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
 //	    nix_cache           <cache name> {
 //	        keep_default_branch_runs <n>
 //	    }
+//	    actions_cache       <cache name>
 //	    trusted_jobs
 //	}
 func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
@@ -64,7 +65,7 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	}
 	textOptions := map[string]*string{
 		"instance": &a.Instance, "registration_token": &a.RegistrationToken, "api_token": &a.APIToken,
-		"name": &a.Name, "state_file": &a.StateFile, "work_dir": &a.WorkDir,
+		"name": &a.Name, "state_file": &a.StateFile, "work_dir": &a.WorkDir, "actions_cache": &a.ActionsCache,
 	}
 	durationOptions := map[string]*caddy.Duration{
 		"fetch_interval": &a.FetchInterval, "fetch_interval_max": &a.FetchIntervalMax,

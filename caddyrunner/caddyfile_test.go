@@ -64,3 +64,16 @@ func TestValidateFetchIntervals(t *testing.T) {
 		})
 	}
 }
+
+func TestCaddyfileActionsCache(t *testing.T) {
+	out, err := adapt(t, "{\n\tgitea_runner {\n\t\tinstance http://127.0.0.1:1\n\t\tactions_cache main\n\t}\n}")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out, `"actions_cache":"main"`) {
+		t.Fatalf("actions_cache did not reach the app: %s", out)
+	}
+	if _, err := adapt(t, "{\n\tgitea_runner {\n\t\tactions_cache\n\t}\n}"); err == nil {
+		t.Fatal("actions_cache without a name was accepted")
+	}
+}

@@ -32,6 +32,7 @@ type settings struct {
 	actionCacheDir string
 	jobFilesDir    string
 	nixCache       string
+	actionsCache   string
 	// keepRuns is how many successful default-branch runs per repository
 	// the cache keeps.
 	keepRuns     int

@@ -118,6 +118,15 @@ func (d *daemon) execute(ctx context.Context, task *runnerv1.Task, s *settings, 
 		}
 	}
 
+	if s.actionsCache != "" {
+		cacheEnv, release, err := giveActionsCache(task, s, runtimeToken)
+		if err != nil {
+			return err
+		}
+		defer release()
+		maps.Copy(env, cacheEnv)
+	}
+
 	if s.labels.pickPlatform(job.RunsOn()) == hostPlatform {
 		hideCaddyEnv(env)
 	}
@@ -145,7 +154,7 @@ func (d *daemon) execute(ctx context.Context, task *runnerv1.Task, s *settings, 
 		DefaultActionInstance: defaultActions,
 		PlatformPicker:        s.labels.pickPlatform,
 		ValidVolumes:          validVolumes,
-		ActionCacheDir:        s.actionCacheDir,
+		ActionCacheDir:        actionClonesDir(s.actionCacheDir, d.instance, defaultActions),
 	}
 	r, err := runner.New(cfg)
 	if err != nil {

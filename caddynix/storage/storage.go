@@ -52,6 +52,14 @@ type Upload interface {
 	Abort()
 }
 
+// ChunkedUpload is an Upload that also takes its bytes at any offset, in
+// any order and from several goroutines at once, for clients that send
+// one object as parallel chunks.
+type ChunkedUpload interface {
+	Upload
+	io.WriterAt
+}
+
 // Store is a cache's storage. Missing objects are reported with an error
 // that wraps fs.ErrNotExist.
 type Store interface {

@@ -4,6 +4,9 @@ package caddyutil
 
 import (
 	"errors"
+	"math"
+
+	"github.com/dustin/go-humanize"
 
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/prometheus/client_golang/prometheus"
@@ -38,4 +41,14 @@ func SingleArg(d *caddyfile.Dispenser) (string, error) {
 		return "", d.ArgErr()
 	}
 	return value, nil
+}
+
+// ByteSize reads a size in bytes, or with a unit such as 8GiB, that fits
+// an int64.
+func ByteSize(value string) (int64, bool) {
+	size, err := humanize.ParseBytes(value)
+	if err != nil || size > math.MaxInt64 {
+		return 0, false
+	}
+	return int64(size), true
 }

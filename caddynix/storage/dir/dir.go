@@ -308,6 +308,9 @@ type upload struct {
 func (u *upload) Write(p []byte) (int, error)             { return u.file.Write(p) }
 func (u *upload) ReadAt(p []byte, off int64) (int, error) { return u.file.ReadAt(p, off) }
 
+// WriteAt writes at an offset; several chunks may be written at once.
+func (u *upload) WriteAt(p []byte, off int64) (int, error) { return u.file.WriteAt(p, off) }
+
 // Commit fsyncs the file, renames it into place and fsyncs the directory,
 // so that a crash never leaves a partial file under its final name.
 func (u *upload) Commit() error {
@@ -371,8 +374,8 @@ func (u *upload) remove() {
 
 // Interface guards
 var (
-	_ storage.Store       = (*Store)(nil)
-	_ storage.Sweeper     = (*Store)(nil)
-	_ storage.UseRecorder = (*Store)(nil)
-	_ storage.Upload      = (*upload)(nil)
+	_ storage.Store         = (*Store)(nil)
+	_ storage.Sweeper       = (*Store)(nil)
+	_ storage.UseRecorder   = (*Store)(nil)
+	_ storage.ChunkedUpload = (*upload)(nil)
 )

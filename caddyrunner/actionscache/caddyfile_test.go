@@ -1,0 +1,29 @@
+package actionscache
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+	_ "github.com/caddyserver/caddy/v2/modules/standard"
+)
+
+func TestCaddyfile(t *testing.T) {
+	site := func(body string) string {
+		return ":8080 {\n\tactions_cache {\n\t\t" + body + "\n\t}\n\trespond 404\n}"
+	}
+	out, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(site("name main\n\t\turl https://cache.example.org/\n\t\tmax_size 2GiB\n\t\tmax_age 3d")), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{`"handler":"actions_cache"`, `"name":"main"`, `"max_size":2147483648`, `"max_age":259200000000000`} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("adapted config lacks %s: %s", want, out)
+		}
+	}
+	for _, bad := range []string{"max_size lots", "max_size 0", "max_age soon", "name a\n\t\tname b", "colour blue", "name"} {
+		if out, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(site(bad)), nil); err == nil {
+			t.Errorf("%q was accepted: %s", bad, out)
+		}
+	}
+}
