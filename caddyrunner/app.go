@@ -15,8 +15,8 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
-	"github.com/cargoxx-pkgs/runner/caddyrunner/actionscache"
 	"github.com/cargoxx-pkgs/runner/caddynix"
+	"github.com/cargoxx-pkgs/runner/caddyrunner/actionscache"
 	"github.com/cargoxx-pkgs/runner/internal/caddyutil"
 	"go.uber.org/zap"
 )

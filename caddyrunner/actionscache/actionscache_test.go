@@ -388,7 +388,10 @@ func TestBadInput(t *testing.T) {
 		{"existing key", func() int { s, _ := j.reserve("kept", version, 10); return s }, 409},
 		{"not JSON", func() int { s, _ := j.do("POST", "caches", strings.NewReader("{"), nil); return s }, 400},
 		{"chunk past the reserve", func() int { return j.chunk(open, 4, []byte("12345")) }, 400},
-		{"chunk without a range", func() int { s, _ := j.do("PATCH", fmt.Sprintf("caches/%d", open), strings.NewReader("x"), nil); return s }, 400},
+		{"chunk without a range", func() int {
+			s, _ := j.do("PATCH", fmt.Sprintf("caches/%d", open), strings.NewReader("x"), nil)
+			return s
+		}, 400},
 		{"body longer than its range", func() int {
 			s, _ := j.do("PATCH", fmt.Sprintf("caches/%d", open), strings.NewReader("123456"), http.Header{"Content-Range": {"bytes 0-3/*"}})
 			return s
