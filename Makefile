@@ -16,14 +16,19 @@ GITEA_RUNNER_BIN ?= $(CACHE_DIR)/act_runner-$(GITEA_RUNNER_VERSION)
 # Debian sid's Nix, the current one, in a root filesystem of its own.
 NIX_CURRENT_ROOT ?= $(CACHE_DIR)/nix-sid
 
+# The npm packages of the actions toolkit that jobs in the end-to-end tests
+# run: the clients of the actions cache and of Gitea's artifact service.
+ACTIONS_CLIENTS := @actions/cache@4.1.0 @actions/artifact@1.1.3 @actions/core@1.11.1
+ACTIONS_CLIENTS_DIR ?= $(CACHE_DIR)/actions-clients-cache4.1.0-artifact1.1.3
+
 # E2E=require turns a skipped end-to-end test into a failure (CI sets it).
 E2E ?=
 TEST_TIMEOUT ?= 60m
 
-export GITEA_BIN GITEA_RUNNER_BIN NIX_CURRENT_ROOT
+export GITEA_BIN GITEA_RUNNER_BIN NIX_CURRENT_ROOT ACTIONS_CLIENTS_DIR
 export E2E
 
-.PHONY: all build xcaddy run test unit e2e e2e-deps gitea nix-current act-runner fmt lint vet fuzz bench clean
+.PHONY: all build xcaddy run test unit e2e e2e-deps gitea nix-current actions-clients act-runner fmt lint vet fuzz bench clean
 
 all: build
 
@@ -50,8 +55,9 @@ unit:
 	$(GO) test -count=1 -short ./...
 
 ## e2e-deps: build the Gitea server and the current-Nix root the end-to-end
-## tests run (cached in $(CACHE_DIR))
-e2e-deps: gitea nix-current
+## tests run, and install the actions toolkit's npm clients (cached in
+## $(CACHE_DIR))
+e2e-deps: gitea nix-current actions-clients
 
 # The binary's name carries the version, so an existing file is never stale.
 gitea:
@@ -71,6 +77,19 @@ nix-current:
 		e2e/tools/nix-current-root "$(NIX_CURRENT_ROOT)"; \
 	else \
 		echo "not building the current-Nix root: needs root and debootstrap"; \
+	fi
+
+# Without npm the actions cache tests skip (and fail under E2E=require).
+actions-clients:
+	@if [ ! -d "$(ACTIONS_CLIENTS_DIR)/node_modules/@actions/artifact" ]; then \
+		if command -v npm >/dev/null; then \
+			echo "installing $(ACTIONS_CLIENTS) into $(ACTIONS_CLIENTS_DIR)"; \
+			mkdir -p "$(ACTIONS_CLIENTS_DIR).tmp" && \
+			npm install --prefix "$(ACTIONS_CLIENTS_DIR).tmp" --no-audit --no-fund --no-save $(ACTIONS_CLIENTS) && \
+			rm -rf "$(ACTIONS_CLIENTS_DIR)" && mv "$(ACTIONS_CLIENTS_DIR).tmp" "$(ACTIONS_CLIENTS_DIR)"; \
+		else \
+			echo "not installing the actions clients: no npm"; \
+		fi; \
 	fi
 
 ## act-runner: Gitea's own runner, which make bench compares gitea_runner with

@@ -177,32 +177,55 @@ substituters =
 `
 
 // NixJobImage returns the tag of a job image with a working nix, git-free
-// and registry-free: a minimal Debian bookworm root filesystem made with
-// debootstrap from Debian's packages (nix-bin, curl), imported with `docker
-// import`. It is built once; later calls find it in the daemon.
+// and registry-free: a minimal Debian bookworm root filesystem with nix-bin
+// and curl (see debianImage).
 func (d *Docker) NixJobImage() string {
+	d.t.Helper()
+	return d.debianImage(NixJobImage, []string{"libdbi-perl", "nix-bin", "curl", "ca-certificates"},
+		map[string]string{"etc/nix/nix.conf": nixImageConf})
+}
+
+// NodeJobImage is the tag of the job image with node that NodeJobImage
+// builds.
+const NodeJobImage = "cargoxx-e2e-node:1"
+
+// NodeJobImage returns the tag of a job image with Debian's node and the
+// tools @actions/cache archives with (GNU tar, zstd), made like
+// NixJobImage.
+func (d *Docker) NodeJobImage() string {
+	d.t.Helper()
+	return d.debianImage(NodeJobImage, []string{"nodejs", "zstd"}, nil)
+}
+
+// debianImage returns tag, building it the first time: a minimal Debian
+// bookworm root filesystem made with debootstrap from Debian's packages,
+// with the packages include and the files given, imported with `docker
+// import`. Later calls find it in the daemon.
+func (d *Docker) debianImage(tag string, include []string, files map[string]string) string {
 	d.t.Helper()
 	imageMu.Lock()
 	defer imageMu.Unlock()
-	if d.Run("image", "inspect", NixJobImage).Err == nil {
-		return NixJobImage
+	if d.Run("image", "inspect", tag).Err == nil {
+		return tag
 	}
 	debootstrap := LookTool(d.t, "debootstrap")
 	rootfs := filepath.Join(d.t.TempDir(), "rootfs")
-	d.t.Logf("building the nix job image %s with debootstrap (once; about a minute)", NixJobImage)
-	MustRun(d.t, nil, "", debootstrap, "--variant=minbase", "--include=libdbi-perl,nix-bin,curl,ca-certificates",
+	d.t.Logf("building the job image %s with debootstrap (once; about a minute)", tag)
+	MustRun(d.t, nil, "", debootstrap, "--variant=minbase", "--include="+strings.Join(include, ","),
 		"bookworm", rootfs, "http://deb.debian.org/debian")
-	if err := os.MkdirAll(filepath.Join(rootfs, "etc", "nix"), 0o755); err != nil {
-		d.t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(rootfs, "etc", "nix", "nix.conf"), []byte(nixImageConf), 0o644); err != nil {
-		d.t.Fatal(err)
+	for name, content := range files {
+		if err := os.MkdirAll(filepath.Dir(filepath.Join(rootfs, name)), 0o755); err != nil {
+			d.t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(rootfs, name), []byte(content), 0o644); err != nil {
+			d.t.Fatal(err)
+		}
 	}
 	archive := filepath.Join(d.t.TempDir(), "rootfs.tar")
 	MustRun(d.t, nil, "", "tar", "-C", rootfs, "-cf", archive, ".")
 	d.Must("import", "--change", "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-		archive, NixJobImage)
-	return NixJobImage
+		archive, tag)
+	return tag
 }
 
 // CurrentNixJobImage is the tag of the job image with current Nix that

@@ -174,13 +174,40 @@ ENABLED = false
 		}
 	})
 	g.Start()
+	g.connect()
+	return g
+}
+
+// connect points the SDK client at the server's address.
+func (g *Gitea) connect() {
+	g.t.Helper()
 	client, err := gitea.NewClient(strings.TrimSuffix(g.URL, "/"), gitea.SetToken(g.Token),
 		gitea.SetGiteaVersion(strings.TrimPrefix(GiteaVersion, "v")))
 	if err != nil {
-		t.Fatalf("connecting the Gitea SDK to %s: %v", g.URL, err)
+		g.t.Fatalf("connecting the Gitea SDK to %s: %v", g.URL, err)
 	}
 	g.Client = client
-	return g
+}
+
+// Move restarts the server with its data on another port, as when Gitea
+// moves to a new address: what was cloned from the old one points nowhere.
+func (g *Gitea) Move() {
+	g.t.Helper()
+	g.Stop()
+	oldURL, oldPort := g.URL, g.Port
+	g.Port = FreePort(g.t)
+	g.URL = fmt.Sprintf("http://127.0.0.1:%d/", g.Port)
+	ini, err := os.ReadFile(g.config)
+	if err != nil {
+		g.t.Fatal(err)
+	}
+	moved := strings.Replace(string(ini), fmt.Sprintf("HTTP_PORT = %d\n", oldPort), fmt.Sprintf("HTTP_PORT = %d\n", g.Port), 1)
+	moved = strings.Replace(moved, "ROOT_URL = "+oldURL+"\n", "ROOT_URL = "+g.URL+"\n", 1)
+	if err := os.WriteFile(g.config, []byte(moved), 0o600); err != nil {
+		g.t.Fatal(err)
+	}
+	g.Start()
+	g.connect()
 }
 
 // lastWord is the last word of a gitea command's output: running

@@ -307,6 +307,14 @@ func (g *Gitea) CommitFile(repo, file, content string) string {
 	return resp.Commit.SHA
 }
 
+// Tag tags the head of repo's main branch.
+func (g *Gitea) Tag(repo, tag string) {
+	g.t.Helper()
+	if _, _, err := g.Client.CreateTag(GiteaAdmin, repo, gitea.CreateTagOption{TagName: tag, Target: "main"}); err != nil {
+		g.t.Fatalf("tagging %s %s: %v", repo, tag, err)
+	}
+}
+
 // StartGiteaWithRepo starts Gitea with the repository repo (see
 // CreateRepo) and returns a runner registration token for it: the start of
 // every runner test.
