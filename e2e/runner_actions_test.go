@@ -305,7 +305,7 @@ func TestActionsCache(t *testing.T) {
 
 	// Three runs saved an entry each; seven restores hit and three missed.
 	for sample, want := range map[string]float64{
-		`caddy_actions_cache_entries{cache="main"}`:                   3,
+		`caddy_actions_cache_entries{cache="main"}`:                     3,
 		`caddy_actions_cache_lookups_total{cache="main",result="hit"}`:  7,
 		`caddy_actions_cache_lookups_total{cache="main",result="miss"}`: 3,
 	} {
