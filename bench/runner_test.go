@@ -32,10 +32,8 @@ func giteaRunnerBinary(b *testing.B) string {
 // jobs, no cache server.
 func startGiteaRunner(b *testing.B, g *harness.Gitea, token, label string, fetchInterval time.Duration) *harness.Process {
 	b.Helper()
-	bin := giteaRunnerBinary(b)
-	dir := b.TempDir()
-	config := filepath.Join(dir, "config.yaml")
-	os.WriteFile(config, []byte(fmt.Sprintf(`log:
+	return startGiteaRunnerWith(b, g, token, label, func(dir string) string {
+		return fmt.Sprintf(`log:
   level: info
 runner:
   file: %s/.runner
@@ -50,10 +48,23 @@ container:
   force_pull: false
 host:
   workdir_parent: %s/host
-`, dir, fetchInterval, dir)), 0o644)
-	harness.MustRun(b, nil, dir, bin, "register", "--no-interactive", "--config", config,
+`, dir, fetchInterval, dir)
+	})
+}
+
+// startGiteaRunnerWith registers and runs Gitea's runner with the
+// configuration that config writes for its directory.
+func startGiteaRunnerWith(b *testing.B, g *harness.Gitea, token, label string, config func(dir string) string) *harness.Process {
+	b.Helper()
+	bin := giteaRunnerBinary(b)
+	dir := b.TempDir()
+	configFile := filepath.Join(dir, "config.yaml")
+	if err := os.WriteFile(configFile, []byte(config(dir)), 0o644); err != nil {
+		b.Fatal(err)
+	}
+	harness.MustRun(b, nil, dir, bin, "register", "--no-interactive", "--config", configFile,
 		"--instance", g.URL, "--token", token, "--name", "gitea-runner-bench", "--labels", label)
-	cmd := exec.Command(bin, "daemon", "--config", config)
+	cmd := exec.Command(bin, "daemon", "--config", configFile)
 	cmd.Dir = dir
 	proc, err := harness.StartProcess("Gitea's runner", cmd, filepath.Join(dir, "runner.log"))
 	if err != nil {

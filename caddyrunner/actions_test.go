@@ -44,3 +44,22 @@ func TestActionClonesDir(t *testing.T) {
 		t.Error("a trailing slash changes the clone directory")
 	}
 }
+
+func TestCloneURL(t *testing.T) {
+	for uses, want := range map[string]string{
+		"actions/checkout@v4":                   "https://github.com/actions/checkout",
+		"actions/cache/restore@v4":              "https://github.com/actions/cache",
+		"https://git.example.org/ci/hello@v1":   "https://git.example.org/ci/hello",
+		"http://127.0.0.1:3000/ci/hello/sub@v1": "http://127.0.0.1:3000/ci/hello",
+		"https://git.example.org":               "",
+		"nothing":                               "",
+	} {
+		got, ok := cloneURL(uses, "https://github.com")
+		if got != want || ok != (want != "") {
+			t.Errorf("cloneURL(%q) = %q, %v; want %q", uses, got, ok, want)
+		}
+	}
+	if got, _ := cloneURL("ci/hello@v1", "git.example.org"); got != "https://git.example.org/ci/hello" {
+		t.Errorf("a default actions URL without a scheme gave %q", got)
+	}
+}

@@ -131,6 +131,16 @@ func (d *daemon) execute(ctx context.Context, task *runnerv1.Task, s *settings, 
 		hideCaddyEnv(env)
 	}
 
+	clonesDir := actionClonesDir(s.actionCacheDir, d.instance, defaultActions)
+	actionURL := defaultActions
+	if actionURL == "" {
+		actionURL = d.instance
+	}
+	offline, notes := keptClonesOnly(ctx, job.Steps, actionURL, clonesDir)
+	for _, note := range notes {
+		rep.logf("%s", note)
+	}
+
 	cfg := &runner.Config{
 		Workdir:               "/" + strings.Trim(s.workdirParent, "/") + "/" + preset.Repository,
 		ReuseContainers:       false,
@@ -154,7 +164,8 @@ func (d *daemon) execute(ctx context.Context, task *runnerv1.Task, s *settings, 
 		DefaultActionInstance: defaultActions,
 		PlatformPicker:        s.labels.pickPlatform,
 		ValidVolumes:          validVolumes,
-		ActionCacheDir:        actionClonesDir(s.actionCacheDir, d.instance, defaultActions),
+		ActionCacheDir:        clonesDir,
+		ActionOfflineMode:     offline,
 	}
 	r, err := runner.New(cfg)
 	if err != nil {

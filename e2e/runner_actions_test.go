@@ -101,8 +101,9 @@ jobs:
 `, "SCRIPTS", scripts)
 }
 
-// actionsWorkflow uses a composite and a JavaScript action kept in Gitea,
-// with inputs and outputs crossing steps.
+// actionsWorkflow uses a composite, a JavaScript and a Docker action kept
+// in Gitea, with inputs and outputs crossing steps, then an action in the
+// workspace.
 const actionsWorkflow = `on:
   push:
     branches: [main]
@@ -119,6 +120,24 @@ jobs:
         with:
           text: ${{ steps.hello.outputs.greeting }}
       - run: echo "actions said ${{ steps.upper.outputs.upper }}"
+      - uses: ci/docker-action@v1
+        with:
+          text: ${{ steps.upper.outputs.upper }}
+      - run: |
+          mkdir -p .local-action
+          printf 'name: local\nruns:\n  using: composite\n  steps:\n    - shell: sh\n      run: echo local action ran\n' > .local-action/action.yml
+      - uses: ./.local-action
+`
+
+// dockerAction runs the busybox job image with the input in its arguments.
+const dockerAction = `name: docker
+inputs:
+  text:
+    required: true
+runs:
+  using: docker
+  image: docker://` + harness.JobImage + `
+  args: ["echo", "docker action says ${{ inputs.text }}"]
 `
 
 // helloAction is a composite action whose greeting names where it came from.
@@ -199,15 +218,19 @@ func actionsCacheCaddyfile(g *harness.Gitea, clients, scripts, cacheRoot, secret
 // host by a job that needs it; a pull request restores the default
 // branch's entries and its own, the default branch never the pull
 // request's, another repository nothing; a finished job's token is
-// refused. Remote composite and JavaScript actions resolve from Gitea.
+// refused. Remote composite, JavaScript and Docker actions resolve from
+// Gitea, and an action in the workspace runs.
 func TestActionsCache(t *testing.T) {
 	clients := harness.ActionsClients(t)
-	harness.NewDocker(t).NodeJobImage()
+	docker := harness.NewDocker(t)
+	docker.NodeJobImage()
+	docker.JobImage()
 	g := harness.StartGitea(t, "")
 	g.CreateRepo("pkgs")
 	g.CreateRepo("other")
 	publishAction(g, "hello-action", map[string]string{"action.yml": helloAction("gitea")})
 	publishAction(g, "upper-action", map[string]string{"action.yml": upperAction, "index.js": upperActionScript})
+	publishAction(g, "docker-action", map[string]string{"action.yml": dockerAction})
 
 	dir := t.TempDir()
 	scripts, tokens := filepath.Join(dir, "scripts"), filepath.Join(dir, "tokens")
@@ -260,7 +283,8 @@ func TestActionsCache(t *testing.T) {
 	expect("push, save", logs["save"], `cache saved: saved-on-push-\d+`, `artifact uploaded: data-blob 3000000 bytes`)
 	expect("push, restore", logs["restore"], `own: HIT saved-on-push-\d+`, `restored byte for byte`,
 		`main entry: HIT saved-on-push-`, `pr entry: MISS`)
-	expect("remote actions", logs["use-actions"], `hello-action from gitea`, `actions said HELLO WORLD`)
+	expect("remote actions", logs["use-actions"], `hello-action from gitea`, `actions said HELLO WORLD`,
+		`docker action says HELLO WORLD`, `local action ran`)
 
 	// Every token but that of a running job is refused.
 	tokenFiles, err := filepath.Glob(filepath.Join(tokens, "push-*"))
@@ -318,7 +342,8 @@ func TestActionsCache(t *testing.T) {
 // TestRemoteActionsFollowGitea runs a job using a remote action, moves
 // Gitea to another port and runs it again, then points the runner at
 // another Gitea whose action of the same name says something else: the
-// cached clones never keep the old address, nor cross instances.
+// cached clones never keep the old address, nor cross instances. An action
+// whose source stops answering runs from its clone.
 func TestRemoteActionsFollowGitea(t *testing.T) {
 	first := harness.StartGitea(t, "")
 	first.CreateRepo("pkgs")
@@ -330,22 +355,26 @@ func TestRemoteActionsFollowGitea(t *testing.T) {
 			Options: []string{"api_token " + g.Token, "scope instance", "fetch_interval 500ms", "work_dir " + workDir},
 		}}.String()
 	}
-	workflow := func(name string) string {
+	workflow := func(name, uses string) string {
 		return `on: [push]
 jobs:
   ` + name + `:
     runs-on: e2e
     steps:
       - id: hello
-        uses: ci/hello-action@v1
+        uses: ` + uses + `
         with:
           who: ` + name + `
       - run: echo "said ${{ steps.hello.outputs.greeting }}"
 `
 	}
-	runOn := func(g *harness.Gitea, name string) string {
+	runOn := func(g *harness.Gitea, name string, uses ...string) string {
 		t.Helper()
-		run := g.WaitRun("pkgs", g.CommitWorkflow("pkgs", name+".yml", workflow(name)), 3*time.Minute, harness.Completed)
+		action := "ci/hello-action@v1"
+		if len(uses) > 0 {
+			action = uses[0]
+		}
+		run := g.WaitRun("pkgs", g.CommitWorkflow("pkgs", name+".yml", workflow(name, action)), 3*time.Minute, harness.Completed)
 		log := g.JobLog("pkgs", g.Jobs("pkgs", run.ID)[0].ID)
 		if run.Conclusion != "success" {
 			t.Fatalf("the job %s concluded %s:\n%s", name, run.Conclusion, log)
@@ -374,5 +403,17 @@ jobs:
 	log := runOn(second, "elsewhere")
 	if !strings.Contains(log, "hello-action from the second gitea") || strings.Contains(log, "the first gitea") {
 		t.Fatalf("a job of the second Gitea ran another instance's action:\n%s", log)
+	}
+
+	// An action from elsewhere keeps running from its clone once the place
+	// it comes from stops answering.
+	elsewhere := first.URL + "ci/hello-action@v1"
+	if log := runOn(second, "online", elsewhere); !strings.Contains(log, "hello-action from the first gitea") {
+		t.Fatalf("the action from %s did not run:\n%s", elsewhere, log)
+	}
+	first.Stop()
+	log = runOn(second, "offline", elsewhere)
+	if !strings.Contains(log, "hello-action from the first gitea") || !strings.Contains(log, "does not answer") {
+		t.Fatalf("with %s down, the action did not run from its clone:\n%s", elsewhere, log)
 	}
 }
