@@ -24,7 +24,9 @@ func TestMain(m *testing.M) {
 	if err != nil {
 		panic(err)
 	}
-	os.Setenv("XDG_DATA_HOME", data)
+	if err := os.Setenv("XDG_DATA_HOME", data); err != nil {
+		panic(err)
+	}
 	code := m.Run()
 	_ = os.RemoveAll(data)
 	os.Exit(code)

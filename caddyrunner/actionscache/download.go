@@ -23,7 +23,7 @@ type signer struct{ key []byte }
 
 func (s *signer) sign(id int64, expires int64) string {
 	mac := hmac.New(sha256.New, s.key)
-	fmt.Fprintf(mac, "%d\x00%d", id, expires)
+	_, _ = fmt.Fprintf(mac, "%d\x00%d", id, expires)
 	return hex.EncodeToString(mac.Sum(nil))
 }
 
