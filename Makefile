@@ -16,6 +16,10 @@ GITEA_RUNNER_BIN ?= $(CACHE_DIR)/act_runner-$(GITEA_RUNNER_VERSION)
 # Debian sid's Nix, the current one, in a root filesystem of its own.
 NIX_CURRENT_ROOT ?= $(CACHE_DIR)/nix-sid
 
+# The S3 server the end-to-end tests keep caches in.
+VERSITYGW_VERSION := v1.8.0
+VERSITYGW_BIN ?= $(CACHE_DIR)/versitygw-$(VERSITYGW_VERSION)
+
 # The npm packages of the actions toolkit that jobs in the end-to-end tests
 # run: the clients of the actions cache and of Gitea's artifact service.
 ACTIONS_CLIENTS := @actions/cache@4.1.0 @actions/artifact@1.1.3 @actions/core@1.11.1
@@ -25,10 +29,10 @@ ACTIONS_CLIENTS_DIR ?= $(CACHE_DIR)/actions-clients-cache4.1.0-artifact1.1.3
 E2E ?=
 TEST_TIMEOUT ?= 60m
 
-export GITEA_BIN GITEA_RUNNER_BIN NIX_CURRENT_ROOT ACTIONS_CLIENTS_DIR
+export GITEA_BIN GITEA_RUNNER_BIN NIX_CURRENT_ROOT ACTIONS_CLIENTS_DIR VERSITYGW_BIN
 export E2E
 
-.PHONY: all build xcaddy run test unit e2e e2e-deps gitea nix-current actions-clients act-runner fmt lint vet fuzz bench clean
+.PHONY: all build xcaddy run test unit e2e e2e-deps gitea nix-current actions-clients versitygw act-runner fmt lint vet fuzz bench clean
 
 all: build
 
@@ -54,10 +58,10 @@ test: build xcaddy e2e-deps
 unit:
 	$(GO) test -count=1 -short ./...
 
-## e2e-deps: build the Gitea server and the current-Nix root the end-to-end
-## tests run, and install the actions toolkit's npm clients (cached in
-## $(CACHE_DIR))
-e2e-deps: gitea nix-current actions-clients
+## e2e-deps: build the Gitea server, the S3 server and the current-Nix root
+## the end-to-end tests run, and install the actions toolkit's npm clients
+## (cached in $(CACHE_DIR))
+e2e-deps: gitea versitygw nix-current actions-clients
 
 # The binary's name carries the version, so an existing file is never stale.
 gitea:
@@ -77,6 +81,15 @@ nix-current:
 		e2e/tools/nix-current-root "$(NIX_CURRENT_ROOT)"; \
 	else \
 		echo "not building the current-Nix root: needs root and debootstrap"; \
+	fi
+
+versitygw:
+	@if [ ! -x "$(VERSITYGW_BIN)" ]; then \
+		echo "building versitygw $(VERSITYGW_VERSION) into $(VERSITYGW_BIN)"; \
+		mkdir -p "$(dir $(VERSITYGW_BIN))" && \
+		cd e2e/tools/versitygw && CGO_ENABLED=0 $(GO) build -o "$(VERSITYGW_BIN).tmp" \
+			github.com/versity/versitygw/cmd/versitygw && \
+		mv "$(VERSITYGW_BIN).tmp" "$(VERSITYGW_BIN)"; \
 	fi
 
 # Without npm the actions cache tests skip (and fail under E2E=require).
