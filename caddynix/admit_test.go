@@ -74,7 +74,7 @@ func TestOneNarinfoRule(t *testing.T) {
 			if served := serve(t, h, http.MethodGet, "/"+p.hash+".narinfo").Code == http.StatusOK; served != tc.ok {
 				t.Errorf("served=%v, want %v", served, tc.ok)
 			}
-			report, err := verifyCache(h.root, verifyOptions{narHash: true})
+			report, err := verifyDir(t, h.root, verifyOptions{narHash: true})
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -48,6 +48,18 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	        interval <duration>      # default 1h
 //	    }
 //	    index_file      <file>
+//	    storage s3 {                  # instead of root
+//	        bucket                 <name>
+//	        prefix                 <prefix>
+//	        endpoint               <url>
+//	        region                 <region>
+//	        path_style
+//	        access_key_id          <id>
+//	        secret_access_key      <secret>
+//	        secret_access_key_file <file>
+//	        part_size              <size>
+//	        abandon_uploads_after  <duration>
+//	    }
 //	}
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // the directive name
@@ -83,6 +95,10 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 		case "retention":
 			if err := h.unmarshalRetention(d); err != nil {
+				return err
+			}
+		case "storage":
+			if err := h.unmarshalStorage(d); err != nil {
 				return err
 			}
 		case "generate_key":
@@ -186,6 +202,63 @@ func (h *Handler) unmarshalRetention(d *caddyfile.Dispenser) error {
 			return err
 		}
 	}
+	return nil
+}
+
+// unmarshalStorage parses `storage s3 { … }`.
+func (h *Handler) unmarshalStorage(d *caddyfile.Dispenser) error {
+	if !d.NextArg() || d.Val() != "s3" {
+		return d.Errf("nix_cache: storage takes a kind of storage: `storage s3 { … }`")
+	}
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	c := new(S3Config)
+	text := map[string]*string{
+		"bucket": &c.Bucket, "prefix": &c.Prefix, "endpoint": &c.Endpoint, "region": &c.Region,
+		"access_key_id": &c.AccessKeyID, "secret_access_key": &c.SecretAccessKey, "secret_access_key_file": &c.SecretAccessKeyFile,
+	}
+	seen := map[string]bool{}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		option := d.Val()
+		if seen[option] {
+			return d.Errf("nix_cache: storage s3: %s given more than once", option)
+		}
+		seen[option] = true
+		if option == "path_style" {
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			c.PathStyle = true
+			continue
+		}
+		value, err := caddyutil.SingleArg(d)
+		if err != nil {
+			return err
+		}
+		if target, ok := text[option]; ok {
+			*target = value
+			continue
+		}
+		switch option {
+		case "part_size":
+			if c.PartSize, err = parseSize(d, option, value); err != nil {
+				return err
+			}
+		case "abandon_uploads_after":
+			age, err := caddy.ParseDuration(value)
+			if err != nil || age <= 0 {
+				return d.Errf("nix_cache: storage s3: abandon_uploads_after %q is not a positive duration such as 6h", value)
+			}
+			c.AbandonUploadsAfter = caddy.Duration(age)
+		default:
+			return d.Errf("nix_cache: unknown storage s3 option %q (bucket, prefix, endpoint, region, path_style, access_key_id, secret_access_key, secret_access_key_file, part_size, abandon_uploads_after)", option)
+		}
+	}
+	if c.Bucket == "" || c.Endpoint == "" {
+		return d.Errf("nix_cache: storage s3 needs a bucket and an endpoint")
+	}
+	h.Storage = &StorageConfig{S3: c}
 	return nil
 }
 

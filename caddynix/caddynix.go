@@ -19,7 +19,6 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/cargoxx-pkgs/runner/caddynix/storage"
-	"github.com/cargoxx-pkgs/runner/caddynix/storage/dir"
 	"github.com/cargoxx-pkgs/runner/caddynix/storage/index"
 	"github.com/cargoxx-pkgs/runner/internal/nixfmt"
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
@@ -45,8 +44,13 @@ type Handler struct {
 
 	// Root is the cache directory, in the layout that `nix copy --to
 	// file://DIR` writes. It is created when missing. Placeholders such as
-	// {env.CACHE_ROOT} are expanded. Required. Caddyfile: `root`.
+	// {env.CACHE_ROOT} are expanded. Required unless Storage names a
+	// bucket. Caddyfile: `root`.
 	Root string `json:"root,omitempty"`
+
+	// Storage keeps the cache in an S3-compatible bucket instead of a
+	// directory; then Root is left out. Caddyfile: `storage s3 { … }`.
+	Storage *StorageConfig `json:"storage,omitempty"`
 
 	// SecretKeyFiles are the cache's signing keys, in the format of
 	// `nix-store --generate-binary-cache-key` (`name:base64`). Every key
@@ -134,20 +138,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		want := true
 		h.WantMassQuery = &want
 	}
-	if h.root == "" {
-		return errors.New("nix_cache: root is required: set it to the cache directory, e.g. `root cache/store`")
-	}
-	abs, err := filepath.Abs(h.root)
-	if err != nil {
-		return fmt.Errorf("nix_cache: resolving root %q: %w", h.root, err)
-	}
-	h.root = abs
-	if err := os.MkdirAll(h.root, 0o755); err != nil {
-		return fmt.Errorf("nix_cache: creating cache root %s: %w", h.root, err)
-	}
-	h.store, err = dir.Open(h.root)
-	if err != nil {
-		return fmt.Errorf("nix_cache: cache root %s: %w", h.root, err)
+	var err error
+	if h.store, h.root, err = openStore(ctx, repl, h.root, h.Storage); err != nil {
+		return fmt.Errorf("nix_cache: %w", err)
 	}
 	if data, err := storage.ReadAll(ctx, h.store, "nix-cache-info", maxSmallDocSize); err == nil {
 		if stored := storedStoreDir(data); stored != "" && stored != h.StoreDir {

@@ -90,7 +90,7 @@ func TestCollectKeepsClosuresWholeAndRecentPaths(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(h.root, old.narURL())); !os.IsNotExist(err) {
 		t.Errorf("old's NAR is still there: %v", err)
 	}
-	clean, err := verifyCache(h.root, verifyOptions{narHash: true})
+	clean, err := verifyDir(t, h.root, verifyOptions{narHash: true})
 	if err != nil || len(clean.problems) > 0 {
 		t.Fatalf("verify after collecting: %v %v", err, clean.problems)
 	}
@@ -192,7 +192,7 @@ func TestCollectRacesUploads(t *testing.T) {
 	time.Sleep(200 * time.Millisecond)
 	cancel()
 	wg.Wait()
-	report, err := verifyCache(h.root, verifyOptions{narHash: true})
+	report, err := verifyDir(t, h.root, verifyOptions{narHash: true})
 	if err != nil || len(report.problems) > 0 {
 		t.Fatalf("verify after racing: %v %v", err, report.problems)
 	}
@@ -408,7 +408,7 @@ func TestDeletePathWithReferrers(t *testing.T) {
 			t.Errorf("%s is still there", p.name)
 		}
 	}
-	if clean, err := verifyCache(h.root, verifyOptions{}); err != nil || len(clean.problems) > 0 || clean.narinfos != 0 {
+	if clean, err := verifyDir(t, h.root, verifyOptions{}); err != nil || len(clean.problems) > 0 || clean.narinfos != 0 {
 		t.Fatalf("verify after deleting: %v %+v", err, clean)
 	}
 }

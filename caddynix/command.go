@@ -65,11 +65,11 @@ func keygenCommand() *cobra.Command {
 }
 
 func verifyCommand() *cobra.Command {
-	var root string
+	var root, s3URL string
 	var publicKeyFiles []string
 	var narHash bool
 	cmd := &cobra.Command{
-		Use:   "verify --root <dir> [--public-key <file>]… [--nar-hash]",
+		Use:   "verify --root <dir> | --s3 <bucket URL> [--public-key <file>]… [--nar-hash]",
 		Short: "Checks a binary cache directory's integrity",
 		Long: `Checks every narinfo in a file:// binary cache directory: it parses and
 describes the path its name says, its NAR is present and matches FileHash
@@ -81,9 +81,6 @@ uploads in progress are listed as notes; they do not make the cache unclean.`,
 		Example: "caddy nix-cache verify --root cache/store --public-key cache/cache.pub --nar-hash",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if root == "" {
-				return errors.New("--root is required")
-			}
 			opts := verifyOptions{narHash: narHash}
 			for _, file := range publicKeyFiles {
 				data, err := os.ReadFile(file)
@@ -96,7 +93,12 @@ uploads in progress are listed as notes; they do not make the cache unclean.`,
 				}
 				opts.publicKeys = append(opts.publicKeys, key)
 			}
-			report, err := verifyCache(root, opts)
+			store, location, err := openCommandStore(cmd.Context(), root, s3URL)
+			if err != nil {
+				return err
+			}
+			defer func() { _ = store.Close() }()
+			report, err := verifyCache(cmd.Context(), store, opts)
 			if err != nil {
 				return err
 			}
@@ -109,12 +111,13 @@ uploads in progress are listed as notes; they do not make the cache unclean.`,
 			}
 			_, _ = fmt.Fprintf(out, "%d narinfos checked, %d problems\n", report.narinfos, len(report.problems))
 			if len(report.problems) > 0 {
-				return fmt.Errorf("the cache in %s has %d problems", root, len(report.problems))
+				return fmt.Errorf("the cache in %s has %d problems", location, len(report.problems))
 			}
 			return nil
 		},
 	}
 	cmd.Flags().StringVar(&root, "root", "", "the cache directory")
+	cmd.Flags().StringVar(&s3URL, "s3", "", "the cache's bucket: s3://BUCKET[/PREFIX]?endpoint=URL[&region=R][&addressing-style=path], credentials in AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
 	cmd.Flags().StringArrayVar(&publicKeyFiles, "public-key", nil, "a public key file; signatures under its name must verify (repeatable)")
 	cmd.Flags().BoolVar(&narHash, "nar-hash", false, "also decompress every NAR and check NarHash and NarSize")
 	return cmd

@@ -12,6 +12,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/cargoxx-pkgs/runner/caddynix/storage/dir"
 	"github.com/cargoxx-pkgs/runner/internal/nixfmt"
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
 )
@@ -235,4 +236,16 @@ func TestHandlerRefusesEmptySuffixRanges(t *testing.T) {
 				rec.Header().Get("Content-Range"), rec.Body, want.status, want.contentRange, want.body)
 		}
 	}
+}
+
+// verifyDir runs the checks of `caddy nix-cache verify` on a cache
+// directory.
+func verifyDir(t *testing.T, root string, opts verifyOptions) (*verifyReport, error) {
+	t.Helper()
+	store, err := dir.Open(root)
+	if err != nil {
+		return nil, err
+	}
+	defer func() { _ = store.Close() }()
+	return verifyCache(t.Context(), store, opts)
 }

@@ -10,13 +10,11 @@ import (
 	"net/url"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	caddycmd "github.com/caddyserver/caddy/v2/cmd"
 	"github.com/cargoxx-pkgs/runner/caddynix/storage"
-	"github.com/cargoxx-pkgs/runner/caddynix/storage/dir"
 	"github.com/cargoxx-pkgs/runner/caddynix/storage/index"
 	"github.com/spf13/cobra"
 )
@@ -24,12 +22,13 @@ import (
 // target is the cache a command works on: a directory no caddy serves, or
 // a cache of a running caddy, reached through its admin endpoint.
 type target struct {
-	root, indexFile string
-	address, cache  string
+	root, s3, indexFile string
+	address, cache      string
 }
 
 func (t *target) flags(cmd *cobra.Command) {
 	cmd.Flags().StringVar(&t.root, "root", "", "the cache directory, when no running caddy serves it")
+	cmd.Flags().StringVar(&t.s3, "s3", "", "the cache's bucket, when no running caddy serves it: s3://BUCKET[/PREFIX]?endpoint=URL[&region=R][&addressing-style=path], credentials in AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
 	cmd.Flags().StringVar(&t.indexFile, "index", "", "the cache's index file, when its nix_cache sets index_file (with --root)")
 	cmd.Flags().StringVar(&t.address, "address", "", "the admin endpoint of the caddy serving the cache, e.g. unix//run/caddy/admin.sock")
 	cmd.Flags().StringVar(&t.cache, "cache", "", "with --address: the cache's name or root, when that caddy serves several")
@@ -40,8 +39,8 @@ func (t *target) run(cmd *cobra.Command, name string, params url.Values) error {
 	op := operations[name]
 	out := cmd.OutOrStdout()
 	switch {
-	case t.address != "" && t.root != "":
-		return errors.New("give either --root or --address, not both")
+	case t.address != "" && (t.root != "" || t.s3 != ""):
+		return errors.New("give either --root or --s3, or --address, not both")
 	case t.address != "":
 		if t.cache != "" {
 			params.Set("cache", t.cache)
@@ -61,8 +60,8 @@ func (t *target) run(cmd *cobra.Command, name string, params url.Values) error {
 		}
 		_, err = out.Write(body)
 		return err
-	case t.root == "":
-		return errors.New("--root (a cache no running caddy serves) or --address (the admin endpoint of the caddy serving it) is required")
+	case t.root == "" && t.s3 == "":
+		return errors.New("--root or --s3 (a cache no running caddy serves) or --address (the admin endpoint of the caddy serving it) is required")
 	}
 	c, closeCache, err := t.openOffline()
 	if err != nil {
@@ -80,13 +79,9 @@ func (t *target) run(cmd *cobra.Command, name string, params url.Values) error {
 	return enc.Encode(result)
 }
 
-// openOffline opens a cache directory and its index in this process.
+// openOffline opens a cache and its index in this process.
 func (t *target) openOffline() (*collector, func(), error) {
-	root, err := filepath.Abs(t.root)
-	if err != nil {
-		return nil, nil, err
-	}
-	store, err := dir.Open(root)
+	store, root, err := openCommandStore(context.Background(), t.root, t.s3)
 	if err != nil {
 		return nil, nil, err
 	}

@@ -3,6 +3,7 @@ package caddynix
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io/fs"
 	"mime"
 	"net/http"
@@ -37,7 +38,7 @@ func (h *Handler) serveFile(w http.ResponseWriter, r *http.Request, req cacheReq
 			// Anyone can ask for it, so it must not fill the error log.
 			h.logger.Debug("not following a name out of the cache root", zap.String("file", req.file), zap.Error(err))
 		default:
-			h.logger.Error("opening cache file", zap.String("file", req.file), zap.Error(err))
+			return h.storageFailure("opening cache file", req.file, err)
 		}
 		return caddyhttp.Error(http.StatusNotFound, nil)
 	}
@@ -64,6 +65,14 @@ func (h *Handler) serveFile(w http.ResponseWriter, r *http.Request, req cacheReq
 	return nil
 }
 
+// storageFailure answers a request whose object the storage could not
+// tell about, for example an S3 server that does not answer: a 503, never
+// a 404 that a client would remember as a miss.
+func (h *Handler) storageFailure(what, file string, err error) error {
+	h.logger.Error(what, zap.String("file", file), zap.Error(err))
+	return caddyhttp.Error(http.StatusServiceUnavailable, fmt.Errorf("the cache's storage failed: %w", err))
+}
+
 // serveNarInfo serves a narinfo signed by every configured key. A narinfo
 // that does not parse, or that describes another path than the one asked
 // for, is logged and answered as missing: a client then builds the path
@@ -73,19 +82,24 @@ func (h *Handler) serveNarInfo(w http.ResponseWriter, r *http.Request, req cache
 	// the file is opened only to sign it again.
 	info, err := h.store.Stat(r.Context(), req.file)
 	if err != nil {
-		narinfoLookups.WithLabelValues("missing").Inc()
 		if !errors.Is(err, fs.ErrNotExist) {
-			h.logger.Error("opening narinfo", zap.String("file", req.file), zap.Error(err))
+			return h.storageFailure("opening narinfo", req.file, err)
 		}
+		narinfoLookups.WithLabelValues("missing").Inc()
 		return caddyhttp.Error(http.StatusNotFound, nil)
 	}
+	var readErr error
 	body, err := h.narinfos.get(req.file, info.Version, func() ([]byte, error) {
 		data, err := storage.ReadAll(r.Context(), h.store, req.file, nixfmt.MaxNarInfoSize)
 		if err != nil {
+			readErr = err
 			return nil, err
 		}
 		return h.signedNarInfo(data, req.hash)
 	})
+	if readErr != nil && !errors.Is(readErr, fs.ErrNotExist) {
+		return h.storageFailure("reading narinfo", req.file, readErr)
+	}
 	if err != nil {
 		narinfoLookups.WithLabelValues("missing").Inc()
 		h.logger.Error("serving narinfo as missing", zap.String("file", req.file), zap.Error(err))

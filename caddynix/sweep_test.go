@@ -41,7 +41,7 @@ func TestSweepRemovesDeadWritersLeftovers(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	report, err := verifyCache(root, verifyOptions{})
+	report, err := verifyDir(t, root, verifyOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -213,7 +213,7 @@ func TestUploadDropsSignaturesUnderTheCachesKeyNames(t *testing.T) {
 	if strings.Contains(string(stored), forged.String()) || !strings.Contains(string(stored), kept.String()) {
 		t.Fatalf("stored narinfo should keep the client's signature and drop the one under the cache's name:\n%s", stored)
 	}
-	report, err := verifyCache(h.root, verifyOptions{publicKeys: []signature.PublicKey{public, clientPublic}})
+	report, err := verifyDir(t, h.root, verifyOptions{publicKeys: []signature.PublicKey{public, clientPublic}})
 	if err != nil || len(report.problems) != 0 {
 		t.Fatalf("verify --public-key after the upload: %v %v", err, report.problems)
 	}
@@ -364,7 +364,7 @@ func TestVerifyFindsBrokenNars(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(root, p.hash+".narinfo"), []byte(p.narinfo("")), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	report, err := verifyCache(root, verifyOptions{narHash: true})
+	report, err := verifyDir(t, root, verifyOptions{narHash: true})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -10,7 +10,6 @@ import (
 	"strings"
 
 	"github.com/cargoxx-pkgs/runner/caddynix/storage"
-	"github.com/cargoxx-pkgs/runner/caddynix/storage/dir"
 	"github.com/cargoxx-pkgs/runner/internal/nixfmt"
 
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
@@ -38,13 +37,7 @@ type verifyReport struct {
 // FileSize it states (and, with narHash, the NarHash and NarSize), its
 // references are present, and its signatures under the given keys verify.
 // NARs that no narinfo names are listed as notes.
-func verifyCache(root string, opts verifyOptions) (*verifyReport, error) {
-	ctx := context.Background()
-	store, err := dir.Open(root)
-	if err != nil {
-		return nil, err
-	}
-	defer func() { _ = store.Close() }()
+func verifyCache(ctx context.Context, store storage.Store, opts verifyOptions) (*verifyReport, error) {
 	entries, err := store.List(ctx, "")
 	if err != nil {
 		return nil, fmt.Errorf("listing the cache: %w", err)
@@ -81,9 +74,11 @@ func verifyCache(root string, opts verifyOptions) (*verifyReport, error) {
 			report.notes = append(report.notes, "orphaned NAR (no narinfo names it): "+nar.Name)
 		}
 	}
-	live, abandoned, err := store.Temporaries()
-	if err != nil {
-		return nil, fmt.Errorf("listing uploads in progress: %w", err)
+	var live, abandoned []string
+	if lister, ok := store.(storage.TemporaryLister); ok {
+		if live, abandoned, err = lister.Temporaries(ctx); err != nil {
+			return nil, fmt.Errorf("listing uploads in progress: %w", err)
+		}
 	}
 	for _, name := range live {
 		report.notes = append(report.notes, "upload in progress: "+name)

@@ -97,6 +97,12 @@ type Sweeper interface {
 	RemoveAbandoned(ctx context.Context) ([]string, error)
 }
 
+// TemporaryLister is a Store that can list what its writers hold: the
+// uploads of live writers, and what dead ones left behind.
+type TemporaryLister interface {
+	Temporaries(ctx context.Context) (live, abandoned []string, err error)
+}
+
 // UseRecorder is a Store that can note on an object when it was last used,
 // so that retention's use times outlive the index.
 type UseRecorder interface {

@@ -202,7 +202,7 @@ func (s *Store) Close() error { return s.root.Close() }
 
 // Temporaries lists the temporary files of uploads in the layout's
 // directories: those a live writer holds, and those whose writer died.
-func (s *Store) Temporaries() (live, abandoned []string, err error) {
+func (s *Store) Temporaries(context.Context) (live, abandoned []string, err error) {
 	for _, dir := range layoutDirs {
 		entries, err := fs.ReadDir(s.root.FS(), dir)
 		if errors.Is(err, fs.ErrNotExist) {
@@ -228,8 +228,8 @@ func (s *Store) Temporaries() (live, abandoned []string, err error) {
 
 // RemoveAbandoned removes the temporary files whose writer died and
 // returns their names.
-func (s *Store) RemoveAbandoned(_ context.Context) ([]string, error) {
-	_, abandoned, err := s.Temporaries()
+func (s *Store) RemoveAbandoned(ctx context.Context) ([]string, error) {
+	_, abandoned, err := s.Temporaries(ctx)
 	if err != nil {
 		return nil, err
 	}

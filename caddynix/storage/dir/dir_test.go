@@ -154,7 +154,7 @@ func TestRemoveAbandonedKeepsLiveUploads(t *testing.T) {
 	if err := os.WriteFile(dead, []byte("left by a crash"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	liveNames, abandoned, err := s.Temporaries()
+	liveNames, abandoned, err := s.Temporaries(t.Context())
 	if err != nil || len(liveNames) != 1 || len(abandoned) != 1 || abandoned[0] != "nar/"+filepath.Base(dead) {
 		t.Fatalf("Temporaries: live %v, abandoned %v, %v", liveNames, abandoned, err)
 	}

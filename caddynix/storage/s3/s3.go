@@ -45,6 +45,11 @@ type Config struct {
 	// PartSize is the size of the parts of a multipart upload, which is
 	// what an upload holds in memory; default 16 MiB, at least 5 MiB.
 	PartSize int64
+	// AbandonedAfter is how old an unfinished multipart upload must be for
+	// RemoveAbandoned to take it for a killed writer's and abort it: longer
+	// than any upload still running takes, on this node or another. Default:
+	// 6 hours.
+	AbandonedAfter time.Duration
 }
 
 // Default and smallest part sizes; S3 takes at most 10,000 parts, so 16
@@ -54,19 +59,16 @@ const (
 	minPartSize     = 5 << 20
 )
 
-// abandonedAfter is how old an unfinished multipart upload must be before
-// RemoveAbandoned aborts it: older than any upload still running, on this
-// node or another.
-const abandonedAfter = 6 * time.Hour
+// defaultAbandonedAfter is Config.AbandonedAfter's default.
+const defaultAbandonedAfter = 6 * time.Hour
 
 // Store is a cache in a bucket.
 type Store struct {
-	core     minio.Core
-	bucket   string
-	prefix   string
-	partSize int64
-	location string
-	// abandonedAfter is abandonedAfter, but in tests.
+	core           minio.Core
+	bucket         string
+	prefix         string
+	partSize       int64
+	location       string
 	abandonedAfter time.Duration
 }
 
@@ -92,6 +94,9 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	case cfg.PartSize < minPartSize:
 		return nil, fmt.Errorf("part size %d is below S3's minimum of 5 MiB", cfg.PartSize)
 	}
+	if cfg.AbandonedAfter <= 0 {
+		cfg.AbandonedAfter = defaultAbandonedAfter
+	}
 	lookup := minio.BucketLookupAuto
 	if cfg.PathStyle {
 		lookup = minio.BucketLookupPath
@@ -110,7 +115,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		bucket:         cfg.Bucket,
 		prefix:         strings.TrimPrefix(cfg.Prefix, "/"),
 		partSize:       cfg.PartSize,
-		abandonedAfter: abandonedAfter,
+		abandonedAfter: cfg.AbandonedAfter,
 		location:       "s3://" + cfg.Bucket + "/" + strings.TrimPrefix(cfg.Prefix, "/") + "?endpoint=" + cfg.Endpoint,
 	}
 	if s.prefix != "" && !strings.HasSuffix(s.prefix, "/") {
@@ -195,31 +200,58 @@ func (s *Store) List(ctx context.Context, dir string) ([]storage.Info, error) {
 // Close releases nothing: the client holds only idle connections.
 func (s *Store) Close() error { return nil }
 
+// Temporaries lists the unfinished multipart uploads below the prefix: live
+// ones, and those old enough to be a killed writer's.
+func (s *Store) Temporaries(ctx context.Context) (live, abandoned []string, err error) {
+	err = s.eachUpload(ctx, func(up minio.ObjectMultipartInfo) error {
+		name := strings.TrimPrefix(up.Key, s.prefix)
+		if time.Since(up.Initiated) < s.abandonedAfter {
+			live = append(live, name)
+		} else {
+			abandoned = append(abandoned, name)
+		}
+		return nil
+	})
+	return live, abandoned, err
+}
+
+// eachUpload calls f with every unfinished multipart upload below the
+// prefix.
+func (s *Store) eachUpload(ctx context.Context, f func(minio.ObjectMultipartInfo) error) error {
+	keyMarker, uploadMarker := "", ""
+	for {
+		result, err := s.core.ListMultipartUploads(ctx, s.bucket, s.prefix, keyMarker, uploadMarker, "", 1000)
+		if err != nil {
+			return fmt.Errorf("listing unfinished uploads: %w", err)
+		}
+		for _, up := range result.Uploads {
+			if err := f(up); err != nil {
+				return err
+			}
+		}
+		if !result.IsTruncated {
+			return nil
+		}
+		keyMarker, uploadMarker = result.NextKeyMarker, result.NextUploadIDMarker
+	}
+}
+
 // RemoveAbandoned aborts the multipart uploads below the prefix that were
 // started long enough ago that no writer is still at them: those of a
 // process that was killed.
 func (s *Store) RemoveAbandoned(ctx context.Context) ([]string, error) {
 	var removed []string
-	keyMarker, uploadMarker := "", ""
-	for {
-		result, err := s.core.ListMultipartUploads(ctx, s.bucket, s.prefix, keyMarker, uploadMarker, "", 1000)
-		if err != nil {
-			return removed, fmt.Errorf("listing unfinished uploads: %w", err)
+	err := s.eachUpload(ctx, func(up minio.ObjectMultipartInfo) error {
+		if time.Since(up.Initiated) < s.abandonedAfter {
+			return nil
 		}
-		for _, up := range result.Uploads {
-			if time.Since(up.Initiated) < s.abandonedAfter {
-				continue
-			}
-			if err := s.core.AbortMultipartUpload(ctx, s.bucket, up.Key, up.UploadID); err != nil && minio.ToErrorResponse(err).Code != minio.NoSuchUpload {
-				return removed, fmt.Errorf("aborting the unfinished upload of %s: %w", up.Key, err)
-			}
-			removed = append(removed, strings.TrimPrefix(up.Key, s.prefix))
+		if err := s.core.AbortMultipartUpload(ctx, s.bucket, up.Key, up.UploadID); err != nil && minio.ToErrorResponse(err).Code != minio.NoSuchUpload {
+			return fmt.Errorf("aborting the unfinished upload of %s: %w", up.Key, err)
 		}
-		if !result.IsTruncated {
-			return removed, nil
-		}
-		keyMarker, uploadMarker = result.NextKeyMarker, result.NextUploadIDMarker
-	}
+		removed = append(removed, strings.TrimPrefix(up.Key, s.prefix))
+		return nil
+	})
+	return removed, err
 }
 
 // contentType is what `nix copy --to s3://` stores objects with.
@@ -488,8 +520,9 @@ func (u *upload) Abort() {
 
 // Interface guards
 var (
-	_ storage.Store   = (*Store)(nil)
-	_ storage.Sweeper = (*Store)(nil)
-	_ storage.Upload  = (*upload)(nil)
-	_ storage.Object  = (*object)(nil)
+	_ storage.Store           = (*Store)(nil)
+	_ storage.Sweeper         = (*Store)(nil)
+	_ storage.TemporaryLister = (*Store)(nil)
+	_ storage.Upload          = (*upload)(nil)
+	_ storage.Object          = (*object)(nil)
 )
