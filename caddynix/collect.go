@@ -20,6 +20,8 @@ type collector struct {
 	logger   *zap.Logger
 	// cache labels the metrics.
 	cache string
+	// lease is the collection lease of a shared storage while it is held.
+	lease *heldLease
 }
 
 // collectReport says what a collection did, or with dryRun would do.
@@ -58,25 +60,33 @@ func (c *collector) collect(ctx context.Context, pol policy, dryRun bool) (*coll
 	if err := c.state.flushServed(); err != nil {
 		return nil, fmt.Errorf("writing served times: %w", err)
 	}
+	if dryRun {
+		return report, c.plannedCollect(ctx, pol, dryRun, report, start)
+	}
+	return report, c.withLease(ctx, func() error { return c.plannedCollect(ctx, pol, dryRun, report, start) })
+}
+
+// plannedCollect is collect's work: index, plan, delete.
+func (c *collector) plannedCollect(ctx context.Context, pol policy, dryRun bool, report *collectReport, start time.Time) error {
 	// Uploads from here on are seen by the deletions below.
 	c.state.track(true)
 	defer c.state.track(false)
 
 	var err error
 	if report.Reconciled, err = c.sync(ctx, false); err != nil {
-		return nil, fmt.Errorf("indexing the cache: %w", err)
+		return fmt.Errorf("indexing the cache: %w", err)
 	}
 	paths, err := c.idx.Paths()
 	if err != nil {
-		return nil, err
+		return err
 	}
 	served, err := c.idx.Served()
 	if err != nil {
-		return nil, err
+		return err
 	}
 	roots, forgotten, err := c.roots(ctx)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	now := time.Now()
 	plan := planRetention(paths, served, roots, pol, now)
@@ -84,7 +94,7 @@ func (c *collector) collect(ctx context.Context, pol policy, dryRun bool) (*coll
 
 	orphans, err := c.orphanNars(ctx, paths, now.Add(-pol.minAge))
 	if err != nil {
-		return nil, err
+		return err
 	}
 	if dryRun {
 		for _, p := range plan.Delete {
@@ -97,23 +107,23 @@ func (c *collector) collect(ctx context.Context, pol policy, dryRun bool) (*coll
 			report.FreedBytes += o.Size
 		}
 		report.Duration = time.Since(start)
-		return report, nil
+		return nil
 	}
 
 	if err := c.forgetRuns(ctx, forgotten); err != nil {
-		return report, err
+		return err
 	}
 	if err := c.deleteOrphans(ctx, orphans, report); err != nil {
-		return report, err
+		return err
 	}
 	freed, err := c.deletePaths(ctx, plan.Delete, plan.Nars, report)
 	report.SizeAfter = plan.SizeBefore - freed
 	if err != nil {
-		return report, err
+		return err
 	}
 	report.Duration = time.Since(start)
 	c.record(report)
-	return report, nil
+	return nil
 }
 
 // roots are the hash parts of the paths whose closures are kept: the pins
@@ -207,6 +217,10 @@ func (c *collector) deletePaths(ctx context.Context, paths []*index.Path, nars [
 	}()
 	for start := 0; start < len(paths); start += deleteBatch {
 		batch := paths[start:min(start+deleteBatch, len(paths))]
+		if err := c.lease.renew(ctx); err != nil {
+			report.FreedBytes += freed
+			return freed, err
+		}
 		err := func() error {
 			c.state.closure.Lock()
 			defer c.state.closure.Unlock()

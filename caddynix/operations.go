@@ -104,13 +104,23 @@ func (c *collector) pathInfo(ctx context.Context, storePath string) (*pathInfo, 
 // deletePath deletes one store path. While paths the cache keeps
 // reference it, it refuses, unless withReferrers, which deletes them too.
 // Pinned paths are never deleted this way: remove the pin first.
-func (c *collector) deletePath(ctx context.Context, storePath string, withReferrers bool) (*collectReport, error) {
+func (c *collector) deletePath(ctx context.Context, storePath string, withReferrers bool) (report *collectReport, err error) {
 	target, err := c.lookup(storePath)
 	if err != nil {
 		return nil, err
 	}
 	c.state.collecting.Lock()
 	defer c.state.collecting.Unlock()
+	err = c.withLease(ctx, func() error {
+		report, err = c.deleteClosureOf(ctx, target, withReferrers)
+		return err
+	})
+	return report, err
+}
+
+// deleteClosureOf is deletePath's work, under the collection lock and
+// lease.
+func (c *collector) deleteClosureOf(ctx context.Context, target index.Path, withReferrers bool) (*collectReport, error) {
 	c.state.track(true)
 	defer c.state.track(false)
 	paths, err := c.idx.Paths()

@@ -3,6 +3,8 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
@@ -167,4 +169,133 @@ func unfinishedUploads(t *testing.T, server *harness.S3) int {
 		n++
 	}
 	return n
+}
+
+// TestCollectionOnOneNodeWhileAnotherServes collects the whole cache on A
+// while a client walks every closure on B: B never answers a narinfo
+// whose references or NAR are gone. A lease held by another node stops a
+// collection.
+func TestCollectionOnOneNodeWhileAnotherServes(t *testing.T) {
+	server := harness.StartS3(t)
+	server.CreateBucket("nix")
+	secret, _ := keygen(t, "s3-gc-1")
+	a, b := s3Node(t, server, secret), s3Node(t, server, secret)
+	nix := harness.NewNix(t, "").Client().Netrc(t, uploadToken)
+	var hashes []string
+	for i := range 6 {
+		closure := nix.BuildClosure(fmt.Sprintf("s3-gc-%d", i), 64<<10)
+		if c := nix.Copy("--to", b.URL()+"/upload?compression=zstd", closure.Top); c.Err != nil {
+			t.Fatalf("nix copy:\n%s", c)
+		}
+		for _, p := range closure.Paths {
+			hashes = append(hashes, strings.SplitN(filepath.Base(p), "-", 2)[0])
+		}
+	}
+
+	// Another node's lease stops the collection, and nothing is deleted.
+	held := fmt.Sprintf(`{"holder":"another node","expires":%q}`, time.Now().Add(time.Hour).UTC().Format(time.RFC3339))
+	if _, err := server.Client().PutObject(context.Background(), "nix", "main/retention/lease", strings.NewReader(held), int64(len(held)), minio.PutObjectOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if body := adminPost(t, a, "/nix-cache/gc?cache=main&max_size=1&min_age=0s"); !strings.Contains(body, "another node collects this cache") {
+		t.Fatalf("a collection under another node's lease answered %s", body)
+	}
+	if resp := do(t, "GET", b.URL()+"/"+hashes[0]+".narinfo", nil); resp.StatusCode != 200 {
+		t.Fatalf("a refused collection deleted %s", hashes[0])
+	}
+	if err := server.Client().RemoveObject(context.Background(), "nix", "main/retention/lease", minio.RemoveObjectOptions{}); err != nil {
+		t.Fatal(err)
+	}
+
+	// A client walks every closure on B while A collects.
+	ctx, stop := context.WithCancel(context.Background())
+	var broken []string
+	var served, walks int
+	walked := make(chan struct{})
+	go func() {
+		defer close(walked)
+		for ctx.Err() == nil {
+			walks++
+			for _, hash := range hashes {
+				if problem, ok := closureProblem(t, b.URL(), hash); ok {
+					served++
+					if problem != "" {
+						broken = append(broken, problem)
+					}
+				}
+			}
+		}
+	}()
+	time.Sleep(200 * time.Millisecond)
+	body := adminPost(t, a, "/nix-cache/gc?cache=main&max_size=1&min_age=0s")
+	time.Sleep(200 * time.Millisecond)
+	stop()
+	<-walked
+	if !strings.Contains(body, `"deleted"`) || strings.Contains(body, `"deleted": null`) || strings.Contains(body, `"deleted":null`) {
+		t.Fatalf("the collection deleted nothing: %s", body)
+	}
+	if len(broken) > 0 {
+		t.Fatalf("B served %d narinfos whose closure was incomplete, e.g. %s", len(broken), broken[0])
+	}
+	t.Logf("the walk saw %d narinfos served in %d walks of %d paths", served, walks, len(hashes))
+	if served == 0 || walks < 2 {
+		t.Fatalf("the walk saw %d narinfos in %d walks: it did not overlap the collection", served, walks)
+	}
+	for _, hash := range hashes {
+		if resp := do(t, "GET", b.URL()+"/"+hash+".narinfo", nil); resp.StatusCode != 404 {
+			t.Fatalf("after the collection B still serves %s", hash)
+		}
+	}
+}
+
+// closureProblem fetches a narinfo from the node at url and, if it is
+// served, its references' narinfos and its NAR. A missing reference or
+// NAR counts only if the narinfo is still served afterwards: deleted in
+// the meantime, it was consistent when it was served. It reports whether
+// the narinfo was served, and what was wrong.
+func closureProblem(t *testing.T, url, hash string) (string, bool) {
+	resp := do(t, "GET", url+"/"+hash+".narinfo", nil)
+	if resp.StatusCode != 200 {
+		return "", false
+	}
+	body, _ := io.ReadAll(resp.Body)
+	_ = resp.Body.Close()
+	var wanted []string
+	for line := range strings.Lines(string(body)) {
+		if refs, ok := strings.CutPrefix(line, "References: "); ok {
+			for _, ref := range strings.Fields(refs) {
+				if ref := strings.SplitN(ref, "-", 2)[0]; ref != hash {
+					wanted = append(wanted, "/"+ref+".narinfo")
+				}
+			}
+		}
+		if nar, ok := strings.CutPrefix(line, "URL: "); ok {
+			wanted = append(wanted, "/"+strings.TrimSpace(nar))
+		}
+	}
+	for _, path := range wanted {
+		resp := do(t, "HEAD", url+path, nil)
+		_ = resp.Body.Close()
+		if resp.StatusCode == 200 {
+			continue
+		}
+		again := do(t, "GET", url+"/"+hash+".narinfo", nil)
+		_ = again.Body.Close()
+		if again.StatusCode == 200 {
+			return fmt.Sprintf("%s.narinfo is served without %s (%d)", hash, path, resp.StatusCode), true
+		}
+	}
+	return "", true
+}
+
+// adminPost posts to caddy's admin endpoint and returns the answer's body.
+func adminPost(t *testing.T, caddy *harness.Caddy, path string) string {
+	t.Helper()
+	resp, err := caddy.AdminDo(http.MethodPost, path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return string(body)
 }

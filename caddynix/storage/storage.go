@@ -103,6 +103,18 @@ type TemporaryLister interface {
 	Temporaries(ctx context.Context) (live, abandoned []string, err error)
 }
 
+// Leaser is a Store that several processes share, in which one of them at a
+// time can hold a lease: an object naming its holder and when it expires,
+// written with conditional writes.
+type Leaser interface {
+	// TryLease takes the lease name for holder for ttl, or extends it if
+	// holder has it. It reports whether holder has it now and, if not,
+	// who does and until when.
+	TryLease(ctx context.Context, name, holder string, ttl time.Duration) (ok bool, current string, err error)
+	// ReleaseLease gives the lease up, if holder has it.
+	ReleaseLease(ctx context.Context, name, holder string) error
+}
+
 // UseRecorder is a Store that can note on an object when it was last used,
 // so that retention's use times outlive the index.
 type UseRecorder interface {

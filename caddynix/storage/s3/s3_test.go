@@ -4,10 +4,13 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"io/fs"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/cargoxx-pkgs/runner/e2e/harness"
 	"github.com/minio/minio-go/v7"
@@ -254,4 +257,65 @@ func unfinishedUploads(t *testing.T, server *harness.S3) int {
 		n++
 	}
 	return n
+}
+
+func TestLease(t *testing.T) {
+	s, _ := newStore(t, "main/")
+	ctx := t.Context()
+	take := func(holder string, ttl time.Duration) (bool, string) {
+		t.Helper()
+		ok, current, err := s.TryLease(ctx, "retention/lease", holder, ttl)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ok, current
+	}
+	if ok, _ := take("node-a", time.Minute); !ok {
+		t.Fatal("a free lease was not taken")
+	}
+	if ok, current := take("node-b", time.Minute); ok || !strings.Contains(current, "node-a") {
+		t.Fatalf("a held lease was taken by another node (%v), or its holder not named: %q", ok, current)
+	}
+	if ok, _ := take("node-a", time.Minute); !ok {
+		t.Fatal("the holder could not renew its lease")
+	}
+	if err := s.ReleaseLease(ctx, "retention/lease", "node-b"); err != nil {
+		t.Fatal(err)
+	}
+	if ok, _ := take("node-b", time.Minute); ok {
+		t.Fatal("another node's release freed the lease")
+	}
+	if err := s.ReleaseLease(ctx, "retention/lease", "node-a"); err != nil {
+		t.Fatal(err)
+	}
+	// An expired lease is taken over, and its old holder cannot renew it.
+	if ok, _ := take("node-b", time.Millisecond); !ok {
+		t.Fatal("a released lease was not taken")
+	}
+	time.Sleep(20 * time.Millisecond)
+	if ok, _ := take("node-c", time.Minute); !ok {
+		t.Fatal("an expired lease was not taken over")
+	}
+	if ok, _ := take("node-b", time.Minute); ok {
+		t.Fatal("a lease that expired was renewed by its old holder")
+	}
+
+	// Of nodes racing for a free lease, one wins.
+	var wg sync.WaitGroup
+	wins := make(chan string, 8)
+	for i := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			holder := fmt.Sprintf("racer-%d", i)
+			if ok, _, err := s.TryLease(ctx, "retention/race", holder, time.Minute); err == nil && ok {
+				wins <- holder
+			}
+		}()
+	}
+	wg.Wait()
+	close(wins)
+	if n := len(wins); n != 1 {
+		t.Fatalf("%d nodes took the same lease", n)
+	}
 }
