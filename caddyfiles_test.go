@@ -14,7 +14,7 @@ import (
 
 // TestShippedCaddyfilesAdapt checks what the Caddyfiles in caddyfiles/
 // adapt to, whole: local.Caddyfile with its defaults, production.Caddyfile
-// with the variables of the seed's .env.
+// with the variables of the seed's .env, s3-node.Caddyfile with a bucket.
 func TestShippedCaddyfilesAdapt(t *testing.T) {
 	// Unset, so that the Caddyfiles' defaults apply; t.Setenv restores them.
 	for _, name := range []string{"CADDY_ADMIN", "CADDY_HTTP_PORT", "CADDY_HTTPS_PORT", "GITEA_RUNNER_NAME", "GITEA_RUNNER_LABELS"} {
@@ -31,6 +31,13 @@ func TestShippedCaddyfilesAdapt(t *testing.T) {
 		t.Setenv("CACHE_DOMAIN", "cache.example.org")
 		t.Setenv("ACME_EMAIL", "ops@example.org")
 		adapttest.RunFile(t, filepath.Join("caddyfiles", "production.Caddyfile"), filepath.Join("testdata", "production.json"))
+	})
+	t.Run("s3-node", func(t *testing.T) {
+		t.Setenv("CACHE_DOMAIN", "cache.example.org")
+		t.Setenv("S3_ENDPOINT", "https://s3.example.org")
+		t.Setenv("S3_BUCKET", "nix-cache")
+		t.Setenv("S3_ACCESS_KEY_ID", "AKIAEXAMPLE")
+		adapttest.RunFile(t, filepath.Join("caddyfiles", "s3-node.Caddyfile"), filepath.Join("testdata", "s3-node.json"))
 	})
 }
 

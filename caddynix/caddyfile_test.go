@@ -4,6 +4,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
 )
@@ -24,6 +25,10 @@ func TestCaddyfileErrors(t *testing.T) {
 		"bad priority":    "nix_cache {\n\tpriority high\n}",
 		"bad mass query":  "nix_cache {\n\twant_mass_query maybe\n}",
 		"inline argument": "nix_cache somewhere",
+		"other storage":   "nix_cache {\n\tstorage gcs {\n\t\tbucket b\n\t}\n}",
+		"s3 no bucket":    "nix_cache {\n\tstorage s3 {\n\t\tendpoint http://127.0.0.1:1\n\t}\n}",
+		"s3 bad option":   "nix_cache {\n\tstorage s3 {\n\t\tbucket b\n\t\tendpoint http://127.0.0.1:1\n\t\tacl public\n\t}\n}",
+		"s3 small parts":  "nix_cache {\n\tstorage s3 {\n\t\tbucket b\n\t\tendpoint http://127.0.0.1:1\n\t\tpart_size lots\n\t}\n}",
 	}
 	for name, body := range tests {
 		t.Run(name, func(t *testing.T) {
@@ -33,5 +38,51 @@ func TestCaddyfileErrors(t *testing.T) {
 				t.Errorf("error %q does not say where in the Caddyfile", err)
 			}
 		})
+	}
+}
+
+func TestStorageNeedsOnePlace(t *testing.T) {
+	s3 := &StorageConfig{S3: &S3Config{Bucket: "b", Endpoint: "http://127.0.0.1:1", AccessKeyID: "id", SecretAccessKey: "s3cr3t-value"}}
+	for name, tc := range map[string]struct {
+		root    string
+		storage *StorageConfig
+		want    string
+	}{
+		"neither":     {"", nil, "root is required"},
+		"both":        {"cache", s3, "keep one"},
+		"two secrets": {"", &StorageConfig{S3: &S3Config{Bucket: "b", Endpoint: "http://x", SecretAccessKey: "a", SecretAccessKeyFile: "f"}}, "not both"},
+		"secret file": {"", &StorageConfig{S3: &S3Config{Bucket: "b", Endpoint: "http://x", SecretAccessKeyFile: "/nonexistent/secret"}}, "/nonexistent/secret"},
+		"unreachable": {"", s3, "reaching bucket b at http://127.0.0.1:1"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			_, _, err := openStore(t.Context(), caddy.NewReplacer(), tc.root, tc.storage)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("openStore = %v, want an error saying %q", err, tc.want)
+			}
+			if strings.Contains(err.Error(), "s3cr3t-value") {
+				t.Fatalf("the error shows the secret: %v", err)
+			}
+		})
+	}
+}
+
+func TestParseS3URL(t *testing.T) {
+	t.Setenv("AWS_ACCESS_KEY_ID", "id")
+	t.Setenv("AWS_SECRET_ACCESS_KEY", "secret")
+	cfg, err := parseS3URL("s3://nix-cache/main/?endpoint=https://s3.example.org&region=eu-1&addressing-style=path")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c := cfg.S3; c.Bucket != "nix-cache" || c.Prefix != "main/" || c.Endpoint != "https://s3.example.org" || c.Region != "eu-1" || !c.PathStyle || c.AccessKeyID != "id" || c.SecretAccessKey != "secret" {
+		t.Fatalf("parsed %+v", *c)
+	}
+	for _, bad := range []string{"https://s3.example.org/b", "s3://b", "s3:///?endpoint=http://x"} {
+		if _, err := parseS3URL(bad); err == nil {
+			t.Errorf("%q was accepted", bad)
+		}
+	}
+	t.Setenv("AWS_SECRET_ACCESS_KEY", "")
+	if _, err := parseS3URL("s3://b?endpoint=http://x"); err == nil || !strings.Contains(err.Error(), "AWS_SECRET_ACCESS_KEY") {
+		t.Errorf("missing credentials: %v", err)
 	}
 }
