@@ -59,6 +59,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	        secret_access_key_file <file>
 //	        part_size              <size>
 //	        abandon_uploads_after  <duration>
+//	        redirect               <duration>
 //	    }
 //	}
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
@@ -245,14 +246,18 @@ func (h *Handler) unmarshalStorage(d *caddyfile.Dispenser) error {
 			if c.PartSize, err = parseSize(d, option, value); err != nil {
 				return err
 			}
-		case "abandon_uploads_after":
+		case "abandon_uploads_after", "redirect":
 			age, err := caddy.ParseDuration(value)
 			if err != nil || age <= 0 {
-				return d.Errf("nix_cache: storage s3: abandon_uploads_after %q is not a positive duration such as 6h", value)
+				return d.Errf("nix_cache: storage s3: %s %q is not a positive duration such as 6h", option, value)
 			}
-			c.AbandonUploadsAfter = caddy.Duration(age)
+			if option == "redirect" {
+				c.Redirect = caddy.Duration(age)
+			} else {
+				c.AbandonUploadsAfter = caddy.Duration(age)
+			}
 		default:
-			return d.Errf("nix_cache: unknown storage s3 option %q (bucket, prefix, endpoint, region, path_style, access_key_id, secret_access_key, secret_access_key_file, part_size, abandon_uploads_after)", option)
+			return d.Errf("nix_cache: unknown storage s3 option %q (bucket, prefix, endpoint, region, path_style, access_key_id, secret_access_key, secret_access_key_file, part_size, abandon_uploads_after, redirect)", option)
 		}
 	}
 	if c.Bucket == "" || c.Endpoint == "" {

@@ -15,6 +15,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -107,6 +108,9 @@ type Handler struct {
 	creds    *credentials
 	pending  *pendingNars
 	url      string
+	// redirect is how long the signed URLs NAR requests are redirected to
+	// live; 0 serves NARs through the node.
+	redirect time.Duration
 	shared   *sharedCache
 	logger   *zap.Logger
 }
@@ -141,6 +145,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	var err error
 	if h.store, h.root, err = openStore(ctx, repl, h.root, h.Storage); err != nil {
 		return fmt.Errorf("nix_cache: %w", err)
+	}
+	if h.Storage != nil && h.Storage.S3 != nil {
+		h.redirect = time.Duration(h.Storage.S3.Redirect)
 	}
 	if data, err := storage.ReadAll(ctx, h.store, "nix-cache-info", maxSmallDocSize); err == nil {
 		if stored := storedStoreDir(data); stored != "" && stored != h.StoreDir {

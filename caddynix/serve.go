@@ -30,6 +30,9 @@ var contentTypes = map[requestKind]string{
 // that Range, HEAD and conditional requests work and the kernel can send the
 // file directly. A missing file is a 404, never a 5xx.
 func (h *Handler) serveFile(w http.ResponseWriter, r *http.Request, req cacheRequest) error {
+	if req.kind == kindNar && h.redirect > 0 {
+		return h.redirectNar(w, r, req)
+	}
 	obj, info, err := h.store.Open(r.Context(), req.file)
 	if err != nil {
 		switch {
@@ -62,6 +65,24 @@ func (h *Handler) serveFile(w http.ResponseWriter, r *http.Request, req cacheReq
 		w = newSendfileWriter(w, f, info.Size)
 	}
 	http.ServeContent(w, r, "", info.ModTime, obj)
+	return nil
+}
+
+// redirectNar sends the client to download a NAR from the storage itself,
+// through a URL signed for a short time. A missing NAR is still a 404.
+func (h *Handler) redirectNar(w http.ResponseWriter, r *http.Request, req cacheRequest) error {
+	if _, err := h.store.Stat(r.Context(), req.file); err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return caddyhttp.Error(http.StatusNotFound, nil)
+		}
+		return h.storageFailure("looking up a NAR", req.file, err)
+	}
+	signed, err := h.store.(storage.Presigner).PresignGet(r.Context(), req.file, h.redirect)
+	if err != nil {
+		return h.storageFailure("signing a NAR's URL", req.file, err)
+	}
+	w.Header().Set("Cache-Control", "no-store")
+	http.Redirect(w, r, signed, http.StatusTemporaryRedirect)
 	return nil
 }
 

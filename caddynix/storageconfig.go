@@ -60,6 +60,12 @@ type S3Config struct {
 	// removes its parts: longer than any upload takes. Default: 6h.
 	// Caddyfile: `abandon_uploads_after`.
 	AbandonUploadsAfter caddy.Duration `json:"abandon_uploads_after,omitempty"`
+	// Redirect answers NAR requests with a redirect to a URL of the S3
+	// server signed for this long, so that clients download NARs from it
+	// directly; the endpoint must then be one clients reach. narinfo is
+	// still served, and signed, by the node. Default: 0, NARs pass
+	// through the node. Caddyfile: `redirect <duration>`.
+	Redirect caddy.Duration `json:"redirect,omitempty"`
 }
 
 // s3Config expands the placeholders and reads the secret.

@@ -69,6 +69,32 @@ func TestNodesShareABucket(t *testing.T) {
 			t.Fatalf("the store holds %v, want %v", got, closure.Paths)
 		}
 
+		// A node that redirects NAR requests to signed URLs of the S3
+		// server: clients download from the server itself.
+		redirecting := s3Node(t, server, secret, "redirect 5m")
+		if c, _ := substitute(nix, redirecting.URL(), public, closure.Top); c.Err != nil {
+			t.Fatalf("substituting through NAR redirects:\n%s", c)
+		}
+		narinfo := get(t, redirecting.URL()+"/"+strings.SplitN(filepath.Base(closure.Top), "-", 2)[0]+".narinfo", nil, 200)
+		narURL := ""
+		for line := range strings.Lines(narinfo) {
+			if u, ok := strings.CutPrefix(line, "URL: "); ok {
+				narURL = strings.TrimSpace(u)
+			}
+		}
+		noFollow := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+		resp, err := noFollow.Get(redirecting.URL() + "/" + narURL)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = resp.Body.Close()
+		if location := resp.Header.Get("Location"); resp.StatusCode != http.StatusTemporaryRedirect || !strings.HasPrefix(location, server.Endpoint+"/nix/main/"+narURL+"?") || !strings.Contains(location, "X-Amz-Signature=") {
+			t.Fatalf("a NAR request got %d to %q, want a redirect to a signed URL of the S3 server", resp.StatusCode, location)
+		}
+		if resp := do(t, "GET", redirecting.URL()+"/nar/"+strings.Repeat("0", 52)+".nar.zst", nil); resp.StatusCode != 404 {
+			t.Fatalf("a missing NAR got %d through the redirecting node, want 404", resp.StatusCode)
+		}
+
 		// Overlapping closures through both nodes at once.
 		x, y := nix.BuildClosure("s3-x", 256<<10), nix.BuildClosure("s3-y", 256<<10)
 		targets := []string{x.Top, middleOf(t, x), y.Top, middleOf(t, y)}

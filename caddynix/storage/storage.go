@@ -115,6 +115,12 @@ type Leaser interface {
 	ReleaseLease(ctx context.Context, name, holder string) error
 }
 
+// Presigner is a Store whose objects a client can fetch directly, through
+// a URL signed for a limited time.
+type Presigner interface {
+	PresignGet(ctx context.Context, name string, ttl time.Duration) (string, error)
+}
+
 // UseRecorder is a Store that can note on an object when it was last used,
 // so that retention's use times outlive the index.
 type UseRecorder interface {

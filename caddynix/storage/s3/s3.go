@@ -12,6 +12,8 @@ package s3
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -255,6 +257,17 @@ func (s *Store) RemoveAbandoned(ctx context.Context) ([]string, error) {
 	return removed, err
 }
 
+// PresignGet returns a URL that fetches the object name for ttl, signed
+// with the store's credentials, for clients to download from the server
+// directly.
+func (s *Store) PresignGet(ctx context.Context, name string, ttl time.Duration) (string, error) {
+	u, err := s.core.PresignedGetObject(ctx, s.bucket, s.key(name), ttl, nil)
+	if err != nil {
+		return "", fmt.Errorf("signing a URL for %s: %w", name, err)
+	}
+	return u.String(), nil
+}
+
 // lease is the content of a lease object.
 type lease struct {
 	Holder  string    `json:"holder"`
@@ -296,13 +309,13 @@ func (s *Store) TryLease(ctx context.Context, name, holder string, ttl time.Dura
 	if err != nil {
 		return false, "", err
 	}
-	opts := minio.PutObjectOptions{ContentType: "application/json"}
+	opts := minio.PutObjectOptions{ContentType: "application/json", DisableContentSha256: true}
 	if etag == "" {
 		opts.SetMatchETagExcept("*")
 	} else {
 		opts.SetMatchETag(etag)
 	}
-	if _, err := s.core.PutObject(ctx, s.bucket, s.key(name), bytes.NewReader(data), int64(len(data)), "", "", opts); err != nil {
+	if _, err := s.core.PutObject(ctx, s.bucket, s.key(name), bytes.NewReader(data), int64(len(data)), "", sha256Hex(data), opts); err != nil {
 		if minio.ToErrorResponse(err).StatusCode == http.StatusPreconditionFailed {
 			return false, "another node, which took it just now", nil
 		}
@@ -487,6 +500,16 @@ func (u *upload) Write(p []byte) (int, error) {
 	return written, nil
 }
 
+// sha256Hex is the digest a request's signature covers. Every body is in
+// memory when it is sent, so it is signed whole (DisableContentSha256 only
+// turns off minio-go's streaming signature): the server checks it, and the
+// body needs no aws-chunked encoding, which some servers keep as the
+// object's Content-Encoding and hand to clients that follow a redirect.
+func sha256Hex(data []byte) string {
+	sum := sha256.Sum256(data)
+	return hex.EncodeToString(sum[:])
+}
+
 // flushPart sends the buffered bytes as the next part.
 func (u *upload) flushPart() error {
 	if u.uploadID == "" {
@@ -498,7 +521,7 @@ func (u *upload) flushPart() error {
 	}
 	number := len(u.parts) + 1
 	part, err := u.store.core.PutObjectPart(u.ctx, u.store.bucket, u.key, u.uploadID, number,
-		bytes.NewReader(u.buf), int64(len(u.buf)), minio.PutObjectPartOptions{})
+		bytes.NewReader(u.buf), int64(len(u.buf)), minio.PutObjectPartOptions{Sha256Hex: sha256Hex(u.buf), DisableContentSha256: true})
 	if err != nil {
 		return fmt.Errorf("uploading part %d of %s: %w", number, u.name, err)
 	}
@@ -543,13 +566,13 @@ func (u *upload) commit(onlyNew bool) (bool, error) {
 		u.Abort()
 		return false, u.err
 	}
-	opts := minio.PutObjectOptions{ContentType: contentType(u.name)}
+	opts := minio.PutObjectOptions{ContentType: contentType(u.name), DisableContentSha256: true}
 	if onlyNew {
 		opts.SetMatchETagExcept("*")
 	}
 	var err error
 	if u.uploadID == "" {
-		_, err = u.store.core.PutObject(u.ctx, u.store.bucket, u.key, bytes.NewReader(u.buf), int64(len(u.buf)), "", "", opts)
+		_, err = u.store.core.PutObject(u.ctx, u.store.bucket, u.key, bytes.NewReader(u.buf), int64(len(u.buf)), "", sha256Hex(u.buf), opts)
 	} else {
 		if len(u.buf) > 0 {
 			if err := u.flushPart(); err != nil {
@@ -590,6 +613,7 @@ var (
 	_ storage.Sweeper         = (*Store)(nil)
 	_ storage.TemporaryLister = (*Store)(nil)
 	_ storage.Leaser          = (*Store)(nil)
+	_ storage.Presigner       = (*Store)(nil)
 	_ storage.Upload          = (*upload)(nil)
 	_ storage.Object          = (*object)(nil)
 )
