@@ -325,3 +325,69 @@ func adminPost(t *testing.T, caddy *harness.Caddy, path string) string {
 	body, _ := io.ReadAll(resp.Body)
 	return string(body)
 }
+
+// TestBucketInNixLayout checks that the bucket's layout is Nix's: a cache
+// that Nix wrote (`nix copy --to file://`, the layout its s3:// store
+// writes too) put into the bucket as it is is served by a node, and what a
+// node stored, taken out of the bucket, is a cache Nix reads with `nix copy
+// --from file://`. Debian's Nix signs no S3 requests the S3 server takes,
+// so the test moves the objects itself.
+func TestBucketInNixLayout(t *testing.T) {
+	harness.ForEachNix(t, func(t *testing.T, client harness.NixClient) {
+		server := harness.StartS3(t)
+		server.CreateBucket("nix")
+		nix := client.Netrc(t, uploadToken)
+		s3 := server.Client()
+		ctx := context.Background()
+
+		closure := nix.BuildClosure("by-nix", 256<<10)
+		written := filepath.Join(t.TempDir(), "written")
+		if c := nix.Copy("--to", "file://"+written+"?compression=zstd&write-nar-listing=true", closure.Top); c.Err != nil {
+			t.Fatalf("nix copy --to file://:\n%s", c)
+		}
+		err := filepath.WalkDir(written, func(path string, d os.DirEntry, err error) error {
+			if err != nil || d.IsDir() {
+				return err
+			}
+			rel, _ := filepath.Rel(written, path)
+			_, err = s3.FPutObject(ctx, "nix", "main/"+filepath.ToSlash(rel), path, minio.PutObjectOptions{})
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		secret, public := keygen(t, "s3-layout-1")
+		node := s3Node(t, server, secret)
+		c, store := substitute(nix, node.URL(), public, closure.Top)
+		if c.Err != nil {
+			t.Fatalf("substituting from a node the cache Nix wrote:\n%s", c)
+		}
+		if got := nix.StorePaths(store); !slices.Equal(got, closure.Paths) {
+			t.Fatalf("the store holds %v, want %v", got, closure.Paths)
+		}
+		if ls := nix.Must("nix", "store", "ls", "--store", node.URL(), "--option", "trusted-public-keys", public, closure.Top+"/"); !strings.Contains(ls, "references") {
+			t.Fatalf("nix store ls through the node:\n%s", ls)
+		}
+
+		other := nix.BuildClosure("by-node", 256<<10)
+		if c := nix.Copy("--to", node.URL()+"/upload?compression=xz", other.Top); c.Err != nil {
+			t.Fatalf("nix copy --to the node:\n%s", c)
+		}
+		taken := filepath.Join(t.TempDir(), "taken")
+		for obj := range s3.ListObjects(ctx, "nix", minio.ListObjectsOptions{Prefix: "main/", Recursive: true}) {
+			if obj.Err != nil {
+				t.Fatal(obj.Err)
+			}
+			if err := s3.FGetObject(ctx, "nix", obj.Key, filepath.Join(taken, strings.TrimPrefix(obj.Key, "main/")), minio.GetObjectOptions{}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		readBack := nix.ChrootStore()
+		if c := nix.Copy("--from", "file://"+taken, "--to", readBack, "--no-check-sigs", other.Top); c.Err != nil {
+			t.Fatalf("nix copy --from what the node stored in the bucket:\n%s", c)
+		}
+		if got := nix.StorePaths(readBack); !slices.Equal(got, other.Paths) {
+			t.Fatalf("nix read back %v, want %v", got, other.Paths)
+		}
+	})
+}
