@@ -52,6 +52,11 @@ func (h *Handler) serveFile(w http.ResponseWriter, r *http.Request, req cacheReq
 
 	header := w.Header()
 	header.Set("Content-Type", contentTypes[req.kind])
+	if info.ContentEncoding != "" {
+		// Stored encoded (a listing or log Nix compressed into a bucket):
+		// sent as stored, with its encoding, as Nix expects it.
+		header.Set("Content-Encoding", info.ContentEncoding)
+	}
 	if req.kind == kindNar {
 		// A NAR's name is the hash of its content, so it never changes and
 		// the name is a strong validator.

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -13,8 +14,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/andybalholm/brotli"
 	"github.com/cargoxx-pkgs/runner/e2e/harness"
 	"github.com/minio/minio-go/v7"
+	"github.com/ulikunitz/xz"
 )
 
 // s3Node is a caddy serving, signing and taking uploads for the cache in
@@ -328,7 +331,9 @@ func adminPost(t *testing.T, caddy *harness.Caddy, path string) string {
 
 // TestBucketInNixLayout checks that the bucket's layout is Nix's: a cache
 // that Nix wrote (`nix copy --to file://`, the layout its s3:// store
-// writes too) put into the bucket as it is is served by a node, and what a
+// writes too) put into the bucket as it is, with a narinfo and a listing
+// encoded as narinfo- and ls-compression store them, is served by a node,
+// and what a
 // node stored, taken out of the bucket, is a cache Nix reads with `nix copy
 // --from file://`. Debian's Nix signs no S3 requests the S3 server takes,
 // so the test moves the objects itself.
@@ -356,6 +361,11 @@ func TestBucketInNixLayout(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		// As Nix's s3:// store (and Hydra) store them with narinfo- and
+		// ls-compression: encoded, with a Content-Encoding.
+		hash := strings.SplitN(filepath.Base(closure.Top), "-", 2)[0]
+		putEncoded(t, s3, filepath.Join(written, hash+".narinfo"), "main/"+hash+".narinfo", "xz")
+		putEncoded(t, s3, filepath.Join(written, hash+".ls"), "main/"+hash+".ls", "br")
 		secret, public := keygen(t, "s3-layout-1")
 		node := s3Node(t, server, secret)
 		c, store := substitute(nix, node.URL(), public, closure.Top)
@@ -390,4 +400,33 @@ func TestBucketInNixLayout(t *testing.T) {
 			t.Fatalf("nix read back %v, want %v", got, other.Paths)
 		}
 	})
+}
+
+// putEncoded stores the file at key compressed with encoding (xz or br),
+// with that Content-Encoding.
+func putEncoded(t *testing.T, s3 *minio.Client, file, key, encoding string) {
+	t.Helper()
+	data, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	var w io.WriteCloser
+	switch encoding {
+	case "xz":
+		if w, err = xz.NewWriter(&buf); err != nil {
+			t.Fatal(err)
+		}
+	case "br":
+		w = brotli.NewWriter(&buf)
+	}
+	if _, err := w.Write(data); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s3.PutObject(context.Background(), "nix", key, &buf, int64(buf.Len()), minio.PutObjectOptions{ContentEncoding: encoding}); err != nil {
+		t.Fatal(err)
+	}
 }

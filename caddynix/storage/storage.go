@@ -9,8 +9,11 @@ package storage
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"time"
+
+	"github.com/cargoxx-pkgs/runner/internal/nixfmt"
 )
 
 // Info describes a stored object.
@@ -25,6 +28,11 @@ type Info struct {
 	// UsedAt is when the object was last used, where the backend keeps it
 	// (a file's access time); zero otherwise.
 	UsedAt time.Time
+	// ContentEncoding is how the object's bytes are encoded, when the
+	// backend keeps that beside them (an S3 object written by Nix with
+	// ls-compression or log-compression has Content-Encoding br); a reader
+	// of Open's bytes must undo it, or a server pass it on. Empty: none.
+	ContentEncoding string
 }
 
 // Object is a stored object open for reading, with Range support through
@@ -78,15 +86,24 @@ type Store interface {
 	Close() error
 }
 
-// ReadAll reads the object name, up to one byte past limit, so that a check
-// of the size can tell a larger one.
+// ReadAll reads the object name, with its Content-Encoding undone, up to
+// one byte past limit, so that a check of the size can tell a larger one.
 func ReadAll(ctx context.Context, store Store, name string, limit int64) ([]byte, error) {
-	obj, _, err := store.Open(ctx, name)
+	obj, info, err := store.Open(ctx, name)
 	if err != nil {
 		return nil, err
 	}
 	defer func() { _ = obj.Close() }()
-	return io.ReadAll(io.LimitReader(obj, limit+1))
+	body, release, err := nixfmt.ContentDecoder(info.ContentEncoding, obj)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	defer release()
+	data, err := io.ReadAll(io.LimitReader(body, limit+1))
+	if err != nil && info.ContentEncoding != "" {
+		return nil, fmt.Errorf("decoding %s (Content-Encoding %s): %w", name, info.ContentEncoding, err)
+	}
+	return data, err
 }
 
 // Sweeper is a Store whose writers can leave temporary objects behind

@@ -152,7 +152,15 @@ func notFound(name string, err error) error {
 }
 
 func infoOf(name string, obj minio.ObjectInfo) storage.Info {
-	return storage.Info{Name: name, Size: obj.Size, ModTime: obj.LastModified, Version: obj.ETag}
+	info := storage.Info{Name: name, Size: obj.Size, ModTime: obj.LastModified, Version: obj.ETag}
+	switch encoding := strings.ToLower(strings.TrimSpace(obj.ContentEncoding)); encoding {
+	case "", "identity", "aws-chunked":
+		// aws-chunked describes how a body was uploaded, not the object,
+		// though some servers keep it.
+	default:
+		info.ContentEncoding = strings.TrimPrefix(encoding, "aws-chunked,")
+	}
+	return info
 }
 
 // Stat describes the object name.
