@@ -3,6 +3,7 @@ package e2e
 import (
 	"bytes"
 	"compress/gzip"
+	"context"
 	"crypto/sha256"
 	"encoding/binary"
 	"hash/crc32"
@@ -11,11 +12,13 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/cargoxx-pkgs/runner/e2e/harness"
+	"github.com/minio/minio-go/v7"
 	"github.com/nix-community/go-nix/pkg/nixbase32"
 )
 
@@ -79,72 +82,119 @@ func replaceLine(t *testing.T, narinfo, key, value string) string {
 	return re.ReplaceAllString(narinfo, key+": "+value)
 }
 
+// backend is where a test's cache is kept: a directory, or a bucket of a
+// real S3 server.
+type backend struct {
+	// options are the nix_cache's options that say where.
+	options []string
+	// stored reports whether the cache holds the object name.
+	stored func(name string) bool
+	// verifyClean runs caddy nix-cache verify on the cache and fails the
+	// test unless it is clean.
+	verifyClean func(publicKeyFile string)
+}
+
+// forEachBackend runs test with a cache in a directory and with one in a
+// bucket.
+func forEachBackend(t *testing.T, test func(t *testing.T, b backend)) {
+	t.Run("dir", func(t *testing.T) {
+		root := filepath.Join(t.TempDir(), "cache")
+		test(t, backend{
+			options: []string{"root " + root},
+			stored: func(name string) bool {
+				_, err := os.Stat(filepath.Join(root, name))
+				return err == nil
+			},
+			verifyClean: func(publicKeyFile string) { verifyClean(t, root, publicKeyFile) },
+		})
+	})
+	t.Run("s3", func(t *testing.T) {
+		server := harness.StartS3(t)
+		server.CreateBucket("nix")
+		test(t, backend{
+			options: []string{server.StorageBlock("nix", "main/")},
+			stored: func(name string) bool {
+				_, err := server.Client().StatObject(context.Background(), "nix", "main/"+name, minio.StatObjectOptions{})
+				return err == nil
+			},
+			verifyClean: func(publicKeyFile string) { verifyBucket(t, server, publicKeyFile) },
+		})
+	})
+}
+
 func TestBadUploadsAreRefused(t *testing.T) {
 	harness.ForEachNix(t, func(t *testing.T, client harness.NixClient) {
-		nix := client.New(t, "")
-		root := filepath.Join(t.TempDir(), "cache")
-		secret, public := keygen(t, "bad-1")
-		caddy := harness.StartCaddy(t, uploadCaddyfile(root, secret, "max_nar_size 512KiB"), harness.CaddyOptions{})
-		paths := pathsOf(t, nix, nix.BuildClosure("bad", 1<<20), "none")
-		other := pathsOf(t, nix, nix.BuildClosure("other", 0), "none")
-		leaf, middle, top := paths["leaf"], paths["middle"], paths["top"]
-		base := caddy.URL() + "/"
-
-		if status, body := put(t, base+leaf.narURL, bytes.NewReader(leaf.nar)); status != http.StatusCreated {
-			t.Fatalf("PUT of a good NAR: %d %s", status, body)
-		}
-		tests := []struct {
-			name   string
-			path   string
-			body   []byte
-			status int
-		}{
-			{"NarHash mismatch", leaf.hash + ".narinfo", []byte(replaceLine(t, leaf.narinfo, "NarHash", "sha256:"+strings.Repeat("1", 52))), 400},
-			{"NarSize mismatch", leaf.hash + ".narinfo", []byte(replaceLine(t, leaf.narinfo, "NarSize", "12345")), 400},
-			{"FileSize mismatch", leaf.hash + ".narinfo", []byte(replaceLine(t, leaf.narinfo, "FileSize", "999")), 400},
-			{"FileHash mismatch", leaf.hash + ".narinfo", []byte(replaceLine(t, leaf.narinfo, "FileHash", "sha256:"+strings.Repeat("1", 52))), 400},
-			{"narinfo before its NAR", middle.hash + ".narinfo", []byte(middle.narinfo), 400},
-			{"malformed narinfo", leaf.hash + ".narinfo", []byte("StorePath /nix/store/x\nthis is not a narinfo\n"), 400},
-			{"StorePath not matching the URL", other["leaf"].hash + ".narinfo", []byte(leaf.narinfo), 400},
-			{"NAR whose body does not match its name", other["leaf"].narURL, leaf.nar, 400},
-			{"NAR that is not a NAR", "nar/" + strings.Repeat("0", 52) + ".nar", []byte("hello"), 400},
-			{"NAR over max_nar_size", top.narURL, top.nar, 413},
-			{"traversal with ..", "../../etc/" + leaf.hash + ".narinfo", []byte(leaf.narinfo), 400},
-			{"nested name", "nar/x/" + leaf.hash + ".narinfo", []byte(leaf.narinfo), 400},
-			{"encoded slash", "nar%2f..%2f" + leaf.hash + ".narinfo", []byte(leaf.narinfo), 400},
-			{"encoded dots", "%2e%2e/" + leaf.hash + ".narinfo", []byte(leaf.narinfo), 400},
-			{"encoded traversal in a log name", "log/..%2f..%2fescape.drv", []byte("log"), 400},
-			{"unknown file", "cache.sec", []byte("secret"), 400},
-		}
-		// An xz NAR whose block header asks the decoder for a 4 GiB dictionary.
-		hugeDict := withXzDictionary(t, pathsOf(t, nix, nix.BuildClosure("xzdict", 0), "xz")["leaf"].nar, 40)
-		hugeDictPath := "nar/" + nixbase32.EncodeToString(sha256Of(hugeDict)) + ".nar.xz"
-		tests = append(tests, struct {
-			name   string
-			path   string
-			body   []byte
-			status int
-		}{"xz NAR asking for a 4 GiB dictionary", hugeDictPath, hugeDict, 400})
-		if status, body := put(t, base+hugeDictPath, bytes.NewReader(hugeDict)); !strings.Contains(body, "dictionary") {
-			t.Errorf("an xz NAR asking for a 4 GiB dictionary: %d %q, want a reason that names the dictionary", status, body)
-		}
-		for _, tt := range tests {
-			status, body := put(t, base+tt.path, bytes.NewReader(tt.body))
-			if status != tt.status || body == "" || strings.Contains(body, "\n") {
-				t.Errorf("%s: PUT %s answered %d %q; want %d with a one-line reason", tt.name, tt.path, status, body, tt.status)
-			}
-		}
-		// The reference check: the top path's NAR fits under a larger limit, so
-		// use a cache without one.
-		for _, name := range []string{leaf.hash, middle.hash, top.hash, other["leaf"].hash} {
-			if _, err := os.Stat(filepath.Join(root, name+".narinfo")); err == nil {
-				t.Errorf("a refused narinfo %s was written", name)
-			}
-		}
-		publicFile := filepath.Join(t.TempDir(), "cache.pub")
-		os.WriteFile(publicFile, []byte(public+"\n"), 0o644)
-		verifyClean(t, root, publicFile)
+		forEachBackend(t, func(t *testing.T, store backend) { badUploadsAreRefused(t, client, store) })
 	})
+}
+
+func badUploadsAreRefused(t *testing.T, client harness.NixClient, store backend) {
+	nix := client.New(t, "")
+	secret, public := keygen(t, "bad-1")
+	caddy := harness.StartCaddy(t, harness.Caddyfile{Cache: &harness.CacheSite{
+		Options: append(slices.Clone(store.options), "secret_key_file "+secret),
+		Upload:  []string{"token " + uploadToken, "max_nar_size 512KiB"},
+	}}.String(), harness.CaddyOptions{})
+	paths := pathsOf(t, nix, nix.BuildClosure("bad", 1<<20), "none")
+	other := pathsOf(t, nix, nix.BuildClosure("other", 0), "none")
+	leaf, middle, top := paths["leaf"], paths["middle"], paths["top"]
+	base := caddy.URL() + "/"
+
+	if status, body := put(t, base+leaf.narURL, bytes.NewReader(leaf.nar)); status != http.StatusCreated {
+		t.Fatalf("PUT of a good NAR: %d %s", status, body)
+	}
+	tests := []struct {
+		name   string
+		path   string
+		body   []byte
+		status int
+	}{
+		{"NarHash mismatch", leaf.hash + ".narinfo", []byte(replaceLine(t, leaf.narinfo, "NarHash", "sha256:"+strings.Repeat("1", 52))), 400},
+		{"NarSize mismatch", leaf.hash + ".narinfo", []byte(replaceLine(t, leaf.narinfo, "NarSize", "12345")), 400},
+		{"FileSize mismatch", leaf.hash + ".narinfo", []byte(replaceLine(t, leaf.narinfo, "FileSize", "999")), 400},
+		{"FileHash mismatch", leaf.hash + ".narinfo", []byte(replaceLine(t, leaf.narinfo, "FileHash", "sha256:"+strings.Repeat("1", 52))), 400},
+		{"narinfo before its NAR", middle.hash + ".narinfo", []byte(middle.narinfo), 400},
+		{"malformed narinfo", leaf.hash + ".narinfo", []byte("StorePath /nix/store/x\nthis is not a narinfo\n"), 400},
+		{"StorePath not matching the URL", other["leaf"].hash + ".narinfo", []byte(leaf.narinfo), 400},
+		{"NAR whose body does not match its name", other["leaf"].narURL, leaf.nar, 400},
+		{"NAR that is not a NAR", "nar/" + strings.Repeat("0", 52) + ".nar", []byte("hello"), 400},
+		{"NAR over max_nar_size", top.narURL, top.nar, 413},
+		{"traversal with ..", "../../etc/" + leaf.hash + ".narinfo", []byte(leaf.narinfo), 400},
+		{"nested name", "nar/x/" + leaf.hash + ".narinfo", []byte(leaf.narinfo), 400},
+		{"encoded slash", "nar%2f..%2f" + leaf.hash + ".narinfo", []byte(leaf.narinfo), 400},
+		{"encoded dots", "%2e%2e/" + leaf.hash + ".narinfo", []byte(leaf.narinfo), 400},
+		{"encoded traversal in a log name", "log/..%2f..%2fescape.drv", []byte("log"), 400},
+		{"unknown file", "cache.sec", []byte("secret"), 400},
+	}
+	// An xz NAR whose block header asks the decoder for a 4 GiB dictionary.
+	hugeDict := withXzDictionary(t, pathsOf(t, nix, nix.BuildClosure("xzdict", 0), "xz")["leaf"].nar, 40)
+	hugeDictPath := "nar/" + nixbase32.EncodeToString(sha256Of(hugeDict)) + ".nar.xz"
+	tests = append(tests, struct {
+		name   string
+		path   string
+		body   []byte
+		status int
+	}{"xz NAR asking for a 4 GiB dictionary", hugeDictPath, hugeDict, 400})
+	if status, body := put(t, base+hugeDictPath, bytes.NewReader(hugeDict)); !strings.Contains(body, "dictionary") {
+		t.Errorf("an xz NAR asking for a 4 GiB dictionary: %d %q, want a reason that names the dictionary", status, body)
+	}
+	for _, tt := range tests {
+		status, body := put(t, base+tt.path, bytes.NewReader(tt.body))
+		if status != tt.status || body == "" || strings.Contains(body, "\n") {
+			t.Errorf("%s: PUT %s answered %d %q; want %d with a one-line reason", tt.name, tt.path, status, body, tt.status)
+		}
+	}
+	for _, name := range []string{leaf.hash, middle.hash, top.hash, other["leaf"].hash} {
+		if store.stored(name + ".narinfo") {
+			t.Errorf("a refused narinfo %s was written", name)
+		}
+	}
+	for _, nar := range []string{other["leaf"].narURL, top.narURL, hugeDictPath, "nar/" + strings.Repeat("0", 52) + ".nar"} {
+		if store.stored(nar) {
+			t.Errorf("a refused NAR %s was written", nar)
+		}
+	}
+	store.verifyClean(writePublicKey(t, public))
 }
 
 func TestNarinfoWithMissingReferenceIsRefused(t *testing.T) {
