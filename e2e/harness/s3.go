@@ -80,6 +80,9 @@ func StartS3(t testing.TB) *S3 {
 	return s
 }
 
+// PID is the server's process id.
+func (s *S3) PID() int { return s.proc.PID() }
+
 // Client is an S3 client of the server, for a test's own checks.
 func (s *S3) Client() *minio.Client {
 	s.t.Helper()

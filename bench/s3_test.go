@@ -1,0 +1,170 @@
+package bench
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/cargoxx-pkgs/runner/e2e/harness"
+	"github.com/minio/minio-go/v7"
+	"github.com/nix-community/go-nix/pkg/nixbase32"
+)
+
+// s3Bench is a real S3 server pinned to the server CPU, with a bucket that
+// anyone may read, so that wrk can GET its objects directly.
+type s3Bench struct {
+	server *harness.S3
+	client *minio.Client
+}
+
+func startS3Bench(b *testing.B) *s3Bench {
+	b.Helper()
+	server := harness.StartS3(b)
+	server.CreateBucket("nix")
+	policy := `{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":"*","Action":["s3:GetObject"],"Resource":["arn:aws:s3:::nix/*"]}]}`
+	if err := server.Client().SetBucketPolicy(context.Background(), "nix", policy); err != nil {
+		b.Fatalf("making the bucket readable: %v", err)
+	}
+	if out, err := exec.Command(harness.LookTool(b, "taskset"), "-a", "-p", "-c", serverCPU, strconv.Itoa(server.PID())).CombinedOutput(); err != nil {
+		b.Fatalf("pinning the S3 server: %v\n%s", err, out)
+	}
+	return &s3Bench{server: server, client: server.Client()}
+}
+
+func (s *s3Bench) put(b *testing.B, name string, data []byte) {
+	b.Helper()
+	if _, err := s.client.PutObject(context.Background(), "nix", "main/"+name, bytes.NewReader(data), int64(len(data)), minio.PutObjectOptions{}); err != nil {
+		b.Fatalf("storing %s: %v", name, err)
+	}
+}
+
+// node is a nix_cache on the bucket, on the server CPU, signing with a
+// fresh key and taking uploads.
+func (s *s3Bench) node(b *testing.B) *harness.Caddy {
+	b.Helper()
+	secret, _ := harness.TempKeygen(b, "bench-s3-1")
+	return harness.StartCaddy(b, harness.Caddyfile{Cache: &harness.CacheSite{
+		Options: []string{s.server.StorageBlock("nix", "main/"), "secret_key_file " + secret},
+		Upload:  []string{"token " + uploadToken},
+	}}.String(), harness.CaddyOptions{Binary: pinnedCaddy(b, harness.CaddyBinary(b, "caddy"))})
+}
+
+// BenchmarkS3 measures nix_cache on an S3 bucket: NAR downloads through it
+// against GETs straight from the S3 server, narinfo requests against
+// nix_cache on a directory, and the memory an upload of a 1 GiB NAR takes.
+func BenchmarkS3(b *testing.B) {
+	s := startS3Bench(b)
+	node := s.node(b)
+	dur := time.Duration(envInt("BENCH_LOAD_SECONDS", 3)) * time.Second
+
+	for _, size := range []int{64 << 20, 1 << 20} {
+		hash := make([]byte, 32)
+		_, _ = rand.Read(hash)
+		name := "nar/" + nixbase32.EncodeToString(hash) + ".nar.zst"
+		data := make([]byte, size)
+		_, _ = rand.Read(data)
+		s.put(b, name, data)
+		for _, conns := range []int{1, 16} {
+			c := newComparison(fmt.Sprintf("S3: NAR download, %d MiB, %d connection(s)", size>>20, conns), "MiB/s", "higher",
+				"nix_cache at least 0.8x a GET from the S3 server")
+			c.holds = ratioAtLeast("nix_cache on S3", "GET from the S3 server", 0.8)
+			c.notes = append(c.notes, loadNote+" The S3 server (versitygw v1.8.0, POSIX backend) runs on the server CPU too, so through nix_cache one core does the S3 server's work and caddy's.")
+			// wrk sends a path of its own on the base URL's host.
+			urls := map[string]string{"nix_cache on S3": node.URL(), "GET from the S3 server": s.server.Endpoint}
+			prefixes := map[string]string{"nix_cache on S3": "", "GET from the S3 server": "/nix/main"}
+			for round := range envInt("BENCH_ROUNDS", 5) {
+				order := []string{"nix_cache on S3", "GET from the S3 server"}
+				if round%2 == 1 {
+					slices.Reverse(order)
+				}
+				for _, who := range order {
+					r := load(b, urls[who], []string{prefixes[who] + "/" + name}, conns, dur)
+					c.add(who, float64(r.bytes)/(1<<20)/r.elapsed.Seconds())
+				}
+			}
+		}
+	}
+
+	// narinfo: the same narinfos in the bucket and in a directory.
+	root := filepath.Join(b.TempDir(), "cache")
+	if err := os.MkdirAll(root, 0o755); err != nil {
+		b.Fatal(err)
+	}
+	n := envInt("BENCH_S3_NARINFOS", 2000)
+	paths := make([]string, n)
+	for i := range n {
+		hash, text := syntheticNarinfo(i)
+		s.put(b, hash+".narinfo", []byte(text))
+		if err := os.WriteFile(filepath.Join(root, hash+".narinfo"), []byte(text), 0o644); err != nil {
+			b.Fatal(err)
+		}
+		paths[i] = "/" + hash + ".narinfo"
+	}
+	secret, _ := harness.TempKeygen(b, "bench-dir-1")
+	dirNode := harness.StartCaddy(b, harness.Caddyfile{Cache: &harness.CacheSite{Options: harness.CacheOptions(root, secret)}}.String(),
+		harness.CaddyOptions{Binary: pinnedCaddy(b, harness.CaddyBinary(b, "caddy"))})
+	rps := newComparison(fmt.Sprintf("S3: narinfo, %d distinct, 16 connections: requests per second", n), "req/s", "higher", "")
+	rps.notes = append(rps.notes, loadNote+" On S3 every request asks the S3 server for the object's ETag (a HEAD), to know that the signed copy in memory is current; on a directory that is a stat. "+
+		"The last row is the S3 server answering GETs of the same (unsigned) narinfos itself, its own ceiling on this core.")
+	urls := map[string]string{"nix_cache on S3": node.URL(), "nix_cache on a directory": dirNode.URL(), "GET from the S3 server": s.server.Endpoint}
+	direct := make([]string, len(paths))
+	for i, p := range paths {
+		direct[i] = "/nix/main" + p
+	}
+	for round := range envInt("BENCH_ROUNDS", 5) {
+		order := []string{"nix_cache on S3", "nix_cache on a directory", "GET from the S3 server"}
+		if round%2 == 1 {
+			slices.Reverse(order)
+		}
+		for _, who := range order {
+			list := paths
+			if who == "GET from the S3 server" {
+				list = direct
+			}
+			r := load(b, urls[who], list, 16, dur)
+			rps.add(who, float64(r.requests)/r.elapsed.Seconds())
+		}
+	}
+
+	// Memory: one 1 GiB NAR uploaded through a node to the bucket.
+	nix := harness.NetrcNix(b, uploadToken)
+	size := int64(envInt("BENCH_RSS_MIB", 1024)) << 20
+	closure := nix.BuildClosure("bench-s3-rss", size)
+	src := filepath.Join(b.TempDir(), "src")
+	if c := nix.Copy("--to", "file://"+src+"?compression=none", closure.Top); c.Err != nil {
+		b.Fatalf("preparing the NAR:\n%s", c)
+	}
+	nar, narURL := largestNar(b, src)
+	fresh := s.node(b)
+	idle := procStatusKiB(b, fresh.PID(), "VmRSS")
+	f, err := os.Open(nar)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer f.Close()
+	info, _ := f.Stat()
+	req, _ := http.NewRequest(http.MethodPut, fresh.URL()+"/"+narURL, f)
+	req.ContentLength = info.Size()
+	req.SetBasicAuth("nix", uploadToken)
+	start := time.Now()
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil || resp.StatusCode != http.StatusCreated {
+		b.Fatalf("PUT of the NAR: %v %v", err, resp)
+	}
+	resp.Body.Close()
+	peak := procStatusKiB(b, fresh.PID(), "VmHWM")
+	rss := newComparison(fmt.Sprintf("S3: caddy's peak RSS above idle while one %d MiB NAR is uploaded to the bucket", size>>20), "MiB", "lower", "under 64 MiB above idle")
+	rss.add("nix_cache on S3", float64(peak-idle)/1024)
+	rss.holds = func(m map[string]float64) bool { return m["nix_cache on S3"] < 64 }
+	rss.notes = append(rss.notes, "An upload holds one part (part_size, 16 MiB by default) in memory.")
+	b.Logf("%d MiB upload to S3: idle %d MiB, peak %d MiB, %v", size>>20, idle/1024, peak/1024, time.Since(start))
+}
