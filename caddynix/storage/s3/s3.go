@@ -497,6 +497,13 @@ func (u *upload) Write(p []byte) (int, error) {
 	for len(p) > 0 {
 		room := int(u.store.partSize) - len(u.buf)
 		take := min(room, len(p))
+		if len(u.buf)+take > cap(u.buf) {
+			// Straight to a whole part, rather than doubling there and
+			// leaving the smaller buffers to the collector.
+			whole := make([]byte, len(u.buf), u.store.partSize)
+			copy(whole, u.buf)
+			u.buf = whole
+		}
 		u.buf = append(u.buf, p[:take]...)
 		p, written = p[take:], written+take
 		if len(u.buf) == int(u.store.partSize) {
