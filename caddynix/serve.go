@@ -68,6 +68,8 @@ func (h *Handler) serveFile(w http.ResponseWriter, r *http.Request, req cacheReq
 	}
 	if f, ok := obj.(*os.File); ok {
 		w = newSendfileWriter(w, f, info.Size)
+	} else {
+		w = newStreamWriter(w)
 	}
 	http.ServeContent(w, r, "", info.ModTime, obj)
 	return nil

@@ -172,13 +172,15 @@ func (s *Store) Stat(ctx context.Context, name string) (storage.Info, error) {
 	return infoOf(name, obj), nil
 }
 
-// Open opens the object name; its bytes are fetched as they are read.
+// Open opens the object name with one GET, whose body serves the reads
+// from the start; a read elsewhere fetches that range.
 func (s *Store) Open(ctx context.Context, name string) (storage.Object, storage.Info, error) {
-	info, err := s.Stat(ctx, name)
+	body, obj, _, err := s.core.GetObject(ctx, s.bucket, s.key(name), minio.GetObjectOptions{})
 	if err != nil {
-		return nil, storage.Info{}, err
+		return nil, storage.Info{}, notFound(name, err)
 	}
-	return &object{ctx: ctx, store: s, key: s.key(name), size: info.Size, etag: info.Version}, info, nil
+	info := infoOf(name, obj)
+	return &object{ctx: ctx, store: s, key: s.key(name), size: info.Size, etag: info.Version, body: body}, info, nil
 }
 
 // Delete removes the object name; a missing one is no error.

@@ -161,8 +161,15 @@ func TestObjects(t *testing.T) {
 		t.Fatal(err)
 	}
 	put(t, s, "nix-cache-info", []byte("StoreDir: /other\n"))
+	if data, err := io.ReadAll(reader); err == nil && !bytes.Equal(data, small) {
+		t.Fatalf("a reader opened before the object was replaced read %q, neither the old version nor an error", data)
+	}
+	// A read elsewhere in it, once it is replaced, is refused.
+	if _, err := reader.Seek(3, io.SeekStart); err != nil {
+		t.Fatal(err)
+	}
 	if data, err := io.ReadAll(reader); err == nil {
-		t.Fatalf("a reader opened before the object was replaced read %q", data)
+		t.Fatalf("a range of a replaced object read %q", data)
 	}
 
 	if err := s.Delete(ctx, "nar/big.nar"); err != nil {
