@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/rand"
 	"fmt"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -30,10 +29,7 @@ func startS3Bench(b *testing.B) *s3Bench {
 	b.Helper()
 	server := harness.StartS3(b)
 	server.CreateBucket("nix")
-	policy := `{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":"*","Action":["s3:GetObject"],"Resource":["arn:aws:s3:::nix/*"]}]}`
-	if err := server.Client().SetBucketPolicy(context.Background(), "nix", policy); err != nil {
-		b.Fatalf("making the bucket readable: %v", err)
-	}
+	server.AllowAnonymous("nix", false)
 	if out, err := exec.Command(harness.LookTool(b, "taskset"), "-a", "-p", "-c", serverCPU, strconv.Itoa(server.PID())).CombinedOutput(); err != nil {
 		b.Fatalf("pinning the S3 server: %v\n%s", err, out)
 	}
@@ -139,32 +135,14 @@ func BenchmarkS3(b *testing.B) {
 	nix := harness.NetrcNix(b, uploadToken)
 	size := int64(envInt("BENCH_RSS_MIB", 1024)) << 20
 	closure := nix.BuildClosure("bench-s3-rss", size)
-	src := filepath.Join(b.TempDir(), "src")
-	if c := nix.Copy("--to", "file://"+src+"?compression=none", closure.Top); c.Err != nil {
-		b.Fatalf("preparing the NAR:\n%s", c)
-	}
-	nar, narURL := largestNar(b, src)
+	nar, narURL := narOf(b, nix, closure, "none")
 	fresh := s.node(b)
 	idle := procStatusKiB(b, fresh.PID(), "VmRSS")
-	f, err := os.Open(nar)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer f.Close()
-	info, _ := f.Stat()
-	req, _ := http.NewRequest(http.MethodPut, fresh.URL()+"/"+narURL, f)
-	req.ContentLength = info.Size()
-	req.SetBasicAuth("nix", uploadToken)
-	start := time.Now()
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil || resp.StatusCode != http.StatusCreated {
-		b.Fatalf("PUT of the NAR: %v %v", err, resp)
-	}
-	resp.Body.Close()
+	_, elapsed := putNar(b, fresh.URL(), nar, narURL)
 	peak := procStatusKiB(b, fresh.PID(), "VmHWM")
 	rss := newComparison(fmt.Sprintf("S3: caddy's peak RSS above idle while one %d MiB NAR is uploaded to the bucket", size>>20), "MiB", "lower", "under 64 MiB above idle")
 	rss.add("nix_cache on S3", float64(peak-idle)/1024)
 	rss.holds = func(m map[string]float64) bool { return m["nix_cache on S3"] < 64 }
 	rss.notes = append(rss.notes, "An upload holds one part (part_size, 16 MiB by default) in memory.")
-	b.Logf("%d MiB upload to S3: idle %d MiB, peak %d MiB, %v", size>>20, idle/1024, peak/1024, time.Since(start))
+	b.Logf("%d MiB upload to S3: idle %d MiB, peak %d MiB, %v", size>>20, idle/1024, peak/1024, elapsed)
 }

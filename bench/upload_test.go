@@ -86,31 +86,11 @@ func BenchmarkUploadPeakRSS(b *testing.B) {
 	size := int64(envInt("BENCH_RSS_MIB", 1024)) << 20
 	closure := nix.BuildClosure("bench-rss", size)
 	for _, compression := range []string{"none", "zstd"} {
-		src := filepath.Join(b.TempDir(), "src")
-		if c := nix.Copy("--to", "file://"+src+"?compression="+compression, closure.Top); c.Err != nil {
-			b.Fatalf("preparing the NAR:\n%s", c)
-		}
-		nar, narURL := largestNar(b, src)
+		nar, narURL := narOf(b, nix, closure, compression)
 		caddy := uploadCaddy(b, filepath.Join(b.TempDir(), "cache"))
 		pid := caddy.PID()
 		idle := procStatusKiB(b, pid, "VmRSS")
-
-		f, err := os.Open(nar)
-		if err != nil {
-			b.Fatal(err)
-		}
-		info, _ := f.Stat()
-		req, _ := http.NewRequest(http.MethodPut, caddy.URL()+"/"+narURL, f)
-		req.ContentLength = info.Size()
-		req.SetBasicAuth("nix", uploadToken)
-		start := time.Now()
-		resp, err := http.DefaultClient.Do(req)
-		f.Close()
-		if err != nil || resp.StatusCode != http.StatusCreated {
-			b.Fatalf("PUT of the NAR: %v %v", err, resp)
-		}
-		resp.Body.Close()
-		elapsed := time.Since(start)
+		sent, elapsed := putNar(b, caddy.URL(), nar, narURL)
 		peak := procStatusKiB(b, pid, "VmHWM")
 		b.ReportMetric(float64(peak-idle)/1024, compression+"-peak-above-idle-MiB")
 		rss := newComparison(fmt.Sprintf("Upload memory: caddy's peak RSS above idle while one %d MiB NAR (%s) is uploaded", size>>20, compression),
@@ -118,9 +98,48 @@ func BenchmarkUploadPeakRSS(b *testing.B) {
 		rss.add("nix_cache", float64(peak-idle)/1024)
 		rss.holds = func(m map[string]float64) bool { return m["nix_cache"] < 64 }
 		b.Logf("%s NAR of %d MiB (%d MiB on the wire): idle RSS %d MiB, peak RSS %d MiB, %.1f MiB above idle, %v (%.0f MiB/s)",
-			compression, size>>20, info.Size()>>20, idle/1024, peak/1024, float64(peak-idle)/1024, elapsed, float64(info.Size())/(1<<20)/elapsed.Seconds())
+			compression, size>>20, sent>>20, idle/1024, peak/1024, float64(peak-idle)/1024, elapsed, float64(sent)/(1<<20)/elapsed.Seconds())
 		caddy.Stop()
 	}
+}
+
+// narOf copies closure to a new file:// cache with compression and returns
+// the file and URL path of its largest NAR.
+func narOf(b *testing.B, nix *harness.Nix, closure harness.Closure, compression string) (string, string) {
+	b.Helper()
+	src := filepath.Join(b.TempDir(), "src")
+	if c := nix.Copy("--to", "file://"+src+"?compression="+compression, closure.Top); c.Err != nil {
+		b.Fatalf("preparing the NAR:\n%s", c)
+	}
+	return largestNar(b, src)
+}
+
+// putNar uploads the NAR file nar to base/narURL with the upload token, as
+// nix copy does, and returns its size and how long the upload took.
+func putNar(b *testing.B, base, nar, narURL string) (int64, time.Duration) {
+	b.Helper()
+	f, err := os.Open(nar)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer f.Close()
+	info, err := f.Stat()
+	if err != nil {
+		b.Fatal(err)
+	}
+	req, err := http.NewRequest(http.MethodPut, base+"/"+narURL, f)
+	if err != nil {
+		b.Fatal(err)
+	}
+	req.ContentLength = info.Size()
+	req.SetBasicAuth("nix", uploadToken)
+	start := time.Now()
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil || resp.StatusCode != http.StatusCreated {
+		b.Fatalf("PUT of the NAR: %v %v", err, resp)
+	}
+	resp.Body.Close()
+	return info.Size(), time.Since(start)
 }
 
 func largestNar(b *testing.B, cache string) (string, string) {

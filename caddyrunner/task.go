@@ -132,15 +132,6 @@ func (d *daemon) execute(ctx context.Context, task *runnerv1.Task, s *settings, 
 	}
 
 	clonesDir := actionClonesDir(s.actionCacheDir, d.instance, defaultActions)
-	actionURL := defaultActions
-	if actionURL == "" {
-		actionURL = d.instance
-	}
-	offline, notes := keptClonesOnly(ctx, job.Steps, actionURL, clonesDir)
-	for _, note := range notes {
-		rep.logf("%s", note)
-	}
-
 	cfg := &runner.Config{
 		Workdir:               "/" + strings.Trim(s.workdirParent, "/") + "/" + preset.Repository,
 		ReuseContainers:       false,
@@ -165,8 +156,13 @@ func (d *daemon) execute(ctx context.Context, task *runnerv1.Task, s *settings, 
 		PlatformPicker:        s.labels.pickPlatform,
 		ValidVolumes:          validVolumes,
 		ActionCacheDir:        clonesDir,
-		ActionOfflineMode:     offline,
 	}
+	// Where act clones remote actions from, by its own rule.
+	offline, notes := keptClonesOnly(ctx, job.Steps, cfg.DefaultActionURL(), clonesDir)
+	for _, note := range notes {
+		rep.logf("%s", note)
+	}
+	cfg.ActionOfflineMode = offline
 	r, err := runner.New(cfg)
 	if err != nil {
 		return fmt.Errorf("setting up the job: %w", err)

@@ -35,10 +35,17 @@ func startUploadCache(t *testing.T, client harness.NixClient, keyName string) (*
 // the test unless it reports a clean cache.
 func verifyClean(t *testing.T, root, publicKeyFile string) string {
 	t.Helper()
-	c := harness.Run(nil, "", harness.CaddyBinary(t, "caddy"), "nix-cache", "verify",
-		"--root", root, "--public-key", publicKeyFile, "--nar-hash")
+	return verifyCleanAt(t, nil, publicKeyFile, "--root", root)
+}
+
+// verifyCleanAt is verifyClean for the cache that the flags where name
+// (--root or --s3), with env added to the command's environment.
+func verifyCleanAt(t *testing.T, env []string, publicKeyFile string, where ...string) string {
+	t.Helper()
+	args := append(append([]string{"nix-cache", "verify"}, where...), "--public-key", publicKeyFile, "--nar-hash")
+	c := harness.Run(env, "", harness.CaddyBinary(t, "caddy"), args...)
 	if c.Err != nil || !strings.Contains(c.Stdout, " 0 problems") {
-		t.Fatalf("caddy nix-cache verify is not clean:\n%s", c)
+		t.Fatalf("caddy nix-cache verify %s is not clean:\n%s", where[0], c)
 	}
 	return c.Stdout
 }

@@ -39,8 +39,8 @@ func (h *Handler) lookup(w http.ResponseWriter, r *http.Request, g *grant, base 
 		}
 	}
 	version := query.Get("version")
-	if !validVersion.MatchString(version) {
-		return clientError(http.StatusBadRequest, "the version %q is not a short string of letters, digits, '.', '_' or '-'", version)
+	if err := checkVersion(version); err != nil {
+		return err
 	}
 	now := time.Now()
 	h.entries.pruneSoon(r.Context(), h.keep, now)

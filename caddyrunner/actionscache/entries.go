@@ -166,8 +166,8 @@ func (s *entryStore) match(scope Scope, keys []string, version string) *entry {
 	return nil
 }
 
-// exists reports whether the repository has an entry, or an upload in
-// progress, for key and version on ref.
+// existsLocked reports whether the repository has an entry, or an upload in
+// progress, for key and version on ref; s.mu is held.
 func (s *entryStore) existsLocked(repository, ref, key, version string) bool {
 	for _, e := range s.entries {
 		if e.Repository == repository && e.Ref == ref && e.Key == key && e.Version == version {
@@ -210,7 +210,8 @@ func (s *entryStore) markUsed(ctx context.Context, id int64, now time.Time) {
 	}
 }
 
-// usage sums the entries and bytes stored, for the metrics.
+// usageLocked sums the entries and bytes stored, for the metrics; s.mu is
+// held.
 func (s *entryStore) usageLocked() (entries int, bytes int64) {
 	for _, e := range s.entries {
 		entries++

@@ -98,8 +98,8 @@ func (h *Handler) reserve(w http.ResponseWriter, r *http.Request, g *grant) erro
 	if err := checkKey(req.Key); err != nil {
 		return err
 	}
-	if !validVersion.MatchString(req.Version) {
-		return clientError(http.StatusBadRequest, "the version %q is not a short string of letters, digits, '.', '_' or '-'", req.Version)
+	if err := checkVersion(req.Version); err != nil {
+		return err
 	}
 	declared := int64(-1)
 	if req.CacheSize != nil {
@@ -155,6 +155,15 @@ func checkKey(key string) error {
 		return clientError(http.StatusBadRequest, "the key is %d characters long; at most %d are allowed", len(key), maxKeyLength)
 	case strings.Contains(key, ","):
 		return clientError(http.StatusBadRequest, "the key %q contains a comma", key)
+	}
+	return nil
+}
+
+// checkVersion refuses a version that is not the short token
+// @actions/cache sends.
+func checkVersion(version string) error {
+	if !validVersion.MatchString(version) {
+		return clientError(http.StatusBadRequest, "the version %q is not a short string of letters, digits, '.', '_' or '-'", version)
 	}
 	return nil
 }

@@ -28,14 +28,15 @@ func Required() bool {
 }
 
 // skipShort skips an end-to-end test under `go test -short` (make unit):
-// those need the built caddy, nix, Docker and Gitea, which short mode does
-// not provide. Under E2E=require, short mode is a failure instead.
+// those need the real peers that make test builds and starts (the built
+// caddy, nix, Docker, Gitea, the S3 server, the npm clients), which short
+// mode does not provide. Under E2E=require, short mode is a failure instead.
 func skipShort(t testing.TB) {
 	t.Helper()
 	if !testing.Short() {
 		return
 	}
-	const why = "end-to-end test needing bin/caddy, nix, Docker and Gitea: not run with -short (make unit)"
+	const why = "end-to-end test needing bin/caddy, nix, Docker, Gitea, the S3 server versitygw or the npm clients: not run with -short (make unit)"
 	if Required() {
 		t.Fatalf("%s, and E2E=require: run it without -short (make test)", why)
 	}

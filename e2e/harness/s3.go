@@ -2,6 +2,7 @@ package harness
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -101,6 +102,41 @@ func (s *S3) CreateBucket(name string) {
 	s.t.Helper()
 	if err := s.Client().MakeBucket(context.Background(), name, minio.MakeBucketOptions{}); err != nil {
 		s.t.Fatalf("creating bucket %s: %v", name, err)
+	}
+}
+
+// UnfinishedUploads counts the multipart uploads of bucket that were
+// started and neither completed nor aborted.
+func (s *S3) UnfinishedUploads(bucket string) int {
+	s.t.Helper()
+	n := 0
+	for up := range s.Client().ListIncompleteUploads(context.Background(), bucket, "", true) {
+		if up.Err != nil {
+			s.t.Fatal(up.Err)
+		}
+		n++
+	}
+	return n
+}
+
+// AllowAnonymous lets requests without a signature read the objects of
+// bucket, and with write also list it and store objects in it.
+func (s *S3) AllowAnonymous(bucket string, write bool) {
+	s.t.Helper()
+	actions, resources := []string{"s3:GetObject"}, []string{"arn:aws:s3:::" + bucket + "/*"}
+	if write {
+		actions = append(actions, "s3:PutObject", "s3:ListBucket", "s3:GetBucketLocation")
+		resources = append([]string{"arn:aws:s3:::" + bucket}, resources...)
+	}
+	policy, err := json.Marshal(map[string]any{
+		"Version":   "2012-10-17",
+		"Statement": []map[string]any{{"Effect": "Allow", "Principal": "*", "Action": actions, "Resource": resources}},
+	})
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	if err := s.Client().SetBucketPolicy(context.Background(), bucket, string(policy)); err != nil {
+		s.t.Fatalf("letting anyone at bucket %s: %v", bucket, err)
 	}
 }
 

@@ -2,7 +2,6 @@ package s3
 
 import (
 	"bytes"
-	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -230,7 +229,7 @@ func TestCommitNewAndAbort(t *testing.T) {
 	if _, err := s.Stat(ctx, "nar/aborted.nar"); !errors.Is(err, fs.ErrNotExist) {
 		t.Fatalf("an aborted upload is visible: %v", err)
 	}
-	if n := unfinishedUploads(t, server); n != 0 {
+	if n := server.UnfinishedUploads("cache"); n != 0 {
 		t.Fatalf("%d unfinished uploads after an abort", n)
 	}
 
@@ -249,21 +248,9 @@ func TestCommitNewAndAbort(t *testing.T) {
 	if removed, err := s.RemoveAbandoned(ctx); err != nil || len(removed) != 1 || removed[0] != "nar/dead.nar" {
 		t.Fatalf("RemoveAbandoned = %v, %v", removed, err)
 	}
-	if n := unfinishedUploads(t, server); n != 0 {
+	if n := server.UnfinishedUploads("cache"); n != 0 {
 		t.Fatalf("%d unfinished uploads after RemoveAbandoned", n)
 	}
-}
-
-func unfinishedUploads(t *testing.T, server *harness.S3) int {
-	t.Helper()
-	n := 0
-	for up := range server.Client().ListIncompleteUploads(context.Background(), "cache", "", true) {
-		if up.Err != nil {
-			t.Fatal(up.Err)
-		}
-		n++
-	}
-	return n
 }
 
 func TestLease(t *testing.T) {
