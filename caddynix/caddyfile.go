@@ -246,18 +246,14 @@ func (h *Handler) unmarshalStorage(d *caddyfile.Dispenser) error {
 			if c.PartSize, err = parseSize(d, option, value); err != nil {
 				return err
 			}
-		case "abandon_uploads_after", "redirect":
+		case "abandon_uploads_after", "redirect", "gc_grace":
 			age, err := caddy.ParseDuration(value)
 			if err != nil || age <= 0 {
 				return d.Errf("nix_cache: storage s3: %s %q is not a positive duration such as 6h", option, value)
 			}
-			if option == "redirect" {
-				c.Redirect = caddy.Duration(age)
-			} else {
-				c.AbandonUploadsAfter = caddy.Duration(age)
-			}
+			*map[string]*caddy.Duration{"redirect": &c.Redirect, "abandon_uploads_after": &c.AbandonUploadsAfter, "gc_grace": &c.GCGrace}[option] = caddy.Duration(age)
 		default:
-			return d.Errf("nix_cache: unknown storage s3 option %q (bucket, prefix, endpoint, region, path_style, access_key_id, secret_access_key, secret_access_key_file, part_size, abandon_uploads_after, redirect)", option)
+			return d.Errf("nix_cache: unknown storage s3 option %q (bucket, prefix, endpoint, region, path_style, access_key_id, secret_access_key, secret_access_key_file, part_size, abandon_uploads_after, redirect, gc_grace)", option)
 		}
 	}
 	if c.Bucket == "" || c.Endpoint == "" {

@@ -3,6 +3,7 @@ package caddynix
 import (
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
@@ -29,6 +30,7 @@ func TestCaddyfileErrors(t *testing.T) {
 		"s3 no bucket":    "nix_cache {\n\tstorage s3 {\n\t\tendpoint http://127.0.0.1:1\n\t}\n}",
 		"s3 bad option":   "nix_cache {\n\tstorage s3 {\n\t\tbucket b\n\t\tendpoint http://127.0.0.1:1\n\t\tacl public\n\t}\n}",
 		"s3 small parts":  "nix_cache {\n\tstorage s3 {\n\t\tbucket b\n\t\tendpoint http://127.0.0.1:1\n\t\tpart_size lots\n\t}\n}",
+		"s3 no grace":     "nix_cache {\n\tstorage s3 {\n\t\tbucket b\n\t\tendpoint http://127.0.0.1:1\n\t\tgc_grace 0s\n\t}\n}",
 	}
 	for name, body := range tests {
 		t.Run(name, func(t *testing.T) {
@@ -51,6 +53,7 @@ func TestStorageNeedsOnePlace(t *testing.T) {
 		"neither":     {"", nil, "root is required"},
 		"both":        {"cache", s3, "keep one"},
 		"two secrets": {"", &StorageConfig{S3: &S3Config{Bucket: "b", Endpoint: "http://x", SecretAccessKey: "a", SecretAccessKeyFile: "f"}}, "not both"},
+		"long grace":  {"", &StorageConfig{S3: &S3Config{Bucket: "b", Endpoint: "http://x", GCGrace: caddy.Duration(time.Hour)}}, "would lose its lease"},
 		"secret file": {"", &StorageConfig{S3: &S3Config{Bucket: "b", Endpoint: "http://x", SecretAccessKeyFile: "/nonexistent/secret"}}, "/nonexistent/secret"},
 		"unreachable": {"", s3, "reaching bucket b at http://127.0.0.1:1"},
 	} {
@@ -69,14 +72,14 @@ func TestStorageNeedsOnePlace(t *testing.T) {
 func TestParseS3URL(t *testing.T) {
 	t.Setenv("AWS_ACCESS_KEY_ID", "id")
 	t.Setenv("AWS_SECRET_ACCESS_KEY", "secret")
-	cfg, err := parseS3URL("s3://nix-cache/main/?endpoint=https://s3.example.org&region=eu-1&addressing-style=path")
+	cfg, err := parseS3URL("s3://nix-cache/main/?endpoint=https://s3.example.org&region=eu-1&addressing-style=path&gc-grace=2m")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c := cfg.S3; c.Bucket != "nix-cache" || c.Prefix != "main/" || c.Endpoint != "https://s3.example.org" || c.Region != "eu-1" || !c.PathStyle || c.AccessKeyID != "id" || c.SecretAccessKey != "secret" {
+	if c := cfg.S3; c.Bucket != "nix-cache" || c.Prefix != "main/" || c.Endpoint != "https://s3.example.org" || c.Region != "eu-1" || !c.PathStyle || c.AccessKeyID != "id" || c.SecretAccessKey != "secret" || cfg.gcGrace() != 2*time.Minute {
 		t.Fatalf("parsed %+v", *c)
 	}
-	for _, bad := range []string{"https://s3.example.org/b", "s3://b", "s3:///?endpoint=http://x"} {
+	for _, bad := range []string{"https://s3.example.org/b", "s3://b", "s3:///?endpoint=http://x", "s3://b?endpoint=http://x&gc-grace=soon"} {
 		if _, err := parseS3URL(bad); err == nil {
 			t.Errorf("%q was accepted", bad)
 		}

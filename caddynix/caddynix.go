@@ -111,8 +111,11 @@ type Handler struct {
 	// redirect is how long the signed URLs NAR requests are redirected to
 	// live; 0 serves NARs through the node.
 	redirect time.Duration
-	shared   *sharedCache
-	logger   *zap.Logger
+	// gcGrace is how long collections on shared storage announce what
+	// they delete before deleting it.
+	gcGrace time.Duration
+	shared  *sharedCache
+	logger  *zap.Logger
 }
 
 // CaddyModule returns the Caddy module information.
@@ -149,6 +152,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if h.Storage != nil && h.Storage.S3 != nil {
 		h.redirect = time.Duration(h.Storage.S3.Redirect)
 	}
+	h.gcGrace = h.Storage.gcGrace()
 	if data, err := storage.ReadAll(ctx, h.store, "nix-cache-info", maxSmallDocSize); err == nil {
 		if stored := storedStoreDir(data); stored != "" && stored != h.StoreDir {
 			return fmt.Errorf("nix_cache: %s/nix-cache-info says StoreDir %s but store_dir is %s: the cache holds paths of another store; set store_dir to match", h.root, stored, h.StoreDir)
@@ -240,7 +244,7 @@ func (h *Handler) loadKeys(repl *caddy.Replacer) error {
 
 // collector collects the handler's cache with the index idx.
 func (h *Handler) collector(idx *index.Index) *collector {
-	return &collector{store: h.store, storeDir: h.StoreDir, state: h.state, idx: idx, logger: h.logger, cache: h.cacheLabel()}
+	return &collector{store: h.store, storeDir: h.StoreDir, state: h.state, idx: idx, logger: h.logger, cache: h.cacheLabel(), grace: h.gcGrace}
 }
 
 // cacheLabel names the cache in metrics and logs: its name, or its root.

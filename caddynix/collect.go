@@ -22,6 +22,9 @@ type collector struct {
 	cache string
 	// lease is the collection lease of a shared storage while it is held.
 	lease *heldLease
+	// grace is how long a collection on shared storage announces what it
+	// deletes before it deletes it.
+	grace time.Duration
 }
 
 // collectReport says what a collection did, or with dryRun would do.
@@ -72,6 +75,9 @@ func (c *collector) plannedCollect(ctx context.Context, pol policy, dryRun bool,
 	c.state.track(true)
 	defer c.state.track(false)
 
+	if err := c.gatherUses(ctx, !dryRun); err != nil {
+		return err
+	}
 	var err error
 	if report.Reconciled, err = c.sync(ctx, false); err != nil {
 		return fmt.Errorf("indexing the cache: %w", err)
@@ -113,6 +119,15 @@ func (c *collector) plannedCollect(ctx context.Context, pol policy, dryRun bool,
 	if err := c.forgetRuns(ctx, forgotten); err != nil {
 		return err
 	}
+	hashes := make([]string, len(plan.Delete))
+	for i, p := range plan.Delete {
+		hashes[i] = p.Hash
+	}
+	withdraw, err := c.settle(ctx, hashes, plan.Nars, orphans)
+	if err != nil {
+		return err
+	}
+	defer withdraw()
 	if err := c.deleteOrphans(ctx, orphans, report); err != nil {
 		return err
 	}

@@ -93,7 +93,7 @@ uploads in progress are listed as notes; they do not make the cache unclean.`,
 				}
 				opts.publicKeys = append(opts.publicKeys, key)
 			}
-			store, location, err := openCommandStore(cmd.Context(), root, s3URL)
+			store, location, _, err := openCommandStore(cmd.Context(), root, s3URL)
 			if err != nil {
 				return err
 			}

@@ -81,7 +81,7 @@ func (t *target) run(cmd *cobra.Command, name string, params url.Values) error {
 
 // openOffline opens a cache and its index in this process.
 func (t *target) openOffline() (*collector, func(), error) {
-	store, root, err := openCommandStore(context.Background(), t.root, t.s3)
+	store, root, storageConfig, err := openCommandStore(context.Background(), t.root, t.s3)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -108,7 +108,7 @@ func (t *target) openOffline() (*collector, func(), error) {
 		return nil, nil, err
 	}
 	state := &cacheState{indexPath: indexPath, idx: idx, store: store}
-	c := &collector{store: store, storeDir: storeDir, state: state, idx: idx, logger: logger, cache: root}
+	c := &collector{store: store, storeDir: storeDir, state: state, idx: idx, logger: logger, cache: root, grace: storageConfig.gcGrace()}
 	return c, func() { _ = state.Destruct(); _ = store.Close() }, nil
 }
 

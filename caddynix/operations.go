@@ -82,6 +82,9 @@ func (c *collector) pathInfo(ctx context.Context, storePath string) (*pathInfo, 
 		return nil, err
 	}
 	info := &pathInfo{Path: p, Hash: p.Hash}
+	if err := c.gatherUses(ctx, false); err != nil {
+		return nil, err
+	}
 	served, err := c.idx.Served()
 	if err != nil {
 		return nil, err
@@ -179,6 +182,15 @@ func (c *collector) deleteClosureOf(ctx context.Context, target index.Path, with
 			nars = append(nars, p.NarURL)
 		}
 	}
+	hashes := make([]string, len(victims))
+	for i, p := range victims {
+		hashes[i] = p.Hash
+	}
+	withdraw, err := c.settle(ctx, hashes, nars, nil)
+	if err != nil {
+		return nil, err
+	}
+	defer withdraw()
 	report := &collectReport{Paths: len(paths)}
 	report.SizeBefore = cacheSize(paths)
 	freed, err := c.deletePaths(ctx, victims, nars, report)

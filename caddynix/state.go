@@ -40,6 +40,9 @@ type cacheState struct {
 	closure sync.RWMutex
 	// collecting is held by the one collection that runs at a time.
 	collecting sync.Mutex
+	// announced is this process's look at what a collection on another
+	// node sharing the storage is about to delete.
+	announced announcementView
 	// touched is, while a collection runs, what uploads committed or
 	// referenced since it planned: hash parts, and NAR URLs.
 	touched map[string]bool
@@ -176,13 +179,18 @@ func (s *cacheState) flushServedLocked() error {
 	if err := s.idx.MarkServed(served); err != nil {
 		return err
 	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := publishUses(ctx, s.store, served); err != nil {
+		return err
+	}
 	// The narinfo keeps its last use too, for when the index is lost.
 	recorder, ok := s.store.(storage.UseRecorder)
 	if !ok {
 		return nil
 	}
 	for hash, at := range served {
-		if err := recorder.RecordUse(context.Background(), hash+".narinfo", at); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		if err := recorder.RecordUse(ctx, hash+".narinfo", at); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return fmt.Errorf("noting the last use of %s.narinfo: %w", hash, err)
 		}
 	}

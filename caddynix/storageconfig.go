@@ -66,6 +66,22 @@ type S3Config struct {
 	// still served, and signed, by the node. Default: 0, NARs pass
 	// through the node. Caddyfile: `redirect <duration>`.
 	Redirect caddy.Duration `json:"redirect,omitempty"`
+	// GCGrace is how long a collection announces what it is about to
+	// delete before it deletes it. Meanwhile every node refuses (409)
+	// uploads that need an announced path, and an upload that did not see
+	// the announcement lands before the grace ends, so that the collection
+	// keeps what it needs. Set the same on every node sharing the bucket.
+	// Default: 1m. Caddyfile: `gc_grace 1m`.
+	GCGrace caddy.Duration `json:"gc_grace,omitempty"`
+}
+
+// gcGrace is the grace of collections on the storage, which matters only
+// when it is shared.
+func (c *StorageConfig) gcGrace() time.Duration {
+	if c == nil || c.S3 == nil || c.S3.GCGrace == 0 {
+		return defaultGCGrace
+	}
+	return time.Duration(c.S3.GCGrace)
 }
 
 // s3Config expands the placeholders and reads the secret.
@@ -81,6 +97,8 @@ func (c *S3Config) s3Config(repl *caddy.Replacer) (s3.Config, error) {
 		AbandonedAfter: time.Duration(c.AbandonUploadsAfter),
 	}
 	switch {
+	case time.Duration(c.GCGrace) > leaseTTL/2:
+		return cfg, fmt.Errorf("gc_grace %s is longer than %s: a collection would lose its lease while it waits", time.Duration(c.GCGrace), leaseTTL/2)
 	case c.SecretAccessKey != "" && c.SecretAccessKeyFile != "":
 		return cfg, errors.New("give the S3 secret either as secret_access_key or as secret_access_key_file, not both")
 	case c.SecretAccessKeyFile != "":
@@ -149,6 +167,13 @@ func parseS3URL(raw string) (*StorageConfig, error) {
 		AccessKeyID:     os.Getenv("AWS_ACCESS_KEY_ID"),
 		SecretAccessKey: os.Getenv("AWS_SECRET_ACCESS_KEY"),
 	}
+	if grace := query.Get("gc-grace"); grace != "" {
+		d, err := caddy.ParseDuration(grace)
+		if err != nil || d <= 0 {
+			return nil, fmt.Errorf("gc-grace=%s in %s is not a positive duration such as 1m", grace, raw)
+		}
+		c.GCGrace = caddy.Duration(d)
+	}
 	if c.Endpoint == "" {
 		return nil, fmt.Errorf("%s names no endpoint: add ?endpoint=https://s3.example.org", raw)
 	}
@@ -159,27 +184,29 @@ func parseS3URL(raw string) (*StorageConfig, error) {
 }
 
 // openCommandStore opens the cache a command names with --root (an
-// existing directory) or --s3 (a bucket URL).
-func openCommandStore(ctx context.Context, root, s3URL string) (storage.Store, string, error) {
+// existing directory) or --s3 (a bucket URL), and returns its storage
+// settings too.
+func openCommandStore(ctx context.Context, root, s3URL string) (storage.Store, string, *StorageConfig, error) {
 	switch {
 	case root != "" && s3URL != "":
-		return nil, "", errors.New("give either --root or --s3, not both")
+		return nil, "", nil, errors.New("give either --root or --s3, not both")
 	case s3URL != "":
 		cfg, err := parseS3URL(s3URL)
 		if err != nil {
-			return nil, "", err
+			return nil, "", nil, err
 		}
-		return openStore(ctx, caddy.NewReplacer(), "", cfg)
+		store, location, err := openStore(ctx, caddy.NewReplacer(), "", cfg)
+		return store, location, cfg, err
 	case root == "":
-		return nil, "", errors.New("--root (a cache directory) or --s3 (a bucket URL) is required")
+		return nil, "", nil, errors.New("--root (a cache directory) or --s3 (a bucket URL) is required")
 	}
 	abs, err := filepath.Abs(root)
 	if err != nil {
-		return nil, "", err
+		return nil, "", nil, err
 	}
 	store, err := dir.Open(abs)
 	if err != nil {
-		return nil, "", err
+		return nil, "", nil, err
 	}
-	return store, abs, nil
+	return store, abs, nil, nil
 }

@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"path"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -74,6 +75,8 @@ type uploadError struct {
 	status int
 	reason string // the metrics label
 	msg    string
+	// retryAfter, when set, is sent as Retry-After.
+	retryAfter time.Duration
 }
 
 func (e *uploadError) Error() string { return e.msg }
@@ -114,6 +117,9 @@ func (h *Handler) serveUpload(w http.ResponseWriter, r *http.Request, req cacheR
 		h.logger.Info("upload rejected", zap.String("path", r.URL.Path), zap.String("reason", uerr.msg))
 		if uerr.status == http.StatusUnauthorized {
 			w.Header().Set("WWW-Authenticate", `Basic realm="nix cache upload"`)
+		}
+		if uerr.retryAfter > 0 {
+			w.Header().Set("Retry-After", strconv.Itoa(int(uerr.retryAfter.Round(time.Second)/time.Second)))
 		}
 		http.Error(w, uerr.msg, uerr.status)
 		return nil
@@ -399,7 +405,22 @@ func (h *Handler) putNarInfo(r *http.Request, req cacheRequest, pusher *index.Pu
 // references are stored, and telling a running collection that the path
 // and what it needs are wanted again. It returns the narinfo the cache
 // holds, its file, and whether the cache held it already.
-func (h *Handler) commitNarInfo(ctx context.Context, req cacheRequest, info *narinfo.NarInfo, stored []byte) (_ *narinfo.NarInfo, _ storage.Info, again bool, _ error) {
+func (h *Handler) commitNarInfo(ctx context.Context, req cacheRequest, info *narinfo.NarInfo, stored []byte) (_ *narinfo.NarInfo, _ storage.Info, again bool, err error) {
+	needs := []string{req.hash, info.URL}
+	for _, ref := range info.References {
+		needs = append(needs, ref[:storePathHashLen])
+	}
+	requestCtx := ctx
+	ctx, cancel, err := h.state.announced.admit(ctx, h.store, h.gcGrace, needs)
+	if err != nil {
+		return nil, storage.Info{}, false, err
+	}
+	defer cancel()
+	defer func() {
+		if errors.Is(err, context.DeadlineExceeded) && requestCtx.Err() == nil {
+			err = reject(http.StatusServiceUnavailable, "slow_commit", "the storage took too long to commit the narinfo for a collection on another node to see it; upload it again")
+		}
+	}()
 	h.state.closure.RLock()
 	defer h.state.closure.RUnlock()
 	existing, replaceable, err := h.storedNarInfo(ctx, req.file)
@@ -416,7 +437,8 @@ func (h *Handler) commitNarInfo(ctx context.Context, req cacheRequest, info *nar
 				continue
 			}
 			if _, err := h.store.Stat(ctx, ref[:storePathHashLen]+".narinfo"); err != nil {
-				return nil, storage.Info{}, false, reject(http.StatusBadRequest, "missing_reference", "reference %s is not in the cache: upload it first", ref)
+				return nil, storage.Info{}, false, reject(http.StatusBadRequest, "missing_reference",
+					"reference %s is not in the cache: upload it first (a client that saw it in the cache before it was collected takes it to be there still: copy with `--option narinfo-cache-positive-ttl 0`)", ref)
 			}
 		}
 		if err := h.ensureCacheInfoFile(ctx); err != nil {

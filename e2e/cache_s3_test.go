@@ -3,6 +3,7 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -24,15 +25,18 @@ import (
 // bucket nix, below main/, of server.
 func s3Node(t *testing.T, server *harness.S3, secret string, storageOptions ...string) *harness.Caddy {
 	t.Helper()
-	block := server.StorageBlock("nix", "main/")
-	if len(storageOptions) > 0 {
-		block = strings.TrimSuffix(block, "}") + "\t" + strings.Join(storageOptions, "\n\t") + "\n}"
-	}
+	// Collections announce what they delete for a short while only, so
+	// that the tests need not wait a minute each time.
+	storageOptions = append([]string{"gc_grace " + s3GCGrace.String()}, storageOptions...)
+	block := strings.TrimSuffix(server.StorageBlock("nix", "main/"), "}") + "\t" + strings.Join(storageOptions, "\n\t") + "\n}"
 	return harness.StartCaddy(t, harness.Caddyfile{Cache: &harness.CacheSite{
 		Options: []string{"name main", block, "secret_key_file " + secret},
 		Upload:  []string{"token " + uploadToken},
 	}}.String(), harness.CaddyOptions{})
 }
+
+// s3GCGrace is the grace of the collections on the tests' nodes.
+const s3GCGrace = 4 * time.Second
 
 // verifyBucket runs `caddy nix-cache verify --s3` on the bucket and fails
 // the test unless it is clean; it returns the report.
@@ -258,6 +262,120 @@ func TestCollectionOnOneNodeWhileAnotherServes(t *testing.T) {
 			t.Fatalf("after the collection B still serves %s", hash)
 		}
 	}
+}
+
+// TestUploadsDuringACollectionOnAnotherNode pushes closures through B that
+// need a path that a collection on A deletes: every push either lands
+// whole, with the collection keeping what it needs, or is refused with a
+// reason, and lands when pushed again; B never serves a broken closure.
+func TestUploadsDuringACollectionOnAnotherNode(t *testing.T) {
+	server := harness.StartS3(t)
+	server.CreateBucket("nix")
+	secret, public := keygen(t, "s3-race-1")
+	a, b := s3Node(t, server, secret), s3Node(t, server, secret)
+	nix := harness.NewNix(t, "").Client().Netrc(t, uploadToken)
+	tops, base := nix.BuildSharedClosures("s3-race", 8, 16<<10)
+	to := b.URL() + "/upload?compression=zstd"
+	if c := nix.Copy("--to", to, base); c.Err != nil {
+		t.Fatalf("nix copy of the base:\n%s", c)
+	}
+
+	type push struct {
+		top string
+		c   harness.Command
+	}
+	pushed := make(chan push, len(tops))
+	go func() {
+		defer close(pushed)
+		// Pushes start as soon as A announces what it deletes, and go on
+		// through its grace and deletions.
+		deadline := time.Now().Add(30 * time.Second)
+		for time.Now().Before(deadline) {
+			if _, err := server.Client().StatObject(context.Background(), "nix", "main/retention/doomed", minio.StatObjectOptions{}); err == nil {
+				break
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		for _, top := range tops {
+			pushed <- push{top, nix.WithFreshCache().Copy("--to", to, top)}
+			time.Sleep(s3GCGrace / 8)
+		}
+	}()
+	answer := adminPost(t, a, "/nix-cache/gc?cache=main&max_size=1&min_age=0s")
+	// The collection planned to delete the base: it did, or a push that
+	// landed in its grace kept it.
+	if !strings.Contains(answer, "s3-race-base") && !strings.Contains(answer, `"kept_by_uploads":1`) {
+		t.Fatalf("the collection neither deleted the base nor kept it for an upload: %s", answer)
+	}
+	var landed, refused []string
+	for p := range pushed {
+		switch {
+		case p.c.Err == nil:
+			landed = append(landed, p.top)
+		case strings.Contains(p.c.Output, "about to be deleted by a collection"), strings.Contains(p.c.Output, "narinfo-cache-positive-ttl 0"):
+			refused = append(refused, p.top)
+		default:
+			t.Fatalf("a push during the collection failed without saying why:\n%s", p.c)
+		}
+	}
+	t.Logf("during the collection %d pushes landed and %d were refused: %s", len(landed), len(refused), answer)
+	if len(refused) == 0 {
+		t.Fatalf("no push was refused although every one needs the base the collection announced")
+	}
+	for _, top := range landed {
+		hash := strings.SplitN(filepath.Base(top), "-", 2)[0]
+		if problem, ok := closureProblem(t, b.URL(), hash); !ok || problem != "" {
+			t.Fatalf("B serves a push that landed during the collection broken (served %v): %s", ok, problem)
+		}
+	}
+	verifyBucket(t, server, writePublicKey(t, public))
+
+	// What was refused lands when pushed again, as the refusal says.
+	for _, top := range refused {
+		if c := nix.Copy("--to", to, "--option", "narinfo-cache-positive-ttl", "0", top); c.Err != nil {
+			t.Fatalf("pushing a refused closure again:\n%s", c)
+		}
+	}
+	for _, top := range tops {
+		if c, _ := substitute(nix, a.URL(), public, top); c.Err != nil {
+			t.Fatalf("substituting %s from A:\n%s", top, c)
+		}
+	}
+}
+
+// TestRetentionCountsUsesOnEveryNode collects on A a cache whose older
+// closure only B served: A deletes the newer one, which nobody used.
+func TestRetentionCountsUsesOnEveryNode(t *testing.T) {
+	server := harness.StartS3(t)
+	server.CreateBucket("nix")
+	secret, _ := keygen(t, "s3-uses-1")
+	a, b := s3Node(t, server, secret), s3Node(t, server, secret)
+	nix := harness.NewNix(t, "").Client().Netrc(t, uploadToken)
+	older := nix.BuildClosure("s3-uses-older", 64<<10)
+	newer := nix.BuildClosure("s3-uses-newer", 64<<10)
+	for _, closure := range []harness.Closure{older, newer} {
+		if c := nix.Copy("--to", a.URL()+"/upload?compression=zstd", closure.Top); c.Err != nil {
+			t.Fatalf("nix copy:\n%s", c)
+		}
+		time.Sleep(1100 * time.Millisecond)
+	}
+	get(t, narinfoURL(b.URL(), older.Top), nil, 200)
+	// Looking a path up writes down the uses B noted, as B does every 30s.
+	adminGet(t, b, "/nix-cache/path-info?cache=main&store_path="+older.Top)
+
+	var dry gcAnswer
+	if err := json.Unmarshal([]byte(adminPost(t, a, "/nix-cache/gc?cache=main&dry_run=true")), &dry); err != nil {
+		t.Fatal(err)
+	}
+	var answer gcAnswer
+	body := adminPost(t, a, fmt.Sprintf("/nix-cache/gc?cache=main&max_size=%d&min_age=0s", dry.SizeBefore-1))
+	if err := json.Unmarshal([]byte(body), &answer); err != nil {
+		t.Fatal(err)
+	}
+	if len(answer.Deleted) != 1 || answer.Deleted[0] != newer.Top {
+		t.Fatalf("A deleted %v, want only %s: B served %s after it was pushed", answer.Deleted, newer.Top, older.Top)
+	}
+	get(t, narinfoURL(b.URL(), older.Top), nil, 200)
 }
 
 // closureProblem fetches a narinfo from the node at url and, if it is

@@ -175,7 +175,8 @@ func (x *Index) Forget(deleted []*Path) error {
 	})
 }
 
-// MarkServed records when paths were last served.
+// MarkServed records when paths were last served; a time earlier than the
+// one recorded, as another node may report, changes nothing.
 func (x *Index) MarkServed(served map[string]time.Time) error {
 	if len(served) == 0 {
 		return nil
@@ -183,6 +184,9 @@ func (x *Index) MarkServed(served map[string]time.Time) error {
 	return x.db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(servedBucket)
 		for hash, at := range served {
+			if old := b.Get([]byte(hash)); len(old) == 8 && int64(binary.BigEndian.Uint64(old)) >= at.Unix() {
+				continue
+			}
 			if err := b.Put([]byte(hash), servedValue(at)); err != nil {
 				return err
 			}
