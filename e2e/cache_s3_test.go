@@ -187,6 +187,60 @@ func TestKilledNodeLeavesNoUpload(t *testing.T) {
 	verifyBucket(t, server, publicFile)
 }
 
+// TestS3ServerDownIsNoMiss kills the S3 server while a node streams a NAR
+// from it: the download fails rather than ending short as a success, and
+// every request meanwhile is a 503 with a log line, never a 404 a client
+// would remember.
+func TestS3ServerDownIsNoMiss(t *testing.T) {
+	server := harness.StartS3(t)
+	server.CreateBucket("nix")
+	secret, _ := keygen(t, "s3-down-1")
+	node := s3Node(t, server, secret)
+	nix := harness.NewNix(t, "").Client().Netrc(t, uploadToken)
+	closure := nix.BuildClosure("s3-down", 96<<20)
+	if c := nix.Copy("--to", node.URL()+"/upload?compression=none", closure.Top); c.Err != nil {
+		t.Fatalf("nix copy:\n%s", c)
+	}
+	narinfo := narinfoURL(node.URL(), closure.Top)
+	var narURL string
+	for line := range strings.Lines(get(t, narinfo, nil, 200)) {
+		if nar, ok := strings.CutPrefix(line, "URL: "); ok {
+			narURL = node.URL() + "/" + strings.TrimSpace(nar)
+		}
+	}
+
+	resp, err := http.Get(narURL)
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("GET the NAR: %v %v", resp, err)
+	}
+	n, err := io.CopyN(io.Discard, resp.Body, 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	server.Kill()
+	n, err = io.Copy(io.Discard, resp.Body)
+	_ = resp.Body.Close()
+	if err == nil {
+		t.Fatalf("the NAR download ended as a success after %d more bytes of %d although the S3 server died", n, resp.ContentLength)
+	}
+	t.Logf("the download failed after %d of %d bytes: %v", n+1<<20, resp.ContentLength, err)
+
+	for _, url := range []string{narinfo, narURL} {
+		for _, method := range []string{"GET", "HEAD"} {
+			start := time.Now()
+			resp := do(t, method, url, nil)
+			t.Logf("%s took %v", method, time.Since(start))
+			_ = resp.Body.Close()
+			if resp.StatusCode != http.StatusServiceUnavailable {
+				t.Fatalf("%s %s with the S3 server down: %d, want 503", method, url, resp.StatusCode)
+			}
+		}
+	}
+	if !strings.Contains(node.Log(), "the cache's storage failed") && !strings.Contains(node.Log(), "opening narinfo") {
+		t.Fatalf("no log line says the storage failed:\n%s", node.Log())
+	}
+}
+
 // TestCollectionOnOneNodeWhileAnotherServes collects the whole cache on A
 // while a client walks every closure on B: B never answers a narinfo
 // whose references or NAR are gone. A lease held by another node stops a

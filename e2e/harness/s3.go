@@ -81,6 +81,9 @@ func StartS3(t testing.TB) *S3 {
 	return s
 }
 
+// Kill ends the server at once, as a crash or a lost network would.
+func (s *S3) Kill() { s.proc.Kill() }
+
 // PID is the server's process id.
 func (s *S3) PID() int { return s.proc.PID() }
 

@@ -109,6 +109,11 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		Secure:       u.Scheme == "https",
 		Region:       cfg.Region,
 		BucketLookup: lookup,
+		// A request is tried three times, backing off up to about a
+		// second in all: enough for a dropped connection, while a client
+		// of a node whose server is down learns it at once rather than
+		// after minio-go's default ten tries.
+		MaxRetries: 3,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("setting up the S3 client for %s: %w", cfg.Endpoint, err)
