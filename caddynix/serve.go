@@ -106,8 +106,13 @@ func (h *Handler) storageFailure(what, file string, err error) error {
 // for, is logged and answered as missing: a client then builds the path
 // instead of failing.
 func (h *Handler) serveNarInfo(w http.ResponseWriter, r *http.Request, req cacheRequest) error {
+	if entry, ok := h.narinfos.current(req.file); ok {
+		h.writeNarInfo(w, r, req, entry)
+		return nil
+	}
 	// A stat is enough to tell whether the cached signed copy is current;
 	// the file is opened only to sign it again.
+	mark := h.narinfos.mark()
 	info, err := h.store.Stat(r.Context(), req.file)
 	if err != nil {
 		if !errors.Is(err, fs.ErrNotExist) {
@@ -117,7 +122,7 @@ func (h *Handler) serveNarInfo(w http.ResponseWriter, r *http.Request, req cache
 		return caddyhttp.Error(http.StatusNotFound, nil)
 	}
 	var readErr error
-	body, err := h.narinfos.get(req.file, info.Version, func() ([]byte, error) {
+	entry, err := h.narinfos.get(req.file, info, mark, func() ([]byte, error) {
 		data, err := storage.ReadAll(r.Context(), h.store, req.file, nixfmt.MaxNarInfoSize)
 		if err != nil {
 			readErr = err
@@ -133,6 +138,12 @@ func (h *Handler) serveNarInfo(w http.ResponseWriter, r *http.Request, req cache
 		h.logger.Error("serving narinfo as missing", zap.String("file", req.file), zap.Error(err))
 		return caddyhttp.Error(http.StatusNotFound, nil)
 	}
+	h.writeNarInfo(w, r, req, entry)
+	return nil
+}
+
+// writeNarInfo answers with a signed narinfo.
+func (h *Handler) writeNarInfo(w http.ResponseWriter, r *http.Request, req cacheRequest, entry *signedNarinfo) {
 	narinfoLookups.WithLabelValues("served").Inc()
 	h.state.markServed(req.hash)
 	w.Header().Set("Content-Type", contentTypes[kindNarinfo])
@@ -140,20 +151,19 @@ func (h *Handler) serveNarInfo(w http.ResponseWriter, r *http.Request, req cache
 		// What a substituter sends: answered as http.ServeContent would,
 		// without its checks for headers the request does not have.
 		header := w.Header()
-		header.Set("Last-Modified", info.ModTime.UTC().Format(http.TimeFormat))
+		header.Set("Last-Modified", entry.lastModified)
 		header.Set("Accept-Ranges", "bytes")
-		header.Set("Content-Length", strconv.Itoa(len(body)))
+		header.Set("Content-Length", strconv.Itoa(len(entry.body)))
 		w.WriteHeader(http.StatusOK)
 		if r.Method != http.MethodHead {
-			_, _ = w.Write(body)
+			_, _ = w.Write(entry.body)
 		}
-		return nil
+		return
 	}
-	if !dropEmptySuffixRanges(w, r, int64(len(body))) {
-		return nil
+	if !dropEmptySuffixRanges(w, r, int64(len(entry.body))) {
+		return
 	}
-	http.ServeContent(memoryBodyWriter{w}, r, "", info.ModTime, bytes.NewReader(body))
-	return nil
+	http.ServeContent(memoryBodyWriter{w}, r, "", entry.modTime, bytes.NewReader(entry.body))
 }
 
 // plainGet reports whether a GET or HEAD asks for the whole representation

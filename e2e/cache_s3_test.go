@@ -213,12 +213,11 @@ func TestS3ServerDownIsNoMiss(t *testing.T) {
 	if err != nil || resp.StatusCode != 200 {
 		t.Fatalf("GET the NAR: %v %v", resp, err)
 	}
-	n, err := io.CopyN(io.Discard, resp.Body, 1<<20)
-	if err != nil {
+	if _, err := io.CopyN(io.Discard, resp.Body, 1<<20); err != nil {
 		t.Fatal(err)
 	}
 	server.Kill()
-	n, err = io.Copy(io.Discard, resp.Body)
+	n, err := io.Copy(io.Discard, resp.Body)
 	_ = resp.Body.Close()
 	if err == nil {
 		t.Fatalf("the NAR download ended as a success after %d more bytes of %d although the S3 server died", n, resp.ContentLength)

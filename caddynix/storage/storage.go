@@ -132,6 +132,19 @@ type Leaser interface {
 	ReleaseLease(ctx context.Context, name, holder string) error
 }
 
+// Watcher is a Store that reports changes to its objects as they happen,
+// so that what is derived from an object can be kept until it changes
+// without a look at the object on every use.
+type Watcher interface {
+	// Watch reports changes to the objects directly in the storage's root
+	// until ctx ends, when it returns nil, or until watching fails. It
+	// calls watching once every later change is reported, changed with the
+	// name of each object written, replaced or removed, and changed("")
+	// when changes may have been missed. It fails at once where the storage
+	// can change without notice, such as a network filesystem.
+	Watch(ctx context.Context, watching func(), changed func(name string)) error
+}
+
 // Presigner is a Store whose objects a client can fetch directly, through
 // a URL signed for a limited time.
 type Presigner interface {
