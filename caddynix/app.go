@@ -70,7 +70,7 @@ const servedFlushInterval = 30 * time.Second
 // runBackground opens and indexes the cache, then collects it and writes
 // down served times until ctx ends.
 func (h *Handler) runBackground(ctx context.Context) {
-	h.state.setStore(h.store)
+	h.state.setStore(h.store, h.Retention != nil)
 	idx, err := h.state.open(ctx, h.logger)
 	if err != nil {
 		if ctx.Err() == nil {

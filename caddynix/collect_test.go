@@ -269,7 +269,7 @@ func loseIndex(t *testing.T, h *Handler) *collector {
 // deletes what the lost one would have.
 func TestLostIndexMakesTheSameDecisions(t *testing.T) {
 	h, _ := newIndexedHandler(t)
-	h.state.setStore(h.store)
+	h.state.setStore(h.store, false)
 	ctx := context.Background()
 	var paths []testPath
 	for i := range 8 {

@@ -32,6 +32,10 @@ type cacheState struct {
 	// store is the storage of the running configuration, where what must
 	// outlive the index is written: use times, run records.
 	store storage.Store
+	// collected is set when the running configuration collects the
+	// cache: only then are use times written for other nodes, whose
+	// collections take them in.
+	collected bool
 
 	// closure is held for reading by an upload from the moment it checks
 	// that a narinfo's NAR and references are stored until its narinfo is
@@ -89,11 +93,12 @@ func (s *cacheState) Destruct() error {
 }
 
 // setStore makes store the one records are written to: the running
-// configuration's.
-func (s *cacheState) setStore(store storage.Store) {
+// configuration's. With collected, the configuration collects the cache,
+// and use times are shared with the other nodes of a shared storage.
+func (s *cacheState) setStore(store storage.Store, collected bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.store = store
+	s.store, s.collected = store, collected
 }
 
 // storage returns the running configuration's storage, or nil.
@@ -181,8 +186,10 @@ func (s *cacheState) flushServedLocked() error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	if err := publishUses(ctx, s.store, served); err != nil {
-		return err
+	if s.collected {
+		if err := publishUses(ctx, s.store, served); err != nil {
+			return err
+		}
 	}
 	// The narinfo keeps its last use too, for when the index is lost.
 	recorder, ok := s.store.(storage.UseRecorder)

@@ -25,12 +25,18 @@ import (
 // bucket nix, below main/, of server.
 func s3Node(t *testing.T, server *harness.S3, secret string, storageOptions ...string) *harness.Caddy {
 	t.Helper()
+	return s3NodeWith(t, server, secret, nil, storageOptions...)
+}
+
+// s3NodeWith is s3Node with more options of the nix_cache block.
+func s3NodeWith(t *testing.T, server *harness.S3, secret string, cacheOptions []string, storageOptions ...string) *harness.Caddy {
+	t.Helper()
 	// Collections announce what they delete for a short while only, so
 	// that the tests need not wait a minute each time.
 	storageOptions = append([]string{"gc_grace " + s3GCGrace.String()}, storageOptions...)
 	block := strings.TrimSuffix(server.StorageBlock("nix", "main/"), "}") + "\t" + strings.Join(storageOptions, "\n\t") + "\n}"
 	return harness.StartCaddy(t, harness.Caddyfile{Cache: &harness.CacheSite{
-		Options: []string{"name main", block, "secret_key_file " + secret},
+		Options: append([]string{"name main", block, "secret_key_file " + secret}, cacheOptions...),
 		Upload:  []string{"token " + uploadToken},
 	}}.String(), harness.CaddyOptions{})
 }
@@ -402,7 +408,9 @@ func TestRetentionCountsUsesOnEveryNode(t *testing.T) {
 	server := harness.StartS3(t)
 	server.CreateBucket("nix")
 	secret, _ := keygen(t, "s3-uses-1")
-	a, b := s3Node(t, server, secret), s3Node(t, server, secret)
+	// Nodes that collect share their use times.
+	retention := []string{"retention {\n\t\tmax_age 90d\n\t}"}
+	a, b := s3NodeWith(t, server, secret, retention), s3NodeWith(t, server, secret, retention)
 	nix := harness.NewNix(t, "").Client().Netrc(t, uploadToken)
 	older := nix.BuildClosure("s3-uses-older", 64<<10)
 	newer := nix.BuildClosure("s3-uses-newer", 64<<10)
