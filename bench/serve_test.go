@@ -206,7 +206,7 @@ func BenchmarkNarinfo(b *testing.B) {
 	rps := newComparison("narinfo, 10,000 distinct, 16 connections: requests per second", "req/s", "higher", "nix_cache at least 1.0x nginx")
 	rps.holds = ratioAtLeast("nix_cache", "nginx", 1.0)
 	rps.notes = append(rps.notes, loadNote+" "+
-		"nix_cache signs each narinfo once and then answers from memory, without a look at the file while inotify reports every change to the cache directory (a local filesystem), and writes header and body in one call; file_server and nginx serve pre-signed copies from disk. "+
+		"nix_cache signs each narinfo once and then answers from memory: each request takes in the changes inotify queued for the cache directory (a local filesystem) with one non-blocking read instead of a stat of the file, and header and body go out in one write; file_server and nginx serve pre-signed copies from disk. "+
 		"The ceiling is a caddy on the same CPU whose only handler answers every request with one signed narinfo from memory (`respond`): no handler inside Caddy's HTTP server can be faster, so nginx's pace is out of reach of any Caddy module on one core; what is left is Go's HTTP server and Caddy's request setup. "+
 		"nix_cache notes each path's last use in memory and writes it to its index every 30 s; a caddy built before the index, when BENCH_BASELINE_CADDY names one, serves the same narinfos as its own contender. "+
 		"Where the time goes (BENCH_PROFILES): about 40% of caddy's CPU time is system calls (the response's write and the request's read); the rest is Go's HTTP server, Caddy's routing and memory allocation, which the ceiling pays too.")

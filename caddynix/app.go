@@ -15,8 +15,7 @@ func init() {
 
 // App runs the background work of a configuration's nix_cache handlers:
 // it indexes each cache when Caddy starts, collects it on its retention
-// interval, writes down when paths were served and watches the cache
-// directory for changes to narinfos. The handlers load it
+// interval and writes down when paths were served. The handlers load it
 // themselves; it has no configuration of its own. Being an app, it starts
 // only when Caddy runs the configuration, never under `caddy validate`.
 type App struct {
@@ -46,7 +45,6 @@ func (a *App) Start() error {
 	for _, h := range a.handlers {
 		h.startServing()
 		a.wg.Go(func() { h.runBackground(ctx) })
-		a.wg.Go(func() { h.watchNarinfos(ctx) })
 	}
 	return nil
 }

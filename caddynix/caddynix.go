@@ -129,7 +129,7 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 // Provision sets defaults, opens the cache root and loads the signing keys.
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
-	h.narinfos = newNarinfoCache()
+	h.narinfos = newNarinfoCache(h.logger)
 	h.stats = new(statsCache)
 	h.pending = new(pendingNars)
 	repl := caddy.NewReplacer()
@@ -149,6 +149,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if h.store, h.root, err = openStore(ctx, repl, h.root, h.Storage); err != nil {
 		return fmt.Errorf("nix_cache: %w", err)
 	}
+	h.narinfos.watch(h.store)
 	if h.Storage != nil && h.Storage.S3 != nil {
 		h.redirect = time.Duration(h.Storage.S3.Redirect)
 	}
@@ -297,6 +298,11 @@ func (h *Handler) Cleanup() error {
 			return err
 		}
 		h.shared = nil
+	}
+	if h.narinfos != nil {
+		if err := h.narinfos.close(); err != nil {
+			return err
+		}
 	}
 	if h.store != nil {
 		return h.store.Close()

@@ -1,7 +1,6 @@
 package caddynix
 
 import (
-	"context"
 	"net/http"
 	"sync"
 	"sync/atomic"
@@ -19,17 +18,21 @@ const maxCachedNarinfos = 65536
 // narinfoCache keeps signed narinfos in memory, so that a narinfo is parsed
 // and signed once, not on every request. An entry is used only while the
 // object it came from is unchanged: the same storage.Info.Version, or,
-// while the storage reports every change (storage.Watcher), no change
-// reported since the entry was built.
+// where the storage records its changes (storage.Watcher), no change to
+// it recorded since the look at the storage that built the entry.
 type narinfoCache struct {
 	mu      sync.Mutex
 	entries map[string]*signedNarinfo
-	// watched is set while the storage reports every change.
-	watched atomic.Bool
-	// changes counts the changes reported, so that an entry built while
-	// one came in is not trusted without a look at the storage.
-	changes atomic.Uint64
+	// changes is the storage's record of changes, while it is usable.
+	changes atomic.Pointer[storageChanges]
+	// drained counts the changes taken from the record, so that an entry
+	// built while one was taken is not trusted.
+	drained atomic.Uint64
+	logger  *zap.Logger
 }
+
+// storageChanges wraps storage.Changes for an atomic pointer.
+type storageChanges struct{ storage.Changes }
 
 // signedNarinfo is a narinfo as served.
 type signedNarinfo struct {
@@ -38,20 +41,51 @@ type signedNarinfo struct {
 	// lastModified is modTime as the Last-Modified header says it.
 	lastModified string
 	body         []byte
-	// trusted entries are served without a look at the storage while it
-	// is watched: no change to the object was reported since before the
-	// look that built them.
+	// trusted entries are served without a look at the storage: no change
+	// to the object was recorded since before the look that built them.
 	trusted bool
 }
 
-func newNarinfoCache() *narinfoCache {
-	return &narinfoCache{entries: make(map[string]*signedNarinfo)}
+func newNarinfoCache(logger *zap.Logger) *narinfoCache {
+	return &narinfoCache{entries: make(map[string]*signedNarinfo), logger: logger}
+}
+
+// watch lets the cache serve entries without a look at store while store
+// records every change; where it cannot, every request looks.
+func (c *narinfoCache) watch(store storage.Store) {
+	watcher, ok := store.(storage.Watcher)
+	if !ok {
+		return
+	}
+	changes, err := watcher.Watch()
+	if err != nil {
+		c.logger.Info("every narinfo request looks at its file, because the cache's changes cannot be watched", zap.Error(err))
+		return
+	}
+	c.changes.Store(&storageChanges{changes})
+}
+
+// close stops watching the storage.
+func (c *narinfoCache) close() error {
+	if changes := c.changes.Swap(nil); changes != nil {
+		return changes.Close()
+	}
+	return nil
 }
 
 // current returns the entry for name when it can be served without a look
-// at the storage.
+// at the storage: every change made so far has been taken in, and none
+// was to its object.
 func (c *narinfoCache) current(name string) (*signedNarinfo, bool) {
-	if !c.watched.Load() {
+	changes := c.changes.Load()
+	if changes == nil {
+		return nil, false
+	}
+	if err := changes.Drain(c.changed); err != nil {
+		if c.changes.CompareAndSwap(changes, nil) {
+			c.logger.Warn("stopped watching the cache for changes: every narinfo request looks at its file again", zap.Error(err))
+			_ = changes.Close()
+		}
 		return nil, false
 	}
 	c.mu.Lock()
@@ -61,17 +95,16 @@ func (c *narinfoCache) current(name string) (*signedNarinfo, bool) {
 }
 
 // mark is taken before a look at the storage and given to get, which then
-// trusts what it builds only if no change was reported in between.
-func (c *narinfoCache) mark() uint64 { return c.changes.Load() }
+// trusts what it builds only if no change was taken in between.
+func (c *narinfoCache) mark() uint64 { return c.drained.Load() }
 
 // get returns the entry for the object name described by info, built with
 // build unless it is cached at that version.
 func (c *narinfoCache) get(name string, info storage.Info, mark uint64, build func() ([]byte, error)) (*signedNarinfo, error) {
-	trusted := c.watched.Load() && c.changes.Load() == mark
 	c.mu.Lock()
 	entry, ok := c.entries[name]
 	if ok && entry.version == info.Version {
-		if trusted && !entry.trusted {
+		if !entry.trusted && c.trustworthy(mark) {
 			entry = &signedNarinfo{version: entry.version, modTime: entry.modTime, lastModified: entry.lastModified, body: entry.body, trusted: true}
 			c.entries[name] = entry
 		}
@@ -88,12 +121,12 @@ func (c *narinfoCache) get(name string, info storage.Info, mark uint64, build fu
 		modTime:      info.ModTime,
 		lastModified: info.ModTime.UTC().Format(http.TimeFormat),
 		body:         body,
-		// Checked again after the build: a change reported meanwhile may
-		// be one the build did not see.
-		trusted: c.watched.Load() && c.changes.Load() == mark,
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	// Under the lock that changed takes: a change taken after this point
+	// removes the entry.
+	entry.trusted = c.trustworthy(mark)
 	if len(c.entries) >= maxCachedNarinfos {
 		// Evict an arbitrary entry: map iteration order is random.
 		for old := range c.entries {
@@ -105,53 +138,20 @@ func (c *narinfoCache) get(name string, info storage.Info, mark uint64, build fu
 	return entry, nil
 }
 
+// trustworthy reports whether what a look taken at mark saw can be served
+// without another look, for as long as no change to it is taken in.
+func (c *narinfoCache) trustworthy(mark uint64) bool {
+	return c.changes.Load() != nil && c.drained.Load() == mark
+}
+
 // changed forgets the entry of the object name, or with "" every entry.
 func (c *narinfoCache) changed(name string) {
-	c.changes.Add(1)
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.drained.Add(1)
 	if name == "" {
 		clear(c.entries)
 		return
 	}
 	delete(c.entries, name)
-}
-
-// setWatched says whether the storage reports every change from now on.
-// Either way no entry is trusted any more: changes may have gone
-// unreported before.
-func (c *narinfoCache) setWatched(on bool) {
-	c.changes.Add(1)
-	c.mu.Lock()
-	for name, entry := range c.entries {
-		if entry.trusted {
-			untrusted := *entry
-			untrusted.trusted = false
-			c.entries[name] = &untrusted
-		}
-	}
-	c.mu.Unlock()
-	c.watched.Store(on)
-}
-
-// watchNarinfos lets the signed narinfos be served without a look at the
-// storage for as long as the storage reports every change, until ctx ends.
-func (h *Handler) watchNarinfos(ctx context.Context) {
-	watcher, ok := h.store.(storage.Watcher)
-	if !ok {
-		return
-	}
-	started := false
-	err := watcher.Watch(ctx, func() {
-		started = true
-		h.narinfos.setWatched(true)
-	}, h.narinfos.changed)
-	h.narinfos.setWatched(false)
-	switch {
-	case ctx.Err() != nil:
-	case started:
-		h.logger.Warn("stopped watching the cache for changes: every narinfo request looks at its file again", zap.Error(err))
-	default:
-		h.logger.Info("every narinfo request looks at its file, because the cache cannot be watched for changes", zap.Error(err))
-	}
 }

@@ -132,17 +132,24 @@ type Leaser interface {
 	ReleaseLease(ctx context.Context, name, holder string) error
 }
 
-// Watcher is a Store that reports changes to its objects as they happen,
-// so that what is derived from an object can be kept until it changes
-// without a look at the object on every use.
+// Watcher is a Store that can report changes to its objects, so that
+// what is derived from an object can be kept until it changes without a
+// look at the object on every use.
 type Watcher interface {
-	// Watch reports changes to the objects directly in the storage's root
-	// until ctx ends, when it returns nil, or until watching fails. It
-	// calls watching once every later change is reported, changed with the
-	// name of each object written, replaced or removed, and changed("")
-	// when changes may have been missed. It fails at once where the storage
-	// can change without notice, such as a network filesystem.
-	Watch(ctx context.Context, watching func(), changed func(name string)) error
+	// Watch starts recording changes to the objects directly in the
+	// storage's root. It fails where the storage can change without
+	// notice, such as a network filesystem.
+	Watch() (Changes, error)
+}
+
+// Changes are the changes a Watcher records.
+type Changes interface {
+	// Drain calls changed with the name of each object written, replaced
+	// or removed since the last call, and with "" when changes may have
+	// been missed. Every change made before the call is reported. An error
+	// means changes are no longer recorded.
+	Drain(changed func(name string)) error
+	Close() error
 }
 
 // Presigner is a Store whose objects a client can fetch directly, through

@@ -1,13 +1,13 @@
 package dir
 
 import (
-	"context"
 	"errors"
 	"fmt"
-	"path/filepath"
 	"strings"
+	"sync"
+	"unsafe"
 
-	"github.com/fsnotify/fsnotify"
+	"github.com/cargoxx-pkgs/runner/caddynix/storage"
 	"golang.org/x/sys/unix"
 )
 
@@ -25,49 +25,84 @@ var localFilesystems = map[int64]string{
 	0xca451a4e:                 "bcachefs",
 }
 
-// Watch reports changes to the files in the directory's root with inotify,
-// on local filesystems only.
-func (s *Store) Watch(ctx context.Context, watching func(), changed func(name string)) error {
+// watchedChanges are the inotify events that change what a file holds or
+// whether it is there; access times and modes change no content.
+const watchedChanges = unix.IN_CREATE | unix.IN_DELETE | unix.IN_MODIFY | unix.IN_CLOSE_WRITE |
+	unix.IN_MOVED_FROM | unix.IN_MOVED_TO | unix.IN_DELETE_SELF | unix.IN_MOVE_SELF
+
+// Watch starts reporting changes to the files in the directory's root,
+// with inotify, on local filesystems only.
+func (s *Store) Watch() (storage.Changes, error) {
 	var fs unix.Statfs_t
 	if err := unix.Statfs(s.path, &fs); err != nil {
-		return fmt.Errorf("finding the filesystem of %s: %w", s.path, err)
+		return nil, fmt.Errorf("finding the filesystem of %s: %w", s.path, err)
 	}
 	if _, local := localFilesystems[int64(fs.Type)]; !local {
-		return fmt.Errorf("%s is on a filesystem (type %#x) whose changes may go unreported", s.path, fs.Type)
+		return nil, fmt.Errorf("%s is on a filesystem (type %#x) whose changes may go unreported", s.path, fs.Type)
 	}
-	w, err := fsnotify.NewWatcher()
+	fd, err := unix.InotifyInit1(unix.IN_NONBLOCK | unix.IN_CLOEXEC)
 	if err != nil {
-		return fmt.Errorf("watching %s: %w", s.path, err)
+		return nil, fmt.Errorf("watching %s: %w", s.path, err)
 	}
-	defer func() { _ = w.Close() }()
-	if err := w.Add(s.path); err != nil {
-		return fmt.Errorf("watching %s: %w", s.path, err)
+	if _, err := unix.InotifyAddWatch(fd, s.path, watchedChanges); err != nil {
+		_ = unix.Close(fd)
+		return nil, fmt.Errorf("watching %s: %w", s.path, err)
 	}
-	watching()
+	return &changes{fd: fd, buf: make([]byte, 64<<10)}, nil
+}
+
+// changes is an inotify watch of a cache directory, read only when asked:
+// a change made before Drain is called is queued by the kernel by then, so
+// Drain always reports it.
+type changes struct {
+	mu     sync.Mutex
+	fd     int
+	buf    []byte
+	closed bool
+}
+
+// Drain reports the changes queued since the last call, without waiting.
+func (c *changes) Drain(changed func(name string)) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return errors.New("the watch of the cache directory is closed")
+	}
 	for {
-		select {
-		case <-ctx.Done():
+		n, err := unix.Read(c.fd, c.buf)
+		if errors.Is(err, unix.EAGAIN) {
 			return nil
-		case event, ok := <-w.Events:
-			if !ok {
-				return errors.New("the watch of the cache directory ended")
-			}
-			name := filepath.Base(event.Name)
-			// Access times (RecordUse) and modes change no content, and a
-			// file being written is no object yet.
-			if event.Op == fsnotify.Chmod || strings.HasPrefix(name, TempPrefix) {
-				continue
-			}
-			changed(name)
-		case err, ok := <-w.Errors:
-			if !ok {
-				return errors.New("the watch of the cache directory ended")
-			}
-			if errors.Is(err, fsnotify.ErrEventOverflow) {
+		}
+		if err != nil {
+			return fmt.Errorf("reading changes to the cache directory: %w", err)
+		}
+		for offset := 0; offset+unix.SizeofInotifyEvent <= n; {
+			event := (*unix.InotifyEvent)(unsafe.Pointer(&c.buf[offset]))
+			nameBytes := c.buf[offset+unix.SizeofInotifyEvent : offset+unix.SizeofInotifyEvent+int(event.Len)]
+			offset += unix.SizeofInotifyEvent + int(event.Len)
+			switch {
+			case event.Mask&unix.IN_Q_OVERFLOW != 0:
 				changed("")
-				continue
+			case event.Mask&(unix.IN_IGNORED|unix.IN_DELETE_SELF|unix.IN_MOVE_SELF|unix.IN_UNMOUNT) != 0:
+				changed("")
+				return errors.New("the cache directory itself was moved, removed or unmounted")
+			default:
+				name := strings.TrimRight(string(nameBytes), "\x00")
+				if !strings.HasPrefix(name, TempPrefix) {
+					changed(name)
+				}
 			}
-			return fmt.Errorf("watching %s: %w", s.path, err)
 		}
 	}
+}
+
+// Close ends the watch.
+func (c *changes) Close() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return nil
+	}
+	c.closed = true
+	return unix.Close(c.fd)
 }
