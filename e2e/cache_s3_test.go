@@ -41,6 +41,17 @@ func s3NodeWith(t *testing.T, server *harness.S3, secret string, cacheOptions []
 	}}.String(), harness.CaddyOptions{})
 }
 
+// twoS3Nodes starts an S3 server with the bucket nix and two nodes on it
+// that sign with a new key named keyName; it returns the server, the nodes
+// and the key's public half.
+func twoS3Nodes(t *testing.T, keyName string, cacheOptions []string) (server *harness.S3, a, b *harness.Caddy, public string) {
+	t.Helper()
+	server = harness.StartS3(t)
+	server.CreateBucket("nix")
+	secret, public := keygen(t, keyName)
+	return server, s3NodeWith(t, server, secret, cacheOptions), s3NodeWith(t, server, secret, cacheOptions), public
+}
+
 // s3GCGrace is the grace of the collections on the tests' nodes.
 const s3GCGrace = 4 * time.Second
 
@@ -251,10 +262,7 @@ func TestS3ServerDownIsNoMiss(t *testing.T) {
 // whose references or NAR are gone. A lease held by another node stops a
 // collection.
 func TestCollectionOnOneNodeWhileAnotherServes(t *testing.T) {
-	server := harness.StartS3(t)
-	server.CreateBucket("nix")
-	secret, _ := keygen(t, "s3-gc-1")
-	a, b := s3Node(t, server, secret), s3Node(t, server, secret)
+	server, a, b, _ := twoS3Nodes(t, "s3-gc-1", nil)
 	nix := harness.NewNix(t, "").Client().Netrc(t, uploadToken)
 	var hashes []string
 	for i := range 6 {
@@ -328,10 +336,7 @@ func TestCollectionOnOneNodeWhileAnotherServes(t *testing.T) {
 // whole, with the collection keeping what it needs, or is refused with a
 // reason, and lands when pushed again; B never serves a broken closure.
 func TestUploadsDuringACollectionOnAnotherNode(t *testing.T) {
-	server := harness.StartS3(t)
-	server.CreateBucket("nix")
-	secret, public := keygen(t, "s3-race-1")
-	a, b := s3Node(t, server, secret), s3Node(t, server, secret)
+	server, a, b, public := twoS3Nodes(t, "s3-race-1", nil)
 	nix := harness.NewNix(t, "").Client().Netrc(t, uploadToken)
 	tops, base := nix.BuildSharedClosures("s3-race", 8, 16<<10)
 	to := b.URL() + "/upload?compression=zstd"
@@ -405,12 +410,8 @@ func TestUploadsDuringACollectionOnAnotherNode(t *testing.T) {
 // TestRetentionCountsUsesOnEveryNode collects on A a cache whose older
 // closure only B served: A deletes the newer one, which nobody used.
 func TestRetentionCountsUsesOnEveryNode(t *testing.T) {
-	server := harness.StartS3(t)
-	server.CreateBucket("nix")
-	secret, _ := keygen(t, "s3-uses-1")
 	// Nodes that collect share their use times.
-	retention := []string{"retention {\n\t\tmax_age 90d\n\t}"}
-	a, b := s3NodeWith(t, server, secret, retention), s3NodeWith(t, server, secret, retention)
+	_, a, b, _ := twoS3Nodes(t, "s3-uses-1", []string{"retention {\n\t\tmax_age 90d\n\t}"})
 	nix := harness.NewNix(t, "").Client().Netrc(t, uploadToken)
 	older := nix.BuildClosure("s3-uses-older", 64<<10)
 	newer := nix.BuildClosure("s3-uses-newer", 64<<10)
