@@ -22,6 +22,7 @@ import (
 	"github.com/cargoxx-pkgs/runner/caddynix/storage/index"
 	"github.com/cargoxx-pkgs/runner/internal/iox"
 	"github.com/cargoxx-pkgs/runner/internal/nixfmt"
+	"github.com/cargoxx-pkgs/runner/internal/xz"
 	"github.com/nix-community/go-nix/pkg/narinfo"
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
 	"github.com/nix-community/go-nix/pkg/nixbase32"
@@ -265,13 +266,28 @@ func (h *Handler) putNar(r *http.Request, req cacheRequest) error {
 	}
 	defer release()
 
+	largestBlock := int64(-1)
+	if compression == "xz" && r.ContentLength > 0 && r.ContentLength <= smallXzNar && body == r.Body {
+		// Read whole, its index says how large its dictionaries need be:
+		// a small NAR then takes kilobytes, not the 8 MiB nix's preset
+		// asks for.
+		data := make([]byte, r.ContentLength)
+		if _, err := io.ReadFull(body, data); err != nil {
+			return fmt.Errorf("receiving the NAR: %w", err)
+		}
+		if size, err := xz.LargestBlock(data); err == nil {
+			largestBlock = size
+		}
+		body = bytes.NewReader(data)
+	}
+
 	up, err := h.store.Create(r.Context(), req.file)
 	if err != nil {
 		return err
 	}
 	defer up.Abort()
 
-	meta, err := receiveNar(up, body, compression, max)
+	meta, err := receiveNar(up, body, compression, max, largestBlock)
 	if err != nil {
 		return err
 	}
@@ -286,10 +302,15 @@ func (h *Handler) putNar(r *http.Request, req cacheRequest) error {
 	return nil
 }
 
+// smallXzNar is the size up to which an xz NAR is read whole before it is
+// checked: no more than the copy buffer a larger one takes.
+const smallXzNar = 1 << 20
+
 // receiveNar copies body to f, hashing it, while a second goroutine
 // decompresses the same bytes and hashes the NAR inside. Memory stays
-// bounded: nothing is buffered beyond the decompressor's window.
-func receiveNar(f io.Writer, body io.Reader, compression string, max int64) (narMeta, error) {
+// bounded: nothing is buffered beyond the decompressor's window, which for
+// xz is no larger than largestBlock when that is not negative.
+func receiveNar(f io.Writer, body io.Reader, compression string, max, largestBlock int64) (narMeta, error) {
 	var meta narMeta
 	fileHasher := sha256.New()
 	pr, pw := io.Pipe()
@@ -307,7 +328,7 @@ func receiveNar(f io.Writer, body io.Reader, compression string, max int64) (nar
 			_, _ = io.Copy(io.Discard, pr)
 			done <- res
 		}()
-		plain, release, err := nixfmt.Decompressor(compression, pr)
+		plain, release, err := nixfmt.DecompressorOfBlocks(compression, pr, largestBlock)
 		if err != nil {
 			res.err = err
 			return
@@ -324,7 +345,12 @@ func receiveNar(f io.Writer, body io.Reader, compression string, max int64) (nar
 	}()
 
 	// Large chunks: fewer system calls and hand-offs to the decompressor.
-	buf := make([]byte, 1<<20)
+	// A body already in memory needs no more than a small one.
+	bufSize := 1 << 20
+	if _, inMemory := body.(*bytes.Reader); inMemory {
+		bufSize = 64 << 10
+	}
+	buf := make([]byte, bufSize)
 	n, copyErr := io.CopyBuffer(io.MultiWriter(f, fileHasher, pw), io.LimitReader(body, max+1), buf)
 	pw.CloseWithError(copyErr)
 	res := <-done
@@ -565,7 +591,7 @@ func (h *Handler) narMetaOf(ctx context.Context, url string) (narMeta, error) {
 	}
 	defer func() { _ = f.Close() }()
 	compression, _ := nixfmt.NarCompression(url)
-	meta, err := receiveNar(io.Discard, f, compression, math.MaxInt64-1)
+	meta, err := receiveNar(io.Discard, f, compression, math.MaxInt64-1, -1)
 	if err != nil {
 		var uerr *uploadError
 		if errors.As(err, &uerr) {

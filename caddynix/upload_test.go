@@ -21,6 +21,7 @@ import (
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
 	"github.com/nix-community/go-nix/pkg/nixbase32"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/ulikunitz/xz"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
@@ -438,5 +439,50 @@ func TestSymlinkOutOfTheRootIsNoError(t *testing.T) {
 	}
 	if n := observed.FilterLevelExact(zapcore.ErrorLevel).Len(); n != 0 {
 		t.Fatalf("requests for a symlink out of the root logged %d error lines", n)
+	}
+}
+
+// TestUploadChecksXzNars uploads xz NARs as nix does by default: small
+// ones, read whole and decoded with a dictionary sized by their index,
+// and large ones, streamed; both are checked in full.
+func TestUploadChecksXzNars(t *testing.T) {
+	h, _ := newUploadHandler(t)
+	random := make([]byte, 3<<20)
+	_, _ = rand.Read(random)
+	for name, content := range map[string]string{"small": strings.Repeat("small NAR ", 1000), "large": string(random)} {
+		t.Run(name, func(t *testing.T) {
+			p := newTestPath(t, name, content)
+			var compressed bytes.Buffer
+			w, err := xz.NewWriter(&compressed)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := w.Write(p.nar); err != nil || w.Close() != nil {
+				t.Fatalf("compressing: %v", err)
+			}
+			if (compressed.Len() <= smallXzNar) != (name == "small") {
+				t.Fatalf("the %s NAR compresses to %d bytes", name, compressed.Len())
+			}
+			fileHash := sha256.Sum256(compressed.Bytes())
+			narURL := "nar/" + nixbase32.EncodeToString(fileHash[:]) + ".nar.xz"
+
+			// A flipped byte inside the LZMA2 data is refused.
+			corrupt := bytes.Clone(compressed.Bytes())
+			corrupt[len(corrupt)/2] ^= 0x55
+			corruptHash := sha256.Sum256(corrupt)
+			if rec := put(t, h, "/nar/"+nixbase32.EncodeToString(corruptHash[:])+".nar.xz", corrupt); rec.Code != http.StatusBadRequest {
+				t.Fatalf("a corrupt xz NAR got %d %s", rec.Code, rec.Body)
+			}
+
+			if rec := put(t, h, "/"+narURL, compressed.Bytes()); rec.Code != http.StatusCreated {
+				t.Fatalf("PUT %s: %d %s", narURL, rec.Code, rec.Body)
+			}
+			narHash := sha256.Sum256(p.nar)
+			narinfo := fmt.Sprintf("StorePath: /nix/store/%s-%s\nURL: %s\nCompression: xz\nFileHash: sha256:%s\nFileSize: %d\nNarHash: sha256:%s\nNarSize: %d\nReferences: \n",
+				p.hash, p.name, narURL, nixbase32.EncodeToString(fileHash[:]), compressed.Len(), nixbase32.EncodeToString(narHash[:]), len(p.nar))
+			if rec := put(t, h, "/"+p.hash+".narinfo", []byte(narinfo)); rec.Code != http.StatusCreated {
+				t.Fatalf("PUT narinfo: %d %s", rec.Code, rec.Body)
+			}
+		})
 	}
 }

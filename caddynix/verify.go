@@ -123,7 +123,7 @@ func verifyNarInfo(ctx context.Context, store storage.Store, storeDir, name stri
 	var meta narMeta
 	if opts.narHash {
 		compression, _ := nixfmt.NarCompression(info.URL)
-		meta, err = receiveNar(io.Discard, f, compression, math.MaxInt64-1)
+		meta, err = receiveNar(io.Discard, f, compression, math.MaxInt64-1, -1)
 		if err != nil {
 			return append(problems, fmt.Sprintf("NAR %s: %v", info.URL, err))
 		}

@@ -47,11 +47,18 @@ func NarCompression(narPath string) (string, bool) {
 // Decompressor returns a reader of r's decompressed content for a NAR
 // compression, and a function that releases its resources.
 func Decompressor(compression string, r io.Reader) (io.Reader, func(), error) {
+	return DecompressorOfBlocks(compression, r, -1)
+}
+
+// DecompressorOfBlocks is Decompressor for content whose xz blocks
+// decompress to at most largestBlock bytes each (xz.LargestBlock), so that
+// their dictionaries are no larger; a negative largestBlock says nothing.
+func DecompressorOfBlocks(compression string, r io.Reader, largestBlock int64) (io.Reader, func(), error) {
 	switch compression {
 	case "none":
 		return r, func() {}, nil
 	case "xz":
-		return xz.NewReader(r, xz.MaxDictSize), func() {}, nil
+		return xz.NewReaderOfBlocks(r, xz.MaxDictSize, largestBlock), func() {}, nil
 	case "zstd":
 		// One goroutine and a bounded window keep memory flat whatever the
 		// NAR's size.

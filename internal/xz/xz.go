@@ -14,6 +14,7 @@ import (
 	"hash/crc32"
 	"hash/crc64"
 	"io"
+	"math"
 
 	"github.com/cargoxx-pkgs/runner/internal/iox"
 	"github.com/ulikunitz/xz/lzma"
@@ -51,7 +52,10 @@ type xzRecord struct{ unpadded, uncompressed uint64 }
 type Reader struct {
 	in      *bufio.Reader
 	maxDict int64
-	err     error
+	// largestBlock, when not negative, is the most a block decompresses
+	// to, which no dictionary needs to exceed.
+	largestBlock int64
+	err          error
 
 	started   bool   // the first stream header has been read
 	flags     []byte // the current stream's flags
@@ -72,7 +76,66 @@ type Reader struct {
 // NewReader returns a reader of the data in the .xz stream r, which refuses
 // a stream whose LZMA2 dictionary exceeds maxDict bytes.
 func NewReader(r io.Reader, maxDict int64) *Reader {
-	return &Reader{in: bufio.NewReaderSize(r, 64<<10), maxDict: maxDict}
+	return NewReaderOfBlocks(r, maxDict, -1)
+}
+
+// NewReaderOfBlocks is NewReader for a stream none of whose blocks
+// decompresses to more than largestBlock bytes (as LargestBlock reads from
+// its index): its dictionaries are no larger, where a small stream of
+// nix's default preset would otherwise take 8 MiB. A block that turns out
+// larger fails to decode. A negative largestBlock says nothing.
+func NewReaderOfBlocks(r io.Reader, maxDict, largestBlock int64) *Reader {
+	return &Reader{in: bufio.NewReaderSize(r, 64<<10), maxDict: maxDict, largestBlock: largestBlock}
+}
+
+// LargestBlock reads, from the index at the end of data, which must be one
+// whole .xz stream, the most any of its blocks decompresses to. A block's
+// dictionary never needs to be larger: LZMA2 refers back only to what the
+// block has produced. The index is checked in full as the stream is read.
+func LargestBlock(data []byte) (int64, error) {
+	for len(data) >= 4 && bytes.Equal(data[len(data)-4:], []byte{0, 0, 0, 0}) {
+		data = data[:len(data)-4] // stream padding
+	}
+	if len(data) < 12+12+8 {
+		return 0, errors.New("too short for an xz stream")
+	}
+	footer := data[len(data)-12:]
+	if !bytes.Equal(footer[10:], xzFooterMagic) {
+		return 0, errors.New("xz stream footer: bad magic")
+	}
+	indexSize := (int64(binary.LittleEndian.Uint32(footer[4:8])) + 1) * 4
+	indexStart := int64(len(data)) - 12 - indexSize
+	if indexStart < 12 {
+		return 0, errors.New("xz stream footer: index size out of range")
+	}
+	index := bytes.NewReader(data[indexStart : len(data)-12])
+	if b, _ := index.ReadByte(); b != 0 {
+		return 0, errors.New("xz index: bad indicator")
+	}
+	count, err := readXzVarint(index)
+	if err != nil || count > uint64(indexSize) {
+		return 0, errors.New("xz index: bad number of records")
+	}
+	var largest, blocks uint64
+	for range count {
+		unpadded, err := readXzVarint(index)
+		if err != nil {
+			return 0, fmt.Errorf("xz index: %w", err)
+		}
+		size, err := readXzVarint(index)
+		if err != nil {
+			return 0, fmt.Errorf("xz index: %w", err)
+		}
+		largest = max(largest, size)
+		blocks += (unpadded + 3) &^ 3
+	}
+	// The blocks must fill the data between the stream header and the
+	// index: data holding several streams is not described by this index
+	// alone.
+	if largest > math.MaxInt64 || blocks != uint64(indexStart-12) {
+		return 0, errors.New("xz index: does not describe the whole data as one stream")
+	}
+	return int64(largest), nil
 }
 
 func (x *Reader) Read(p []byte) (int, error) {
@@ -206,6 +269,13 @@ func (x *Reader) startBlock(sizeByte byte) error {
 	var data io.Reader = x.compressed
 	if x.declared.compressed >= 0 {
 		data = io.LimitReader(x.compressed, x.declared.compressed)
+	}
+	// The dictionary holds at most what the block decompresses to.
+	if x.largestBlock >= 0 {
+		dict = min(dict, x.largestBlock)
+	}
+	if x.declared.uncompressed >= 0 {
+		dict = min(dict, x.declared.uncompressed)
 	}
 	block, err := lzma.Reader2Config{DictCap: int(max(dict, lzma.MinDictCap))}.NewReader2(data)
 	if err != nil {

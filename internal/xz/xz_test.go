@@ -7,6 +7,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"os/exec"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -71,18 +72,63 @@ func TestXzReaderDecodesWhatWritersWrite(t *testing.T) {
 	}
 	for name, compressed := range cases {
 		t.Run(name, func(t *testing.T) {
-			got, err := io.ReadAll(NewReader(bytes.NewReader(compressed), MaxDictSize))
-			if err != nil {
-				t.Fatal(err)
-			}
 			expect, ok := want[name]
 			if !ok {
 				expect = data
 			}
+			got, err := io.ReadAll(NewReader(bytes.NewReader(compressed), MaxDictSize))
+			if err != nil {
+				t.Fatal(err)
+			}
 			if !bytes.Equal(got, expect) {
 				t.Fatalf("decoded %d bytes that differ from the %d written", len(got), len(expect))
 			}
+			// With dictionaries sized by the index, the same bytes.
+			largest, err := LargestBlock(compressed)
+			if name == "two streams with padding" {
+				if err == nil {
+					t.Fatalf("the index of the last of two streams was taken for the whole data's: %d", largest)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err = io.ReadAll(NewReaderOfBlocks(bytes.NewReader(compressed), MaxDictSize, largest))
+			if err != nil {
+				t.Fatalf("with dictionaries of at most %d bytes: %v", largest, err)
+			}
+			if !bytes.Equal(got, expect) {
+				t.Fatalf("with dictionaries of at most %d bytes, decoded %d bytes that differ from the %d written", largest, len(got), len(expect))
+			}
 		})
+	}
+}
+
+// TestSmallStreamsTakeSmallDictionaries decodes a small stream of the
+// default preset (an 8 MiB dictionary) with its dictionary sized by its
+// index: it allocates a fraction of what the preset asks for.
+func TestSmallStreamsTakeSmallDictionaries(t *testing.T) {
+	data := testData(20 << 10)
+	compressed := xzCompress(t, data, xz.WriterConfig{})
+	largest, err := LargestBlock(compressed)
+	if err != nil || largest != int64(len(data)) {
+		t.Fatalf("LargestBlock: %d, %v; want %d", largest, err, len(data))
+	}
+	allocated := func(r io.Reader) uint64 {
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		if _, err := io.Copy(io.Discard, r); err != nil {
+			t.Fatal(err)
+		}
+		runtime.ReadMemStats(&after)
+		return after.TotalAlloc - before.TotalAlloc
+	}
+	full := allocated(NewReader(bytes.NewReader(compressed), MaxDictSize))
+	sized := allocated(NewReaderOfBlocks(bytes.NewReader(compressed), MaxDictSize, largest))
+	t.Logf("decoding %d bytes allocated %d bytes with the preset's dictionary, %d with one sized by the index", len(data), full, sized)
+	if full < 8<<20 || sized > 1<<20 {
+		t.Fatalf("allocated %d bytes with the preset's dictionary and %d with the index's: want at least 8 MiB and at most 1 MiB", full, sized)
 	}
 }
 
