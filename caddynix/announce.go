@@ -46,13 +46,14 @@ type announcement struct {
 	// Paths are hash parts, Nars the NAR files' names.
 	Paths []string `json:"paths"`
 	Nars  []string `json:"nars"`
+
+	// named holds Paths and Nars once the announcement is read.
+	named map[string]bool
 }
 
 // names reports whether the announcement names key, a hash part or a NAR
 // file's name.
-func (a *announcement) names(key string) bool {
-	return slices.Contains(a.Paths, key) || slices.Contains(a.Nars, key)
-}
+func (a *announcement) names(key string) bool { return a.named[key] }
 
 // announce writes what a collection on shared storage is about to delete,
 // and returns a function that withdraws it.
@@ -87,10 +88,6 @@ type announcementView struct {
 	current *announcement
 }
 
-// errBeingCollected is wrapped by the refusal of an upload that needs what
-// a collection is about to delete.
-var errBeingCollected = errors.New("being collected")
-
 // admit refuses an upload that needs keys (hash parts and NAR files) while
 // a collection on shared storage has announced one of them. It returns
 // the context to commit the upload in: it ends when the look it relied on
@@ -110,8 +107,8 @@ func (v *announcementView) admit(ctx context.Context, store storage.Store, grace
 				// upload sends no body.
 				return nil, nil, &uploadError{
 					status: http.StatusConflict, reason: "being_collected", retryAfter: a.Grace,
-					msg: fmt.Sprintf("%s is about to be deleted by a collection (%s) that started before this upload: %v; upload again once it is over, in a minute, and it is uploaded anew",
-						key, a.Holder, errBeingCollected),
+					msg: fmt.Sprintf("%s is about to be deleted by a collection (%s) that started before this upload; upload again once it is over, in about %s, and it is uploaded anew",
+						key, a.Holder, a.Grace.Round(time.Second)),
 				}
 			}
 		}
@@ -139,6 +136,10 @@ func (v *announcementView) look(ctx context.Context, store storage.Store, grace 
 		a := new(announcement)
 		if err := json.Unmarshal(data, a); err != nil {
 			return nil, time.Time{}, fmt.Errorf("reading what collections are about to delete, %s: %w; delete it if no collection runs", announcementName, err)
+		}
+		a.named = make(map[string]bool, len(a.Paths)+len(a.Nars))
+		for _, name := range slices.Concat(a.Paths, a.Nars) {
+			a.named[name] = true
 		}
 		v.current = a
 	}
