@@ -13,6 +13,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/cargoxx-pkgs/runner/caddynix/storage"
 	"github.com/cargoxx-pkgs/runner/caddynix/storage/index"
+	"github.com/cargoxx-pkgs/runner/internal/caddyutil"
 	"go.uber.org/zap"
 )
 
@@ -120,15 +121,8 @@ var ErrNoSuchCache = errors.New("no nix_cache with that name is configured")
 // LookupCache finds the cache that a nix_cache handler named name serves in
 // this process. The handler must have uploads enabled and a url set.
 func LookupCache(name string) (*CacheAccess, error) {
-	var shared *sharedCache
-	namedCaches.Range(func(key, value any) bool {
-		if key == name {
-			shared = value.(*sharedCache)
-			return false
-		}
-		return true
-	})
-	if shared == nil {
+	shared, ok := caddyutil.PoolValue[*sharedCache](namedCaches, name)
+	if !ok {
 		return nil, fmt.Errorf("nix_cache %q: %w (give the handler `name %s`)", name, ErrNoSuchCache, name)
 	}
 	shared.mu.RLock()

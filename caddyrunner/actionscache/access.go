@@ -7,6 +7,7 @@ import (
 	"sync"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/cargoxx-pkgs/runner/internal/caddyutil"
 )
 
 // Scope is what one job may do with the cache: read the entries of its
@@ -79,15 +80,8 @@ var ErrNoSuchCache = errors.New("no actions_cache with that name is configured")
 // Lookup finds the cache that an actions_cache handler named name serves
 // in this process.
 func Lookup(name string) (*Access, error) {
-	var reg *registry
-	registries.Range(func(key, value any) bool {
-		if key == name {
-			reg = value.(*registry)
-			return false
-		}
-		return true
-	})
-	if reg == nil {
+	reg, ok := caddyutil.PoolValue[*registry](registries, name)
+	if !ok {
 		return nil, fmt.Errorf("actions_cache %q: %w (give the handler `name %s`)", name, ErrNoSuchCache, name)
 	}
 	reg.mu.RLock()

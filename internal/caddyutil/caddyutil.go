@@ -8,6 +8,7 @@ import (
 
 	"github.com/dustin/go-humanize"
 
+	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -51,4 +52,19 @@ func ByteSize(value string) (int64, bool) {
 		return 0, false
 	}
 	return int64(size), true
+}
+
+// PoolValue returns the value held under key in pool, if any, without
+// adding a reference: caddy.UsagePool can only load by creating.
+func PoolValue[T any](pool *caddy.UsagePool, key string) (T, bool) {
+	var found T
+	ok := false
+	pool.Range(func(k, value any) bool {
+		if k == key {
+			found, ok = value.(T)
+			return false
+		}
+		return true
+	})
+	return found, ok
 }
