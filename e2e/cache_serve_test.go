@@ -265,7 +265,18 @@ func do(t *testing.T, method, url string, headers map[string]string) *http.Respo
 // answers 200.
 func adminGet(t *testing.T, caddy *harness.Caddy, path string) string {
 	t.Helper()
-	resp, err := caddy.AdminDo(http.MethodGet, path, nil)
+	status, body := adminCall(t, caddy, http.MethodGet, path)
+	if status != http.StatusOK {
+		t.Fatalf("GET %s on the admin endpoint: %d: %s", path, status, body)
+	}
+	return body
+}
+
+// adminCall sends a request without a body to caddy's admin endpoint and
+// returns the answer's status and body.
+func adminCall(t *testing.T, caddy *harness.Caddy, method, path string) (int, string) {
+	t.Helper()
+	resp, err := caddy.AdminDo(method, path, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -274,10 +285,7 @@ func adminGet(t *testing.T, caddy *harness.Caddy, path string) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("GET %s on the admin endpoint: %s: %s", path, resp.Status, body)
-	}
-	return string(body)
+	return resp.StatusCode, string(body)
 }
 
 func get(t *testing.T, url string, headers map[string]string, wantStatus int) string {
