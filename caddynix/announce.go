@@ -55,24 +55,34 @@ type announcement struct {
 // file's name.
 func (a *announcement) names(key string) bool { return a.named[key] }
 
-// announce writes what a collection on shared storage is about to delete,
-// and returns a function that withdraws it.
-func (c *collector) announce(ctx context.Context, paths, nars []string) (withdraw func(), err error) {
-	a := announcement{
+// indexNames makes the set names looks in.
+func (a *announcement) indexNames() {
+	a.named = make(map[string]bool, len(a.Paths)+len(a.Nars))
+	for _, name := range slices.Concat(a.Paths, a.Nars) {
+		a.named[name] = true
+	}
+}
+
+// announce writes that a collection on shared storage is about to delete
+// paths and nars, and returns the announcement and a function that
+// withdraws it.
+func (c *collector) announce(ctx context.Context, paths, nars []string) (*announcement, func(), error) {
+	a := &announcement{
 		Holder:  leaseHolder(),
 		Grace:   c.grace,
 		Expires: time.Now().Add(c.grace + leaseTTL).UTC(),
 		Paths:   paths,
 		Nars:    nars,
 	}
+	a.indexNames()
 	data, err := json.Marshal(a)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if err := writeObject(ctx, c.store, announcementName, data); err != nil {
-		return nil, fmt.Errorf("announcing what the collection deletes: %w", err)
+		return nil, nil, fmt.Errorf("announcing what the collection deletes: %w", err)
 	}
-	return func() {
+	return a, func() {
 		if err := c.store.Delete(context.WithoutCancel(ctx), announcementName); err != nil {
 			c.logger.Warn("withdrawing the collection's announcement; it expires by itself, and until then uploads that need what it names are refused",
 				zap.Error(err), zap.Time("expires", a.Expires))
@@ -137,10 +147,7 @@ func (v *announcementView) look(ctx context.Context, store storage.Store, grace 
 		if err := json.Unmarshal(data, a); err != nil {
 			return nil, time.Time{}, fmt.Errorf("reading what collections are about to delete, %s: %w; delete it if no collection runs", announcementName, err)
 		}
-		a.named = make(map[string]bool, len(a.Paths)+len(a.Nars))
-		for _, name := range slices.Concat(a.Paths, a.Nars) {
-			a.named[name] = true
-		}
+		a.indexNames()
 		v.current = a
 	}
 	v.fetched = fetched
@@ -161,48 +168,43 @@ func (c *collector) settle(ctx context.Context, paths []string, nars []string, o
 	for _, o := range orphans {
 		doomedNars = append(doomedNars, o.Name)
 	}
-	withdraw, err = c.announce(ctx, paths, doomedNars)
+	doomed, withdraw, err := c.announce(ctx, paths, doomedNars)
 	if err != nil {
 		return nil, err
 	}
+	defer func() {
+		if err != nil {
+			withdraw()
+			withdraw = nil
+		}
+	}()
 	select {
 	case <-ctx.Done():
-		withdraw()
 		return nil, ctx.Err()
 	case <-time.After(c.grace):
 	}
 	if err := c.lease.renew(ctx); err != nil {
-		withdraw()
 		return nil, err
 	}
 	if _, err := c.sync(ctx, false); err != nil {
-		withdraw()
 		return nil, fmt.Errorf("indexing the cache after the grace: %w", err)
 	}
 	now, err := c.idx.Paths()
 	if err != nil {
-		withdraw()
 		return nil, err
-	}
-	doomed := make(map[string]bool, len(paths)+len(doomedNars))
-	for _, key := range paths {
-		doomed[key] = true
-	}
-	for _, key := range doomedNars {
-		doomed[key] = true
 	}
 	// Whatever a path that stays names stays: deletePaths keeps the rest of
 	// the closure of what it is told was touched.
 	var needed []string
 	for hash, p := range now {
-		if doomed[hash] {
+		if doomed.names(hash) {
 			continue
 		}
-		if doomed[p.NarURL] {
+		if doomed.names(p.NarURL) {
 			needed = append(needed, p.NarURL)
 		}
 		for _, ref := range p.References {
-			if doomed[ref] {
+			if doomed.names(ref) {
 				needed = append(needed, ref)
 			}
 		}
