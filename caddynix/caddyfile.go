@@ -48,6 +48,11 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	        interval <duration>      # default 1h
 //	    }
 //	    index_file      <file>
+//	    store <dir> {                 # serve a live Nix store too
+//	        database    <file>        # default: <dir>/../var/nix/db/db.sqlite
+//	        log_dir     <dir>         # default: <dir>/../var/log/nix/drvs
+//	        compression <none|zstd>   # default: none
+//	    }
 //	    storage s3 {                  # instead of root
 //	        bucket                 <name>
 //	        prefix                 <prefix>
@@ -100,6 +105,10 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 		case "storage":
 			if err := h.unmarshalStorage(d); err != nil {
+				return err
+			}
+		case "store":
+			if err := h.unmarshalLiveStore(d); err != nil {
 				return err
 			}
 		case "generate_key":
@@ -203,6 +212,41 @@ func (h *Handler) unmarshalRetention(d *caddyfile.Dispenser) error {
 			return err
 		}
 	}
+	return nil
+}
+
+// unmarshalLiveStore parses `store <dir> [{ … }]`.
+func (h *Handler) unmarshalLiveStore(d *caddyfile.Dispenser) error {
+	c := new(LiveStoreConfig)
+	if !d.NextArg() {
+		return d.Errf("nix_cache: store takes the store directory to serve, e.g. `store /nix/store`")
+	}
+	c.Dir = d.Val()
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	text := map[string]*string{"database": &c.Database, "log_dir": &c.LogDir, "compression": &c.Compression}
+	seen := map[string]bool{}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		option := d.Val()
+		target, ok := text[option]
+		if !ok {
+			return d.Errf("nix_cache: unknown store option %q (database, log_dir, compression)", option)
+		}
+		if seen[option] {
+			return d.Errf("nix_cache: store: %s given more than once", option)
+		}
+		seen[option] = true
+		value, err := caddyutil.SingleArg(d)
+		if err != nil {
+			return err
+		}
+		*target = value
+	}
+	if c.Compression != "" && c.Compression != "none" && c.Compression != "zstd" {
+		return d.Errf("nix_cache: store: compression %q is not none or zstd", c.Compression)
+	}
+	h.LiveStore = c
 	return nil
 }
 

@@ -91,6 +91,12 @@ type Handler struct {
 	// grows. Caddyfile: a `retention` block.
 	Retention *RetentionConfig `json:"retention,omitempty"`
 
+	// LiveStore serves the paths of a local Nix store, e.g. the machine's
+	// /nix/store, beside what the cache holds: what the cache holds is
+	// answered first, then the store's valid paths, made into NARs when
+	// they are asked for. Caddyfile: `store <dir> [{ … }]`.
+	LiveStore *LiveStoreConfig `json:"store,omitempty"`
+
 	// IndexFile is where the cache keeps its index: every path's
 	// references, sizes, provenance and last use, the pins and the CI runs
 	// that pushed. The files stay the truth: a lost index is rebuilt from
@@ -115,7 +121,9 @@ type Handler struct {
 	// they delete before deleting it.
 	gcGrace time.Duration
 	shared  *sharedCache
-	logger  *zap.Logger
+	// live is the live store, when LiveStore is set.
+	live   *liveStore
+	logger *zap.Logger
 }
 
 // CaddyModule returns the Caddy module information.
@@ -161,6 +169,11 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	if err := h.loadKeys(repl); err != nil {
 		return err
+	}
+	if h.LiveStore != nil {
+		if h.live, err = openLiveStore(ctx, h.LiveStore, h.StoreDir, repl); err != nil {
+			return fmt.Errorf("nix_cache: %w", err)
+		}
 	}
 	if h.Upload != nil {
 		if h.Upload.MaxNarSize == 0 {
@@ -304,6 +317,12 @@ func (h *Handler) Cleanup() error {
 			return err
 		}
 	}
+	if h.live != nil {
+		if err := h.live.close(); err != nil {
+			return err
+		}
+		h.live = nil
+	}
 	if h.store != nil {
 		return h.store.Close()
 	}
@@ -332,6 +351,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 	mw := &meteredWriter{ResponseWriterWrapper: &caddyhttp.ResponseWriterWrapper{ResponseWriter: w}}
 	err := h.serve(mw, r, req, ok)
 	mw.record(kind, err)
+	if errors.As(err, new(abortedResponse)) {
+		// The header is out: only a cut connection tells the client.
+		panic(http.ErrAbortHandler)
+	}
 	return err
 }
 

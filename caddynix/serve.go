@@ -37,6 +37,7 @@ func (h *Handler) serveFile(w http.ResponseWriter, r *http.Request, req cacheReq
 	if err != nil {
 		switch {
 		case errors.Is(err, fs.ErrNotExist):
+			return h.serveLive(w, r, req)
 		case errors.Is(err, storage.ErrOutsideRoot):
 			// Anyone can ask for it, so it must not fill the error log.
 			h.logger.Debug("not following a name out of the cache root", zap.String("file", req.file), zap.Error(err))
@@ -75,12 +76,28 @@ func (h *Handler) serveFile(w http.ResponseWriter, r *http.Request, req cacheReq
 	return nil
 }
 
+// serveLive answers, from the live store, a request for a file the cache
+// does not hold.
+func (h *Handler) serveLive(w http.ResponseWriter, r *http.Request, req cacheRequest) error {
+	if h.live != nil {
+		switch req.kind {
+		case kindNar:
+			return h.serveLiveNar(w, r, req)
+		case kindListing:
+			return h.serveLiveListing(w, r, req)
+		case kindLog:
+			return h.serveLiveLog(w, r, req)
+		}
+	}
+	return caddyhttp.Error(http.StatusNotFound, nil)
+}
+
 // redirectNar sends the client to download a NAR from the storage itself,
 // through a URL signed for a short time. A missing NAR is still a 404.
 func (h *Handler) redirectNar(w http.ResponseWriter, r *http.Request, req cacheRequest) error {
 	if _, err := h.store.Stat(r.Context(), req.file); err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
-			return caddyhttp.Error(http.StatusNotFound, nil)
+			return h.serveLive(w, r, req)
 		}
 		return h.storageFailure("looking up a NAR", req.file, err)
 	}
@@ -117,6 +134,9 @@ func (h *Handler) serveNarInfo(w http.ResponseWriter, r *http.Request, req cache
 	if err != nil {
 		if !errors.Is(err, fs.ErrNotExist) {
 			return h.storageFailure("opening narinfo", req.file, err)
+		}
+		if h.live != nil {
+			return h.serveLiveNarInfo(w, r, req)
 		}
 		narinfoLookups.WithLabelValues("missing").Inc()
 		return caddyhttp.Error(http.StatusNotFound, nil)

@@ -1,0 +1,301 @@
+package caddynix
+
+import (
+	"compress/bzip2"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"sync"
+
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/cargoxx-pkgs/runner/internal/nixstore"
+	"github.com/klauspost/compress/zstd"
+	"github.com/nix-community/go-nix/pkg/nixhash"
+	"go.uber.org/zap"
+	"golang.org/x/sync/semaphore"
+)
+
+// abortedResponse is a response that failed after its header was sent:
+// the connection is cut, so that the client cannot take what it got for
+// a whole body, even one sent without a Content-Length.
+type abortedResponse struct{ err error }
+
+func (a abortedResponse) Error() string { return a.err.Error() }
+func (a abortedResponse) Unwrap() error { return a.err }
+
+// serveLiveNar streams the NAR of a live path, made from its files as it
+// is sent and checked against the database's NarHash on the way: a path
+// that changed or was collected meanwhile cuts the response short.
+func (h *Handler) serveLiveNar(w http.ResponseWriter, r *http.Request, req cacheRequest) error {
+	narHash, hash, ext, ok := liveNarRequest(r, req)
+	if !ok {
+		return caddyhttp.Error(http.StatusNotFound, nil)
+	}
+	info, err := h.livePathInfo(r.Context(), hash)
+	if err != nil {
+		return err
+	}
+	if info.NarHash.Format(nixhash.NixBase32, false) != narHash {
+		// Collected and built again, differently, since the client read
+		// its narinfo.
+		return caddyhttp.Error(http.StatusNotFound, nil)
+	}
+	fsPath := h.live.fsPath(info.StorePath)
+	header := w.Header()
+	header.Set("Cache-Control", "public, max-age=31536000, immutable")
+	header.Set("ETag", `"`+narHash+ext+`"`)
+	if ext == ".nar.zst" {
+		return h.sendLiveZstd(w, r, fsPath, info)
+	}
+	header.Set("Content-Type", contentTypes[kindNar])
+	if !plainGet(r) {
+		return h.serveLiveNarRanges(w, r, fsPath, info)
+	}
+	header.Set("Accept-Ranges", "bytes")
+	header.Set("Content-Length", strconv.FormatUint(info.NarSize, 10))
+	w.WriteHeader(http.StatusOK)
+	if r.Method == http.MethodHead {
+		return nil
+	}
+	if err := nixstore.WriteCheckedNar(w, fsPath, info); err != nil {
+		return h.liveFailure(info, err)
+	}
+	return nil
+}
+
+// liveFailure logs a live path that could not be sent whole and cuts the
+// response.
+func (h *Handler) liveFailure(info *nixstore.PathInfo, err error) error {
+	if !errors.Is(err, nixstore.ErrChanged) && !errors.Is(err, os.ErrNotExist) {
+		// Most likely the client went away.
+		h.logger.Debug("live store path not sent whole", zap.String("path", info.StorePath), zap.Error(err))
+		return abortedResponse{err}
+	}
+	h.logger.Error("live store path changed or was collected while it was sent; the response was cut short", zap.String("path", info.StorePath), zap.Error(err))
+	return abortedResponse{err}
+}
+
+// serveLiveNarRanges answers a Range or conditional request for an
+// uncompressed NAR with http.ServeContent, each range made from the files
+// again. The bytes before a range are made and dropped; a range that ends
+// before the NAR does is not checked against NarHash, which the client
+// checks once it has every range.
+func (h *Handler) serveLiveNarRanges(w http.ResponseWriter, r *http.Request, fsPath string, info *nixstore.PathInfo) error {
+	size := int64(info.NarSize)
+	if !dropEmptySuffixRanges(w, r, size) {
+		return nil
+	}
+	nar := &narSeeker{fsPath: fsPath, info: info, size: size}
+	defer nar.Close()
+	http.ServeContent(w, r, "", info.Registered, nar)
+	if err := nar.failure(); err != nil {
+		return h.liveFailure(info, err)
+	}
+	return nil
+}
+
+// narSeeker reads a live NAR from any offset, for http.ServeContent: a
+// read after a seek makes the NAR again in a goroutine and skips to the
+// offset.
+type narSeeker struct {
+	fsPath string
+	info   *nixstore.PathInfo
+	size   int64
+	offset int64
+
+	reader *io.PipeReader
+	done   chan struct{}
+	mu     sync.Mutex
+	err    error
+}
+
+func (s *narSeeker) Seek(offset int64, whence int) (int64, error) {
+	switch whence {
+	case io.SeekStart:
+	case io.SeekCurrent:
+		offset += s.offset
+	case io.SeekEnd:
+		offset += s.size
+	}
+	if offset < 0 || offset > s.size {
+		return 0, fmt.Errorf("seek to %d outside a NAR of %d bytes", offset, s.size)
+	}
+	if offset != s.offset {
+		s.stop()
+		s.offset = offset
+	}
+	return offset, nil
+}
+
+func (s *narSeeker) Read(p []byte) (int, error) {
+	if s.reader == nil {
+		reader, writer := io.Pipe()
+		s.reader, s.done = reader, make(chan struct{})
+		go func(skip int64) {
+			defer close(s.done)
+			err := nixstore.WriteCheckedNar(&skipWriter{w: writer, skip: skip}, s.fsPath, s.info)
+			if err != nil && !errors.Is(err, io.ErrClosedPipe) {
+				s.mu.Lock()
+				s.err = err
+				s.mu.Unlock()
+			}
+			writer.CloseWithError(err)
+		}(s.offset)
+	}
+	n, err := s.reader.Read(p)
+	s.offset += int64(n)
+	return n, err
+}
+
+// stop ends the goroutine making the NAR, if one runs.
+func (s *narSeeker) stop() {
+	if s.reader == nil {
+		return
+	}
+	_ = s.reader.Close()
+	<-s.done
+	s.reader = nil
+}
+
+func (s *narSeeker) Close() { s.stop() }
+
+// failure is why making the NAR failed, other than being stopped.
+func (s *narSeeker) failure() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.err
+}
+
+// skipWriter drops the first skip bytes written to it.
+type skipWriter struct {
+	w    io.Writer
+	skip int64
+}
+
+func (s *skipWriter) Write(p []byte) (int, error) {
+	if s.skip >= int64(len(p)) {
+		s.skip -= int64(len(p))
+		return len(p), nil
+	}
+	n, err := s.w.Write(p[s.skip:])
+	n += int(s.skip)
+	s.skip = 0
+	return n, err
+}
+
+// zstdEncoders bounds the zstd encoders compressing live NARs at once:
+// compression is CPU-bound, so more than a few per core only adds memory.
+// Encoders are kept for the next NAR.
+type zstdEncoders struct {
+	slots *semaphore.Weighted
+	pool  sync.Pool
+}
+
+var liveZstd = &zstdEncoders{slots: semaphore.NewWeighted(int64(2 * runtime.GOMAXPROCS(0)))}
+
+// zstdWindow is the encoders' window. Larger windows find repeats further
+// apart in big NARs, at the cost of memory per encoder.
+const zstdWindow = 8 << 20
+
+func (z *zstdEncoders) get(ctx context.Context) (*zstd.Encoder, error) {
+	if err := z.slots.Acquire(ctx, 1); err != nil {
+		return nil, err
+	}
+	if enc, ok := z.pool.Get().(*zstd.Encoder); ok {
+		return enc, nil
+	}
+	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1), zstd.WithWindowSize(zstdWindow))
+	if err != nil {
+		z.slots.Release(1)
+		return nil, err
+	}
+	return enc, nil
+}
+
+func (z *zstdEncoders) put(enc *zstd.Encoder) {
+	enc.Reset(nil)
+	z.pool.Put(enc)
+	z.slots.Release(1)
+}
+
+// sendLiveZstd streams a live NAR compressed with zstd as it is made. Its
+// compressed size is not known ahead, so the whole NAR is always sent;
+// the NAR's size is pledged in the zstd frame.
+func (h *Handler) sendLiveZstd(w http.ResponseWriter, r *http.Request, fsPath string, info *nixstore.PathInfo) error {
+	w.Header().Set("Content-Type", narContentType(".zst"))
+	if r.Method == http.MethodHead {
+		w.WriteHeader(http.StatusOK)
+		return nil
+	}
+	enc, err := liveZstd.get(r.Context())
+	if err != nil {
+		return err // the client went away while waiting
+	}
+	defer liveZstd.put(enc)
+	w.WriteHeader(http.StatusOK)
+	enc.ResetContentSize(w, int64(info.NarSize))
+	err = nixstore.WriteCheckedNar(enc, fsPath, info)
+	if err == nil {
+		err = enc.Close()
+	}
+	if err != nil {
+		return h.liveFailure(info, err)
+	}
+	return nil
+}
+
+// serveLiveListing answers <hash>.ls for a live path, made from its files.
+func (h *Handler) serveLiveListing(w http.ResponseWriter, r *http.Request, req cacheRequest) error {
+	info, err := h.livePathInfo(r.Context(), req.hash)
+	if err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", contentTypes[kindListing])
+	w.WriteHeader(http.StatusOK)
+	if r.Method == http.MethodHead {
+		return nil
+	}
+	if err := nixstore.WriteListing(w, h.live.fsPath(info.StorePath)); err != nil {
+		return h.liveFailure(info, err)
+	}
+	return nil
+}
+
+// serveLiveLog answers log/<drv> with the build log Nix kept, in
+// <log_dir>/<first two letters>/<rest>, plain or compressed with bzip2
+// (Nix's default), sent as plain text either way.
+func (h *Handler) serveLiveLog(w http.ResponseWriter, r *http.Request, req cacheRequest) error {
+	name := filepath.Base(req.file)
+	base := filepath.Join(h.live.logDir, name[:2], name[2:])
+	if f, err := os.Open(base); err == nil {
+		defer func() { _ = f.Close() }()
+		info, err := f.Stat()
+		if err != nil || !info.Mode().IsRegular() {
+			return caddyhttp.Error(http.StatusNotFound, err)
+		}
+		w.Header().Set("Content-Type", contentTypes[kindLog])
+		http.ServeContent(w, r, "", info.ModTime(), f)
+		return nil
+	}
+	f, err := os.Open(base + ".bz2")
+	if err != nil {
+		return caddyhttp.Error(http.StatusNotFound, nil)
+	}
+	defer func() { _ = f.Close() }()
+	w.Header().Set("Content-Type", contentTypes[kindLog])
+	w.WriteHeader(http.StatusOK)
+	if r.Method == http.MethodHead {
+		return nil
+	}
+	if _, err := io.Copy(w, bzip2.NewReader(f)); err != nil {
+		h.logger.Error("reading a build log", zap.String("file", base+".bz2"), zap.Error(err))
+		return abortedResponse{err}
+	}
+	return nil
+}

@@ -1,0 +1,208 @@
+package caddynix
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/cargoxx-pkgs/runner/internal/nixfmt"
+	"github.com/cargoxx-pkgs/runner/internal/nixstore"
+	"github.com/nix-community/go-nix/pkg/narinfo"
+	"github.com/nix-community/go-nix/pkg/narinfo/signature"
+	"github.com/nix-community/go-nix/pkg/nixhash"
+	"github.com/nix-community/go-nix/pkg/storepath"
+	"go.uber.org/zap"
+)
+
+// LiveStoreConfig serves the valid paths of a local Nix store, such as
+// the machine's own /nix/store, as they are: narinfo from the store's
+// database, NARs and listings made from the files when they are asked
+// for. Nothing has to be copied or pushed; the store and its database are
+// only ever read. Paths the cache itself holds are answered first.
+type LiveStoreConfig struct {
+	// Dir is the directory the store's paths are read from. Default: the
+	// cache's store_dir. Set it for a store kept under another root, e.g.
+	// /srv/builder/nix/store for `--store /srv/builder`, whose paths are
+	// still named /nix/store/…. Caddyfile: `store <dir>`.
+	Dir string `json:"dir,omitempty"`
+
+	// Database is the store's Nix database, opened read-only. Default:
+	// var/nix/db/db.sqlite beside the store directory, e.g.
+	// /nix/var/nix/db/db.sqlite for /nix/store. Caddyfile: `database`.
+	Database string `json:"database,omitempty"`
+
+	// LogDir holds the build logs Nix keeps, served as log/<drv>.
+	// Default: var/log/nix/drvs beside the store directory. Caddyfile:
+	// `log_dir`.
+	LogDir string `json:"log_dir,omitempty"`
+
+	// Compression is how NARs are announced and sent: "none" sends them
+	// as they are made, with their size, so downloads can resume with a
+	// Range; "zstd" compresses them while they are sent, which is worth
+	// it only when the network, not the CPU, is what is slow. Default:
+	// none. Caddyfile: `compression`.
+	Compression string `json:"compression,omitempty"`
+}
+
+// liveStore is a provisioned LiveStoreConfig.
+type liveStore struct {
+	// dir is where the paths are read; storeDir is what they are named.
+	dir, storeDir string
+	logDir        string
+	compression   string
+	db            *nixstore.DB
+}
+
+// openLiveStore opens the store's database. A store whose database is
+// missing or unreadable stops the configuration, with what to fix.
+func openLiveStore(ctx context.Context, cfg *LiveStoreConfig, storeDir string, repl *caddy.Replacer) (*liveStore, error) {
+	l := &liveStore{storeDir: storeDir, dir: repl.ReplaceAll(cfg.Dir, ""), compression: cfg.Compression}
+	if l.dir == "" {
+		l.dir = storeDir
+	}
+	l.dir = filepath.Clean(l.dir)
+	if l.compression == "" {
+		l.compression = "none"
+	}
+	if l.compression != "none" && l.compression != "zstd" {
+		return nil, fmt.Errorf("store %s: compression %q is not none or zstd", l.dir, l.compression)
+	}
+	if info, err := os.Stat(l.dir); err != nil || !info.IsDir() {
+		return nil, fmt.Errorf("store %s is not a directory (%v): name the Nix store whose paths to serve, e.g. `store /nix/store`", l.dir, err)
+	}
+	// /nix/store has its state in /nix/var/nix.
+	state := filepath.Join(filepath.Dir(l.dir), "var")
+	database := repl.ReplaceAll(cfg.Database, "")
+	if database == "" {
+		database = filepath.Join(state, "nix", "db", "db.sqlite")
+	}
+	l.logDir = repl.ReplaceAll(cfg.LogDir, "")
+	if l.logDir == "" {
+		l.logDir = filepath.Join(state, "log", "nix", "drvs")
+	}
+	if _, err := os.Stat(database); err != nil {
+		return nil, fmt.Errorf("store %s: its database: %w; set `database` to the store's db.sqlite", l.dir, err)
+	}
+	db, err := nixstore.OpenDB(ctx, database, storeDir)
+	if err != nil {
+		return nil, fmt.Errorf("store %s: %w", l.dir, err)
+	}
+	l.db = db
+	return l, nil
+}
+
+func (l *liveStore) close() error { return l.db.Close() }
+
+// fsPath is where the store path named storePath is read.
+func (l *liveStore) fsPath(storePath string) string {
+	return filepath.Join(l.dir, filepath.Base(storePath))
+}
+
+// livePathInfo looks up a valid path by its hash part. A path the store does
+// not hold is a 404; a database that fails is a 503 with a log line, so
+// that a client does not remember a miss.
+func (h *Handler) livePathInfo(ctx context.Context, hash string) (*nixstore.PathInfo, error) {
+	info, err := h.live.db.PathInfo(ctx, hash)
+	switch {
+	case errors.Is(err, nixstore.ErrNotValid):
+		return nil, caddyhttp.Error(http.StatusNotFound, nil)
+	case err != nil:
+		h.logger.Error("reading the live store's database", zap.String("hash", hash), zap.Error(err))
+		return nil, caddyhttp.Error(http.StatusServiceUnavailable, fmt.Errorf("the live store's database failed: %w", err))
+	}
+	return info, nil
+}
+
+// serveLiveNarInfo answers a narinfo from the live store, signed by every
+// configured key beside the store's own signatures.
+func (h *Handler) serveLiveNarInfo(w http.ResponseWriter, r *http.Request, req cacheRequest) error {
+	info, err := h.livePathInfo(r.Context(), req.hash)
+	if err != nil {
+		narinfoLookups.WithLabelValues("missing").Inc()
+		return err
+	}
+	ni, err := h.live.narInfo(info)
+	if err == nil {
+		err = nixfmt.Sign(ni, h.keys)
+	}
+	if err != nil {
+		narinfoLookups.WithLabelValues("missing").Inc()
+		h.logger.Error("serving a live store path as missing", zap.String("path", info.StorePath), zap.Error(err))
+		return caddyhttp.Error(http.StatusNotFound, nil)
+	}
+	h.writeNarInfo(w, r, req, &signedNarinfo{
+		modTime:      info.Registered,
+		lastModified: info.Registered.UTC().Format(http.TimeFormat),
+		body:         []byte(ni.String()),
+	})
+	return nil
+}
+
+// narInfo describes a valid path as a binary cache does. Its NAR's URL
+// names the NAR hash, so that a path rebuilt differently since is not
+// answered with the wrong NAR, and the store path's hash, through which
+// the NAR is found; Nix keeps the query when it resolves the URL.
+func (l *liveStore) narInfo(info *nixstore.PathInfo) (*narinfo.NarInfo, error) {
+	for _, name := range append([]string{info.Deriver}, info.References...) {
+		if _, err := storepath.FromString(name); name != "" && err != nil {
+			return nil, fmt.Errorf("the database names %q, which is not a store path: %w", name, err)
+		}
+	}
+	if info.CA != "" {
+		if err := nixfmt.CheckContentAddress(info.CA); err != nil {
+			return nil, fmt.Errorf("content address %q: %w", info.CA, err)
+		}
+	}
+	ni := &narinfo.NarInfo{
+		StorePath:   info.StorePath,
+		URL:         liveNarURL(info, l.compression),
+		Compression: l.compression,
+		NarHash:     info.NarHash,
+		NarSize:     info.NarSize,
+		References:  info.References,
+		Deriver:     info.Deriver,
+		CA:          info.CA,
+	}
+	if l.compression == "none" {
+		ni.FileHash, ni.FileSize = info.NarHash, info.NarSize
+	}
+	for _, text := range info.Signatures {
+		// A signature the store cannot vouch for is left out, not
+		// passed on: clients would reject the narinfo.
+		if sig, err := signature.ParseSignature(text); err == nil {
+			ni.Signatures = append(ni.Signatures, sig)
+		}
+	}
+	return ni, nil
+}
+
+// liveNarURL is where a live path's NAR is asked for.
+func liveNarURL(info *nixstore.PathInfo, compression string) string {
+	ext := nixfmt.NarCompressions[compression]
+	return "nar/" + info.NarHash.Format(nixhash.NixBase32, false) + ext + "?hash=" + hashPart(info.StorePath)
+}
+
+// hashPart is the hash part of a store path.
+func hashPart(storePath string) string {
+	return filepath.Base(storePath)[:storePathHashLen]
+}
+
+// liveNarRequest reads a NAR request that names a live path: its NAR hash and
+// the hash part of its store path, from `nar/<narhash>.nar[.zst]?hash=…`.
+func liveNarRequest(r *http.Request, req cacheRequest) (narHash, hash, ext string, ok bool) {
+	hash = r.URL.Query().Get("hash")
+	if !isNix32Hash(hash) {
+		return "", "", "", false
+	}
+	name := filepath.Base(req.file)
+	narHash, ext = name[:52], name[52:]
+	if ext != ".nar" && ext != ".nar.zst" {
+		return "", "", "", false
+	}
+	return narHash, hash, ext, true
+}

@@ -1,0 +1,148 @@
+// Package nixstore reads a local Nix store without Nix: what its database
+// says about a valid path, and the path's NAR and listing, made from the
+// files themselves. It never writes the store or its database.
+package nixstore
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"net/url"
+	"path"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/nix-community/go-nix/pkg/nixhash"
+	"github.com/nix-community/go-nix/pkg/sqlite/nix_v10"
+	"github.com/nix-community/go-nix/pkg/storepath"
+	_ "modernc.org/sqlite" // the "sqlite" driver, pure Go
+)
+
+// ErrNotValid is returned for a store path the database does not hold as
+// valid: never built or substituted, or garbage collected since.
+var ErrNotValid = errors.New("not a valid path in the store")
+
+// PathInfo is what the database records about one valid store path.
+type PathInfo struct {
+	// StorePath is the path's absolute name in the store's logical
+	// directory, e.g. /nix/store/<hash>-<name>.
+	StorePath string
+	// NarHash is the sha256 of the path's NAR, in nix32 as narinfo has it.
+	NarHash *nixhash.HashWithEncoding
+	NarSize uint64
+	// References and Deriver are base names, References sorted.
+	References []string
+	Deriver    string
+	// Signatures are the store's own, e.g. those of the cache a path was
+	// substituted from, in Nix's `name:base64` form.
+	Signatures []string
+	// CA is the path's content address, if it has one.
+	CA         string
+	Registered time.Time
+}
+
+// DB is a Nix store's database (db.sqlite, schema 10 and later), opened
+// read-only: nix-daemon keeps writing it, and what it commits is seen by
+// the next query.
+type DB struct {
+	db       *sql.DB
+	queries  *nix_v10.Queries
+	storeDir string
+}
+
+// busyTimeout is how long a query waits for a writer holding the database
+// locked (a rollback journal; in WAL mode readers never wait) before the
+// request fails.
+const busyTimeout = 2 * time.Second
+
+// OpenDB opens the database file at file, whose paths live in the logical
+// store directory storeDir (e.g. /nix/store). It fails when the file is
+// missing or is not a Nix database.
+func OpenDB(ctx context.Context, file, storeDir string) (*DB, error) {
+	dsn := (&url.URL{Scheme: "file", OmitHost: true, Path: file, RawQuery: url.Values{
+		"mode":    {"ro"},
+		"_pragma": {fmt.Sprintf("busy_timeout(%d)", busyTimeout.Milliseconds()), "query_only(1)"},
+	}.Encode()}).String()
+	db, err := sql.Open("sqlite", dsn)
+	if err != nil {
+		return nil, fmt.Errorf("opening Nix database %s: %w", file, err)
+	}
+	var tables int
+	err = db.QueryRowContext(ctx, `select count(*) from sqlite_master where type = 'table' and name in ('ValidPaths', 'Refs')`).Scan(&tables)
+	if err == nil && tables != 2 {
+		err = errors.New("it has no ValidPaths and Refs tables")
+	}
+	if err != nil {
+		_ = db.Close()
+		return nil, fmt.Errorf("reading Nix database %s: %w (is it the db.sqlite of a Nix store, readable by this process?)", file, err)
+	}
+	return &DB{db: db, queries: nix_v10.New(db), storeDir: storeDir}, nil
+}
+
+// Close closes the database.
+func (d *DB) Close() error { return d.db.Close() }
+
+// PathInfo looks up the valid path whose hash part is hash. A path the
+// database does not hold is ErrNotValid; any other error is the
+// database's (locked, corrupt, unreadable).
+func (d *DB) PathInfo(ctx context.Context, hash string) (*PathInfo, error) {
+	prefix := d.storeDir + "/" + hash + "-"
+	// The query answers the first path at or after prefix, which is
+	// another path's when hash has none.
+	found, err := d.queries.QueryPathFromHashPart(ctx, prefix)
+	if errors.Is(err, sql.ErrNoRows) || (err == nil && !strings.HasPrefix(found, prefix)) {
+		return nil, ErrNotValid
+	}
+	if err != nil {
+		return nil, fmt.Errorf("looking up %s in the Nix database: %w", hash, err)
+	}
+	row, err := d.queries.QueryPathInfo(ctx, found)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, ErrNotValid // collected between the two queries
+	}
+	if err != nil {
+		return nil, fmt.Errorf("reading %s from the Nix database: %w", found, err)
+	}
+	refs, err := d.queries.QueryReferences(ctx, row.ID)
+	if err != nil {
+		return nil, fmt.Errorf("reading the references of %s from the Nix database: %w", found, err)
+	}
+	return d.pathInfo(found, row, refs)
+}
+
+// pathInfo checks a database row and turns it into a PathInfo: a row that
+// does not describe a NAR a client could check is an error, not a path.
+func (d *DB) pathInfo(found string, row nix_v10.QueryPathInfoRow, refs []string) (*PathInfo, error) {
+	if _, err := storepath.FromString(path.Base(found)); err != nil {
+		return nil, fmt.Errorf("the Nix database holds %q, which is not a store path: %w", found, err)
+	}
+	recorded, err := nixhash.ParseAny(row.Hash, nil)
+	if err == nil && recorded.Algo() != nixhash.SHA256 {
+		err = fmt.Errorf("it is %s", recorded.Algo())
+	}
+	if err != nil {
+		return nil, fmt.Errorf("the Nix database records NAR hash %q for %s, which is not a sha256 hash: %w", row.Hash, found, err)
+	}
+	narHash := nixhash.MustNewHashWithEncoding(nixhash.SHA256, recorded.Digest(), nixhash.NixBase32, true)
+	if !row.Narsize.Valid || row.Narsize.Int64 <= 0 {
+		return nil, fmt.Errorf("the Nix database records no NAR size for %s; `nix-store --verify --check-contents` as root fills it in", found)
+	}
+	info := &PathInfo{
+		StorePath:  found,
+		NarHash:    narHash,
+		NarSize:    uint64(row.Narsize.Int64),
+		CA:         row.Ca.String,
+		Registered: time.Unix(row.Registrationtime, 0),
+	}
+	for _, ref := range refs {
+		info.References = append(info.References, path.Base(ref))
+	}
+	sort.Strings(info.References)
+	if row.Deriver.Valid && row.Deriver.String != "" {
+		info.Deriver = path.Base(row.Deriver.String)
+	}
+	info.Signatures = strings.Fields(row.Sigs.String)
+	return info, nil
+}

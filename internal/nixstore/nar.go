@@ -1,0 +1,275 @@
+package nixstore
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sync"
+)
+
+// readBufferSize is how much of a file is read at a time: files up to
+// this size in one read, larger ones in chunks of it.
+const readBufferSize = 256 << 10
+
+var readBuffers = sync.Pool{New: func() any { b := make([]byte, readBufferSize); return &b }}
+
+// WriteNar writes the NAR of the file tree at fsPath to w, byte for byte
+// what `nix-store --dump` writes: directory entries in byte order, a
+// regular file executable when its owner may execute it, symlinks as
+// their targets. It returns the NAR's size. A tree that changes while it
+// is read (a path garbage collected mid-way) is an error, never a NAR of
+// something else: files are read to exactly the size found when each was
+// opened.
+//
+// go-nix's nar.Writer is not used: it passes every write through a
+// goroutine and cannot tell offsets, which listings need.
+func WriteNar(w io.Writer, fsPath string) (int64, error) {
+	bufp := readBuffers.Get().(*[]byte)
+	defer readBuffers.Put(bufp)
+	n := &narWalker{out: w, buf: *bufp}
+	err := n.archive(fsPath)
+	return n.offset, err
+}
+
+// WriteListing writes the JSON listing of the file tree at fsPath to w,
+// in the shape Nix writes to <hash>.ls with write-nar-listing: every
+// regular file with its size, whether it is executable, and the offset of
+// its contents in the uncompressed NAR. It is written while the tree is
+// walked, so memory stays flat however many files the tree has.
+func WriteListing(w io.Writer, fsPath string) error {
+	n := &narWalker{listing: w}
+	if _, err := io.WriteString(w, `{"version":1,"root":`); err != nil {
+		return err
+	}
+	if err := n.archive(fsPath); err != nil {
+		return err
+	}
+	_, err := io.WriteString(w, "}")
+	return err
+}
+
+// narWalker walks a file tree in NAR order. With out, it writes the NAR
+// there; with listing, it writes the tree's JSON listing there. Either
+// way it counts the NAR's bytes, which is all a listing needs of the
+// contents.
+type narWalker struct {
+	out     io.Writer
+	listing io.Writer
+	buf     []byte
+	offset  int64
+	scratch [8]byte
+}
+
+func (n *narWalker) archive(fsPath string) error {
+	if err := n.str("nix-archive-1"); err != nil {
+		return err
+	}
+	info, err := os.Lstat(fsPath)
+	if err != nil {
+		return fmt.Errorf("reading the store path: %w", err)
+	}
+	return n.node(fsPath, info)
+}
+
+// node writes `( type … )` for the file at fsPath.
+func (n *narWalker) node(fsPath string, info fs.FileInfo) error {
+	if err := n.strs("(", "type"); err != nil {
+		return err
+	}
+	switch mode := info.Mode(); {
+	case mode.IsRegular():
+		return n.regular(fsPath, mode&0o100 != 0)
+	case mode&fs.ModeSymlink != 0:
+		target, err := os.Readlink(fsPath)
+		if err != nil {
+			return fmt.Errorf("reading symlink %s: %w", fsPath, err)
+		}
+		if err := n.listJSON(`{"type":"symlink","target":`, target, "}"); err != nil {
+			return err
+		}
+		return n.strs("symlink", "target", target, ")")
+	case mode.IsDir():
+		return n.directory(fsPath)
+	default:
+		return fmt.Errorf("%s is a %v, which a NAR cannot hold", fsPath, mode.Type())
+	}
+}
+
+func (n *narWalker) regular(fsPath string, executable bool) error {
+	if err := n.str("regular"); err != nil {
+		return err
+	}
+	if executable {
+		if err := n.strs("executable", ""); err != nil {
+			return err
+		}
+	}
+	if err := n.str("contents"); err != nil {
+		return err
+	}
+	var size int64
+	if n.out == nil {
+		info, err := os.Lstat(fsPath)
+		if err != nil {
+			return fmt.Errorf("reading %s: %w", fsPath, err)
+		}
+		size = info.Size()
+		n.offset += 8 + size + padding(size)
+	} else {
+		f, err := os.Open(fsPath)
+		if err != nil {
+			return fmt.Errorf("reading %s: %w", fsPath, err)
+		}
+		defer func() { _ = f.Close() }()
+		info, err := f.Stat()
+		if err != nil {
+			return fmt.Errorf("reading %s: %w", fsPath, err)
+		}
+		size = info.Size()
+		if err := n.contents(f, fsPath, size); err != nil {
+			return err
+		}
+	}
+	if n.listing != nil {
+		// narOffset is where the contents start: after their length.
+		start := n.offset - padding(size) - size
+		exe := ""
+		if executable {
+			exe = `,"executable":true`
+		}
+		if _, err := fmt.Fprintf(n.listing, `{"type":"regular","size":%d%s,"narOffset":%d}`, size, exe, start); err != nil {
+			return err
+		}
+	}
+	return n.str(")")
+}
+
+// contents writes a file's length, its size bytes and the padding.
+func (n *narWalker) contents(f *os.File, fsPath string, size int64) error {
+	if err := n.u64(uint64(size)); err != nil {
+		return err
+	}
+	for left := size; left > 0; {
+		chunk := n.buf[:min(left, int64(len(n.buf)))]
+		if _, err := io.ReadFull(f, chunk); err != nil {
+			return fmt.Errorf("reading %s: %w (it changed while being read)", fsPath, err)
+		}
+		if err := n.write(chunk); err != nil {
+			return err
+		}
+		left -= int64(len(chunk))
+	}
+	return n.pad(size)
+}
+
+func (n *narWalker) directory(fsPath string) error {
+	if err := n.str("directory"); err != nil {
+		return err
+	}
+	entries, err := os.ReadDir(fsPath) // sorted by name, byte by byte, as Nix sorts
+	if err != nil {
+		return fmt.Errorf("reading directory %s: %w", fsPath, err)
+	}
+	if err := n.listJSON(`{"type":"directory","entries":{`); err != nil {
+		return err
+	}
+	for i, entry := range entries {
+		info, err := entry.Info()
+		if err != nil {
+			return fmt.Errorf("reading %s: %w", filepath.Join(fsPath, entry.Name()), err)
+		}
+		sep := ","
+		if i == 0 {
+			sep = ""
+		}
+		if err := n.listJSON(sep, entry.Name(), ":"); err != nil {
+			return err
+		}
+		if err := n.strs("entry", "(", "name", entry.Name(), "node"); err != nil {
+			return err
+		}
+		if err := n.node(filepath.Join(fsPath, entry.Name()), info); err != nil {
+			return err
+		}
+		if err := n.str(")"); err != nil {
+			return err
+		}
+	}
+	if err := n.listJSON("}}"); err != nil {
+		return err
+	}
+	return n.str(")")
+}
+
+// listJSON writes parts to the listing, if there is one: the first and
+// every other part verbatim, the parts between them as JSON strings.
+func (n *narWalker) listJSON(parts ...string) error {
+	if n.listing == nil {
+		return nil
+	}
+	for i, part := range parts {
+		if i%2 == 1 {
+			quoted, err := json.Marshal(part)
+			if err != nil {
+				return err
+			}
+			part = string(quoted)
+		}
+		if _, err := io.WriteString(n.listing, part); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// strs writes each of ss as a NAR string.
+func (n *narWalker) strs(ss ...string) error {
+	for _, s := range ss {
+		if err := n.str(s); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// str writes a NAR string: its length, its bytes and zero padding to a
+// multiple of eight.
+func (n *narWalker) str(s string) error {
+	if err := n.u64(uint64(len(s))); err != nil {
+		return err
+	}
+	if n.out != nil {
+		if _, err := io.WriteString(n.out, s); err != nil {
+			return err
+		}
+	}
+	n.offset += int64(len(s))
+	return n.pad(int64(len(s)))
+}
+
+func (n *narWalker) u64(v uint64) error {
+	binary.LittleEndian.PutUint64(n.scratch[:], v)
+	return n.write(n.scratch[:])
+}
+
+func (n *narWalker) pad(size int64) error {
+	clear(n.scratch[:])
+	return n.write(n.scratch[:padding(size)])
+}
+
+func (n *narWalker) write(p []byte) error {
+	if n.out != nil {
+		if _, err := n.out.Write(p); err != nil {
+			return err
+		}
+	}
+	n.offset += int64(len(p))
+	return nil
+}
+
+// padding is how many zero bytes follow size bytes in a NAR.
+func padding(size int64) int64 { return (8 - size%8) % 8 }
