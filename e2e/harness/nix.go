@@ -76,6 +76,10 @@ func (c NixClient) Netrc(t testing.TB, token string) *Nix {
 // Root is the root filesystem the client runs in, "" for the host's.
 func (c NixClient) Root() string { return c.root }
 
+// StoreDir is where the paths the client builds are, seen from the host:
+// /nix/store in the client's root filesystem.
+func (c NixClient) StoreDir() string { return filepath.Join(c.root, "/nix/store") }
+
 // inRoot runs a command in a root filesystem: in a mount namespace of its
 // own (so nothing stays mounted), with /proc, /dev (pseudo-terminals
 // included: nix's builder needs one) and the temporary directory, where
@@ -213,6 +217,34 @@ in mk "%s-top" [ leaf middle ] "%s"
 	return Closure{Top: top, Paths: sortedCopy(paths)}
 }
 
+// BuildFileKinds is BuildClosure with a top path that holds every kind
+// of file a NAR records: an executable, an empty file, an empty
+// directory, nested directories, and symlinks, relative, absolute and
+// to another store path.
+func (n *Nix) BuildFileKinds(name string) Closure {
+	n.t.Helper()
+	top := strings.TrimSpace(n.build(fmt.Sprintf(`
+  leaf = mk "%s-leaf" [] "";
+  middle = mk "%s-middle" [ leaf ] "";
+in mk "%s-top" [ leaf middle ] ''
+  printf '#!/bin/sh\necho hello\n' > $out/run
+  /bin/chmod 0555 $out/run
+  : > $out/empty
+  /bin/mkdir -p $out/empty-dir $out/share/doc/deeper
+  echo nested > $out/share/doc/deeper/file
+  /bin/ln -s run $out/run-link
+  /bin/ln -s ../name $out/share/up-link
+  /bin/ln -s ${leaf} $out/leaf-link
+  /bin/ln -s /nonexistent $out/dangling
+''
+`, name, name, name)))
+	paths := strings.Fields(n.Must("nix-store", "--query", "--requisites", top))
+	if len(paths) != 3 {
+		n.t.Fatalf("closure of %s has %d paths, want 3: %v", top, len(paths), paths)
+	}
+	return Closure{Top: top, Paths: sortedCopy(paths)}
+}
+
 // BuildSharedClosures builds n closures that share one path: the i-th top
 // path references a base path common to all and a leaf of its own, and
 // carries payload bytes of random data. It returns the top paths in order
@@ -246,6 +278,7 @@ let
     system = builtins.currentSystem;
     builder = "/bin/sh";
     args = [ "-c" ''
+      echo "building ${name}"
       /bin/mkdir $out
       echo ${name} > $out/name
       for dep in ${toString deps}; do echo $dep >> $out/references; done

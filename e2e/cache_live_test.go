@@ -1,0 +1,170 @@
+package e2e
+
+import (
+	"bufio"
+	"io"
+	"net/http"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/cargoxx-pkgs/runner/e2e/harness"
+)
+
+// liveCaddyfile serves the store storeDir, beside an empty cache root,
+// signed by secret.
+func liveCaddyfile(t *testing.T, root, secret, storeDir string, storeOptions ...string) string {
+	t.Helper()
+	store := "store " + storeDir
+	if len(storeOptions) > 0 {
+		store += " {\n\t" + strings.Join(storeOptions, "\n\t") + "\n}"
+	}
+	options := append(harness.CacheOptions(root, secret), store)
+	return harness.Caddyfile{Cache: &harness.CacheSite{Options: options}}.String()
+}
+
+// narinfoField is the value of a narinfo's field.
+func narinfoField(narinfo, key string) string {
+	for line := range strings.SplitSeq(narinfo, "\n") {
+		if value, ok := strings.CutPrefix(line, key+": "); ok {
+			return value
+		}
+	}
+	return ""
+}
+
+func hashOf(storePath string) string {
+	return strings.SplitN(filepath.Base(storePath), "-", 2)[0]
+}
+
+// TestLiveStoreIsSubstituted builds a closure with each client into the
+// client's own store and serves that store live: a fresh store substitutes
+// the closure trusting only the cache's key, every NAR is byte for byte
+// what `nix-store --dump` writes, and `nix store ls` reads the listings.
+// The current client's store is kept in its root filesystem, so it is
+// also a store served from another directory than /nix/store.
+func TestLiveStoreIsSubstituted(t *testing.T) {
+	harness.ForEachNix(t, func(t *testing.T, client harness.NixClient) {
+		nix := client.New(t, "")
+		closure := nix.BuildFileKinds("live-" + client.Name)
+		for _, compression := range []string{"none", "zstd"} {
+			t.Run(compression, func(t *testing.T) {
+				secret, public := keygen(t, "live-"+compression+"-1")
+				root := filepath.Join(t.TempDir(), "cache")
+				caddy := harness.StartCaddy(t, liveCaddyfile(t, root, secret, client.StoreDir(), "compression "+compression), harness.CaddyOptions{})
+
+				c, store := substitute(nix, caddy.URL(), public, closure.Top)
+				if c.Err != nil {
+					t.Fatalf("substituting from the live store:\n%s", c)
+				}
+				if got := nix.StorePaths(store); !slices.Equal(got, closure.Paths) {
+					t.Fatalf("chroot store holds %v, want %v", got, closure.Paths)
+				}
+				if c := nix.Run("nix-store", "--store", store, "--verify-path", closure.Top); c.Err != nil {
+					t.Fatalf("the substituted top path does not verify:\n%s", c)
+				}
+				if compression != "none" {
+					return
+				}
+				for _, p := range closure.Paths {
+					narinfo := get(t, caddy.URL()+"/"+hashOf(p)+".narinfo", nil, http.StatusOK)
+					nar := get(t, caddy.URL()+"/"+narinfoField(narinfo, "URL"), nil, http.StatusOK)
+					if dump := nix.Must("nix-store", "--dump", p); nar != dump {
+						t.Errorf("NAR of %s (%d bytes) is not what nix-store --dump writes (%d bytes)", p, len(nar), len(dump))
+					}
+				}
+				// nix store ls reads the generated listing.
+				remote := nix.WithFreshCache().Run("nix", "store", "ls", "--store", caddy.URL(), "--recursive", "--long", closure.Top)
+				local := nix.Must("nix", "store", "ls", "--recursive", "--long", closure.Top)
+				if remote.Err != nil || remote.Stdout != local {
+					t.Errorf("nix store ls over the live store:\n%s\nlocally:\n%s", remote, local)
+				}
+				if !strings.Contains(local, "run-link -> run") || !strings.Contains(local, "-r-xr-xr-x") {
+					t.Errorf("the closure lacks the file kinds it was built with:\n%s", local)
+				}
+			})
+		}
+	})
+}
+
+// TestLiveStorePathCollectedWhileDownloading collects a path while a
+// client downloads its NAR: the download fails short of its
+// Content-Length, never a whole NAR of something else, and the path is
+// then a miss.
+func TestLiveStorePathCollectedWhileDownloading(t *testing.T) {
+	nix := harness.Nix28.New(t, "")
+	closure := nix.BuildClosure("live-gc", 96<<20)
+	secret, _ := keygen(t, "live-gc-1")
+	caddy := harness.StartCaddy(t, liveCaddyfile(t, filepath.Join(t.TempDir(), "cache"), secret, "/nix/store"), harness.CaddyOptions{})
+
+	narinfo := get(t, caddy.URL()+"/"+hashOf(closure.Top)+".narinfo", nil, http.StatusOK)
+	resp, err := http.Get(caddy.URL() + "/" + narinfoField(narinfo, "URL"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("NAR: %s", resp.Status)
+	}
+	body := bufio.NewReader(resp.Body)
+	if _, err := io.CopyN(io.Discard, body, 1<<20); err != nil {
+		t.Fatal(err)
+	}
+	// Nix's collector keeps a path a running process has a file of open
+	// (it scans /proc), so it would wait for the file caddy is reading;
+	// --ignore-liveness collects it anyway, as a collector that cannot see
+	// caddy's processes (another mount or PID namespace) would.
+	nix.Must("nix-store", "--delete", "--ignore-liveness", closure.Top)
+	rest, err := io.Copy(io.Discard, body)
+	got := (1 << 20) + rest
+	if err == nil || got >= resp.ContentLength {
+		t.Fatalf("the download of a collected path ended with %v after %d of %d bytes; want an error before the end", err, got, resp.ContentLength)
+	}
+	t.Logf("the download failed after %d of %d bytes: %v", got, resp.ContentLength, err)
+	get(t, caddy.URL()+"/"+hashOf(closure.Top)+".narinfo", nil, http.StatusNotFound)
+}
+
+// TestLiveStoreAndCacheOnOneURL serves a cache directory and the live
+// store on one URL: a client substitutes a closure only the cache holds
+// and one only the store holds, and reads a build log Nix kept.
+func TestLiveStoreAndCacheOnOneURL(t *testing.T) {
+	nix := harness.Nix28.New(t, "")
+	root := filepath.Join(t.TempDir(), "cache")
+	cached := nix.BuildClosure("live-cached", 0)
+	if c := nix.Copy("--to", "file://"+root+"?compression=zstd", cached.Top); c.Err != nil {
+		t.Fatalf("filling the cache:\n%s", c)
+	}
+	// Reverse order: each path before those it refers to.
+	nix.Must("nix-store", append([]string{"--delete"}, cached.Top, cached.Paths[0], cached.Paths[1], cached.Paths[2])...)
+	built := nix.BuildClosure("live-built", 0)
+	secret, public := keygen(t, "live-both-1")
+	caddy := harness.StartCaddy(t, liveCaddyfile(t, root, secret, "/nix/store"), harness.CaddyOptions{})
+
+	nix = nix.WithFreshCache()
+	store := nix.ChrootStore()
+	c := nix.Run("nix-store", "--store", store, "--realise", cached.Top, built.Top,
+		"--option", "substituters", caddy.URL(),
+		"--option", "trusted-public-keys", public)
+	if c.Err != nil {
+		t.Fatalf("substituting from the cache and the store on one URL:\n%s", c)
+	}
+	want := slices.Concat(cached.Paths, built.Paths)
+	slices.Sort(want)
+	if got := nix.StorePaths(store); !slices.Equal(got, want) {
+		t.Fatalf("chroot store holds %v, want %v", got, want)
+	}
+	// The cache's own NAR for the cached path, the store's for the other.
+	for p, want := range map[string]string{cached.Top: ".nar.zst", built.Top: "?hash=" + hashOf(built.Top)} {
+		narinfo := get(t, caddy.URL()+"/"+hashOf(p)+".narinfo", nil, http.StatusOK)
+		if url := narinfoField(narinfo, "URL"); !strings.HasSuffix(url, want) {
+			t.Errorf("%s: URL %s, want one ending in %s", p, url, want)
+		}
+	}
+
+	drv := strings.TrimSpace(nix.Must("nix-store", "--query", "--deriver", built.Top))
+	log := get(t, caddy.URL()+"/log/"+filepath.Base(drv), nil, http.StatusOK)
+	if want := "building live-built-top"; !strings.Contains(log, want) {
+		t.Errorf("build log of %s: %q, want it to say %q", drv, log, want)
+	}
+}
