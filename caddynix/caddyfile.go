@@ -53,6 +53,12 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	        log_dir     <dir>         # default: <dir>/../var/log/nix/drvs
 //	        compression <none|zstd>   # default: none
 //	    }
+//	    upstream <url> {              # repeatable, asked in order
+//	        trusted_public_key <key>  # repeatable, at least one
+//	        keep                      # store what is fetched
+//	        sign                      # add the cache's signatures
+//	        timeout <duration>        # default 5s
+//	    }
 //	    storage s3 {                  # instead of root
 //	        bucket                 <name>
 //	        prefix                 <prefix>
@@ -76,7 +82,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	seen := map[string]bool{}
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		option := d.Val()
-		if seen[option] && option != "secret_key_file" {
+		if seen[option] && option != "secret_key_file" && option != "upstream" {
 			return d.Errf("nix_cache: %s given more than once", option)
 		}
 		seen[option] = true
@@ -109,6 +115,10 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 		case "store":
 			if err := h.unmarshalLiveStore(d); err != nil {
+				return err
+			}
+		case "upstream":
+			if err := h.unmarshalUpstream(d); err != nil {
 				return err
 			}
 		case "generate_key":
@@ -247,6 +257,56 @@ func (h *Handler) unmarshalLiveStore(d *caddyfile.Dispenser) error {
 		return d.Errf("nix_cache: store: compression %q is not none or zstd", c.Compression)
 	}
 	h.LiveStore = c
+	return nil
+}
+
+// unmarshalUpstream parses `upstream <url> { … }`.
+func (h *Handler) unmarshalUpstream(d *caddyfile.Dispenser) error {
+	c := new(UpstreamConfig)
+	if !d.NextArg() {
+		return d.Errf("nix_cache: upstream takes the URL of a binary cache, e.g. `upstream https://cache.nixos.org { trusted_public_key … }`")
+	}
+	c.URL = d.Val()
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	seen := map[string]bool{}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		option := d.Val()
+		if seen[option] && option != "trusted_public_key" {
+			return d.Errf("nix_cache: upstream: %s given more than once", option)
+		}
+		seen[option] = true
+		switch option {
+		case "keep", "sign":
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			*map[string]*bool{"keep": &c.Keep, "sign": &c.Sign}[option] = true
+		case "trusted_public_key":
+			value, err := caddyutil.SingleArg(d)
+			if err != nil {
+				return err
+			}
+			c.TrustedPublicKeys = append(c.TrustedPublicKeys, value)
+		case "timeout":
+			value, err := caddyutil.SingleArg(d)
+			if err != nil {
+				return err
+			}
+			timeout, err := caddy.ParseDuration(value)
+			if err != nil || timeout <= 0 {
+				return d.Errf("nix_cache: upstream: timeout %q is not a positive duration such as 5s", value)
+			}
+			c.Timeout = caddy.Duration(timeout)
+		default:
+			return d.Errf("nix_cache: unknown upstream option %q (trusted_public_key, keep, sign, timeout)", option)
+		}
+	}
+	if len(c.TrustedPublicKeys) == 0 {
+		return d.Errf("nix_cache: upstream %s needs trusted_public_key: the key its narinfo is signed by", c.URL)
+	}
+	h.Upstreams = append(h.Upstreams, c)
 	return nil
 }
 

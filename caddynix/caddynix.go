@@ -97,6 +97,11 @@ type Handler struct {
 	// they are asked for. Caddyfile: `store <dir> [{ … }]`.
 	LiveStore *LiveStoreConfig `json:"store,omitempty"`
 
+	// Upstreams are other binary caches, asked in order for what the cache
+	// and the live store do not hold. Caddyfile: `upstream <url> { … }`
+	// (repeatable).
+	Upstreams []*UpstreamConfig `json:"upstreams,omitempty"`
+
 	// IndexFile is where the cache keeps its index: every path's
 	// references, sizes, provenance and last use, the pins and the CI runs
 	// that pushed. The files stay the truth: a lost index is rebuilt from
@@ -122,8 +127,10 @@ type Handler struct {
 	gcGrace time.Duration
 	shared  *sharedCache
 	// live is the live store, when LiveStore is set.
-	live   *liveStore
-	logger *zap.Logger
+	live         *liveStore
+	upstreams    []*upstream
+	upstreamNars *upstreamNarinfos
+	logger       *zap.Logger
 }
 
 // CaddyModule returns the Caddy module information.
@@ -174,6 +181,14 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		if h.live, err = openLiveStore(ctx, h.LiveStore, h.StoreDir, repl); err != nil {
 			return fmt.Errorf("nix_cache: %w", err)
 		}
+	}
+	h.upstreamNars = new(upstreamNarinfos)
+	for _, cfg := range h.Upstreams {
+		u, err := newUpstream(cfg, repl)
+		if err != nil {
+			return fmt.Errorf("nix_cache: %w", err)
+		}
+		h.upstreams = append(h.upstreams, u)
 	}
 	if h.Upload != nil {
 		if h.Upload.MaxNarSize == 0 {
@@ -316,6 +331,9 @@ func (h *Handler) Cleanup() error {
 		if err := h.narinfos.close(); err != nil {
 			return err
 		}
+	}
+	for _, u := range h.upstreams {
+		u.close()
 	}
 	if h.live != nil {
 		if err := h.live.close(); err != nil {

@@ -123,7 +123,6 @@ func (h *Handler) livePathInfo(ctx context.Context, hash string) (*nixstore.Path
 func (h *Handler) serveLiveNarInfo(w http.ResponseWriter, r *http.Request, req cacheRequest) error {
 	info, err := h.livePathInfo(r.Context(), req.hash)
 	if err != nil {
-		narinfoLookups.WithLabelValues("missing").Inc()
 		return err
 	}
 	ni, err := h.live.narInfo(info)
@@ -131,7 +130,6 @@ func (h *Handler) serveLiveNarInfo(w http.ResponseWriter, r *http.Request, req c
 		err = nixfmt.Sign(ni, h.keys)
 	}
 	if err != nil {
-		narinfoLookups.WithLabelValues("missing").Inc()
 		h.logger.Error("serving a live store path as missing", zap.String("path", info.StorePath), zap.Error(err))
 		return caddyhttp.Error(http.StatusNotFound, nil)
 	}

@@ -37,7 +37,7 @@ func (h *Handler) serveFile(w http.ResponseWriter, r *http.Request, req cacheReq
 	if err != nil {
 		switch {
 		case errors.Is(err, fs.ErrNotExist):
-			return h.serveLive(w, r, req)
+			return h.serveFromSources(w, r, req)
 		case errors.Is(err, storage.ErrOutsideRoot):
 			// Anyone can ask for it, so it must not fill the error log.
 			h.logger.Debug("not following a name out of the cache root", zap.String("file", req.file), zap.Error(err))
@@ -97,7 +97,7 @@ func (h *Handler) serveLive(w http.ResponseWriter, r *http.Request, req cacheReq
 func (h *Handler) redirectNar(w http.ResponseWriter, r *http.Request, req cacheRequest) error {
 	if _, err := h.store.Stat(r.Context(), req.file); err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
-			return h.serveLive(w, r, req)
+			return h.serveFromSources(w, r, req)
 		}
 		return h.storageFailure("looking up a NAR", req.file, err)
 	}
@@ -135,11 +135,7 @@ func (h *Handler) serveNarInfo(w http.ResponseWriter, r *http.Request, req cache
 		if !errors.Is(err, fs.ErrNotExist) {
 			return h.storageFailure("opening narinfo", req.file, err)
 		}
-		if h.live != nil {
-			return h.serveLiveNarInfo(w, r, req)
-		}
-		narinfoLookups.WithLabelValues("missing").Inc()
-		return caddyhttp.Error(http.StatusNotFound, nil)
+		return h.serveNarInfoFromSources(w, r, req)
 	}
 	var readErr error
 	entry, err := h.narinfos.get(req.file, info, mark, func() ([]byte, error) {

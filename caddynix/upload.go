@@ -564,11 +564,16 @@ func (h *Handler) checkNarInfoNar(ctx context.Context, info *narinfo.NarInfo) er
 	if err != nil {
 		return err
 	}
+	return meta.matches(info)
+}
+
+// matches checks a narinfo's hashes and sizes against a NAR's.
+func (meta narMeta) matches(info *narinfo.NarInfo) error {
 	switch {
-	case !bytes.Equal(info.FileHash.Digest(), meta.fileHash[:]):
-		return reject(http.StatusBadRequest, "file_hash_mismatch", "FileHash %s does not match the stored NAR's sha256:%s", info.FileHash, nixbase32.EncodeToString(meta.fileHash[:]))
-	case int64(info.FileSize) != meta.fileSize:
-		return reject(http.StatusBadRequest, "file_size_mismatch", "FileSize %d does not match the stored NAR's %d bytes", info.FileSize, meta.fileSize)
+	case info.FileHash != nil && !bytes.Equal(info.FileHash.Digest(), meta.fileHash[:]):
+		return reject(http.StatusBadRequest, "file_hash_mismatch", "FileHash %s does not match the NAR's sha256:%s", info.FileHash, nixbase32.EncodeToString(meta.fileHash[:]))
+	case info.FileSize != 0 && int64(info.FileSize) != meta.fileSize:
+		return reject(http.StatusBadRequest, "file_size_mismatch", "FileSize %d does not match the NAR's %d bytes", info.FileSize, meta.fileSize)
 	case !bytes.Equal(info.NarHash.Digest(), meta.narHash[:]):
 		return reject(http.StatusBadRequest, "nar_hash_mismatch", "NarHash %s does not match the NAR's sha256:%s", info.NarHash, nixbase32.EncodeToString(meta.narHash[:]))
 	case int64(info.NarSize) != meta.narSize:

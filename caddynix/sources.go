@@ -1,0 +1,262 @@
+package caddynix
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"path"
+	"slices"
+	"strconv"
+	"time"
+
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/cargoxx-pkgs/runner/caddynix/storage/index"
+	"github.com/cargoxx-pkgs/runner/internal/iox"
+	"github.com/cargoxx-pkgs/runner/internal/nixfmt"
+	"github.com/nix-community/go-nix/pkg/narinfo"
+	"github.com/nix-community/go-nix/pkg/narinfo/signature"
+	"github.com/nix-community/go-nix/pkg/nixbase32"
+	"go.uber.org/zap"
+)
+
+// The sources of a nix_cache are asked in a fixed order, and the first
+// that has a path answers: the cache itself (root or storage), then the
+// live store, then each upstream in the order configured. A source that
+// fails (a database, an upstream) is logged; a failing local source
+// answers 503, a failing upstream is passed over.
+
+// isNotFound reports whether err is a handler's 404.
+func isNotFound(err error) bool {
+	var herr caddyhttp.HandlerError
+	return errors.As(err, &herr) && herr.StatusCode == http.StatusNotFound
+}
+
+// serveNarInfoFromSources answers a narinfo the cache does not hold.
+func (h *Handler) serveNarInfoFromSources(w http.ResponseWriter, r *http.Request, req cacheRequest) error {
+	if h.live != nil {
+		if err := h.serveLiveNarInfo(w, r, req); !isNotFound(err) {
+			return err
+		}
+	}
+	for _, u := range h.upstreams {
+		info, err := u.narInfo(r.Context(), h.StoreDir, req.hash)
+		if errors.Is(err, errUpstreamMiss) {
+			continue
+		}
+		if err != nil {
+			if r.Context().Err() != nil {
+				return err
+			}
+			h.logger.Warn("passing over an upstream", zap.String("upstream", u.base), zap.String("hash", req.hash), zap.Error(err))
+			continue
+		}
+		h.upstreamNars.put(info.URL, upstreamNarinfo{from: u, info: info})
+		served := *info
+		if u.sign {
+			if err := nixfmt.Sign(&served, h.keys); err != nil {
+				return err
+			}
+		}
+		now := time.Now()
+		h.writeNarInfo(w, r, req, &signedNarinfo{modTime: now, lastModified: now.UTC().Format(http.TimeFormat), body: []byte(served.String())})
+		return nil
+	}
+	narinfoLookups.WithLabelValues("missing").Inc()
+	return caddyhttp.Error(http.StatusNotFound, nil)
+}
+
+// serveFromSources answers a NAR, listing or log the cache does not hold.
+func (h *Handler) serveFromSources(w http.ResponseWriter, r *http.Request, req cacheRequest) error {
+	if h.live != nil {
+		if err := h.serveLive(w, r, req); !isNotFound(err) {
+			return err
+		}
+	}
+	if req.kind == kindRealisation || len(h.upstreams) == 0 {
+		return caddyhttp.Error(http.StatusNotFound, nil)
+	}
+	rel := req.file
+	if r.URL.RawQuery != "" {
+		rel += "?" + r.URL.RawQuery
+	}
+	candidates := h.upstreams
+	known, isKnown := h.upstreamNars.get(rel)
+	if isKnown {
+		candidates = []*upstream{known.from}
+	}
+	for _, u := range candidates {
+		resp, err := u.get(r.Context(), rel, r.Header)
+		if errors.Is(err, errUpstreamMiss) {
+			continue
+		}
+		if err != nil {
+			if r.Context().Err() != nil {
+				return err
+			}
+			h.logger.Warn("passing over an upstream", zap.String("upstream", u.base), zap.String("file", rel), zap.Error(err))
+			continue
+		}
+		defer func() { _ = resp.Body.Close() }()
+		if !isKnown {
+			known = upstreamNarinfo{from: u}
+		}
+		return h.sendUpstream(w, r, req, known, resp)
+	}
+	return caddyhttp.Error(http.StatusNotFound, nil)
+}
+
+// sendUpstream passes an upstream's answer on. A whole NAR is checked on
+// the way against the narinfo it was served with (or, without one, against
+// the file hash its name is), and its end held back until it is: one that
+// does not match is cut short, and logged.
+func (h *Handler) sendUpstream(w http.ResponseWriter, r *http.Request, req cacheRequest, from upstreamNarinfo, resp *http.Response) error {
+	header := w.Header()
+	for _, name := range []string{"Content-Type", "Content-Range", "Last-Modified", "ETag"} {
+		if value := resp.Header.Get(name); value != "" {
+			header.Set(name, value)
+		}
+	}
+	if header.Get("Content-Type") == "" {
+		header.Set("Content-Type", contentTypes[req.kind])
+	}
+	if resp.ContentLength >= 0 {
+		header.Set("Content-Length", strconv.FormatInt(resp.ContentLength, 10))
+	}
+	whole := req.kind == kindNar && resp.StatusCode == http.StatusOK
+	if whole {
+		header.Set("Cache-Control", "public, max-age=31536000, immutable")
+	}
+	if r.Method == http.MethodHead || !whole {
+		w.WriteHeader(resp.StatusCode)
+		if r.Method == http.MethodHead {
+			return nil
+		}
+		if _, err := io.Copy(w, resp.Body); err != nil {
+			return abortedResponse{err}
+		}
+		return nil
+	}
+	if info := from.info; info != nil && from.from.keep && h.keepable(req, info) {
+		return h.pullThrough(w, r, req, from, resp)
+	}
+	var fileHash []byte
+	fileSize := int64(-1)
+	if info := from.info; info != nil {
+		if info.FileHash != nil {
+			fileHash = info.FileHash.Digest()
+		}
+		if info.FileSize != 0 {
+			fileSize = int64(info.FileSize)
+		}
+	} else if r.URL.RawQuery == "" {
+		// NARs are named by their file hash in every cache Nix writes.
+		fileHash, _ = nixbase32.DecodeString(path.Base(req.file)[:52])
+	}
+	w.WriteHeader(http.StatusOK)
+	err := copyChecked(w, resp.Body, fileHash, fileSize)
+	if err != nil {
+		h.logger.Error("an upstream NAR was not passed on whole", zap.String("upstream", from.from.base), zap.String("file", req.file), zap.Error(err))
+		return abortedResponse{err}
+	}
+	return nil
+}
+
+// copyChecked copies body to w and checks its sha256 and size where they
+// are given (nil, -1 when not), holding back the end until they match.
+func copyChecked(w io.Writer, body io.Reader, fileHash []byte, fileSize int64) error {
+	tail := &iox.TailWriter{W: w, Hold: 16}
+	hasher := sha256.New()
+	n, err := io.Copy(io.MultiWriter(hasher, tail), body)
+	switch {
+	case err != nil:
+		return fmt.Errorf("receiving from the upstream: %w", err)
+	case fileSize >= 0 && n != fileSize:
+		return fmt.Errorf("the upstream sent %d bytes where the narinfo says FileSize %d", n, fileSize)
+	case fileHash != nil && !bytes.Equal(hasher.Sum(nil), fileHash):
+		return fmt.Errorf("the upstream sent a file whose sha256 is %s where sha256:%s was expected", nixbase32.EncodeToString(hasher.Sum(nil)), nixbase32.EncodeToString(fileHash))
+	}
+	return tail.Release()
+}
+
+// keepable reports whether a path an upstream serves can be kept: its
+// narinfo passes the cache's rule for what it stores, which needs the NAR
+// named by its file hash, as `nix copy` names it.
+func (h *Handler) keepable(req cacheRequest, info *narinfo.NarInfo) bool {
+	_, err := nixfmt.Admit([]byte(info.String()), h.StoreDir, path.Base(info.StorePath)[:storePathHashLen])
+	return err == nil && info.URL == req.file
+}
+
+// pullThrough streams an upstream NAR to the client and into the cache at
+// once, checks it in full as an upload is checked, and then keeps its
+// narinfo. A NAR that does not match its narinfo is cut short for the
+// client and never stored; one that matches is kept when the path's
+// references are in the cache, as a closure substituted in order has them.
+func (h *Handler) pullThrough(w http.ResponseWriter, r *http.Request, req cacheRequest, from upstreamNarinfo, resp *http.Response) error {
+	info := from.info
+	ctx := r.Context()
+	up, err := h.store.Create(ctx, req.file)
+	if err != nil {
+		return h.storageFailure("keeping an upstream NAR", req.file, err)
+	}
+	defer up.Abort()
+	w.WriteHeader(http.StatusOK)
+	tail := &iox.TailWriter{W: w, Hold: 16}
+	meta, err := receiveNar(io.MultiWriter(up, tail), resp.Body, info.Compression, h.maxNarSize(), -1)
+	if err == nil {
+		err = meta.matches(info)
+	}
+	if err != nil {
+		h.logger.Error("an upstream NAR was not passed on whole, and is not kept", zap.String("upstream", from.from.base), zap.String("file", req.file), zap.Error(err))
+		return abortedResponse{err}
+	}
+	if err := up.Commit(); err != nil {
+		h.logger.Error("keeping an upstream NAR", zap.String("file", req.file), zap.Error(err))
+	} else {
+		h.pending.put(req.file, meta)
+	}
+	if err := tail.Release(); err != nil {
+		return abortedResponse{err}
+	}
+	// The client has its NAR; keeping the narinfo must not wait on it.
+	h.keepNarInfo(context.WithoutCancel(ctx), from)
+	return nil
+}
+
+// keepNarInfo stores an upstream path's narinfo, whose NAR is stored, as
+// an upload's is stored. A path whose references the cache does not hold
+// is not kept.
+func (h *Handler) keepNarInfo(ctx context.Context, from upstreamNarinfo) {
+	info := *from.info
+	// Only the cache signs with its own key names.
+	info.Signatures = slices.DeleteFunc(slices.Clone(info.Signatures), func(sig signature.Signature) bool {
+		return h.ownKeyName(sig.Name)
+	})
+	hash := path.Base(info.StorePath)[:storePathHashLen]
+	req := cacheRequest{kind: kindNarinfo, file: hash + ".narinfo", hash: hash}
+	stored := []byte(info.String())
+	kept, file, again, err := h.commitNarInfo(ctx, req, &info, stored)
+	if err != nil {
+		h.logger.Info("not keeping an upstream path", zap.String("store_path", info.StorePath), zap.String("upstream", from.from.base), zap.Error(err))
+		return
+	}
+	h.pending.delete(kept.URL)
+	if idx := h.state.index(); idx != nil && !again {
+		pusher := &index.Pusher{Token: "upstream " + from.from.base}
+		if err := idx.RecordPush(index.FromNarInfo(kept, file), pusher, file.ModTime); err != nil {
+			h.logger.Error("recording a kept upstream path in the cache index", zap.String("store_path", kept.StorePath), zap.Error(err))
+		}
+	}
+	h.logger.Debug("kept an upstream path", zap.String("store_path", kept.StorePath), zap.String("upstream", from.from.base))
+}
+
+// maxNarSize bounds a NAR the cache stores.
+func (h *Handler) maxNarSize() int64 {
+	if h.Upload != nil && h.Upload.MaxNarSize > 0 {
+		return h.Upload.MaxNarSize
+	}
+	return defaultMaxNarSize
+}

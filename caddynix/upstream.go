@@ -1,0 +1,246 @@
+package caddynix
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"path"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/cargoxx-pkgs/runner/internal/nixfmt"
+	"github.com/nix-community/go-nix/pkg/narinfo"
+	"github.com/nix-community/go-nix/pkg/narinfo/signature"
+	"github.com/nix-community/go-nix/pkg/nixhash"
+	"github.com/nix-community/go-nix/pkg/storepath"
+)
+
+// UpstreamConfig is another binary cache, such as https://cache.nixos.org,
+// that answers what the cache and the live store do not hold. Its
+// narinfo is served only with a valid signature by one of its trusted
+// keys, and keeps that signature; its NARs are passed through, checked
+// against their narinfo on the way.
+type UpstreamConfig struct {
+	// URL is the upstream cache's address, http or https. Caddyfile:
+	// `upstream <url>`.
+	URL string `json:"url"`
+
+	// TrustedPublicKeys are the keys the upstream's narinfo must be
+	// signed by, at least one, in Nix's `name:base64` format. Required.
+	// Caddyfile: `trusted_public_key` (repeatable).
+	TrustedPublicKeys []string `json:"trusted_public_keys"`
+
+	// Keep stores what is fetched in the cache (pull-through), once its
+	// NAR has been received whole and checked against the narinfo in
+	// full, as an upload is. A path is kept only when its references
+	// are, so a client substituting a whole closure keeps all of it; kept
+	// paths are then served, and collected by retention, like uploaded
+	// ones. Default: false. Caddyfile: `keep`.
+	Keep bool `json:"keep,omitempty"`
+
+	// Sign adds the cache's own signatures to the upstream's narinfo, so
+	// that clients trusting only the cache's key accept it: the cache
+	// vouches for what the upstream signed. Default: false, and clients
+	// need the upstream's key. Caddyfile: `sign`.
+	Sign bool `json:"sign,omitempty"`
+
+	// Timeout bounds each narinfo lookup, and the wait for a NAR's
+	// response header: an upstream that is down or slow costs a request
+	// no more, and is then a miss. Default: 5s. Caddyfile: `timeout`.
+	Timeout caddy.Duration `json:"timeout,omitempty"`
+}
+
+// defaultUpstreamTimeout is UpstreamConfig.Timeout's default.
+const defaultUpstreamTimeout = 5 * time.Second
+
+// errUpstreamMiss is an upstream that does not have what was asked.
+var errUpstreamMiss = errors.New("not in the upstream cache")
+
+// upstream is a provisioned UpstreamConfig.
+type upstream struct {
+	base    string // the URL, without a trailing slash
+	keys    []signature.PublicKey
+	keep    bool
+	sign    bool
+	timeout time.Duration
+	client  *http.Client
+}
+
+func newUpstream(cfg *UpstreamConfig, repl *caddy.Replacer) (*upstream, error) {
+	raw := strings.TrimRight(repl.ReplaceAll(cfg.URL, ""), "/")
+	u, err := url.Parse(raw)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.RawQuery != "" {
+		return nil, fmt.Errorf("upstream %q is not the http(s) URL of a binary cache, e.g. https://cache.nixos.org", cfg.URL)
+	}
+	up := &upstream{base: raw, keep: cfg.Keep, sign: cfg.Sign, timeout: time.Duration(cfg.Timeout)}
+	if up.timeout <= 0 {
+		up.timeout = defaultUpstreamTimeout
+	}
+	if len(cfg.TrustedPublicKeys) == 0 {
+		return nil, fmt.Errorf("upstream %s: give the keys its narinfo is signed by with trusted_public_key, e.g. cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=", raw)
+	}
+	for _, text := range cfg.TrustedPublicKeys {
+		key, err := signature.ParsePublicKey(strings.TrimSpace(repl.ReplaceAll(text, "")))
+		if err != nil {
+			return nil, fmt.Errorf("upstream %s: trusted_public_key %q: %w", raw, text, err)
+		}
+		up.keys = append(up.keys, key)
+	}
+	dialer := &net.Dialer{Timeout: up.timeout}
+	up.client = &http.Client{Transport: &http.Transport{
+		Proxy:                 http.ProxyFromEnvironment,
+		DialContext:           dialer.DialContext,
+		ForceAttemptHTTP2:     true,
+		MaxIdleConnsPerHost:   16,
+		IdleConnTimeout:       90 * time.Second,
+		TLSHandshakeTimeout:   up.timeout,
+		ResponseHeaderTimeout: up.timeout,
+	}}
+	return up, nil
+}
+
+func (u *upstream) close() { u.client.CloseIdleConnections() }
+
+// get asks the upstream for rel, a path relative to its URL with its
+// query. Anything but a 200 (or a 206 to a Range) is errUpstreamMiss for
+// the answers caches give for what they do not have, and an error
+// otherwise.
+func (u *upstream) get(ctx context.Context, rel string, header http.Header) (*http.Response, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.base+"/"+rel, nil)
+	if err != nil {
+		return nil, err
+	}
+	for _, name := range []string{"Range", "If-Range"} {
+		if value := header.Get(name); value != "" {
+			req.Header.Set(name, value)
+		}
+	}
+	resp, err := u.client.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("upstream %s: %w", u.base, err)
+	}
+	switch resp.StatusCode {
+	case http.StatusOK, http.StatusPartialContent:
+		return resp, nil
+	case http.StatusNotFound, http.StatusForbidden, http.StatusGone:
+		// S3 answers 403 for a key that is not there.
+		_ = resp.Body.Close()
+		return nil, errUpstreamMiss
+	}
+	_ = resp.Body.Close()
+	return nil, fmt.Errorf("upstream %s answered %s for %s", u.base, resp.Status, rel)
+}
+
+// narInfo fetches the narinfo of the path whose hash part is hash and
+// checks it: a path of storeDir with that hash, a NAR hash and size, and a
+// valid signature by one of the upstream's trusted keys.
+func (u *upstream) narInfo(ctx context.Context, storeDir, hash string) (*narinfo.NarInfo, error) {
+	ctx, cancel := context.WithTimeout(ctx, u.timeout)
+	defer cancel()
+	resp, err := u.get(ctx, hash+".narinfo", nil)
+	if err != nil {
+		return nil, err
+	}
+	defer func() { _ = resp.Body.Close() }()
+	data, err := io.ReadAll(io.LimitReader(resp.Body, nixfmt.MaxNarInfoSize+1))
+	if err != nil {
+		return nil, fmt.Errorf("upstream %s: reading %s.narinfo: %w", u.base, hash, err)
+	}
+	if len(data) > nixfmt.MaxNarInfoSize {
+		return nil, fmt.Errorf("upstream %s: %s.narinfo is larger than %d bytes", u.base, hash, nixfmt.MaxNarInfoSize)
+	}
+	info, err := nixfmt.ParseNarInfo(data)
+	if err != nil {
+		return nil, fmt.Errorf("upstream %s: %s.narinfo: %w", u.base, hash, err)
+	}
+	if err := checkUpstreamNarInfo(info, storeDir, hash); err != nil {
+		return nil, fmt.Errorf("upstream %s: %s.narinfo: %w", u.base, hash, err)
+	}
+	if !u.signed(info) {
+		return nil, fmt.Errorf("upstream %s: %s.narinfo carries no valid signature by a trusted key (%s)", u.base, hash, u.keyNames())
+	}
+	return info, nil
+}
+
+// checkUpstreamNarInfo checks what a client relies on in a narinfo that
+// the signature does not cover, or that a client would not check.
+func checkUpstreamNarInfo(info *narinfo.NarInfo, storeDir, hash string) error {
+	dir, base := path.Split(info.StorePath)
+	if dir != storeDir+"/" || !strings.HasPrefix(base, hash+"-") {
+		return fmt.Errorf("StorePath %s is not the path %s/%s-… asked for", info.StorePath, storeDir, hash)
+	}
+	for _, name := range append([]string{base, info.Deriver}, info.References...) {
+		if _, err := storepath.FromString(name); name != "" && err != nil {
+			return fmt.Errorf("%q is not a store path name: %w", name, err)
+		}
+	}
+	if info.NarHash == nil || info.NarHash.Algo() != nixhash.SHA256 || info.NarSize == 0 {
+		return errors.New("it has no sha256 NarHash and NarSize")
+	}
+	if info.URL == "" || strings.HasPrefix(info.URL, "/") || strings.Contains(info.URL, "..") {
+		return fmt.Errorf("URL %q is not a NAR's", info.URL)
+	}
+	if _, ok := nixfmt.NarCompressions[info.Compression]; !ok {
+		return fmt.Errorf("compression %q is not one this cache reads", info.Compression)
+	}
+	return nil
+}
+
+// signed reports whether one of the narinfo's signatures is a trusted
+// key's and valid.
+func (u *upstream) signed(info *narinfo.NarInfo) bool {
+	message := nixfmt.Fingerprint(info)
+	for _, sig := range info.Signatures {
+		for _, key := range u.keys {
+			if sig.Name == key.Name && key.Verify(message, sig) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func (u *upstream) keyNames() string {
+	names := make([]string, len(u.keys))
+	for i, key := range u.keys {
+		names[i] = key.Name
+	}
+	return strings.Join(names, ", ")
+}
+
+// upstreamNarinfos remembers the narinfos served from upstreams by their
+// NAR's URL, so that the NAR can be checked against its narinfo, and kept,
+// when a client asks for it. Bounded: when full, it starts again.
+type upstreamNarinfos struct {
+	mu      sync.Mutex
+	entries map[string]upstreamNarinfo
+}
+
+type upstreamNarinfo struct {
+	from *upstream
+	info *narinfo.NarInfo
+}
+
+const maxUpstreamNarinfos = 65536
+
+func (n *upstreamNarinfos) put(narURL string, entry upstreamNarinfo) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.entries == nil || len(n.entries) >= maxUpstreamNarinfos {
+		n.entries = make(map[string]upstreamNarinfo)
+	}
+	n.entries[narURL] = entry
+}
+
+func (n *upstreamNarinfos) get(narURL string) (upstreamNarinfo, bool) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	entry, ok := n.entries[narURL]
+	return entry, ok
+}

@@ -1,0 +1,267 @@
+package caddynix
+
+import (
+	"bytes"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/cargoxx-pkgs/runner/internal/nixfmt"
+	"github.com/nix-community/go-nix/pkg/narinfo/signature"
+)
+
+// upstreamServer serves h over HTTP, as another cache would.
+func upstreamServer(t *testing.T, h *Handler) *httptest.Server {
+	t.Helper()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if err := h.ServeHTTP(w, r, nil); err != nil {
+			w.WriteHeader(statusOf(err))
+		}
+	}))
+	t.Cleanup(srv.Close)
+	return srv
+}
+
+// newDownstream provisions a handler whose upstream is at url, trusted
+// under key.
+func newDownstream(t *testing.T, url string, key signature.PublicKey, configure func(*UpstreamConfig)) (*Handler, signature.PublicKey) {
+	t.Helper()
+	dir := t.TempDir()
+	public, err := nixfmt.GenerateKeyPair("down-1", filepath.Join(dir, "k.sec"), filepath.Join(dir, "k.pub"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := &UpstreamConfig{URL: url, TrustedPublicKeys: []string{key.String()}}
+	if configure != nil {
+		configure(cfg)
+	}
+	h := &Handler{Root: filepath.Join(dir, "cache"), SecretKeyFiles: []string{filepath.Join(dir, "k.sec")}, Upstreams: []*UpstreamConfig{cfg}}
+	if err := h.Provision(testContext(t)); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = h.Cleanup() })
+	return h, public
+}
+
+// signedBy reports which of keys sign a served narinfo validly.
+func signedBy(t *testing.T, body []byte, keys ...signature.PublicKey) []string {
+	t.Helper()
+	info, err := nixfmt.ParseNarInfo(body)
+	if err != nil {
+		t.Fatalf("narinfo does not parse: %v\n%s", err, body)
+	}
+	var names []string
+	for _, key := range keys {
+		for _, sig := range info.Signatures {
+			if sig.Name == key.Name && key.Verify(nixfmt.Fingerprint(info), sig) {
+				names = append(names, key.Name)
+			}
+		}
+	}
+	return names
+}
+
+// getThrough GETs target and recovers an aborted response.
+func getThrough(h *Handler, target string) (rec *httptest.ResponseRecorder, aborted bool) {
+	rec = httptest.NewRecorder()
+	defer func() {
+		if r := recover(); r != nil {
+			if r != http.ErrAbortHandler { //nolint:errorlint // the value http.Server looks for
+				panic(r)
+			}
+			aborted = true
+		}
+	}()
+	if err := h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, target, nil), nil); err != nil {
+		rec.Code = statusOf(err)
+	}
+	return rec, false
+}
+
+func TestUpstreamIsPassedThroughWithItsSignature(t *testing.T) {
+	up, upKey := newUploadHandler(t)
+	lib := newTestPath(t, "lib", strings.Repeat("l", 5000))
+	if code := lib.upload(t, up, "").Code; code != http.StatusCreated {
+		t.Fatalf("upstream upload: %d", code)
+	}
+	srv := upstreamServer(t, up)
+	down, downKey := newDownstream(t, srv.URL, upKey, nil)
+
+	rec := serve(t, down, http.MethodGet, "/"+lib.hash+".narinfo")
+	if rec.Code != http.StatusOK {
+		t.Fatalf("narinfo through the upstream: %d %s", rec.Code, rec.Body)
+	}
+	if got := signedBy(t, rec.Body.Bytes(), upKey, downKey); len(got) != 1 || got[0] != upKey.Name {
+		t.Errorf("narinfo signed by %v, want only the upstream's %s (sign is off)", got, upKey.Name)
+	}
+	nar, aborted := getThrough(down, "/"+lib.narURL())
+	if aborted || nar.Code != http.StatusOK || !bytes.Equal(nar.Body.Bytes(), lib.nar) {
+		t.Fatalf("NAR through the upstream: %d, aborted %v, %d bytes", nar.Code, aborted, nar.Body.Len())
+	}
+	if _, err := os.Stat(filepath.Join(down.root, lib.hash+".narinfo")); err == nil {
+		t.Error("the path was kept without keep")
+	}
+	if rec := serve(t, down, http.MethodGet, "/"+newTestPath(t, "x", "x").hash+".narinfo"); rec.Code != http.StatusNotFound {
+		t.Errorf("a path no source has: %d", rec.Code)
+	}
+
+	// With sign, the cache vouches for the upstream's path.
+	signing, signingKey := newDownstream(t, srv.URL, upKey, func(c *UpstreamConfig) { c.Sign = true })
+	rec = serve(t, signing, http.MethodGet, "/"+lib.hash+".narinfo")
+	if got := signedBy(t, rec.Body.Bytes(), upKey, signingKey); len(got) != 2 {
+		t.Errorf("with sign, narinfo signed by %v, want both keys", got)
+	}
+}
+
+func TestUpstreamPathsAreKept(t *testing.T) {
+	up, upKey := newUploadHandler(t)
+	lib := newTestPath(t, "lib", strings.Repeat("l", 5000))
+	app := newTestPath(t, "app", strings.Repeat("a", 7000))
+	if code := lib.upload(t, up, "").Code; code != http.StatusCreated {
+		t.Fatalf("upstream upload: %d", code)
+	}
+	if code := app.uploadWithRefs(t, up, lib); code != http.StatusCreated {
+		t.Fatalf("upstream upload: %d", code)
+	}
+	srv := upstreamServer(t, up)
+	down, downKey := newDownstream(t, srv.URL, upKey, func(c *UpstreamConfig) { c.Keep = true })
+
+	// As Nix substitutes: every narinfo, then the NARs, references first.
+	for _, p := range []testPath{app, lib} {
+		if rec := serve(t, down, http.MethodGet, "/"+p.hash+".narinfo"); rec.Code != http.StatusOK {
+			t.Fatalf("narinfo of %s: %d", p.name, rec.Code)
+		}
+	}
+	for _, p := range []testPath{lib, app} {
+		if rec, aborted := getThrough(down, "/"+p.narURL()); aborted || !bytes.Equal(rec.Body.Bytes(), p.nar) {
+			t.Fatalf("NAR of %s: %d, aborted %v", p.name, rec.Code, aborted)
+		}
+	}
+	srv.Close()
+	for _, p := range []testPath{lib, app} {
+		if !present(down, p) {
+			t.Fatalf("%s was not kept", p.name)
+		}
+		rec := serve(t, down, http.MethodGet, "/"+p.hash+".narinfo")
+		if got := signedBy(t, rec.Body.Bytes(), upKey, downKey); len(got) != 2 {
+			t.Errorf("kept %s is signed by %v, want the upstream's key and the cache's", p.name, got)
+		}
+		if rec := serve(t, down, http.MethodGet, "/"+p.narURL()); !bytes.Equal(rec.Body.Bytes(), p.nar) {
+			t.Errorf("kept NAR of %s: %d, %d bytes", p.name, rec.Code, rec.Body.Len())
+		}
+	}
+	if report, err := verifyDir(t, down.root, verifyOptions{narHash: true}); err != nil || len(report.problems) > 0 || report.narinfos != 2 {
+		t.Errorf("verify after keeping: %v %+v", err, report)
+	}
+}
+
+// TestUpstreamThatLies serves narinfos and NARs an upstream has changed:
+// a narinfo whose signature no longer matches, one signed by an untrusted
+// key, and a NAR that is not the one its narinfo names. Each is refused
+// for that request and nothing is kept.
+func TestUpstreamThatLies(t *testing.T) {
+	up, upKey := newUploadHandler(t)
+	lib := newTestPath(t, "lib", strings.Repeat("l", 5000))
+	if code := lib.upload(t, up, "").Code; code != http.StatusCreated {
+		t.Fatalf("upstream upload: %d", code)
+	}
+	var tamper func(path string, body []byte) []byte
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		rec := serve(t, up, http.MethodGet, r.URL.RequestURI())
+		w.WriteHeader(rec.Code)
+		_, _ = w.Write(tamper(r.URL.Path, rec.Body.Bytes()))
+	}))
+	defer srv.Close()
+	down, _ := newDownstream(t, srv.URL, upKey, func(c *UpstreamConfig) { c.Keep = true })
+
+	tamper = func(path string, body []byte) []byte {
+		return bytes.Replace(body, []byte("NarSize: "), []byte("NarSize: 1"), 1)
+	}
+	if rec := serve(t, down, http.MethodGet, "/"+lib.hash+".narinfo"); rec.Code != http.StatusNotFound {
+		t.Errorf("narinfo whose signature no longer matches: %d, want 404", rec.Code)
+	}
+
+	otherKey := newOtherKey(t)
+	untrusting, _ := newDownstream(t, srv.URL, otherKey, nil)
+	tamper = func(path string, body []byte) []byte { return body }
+	if rec := serve(t, untrusting, http.MethodGet, "/"+lib.hash+".narinfo"); rec.Code != http.StatusNotFound {
+		t.Errorf("narinfo signed by an untrusted key: %d, want 404", rec.Code)
+	}
+
+	tamper = func(path string, body []byte) []byte {
+		if strings.HasPrefix(path, "/nar/") {
+			body = bytes.Clone(body)
+			body[len(body)-40] ^= 1
+		}
+		return body
+	}
+	if rec := serve(t, down, http.MethodGet, "/"+lib.hash+".narinfo"); rec.Code != http.StatusOK {
+		t.Fatalf("narinfo: %d", rec.Code)
+	}
+	rec, aborted := getThrough(down, "/"+lib.narURL())
+	if !aborted || rec.Body.Len() >= len(lib.nar) {
+		t.Errorf("a NAR that does not match its narinfo: aborted %v after %d of %d bytes", aborted, rec.Body.Len(), len(lib.nar))
+	}
+	if present(down, lib) {
+		t.Error("a NAR that did not match was kept")
+	}
+	if _, err := os.Stat(filepath.Join(down.root, lib.narURL())); err == nil {
+		t.Error("the NAR file that did not match was stored")
+	}
+}
+
+// newOtherKey is a key no cache signs with, named as the upstream's.
+func newOtherKey(t *testing.T) signature.PublicKey {
+	t.Helper()
+	dir := t.TempDir()
+	public, err := nixfmt.GenerateKeyPair("unit-1", filepath.Join(dir, "o.sec"), filepath.Join(dir, "o.pub"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return public
+}
+
+// TestSlowUpstreamIsAMiss: an upstream that does not answer within the
+// timeout costs a lookup no more than the timeout.
+func TestSlowUpstreamIsAMiss(t *testing.T) {
+	release := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+	}))
+	defer srv.Close()
+	defer close(release)
+	key := newOtherKey(t)
+	down, _ := newDownstream(t, srv.URL, key, func(c *UpstreamConfig) { c.Timeout = caddy.Duration(200 * time.Millisecond) })
+	start := time.Now()
+	rec := serve(t, down, http.MethodGet, "/"+newTestPath(t, "x", "x").hash+".narinfo")
+	if rec.Code != http.StatusNotFound {
+		t.Errorf("a slow upstream: %d, want 404", rec.Code)
+	}
+	if took := time.Since(start); took > 5*time.Second {
+		t.Errorf("a lookup took %v with a 200ms timeout", took)
+	}
+	_, _ = io.Copy(io.Discard, rec.Body)
+}
+
+func TestUpstreamConfigErrors(t *testing.T) {
+	key := newOtherKey(t)
+	for name, cfg := range map[string]*UpstreamConfig{
+		"no keys":    {URL: "https://cache.example.org"},
+		"bad key":    {URL: "https://cache.example.org", TrustedPublicKeys: []string{"nonsense"}},
+		"not http":   {URL: "file:///srv/cache", TrustedPublicKeys: []string{key.String()}},
+		"with query": {URL: "https://cache.example.org/?priority=1", TrustedPublicKeys: []string{key.String()}},
+	} {
+		if _, err := newUpstream(cfg, caddy.NewReplacer()); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+}
