@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"io"
 	"net/http"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -167,4 +168,97 @@ func TestLiveStoreAndCacheOnOneURL(t *testing.T) {
 	if want := "building live-built-top"; !strings.Contains(log, want) {
 		t.Errorf("build log of %s: %q, want it to say %q", drv, log, want)
 	}
+}
+
+// upstreamCaddyfile serves root, signed by secret, in front of the
+// upstream at url trusted under key, with more upstream options.
+func upstreamCaddyfile(root, secret, url, key string, options ...string) string {
+	upstream := "upstream " + url + " {\n\ttrusted_public_key " + key
+	for _, option := range options {
+		upstream += "\n\t" + option
+	}
+	upstream += "\n}"
+	return harness.Caddyfile{Cache: &harness.CacheSite{Options: append(harness.CacheOptions(root, secret), upstream)}}.String()
+}
+
+// TestUpstreamCacheBehindAnother has a second caddy play the upstream: a
+// path only it holds substitutes through the first with the upstream's
+// signature, and, kept there, again from the first alone once the
+// upstream is gone, now under the first's own key.
+func TestUpstreamCacheBehindAnother(t *testing.T) {
+	harness.ForEachNix(t, func(t *testing.T, client harness.NixClient) {
+		nix := client.New(t, "")
+		closure := nix.BuildClosure("upstream-"+client.Name, 2<<20)
+		upRoot := filepath.Join(t.TempDir(), "upstream")
+		if c := nix.Copy("--to", "file://"+upRoot+"?compression=xz", closure.Top); c.Err != nil {
+			t.Fatalf("filling the upstream:\n%s", c)
+		}
+		upSecret, upPublic := keygen(t, "upstream-1")
+		upstream := harness.StartCaddy(t, cacheCaddyfile(upRoot, upSecret), harness.CaddyOptions{})
+		secret, public := keygen(t, "front-1")
+		front := harness.StartCaddy(t, upstreamCaddyfile(filepath.Join(t.TempDir(), "front"), secret, upstream.URL(), upPublic, "keep"), harness.CaddyOptions{})
+
+		// The front does not vouch for the upstream's paths.
+		if c, _ := substitute(nix, front.URL(), public, closure.Top); c.Err == nil {
+			t.Fatalf("a client trusting only the front's key substituted the upstream's paths:\n%s", c)
+		}
+		c, store := substitute(nix, front.URL(), upPublic, closure.Top)
+		if c.Err != nil {
+			t.Fatalf("substituting through the front, trusting the upstream's key:\n%s", c)
+		}
+		if got := nix.StorePaths(store); !slices.Equal(got, closure.Paths) {
+			t.Fatalf("chroot store holds %v, want %v", got, closure.Paths)
+		}
+
+		upstream.Stop()
+		c, store = substitute(nix, front.URL(), public, closure.Top)
+		if c.Err != nil {
+			t.Fatalf("substituting kept paths from the front alone, trusting its key:\n%s", c)
+		}
+		if got := nix.StorePaths(store); !slices.Equal(got, closure.Paths) {
+			t.Fatalf("chroot store holds %v, want %v", got, closure.Paths)
+		}
+	})
+}
+
+// TestTamperedUpstreamNarinfoIsRefused changes a narinfo the upstream
+// serves as stored, signed by the Nix that wrote it: the front answers
+// it as missing, and says why in its log.
+func TestTamperedUpstreamNarinfoIsRefused(t *testing.T) {
+	nix := harness.Nix28.New(t, "")
+	closure := nix.BuildClosure("upstream-tampered", 0)
+	dir := t.TempDir()
+	nixSecret, nixPublicFile := filepath.Join(dir, "nix.sec"), filepath.Join(dir, "nix.pub")
+	nix.Must("nix-store", "--generate-binary-cache-key", "writer-1", nixSecret, nixPublicFile)
+	upRoot := filepath.Join(dir, "upstream")
+	if c := nix.Copy("--to", "file://"+upRoot+"?secret-key="+nixSecret, closure.Top); c.Err != nil {
+		t.Fatalf("filling the upstream:\n%s", c)
+	}
+	upstream := harness.StartCaddy(t, cacheCaddyfile(upRoot), harness.CaddyOptions{})
+	secret, _ := keygen(t, "front-1")
+	writerKey := strings.TrimSpace(readFile(t, nixPublicFile))
+	front := harness.StartCaddy(t, upstreamCaddyfile(filepath.Join(dir, "front"), secret, upstream.URL(), writerKey), harness.CaddyOptions{})
+
+	narinfo := get(t, front.URL()+"/"+hashOf(closure.Top)+".narinfo", nil, http.StatusOK)
+	if !strings.Contains(narinfo, "Sig: writer-1:") {
+		t.Fatalf("the upstream's signature was not kept:\n%s", narinfo)
+	}
+	file := filepath.Join(upRoot, hashOf(closure.Paths[0])+".narinfo")
+	tampered := strings.Replace(readFile(t, file), "References: ", "References: "+filepath.Base(closure.Top)+" ", 1)
+	if err := os.WriteFile(file, []byte(tampered), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	get(t, front.URL()+"/"+hashOf(closure.Paths[0])+".narinfo", nil, http.StatusNotFound)
+	if log := front.Log(); !strings.Contains(log, "no valid signature by a trusted key") {
+		t.Errorf("the front's log does not say why the narinfo was refused:\n%s", log)
+	}
+}
+
+func readFile(t *testing.T, name string) string {
+	t.Helper()
+	data, err := os.ReadFile(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(data)
 }
