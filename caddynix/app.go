@@ -5,6 +5,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/cargoxx-pkgs/runner/caddynix/storage"
+
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
 )
@@ -68,6 +70,9 @@ const servedFlushInterval = 30 * time.Second
 // runBackground opens and indexes the cache, then collects it and writes
 // down served times until ctx ends.
 func (h *Handler) runBackground(ctx context.Context) {
+	if h.store == storage.Empty {
+		return // nothing of its own to index
+	}
 	h.state.setStore(h.store, h.Retention != nil)
 	idx, err := h.state.open(ctx, h.logger)
 	if err != nil {

@@ -67,7 +67,7 @@ func TestStorageNeedsOnePlace(t *testing.T) {
 		"unreachable": {"", s3, "reaching bucket b at http://127.0.0.1:1"},
 	} {
 		t.Run(name, func(t *testing.T) {
-			_, _, err := openStore(t.Context(), caddy.NewReplacer(), tc.root, tc.storage)
+			_, _, err := openStore(t.Context(), caddy.NewReplacer(), tc.root, tc.storage, false)
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("openStore = %v, want an error saying %q", err, tc.want)
 			}

@@ -46,7 +46,8 @@ type Handler struct {
 	// Root is the cache directory, in the layout that `nix copy --to
 	// file://DIR` writes. It is created when missing. Placeholders such as
 	// {env.CACHE_ROOT} are expanded. Required unless Storage names a
-	// bucket. Caddyfile: `root`.
+	// bucket, or the cache only passes on a live store or upstreams.
+	// Caddyfile: `root`.
 	Root string `json:"root,omitempty"`
 
 	// Storage keeps the cache in an S3-compatible bucket instead of a
@@ -161,7 +162,10 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		h.WantMassQuery = &want
 	}
 	var err error
-	if h.store, h.root, err = openStore(ctx, repl, h.root, h.Storage); err != nil {
+	if h.store, h.root, err = openStore(ctx, repl, h.root, h.Storage, h.LiveStore != nil || len(h.Upstreams) > 0); err != nil {
+		return fmt.Errorf("nix_cache: %w", err)
+	}
+	if err := h.checkStorageNeeds(); err != nil {
 		return fmt.Errorf("nix_cache: %w", err)
 	}
 	h.narinfos.watch(h.store)
@@ -224,6 +228,26 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	h.sweepLeftovers(ctx)
 	if err := registerMetrics(ctx.GetMetricsRegistry()); err != nil {
 		return fmt.Errorf("nix_cache: registering metrics: %w", err)
+	}
+	return nil
+}
+
+// checkStorageNeeds refuses what needs storage of the cache's own when it
+// has none.
+func (h *Handler) checkStorageNeeds() error {
+	if h.store != storage.Empty {
+		return nil
+	}
+	if h.Upload != nil {
+		return errors.New("upload needs the cache to keep paths: set root, or storage s3")
+	}
+	if h.Retention != nil {
+		return errors.New("retention needs the cache to keep paths: set root, or storage s3")
+	}
+	for _, u := range h.Upstreams {
+		if u.Keep {
+			return fmt.Errorf("keep (upstream %s) needs the cache to keep paths: set root, or storage s3", u.URL)
+		}
 	}
 	return nil
 }

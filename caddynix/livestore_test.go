@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/rand"
 	"crypto/sha256"
+	"database/sql"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -311,4 +312,70 @@ func writeFile(t *testing.T, path, content string) string {
 		t.Fatal(err)
 	}
 	return path
+}
+
+// TestLiveStoreWithoutACacheOfItsOwn serves a store as harmonia would:
+// no root, and nothing that would need one.
+func TestLiveStoreWithoutACacheOfItsOwn(t *testing.T) {
+	s := liveClosure(t)
+	dir := t.TempDir()
+	public, err := nixfmt.GenerateKeyPair("unit-1", filepath.Join(dir, "k.sec"), filepath.Join(dir, "k.pub"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := &Handler{SecretKeyFiles: []string{filepath.Join(dir, "k.sec")}, LiveStore: &LiveStoreConfig{Dir: s.Dir}}
+	if err := h.Provision(testContext(t)); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = h.Cleanup() })
+	info := liveNarInfo(t, h, public, s.Paths[2])
+	if rec := serve(t, h, http.MethodGet, "/"+info.URL); rec.Code != http.StatusOK || rec.Body.Len() != int(info.NarSize) {
+		t.Errorf("NAR: %d, %d bytes", rec.Code, rec.Body.Len())
+	}
+	for _, path := range []string{"/", "/nix-cache-info"} {
+		if rec := serve(t, h, http.MethodGet, path); rec.Code != http.StatusOK {
+			t.Errorf("GET %s: %d", path, rec.Code)
+		}
+	}
+
+	for name, needy := range map[string]*Handler{
+		"upload":    {LiveStore: &LiveStoreConfig{Dir: s.Dir}, Upload: &UploadConfig{Tokens: []string{testUploadToken}}},
+		"retention": {LiveStore: &LiveStoreConfig{Dir: s.Dir}, Retention: &RetentionConfig{}},
+		"keep":      {Upstreams: []*UpstreamConfig{{URL: "https://cache.example.org", TrustedPublicKeys: []string{public.String()}, Keep: true}}},
+		"nothing":   {},
+	} {
+		err := needy.Provision(testContext(t))
+		_ = needy.Cleanup()
+		if err == nil || !strings.Contains(err.Error(), "root") {
+			t.Errorf("%s without root: Provision = %v, want an error naming root", name, err)
+		}
+	}
+}
+
+// TestLiveStoreDatabaseLocked: a database a writer keeps locked past the
+// busy timeout is a 503 for that request, never a miss a client would
+// remember, and serving resumes when the lock goes.
+func TestLiveStoreDatabaseLocked(t *testing.T) {
+	s := liveClosure(t)
+	h, public := newLiveHandler(t, s, "")
+	db, err := sql.Open("sqlite", "file:"+s.Database)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = db.Close() }()
+	conn, err := db.Conn(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = conn.Close() }()
+	if _, err := conn.ExecContext(t.Context(), "BEGIN EXCLUSIVE"); err != nil {
+		t.Fatal(err)
+	}
+	if rec := serve(t, h, http.MethodGet, "/"+hashPart(s.Paths[0])+".narinfo"); rec.Code != http.StatusServiceUnavailable {
+		t.Errorf("narinfo while the database is locked: %d, want 503", rec.Code)
+	}
+	if _, err := conn.ExecContext(t.Context(), "ROLLBACK"); err != nil {
+		t.Fatal(err)
+	}
+	liveNarInfo(t, h, public, s.Paths[0])
 }

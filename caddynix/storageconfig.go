@@ -116,7 +116,7 @@ func (c *S3Config) s3Config(repl *caddy.Replacer) (s3.Config, error) {
 // openStore opens where the cache is kept: the bucket of storage, or else
 // the directory root, created when missing. It returns the store and a
 // location that names it in logs and in the index's file name.
-func openStore(ctx context.Context, repl *caddy.Replacer, root string, storageConfig *StorageConfig) (storage.Store, string, error) {
+func openStore(ctx context.Context, repl *caddy.Replacer, root string, storageConfig *StorageConfig, otherSources bool) (storage.Store, string, error) {
 	if storageConfig != nil && storageConfig.S3 != nil {
 		if root != "" {
 			return nil, "", errors.New("root and storage s3 both say where the cache is: keep one")
@@ -130,6 +130,9 @@ func openStore(ctx context.Context, repl *caddy.Replacer, root string, storageCo
 			return nil, "", fmt.Errorf("storage s3: %w", err)
 		}
 		return store, store.Location(), nil
+	}
+	if root == "" && otherSources {
+		return storage.Empty, "", nil
 	}
 	if root == "" {
 		return nil, "", errors.New("root is required: set it to the cache directory, e.g. `root cache/store`, or keep the cache in a bucket with `storage s3 { … }`")
@@ -195,7 +198,7 @@ func openCommandStore(ctx context.Context, root, s3URL string) (storage.Store, s
 		if err != nil {
 			return nil, "", nil, err
 		}
-		store, location, err := openStore(ctx, caddy.NewReplacer(), "", cfg)
+		store, location, err := openStore(ctx, caddy.NewReplacer(), "", cfg, false)
 		return store, location, cfg, err
 	case root == "":
 		return nil, "", nil, errors.New("--root (a cache directory) or --s3 (a bucket URL) is required")
