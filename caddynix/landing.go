@@ -69,6 +69,8 @@ type landingPage struct {
 	Priority   int
 	// Retention says what retention keeps the cache to, or is empty.
 	Retention string
+	// Sources are what else answers, in order, after the cache itself.
+	Sources []string
 }
 
 // NixConf is the nix.conf snippet that makes a client use this cache.
@@ -87,6 +89,7 @@ var landingHTML = template.Must(template.New("landing").Parse(`<!DOCTYPE html>
 <h1>{{.Name}}</h1>
 <p>A Nix binary cache with {{.Paths}} store paths ({{.Size}} of NARs), store directory <code>{{.StoreDir}}</code>, priority {{.Priority}}.</p>
 {{if .Retention}}<p>Retention: {{.Retention}}.</p>{{end}}
+{{if .Sources}}<p>Also answers, in order:</p><ul>{{range .Sources}}<li>{{.}}</li>{{end}}</ul>{{end}}
 <h2>Public keys</h2>
 {{if .PublicKeys}}<ul>{{range .PublicKeys}}<li><code>{{.}}</code></li>{{end}}</ul>{{else}}<p>This cache has no signing key: its paths are unsigned.</p>{{end}}
 <h2>Use it</h2>
@@ -109,6 +112,7 @@ func (h *Handler) serveLanding(w http.ResponseWriter, r *http.Request) error {
 		StoreDir:   h.StoreDir,
 		Priority:   *h.Priority,
 		Retention:  h.retentionSummary(stats.NarBytes),
+		Sources:    h.sourceNames(),
 	}
 	var body bytes.Buffer
 	if strings.Contains(r.Header.Get("Accept"), "text/html") {
@@ -125,12 +129,27 @@ func (h *Handler) serveLanding(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
+// sourceNames names the cache's other sources, in the order they answer.
+func (h *Handler) sourceNames() []string {
+	var names []string
+	if h.live != nil {
+		names = append(names, "the live store "+h.live.dir)
+	}
+	for _, u := range h.upstreams {
+		names = append(names, "the upstream cache "+u.base)
+	}
+	return names
+}
+
 // writeText writes the plain-text landing page.
 func (p landingPage) writeText(w io.Writer) {
 	_, _ = fmt.Fprintf(w, "%s: a Nix binary cache\n\npaths: %d\nsize: %s\nstore dir: %s\npriority: %d\n",
 		p.Name, p.Paths, p.Size, p.StoreDir, p.Priority)
 	if p.Retention != "" {
 		_, _ = fmt.Fprintf(w, "retention: %s\n", p.Retention)
+	}
+	for _, source := range p.Sources {
+		_, _ = fmt.Fprintf(w, "also answers: %s\n", source)
 	}
 	_, _ = fmt.Fprintln(w)
 	if len(p.PublicKeys) == 0 {

@@ -332,10 +332,11 @@ func TestLiveStoreWithoutACacheOfItsOwn(t *testing.T) {
 	if rec := serve(t, h, http.MethodGet, "/"+info.URL); rec.Code != http.StatusOK || rec.Body.Len() != int(info.NarSize) {
 		t.Errorf("NAR: %d, %d bytes", rec.Code, rec.Body.Len())
 	}
-	for _, path := range []string{"/", "/nix-cache-info"} {
-		if rec := serve(t, h, http.MethodGet, path); rec.Code != http.StatusOK {
-			t.Errorf("GET %s: %d", path, rec.Code)
-		}
+	if rec := serve(t, h, http.MethodGet, "/nix-cache-info"); rec.Code != http.StatusOK {
+		t.Errorf("GET /nix-cache-info: %d", rec.Code)
+	}
+	if rec := serve(t, h, http.MethodGet, "/"); rec.Code != http.StatusOK || !strings.Contains(rec.Body.String(), "also answers: the live store "+s.Dir) {
+		t.Errorf("landing page: %d\n%s", rec.Code, rec.Body)
 	}
 
 	for name, needy := range map[string]*Handler{
