@@ -30,8 +30,9 @@ func (a abortedResponse) Error() string { return a.err.Error() }
 func (a abortedResponse) Unwrap() error { return a.err }
 
 // serveLiveNar streams the NAR of a live path, made from its files as it
-// is sent and checked against the database's NarHash on the way: a path
-// that changed or was collected meanwhile cuts the response short.
+// is sent and checked against the database's NarHash on the way (once
+// per path; after that by size, with the kernel sending the files): a
+// path that changed or was collected meanwhile cuts the response short.
 func (h *Handler) serveLiveNar(w http.ResponseWriter, r *http.Request, req cacheRequest) error {
 	narHash, hash, ext, ok := liveNarRequest(r, req)
 	if !ok {
@@ -63,9 +64,23 @@ func (h *Handler) serveLiveNar(w http.ResponseWriter, r *http.Request, req cache
 	if r.Method == http.MethodHead {
 		return nil
 	}
-	if err := nixstore.WriteCheckedNar(w, fsPath, info); err != nil {
+	if err := h.live.writeNar(w, fsPath, info); err != nil {
 		return h.liveFailure(info, err)
 	}
+	return nil
+}
+
+// writeNar writes a live path's NAR, checking it against its hash the
+// first time and by its size once the files were found to match.
+func (l *liveStore) writeNar(w io.Writer, fsPath string, info *nixstore.PathInfo) error {
+	key := info.StorePath + " " + info.NarHash.String()
+	if l.verified.has(key) {
+		return nixstore.WriteKnownNar(w, fsPath, info)
+	}
+	if err := nixstore.WriteCheckedNar(w, fsPath, info); err != nil {
+		return err
+	}
+	l.verified.add(key)
 	return nil
 }
 
@@ -240,7 +255,7 @@ func (h *Handler) sendLiveZstd(w http.ResponseWriter, r *http.Request, fsPath st
 	defer liveZstd.put(enc)
 	w.WriteHeader(http.StatusOK)
 	enc.ResetContentSize(w, int64(info.NarSize))
-	err = nixstore.WriteCheckedNar(enc, fsPath, info)
+	err = h.live.writeNar(enc, fsPath, info)
 	if err == nil {
 		err = enc.Close()
 	}

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"sync"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -56,6 +57,35 @@ type liveStore struct {
 	logDir        string
 	compression   string
 	db            *nixstore.DB
+	verified      verifiedPaths
+}
+
+// verifiedPaths remembers, by store path and NAR hash, the paths whose
+// files were found to make their registered NAR: their NARs are then sent
+// with sendfile(2) and checked by size only. The store is read-only, so
+// only a path collected and built again can differ, and that one has
+// another NAR hash, or is cut short when it goes. Bounded: when full, it
+// starts again.
+type verifiedPaths struct {
+	mu  sync.Mutex
+	set map[string]bool
+}
+
+const maxVerifiedPaths = 1 << 16
+
+func (v *verifiedPaths) has(key string) bool {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.set[key]
+}
+
+func (v *verifiedPaths) add(key string) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.set == nil || len(v.set) >= maxVerifiedPaths {
+		v.set = make(map[string]bool)
+	}
+	v.set[key] = true
 }
 
 // openLiveStore opens the store's database. A store whose database is

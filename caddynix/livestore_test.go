@@ -380,3 +380,25 @@ func TestLiveStoreDatabaseLocked(t *testing.T) {
 	}
 	liveNarInfo(t, h, public, s.Paths[0])
 }
+
+// TestLiveStorePathCollectedAfterItWasServed: once a path's NAR has been
+// checked, it is sent by size; a path collected since is still cut short.
+func TestLiveStorePathCollectedAfterItWasServed(t *testing.T) {
+	s := liveClosure(t)
+	h, public := newLiveHandler(t, s, "")
+	top := s.Paths[2]
+	info := liveNarInfo(t, h, public, top)
+	if rec, aborted := getThrough(h, "/"+info.URL); aborted || rec.Body.Len() != int(info.NarSize) {
+		t.Fatalf("first download: aborted %v, %d bytes", aborted, rec.Body.Len())
+	}
+	if err := os.Chmod(filepath.Join(s.FSPath(top), "share"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(filepath.Join(s.FSPath(top), "share", "up")); err != nil {
+		t.Fatal(err)
+	}
+	rec, aborted := getThrough(h, "/"+info.URL)
+	if !aborted || rec.Body.Len() >= int(info.NarSize) {
+		t.Errorf("a path changed after it was served whole: aborted %v after %d of %d bytes", aborted, rec.Body.Len(), info.NarSize)
+	}
+}

@@ -262,6 +262,33 @@ in [ base ] ++ builtins.genList top %d
 	return out[1:], out[0]
 }
 
+// BuildSharedClosuresFrom is BuildSharedClosures with each top path's
+// payload cut from the file source at an offset of its own rather than
+// random, so that NARs compress as source does (shared libraries, say).
+// source must be larger than payload; the builder reads it (no sandbox).
+func (n *Nix) BuildSharedClosuresFrom(name string, count int, payload int64, source string) (tops []string, base string) {
+	n.t.Helper()
+	info, err := os.Stat(source)
+	if err != nil || info.Size() <= payload {
+		n.t.Fatalf("payload source %s must be larger than %d bytes: %v", source, payload, err)
+	}
+	offsets := make([]string, count)
+	for i := range offsets {
+		offsets[i] = fmt.Sprint(int64(i)*7919*1024%(info.Size()-payload) + 1)
+	}
+	out := strings.Fields(n.build(fmt.Sprintf(`
+  offsets = [ %s ];
+  base = mk "%s-base" [] "";
+  top = i: mk "%s-top-${toString i}" [ base (mk "%s-leaf-${toString i}" [] "") ]
+    "/usr/bin/tail -c +${toString (builtins.elemAt offsets i)} %s | /usr/bin/head -c %d > $out/payload";
+in [ base ] ++ builtins.genList top %d
+`, strings.Join(offsets, " "), name, name, name, source, payload, count)))
+	if len(out) != count+1 {
+		n.t.Fatalf("nix-build of %d shared closures printed %d paths", count, len(out))
+	}
+	return out[1:], out[0]
+}
+
 // build runs nix-build on the bindings and body given, after a `let` that
 // defines mk: a derivation built by /bin/sh that records its name and its
 // dependencies (so they become references) and runs extra, with a random

@@ -8,7 +8,6 @@ import (
 	"hash"
 	"io"
 
-	"github.com/cargoxx-pkgs/runner/internal/iox"
 	"github.com/nix-community/go-nix/pkg/nixhash"
 )
 
@@ -16,9 +15,9 @@ import (
 // database entry describes.
 var ErrChanged = errors.New("the store path's files do not match its registration")
 
-// narTailSize is the NAR's last string, the root node's ")": its length
-// and the padded byte.
-const narTailSize = 16
+// narEnd is a NAR's last string, the root node's ")": its length and the
+// padded byte.
+var narEnd = []byte{1, 0, 0, 0, 0, 0, 0, 0, ')', 0, 0, 0, 0, 0, 0, 0}
 
 // WriteCheckedNar writes the NAR of the file tree at fsPath to w, as
 // WriteNar does, and checks it against the size and hash the database
@@ -27,35 +26,77 @@ const narTailSize = 16
 // collected while it was read) ends short with ErrChanged, so a client's
 // download fails instead of unpacking something else.
 func WriteCheckedNar(w io.Writer, fsPath string, info *PathInfo) error {
-	c := &checkingWriter{tail: &iox.TailWriter{W: w, Hold: narTailSize}, hash: sha256.New(), limit: int64(info.NarSize)}
-	size, err := WriteNar(c, fsPath)
-	if err != nil {
+	return writeChecked(w, fsPath, info, sha256.New())
+}
+
+// WriteKnownNar is WriteCheckedNar for a path whose files were found to
+// make its registered NAR before: it checks the size only, so file
+// contents go to w's ReadFrom (sendfile(2) for a connection) without
+// being read here. A path collected meanwhile still ends short.
+func WriteKnownNar(w io.Writer, fsPath string, info *PathInfo) error {
+	return writeChecked(w, fsPath, info, nil)
+}
+
+func writeChecked(w io.Writer, fsPath string, info *PathInfo, hasher hash.Hash) error {
+	bufp := readBuffers.Get().(*[]byte)
+	defer readBuffers.Put(bufp)
+	limit := int64(info.NarSize) - int64(len(narEnd))
+	out := &limitWriter{w: w, limit: limit}
+	n := &narWalker{out: out, buf: *bufp, sendfile: hasher == nil}
+	if hasher != nil {
+		n.out = io.MultiWriter(hasher, out)
+	}
+	if err := n.archive(fsPath); err != nil {
 		return err
 	}
-	if size != c.limit {
-		return fmt.Errorf("%w: its NAR has %d bytes, the database says %d", ErrChanged, size, c.limit)
+	if out.n != limit {
+		return fmt.Errorf("%w: its NAR has %d bytes, the database says %d", ErrChanged, out.n+int64(len(narEnd)), info.NarSize)
 	}
-	if got := c.hash.Sum(nil); !bytes.Equal(got, info.NarHash.Digest()) {
-		return fmt.Errorf("%w: its NAR hash is %s, the database says %s", ErrChanged,
-			nixhash.MustNewHashWithEncoding(nixhash.SHA256, got, nixhash.NixBase32, true), info.NarHash)
+	if hasher != nil {
+		hasher.Write(narEnd)
+		if got := hasher.Sum(nil); !bytes.Equal(got, info.NarHash.Digest()) {
+			return fmt.Errorf("%w: its NAR hash is %s, the database says %s", ErrChanged,
+				nixhash.MustNewHashWithEncoding(nixhash.SHA256, got, nixhash.NixBase32, true), info.NarHash)
+		}
 	}
-	return c.tail.Release()
+	_, err := w.Write(narEnd)
+	return err
 }
 
-// checkingWriter hashes what it passes on to a TailWriter, and fails as
-// soon as more than limit bytes come.
-type checkingWriter struct {
-	tail    *iox.TailWriter
-	hash    hash.Hash
-	limit   int64
-	written int64
+// limitWriter counts what it passes on, and fails once more than limit
+// bytes come.
+type limitWriter struct {
+	w     io.Writer
+	n     int64
+	limit int64
 }
 
-func (c *checkingWriter) Write(p []byte) (int, error) {
-	if c.written+int64(len(p)) > c.limit {
-		return 0, fmt.Errorf("%w: its NAR is larger than the %d bytes the database says", ErrChanged, c.limit)
+func (l *limitWriter) Write(p []byte) (int, error) {
+	if l.n+int64(len(p)) > l.limit {
+		return 0, l.overflow()
 	}
-	c.written += int64(len(p))
-	c.hash.Write(p)
-	return c.tail.Write(p)
+	n, err := l.w.Write(p)
+	l.n += int64(n)
+	return n, err
+}
+
+// ReadFrom passes r on to the writer's ReadFrom, where it has one; what
+// goes past the limit is only found afterwards, and fails then.
+func (l *limitWriter) ReadFrom(r io.Reader) (int64, error) {
+	var n int64
+	var err error
+	if rf, ok := l.w.(io.ReaderFrom); ok {
+		n, err = rf.ReadFrom(r)
+	} else {
+		n, err = io.Copy(struct{ io.Writer }{l.w}, r)
+	}
+	l.n += n
+	if err == nil && l.n > l.limit {
+		err = l.overflow()
+	}
+	return n, err
+}
+
+func (l *limitWriter) overflow() error {
+	return fmt.Errorf("%w: its NAR is larger than the %d bytes the database says", ErrChanged, l.limit+int64(len(narEnd)))
 }

@@ -31,7 +31,10 @@ func WriteNar(w io.Writer, fsPath string) (int64, error) {
 	bufp := readBuffers.Get().(*[]byte)
 	defer readBuffers.Put(bufp)
 	n := &narWalker{out: w, buf: *bufp}
-	err := n.archive(fsPath)
+	if err := n.archive(fsPath); err != nil {
+		return n.offset, err
+	}
+	err := n.str(")")
 	return n.offset, err
 }
 
@@ -60,10 +63,15 @@ type narWalker struct {
 	out     io.Writer
 	listing io.Writer
 	buf     []byte
-	offset  int64
-	scratch [8]byte
+	// sendfile hands file contents to out's ReadFrom, if it has one,
+	// which for a network connection is sendfile(2).
+	sendfile bool
+	offset   int64
+	scratch  [8]byte
 }
 
+// archive writes the NAR of the tree at fsPath but for its last string,
+// the root node's closing ")".
 func (n *narWalker) archive(fsPath string) error {
 	if err := n.str("nix-archive-1"); err != nil {
 		return err
@@ -75,7 +83,8 @@ func (n *narWalker) archive(fsPath string) error {
 	return n.node(fsPath, info)
 }
 
-// node writes `( type … )` for the file at fsPath.
+// node writes `( type …` for the file at fsPath: all of its node but the
+// closing ")", which its caller writes.
 func (n *narWalker) node(fsPath string, info fs.FileInfo) error {
 	if err := n.strs("(", "type"); err != nil {
 		return err
@@ -91,7 +100,7 @@ func (n *narWalker) node(fsPath string, info fs.FileInfo) error {
 		if err := n.listJSON(`{"type":"symlink","target":`, target, "}"); err != nil {
 			return err
 		}
-		return n.strs("symlink", "target", target, ")")
+		return n.strs("symlink", "target", target)
 	case mode.IsDir():
 		return n.directory(fsPath)
 	default:
@@ -145,13 +154,24 @@ func (n *narWalker) regular(fsPath string, executable bool) error {
 			return err
 		}
 	}
-	return n.str(")")
+	return nil
 }
 
 // contents writes a file's length, its size bytes and the padding.
 func (n *narWalker) contents(f *os.File, fsPath string, size int64) error {
 	if err := n.u64(uint64(size)); err != nil {
 		return err
+	}
+	if rf, ok := n.out.(io.ReaderFrom); ok && n.sendfile && size > 0 {
+		sent, err := rf.ReadFrom(f)
+		n.offset += sent
+		if err == nil && sent != size {
+			err = fmt.Errorf("%d bytes where it had %d when opened (it changed while being read)", sent, size)
+		}
+		if err != nil {
+			return fmt.Errorf("sending %s: %w", fsPath, err)
+		}
+		return n.pad(size)
 	}
 	for left := size; left > 0; {
 		chunk := n.buf[:min(left, int64(len(n.buf)))]
@@ -195,14 +215,12 @@ func (n *narWalker) directory(fsPath string) error {
 		if err := n.node(filepath.Join(fsPath, entry.Name()), info); err != nil {
 			return err
 		}
-		if err := n.str(")"); err != nil {
+		// The node's end, then the entry's.
+		if err := n.strs(")", ")"); err != nil {
 			return err
 		}
 	}
-	if err := n.listJSON("}}"); err != nil {
-		return err
-	}
-	return n.str(")")
+	return n.listJSON("}}")
 }
 
 // listJSON writes parts to the listing, if there is one: the first and

@@ -7,6 +7,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"errors"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -242,8 +243,8 @@ func TestWriteCheckedNar(t *testing.T) {
 	if !errors.Is(err, ErrChanged) {
 		t.Fatalf("changed contents: err = %v, want ErrChanged", err)
 	}
-	if got.Len() != plain.Len()-narTailSize {
-		t.Errorf("changed contents: %d bytes written, want %d (all but the end)", got.Len(), plain.Len()-narTailSize)
+	if got.Len() != plain.Len()-len(narEnd) {
+		t.Errorf("changed contents: %d bytes written, want %d (all but the end)", got.Len(), plain.Len()-len(narEnd))
 	}
 	if nixfmt.CheckNar(bytes.NewReader(got.Bytes())) == nil {
 		t.Error("what was written of a changed path reads as a whole NAR")
@@ -258,8 +259,8 @@ func TestWriteCheckedNar(t *testing.T) {
 	if err := WriteCheckedNar(&got, root, info); !errors.Is(err, ErrChanged) {
 		t.Fatalf("grown tree: err = %v, want ErrChanged", err)
 	}
-	if got.Len() > plain.Len()-narTailSize {
-		t.Errorf("grown tree: %d bytes written, more than %d", got.Len(), plain.Len()-narTailSize)
+	if got.Len() > plain.Len()-len(narEnd) {
+		t.Errorf("grown tree: %d bytes written, more than %d", got.Len(), plain.Len()-len(narEnd))
 	}
 
 	// A path collected before it is read.
@@ -277,4 +278,54 @@ func narString(s string) []byte {
 	b.WriteString(s)
 	b.Write(make([]byte, padding(int64(len(s)))))
 	return b.Bytes()
+}
+
+// fileReceiver records whether file contents came through ReadFrom, as
+// a connection's sendfile takes them.
+type fileReceiver struct {
+	bytes.Buffer
+	files int
+}
+
+func (f *fileReceiver) ReadFrom(r io.Reader) (int64, error) {
+	if _, ok := r.(*os.File); ok {
+		f.files++
+	}
+	return f.Buffer.ReadFrom(r)
+}
+
+func TestWriteKnownNarHandsFilesOn(t *testing.T) {
+	root := storeTree(t)
+	var plain bytes.Buffer
+	if _, err := WriteNar(&plain, root); err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(plain.Bytes())
+	info := &PathInfo{
+		NarHash: nixhash.MustNewHashWithEncoding(nixhash.SHA256, sum[:], nixhash.NixBase32, true),
+		NarSize: uint64(plain.Len()),
+	}
+	var got fileReceiver
+	if err := WriteKnownNar(&got, root, info); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got.Bytes(), plain.Bytes()) {
+		t.Fatal("known NAR differs from the plain one")
+	}
+	if got.files != 9 { // every regular file but the empty one
+		t.Errorf("%d files handed to ReadFrom, want 9", got.files)
+	}
+
+	// A file grown since: the size no longer matches, and the end is
+	// never written.
+	if err := os.WriteFile(filepath.Join(root, "share/seven-bytes"), []byte("123456789"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	got = fileReceiver{}
+	if err := WriteKnownNar(&got, root, info); !errors.Is(err, ErrChanged) {
+		t.Fatalf("grown file: err = %v, want ErrChanged", err)
+	}
+	if bytes.HasSuffix(got.Bytes(), narEnd) && got.Len() >= plain.Len() {
+		t.Error("a NAR of changed files was written to its end")
+	}
 }
