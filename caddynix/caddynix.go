@@ -130,7 +130,7 @@ type Handler struct {
 	// live is the live store, when LiveStore is set.
 	live         *liveStore
 	upstreams    []*upstream
-	upstreamNars *upstreamNarinfos
+	upstreamNars *boundedMap[string, upstreamNarinfo]
 	logger       *zap.Logger
 }
 
@@ -186,7 +186,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 			return fmt.Errorf("nix_cache: %w", err)
 		}
 	}
-	h.upstreamNars = new(upstreamNarinfos)
+	h.upstreamNars = newBoundedMap[string, upstreamNarinfo](maxUpstreamNarinfos)
 	for _, cfg := range h.Upstreams {
 		u, err := newUpstream(cfg, repl)
 		if err != nil {

@@ -74,13 +74,13 @@ func (h *Handler) serveLiveNar(w http.ResponseWriter, r *http.Request, req cache
 // first time and by its size once the files were found to match.
 func (l *liveStore) writeNar(w io.Writer, fsPath string, info *nixstore.PathInfo) error {
 	key := info.StorePath + " " + info.NarHash.String()
-	if l.verified.has(key) {
+	if _, ok := l.verified.get(key); ok {
 		return nixstore.WriteKnownNar(w, fsPath, info)
 	}
 	if err := nixstore.WriteCheckedNar(w, fsPath, info); err != nil {
 		return err
 	}
-	l.verified.add(key)
+	l.verified.put(key, true)
 	return nil
 }
 

@@ -10,7 +10,6 @@ import (
 	"net/url"
 	"path"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -214,33 +213,12 @@ func (u *upstream) keyNames() string {
 	return strings.Join(names, ", ")
 }
 
-// upstreamNarinfos remembers the narinfos served from upstreams by their
-// NAR's URL, so that the NAR can be checked against its narinfo, and kept,
-// when a client asks for it. Bounded: when full, it starts again.
-type upstreamNarinfos struct {
-	mu      sync.Mutex
-	entries map[string]upstreamNarinfo
-}
-
+// upstreamNarinfo is a narinfo an upstream served, remembered by its
+// NAR's URL so that the NAR can be checked against it, and kept, when a
+// client asks for it.
 type upstreamNarinfo struct {
 	from *upstream
 	info *narinfo.NarInfo
 }
 
 const maxUpstreamNarinfos = 65536
-
-func (n *upstreamNarinfos) put(narURL string, entry upstreamNarinfo) {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	if n.entries == nil || len(n.entries) >= maxUpstreamNarinfos {
-		n.entries = make(map[string]upstreamNarinfo)
-	}
-	n.entries[narURL] = entry
-}
-
-func (n *upstreamNarinfos) get(narURL string) (upstreamNarinfo, bool) {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	entry, ok := n.entries[narURL]
-	return entry, ok
-}
