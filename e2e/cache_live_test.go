@@ -239,16 +239,18 @@ func TestTamperedUpstreamNarinfoIsRefused(t *testing.T) {
 	writerKey := strings.TrimSpace(readFile(t, nixPublicFile))
 	front := harness.StartCaddy(t, upstreamCaddyfile(filepath.Join(dir, "front"), secret, upstream.URL(), writerKey), harness.CaddyOptions{})
 
-	narinfo := get(t, front.URL()+"/"+hashOf(closure.Top)+".narinfo", nil, http.StatusOK)
+	narinfo := get(t, front.URL()+"/"+hashOf(closure.Paths[0])+".narinfo", nil, http.StatusOK)
 	if !strings.Contains(narinfo, "Sig: writer-1:") {
 		t.Fatalf("the upstream's signature was not kept:\n%s", narinfo)
 	}
-	file := filepath.Join(upRoot, hashOf(closure.Paths[0])+".narinfo")
-	tampered := strings.Replace(readFile(t, file), "References: ", "References: "+filepath.Base(closure.Top)+" ", 1)
+	// Still a narinfo the upstream serves, but not the one signed.
+	file := filepath.Join(upRoot, hashOf(closure.Top)+".narinfo")
+	tampered := strings.Replace(readFile(t, file), "NarSize: ", "NarSize: 1", 1)
 	if err := os.WriteFile(file, []byte(tampered), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	get(t, front.URL()+"/"+hashOf(closure.Paths[0])+".narinfo", nil, http.StatusNotFound)
+	get(t, upstream.URL()+"/"+hashOf(closure.Top)+".narinfo", nil, http.StatusOK)
+	get(t, front.URL()+"/"+hashOf(closure.Top)+".narinfo", nil, http.StatusNotFound)
 	if log := front.Log(); !strings.Contains(log, "no valid signature by a trusted key") {
 		t.Errorf("the front's log does not say why the narinfo was refused:\n%s", log)
 	}

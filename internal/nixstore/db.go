@@ -58,6 +58,9 @@ type DB struct {
 // request fails.
 const busyTimeout = 2 * time.Second
 
+// maxConnections bounds the database connections open at once.
+const maxConnections = 8
+
 // OpenDB opens the database file at file, whose paths live in the logical
 // store directory storeDir (e.g. /nix/store). It fails when the file is
 // missing or is not a Nix database.
@@ -70,6 +73,10 @@ func OpenDB(ctx context.Context, file, storeDir string) (*DB, error) {
 	if err != nil {
 		return nil, fmt.Errorf("opening Nix database %s: %w", file, err)
 	}
+	// Each connection keeps a page cache of its own; lookups are short,
+	// so a few connections serve any number of requests.
+	db.SetMaxOpenConns(maxConnections)
+	db.SetMaxIdleConns(maxConnections)
 	var tables int
 	err = db.QueryRowContext(ctx, `select count(*) from sqlite_master where type = 'table' and name in ('ValidPaths', 'Refs')`).Scan(&tables)
 	if err == nil && tables != 2 {
