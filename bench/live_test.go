@@ -148,11 +148,11 @@ func BenchmarkLiveStore(b *testing.B) {
 
 	first := map[int]*comparison{}
 	for _, conns := range []int{1, 16} {
-		c := newComparison(fmt.Sprintf("Live store: the closure's %d NARs, %d connection(s)", len(closure), conns), "s per closure", "lower",
-			"the live store, uncompressed, no slower than nginx serving the file:// copy")
-		c.holds = ratioAtMost(liveNone, nginxDir, 1.0)
+		c := newComparison(fmt.Sprintf("Live store: the closure's %d NARs, %d connection(s)", len(closure), conns), "s per closure", "lower", "")
 		c.notes = append(c.notes, loadNote+" Every NAR of the closure is requested in turn for "+dur.String()+"; the time is the closure's NAR count over the request rate. "+
-			"Uncompressed NARs carry about 2.5 times the bytes of the zstd files, which on loopback costs little; zstd on the fly is compressed by the server's one CPU.")
+			"The copy's NARs are zstd files the kernel sends; the live store makes each NAR from the store's files (hashing a path's the first time, then by size with sendfile), uncompressed, about 2.5 times their bytes, "+
+			"or compressed on the fly by the server's one CPU, at what klauspost/compress's fastest level manages (about 130 MB/s of these NARs on this CPU). "+
+			"Loopback makes bytes free: over a 1 Gbit/s link (about 119 MB/s) the uncompressed live store sends a closure in about as long as its NAR bytes take, and the copy in 0.4 of that.")
 		first[conns] = c
 		for round := range rounds {
 			for _, who := range roundOrder(order, round) {
