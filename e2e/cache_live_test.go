@@ -55,13 +55,7 @@ func TestLiveStoreIsSubstituted(t *testing.T) {
 				root := filepath.Join(t.TempDir(), "cache")
 				caddy := harness.StartCaddy(t, liveCaddyfile(t, root, secret, client.StoreDir(), "compression "+compression), harness.CaddyOptions{})
 
-				c, store := substitute(nix, caddy.URL(), public, closure.Top)
-				if c.Err != nil {
-					t.Fatalf("substituting from the live store:\n%s", c)
-				}
-				if got := nix.StorePaths(store); !slices.Equal(got, closure.Paths) {
-					t.Fatalf("chroot store holds %v, want %v", got, closure.Paths)
-				}
+				store := substituteWhole(t, nix, caddy.URL(), public, closure, "substituting from the live store")
 				if c := nix.Run("nix-store", "--store", store, "--verify-path", closure.Top); c.Err != nil {
 					t.Fatalf("the substituted top path does not verify:\n%s", c)
 				}
@@ -202,22 +196,10 @@ func TestUpstreamCacheBehindAnother(t *testing.T) {
 		if c, _ := substitute(nix, front.URL(), public, closure.Top); c.Err == nil {
 			t.Fatalf("a client trusting only the front's key substituted the upstream's paths:\n%s", c)
 		}
-		c, store := substitute(nix, front.URL(), upPublic, closure.Top)
-		if c.Err != nil {
-			t.Fatalf("substituting through the front, trusting the upstream's key:\n%s", c)
-		}
-		if got := nix.StorePaths(store); !slices.Equal(got, closure.Paths) {
-			t.Fatalf("chroot store holds %v, want %v", got, closure.Paths)
-		}
+		substituteWhole(t, nix, front.URL(), upPublic, closure, "substituting through the front, trusting the upstream's key")
 
 		upstream.Stop()
-		c, store = substitute(nix, front.URL(), public, closure.Top)
-		if c.Err != nil {
-			t.Fatalf("substituting kept paths from the front alone, trusting its key:\n%s", c)
-		}
-		if got := nix.StorePaths(store); !slices.Equal(got, closure.Paths) {
-			t.Fatalf("chroot store holds %v, want %v", got, closure.Paths)
-		}
+		substituteWhole(t, nix, front.URL(), public, closure, "substituting kept paths from the front alone, trusting its key")
 	})
 }
 

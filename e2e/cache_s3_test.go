@@ -80,13 +80,7 @@ func TestNodesShareABucket(t *testing.T) {
 		if c := nix.Copy("--to", a.URL()+"/upload?compression=zstd", closure.Top); c.Err != nil {
 			t.Fatalf("nix copy --to A:\n%s", c)
 		}
-		c, store := substitute(nix, b.URL(), public, closure.Top)
-		if c.Err != nil {
-			t.Fatalf("substituting from B what was uploaded through A:\n%s", c)
-		}
-		if got := nix.StorePaths(store); !slices.Equal(got, closure.Paths) {
-			t.Fatalf("the store holds %v, want %v", got, closure.Paths)
-		}
+		substituteWhole(t, nix, b.URL(), public, closure, "substituting from B what was uploaded through A")
 
 		// A node that redirects NAR requests to signed URLs of the S3
 		// server: clients download from the server itself.
@@ -527,13 +521,7 @@ func TestBucketInNixLayout(t *testing.T) {
 		putEncoded(t, s3, filepath.Join(written, hash+".ls"), "main/"+hash+".ls", "br")
 		secret, public := keygen(t, "s3-layout-1")
 		node := s3Node(t, server, secret)
-		c, store := substitute(nix, node.URL(), public, closure.Top)
-		if c.Err != nil {
-			t.Fatalf("substituting from a node the cache Nix wrote:\n%s", c)
-		}
-		if got := nix.StorePaths(store); !slices.Equal(got, closure.Paths) {
-			t.Fatalf("the store holds %v, want %v", got, closure.Paths)
-		}
+		substituteWhole(t, nix, node.URL(), public, closure, "substituting from a node the cache Nix wrote")
 		if ls := nix.Must("nix", "store", "ls", "--store", node.URL(), "--option", "trusted-public-keys", public, closure.Top+"/"); !strings.Contains(ls, "references") {
 			t.Fatalf("nix store ls through the node:\n%s", ls)
 		}
@@ -612,13 +600,7 @@ func TestBucketWrittenByNix(t *testing.T) {
 	}
 	secret, public := keygen(t, "s3-by-nix-1")
 	node := s3Node(t, server, secret)
-	c, store := substitute(nix, node.URL(), public, closure.Top)
-	if c.Err != nil {
-		t.Fatalf("substituting through a node what Nix wrote to the bucket:\n%s", c)
-	}
-	if got := nix.StorePaths(store); !slices.Equal(got, closure.Paths) {
-		t.Fatalf("the store holds %v, want %v", got, closure.Paths)
-	}
+	substituteWhole(t, nix, node.URL(), public, closure, "substituting through a node what Nix wrote to the bucket")
 	if ls := nix.Must("nix", "store", "ls", "--store", node.URL(), "--option", "trusted-public-keys", public, closure.Top+"/"); !strings.Contains(ls, "references") {
 		t.Fatalf("nix store ls through the node:\n%s", ls)
 	}

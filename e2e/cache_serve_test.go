@@ -36,6 +36,21 @@ func substitute(nix *harness.Nix, url, trustedKey, top string) (harness.Command,
 	return c, store
 }
 
+// substituteWhole is substitute for a closure that must arrive whole: the
+// test fails, saying what was tried, unless the chroot store then holds
+// exactly the closure. It returns the store.
+func substituteWhole(t *testing.T, nix *harness.Nix, url, trustedKey string, closure harness.Closure, what string) string {
+	t.Helper()
+	c, store := substitute(nix, url, trustedKey, closure.Top)
+	if c.Err != nil {
+		t.Fatalf("%s:\n%s", what, c)
+	}
+	if got := nix.StorePaths(store); !slices.Equal(got, closure.Paths) {
+		t.Fatalf("%s: the store holds %v, want %v", what, got, closure.Paths)
+	}
+	return store
+}
+
 func TestNixSubstitutesSignedClosure(t *testing.T) {
 	harness.ForEachNix(t, func(t *testing.T, client harness.NixClient) {
 		nix := client.New(t, "")
@@ -49,16 +64,10 @@ func TestNixSubstitutesSignedClosure(t *testing.T) {
 				secret, public := keygen(t, "e2e-"+compression+"-1")
 				caddy := harness.StartCaddy(t, cacheCaddyfile(root, secret), harness.CaddyOptions{})
 
-				c, store := substitute(nix, caddy.URL(), public, closure.Top)
-				if c.Err != nil {
-					t.Fatalf("substituting from the cache:\n%s", c)
-				}
-				if got := nix.StorePaths(store); !slices.Equal(got, closure.Paths) {
-					t.Fatalf("chroot store holds %v, want %v", got, closure.Paths)
-				}
+				substituteWhole(t, nix, caddy.URL(), public, closure, "substituting from the cache")
 
 				_, otherPublic := keygen(t, "e2e-"+compression+"-1") // same name, other key
-				c, _ = substitute(nix, caddy.URL(), otherPublic, closure.Top)
+				c, _ := substitute(nix, caddy.URL(), otherPublic, closure.Top)
 				if c.Err == nil || !strings.Contains(c.Output, "not signed by any of the keys in 'trusted-public-keys'") {
 					t.Fatalf("substituting while trusting another key should fail with nix's signature error:\n%s", c)
 				}

@@ -215,15 +215,7 @@ func TestWriteListingPointsIntoTheNar(t *testing.T) {
 
 func TestWriteCheckedNar(t *testing.T) {
 	root := storeTree(t)
-	var plain bytes.Buffer
-	if _, err := WriteNar(&plain, root); err != nil {
-		t.Fatal(err)
-	}
-	sum := sha256.Sum256(plain.Bytes())
-	info := &PathInfo{
-		NarHash: nixhash.MustNewHashWithEncoding(nixhash.SHA256, sum[:], nixhash.NixBase32, true),
-		NarSize: uint64(plain.Len()),
-	}
+	info, plain := registered(t, root)
 
 	var got bytes.Buffer
 	if err := WriteCheckedNar(&got, root, info); err != nil {
@@ -296,15 +288,7 @@ func (f *fileReceiver) ReadFrom(r io.Reader) (int64, error) {
 
 func TestWriteKnownNarHandsFilesOn(t *testing.T) {
 	root := storeTree(t)
-	var plain bytes.Buffer
-	if _, err := WriteNar(&plain, root); err != nil {
-		t.Fatal(err)
-	}
-	sum := sha256.Sum256(plain.Bytes())
-	info := &PathInfo{
-		NarHash: nixhash.MustNewHashWithEncoding(nixhash.SHA256, sum[:], nixhash.NixBase32, true),
-		NarSize: uint64(plain.Len()),
-	}
+	info, plain := registered(t, root)
 	var got fileReceiver
 	if err := WriteKnownNar(&got, root, info); err != nil {
 		t.Fatal(err)
@@ -328,4 +312,19 @@ func TestWriteKnownNarHandsFilesOn(t *testing.T) {
 	if bytes.HasSuffix(got.Bytes(), narEnd) && got.Len() >= plain.Len() {
 		t.Error("a NAR of changed files was written to its end")
 	}
+}
+
+// registered is what a database would record of the tree at root: its
+// NAR's hash and size. It returns the NAR too.
+func registered(t *testing.T, root string) (*PathInfo, *bytes.Buffer) {
+	t.Helper()
+	var nar bytes.Buffer
+	if _, err := WriteNar(&nar, root); err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(nar.Bytes())
+	return &PathInfo{
+		NarHash: nixhash.MustNewHashWithEncoding(nixhash.SHA256, sum[:], nixhash.NixBase32, true),
+		NarSize: uint64(nar.Len()),
+	}, &nar
 }
