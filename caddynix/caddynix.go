@@ -318,6 +318,20 @@ func (h *Handler) publicKeyStrings() []string {
 	return out
 }
 
+// clientKeys are the keys a client trusts to use the cache: its own, and
+// those of upstreams whose paths it passes on without signing them.
+func (h *Handler) clientKeys() []string {
+	keys := h.publicKeyStrings()
+	for _, u := range h.upstreams {
+		if !u.sign {
+			for _, key := range u.keys {
+				keys = append(keys, key.String())
+			}
+		}
+	}
+	return keys
+}
+
 // Validate checks the provisioned configuration.
 func (h *Handler) Validate() error {
 	if !strings.HasPrefix(h.StoreDir, "/") || strings.HasSuffix(h.StoreDir, "/") {

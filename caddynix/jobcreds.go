@@ -59,7 +59,8 @@ func (s *sharedCache) allows(token string) (*index.Job, bool) {
 type CacheAccess struct {
 	// URL is the cache's base URL, for substituters and `nix copy --to`.
 	URL string
-	// PublicKeys are the cache's public keys, for trusted-public-keys.
+	// PublicKeys are the keys to trust for the cache, for trusted-public-keys:
+	// its own, and those of upstreams whose paths it passes on unsigned.
 	PublicKeys []string
 	shared     *sharedCache
 }
@@ -154,7 +155,7 @@ func (h *Handler) shareCache() error {
 	h.shared.url = h.url
 	h.shared.state = h.state
 	h.shared.logger = h.logger
-	h.shared.publicKeys = h.publicKeyStrings()
+	h.shared.publicKeys = h.clientKeys()
 	if h.Upload != nil && h.shared.jobTokens == nil {
 		h.shared.jobTokens = map[[sha256.Size]byte]*index.Job{}
 	}

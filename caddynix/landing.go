@@ -71,11 +71,13 @@ type landingPage struct {
 	Retention string
 	// Sources are what else answers, in order, after the cache itself.
 	Sources []string
+	// ClientKeys are the keys a client trusts to use the cache.
+	ClientKeys []string
 }
 
 // NixConf is the nix.conf snippet that makes a client use this cache.
 func (p landingPage) NixConf() string {
-	return fmt.Sprintf("extra-substituters = %s\nextra-trusted-public-keys = %s\n", p.URL, strings.Join(p.PublicKeys, " "))
+	return fmt.Sprintf("extra-substituters = %s\nextra-trusted-public-keys = %s\n", p.URL, strings.Join(p.ClientKeys, " "))
 }
 
 var landingHTML = template.Must(template.New("landing").Parse(`<!DOCTYPE html>
@@ -113,6 +115,7 @@ func (h *Handler) serveLanding(w http.ResponseWriter, r *http.Request) error {
 		Priority:   *h.Priority,
 		Retention:  h.retentionSummary(stats.NarBytes),
 		Sources:    h.sourceNames(),
+		ClientKeys: h.clientKeys(),
 	}
 	var body bytes.Buffer
 	if strings.Contains(r.Header.Get("Accept"), "text/html") {

@@ -107,6 +107,10 @@ func TestUpstreamIsPassedThroughWithItsSignature(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(down.root, lib.hash+".narinfo")); err == nil {
 		t.Error("the path was kept without keep")
 	}
+	// Clients need the upstream's key for what the cache does not sign.
+	if page := serve(t, down, http.MethodGet, "/").Body.String(); !strings.Contains(page, "extra-trusted-public-keys = "+downKey.String()+" "+upKey.String()) {
+		t.Errorf("the landing page's nix.conf does not trust the upstream's key:\n%s", page)
+	}
 	if rec := serve(t, down, http.MethodGet, "/"+newTestPath(t, "x", "x").hash+".narinfo"); rec.Code != http.StatusNotFound {
 		t.Errorf("a path no source has: %d", rec.Code)
 	}
