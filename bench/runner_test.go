@@ -228,19 +228,22 @@ func BenchmarkRunnerPickup(b *testing.B) {
 	rssCmp.holds = ratioAtMost("gitea_runner", "Gitea's runner v1.0.8", 0.999)
 	rssCmp.notes = append(rssCmp.notes, "gitea_runner's figure is the whole caddy process, with Caddy's standard modules and the cache handler linked in; most of it is the binary's own pages (RssFile), shared and reclaimable, which the next table leaves out.")
 	anonCmp := newComparison("Runner idle: private memory (RssAnon)", "MiB", "lower", "")
-	cpu0 := map[string]float64{}
-	for label, pid := range pids {
-		cpu0[label] = cpuSeconds(b, pid)
-	}
-	time.Sleep(idle)
-	for _, r := range runnerContenders {
-		pid := pids[r.label]
-		cpu := cpuSeconds(b, pid) - cpu0[r.label]
-		rss := procStatusKiB(b, pid, "VmRSS")
-		cpuCmp.add(r.name, cpu)
-		rssCmp.add(r.name, float64(rss)/1024)
-		anonCmp.add(r.name, float64(procStatusKiB(b, pid, "RssAnon"))/1024)
-		b.Logf("%s idle for %v: %.2f s CPU, RSS %d MiB", r.name, idle, cpu, rss/1024)
+	// Every runner idles at once; each window is one sample of each.
+	for range envInt("BENCH_IDLE_ROUNDS", 5) {
+		cpu0 := map[string]float64{}
+		for label, pid := range pids {
+			cpu0[label] = cpuSeconds(b, pid)
+		}
+		time.Sleep(idle)
+		for _, r := range runnerContenders {
+			pid := pids[r.label]
+			cpu := cpuSeconds(b, pid) - cpu0[r.label]
+			rss := procStatusKiB(b, pid, "VmRSS")
+			cpuCmp.add(r.name, cpu)
+			rssCmp.add(r.name, float64(rss)/1024)
+			anonCmp.add(r.name, float64(procStatusKiB(b, pid, "RssAnon"))/1024)
+			b.Logf("%s idle for %v: %.3f s CPU, RSS %d MiB", r.name, idle, cpu, rss/1024)
+		}
 	}
 	// What Caddy itself holds, for scale: the same binary with no apps.
 	const bareName = "caddy, no configuration (for scale)"
