@@ -9,13 +9,17 @@
 package caddynix
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
+
+	"golang.org/x/sync/semaphore"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -131,7 +135,12 @@ type Handler struct {
 	live         *liveStore
 	upstreams    []*upstream
 	upstreamNars *boundedMap[string, upstreamNarinfo]
-	logger       *zap.Logger
+	// keeping counts the background keeps of upstream closures, which
+	// run while ctx, the configuration's, does, one at a time.
+	keeping   *sync.WaitGroup
+	keepSlots *semaphore.Weighted
+	ctx       context.Context
+	logger    *zap.Logger
 }
 
 // CaddyModule returns the Caddy module information.
@@ -145,6 +154,9 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 // Provision sets defaults, opens the cache root and loads the signing keys.
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
+	h.ctx = ctx
+	h.keepSlots = semaphore.NewWeighted(1)
+	h.keeping = new(sync.WaitGroup)
 	h.narinfos = newNarinfoCache(h.logger)
 	h.stats = new(statsCache)
 	h.pending = new(pendingNars)
@@ -353,6 +365,10 @@ func (h *Handler) Validate() error {
 
 // Cleanup releases the cache root and leaves the shared states.
 func (h *Handler) Cleanup() error {
+	if h.keeping != nil {
+		// The configuration's context is done: background keeps end soon.
+		h.keeping.Wait()
+	}
 	if h.state != nil {
 		if err := leaveCacheState(h.state); err != nil {
 			return err

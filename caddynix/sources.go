@@ -140,7 +140,7 @@ func (h *Handler) sendUpstream(w http.ResponseWriter, r *http.Request, req cache
 		}
 		return nil
 	}
-	if info := from.info; info != nil && from.from.keep && h.keepable(req, info) {
+	if info := from.info; info != nil && from.from.keep && info.URL == req.file && h.keepable(info) {
 		return h.pullThrough(w, r, req, from, resp)
 	}
 	var fileHash []byte
@@ -185,9 +185,9 @@ func copyChecked(w io.Writer, body io.Reader, fileHash []byte, fileSize int64) e
 // keepable reports whether a path an upstream serves can be kept: its
 // narinfo passes the cache's rule for what it stores, which needs the NAR
 // named by its file hash, as `nix copy` names it.
-func (h *Handler) keepable(req cacheRequest, info *narinfo.NarInfo) bool {
+func (h *Handler) keepable(info *narinfo.NarInfo) bool {
 	_, err := nixfmt.Admit([]byte(info.String()), h.StoreDir, path.Base(info.StorePath)[:storePathHashLen])
-	return err == nil && info.URL == req.file
+	return err == nil
 }
 
 // pullThrough streams an upstream NAR to the client and into the cache at
@@ -221,15 +221,100 @@ func (h *Handler) pullThrough(w http.ResponseWriter, r *http.Request, req cacheR
 	if err := tail.Release(); err != nil {
 		return abortedResponse{err}
 	}
-	// The client has its NAR; keeping the narinfo must not wait on it.
-	h.keepNarInfo(context.WithoutCancel(ctx), from)
+	// The client has its NAR; keeping the narinfo, and the references
+	// the cache lacks, must not wait on it.
+	h.keepInBackground(from)
 	return nil
 }
 
-// keepNarInfo stores an upstream path's narinfo, whose NAR is stored, as
-// an upload's is stored. A path whose references the cache does not hold
-// is not kept.
-func (h *Handler) keepNarInfo(ctx context.Context, from upstreamNarinfo) {
+// keepInBackground keeps an upstream path whose NAR is stored, fetching
+// first whatever of its closure the cache lacks, while the configuration
+// runs. One closure is fetched at a time per cache.
+func (h *Handler) keepInBackground(from upstreamNarinfo) {
+	h.keeping.Add(1)
+	go func() {
+		defer h.keeping.Done()
+		if err := h.keepSlots.Acquire(h.ctx, 1); err != nil {
+			return
+		}
+		defer h.keepSlots.Release(1)
+		h.keepClosure(h.ctx, from, map[string]bool{})
+	}()
+}
+
+// keepClosure keeps an upstream path: its references the cache does not
+// hold are fetched from the same upstream and kept first, each checked in
+// full, then its NAR if it is not stored, then its narinfo. A path
+// missing from the upstream, or that cannot be kept, leaves its
+// referrers unkept, as a closure is kept whole or not at all.
+func (h *Handler) keepClosure(ctx context.Context, from upstreamNarinfo, visited map[string]bool) bool {
+	info := from.info
+	self := path.Base(info.StorePath)
+	visited[self] = true
+	for _, ref := range info.References {
+		if ref == self || visited[ref] {
+			continue
+		}
+		refHash := ref[:storePathHashLen]
+		if stored, _, err := h.storedNarInfo(ctx, refHash+".narinfo"); err != nil || stored != nil {
+			if err != nil {
+				h.logger.Warn("not keeping an upstream path", zap.String("store_path", info.StorePath), zap.Error(err))
+				return false
+			}
+			continue
+		}
+		refInfo, err := from.from.narInfo(ctx, h.StoreDir, refHash)
+		if err == nil && !h.keepable(refInfo) {
+			err = fmt.Errorf("its narinfo is not one the cache can keep (URL %s)", refInfo.URL)
+		}
+		if err != nil {
+			h.logger.Info("not keeping an upstream path: a reference cannot be kept", zap.String("store_path", info.StorePath), zap.String("reference", ref), zap.Error(err))
+			return false
+		}
+		if !h.keepClosure(ctx, upstreamNarinfo{from: from.from, info: refInfo}, visited) {
+			return false
+		}
+	}
+	if _, err := h.store.Stat(ctx, info.URL); err != nil {
+		if err := h.fetchNar(ctx, from); err != nil {
+			h.logger.Warn("not keeping an upstream path: fetching its NAR", zap.String("store_path", info.StorePath), zap.String("upstream", from.from.base), zap.Error(err))
+			return false
+		}
+	}
+	return h.keepNarInfo(ctx, from)
+}
+
+// fetchNar stores an upstream path's NAR, checked in full against its
+// narinfo.
+func (h *Handler) fetchNar(ctx context.Context, from upstreamNarinfo) error {
+	info := from.info
+	resp, err := from.from.get(ctx, info.URL, nil)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = resp.Body.Close() }()
+	up, err := h.store.Create(ctx, info.URL)
+	if err != nil {
+		return err
+	}
+	defer up.Abort()
+	meta, err := receiveNar(up, resp.Body, info.Compression, h.maxNarSize(), -1)
+	if err == nil {
+		err = meta.matches(info)
+	}
+	if err != nil {
+		return err
+	}
+	if err := up.Commit(); err != nil {
+		return err
+	}
+	h.pending.put(info.URL, meta)
+	return nil
+}
+
+// keepNarInfo stores an upstream path's narinfo, whose NAR and references
+// are stored, as an upload's is stored.
+func (h *Handler) keepNarInfo(ctx context.Context, from upstreamNarinfo) bool {
 	info := *from.info
 	// Only the cache signs with its own key names.
 	info.Signatures = slices.DeleteFunc(slices.Clone(info.Signatures), func(sig signature.Signature) bool {
@@ -241,7 +326,7 @@ func (h *Handler) keepNarInfo(ctx context.Context, from upstreamNarinfo) {
 	kept, file, again, err := h.commitNarInfo(ctx, req, &info, stored)
 	if err != nil {
 		h.logger.Info("not keeping an upstream path", zap.String("store_path", info.StorePath), zap.String("upstream", from.from.base), zap.Error(err))
-		return
+		return false
 	}
 	h.pending.delete(kept.URL)
 	if idx := h.state.index(); idx != nil && !again {
@@ -251,6 +336,7 @@ func (h *Handler) keepNarInfo(ctx context.Context, from upstreamNarinfo) {
 		}
 	}
 	h.logger.Debug("kept an upstream path", zap.String("store_path", kept.StorePath), zap.String("upstream", from.from.base))
+	return true
 }
 
 // maxNarSize bounds a NAR the cache stores.

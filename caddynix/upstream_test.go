@@ -147,6 +147,7 @@ func TestUpstreamPathsAreKept(t *testing.T) {
 			t.Fatalf("NAR of %s: %d, aborted %v", p.name, rec.Code, aborted)
 		}
 	}
+	down.keeping.Wait()
 	srv.Close()
 	for _, p := range []testPath{lib, app} {
 		if !present(down, p) {
@@ -266,6 +267,62 @@ func TestUpstreamConfigErrors(t *testing.T) {
 	} {
 		if _, err := newUpstream(cfg, caddy.NewReplacer()); err == nil {
 			t.Errorf("%s: accepted", name)
+		}
+	}
+}
+
+// TestUpstreamClosuresAreKeptWhole: a client that holds a path's
+// references already fetches only the path; the cache fetches the
+// references it lacks from the same upstream, so it keeps the closure
+// whole, or, when one cannot be had, keeps none of it.
+func TestUpstreamClosuresAreKeptWhole(t *testing.T) {
+	up, upKey := newUploadHandler(t)
+	lib := newTestPath(t, "lib", strings.Repeat("l", 5000))
+	mid := newTestPath(t, "mid", strings.Repeat("m", 6000))
+	app := newTestPath(t, "app", strings.Repeat("a", 7000))
+	for _, upload := range []func() int{
+		func() int { return lib.upload(t, up, "").Code },
+		func() int { return mid.uploadWithRefs(t, up, lib) },
+		func() int { return app.uploadWithRefs(t, up, mid, lib) },
+	} {
+		if code := upload(); code != http.StatusCreated {
+			t.Fatalf("upstream upload: %d", code)
+		}
+	}
+	srv := upstreamServer(t, up)
+	down, _ := newDownstream(t, srv.URL, upKey, func(c *UpstreamConfig) { c.Keep = true })
+
+	if rec := serve(t, down, http.MethodGet, "/"+app.hash+".narinfo"); rec.Code != http.StatusOK {
+		t.Fatalf("narinfo of app: %d", rec.Code)
+	}
+	if rec, aborted := getThrough(down, "/"+app.narURL()); aborted || !bytes.Equal(rec.Body.Bytes(), app.nar) {
+		t.Fatalf("NAR of app: %d, aborted %v", rec.Code, aborted)
+	}
+	down.keeping.Wait()
+	for _, p := range []testPath{lib, mid, app} {
+		if !present(down, p) {
+			t.Errorf("%s was not kept", p.name)
+		}
+	}
+	if report, err := verifyDir(t, down.root, verifyOptions{narHash: true}); err != nil || len(report.problems) > 0 || report.narinfos != 3 {
+		t.Errorf("verify after keeping: %v %+v", err, report)
+	}
+
+	// A reference the upstream no longer has: nothing of the closure is kept.
+	other, _ := newDownstream(t, srv.URL, upKey, func(c *UpstreamConfig) { c.Keep = true })
+	if err := os.Remove(filepath.Join(up.root, lib.hash+".narinfo")); err != nil {
+		t.Fatal(err)
+	}
+	if rec := serve(t, other, http.MethodGet, "/"+app.hash+".narinfo"); rec.Code != http.StatusOK {
+		t.Fatalf("narinfo of app: %d", rec.Code)
+	}
+	if rec, aborted := getThrough(other, "/"+app.narURL()); aborted || !bytes.Equal(rec.Body.Bytes(), app.nar) {
+		t.Fatalf("NAR of app: %d, aborted %v", rec.Code, aborted)
+	}
+	other.keeping.Wait()
+	for _, p := range []testPath{lib, mid, app} {
+		if present(other, p) {
+			t.Errorf("%s was kept though its closure could not be", p.name)
 		}
 	}
 }
