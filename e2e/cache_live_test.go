@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/cargoxx-pkgs/runner/e2e/harness"
 )
@@ -200,6 +201,39 @@ func TestUpstreamCacheBehindAnother(t *testing.T) {
 
 		upstream.Stop()
 		substituteWhole(t, nix, front.URL(), public, closure, "substituting kept paths from the front alone, trusting its key")
+
+		// A client that holds the references already fetches only the
+		// top path through the front, which fetches the rest itself.
+		other := nix.BuildClosure("upstream-partly-"+client.Name, 1<<20)
+		upRoot = filepath.Join(t.TempDir(), "upstream")
+		if c := nix.Copy("--to", "file://"+upRoot+"?compression=xz", other.Top); c.Err != nil {
+			t.Fatalf("filling the upstream:\n%s", c)
+		}
+		upstream = harness.StartCaddy(t, cacheCaddyfile(upRoot, upSecret), harness.CaddyOptions{})
+		frontRoot := filepath.Join(t.TempDir(), "front")
+		front = harness.StartCaddy(t, upstreamCaddyfile(frontRoot, secret, upstream.URL(), upPublic, "keep"), harness.CaddyOptions{})
+		fresh := nix.WithFreshCache()
+		store := fresh.ChrootStore()
+		references := slices.DeleteFunc(slices.Clone(other.Paths), func(p string) bool { return p == other.Top })
+		trust := []string{"--option", "trusted-public-keys", upPublic}
+		if c := fresh.Run("nix-store", append(append([]string{"--store", store, "--realise", "--option", "substituters", upstream.URL()}, trust...), references...)...); c.Err != nil {
+			t.Fatalf("substituting the references from the upstream:\n%s", c)
+		}
+		if c := fresh.Run("nix-store", append([]string{"--store", store, "--realise", other.Top, "--option", "substituters", front.URL()}, trust...)...); c.Err != nil {
+			t.Fatalf("substituting the top path through the front:\n%s", c)
+		}
+		if err := harness.Eventually(30*time.Second, 100*time.Millisecond, func() error {
+			for _, p := range other.Paths {
+				if _, err := os.Stat(filepath.Join(frontRoot, hashOf(p)+".narinfo")); err != nil {
+					return err
+				}
+			}
+			return nil
+		}); err != nil {
+			t.Fatalf("the front did not keep the whole closure: %v\n%s", err, front.Log())
+		}
+		upstream.Stop()
+		substituteWhole(t, nix, front.URL(), public, other, "substituting a closure the front completed itself, trusting its key")
 	})
 }
 
