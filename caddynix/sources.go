@@ -191,10 +191,10 @@ func (h *Handler) keepable(info *narinfo.NarInfo) bool {
 }
 
 // pullThrough streams an upstream NAR to the client and into the cache at
-// once, checks it in full as an upload is checked, and then keeps its
-// narinfo. A NAR that does not match its narinfo is cut short for the
-// client and never stored; one that matches is kept when the path's
-// references are in the cache, as a closure substituted in order has them.
+// once, and checks it in full as an upload is checked. A NAR that does
+// not match its narinfo is cut short for the client and never stored; one
+// that matches is kept, with whatever of its closure the cache lacks, in
+// the background.
 func (h *Handler) pullThrough(w http.ResponseWriter, r *http.Request, req cacheRequest, from upstreamNarinfo, resp *http.Response) error {
 	info := from.info
 	ctx := r.Context()
