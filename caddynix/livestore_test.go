@@ -7,6 +7,9 @@ import (
 	"database/sql"
 	"encoding/json"
 	"fmt"
+	"io"
+	"mime"
+	"mime/multipart"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -149,6 +152,27 @@ func TestLiveStoreServesItsPaths(t *testing.T) {
 	}
 	if !bytes.Equal(suffix.Body.Bytes(), want.Bytes()[want.Len()-100:]) {
 		t.Errorf("Range -100: %d with %d bytes", suffix.Code, suffix.Body.Len())
+	}
+
+	// Two ranges at once: a multipart answer, each part made again.
+	req.Header.Set("Range", "bytes=0-9,200000-200099")
+	multi := httptest.NewRecorder()
+	if err := h.ServeHTTP(multi, req, nil); err != nil {
+		t.Fatal(err)
+	}
+	_, params, err := mime.ParseMediaType(multi.Header().Get("Content-Type"))
+	if multi.Code != http.StatusPartialContent || err != nil {
+		t.Fatalf("two ranges: %d, %q", multi.Code, multi.Header().Get("Content-Type"))
+	}
+	parts := multipart.NewReader(multi.Body, params["boundary"])
+	for _, want := range [][]byte{want.Bytes()[0:10], want.Bytes()[200000:200100]} {
+		part, err := parts.NextPart()
+		if err != nil {
+			t.Fatalf("two ranges: %v", err)
+		}
+		if got, _ := io.ReadAll(part); !bytes.Equal(got, want) {
+			t.Errorf("two ranges: part %s is not the NAR's bytes", part.Header.Get("Content-Range"))
+		}
 	}
 
 	// The listing points into the NAR.
