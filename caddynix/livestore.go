@@ -15,7 +15,6 @@ import (
 	"github.com/nix-community/go-nix/pkg/narinfo"
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
 	"github.com/nix-community/go-nix/pkg/nixhash"
-	"github.com/nix-community/go-nix/pkg/storepath"
 	"go.uber.org/zap"
 )
 
@@ -180,16 +179,6 @@ func (h *Handler) signedLiveNarInfo(info *nixstore.PathInfo) ([]byte, error) {
 // answered with the wrong NAR, and the store path's hash, through which
 // the NAR is found; Nix keeps the query when it resolves the URL.
 func (l *liveStore) narInfo(info *nixstore.PathInfo) (*narinfo.NarInfo, error) {
-	for _, name := range append([]string{info.Deriver}, info.References...) {
-		if _, err := storepath.FromString(name); name != "" && err != nil {
-			return nil, fmt.Errorf("the database names %q, which is not a store path: %w", name, err)
-		}
-	}
-	if info.CA != "" {
-		if err := nixfmt.CheckContentAddress(info.CA); err != nil {
-			return nil, fmt.Errorf("content address %q: %w", info.CA, err)
-		}
-	}
 	ni := &narinfo.NarInfo{
 		StorePath:   info.StorePath,
 		URL:         liveNarURL(info, l.compression),
@@ -199,6 +188,9 @@ func (l *liveStore) narInfo(info *nixstore.PathInfo) (*narinfo.NarInfo, error) {
 		References:  info.References,
 		Deriver:     info.Deriver,
 		CA:          info.CA,
+	}
+	if err := nixfmt.CheckPath(ni, l.storeDir, hashPart(info.StorePath)); err != nil {
+		return nil, fmt.Errorf("the database's record: %w", err)
 	}
 	if l.compression == "none" {
 		ni.FileHash, ni.FileSize = info.NarHash, info.NarSize

@@ -8,7 +8,6 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"path"
 	"strings"
 	"time"
 
@@ -17,7 +16,6 @@ import (
 	"github.com/nix-community/go-nix/pkg/narinfo"
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
 	"github.com/nix-community/go-nix/pkg/nixhash"
-	"github.com/nix-community/go-nix/pkg/storepath"
 )
 
 // UpstreamConfig is another binary cache, such as https://cache.nixos.org,
@@ -170,14 +168,8 @@ func (u *upstream) narInfo(ctx context.Context, storeDir, hash string) (*narinfo
 // checkUpstreamNarInfo checks what a client relies on in a narinfo that
 // the signature does not cover, or that a client would not check.
 func checkUpstreamNarInfo(info *narinfo.NarInfo, storeDir, hash string) error {
-	dir, base := path.Split(info.StorePath)
-	if dir != storeDir+"/" || !strings.HasPrefix(base, hash+"-") {
-		return fmt.Errorf("StorePath %s is not the path %s/%s-… asked for", info.StorePath, storeDir, hash)
-	}
-	for _, name := range append([]string{base, info.Deriver}, info.References...) {
-		if _, err := storepath.FromString(name); name != "" && err != nil {
-			return fmt.Errorf("%q is not a store path name: %w", name, err)
-		}
+	if err := nixfmt.CheckPath(info, storeDir, hash); err != nil {
+		return err
 	}
 	if info.NarHash == nil || info.NarHash.Algo() != nixhash.SHA256 || info.NarSize == 0 {
 		return errors.New("it has no sha256 NarHash and NarSize")

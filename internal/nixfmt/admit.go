@@ -32,6 +32,40 @@ func refuse(reason, format string, args ...any) *AdmitError {
 	return &AdmitError{Reason: reason, msg: fmt.Sprintf(format, args...)}
 }
 
+// CheckPath checks what a narinfo says of its path, wherever the narinfo
+// comes from (the cache, a live store, an upstream): a store path in
+// storeDir whose hash part is hash, a deriver and references that are
+// store path names, and a CA as Nix parses it. It is Admit's rule for
+// those fields, and its errors are *AdmitError.
+func CheckPath(info *narinfo.NarInfo, storeDir, hash string) error {
+	dir, base := path.Split(info.StorePath)
+	if dir != storeDir+"/" {
+		return refuse("bad_store_path", "StorePath %s is not in %s", info.StorePath, storeDir)
+	}
+	if _, err := storepath.FromString(base); err != nil {
+		return refuse("bad_store_path", "StorePath %s: %v", info.StorePath, err)
+	}
+	if !strings.HasPrefix(base, hash+"-") {
+		return refuse("store_path_mismatch", "StorePath %s does not have the hash %s", info.StorePath, hash)
+	}
+	if info.Deriver != "" {
+		if _, err := storepath.FromString(info.Deriver); err != nil {
+			return refuse("bad_narinfo", "Deriver %q is not a store path name: %v", info.Deriver, err)
+		}
+	}
+	for _, ref := range info.References {
+		if _, err := storepath.FromString(ref); err != nil {
+			return refuse("bad_narinfo", "reference %q is not a store path name: %v", ref, err)
+		}
+	}
+	if info.CA != "" {
+		if err := CheckContentAddress(info.CA); err != nil {
+			return refuse("bad_narinfo", "CA %q: %v", info.CA, err)
+		}
+	}
+	return nil
+}
+
 // Admit is the one rule for what a cache holds as the narinfo of the store
 // path whose hash part is hash, in the store storeDir: upload stores only
 // what it admits, serving answers only what it admits, and verify reports
@@ -48,25 +82,8 @@ func Admit(data []byte, storeDir, hash string) (*narinfo.NarInfo, error) {
 	if err != nil {
 		return nil, refuse("bad_narinfo", "%v", err)
 	}
-	dir, base := path.Split(info.StorePath)
-	if dir != storeDir+"/" {
-		return nil, refuse("bad_store_path", "StorePath %s is not in %s", info.StorePath, storeDir)
-	}
-	if _, err := storepath.FromString(base); err != nil {
-		return nil, refuse("bad_store_path", "StorePath %s: %v", info.StorePath, err)
-	}
-	if !strings.HasPrefix(base, hash+"-") {
-		return nil, refuse("store_path_mismatch", "StorePath %s does not have the hash %s", info.StorePath, hash)
-	}
-	if info.Deriver != "" {
-		if _, err := storepath.FromString(info.Deriver); err != nil {
-			return nil, refuse("bad_narinfo", "Deriver %q is not a store path name: %v", info.Deriver, err)
-		}
-	}
-	for _, ref := range info.References {
-		if _, err := storepath.FromString(ref); err != nil {
-			return nil, refuse("bad_narinfo", "reference %q is not a store path name: %v", ref, err)
-		}
+	if err := CheckPath(info, storeDir, hash); err != nil {
+		return nil, err
 	}
 	if !narURL.MatchString(info.URL) {
 		return nil, refuse("bad_url", "URL %q is not a NAR of this cache (nar/<filehash>.nar[.xz|.zst|.bz2|.br])", info.URL)
