@@ -49,7 +49,7 @@ func (h *Handler) serveLiveNar(w http.ResponseWriter, r *http.Request, req cache
 	}
 	fsPath := h.live.fsPath(info.StorePath)
 	header := w.Header()
-	header.Set("Cache-Control", "public, max-age=31536000, immutable")
+	header.Set("Cache-Control", immutable)
 	header.Set("ETag", `"`+narHash+ext+`"`)
 	if ext == ".nar.zst" {
 		return h.sendLiveZstd(w, r, fsPath, info)

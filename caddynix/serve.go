@@ -26,6 +26,10 @@ var contentTypes = map[requestKind]string{
 	kindRealisation: "application/json",
 }
 
+// immutable is the Cache-Control of a NAR: its URL names its content, so
+// it never changes.
+const immutable = "public, max-age=31536000, immutable"
+
 // serveFile serves one file of the cache layout with http.ServeContent, so
 // that Range, HEAD and conditional requests work and the kernel can send the
 // file directly. A missing file is a 404, never a 5xx.
@@ -61,7 +65,7 @@ func (h *Handler) serveFile(w http.ResponseWriter, r *http.Request, req cacheReq
 	if req.kind == kindNar {
 		// A NAR's name is the hash of its content, so it never changes and
 		// the name is a strong validator.
-		header.Set("Cache-Control", "public, max-age=31536000, immutable")
+		header.Set("Cache-Control", immutable)
 		header.Set("ETag", `"`+path.Base(req.file)+`"`)
 		if enc := path.Ext(req.file); enc != ".nar" {
 			header.Set("Content-Type", narContentType(enc))

@@ -29,6 +29,10 @@ import (
 // fails (a database, an upstream) is logged; a failing local source
 // answers 503, a failing upstream is passed over.
 
+// heldBack is how much of an upstream's file is held back until it has
+// been checked: a NAR's last string.
+const heldBack = 16
+
 // isNotFound reports whether err is a handler's 404.
 func isNotFound(err error) bool {
 	var herr caddyhttp.HandlerError
@@ -128,7 +132,7 @@ func (h *Handler) sendUpstream(w http.ResponseWriter, r *http.Request, req cache
 	}
 	whole := req.kind == kindNar && resp.StatusCode == http.StatusOK
 	if whole {
-		header.Set("Cache-Control", "public, max-age=31536000, immutable")
+		header.Set("Cache-Control", immutable)
 	}
 	if r.Method == http.MethodHead || !whole {
 		w.WriteHeader(resp.StatusCode)
@@ -168,7 +172,7 @@ func (h *Handler) sendUpstream(w http.ResponseWriter, r *http.Request, req cache
 // copyChecked copies body to w and checks its sha256 and size where they
 // are given (nil, -1 when not), holding back the end until they match.
 func copyChecked(w io.Writer, body io.Reader, fileHash []byte, fileSize int64) error {
-	tail := &iox.TailWriter{W: w, Hold: 16}
+	tail := &iox.TailWriter{W: w, Hold: heldBack}
 	hasher := sha256.New()
 	n, err := io.Copy(io.MultiWriter(hasher, tail), body)
 	switch {
@@ -204,7 +208,7 @@ func (h *Handler) pullThrough(w http.ResponseWriter, r *http.Request, req cacheR
 	}
 	defer up.Abort()
 	w.WriteHeader(http.StatusOK)
-	tail := &iox.TailWriter{W: w, Hold: 16}
+	tail := &iox.TailWriter{W: w, Hold: heldBack}
 	meta, err := receiveNar(io.MultiWriter(up, tail), resp.Body, info.Compression, h.maxNarSize(), -1)
 	if err == nil {
 		err = meta.matches(info)
