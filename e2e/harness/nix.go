@@ -205,11 +205,19 @@ type Closure struct {
 // NAR as large as a test needs.
 func (n *Nix) BuildClosure(name string, payload int64) Closure {
 	n.t.Helper()
+	return n.buildClosure(name, `"`+payloadCommand(payload)+`"`)
+}
+
+// buildClosure builds a leaf, a middle path that refers to the leaf, and a
+// top path that refers to both and also runs topExtra, a Nix string
+// expression of shell commands in which leaf and middle are bound.
+func (n *Nix) buildClosure(name, topExtra string) Closure {
+	n.t.Helper()
 	top := strings.TrimSpace(n.build(fmt.Sprintf(`
   leaf = mk "%s-leaf" [] "";
   middle = mk "%s-middle" [ leaf ] "";
-in mk "%s-top" [ leaf middle ] "%s"
-`, name, name, name, payloadCommand(payload))))
+in mk "%s-top" [ leaf middle ] %s
+`, name, name, name, topExtra)))
 	paths := strings.Fields(n.Must("nix-store", "--query", "--requisites", top))
 	if len(paths) != 3 {
 		n.t.Fatalf("closure of %s has %d paths, want 3: %v", top, len(paths), paths)
@@ -223,10 +231,7 @@ in mk "%s-top" [ leaf middle ] "%s"
 // to another store path.
 func (n *Nix) BuildFileKinds(name string) Closure {
 	n.t.Helper()
-	top := strings.TrimSpace(n.build(fmt.Sprintf(`
-  leaf = mk "%s-leaf" [] "";
-  middle = mk "%s-middle" [ leaf ] "";
-in mk "%s-top" [ leaf middle ] ''
+	return n.buildClosure(name, `''
   printf '#!/bin/sh\necho hello\n' > $out/run
   /bin/chmod 0555 $out/run
   : > $out/empty
@@ -236,13 +241,7 @@ in mk "%s-top" [ leaf middle ] ''
   /bin/ln -s ../name $out/share/up-link
   /bin/ln -s ${leaf} $out/leaf-link
   /bin/ln -s /nonexistent $out/dangling
-''
-`, name, name, name)))
-	paths := strings.Fields(n.Must("nix-store", "--query", "--requisites", top))
-	if len(paths) != 3 {
-		n.t.Fatalf("closure of %s has %d paths, want 3: %v", top, len(paths), paths)
-	}
-	return Closure{Top: top, Paths: sortedCopy(paths)}
+''`)
 }
 
 // BuildSharedClosures builds n closures that share one path: the i-th top
@@ -251,11 +250,19 @@ in mk "%s-top" [ leaf middle ] ''
 // and the base path.
 func (n *Nix) BuildSharedClosures(name string, count int, payload int64) (tops []string, base string) {
 	n.t.Helper()
-	out := strings.Fields(n.build(fmt.Sprintf(`
+	return n.buildSharedClosures(name, count, "", `"`+payloadCommand(payload)+`"`)
+}
+
+// buildSharedClosures builds count closures that share a base path, each
+// top path also running topExtra, a Nix string expression of shell
+// commands in which i is the top path's number and bindings are bound.
+func (n *Nix) buildSharedClosures(name string, count int, bindings, topExtra string) (tops []string, base string) {
+	n.t.Helper()
+	out := strings.Fields(n.build(fmt.Sprintf(`%s
   base = mk "%s-base" [] "";
-  top = i: mk "%s-top-${toString i}" [ base (mk "%s-leaf-${toString i}" [] "") ] "%s";
+  top = i: mk "%s-top-${toString i}" [ base (mk "%s-leaf-${toString i}" [] "") ] %s;
 in [ base ] ++ builtins.genList top %d
-`, name, name, name, payloadCommand(payload), count)))
+`, bindings, name, name, name, topExtra, count)))
 	if len(out) != count+1 {
 		n.t.Fatalf("nix-build of %d shared closures printed %d paths", count, len(out))
 	}
@@ -276,17 +283,8 @@ func (n *Nix) BuildSharedClosuresFrom(name string, count int, payload int64, sou
 	for i := range offsets {
 		offsets[i] = fmt.Sprint(int64(i)*7919*1024%(info.Size()-payload) + 1)
 	}
-	out := strings.Fields(n.build(fmt.Sprintf(`
-  offsets = [ %s ];
-  base = mk "%s-base" [] "";
-  top = i: mk "%s-top-${toString i}" [ base (mk "%s-leaf-${toString i}" [] "") ]
-    "/usr/bin/tail -c +${toString (builtins.elemAt offsets i)} %s | /usr/bin/head -c %d > $out/payload";
-in [ base ] ++ builtins.genList top %d
-`, strings.Join(offsets, " "), name, name, name, source, payload, count)))
-	if len(out) != count+1 {
-		n.t.Fatalf("nix-build of %d shared closures printed %d paths", count, len(out))
-	}
-	return out[1:], out[0]
+	return n.buildSharedClosures(name, count, "  offsets = [ "+strings.Join(offsets, " ")+" ];",
+		fmt.Sprintf(`"/usr/bin/tail -c +${toString (builtins.elemAt offsets i)} %s | /usr/bin/head -c %d > $out/payload"`, source, payload))
 }
 
 // build runs nix-build on the bindings and body given, after a `let` that
