@@ -212,7 +212,11 @@ type zstdEncoders struct {
 	pool  sync.Pool
 }
 
-var liveZstd = &zstdEncoders{slots: semaphore.NewWeighted(int64(2 * runtime.GOMAXPROCS(0)))}
+// liveZstd is made when first used: Caddy sets GOMAXPROCS from the CPU
+// quota after packages are initialised.
+var liveZstd = sync.OnceValue(func() *zstdEncoders {
+	return &zstdEncoders{slots: semaphore.NewWeighted(int64(2 * runtime.GOMAXPROCS(0)))}
+})
 
 // zstdWindow is the encoders' window. Larger windows find repeats further
 // apart in big NARs, at the cost of memory per encoder.
@@ -248,11 +252,12 @@ func (h *Handler) sendLiveZstd(w http.ResponseWriter, r *http.Request, fsPath st
 		w.WriteHeader(http.StatusOK)
 		return nil
 	}
-	enc, err := liveZstd.get(r.Context())
+	encoders := liveZstd()
+	enc, err := encoders.get(r.Context())
 	if err != nil {
 		return err // the client went away while waiting
 	}
-	defer liveZstd.put(enc)
+	defer encoders.put(enc)
 	w.WriteHeader(http.StatusOK)
 	enc.ResetContentSize(w, int64(info.NarSize))
 	err = h.live.writeNar(enc, fsPath, info)
