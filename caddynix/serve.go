@@ -83,15 +83,13 @@ func (h *Handler) serveFile(w http.ResponseWriter, r *http.Request, req cacheReq
 // serveLive answers, from the live store, a request for a file the cache
 // does not hold.
 func (h *Handler) serveLive(w http.ResponseWriter, r *http.Request, req cacheRequest) error {
-	if h.live != nil {
-		switch req.kind {
-		case kindNar:
-			return h.serveLiveNar(w, r, req)
-		case kindListing:
-			return h.serveLiveListing(w, r, req)
-		case kindLog:
-			return h.serveLiveLog(w, r, req)
-		}
+	switch req.kind {
+	case kindNar:
+		return h.serveLiveNar(w, r, req)
+	case kindListing:
+		return h.serveLiveListing(w, r, req)
+	case kindLog:
+		return h.serveLiveLog(w, r, req)
 	}
 	return caddyhttp.Error(http.StatusNotFound, nil)
 }
