@@ -109,11 +109,13 @@ func (a *CacheAccess) recordJob(job *Job, write func(storage.Store, *index.Index
 	if job == nil || state == nil {
 		return
 	}
-	if idx, store := state.index(), state.storage(); idx != nil && store != nil {
-		if err := write(store, idx); err != nil {
-			logger.Error("recording a job in the cache index", zap.Error(err))
+	state.record(logger, "a job", func(idx *index.Index) error {
+		store := state.storage()
+		if store == nil {
+			return nil
 		}
-	}
+		return write(store, idx)
+	})
 }
 
 // ErrNoSuchCache is returned by LookupCache for a name no handler serves.

@@ -27,8 +27,16 @@ var cacheStates = caddy.NewUsagePool()
 type cacheState struct {
 	indexPath string
 
+	// opening is held while the index is opened, which waits as long as
+	// another process holds the file; mu is not, so that uploads and
+	// serving never wait on another process.
+	opening sync.Mutex
+
 	mu  sync.Mutex
 	idx *index.Index
+	// unwritten holds what uploads and jobs recorded while the index was
+	// not open yet, written as soon as it is.
+	unwritten []indexRecord
 	// store is the storage of the running configuration, where what must
 	// outlive the index is written: use times, run records.
 	store storage.Store
@@ -115,14 +123,14 @@ func (s *cacheState) index() *index.Index {
 	return s.idx
 }
 
-// open opens the index file, waiting while another process holds it. A
-// corrupt file is replaced (the error says so) and rebuilt by the
-// reconciliation that follows.
+// open opens the index file, waiting while another process holds it,
+// and writes what was recorded meanwhile. A corrupt file is replaced (the
+// error says so) and rebuilt by the reconciliation that follows.
 func (s *cacheState) open(ctx context.Context, logger *zap.Logger) (*index.Index, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.idx != nil {
-		return s.idx, nil
+	s.opening.Lock()
+	defer s.opening.Unlock()
+	if idx := s.index(); idx != nil {
+		return idx, nil
 	}
 	warned := false
 	for {
@@ -132,20 +140,73 @@ func (s *cacheState) open(ctx context.Context, logger *zap.Logger) (*index.Index
 			err = nil
 		}
 		if err == nil {
-			s.idx = idx
+			s.writeUnwritten(idx, logger)
 			return idx, nil
 		}
 		if !errors.Is(err, index.ErrInUse) {
 			return nil, fmt.Errorf("opening the cache index %s: %w", s.indexPath, err)
 		}
 		if !warned {
-			logger.Warn("waiting for another process to release the cache index (a `caddy nix-cache` command?)", zap.String("index_file", s.indexPath))
+			logger.Warn("waiting for another process to release the cache index; meanwhile the cache serves and takes uploads, and records them once it has the index. "+
+				"If that process is a `caddy nix-cache` command, it ends on its own; if it is another caddy serving a cache, give each cache its own index_file (or each caddy its own XDG_DATA_HOME)",
+				zap.String("index_file", s.indexPath), zap.Error(err))
 			warned = true
 		}
 		select {
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		case <-time.After(time.Second):
+		}
+	}
+}
+
+// indexRecord is something an upload or a job writes into the index.
+type indexRecord struct {
+	what  string // for the log: "an upload", "a job"
+	write func(*index.Index) error
+}
+
+// maxUnwrittenRecords bounds the records kept in memory while the index
+// is not open; beyond it they are dropped with an error in the log, and
+// the reconciliation at open still indexes the paths, without provenance.
+const maxUnwrittenRecords = 1 << 16
+
+// record writes into the index now, or as soon as it is open.
+func (s *cacheState) record(logger *zap.Logger, what string, write func(*index.Index) error) {
+	s.mu.Lock()
+	idx := s.idx
+	if idx == nil {
+		if len(s.unwritten) < maxUnwrittenRecords {
+			s.unwritten = append(s.unwritten, indexRecord{what, write})
+		} else {
+			logger.Error("the cache index has not been open for a long time: not recording "+what, zap.String("index_file", s.indexPath))
+		}
+	}
+	s.mu.Unlock()
+	if idx != nil {
+		if err := write(idx); err != nil {
+			logger.Error("recording "+what+" in the cache index", zap.Error(err))
+		}
+	}
+}
+
+// writeUnwritten writes the records kept while the index was not open, in
+// the order they came, then makes idx the open index.
+func (s *cacheState) writeUnwritten(idx *index.Index, logger *zap.Logger) {
+	for {
+		s.mu.Lock()
+		records := s.unwritten
+		s.unwritten = nil
+		if len(records) == 0 {
+			s.idx = idx
+			s.mu.Unlock()
+			return
+		}
+		s.mu.Unlock()
+		for _, r := range records {
+			if err := r.write(idx); err != nil {
+				logger.Error("recording "+r.what+" in the cache index", zap.Error(err))
+			}
 		}
 	}
 }

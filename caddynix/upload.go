@@ -412,17 +412,16 @@ func (h *Handler) putNarInfo(r *http.Request, req cacheRequest, pusher *index.Pu
 		return err
 	}
 	h.pending.delete(info.URL)
-	if idx := h.state.index(); idx != nil {
-		// A new path was pushed when its narinfo was written: the time a
-		// rebuilt index reads from the file.
-		at := time.Now()
-		if !again {
-			at = file.ModTime
-		}
-		if err := idx.RecordPush(index.FromNarInfo(info, file), pusher, at); err != nil {
-			h.logger.Error("recording an upload in the cache index", zap.String("store_path", info.StorePath), zap.Error(err))
-		}
+	// A new path was pushed when its narinfo was written: the time a
+	// rebuilt index reads from the file.
+	at := time.Now()
+	if !again {
+		at = file.ModTime
 	}
+	path := index.FromNarInfo(info, file)
+	h.state.record(h.logger, "an upload of "+info.StorePath, func(idx *index.Index) error {
+		return idx.RecordPush(path, pusher, at)
+	})
 	return nil
 }
 

@@ -230,6 +230,17 @@ func (c *Caddy) Stop() {
 	c.proc = nil
 }
 
+// Terminate sends SIGTERM, as systemd or docker stop do, and reports
+// whether the process ended within grace; it is killed otherwise.
+func (c *Caddy) Terminate(grace time.Duration) bool {
+	if c.proc == nil {
+		return true
+	}
+	ended := c.proc.Stop(grace)
+	c.proc = nil
+	return ended
+}
+
 // Kill ends the process at once with SIGKILL, as a crash would.
 func (c *Caddy) Kill() {
 	if c.proc == nil {

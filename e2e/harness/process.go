@@ -54,13 +54,16 @@ func (p *Process) Exited() error {
 }
 
 // Stop sends SIGTERM and waits up to grace for the process to end, then
-// kills its whole process group.
-func (p *Process) Stop(grace time.Duration) {
+// kills its whole process group. It reports whether the process ended
+// within grace.
+func (p *Process) Stop(grace time.Duration) bool {
 	_ = p.cmd.Process.Signal(syscall.SIGTERM)
 	select {
 	case <-p.exited:
+		return true
 	case <-time.After(grace):
 		p.Kill()
+		return false
 	}
 }
 

@@ -77,6 +77,9 @@ func Open(path string, timeout time.Duration) (*Index, error) {
 func open(path string, timeout time.Duration) (*Index, error) {
 	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: timeout, FreelistType: bolt.FreelistMapType})
 	if errors.Is(err, berrors.ErrTimeout) {
+		if who := holder(path); who != "" {
+			return nil, fmt.Errorf("%s: %w (%s)", path, ErrInUse, who)
+		}
 		return nil, fmt.Errorf("%s: %w", path, ErrInUse)
 	}
 	if err != nil {
