@@ -20,6 +20,7 @@ import (
 	"github.com/nix-community/go-nix/pkg/narinfo"
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
 	"github.com/nix-community/go-nix/pkg/nixbase32"
+	"github.com/nix-community/go-nix/pkg/nixhash"
 	"go.uber.org/zap"
 )
 
@@ -144,8 +145,17 @@ func (h *Handler) sendUpstream(w http.ResponseWriter, r *http.Request, req cache
 		}
 		return nil
 	}
-	if info := from.info; info != nil && from.from.keep && info.URL == req.file && h.keepable(info) {
-		return h.pullThrough(w, r, req, from, resp)
+	keepLater := false
+	if info := from.info; info != nil && from.from.keep && info.URL == requestedFile(r, req) {
+		switch kept, err := h.keptForm(info); {
+		case err != nil:
+			from.from.warnUnkeepable(h.logger, info, err)
+		case kept.Compression == info.Compression:
+			return h.pullThrough(w, r, req, from, kept, resp)
+		default:
+			// Kept decompressed: fetched again once the client has it.
+			keepLater = true
+		}
 	}
 	var fileHash []byte
 	fileSize := int64(-1)
@@ -165,6 +175,9 @@ func (h *Handler) sendUpstream(w http.ResponseWriter, r *http.Request, req cache
 	if err != nil {
 		h.logger.Error("an upstream NAR was not passed on whole", zap.String("upstream", from.from.base), zap.String("file", req.file), zap.Error(err))
 		return abortedResponse{err}
+	}
+	if keepLater {
+		h.keepInBackground(from)
 	}
 	return nil
 }
@@ -186,12 +199,37 @@ func copyChecked(w io.Writer, body io.Reader, fileHash []byte, fileSize int64) e
 	return tail.Release()
 }
 
-// keepable reports whether a path an upstream serves can be kept: its
-// narinfo passes the cache's rule for what it stores, which needs the NAR
-// named by its file hash, as `nix copy` names it.
-func (h *Handler) keepable(info *narinfo.NarInfo) bool {
-	_, err := nixfmt.Admit([]byte(info.String()), h.StoreDir, path.Base(info.StorePath)[:storePathHashLen])
-	return err == nil
+// requestedFile is the file a request names, with its query, as a
+// narinfo's URL names it.
+func requestedFile(r *http.Request, req cacheRequest) string {
+	if r.URL.RawQuery != "" {
+		return req.file + "?" + r.URL.RawQuery
+	}
+	return req.file
+}
+
+// keptForm is the narinfo under which the cache keeps an upstream path:
+// the upstream's, with its NAR named as `nix copy --to file://` names it,
+// whatever name the upstream gives it (harmonia's and a live store's
+// `nar/<narhash>.nar?hash=…`, or any other). The NAR is kept as the
+// upstream sends it, named by its FileHash; where the upstream's narinfo
+// has no FileHash (a store that compresses as it serves), the cache
+// cannot name it before it has all of it, and keeps it decompressed,
+// named by its NarHash, as an uncompressed `nix copy` would. The result
+// passes the cache's rule for what it stores.
+func (h *Handler) keptForm(info *narinfo.NarInfo) (*narinfo.NarInfo, error) {
+	kept := *info
+	kept.Signatures = slices.DeleteFunc(slices.Clone(info.Signatures), func(sig signature.Signature) bool {
+		return h.ownKeyName(sig.Name)
+	})
+	if info.FileHash == nil || info.FileHash.Algo() != nixhash.SHA256 || info.FileSize == 0 {
+		kept.Compression, kept.FileHash, kept.FileSize = "none", info.NarHash, info.NarSize
+	}
+	kept.URL = "nar/" + kept.FileHash.Format(nixhash.NixBase32, false) + nixfmt.NarCompressions[kept.Compression]
+	if _, err := nixfmt.Admit([]byte(kept.String()), h.StoreDir, path.Base(info.StorePath)[:storePathHashLen]); err != nil {
+		return nil, err
+	}
+	return &kept, nil
 }
 
 // pullThrough streams an upstream NAR to the client and into the cache at
@@ -199,12 +237,12 @@ func (h *Handler) keepable(info *narinfo.NarInfo) bool {
 // not match its narinfo is cut short for the client and never stored; one
 // that matches is kept, with whatever of its closure the cache lacks, in
 // the background.
-func (h *Handler) pullThrough(w http.ResponseWriter, r *http.Request, req cacheRequest, from upstreamNarinfo, resp *http.Response) error {
+func (h *Handler) pullThrough(w http.ResponseWriter, r *http.Request, req cacheRequest, from upstreamNarinfo, kept *narinfo.NarInfo, resp *http.Response) error {
 	info := from.info
 	ctx := r.Context()
-	up, err := h.store.Create(ctx, req.file)
+	up, err := h.store.Create(ctx, kept.URL)
 	if err != nil {
-		return h.storageFailure("keeping an upstream NAR", req.file, err)
+		return h.storageFailure("keeping an upstream NAR", kept.URL, err)
 	}
 	defer up.Abort()
 	w.WriteHeader(http.StatusOK)
@@ -218,9 +256,9 @@ func (h *Handler) pullThrough(w http.ResponseWriter, r *http.Request, req cacheR
 		return abortedResponse{err}
 	}
 	if err := up.Commit(); err != nil {
-		h.logger.Error("keeping an upstream NAR", zap.String("file", req.file), zap.Error(err))
+		h.logger.Error("keeping an upstream NAR", zap.String("file", kept.URL), zap.Error(err))
 	} else {
-		h.pending.put(req.file, meta)
+		h.pending.put(kept.URL, meta)
 	}
 	if err := tail.Release(); err != nil {
 		return abortedResponse{err}
@@ -268,8 +306,8 @@ func (h *Handler) keepClosure(ctx context.Context, from upstreamNarinfo, visited
 			continue
 		}
 		refInfo, err := from.from.narInfo(ctx, h.StoreDir, refHash)
-		if err == nil && !h.keepable(refInfo) {
-			err = fmt.Errorf("its narinfo is not one the cache can keep (URL %s)", refInfo.URL)
+		if err == nil {
+			_, err = h.keptForm(refInfo)
 		}
 		if err != nil {
 			h.logger.Info("not keeping an upstream path: a reference cannot be kept", zap.String("store_path", info.StorePath), zap.String("reference", ref), zap.Error(err))
@@ -279,32 +317,46 @@ func (h *Handler) keepClosure(ctx context.Context, from upstreamNarinfo, visited
 			return false
 		}
 	}
-	if _, err := h.store.Stat(ctx, info.URL); err != nil {
-		if err := h.fetchNar(ctx, from); err != nil {
+	kept, err := h.keptForm(info)
+	if err != nil {
+		from.from.warnUnkeepable(h.logger, info, err)
+		return false
+	}
+	if _, err := h.store.Stat(ctx, kept.URL); err != nil {
+		if err := h.fetchNar(ctx, from, kept); err != nil {
 			h.logger.Warn("not keeping an upstream path: fetching its NAR", zap.String("store_path", info.StorePath), zap.String("upstream", from.from.base), zap.Error(err))
 			return false
 		}
 	}
-	return h.keepNarInfo(ctx, from)
+	return h.keepNarInfo(ctx, from, kept)
 }
 
-// fetchNar stores an upstream path's NAR, checked in full against its
-// narinfo.
-func (h *Handler) fetchNar(ctx context.Context, from upstreamNarinfo) error {
+// fetchNar stores an upstream path's NAR as kept names it, checked in
+// full against the upstream's narinfo and against kept.
+func (h *Handler) fetchNar(ctx context.Context, from upstreamNarinfo, kept *narinfo.NarInfo) error {
 	info := from.info
 	resp, err := from.from.get(ctx, info.URL, nil)
 	if err != nil {
 		return err
 	}
 	defer func() { _ = resp.Body.Close() }()
-	up, err := h.store.Create(ctx, info.URL)
+	body := io.Reader(resp.Body)
+	if kept.Compression != info.Compression {
+		plain, release, err := nixfmt.Decompressor(info.Compression, resp.Body)
+		if err != nil {
+			return err
+		}
+		defer release()
+		body = plain
+	}
+	up, err := h.store.Create(ctx, kept.URL)
 	if err != nil {
 		return err
 	}
 	defer up.Abort()
-	meta, err := receiveNar(up, resp.Body, info.Compression, h.maxNarSize(), -1)
+	meta, err := receiveNar(up, body, kept.Compression, h.maxNarSize(), -1)
 	if err == nil {
-		err = meta.matches(info)
+		err = meta.matches(kept)
 	}
 	if err != nil {
 		return err
@@ -312,32 +364,28 @@ func (h *Handler) fetchNar(ctx context.Context, from upstreamNarinfo) error {
 	if err := up.Commit(); err != nil {
 		return err
 	}
-	h.pending.put(info.URL, meta)
+	h.pending.put(kept.URL, meta)
 	return nil
 }
 
 // keepNarInfo stores an upstream path's narinfo, whose NAR and references
 // are stored, as an upload's is stored.
-func (h *Handler) keepNarInfo(ctx context.Context, from upstreamNarinfo) bool {
-	info := *from.info
-	// Only the cache signs with its own key names.
-	info.Signatures = slices.DeleteFunc(slices.Clone(info.Signatures), func(sig signature.Signature) bool {
-		return h.ownKeyName(sig.Name)
-	})
+func (h *Handler) keepNarInfo(ctx context.Context, from upstreamNarinfo, info *narinfo.NarInfo) bool {
 	hash := path.Base(info.StorePath)[:storePathHashLen]
 	req := cacheRequest{kind: kindNarinfo, file: hash + ".narinfo", hash: hash}
 	stored := []byte(info.String())
-	kept, file, again, err := h.commitNarInfo(ctx, req, &info, stored)
+	kept, file, again, err := h.commitNarInfo(ctx, req, info, stored)
 	if err != nil {
 		h.logger.Info("not keeping an upstream path", zap.String("store_path", info.StorePath), zap.String("upstream", from.from.base), zap.Error(err))
 		return false
 	}
 	h.pending.delete(kept.URL)
-	if idx := h.state.index(); idx != nil && !again {
+	if !again {
 		pusher := &index.Pusher{Token: "upstream " + from.from.base}
-		if err := idx.RecordPush(index.FromNarInfo(kept, file), pusher, file.ModTime); err != nil {
-			h.logger.Error("recording a kept upstream path in the cache index", zap.String("store_path", kept.StorePath), zap.Error(err))
-		}
+		path := index.FromNarInfo(kept, file)
+		h.state.record(h.logger, "a kept upstream path "+kept.StorePath, func(idx *index.Index) error {
+			return idx.RecordPush(path, pusher, file.ModTime)
+		})
 	}
 	h.logger.Debug("kept an upstream path", zap.String("store_path", kept.StorePath), zap.String("upstream", from.from.base))
 	return true

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -16,6 +17,7 @@ import (
 	"github.com/nix-community/go-nix/pkg/narinfo"
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
 	"github.com/nix-community/go-nix/pkg/nixhash"
+	"go.uber.org/zap"
 )
 
 // UpstreamConfig is another binary cache, such as https://cache.nixos.org,
@@ -67,6 +69,19 @@ type upstream struct {
 	sign    bool
 	timeout time.Duration
 	client  *http.Client
+	// warnedUnkeepable is set once a path it serves could not be kept.
+	warnedUnkeepable atomic.Bool
+}
+
+// warnUnkeepable logs, once per upstream, that a path it serves cannot be
+// kept, and why; later ones are logged at debug level.
+func (u *upstream) warnUnkeepable(logger *zap.Logger, info *narinfo.NarInfo, err error) {
+	fields := []zap.Field{zap.String("upstream", u.base), zap.String("store_path", info.StorePath), zap.String("url", info.URL), zap.Error(err)}
+	if u.warnedUnkeepable.CompareAndSwap(false, true) {
+		logger.Warn("an upstream path is passed on but cannot be kept (later ones are logged at debug level)", fields...)
+		return
+	}
+	logger.Debug("an upstream path is passed on but cannot be kept", fields...)
 }
 
 func newUpstream(cfg *UpstreamConfig, repl *caddy.Replacer) (*upstream, error) {

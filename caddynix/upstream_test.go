@@ -2,6 +2,7 @@ package caddynix
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -13,7 +14,9 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/cargoxx-pkgs/runner/internal/nixfmt"
+	"github.com/klauspost/compress/zstd"
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
+	"github.com/nix-community/go-nix/pkg/nixhash"
 )
 
 // upstreamServer serves h over HTTP, as another cache would.
@@ -324,5 +327,104 @@ func TestUpstreamClosuresAreKeptWhole(t *testing.T) {
 		if present(other, p) {
 			t.Errorf("%s was kept though its closure could not be", p.name)
 		}
+	}
+}
+
+// TestUpstreamNarNamesAreKeptUnderTheCachesOwn keeps paths from upstreams
+// that name their NARs otherwise than `nix copy --to file://` does: by NAR
+// hash with the store path's hash in a query (harmonia, a live store), by
+// NAR hash alone, and with no FileHash at all (a store compressing as it
+// serves). Each is kept, named by its file hash, and read back whole.
+func TestUpstreamNarNamesAreKeptUnderTheCachesOwn(t *testing.T) {
+	dir := t.TempDir()
+	upPublic, err := nixfmt.GenerateKeyPair("up-1", filepath.Join(dir, "up.sec"), filepath.Join(dir, "up.pub"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	upSecret, err := nixfmt.LoadSecretKey(filepath.Join(dir, "up.sec"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name        string
+		compression string
+		fileHash    bool
+		url         func(narHash, hash string) string
+	}{
+		{"harmonia", "none", true, func(narHash, hash string) string { return "nar/" + narHash + ".nar?hash=" + hash }},
+		{"nar hash names", "zstd", true, func(narHash, _ string) string { return "nar/" + narHash + ".nar.zst" }},
+		{"no file hash", "zstd", false, func(narHash, hash string) string { return "nar/" + narHash + ".nar.zst?hash=" + hash }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := newTestPath(t, "lib", strings.Repeat("l", 5000))
+			file := p.nar
+			if tc.compression == "zstd" {
+				enc, _ := zstd.NewWriter(nil)
+				file = enc.EncodeAll(p.nar, nil)
+			}
+			info, err := nixfmt.ParseNarInfo([]byte(p.narinfo("")))
+			if err != nil {
+				t.Fatal(err)
+			}
+			narHash := info.NarHash.Format(nixhash.NixBase32, false)
+			info.URL, info.Compression = tc.url(narHash, p.hash), tc.compression
+			info.FileHash, info.FileSize = nil, 0
+			if tc.fileHash {
+				sum := sha256.Sum256(file)
+				info.FileHash = nixhash.MustNewHashWithEncoding(nixhash.SHA256, sum[:], nixhash.NixBase32, true)
+				info.FileSize = uint64(len(file))
+			}
+			if err := nixfmt.Sign(info, []signature.SecretKey{upSecret}); err != nil {
+				t.Fatal(err)
+			}
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				switch r.URL.RequestURI() {
+				case "/" + p.hash + ".narinfo":
+					_, _ = io.WriteString(w, info.String())
+				case "/" + info.URL:
+					_, _ = w.Write(file)
+				default:
+					http.NotFound(w, r)
+				}
+			}))
+			defer srv.Close()
+			down, downKey := newDownstream(t, srv.URL, upPublic, func(c *UpstreamConfig) { c.Keep = true })
+
+			if rec := serve(t, down, http.MethodGet, "/"+p.hash+".narinfo"); rec.Code != http.StatusOK {
+				t.Fatalf("narinfo through the upstream: %d %s", rec.Code, rec.Body)
+			}
+			if rec, aborted := getThrough(down, "/"+info.URL); aborted || !bytes.Equal(rec.Body.Bytes(), file) {
+				t.Fatalf("NAR through the upstream: %d, aborted %v", rec.Code, aborted)
+			}
+			down.keeping.Wait()
+			srv.Close()
+			if !present(down, p) {
+				t.Fatalf("the path was not kept")
+			}
+			rec := serve(t, down, http.MethodGet, "/"+p.hash+".narinfo")
+			kept, err := nixfmt.ParseNarInfo(rec.Body.Bytes())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := signedBy(t, rec.Body.Bytes(), upPublic, downKey); len(got) != 2 {
+				t.Errorf("kept narinfo signed by %v, want the upstream's key and the cache's", got)
+			}
+			wantURL := "nar/" + kept.FileHash.Format(nixhash.NixBase32, false) + nixfmt.NarCompressions[kept.Compression]
+			if kept.URL != wantURL || (tc.fileHash && kept.Compression != tc.compression) {
+				t.Errorf("kept as URL %s, Compression %s; want %s", kept.URL, kept.Compression, wantURL)
+			}
+			body := serve(t, down, http.MethodGet, "/"+kept.URL).Body
+			plain, release, err := nixfmt.Decompressor(kept.Compression, body)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer release()
+			if got, _ := io.ReadAll(plain); !bytes.Equal(got, p.nar) {
+				t.Errorf("the kept NAR is not the path's NAR (%d bytes)", len(got))
+			}
+			if report, err := verifyDir(t, down.root, verifyOptions{narHash: true}); err != nil || len(report.problems) > 0 || report.narinfos != 1 {
+				t.Errorf("verify after keeping: %v %+v", err, report)
+			}
+		})
 	}
 }

@@ -280,3 +280,97 @@ func readFile(t *testing.T, name string) string {
 	}
 	return string(data)
 }
+
+// TestUpstreamsNamingNarsOtherwiseAreKept puts the front cache before
+// upstreams whose NAR URLs are not `nix copy`'s: a live store, whose URLs
+// carry the store path's hash in a query (and, compressed as it serves,
+// have no FileHash), and a static cache whose NARs are named by their NAR
+// hash, served by Caddy's file_server. The front keeps each closure whole,
+// under names of its own layout, and serves it alone once the upstream is
+// gone.
+func TestUpstreamsNamingNarsOtherwiseAreKept(t *testing.T) {
+	nix := harness.Nix28.New(t, "")
+	upSecret, upPublic := keygen(t, "named-upstream-1")
+	secret, public := keygen(t, "named-front-1")
+	publicFile := filepath.Join(t.TempDir(), "front.pub")
+	if err := os.WriteFile(publicFile, []byte(public+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	upstreams := map[string]func(t *testing.T, closure harness.Closure) string{
+		"live store, none": func(t *testing.T, _ harness.Closure) string {
+			return liveCaddyfile(t, filepath.Join(t.TempDir(), "empty"), upSecret, "/nix/store", "compression none")
+		},
+		"live store, zstd": func(t *testing.T, _ harness.Closure) string {
+			return liveCaddyfile(t, filepath.Join(t.TempDir(), "empty"), upSecret, "/nix/store", "compression zstd")
+		},
+		"nar hash names": func(t *testing.T, closure harness.Closure) string {
+			root := filepath.Join(t.TempDir(), "static")
+			if c := nix.Copy("--to", "file://"+root+"?compression=xz&secret-key="+upSecret, closure.Top); c.Err != nil {
+				t.Fatalf("filling the upstream:\n%s", c)
+			}
+			renameNarsByNarHash(t, root)
+			return harness.Caddyfile{Sites: []string{"http://127.0.0.1:{$CADDY_HTTP_PORT} {\n\tbind 127.0.0.1\n\troot * " + root + "\n\tfile_server\n}"}}.String()
+		},
+	}
+	for name, upstreamCaddyfile := range upstreams {
+		t.Run(name, func(t *testing.T) {
+			closure := nix.BuildClosure("named-upstream", 256<<10)
+			upstream := harness.StartCaddy(t, upstreamCaddyfile(t, closure), harness.CaddyOptions{})
+			frontRoot := filepath.Join(t.TempDir(), "front")
+			front := harness.StartCaddy(t, upstreamCaddyfileKeep(frontRoot, secret, upstream.URL(), upPublic), harness.CaddyOptions{})
+			substituteWhole(t, nix, front.URL(), upPublic, closure, "substituting through the front")
+			if err := harness.Eventually(30*time.Second, 100*time.Millisecond, func() error {
+				for _, p := range closure.Paths {
+					if _, err := os.Stat(filepath.Join(frontRoot, hashOf(p)+".narinfo")); err != nil {
+						return err
+					}
+				}
+				return nil
+			}); err != nil {
+				t.Fatalf("the front did not keep the closure: %v\n%s", err, front.Log())
+			}
+			for _, p := range closure.Paths {
+				narinfo, _ := os.ReadFile(filepath.Join(frontRoot, hashOf(p)+".narinfo"))
+				url := narinfoField(string(narinfo), "URL")
+				if want := "nar/" + strings.TrimPrefix(narinfoField(string(narinfo), "FileHash"), "sha256:") + ".nar"; !strings.HasPrefix(url, want) || strings.Contains(url, "?") {
+					t.Errorf("%s kept with URL %s, want %s[.ext]", p, url, want)
+				}
+			}
+			upstream.Stop()
+			substituteWhole(t, nix, front.URL(), public, closure, "substituting kept paths from the front alone")
+			verifyClean(t, frontRoot, publicFile)
+		})
+	}
+}
+
+// upstreamCaddyfileKeep is upstreamCaddyfile with keep.
+func upstreamCaddyfileKeep(root, secret, url, key string) string {
+	return upstreamCaddyfile(root, secret, url, key, "keep")
+}
+
+// renameNarsByNarHash renames the NARs of the file:// cache in root after
+// their NAR hash, as harmonia names them, and points the narinfos at the
+// new names; the signatures do not cover the URL, so they stay valid.
+func renameNarsByNarHash(t *testing.T, root string) {
+	t.Helper()
+	narinfos, _ := filepath.Glob(filepath.Join(root, "*.narinfo"))
+	if len(narinfos) == 0 {
+		t.Fatalf("no narinfo in %s", root)
+	}
+	for _, file := range narinfos {
+		data, err := os.ReadFile(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		text := string(data)
+		url := narinfoField(text, "URL")
+		ext := url[strings.Index(url, ".nar"):]
+		renamed := "nar/" + strings.TrimPrefix(narinfoField(text, "NarHash"), "sha256:") + ext
+		if err := os.Rename(filepath.Join(root, url), filepath.Join(root, renamed)); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(file, []byte(strings.Replace(text, "URL: "+url+"\n", "URL: "+renamed+"\n", 1)), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
