@@ -133,7 +133,7 @@ func badUploadsAreRefused(t *testing.T, client harness.NixClient, store backend)
 	secret, public := keygen(t, "bad-1")
 	caddy := harness.StartCaddy(t, harness.Caddyfile{Cache: &harness.CacheSite{
 		Options: append(slices.Clone(store.options), "secret_key_file "+secret),
-		Upload:  []string{"token " + uploadToken, "max_nar_size 512KiB"},
+		Upload:  []string{"token " + uploadToken, "max_nar_size 512KiB", "max_log_size 1KiB"},
 	}}.String(), harness.CaddyOptions{})
 	paths := pathsOf(t, nix, nix.BuildClosure("bad", 1<<20), "none")
 	other := pathsOf(t, nix, nix.BuildClosure("other", 0), "none")
@@ -183,6 +183,15 @@ func badUploadsAreRefused(t *testing.T, client harness.NixClient, store backend)
 		if status != tt.status || body == "" || strings.Contains(body, "\n") {
 			t.Errorf("%s: PUT %s answered %d %q; want %d with a one-line reason", tt.name, tt.path, status, body, tt.status)
 		}
+	}
+	// A log over max_log_size sent without a length is refused once read
+	// past the limit: nothing of it is left, not even its directory.
+	bigLog := io.MultiReader(bytes.NewReader(bytes.Repeat([]byte("a line of the build log\n"), 100)))
+	if status, body := put(t, base+"log/"+strings.Repeat("1", 32)+"-big.drv", bigLog); status != http.StatusRequestEntityTooLarge {
+		t.Errorf("a log over max_log_size: %d %q, want 413", status, body)
+	}
+	if store.stored("log") {
+		t.Errorf("a refused log left log/ behind")
 	}
 	for _, name := range []string{leaf.hash, middle.hash, top.hash, other["leaf"].hash} {
 		if store.stored(name + ".narinfo") {

@@ -134,22 +134,37 @@ func (s *Store) outside(name string, err error) error {
 // Create starts writing name through a locked temporary file beside it.
 func (s *Store) Create(_ context.Context, name string) (storage.Upload, error) {
 	dir := path.Dir(name)
-	if err := s.root.MkdirAll(dir, 0o755); err != nil {
-		return nil, fmt.Errorf("creating %s: %w", dir, err)
-	}
 	random := make([]byte, 8)
 	_, _ = rand.Read(random)
 	temp := path.Join(dir, TempPrefix+hex.EncodeToString(random))
-	f, err := s.root.OpenFile(temp, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)
-	if err != nil {
-		return nil, fmt.Errorf("creating a temporary file in %s: %w", dir, err)
+	var f *os.File
+	var madeDir string
+	for attempt := 0; ; attempt++ {
+		// A directory this upload makes goes again if it is aborted, so
+		// that a refused upload leaves nothing behind; another aborted
+		// upload may remove it under this one, hence the retry.
+		madeDir = ""
+		if _, err := s.root.Stat(dir); errors.Is(err, fs.ErrNotExist) {
+			madeDir = dir
+		}
+		if err := s.root.MkdirAll(dir, 0o755); err != nil {
+			return nil, fmt.Errorf("creating %s: %w", dir, err)
+		}
+		var err error
+		f, err = s.root.OpenFile(temp, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, fs.ErrNotExist) || attempt == 2 {
+			return nil, fmt.Errorf("creating a temporary file in %s: %w", dir, err)
+		}
 	}
 	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
 		_ = f.Close()
 		_ = s.root.Remove(temp)
 		return nil, fmt.Errorf("locking the temporary file %s: %w", temp, err)
 	}
-	return &upload{store: s, file: f, temp: temp, name: name}, nil
+	return &upload{store: s, file: f, temp: temp, name: name, madeDir: madeDir}, nil
 }
 
 // RecordUse sets the file's access time to at, leaving its modification
@@ -302,7 +317,10 @@ type upload struct {
 	store      *Store
 	file       *os.File
 	temp, name string
-	done       bool
+	// madeDir is the directory Create made for it, removed with the
+	// upload when it is aborted and nothing else is in it.
+	madeDir string
+	done    bool
 }
 
 func (u *upload) Write(p []byte) (int, error)             { return u.file.Write(p) }
@@ -348,6 +366,9 @@ func (u *upload) Abort() {
 	u.done = true
 	_ = u.file.Close()
 	u.remove()
+	if u.madeDir != "" && u.madeDir != "." {
+		_ = u.store.root.Remove(u.madeDir) // fails, as it should, unless empty
+	}
 }
 
 // finish makes the written data durable and closes the file.

@@ -116,9 +116,17 @@ func TestCommitReplacesAndCommitNewDoesNot(t *testing.T) {
 func TestAbortLeavesNothing(t *testing.T) {
 	s, root := openTemp(t)
 	write(t, s, "log/x.drv", "half a log").Abort()
+	if _, err := os.Stat(filepath.Join(root, "log")); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("an aborted upload left the directory it made: %v", err)
+	}
+	// A directory another object is in stays, and so does that object.
+	if err := write(t, s, "log/kept.drv", "a log").Commit(); err != nil {
+		t.Fatal(err)
+	}
+	write(t, s, "log/x.drv", "half a log").Abort()
 	entries, _ := os.ReadDir(filepath.Join(root, "log"))
-	if len(entries) != 0 {
-		t.Fatalf("an aborted upload left %v", entries)
+	if len(entries) != 1 || entries[0].Name() != "kept.drv" {
+		t.Fatalf("after an aborted upload, log/ holds %v; want kept.drv alone", entries)
 	}
 	if err := s.Delete(context.Background(), "log/missing.drv"); err != nil {
 		t.Fatalf("deleting a missing object: %v", err)
