@@ -139,8 +139,11 @@ type Handler struct {
 	// run while ctx, the configuration's, does, one at a time.
 	keeping   *sync.WaitGroup
 	keepSlots *semaphore.Weighted
-	ctx       context.Context
-	logger    *zap.Logger
+	// warnedOutside holds the names of symlinks out of the root that
+	// requests have been refused, each warned about once.
+	warnedOutside *sync.Map
+	ctx           context.Context
+	logger        *zap.Logger
 }
 
 // CaddyModule returns the Caddy module information.
@@ -199,6 +202,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		}
 	}
 	h.upstreamNars = newBoundedMap[string, upstreamNarinfo](maxUpstreamNarinfos)
+	h.warnedOutside = new(sync.Map)
 	for _, cfg := range h.Upstreams {
 		u, err := newUpstream(cfg, repl)
 		if err != nil {

@@ -39,16 +39,10 @@ func (h *Handler) serveFile(w http.ResponseWriter, r *http.Request, req cacheReq
 	}
 	obj, info, err := h.store.Open(r.Context(), req.file)
 	if err != nil {
-		switch {
-		case errors.Is(err, fs.ErrNotExist):
+		if errors.Is(err, fs.ErrNotExist) {
 			return h.serveFromSources(w, r, req)
-		case errors.Is(err, storage.ErrOutsideRoot):
-			// Anyone can ask for it, so it must not fill the error log.
-			h.logger.Debug("not following a name out of the cache root", zap.String("file", req.file), zap.Error(err))
-		default:
-			return h.storageFailure("opening cache file", req.file, err)
 		}
-		return caddyhttp.Error(http.StatusNotFound, nil)
+		return h.storageFailure("opening cache file", req.file, err)
 	}
 	defer func() { _ = obj.Close() }()
 	if !dropEmptySuffixRanges(w, r, info.Size) {
@@ -114,8 +108,18 @@ func (h *Handler) redirectNar(w http.ResponseWriter, r *http.Request, req cacheR
 
 // storageFailure answers a request whose object the storage could not
 // tell about, for example an S3 server that does not answer: a 503, never
-// a 404 that a client would remember as a miss.
+// a 404 that a client would remember as a miss. A file that is a symlink
+// out of the cache root is a 404 instead: the cache will never serve it,
+// and a 503 would make Nix give up on the cache for the rest of its
+// command.
 func (h *Handler) storageFailure(what, file string, err error) error {
+	if errors.Is(err, storage.ErrOutsideRoot) {
+		// Someone planted it: worth a warning, once, since anyone can ask.
+		if _, warned := h.warnedOutside.LoadOrStore(file, true); !warned {
+			h.logger.Warn("not following a symlink out of the cache root; the file is answered as missing", zap.String("file", file), zap.Error(err))
+		}
+		return caddyhttp.Error(http.StatusNotFound, nil)
+	}
 	h.logger.Error(what, zap.String("file", file), zap.Error(err))
 	return caddyhttp.Error(http.StatusServiceUnavailable, fmt.Errorf("the cache's storage failed: %w", err))
 }

@@ -418,27 +418,37 @@ func TestClientAbortIsNoServerError(t *testing.T) {
 	}
 }
 
-// TestSymlinkOutOfTheRootIsNoError asks, as a scanner would, for a cache
-// file that is a symlink leading out of the root: 404, logged below the
-// error level.
+// TestSymlinkOutOfTheRootIsNoError asks, as a scanner would, for cache
+// files that are symlinks leading out of the root, a NAR, a narinfo and a
+// realisation: each a 404 (a 503 would make Nix give up on the cache),
+// warned about once per file, never an error.
 func TestSymlinkOutOfTheRootIsNoError(t *testing.T) {
 	h, _ := newTestHandler(t)
 	logs, observed := observer.New(zapcore.DebugLevel)
 	h.logger = zap.New(logs)
-	if err := os.MkdirAll(filepath.Join(h.root, "nar"), 0o755); err != nil {
-		t.Fatal(err)
+	names := []string{
+		"nar/1a0jcm4a6p8gy3w1j0sj0q1jp7bxsbvmp6hlx3k1zx9gzds7nhh0.nar",
+		newTestPath(t, "planted", "x").hash + ".narinfo",
+		"realisations/sha256:" + strings.Repeat("ab", 32) + "!out.doi",
 	}
-	name := "nar/1a0jcm4a6p8gy3w1j0sj0q1jp7bxsbvmp6hlx3k1zx9gzds7nhh0.nar"
-	if err := os.Symlink("/etc/passwd", filepath.Join(h.root, name)); err != nil {
-		t.Fatal(err)
-	}
-	for range 3 {
-		if rec := serve(t, h, http.MethodGet, "/"+name); rec.Code != http.StatusNotFound {
-			t.Fatalf("GET through a symlink out of the root: %d", rec.Code)
+	for _, name := range names {
+		if err := os.MkdirAll(filepath.Dir(filepath.Join(h.root, name)), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Symlink("/etc/passwd", filepath.Join(h.root, name)); err != nil {
+			t.Fatal(err)
+		}
+		for range 3 {
+			if rec := serve(t, h, http.MethodGet, "/"+name); rec.Code != http.StatusNotFound {
+				t.Fatalf("GET %s through a symlink out of the root: %d", name, rec.Code)
+			}
 		}
 	}
 	if n := observed.FilterLevelExact(zapcore.ErrorLevel).Len(); n != 0 {
 		t.Fatalf("requests for a symlink out of the root logged %d error lines", n)
+	}
+	if n := observed.FilterLevelExact(zapcore.WarnLevel).Len(); n != len(names) {
+		t.Fatalf("requests for %d symlinks out of the root logged %d warnings, want one each", len(names), n)
 	}
 }
 

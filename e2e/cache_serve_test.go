@@ -320,3 +320,39 @@ func get(t *testing.T, url string, headers map[string]string, wantStatus int) st
 	}
 	return string(body)
 }
+
+// TestPlantedSymlinkIsAMiss plants symlinks out of the cache root under a
+// narinfo's and a realisation's name: each is a 404, as a miss is (a 503
+// would make Nix give up on the whole cache for the rest of its command),
+// the log warns once per file, and the rest of the cache substitutes.
+func TestPlantedSymlinkIsAMiss(t *testing.T) {
+	nix := harness.Nix28.New(t, "")
+	closure := nix.BuildClosure("planted", 0)
+	root := filepath.Join(t.TempDir(), "cache")
+	if c := nix.Copy("--to", "file://"+root, closure.Top); c.Err != nil {
+		t.Fatalf("filling the cache:\n%s", c)
+	}
+	planted := []string{
+		strings.Repeat("1", 32) + ".narinfo",
+		"realisations/sha256:" + strings.Repeat("ab", 32) + "!out.doi",
+	}
+	for _, name := range planted {
+		if err := os.MkdirAll(filepath.Dir(filepath.Join(root, name)), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Symlink("/etc/passwd", filepath.Join(root, name)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	secret, public := keygen(t, "planted-1")
+	caddy := harness.StartCaddy(t, cacheCaddyfile(root, secret), harness.CaddyOptions{})
+	for _, name := range planted {
+		for range 3 {
+			get(t, caddy.URL()+"/"+name, nil, http.StatusNotFound)
+		}
+	}
+	if n := strings.Count(caddy.Log(), "not following a symlink out of the cache root"); n != len(planted) {
+		t.Errorf("the log warns %d times of %d planted symlinks, want once each:\n%s", n, len(planted), caddy.Log())
+	}
+	substituteWhole(t, nix, caddy.URL(), public, closure, "substituting beside planted symlinks")
+}
