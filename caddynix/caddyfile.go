@@ -195,7 +195,7 @@ func (h *Handler) unmarshalRetention(d *caddyfile.Dispenser) error {
 		return d.ArgErr()
 	}
 	h.Retention = new(RetentionConfig)
-	durations := map[string]*caddy.Duration{"max_age": &h.Retention.MaxAge, "min_age": &h.Retention.MinAge, "interval": &h.Retention.Interval}
+	durations := map[string]*caddy.Duration{"max_age": &h.Retention.MaxAge, "interval": &h.Retention.Interval}
 	seen := map[string]bool{}
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		option := d.Val()
@@ -207,6 +207,16 @@ func (h *Handler) unmarshalRetention(d *caddyfile.Dispenser) error {
 			return d.Errf("nix_cache: retention: %s given more than once", option)
 		}
 		seen[option] = true
+		if option == "min_age" {
+			// 0 is allowed: nothing is protected by age.
+			dur, err := caddy.ParseDuration(value)
+			if err != nil || dur < 0 {
+				return d.Errf("nix_cache: retention: min_age %q is not a duration such as 1h, or 0", value)
+			}
+			minAge := caddy.Duration(dur)
+			h.Retention.MinAge = &minAge
+			continue
+		}
 		if target, ok := durations[option]; ok {
 			dur, err := caddy.ParseDuration(value)
 			if err != nil || dur <= 0 {

@@ -40,6 +40,8 @@ func TestCaddyfileErrors(t *testing.T) {
 		"s3 bad option":   "nix_cache {\n\tstorage s3 {\n\t\tbucket b\n\t\tendpoint http://127.0.0.1:1\n\t\tacl public\n\t}\n}",
 		"s3 small parts":  "nix_cache {\n\tstorage s3 {\n\t\tbucket b\n\t\tendpoint http://127.0.0.1:1\n\t\tpart_size lots\n\t}\n}",
 		"s3 no grace":     "nix_cache {\n\tstorage s3 {\n\t\tbucket b\n\t\tendpoint http://127.0.0.1:1\n\t\tgc_grace 0s\n\t}\n}",
+		"negative min":    "nix_cache {\n\tretention {\n\t\tmin_age -1h\n\t}\n}",
+		"zero max age":    "nix_cache {\n\tretention {\n\t\tmax_age 0s\n\t}\n}",
 	}
 	for name, body := range tests {
 		t.Run(name, func(t *testing.T) {
@@ -96,5 +98,31 @@ func TestParseS3URL(t *testing.T) {
 	t.Setenv("AWS_SECRET_ACCESS_KEY", "")
 	if _, err := parseS3URL("s3://b?endpoint=http://x"); err == nil || !strings.Contains(err.Error(), "AWS_SECRET_ACCESS_KEY") {
 		t.Errorf("missing credentials: %v", err)
+	}
+}
+
+// TestRetentionMinAgeZero: min_age 0s, as `gc --min-age 0s` takes it,
+// protects nothing by age, where leaving min_age out protects an hour.
+func TestRetentionMinAgeZero(t *testing.T) {
+	out, err := adapt(t, ":8080 {\n\tnix_cache {\n\t\troot cache\n\t\tretention {\n\t\t\tmax_size 1GiB\n\t\t\tmin_age 0s\n\t\t}\n\t}\n}")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out, `"min_age":0`) {
+		t.Fatalf("min_age 0s did not reach the config: %s", out)
+	}
+	zero := caddy.Duration(0)
+	for _, tc := range []struct {
+		minAge *caddy.Duration
+		want   time.Duration
+	}{{nil, time.Hour}, {&zero, 0}} {
+		r := &RetentionConfig{MaxSize: 1 << 30, MinAge: tc.minAge}
+		r.setDefaults()
+		if err := r.validate(); err != nil {
+			t.Fatalf("min_age %v: %v", tc.minAge, err)
+		}
+		if got := r.policy().minAge; got != tc.want {
+			t.Errorf("min_age %v: the policy protects %s, want %s", tc.minAge, got, tc.want)
+		}
 	}
 }

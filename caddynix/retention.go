@@ -28,9 +28,10 @@ type RetentionConfig struct {
 
 	// MinAge is how long after its last push a path is never deleted,
 	// whatever its size or age, so uploads in flight are safe; a NAR whose
-	// narinfo has not come is kept as long. Default: 1h. Caddyfile:
+	// narinfo has not come is kept as long. 0 protects nothing by age, for
+	// tests that collect at once. Default (when unset): 1h. Caddyfile:
 	// `min_age 1h`.
-	MinAge caddy.Duration `json:"min_age,omitempty"`
+	MinAge *caddy.Duration `json:"min_age,omitempty"`
 
 	// Interval is how often the cache is collected. Default: 1h.
 	// Caddyfile: `interval 1h`.
@@ -229,13 +230,18 @@ func planRetention(paths map[string]*index.Path, served map[string]time.Time, ro
 
 // policy is what the retention block asks of a collection.
 func (r *RetentionConfig) policy() policy {
-	return policy{maxSize: r.MaxSize, maxAge: time.Duration(r.MaxAge), minAge: time.Duration(r.MinAge)}
+	minAge := defaultMinAge
+	if r.MinAge != nil {
+		minAge = *r.MinAge
+	}
+	return policy{maxSize: r.MaxSize, maxAge: time.Duration(r.MaxAge), minAge: time.Duration(minAge)}
 }
 
 // setDefaults fills in what the retention block leaves out.
 func (r *RetentionConfig) setDefaults() {
-	if r.MinAge == 0 {
-		r.MinAge = defaultMinAge
+	if r.MinAge == nil {
+		minAge := defaultMinAge
+		r.MinAge = &minAge
 	}
 	if r.Interval == 0 {
 		r.Interval = defaultRetentionInterval
@@ -247,12 +253,12 @@ func (r *RetentionConfig) validate() error {
 	switch {
 	case r.MaxSize < 0:
 		return fmt.Errorf("retention: max_size %d must be positive", r.MaxSize)
-	case r.MaxAge < 0 || r.MinAge < 0:
-		return fmt.Errorf("retention: max_age and min_age must be positive durations")
+	case r.MaxAge < 0 || (r.MinAge != nil && *r.MinAge < 0):
+		return fmt.Errorf("retention: max_age must be a positive duration, min_age a positive duration or 0")
 	case r.Interval < 0 || (r.Interval > 0 && time.Duration(r.Interval) < time.Second):
 		return fmt.Errorf("retention: interval %s is too short: collect at most once a second", time.Duration(r.Interval))
-	case r.MaxAge > 0 && r.MaxAge < r.MinAge:
-		return fmt.Errorf("retention: max_age %s is shorter than min_age %s, so paths would be kept past max_age", time.Duration(r.MaxAge), time.Duration(r.MinAge))
+	case r.MaxAge > 0 && r.MinAge != nil && r.MaxAge < *r.MinAge:
+		return fmt.Errorf("retention: max_age %s is shorter than min_age %s, so paths would be kept past max_age", time.Duration(r.MaxAge), time.Duration(*r.MinAge))
 	}
 	return nil
 }
