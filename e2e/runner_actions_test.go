@@ -205,13 +205,23 @@ func actionsCacheCaddyfile(g *harness.Gitea, clients, scripts, cacheRoot, secret
 		},
 		Cache: &harness.CacheSite{
 			Options: append([]string{"name main"}, harness.CacheOptions(filepath.Join(cacheRoot, "nix"), secret)...),
-			ActionsCache: []string{
-				"name main", "url http://127.0.0.1:{$CADDY_HTTP_PORT}/",
-				"root " + filepath.Join(cacheRoot, "actions"),
-			},
 		},
+		// The actions cache in a site whose fallback answers everything,
+		// written first: the fallback must never answer the protocol.
+		Sites: []string{fmt.Sprintf(`http://127.0.0.1:{$CADDY_HTTPS_PORT} {
+	respond "fallback"
+	actions_cache {
+		name main
+		url %s/
+		root %s
+	}
+}`, actionsCacheURL, filepath.Join(cacheRoot, "actions"))},
 	}.String()
 }
+
+// actionsCacheURL is where actionsCacheCaddyfile serves the actions cache:
+// a plain-HTTP site on the port StartCaddy reserves for HTTPS.
+const actionsCacheURL = "http://127.0.0.1:{$CADDY_HTTPS_PORT}"
 
 // TestActionsCache runs the real @actions/cache and @actions/artifact in
 // jobs: an entry saved in a container job is restored byte for byte on the
@@ -296,7 +306,7 @@ func TestActionsCache(t *testing.T) {
 		t.Fatal(err)
 	}
 	for name, token := range map[string]string{"no token": "", "a wrong token": "not-a-token", "a finished job's token": strings.TrimSpace(string(finished))} {
-		req, err := http.NewRequest(http.MethodGet, caddy.URL()+"/_apis/artifactcache/cache?keys=saved-on-push-1&version=0123abcd", nil)
+		req, err := http.NewRequest(http.MethodGet, fmt.Sprintf("http://127.0.0.1:%d/_apis/artifactcache/cache?keys=saved-on-push-1&version=0123abcd", caddy.HTTPSPort), nil)
 		if err != nil {
 			t.Fatal(err)
 		}

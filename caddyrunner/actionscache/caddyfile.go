@@ -10,9 +10,13 @@ import (
 
 func init() {
 	httpcaddyfile.RegisterHandlerDirective("actions_cache", parseCaddyfile)
-	// It passes on what is not its own, so it goes before the handlers
-	// that answer everything, a nix_cache among them.
-	httpcaddyfile.RegisterDirectiveOrder("actions_cache", httpcaddyfile.Before, "reverse_proxy")
+	// It answers only its own paths and passes on the rest, so it goes
+	// with the middleware, after encode and before every handler that may
+	// answer a request (handle, route, respond, reverse_proxy, nix_cache,
+	// file_server), as Mercure does: a site's fallback then never answers
+	// the protocol's requests. Authentication directives (basic_auth,
+	// forward_auth) still come before it.
+	httpcaddyfile.RegisterDirectiveOrder("actions_cache", httpcaddyfile.After, "encode")
 }
 
 func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {

@@ -41,9 +41,6 @@ type CacheSite struct {
 	// Upload are the lines of an upload block: none when nil, a bare
 	// `upload` when empty.
 	Upload []string
-	// ActionsCache are the lines of an actions_cache block in the same
-	// site; none when nil.
-	ActionsCache []string
 }
 
 // String writes the Caddyfile.
@@ -80,13 +77,6 @@ func (c Caddyfile) String() string {
 	b.WriteString("}\n")
 	if s := c.Cache; s != nil {
 		b.WriteString("\nhttp://:{$CADDY_HTTP_PORT} {\n\tbind 127.0.0.1\n")
-		if s.ActionsCache != nil {
-			b.WriteString("\tactions_cache {\n")
-			for _, line := range s.ActionsCache {
-				fmt.Fprintf(&b, "\t\t%s\n", line)
-			}
-			b.WriteString("\t}\n")
-		}
 		b.WriteString("\tnix_cache {\n")
 		for _, option := range s.Options {
 			fmt.Fprintf(&b, "\t\t%s\n", indent(option, 2))
