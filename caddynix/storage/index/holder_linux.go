@@ -25,7 +25,7 @@ func holder(path string) string {
 	if err != nil {
 		return ""
 	}
-	defer locks.Close()
+	defer func() { _ = locks.Close() }()
 	scanner := bufio.NewScanner(locks)
 	for scanner.Scan() {
 		fields := strings.Fields(scanner.Text())
