@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/cargoxx-pkgs/runner/caddynix/retention"
 	"github.com/cargoxx-pkgs/runner/internal/caddyutil"
 )
 
@@ -26,41 +27,41 @@ func init() {
 // answer.
 type operation struct {
 	method string
-	run    func(ctx context.Context, c *collector, params url.Values, defaults *RetentionConfig) (any, error)
+	run    func(ctx context.Context, c *retention.Collector, params url.Values, defaults *RetentionConfig) (any, error)
 }
 
 var operations = map[string]operation{
-	"gc": {http.MethodPost, func(ctx context.Context, c *collector, params url.Values, defaults *RetentionConfig) (any, error) {
+	"gc": {http.MethodPost, func(ctx context.Context, c *retention.Collector, params url.Values, defaults *RetentionConfig) (any, error) {
 		pol, err := policyOf(params, defaults)
 		if err != nil {
 			return nil, err
 		}
-		return c.collect(ctx, pol, params.Get("dry_run") == "true")
+		return c.Collect(ctx, pol, params.Get("dry_run") == "true")
 	}},
-	"reindex": {http.MethodPost, func(ctx context.Context, c *collector, params url.Values, _ *RetentionConfig) (any, error) {
-		return c.reindex(ctx, params.Get("full") == "true")
+	"reindex": {http.MethodPost, func(ctx context.Context, c *retention.Collector, params url.Values, _ *RetentionConfig) (any, error) {
+		return c.Reindex(ctx, params.Get("full") == "true")
 	}},
-	"pins": {http.MethodGet, func(ctx context.Context, c *collector, _ url.Values, _ *RetentionConfig) (any, error) {
-		return c.pins(ctx)
+	"pins": {http.MethodGet, func(ctx context.Context, c *retention.Collector, _ url.Values, _ *RetentionConfig) (any, error) {
+		return c.Pins(ctx)
 	}},
-	"pin": {http.MethodPost, func(ctx context.Context, c *collector, params url.Values, _ *RetentionConfig) (any, error) {
-		return c.pin(ctx, params.Get("name"), params.Get("store_path"))
+	"pin": {http.MethodPost, func(ctx context.Context, c *retention.Collector, params url.Values, _ *RetentionConfig) (any, error) {
+		return c.Pin(ctx, params.Get("name"), params.Get("store_path"))
 	}},
-	"unpin": {http.MethodPost, func(ctx context.Context, c *collector, params url.Values, _ *RetentionConfig) (any, error) {
-		return map[string]string{"unpinned": params.Get("name")}, c.unpin(ctx, params.Get("name"))
+	"unpin": {http.MethodPost, func(ctx context.Context, c *retention.Collector, params url.Values, _ *RetentionConfig) (any, error) {
+		return map[string]string{"unpinned": params.Get("name")}, c.Unpin(ctx, params.Get("name"))
 	}},
-	"path-info": {http.MethodGet, func(ctx context.Context, c *collector, params url.Values, _ *RetentionConfig) (any, error) {
-		return c.pathInfo(ctx, params.Get("store_path"))
+	"path-info": {http.MethodGet, func(ctx context.Context, c *retention.Collector, params url.Values, _ *RetentionConfig) (any, error) {
+		return c.PathInfo(ctx, params.Get("store_path"))
 	}},
-	"delete": {http.MethodPost, func(ctx context.Context, c *collector, params url.Values, _ *RetentionConfig) (any, error) {
-		return c.deletePath(ctx, params.Get("store_path"), params.Get("with_referrers") == "true")
+	"delete": {http.MethodPost, func(ctx context.Context, c *retention.Collector, params url.Values, _ *RetentionConfig) (any, error) {
+		return c.DeletePath(ctx, params.Get("store_path"), params.Get("with_referrers") == "true")
 	}},
 }
 
 // policyOf is a collection's policy: max_size, max_age and min_age from
 // params, else from the cache's retention block, else none (min_age 1h).
-func policyOf(params url.Values, defaults *RetentionConfig) (policy, error) {
-	pol := policy{minAge: time.Duration(defaultMinAge)}
+func policyOf(params url.Values, defaults *RetentionConfig) (retention.Policy, error) {
+	pol := retention.Policy{MinAge: retention.DefaultMinAge}
 	if defaults != nil {
 		pol = defaults.policy()
 	}
@@ -69,9 +70,9 @@ func policyOf(params url.Values, defaults *RetentionConfig) (policy, error) {
 		if !ok {
 			return pol, fmt.Errorf("max_size %q is not a size such as 50GiB", v)
 		}
-		pol.maxSize = size
+		pol.MaxSize = size
 	}
-	for name, target := range map[string]*time.Duration{"max_age": &pol.maxAge, "min_age": &pol.minAge} {
+	for name, target := range map[string]*time.Duration{"max_age": &pol.MaxAge, "min_age": &pol.MinAge} {
 		if v := params.Get(name); v != "" {
 			d, err := caddy.ParseDuration(v)
 			if err != nil || d < 0 {
@@ -157,7 +158,7 @@ func serveOperation(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return caddy.APIError{HTTPStatus: http.StatusNotFound, Err: err}
 	}
-	idx := h.state.index()
+	idx := h.state.Index()
 	if idx == nil {
 		return caddy.APIError{HTTPStatus: http.StatusServiceUnavailable, Err: errors.New("the cache's index is not open yet; try again in a moment")}
 	}
@@ -172,7 +173,7 @@ func serveOperation(w http.ResponseWriter, r *http.Request) error {
 // operationStatus is the admin route's status for an operation's error.
 func operationStatus(err error) int {
 	switch {
-	case errors.Is(err, errUnknownPath), errors.Is(err, errNoSuchPin):
+	case errors.Is(err, retention.ErrUnknownPath), errors.Is(err, retention.ErrNoSuchPin):
 		return http.StatusNotFound
 	}
 	return http.StatusBadRequest

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cargoxx-pkgs/runner/caddynix/retention"
 	"github.com/cargoxx-pkgs/runner/caddynix/storage"
 )
 
@@ -24,13 +25,12 @@ func (sharedDir) ReleaseLease(context.Context, string, string) error { return ni
 
 // newSharedHandler is an upload handler with its index open whose storage
 // counts as shared, with a short grace.
-func newSharedHandler(t *testing.T, grace time.Duration) (*Handler, *collector) {
+func newSharedHandler(t *testing.T, grace time.Duration) (*Handler, *retention.Collector) {
 	t.Helper()
 	h, c := newIndexedHandler(t)
 	h.store = sharedDir{h.store}
 	h.gcGrace = grace
-	c.store, c.grace = h.store, grace
-	return h, c
+	return h, h.collector(c.Index())
 }
 
 // TestCollectionOnSharedStorageKeepsWhatAnotherNodeCommits announces a
@@ -50,17 +50,17 @@ func TestCollectionOnSharedStorageKeepsWhatAnotherNodeCommits(t *testing.T) {
 	ageIndex(t, c, time.Now().Add(-48*time.Hour))
 
 	type result struct {
-		report *collectReport
+		report *retention.Report
 		err    error
 	}
 	done := make(chan result, 1)
 	go func() {
-		report, err := c.collect(context.Background(), policy{maxAge: time.Hour, minAge: time.Hour}, false)
+		report, err := c.Collect(context.Background(), retention.Policy{MaxAge: time.Hour, MinAge: time.Hour}, false)
 		done <- result{report, err}
 	}()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		if _, err := h.store.Stat(context.Background(), announcementName); err == nil {
+		if _, err := h.store.Stat(context.Background(), retention.AnnouncementName); err == nil {
 			break
 		}
 		if time.Now().After(deadline) {
@@ -71,7 +71,7 @@ func TestCollectionOnSharedStorageKeepsWhatAnotherNodeCommits(t *testing.T) {
 
 	// An upload that needs an announced path is refused, with a reason,
 	// once the node has looked again.
-	time.Sleep(c.grace / 4)
+	time.Sleep(h.gcGrace / 4)
 	if rec := put(t, h, "/"+refused.narURL(), refused.nar); rec.Code != http.StatusCreated {
 		t.Fatalf("PUT NAR: %d", rec.Code)
 	}
@@ -83,10 +83,10 @@ func TestCollectionOnSharedStorageKeepsWhatAnotherNodeCommits(t *testing.T) {
 	// Another node, whose last look predates the announcement, commits a
 	// path that needs another announced path.
 	ctx := context.Background()
-	if err := writeObject(ctx, h.store, late.narURL(), late.nar); err != nil {
+	if err := storage.WriteAll(ctx, h.store, late.narURL(), late.nar); err != nil {
 		t.Fatal(err)
 	}
-	if err := writeObject(ctx, h.store, late.hash+".narinfo", []byte(late.narinfoWithRefs(kept))); err != nil {
+	if err := storage.WriteAll(ctx, h.store, late.hash+".narinfo", []byte(late.narinfoWithRefs(kept))); err != nil {
 		t.Fatal(err)
 	}
 
@@ -103,7 +103,7 @@ func TestCollectionOnSharedStorageKeepsWhatAnotherNodeCommits(t *testing.T) {
 	if r.report.KeptByUploads == 0 {
 		t.Errorf("the report counts no path kept for uploads: %+v", r.report)
 	}
-	if _, err := h.store.Stat(ctx, announcementName); !errors.Is(err, fs.ErrNotExist) {
+	if _, err := h.store.Stat(ctx, retention.AnnouncementName); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("the announcement outlived its collection: %v", err)
 	}
 	report, err := verifyDir(t, h.root, verifyOptions{narHash: true})
@@ -116,7 +116,7 @@ func TestCollectionOnSharedStorageKeepsWhatAnotherNodeCommits(t *testing.T) {
 	if code := gone.uploadWithRefs(t, h); code != http.StatusCreated {
 		t.Fatalf("upload of %s again: %d", gone.name, code)
 	}
-	time.Sleep(c.grace / 4)
+	time.Sleep(h.gcGrace / 4)
 	if code := refused.uploadWithRefs(t, h, gone); code != http.StatusCreated {
 		t.Fatalf("upload after the collection: %d", code)
 	}
@@ -129,24 +129,24 @@ func TestAnAnnouncementOnlyLastsAsLongAsItsCollection(t *testing.T) {
 	h, _ := newSharedHandler(t, 400*time.Millisecond)
 	ctx := context.Background()
 	stale := `{"holder":"a dead node","grace_ns":60000000000,"expires":"2020-01-01T00:00:00Z","paths":["` + strings.Repeat("0", 32) + `"]}`
-	if err := writeObject(ctx, h.store, announcementName, []byte(stale)); err != nil {
+	if err := storage.WriteAll(ctx, h.store, retention.AnnouncementName, []byte(stale)); err != nil {
 		t.Fatal(err)
 	}
 	start := time.Now()
-	commitCtx, cancel, err := h.state.announced.admit(ctx, h.store, h.gcGrace, []string{strings.Repeat("0", 32)})
+	commitCtx, release, err := h.state.AdmitCommit(ctx, h.store, h.gcGrace, []string{strings.Repeat("0", 32)})
 	if err != nil {
 		t.Fatalf("an expired announcement refused an upload: %v", err)
 	}
-	defer cancel()
+	release()
 	if d, ok := commitCtx.Deadline(); !ok || d.After(start.Add(h.gcGrace/2+50*time.Millisecond)) {
 		t.Fatalf("the commit may run until %v, beyond half the grace after the look", d)
 	}
 
-	if err := writeObject(ctx, h.store, announcementName, []byte("{not json")); err != nil {
+	if err := storage.WriteAll(ctx, h.store, retention.AnnouncementName, []byte("{not json")); err != nil {
 		t.Fatal(err)
 	}
 	time.Sleep(h.gcGrace / 4)
-	if _, _, err := h.state.announced.admit(ctx, h.store, h.gcGrace, nil); err == nil || !strings.Contains(err.Error(), announcementName) {
+	if _, _, err := h.state.AdmitCommit(ctx, h.store, h.gcGrace, nil); err == nil || !strings.Contains(err.Error(), retention.AnnouncementName) {
 		t.Fatalf("an unreadable announcement was not reported: %v", err)
 	}
 }

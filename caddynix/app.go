@@ -5,9 +5,8 @@ import (
 	"sync"
 	"time"
 
-	"github.com/cargoxx-pkgs/runner/caddynix/storage"
-
 	"github.com/caddyserver/caddy/v2"
+	"github.com/cargoxx-pkgs/runner/caddynix/storage"
 	"go.uber.org/zap"
 )
 
@@ -73,8 +72,8 @@ func (h *Handler) runBackground(ctx context.Context) {
 	if h.store == storage.Empty {
 		return // nothing of its own to index
 	}
-	h.state.setStore(h.store, h.Retention != nil)
-	idx, err := h.state.open(ctx, h.logger)
+	h.state.SetStore(h.store, h.Retention != nil)
+	idx, err := h.state.Open(ctx, h.logger)
 	if err != nil {
 		if ctx.Err() == nil {
 			h.logger.Error("the cache index is unavailable: uploads are stored without provenance and nothing is collected", zap.Error(err))
@@ -82,7 +81,7 @@ func (h *Handler) runBackground(ctx context.Context) {
 		return
 	}
 	c := h.collector(idx)
-	if _, err := c.reindex(ctx, false); err != nil && ctx.Err() == nil {
+	if _, err := c.Reindex(ctx, false); err != nil && ctx.Err() == nil {
 		h.logger.Error("indexing the cache", zap.Error(err))
 	}
 
@@ -97,16 +96,16 @@ func (h *Handler) runBackground(ctx context.Context) {
 	for {
 		select {
 		case <-ctx.Done():
-			if err := h.state.flushServed(); err != nil {
+			if err := h.state.FlushServed(); err != nil {
 				h.logger.Error("writing served times to the index", zap.Error(err))
 			}
 			return
 		case <-flush.C:
-			if err := h.state.flushServed(); err != nil {
+			if err := h.state.FlushServed(); err != nil {
 				h.logger.Error("writing served times to the index", zap.Error(err))
 			}
 		case <-collect:
-			if _, err := c.collect(ctx, h.Retention.policy(), false); err != nil && ctx.Err() == nil {
+			if _, err := c.Collect(ctx, h.Retention.policy(), false); err != nil && ctx.Err() == nil {
 				h.logger.Error("collecting the cache", zap.Error(err))
 			}
 		}

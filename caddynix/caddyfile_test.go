@@ -121,7 +121,7 @@ func TestRetentionMinAgeZero(t *testing.T) {
 		if err := r.validate(); err != nil {
 			t.Fatalf("min_age %v: %v", tc.minAge, err)
 		}
-		if got := r.policy().minAge; got != tc.want {
+		if got := r.policy().MinAge; got != tc.want {
 			t.Errorf("min_age %v: the policy protects %s, want %s", tc.minAge, got, tc.want)
 		}
 	}

@@ -19,15 +19,15 @@ import (
 	"sync"
 	"time"
 
-	"golang.org/x/sync/semaphore"
-
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/cargoxx-pkgs/runner/caddynix/retention"
 	"github.com/cargoxx-pkgs/runner/caddynix/storage"
 	"github.com/cargoxx-pkgs/runner/caddynix/storage/index"
 	"github.com/cargoxx-pkgs/runner/internal/nixfmt"
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
 	"go.uber.org/zap"
+	"golang.org/x/sync/semaphore"
 )
 
 func init() {
@@ -116,7 +116,7 @@ type Handler struct {
 	IndexFile string `json:"index_file,omitempty"`
 
 	root     string
-	state    *cacheState
+	state    *retention.State
 	store    storage.Store
 	keys     []signature.SecretKey
 	narinfos *narinfoCache
@@ -312,8 +312,11 @@ func (h *Handler) loadKeys(repl *caddy.Replacer) error {
 }
 
 // collector collects the handler's cache with the index idx.
-func (h *Handler) collector(idx *index.Index) *collector {
-	return &collector{store: h.store, storeDir: h.StoreDir, state: h.state, idx: idx, logger: h.logger, cache: h.cacheLabel(), grace: h.gcGrace}
+func (h *Handler) collector(idx *index.Index) *retention.Collector {
+	return retention.NewCollector(retention.Options{
+		Store: h.store, StoreDir: h.StoreDir, State: h.state, Index: idx,
+		Logger: h.logger, Metrics: retentionMetrics{}, Cache: h.cacheLabel(), Grace: h.gcGrace,
+	})
 }
 
 // cacheLabel names the cache in metrics and logs: its name, or its root.

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cargoxx-pkgs/runner/caddynix/retention"
 	"github.com/cargoxx-pkgs/runner/caddynix/storage/index"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"go.uber.org/zap"
@@ -40,10 +41,10 @@ func (p testPath) uploadWithRefs(t *testing.T, h *Handler, refs ...testPath) int
 
 // newIndexedHandler is an upload handler with its index open, as it is once
 // Caddy has started.
-func newIndexedHandler(t *testing.T) (*Handler, *collector) {
+func newIndexedHandler(t *testing.T) (*Handler, *retention.Collector) {
 	t.Helper()
 	h, _ := newUploadHandler(t)
-	idx, err := h.state.open(context.Background(), zap.NewNop())
+	idx, err := h.state.Open(context.Background(), zap.NewNop())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -69,7 +70,7 @@ func TestCollectKeepsClosuresWholeAndRecentPaths(t *testing.T) {
 			t.Fatalf("uploading %s: %d", step.p.name, code)
 		}
 	}
-	if _, err := c.pin(context.Background(), "keep", "/nix/store/"+pinned.hash+"-"+pinned.name); err != nil {
+	if _, err := c.Pin(context.Background(), "keep", "/nix/store/"+pinned.hash+"-"+pinned.name); err != nil {
 		t.Fatal(err)
 	}
 	// app is served now; everything else was pushed long ago.
@@ -79,7 +80,7 @@ func TestCollectKeepsClosuresWholeAndRecentPaths(t *testing.T) {
 		t.Fatalf("GET app narinfo: %d", rec.Code)
 	}
 
-	report, err := c.collect(context.Background(), policy{maxAge: 24 * time.Hour, minAge: time.Hour}, false)
+	report, err := c.Collect(context.Background(), retention.Policy{MaxAge: 24 * time.Hour, MinAge: time.Hour}, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -94,21 +95,21 @@ func TestCollectKeepsClosuresWholeAndRecentPaths(t *testing.T) {
 	if err != nil || len(clean.problems) > 0 {
 		t.Fatalf("verify after collecting: %v %v", err, clean.problems)
 	}
-	if _, ok, _ := c.idx.Get(old.hash); ok {
+	if _, ok, _ := c.Index().Get(old.hash); ok {
 		t.Errorf("the index still has the deleted path")
 	}
 }
 
 // ageIndex makes every indexed path look pushed at when.
-func ageIndex(t *testing.T, c *collector, when time.Time) {
+func ageIndex(t *testing.T, c *retention.Collector, when time.Time) {
 	t.Helper()
-	paths, err := c.idx.Paths()
+	paths, err := c.Index().Paths()
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, p := range paths {
 		p.PushedAt, p.LastPushedAt = when, when
-		if err := c.idx.RecordPush(*p, p.Pusher, when); err != nil {
+		if err := c.Index().RecordPush(*p, p.Pusher, when); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -126,16 +127,16 @@ func TestCollectMaxSizeTakesPullRequestPushesFirst(t *testing.T) {
 	}
 	ageIndex(t, c, time.Now().Add(-48*time.Hour))
 	// p5 is the newest but came only from a pull request.
-	rec, _, _ := c.idx.Get(paths[5].hash)
-	if err := c.idx.Delete(rec.Hash); err != nil {
+	rec, _, _ := c.Index().Get(paths[5].hash)
+	if err := c.Index().Delete(rec.Hash); err != nil {
 		t.Fatal(err)
 	}
-	if err := c.idx.RecordPush(rec, &index.Pusher{Job: &index.Job{Repository: "o/r", RunID: "9", PullRequest: true}}, time.Now().Add(-47*time.Hour)); err != nil {
+	if err := c.Index().RecordPush(rec, &index.Pusher{Job: &index.Job{Repository: "o/r", RunID: "9", PullRequest: true}}, time.Now().Add(-47*time.Hour)); err != nil {
 		t.Fatal(err)
 	}
-	stored, _ := c.idx.Paths()
-	size := cacheSize(stored)
-	report, err := c.collect(context.Background(), policy{maxSize: size - 1, minAge: time.Hour}, false)
+	stored, _ := c.Index().Paths()
+	size := retention.CacheSize(stored)
+	report, err := c.Collect(context.Background(), retention.Policy{MaxSize: size - 1, MinAge: time.Hour}, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -165,7 +166,7 @@ func TestCollectRacesUploads(t *testing.T) {
 	var wg sync.WaitGroup
 	wg.Go(func() {
 		for ctx.Err() == nil {
-			if _, err := c.collect(ctx, policy{maxAge: time.Hour, minAge: time.Second}, false); err != nil && ctx.Err() == nil {
+			if _, err := c.Collect(ctx, retention.Policy{MaxAge: time.Hour, MinAge: time.Second}, false); err != nil && ctx.Err() == nil {
 				t.Error(err)
 			}
 		}
@@ -225,39 +226,36 @@ func TestReindexFindsWhatNixCopyWrote(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(h.root, "0000000000000000000000000000000z.narinfo"), []byte("not a narinfo"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	stats, err := c.reindex(context.Background(), false)
+	stats, err := c.Reindex(context.Background(), false)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if stats.Narinfos != 3 || stats.Added != 2 || len(stats.Invalid) != 1 {
 		t.Fatalf("reindex: %+v, want 3 narinfos, 2 indexed, 1 invalid", stats)
 	}
-	rec, ok, err := c.idx.Get(b.hash)
+	rec, ok, err := c.Index().Get(b.hash)
 	if err != nil || !ok || !slices.Equal(rec.References, []string{a.hash}) || rec.NarURL != b.narURL() {
 		t.Fatalf("index record of b: %+v %v %v", rec, ok, err)
 	}
 	if err := os.Remove(filepath.Join(h.root, b.hash+".narinfo")); err != nil {
 		t.Fatal(err)
 	}
-	if stats, err = c.reindex(context.Background(), false); err != nil || stats.Removed != 1 {
+	if stats, err = c.Reindex(context.Background(), false); err != nil || stats.Removed != 1 {
 		t.Fatalf("reindex after a narinfo was removed: %+v %v", stats, err)
 	}
 }
 
 // loseIndex deletes the handler's index file, as an operator might, and
 // opens a new one.
-func loseIndex(t *testing.T, h *Handler) *collector {
+func loseIndex(t *testing.T, h *Handler) *retention.Collector {
 	t.Helper()
-	h.state.mu.Lock()
-	if err := h.state.idx.Close(); err != nil {
+	if err := h.state.Destruct(); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.Remove(h.state.indexPath); err != nil {
+	if err := os.Remove(h.state.IndexPath()); err != nil {
 		t.Fatal(err)
 	}
-	h.state.idx = nil
-	h.state.mu.Unlock()
-	idx, err := h.state.open(context.Background(), zap.NewNop())
+	idx, err := h.state.Open(context.Background(), zap.NewNop())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -269,7 +267,7 @@ func loseIndex(t *testing.T, h *Handler) *collector {
 // deletes what the lost one would have.
 func TestLostIndexMakesTheSameDecisions(t *testing.T) {
 	h, _ := newIndexedHandler(t)
-	h.state.setStore(h.store, false)
+	h.state.SetStore(h.store, false)
 	ctx := context.Background()
 	var paths []testPath
 	for i := range 8 {
@@ -285,25 +283,25 @@ func TestLostIndexMakesTheSameDecisions(t *testing.T) {
 		paths = append(paths, p)
 	}
 	c := loseIndex(t, h)
-	if _, err := c.reindex(ctx, false); err != nil {
+	if _, err := c.Reindex(ctx, false); err != nil {
 		t.Fatal(err)
 	}
 	storePath := func(p testPath) string { return "/nix/store/" + p.hash + "-" + p.name }
 	push := func(p testPath, job *index.Job) {
-		rec, _, err := c.idx.Get(p.hash)
+		rec, _, err := c.Index().Get(p.hash)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := c.idx.StartJob(job, 1, time.Now()); err != nil {
+		if err := c.Index().StartJob(job, 1, time.Now()); err != nil {
 			t.Fatal(err)
 		}
-		if err := c.idx.RecordPush(rec, &index.Pusher{Job: job}, time.Now()); err != nil {
+		if err := c.Index().RecordPush(rec, &index.Pusher{Job: job}, time.Now()); err != nil {
 			t.Fatal(err)
 		}
-		if err := c.idx.FinishJob(job, true, time.Now()); err != nil {
+		if err := c.Index().FinishJob(job, true, time.Now()); err != nil {
 			t.Fatal(err)
 		}
-		if err := saveRun(ctx, h.store, c.idx, job); err != nil {
+		if err := retention.SaveRun(ctx, h.store, c.Index(), job); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -311,13 +309,13 @@ func TestLostIndexMakesTheSameDecisions(t *testing.T) {
 	// newest, only by a pull request; p1 was served; p2 is pinned.
 	push(paths[0], &index.Job{Repository: "pkgs/main", RunID: "12", DefaultBranch: true})
 	push(paths[7], &index.Job{Repository: "pkgs/main", RunID: "13", PullRequest: true})
-	h.state.served = map[string]time.Time{paths[1].hash: time.Now()}
-	if _, err := c.pin(ctx, "release", storePath(paths[2])); err != nil {
+	h.state.MarkServed(paths[1].hash)
+	if _, err := c.Pin(ctx, "release", storePath(paths[2])); err != nil {
 		t.Fatal(err)
 	}
-	stored, _ := c.idx.Paths()
-	pol := policy{maxSize: cacheSize(stored) / 2}
-	before, err := c.collect(ctx, pol, true)
+	stored, _ := c.Index().Paths()
+	pol := retention.Policy{MaxSize: retention.CacheSize(stored) / 2}
+	before, err := c.Collect(ctx, pol, true)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -327,14 +325,14 @@ func TestLostIndexMakesTheSameDecisions(t *testing.T) {
 	}
 
 	c = loseIndex(t, h)
-	after, err := c.collect(ctx, pol, true)
+	after, err := c.Collect(ctx, pol, true)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if !slices.Equal(after.Deleted, before.Deleted) {
 		t.Fatalf("after the index was lost, planned %v; before, %v", after.Deleted, before.Deleted)
 	}
-	info, err := c.pathInfo(ctx, storePath(paths[0]))
+	info, err := c.PathInfo(ctx, storePath(paths[0]))
 	if err != nil || info.Pusher == nil || info.Pusher.Job == nil || info.Pusher.Job.RunID != "12" {
 		t.Fatalf("path-info after the index was lost does not name the run: %+v %v", info, err)
 	}
@@ -348,27 +346,27 @@ func TestPinNames(t *testing.T) {
 		t.Fatalf("upload: %d", code)
 	}
 	for _, bad := range []string{"", "-x", "a/b", "a b", "../x", strings.Repeat("a", 129)} {
-		if _, err := c.pin(ctx, bad, p.hash); err == nil {
+		if _, err := c.Pin(ctx, bad, p.hash); err == nil {
 			t.Errorf("pin name %q accepted", bad)
 		}
 	}
-	if _, err := c.pin(ctx, "release-1.2_x", p.hash); err != nil {
+	if _, err := c.Pin(ctx, "release-1.2_x", p.hash); err != nil {
 		t.Fatal(err)
 	}
-	if err := c.unpin(ctx, "nope"); !errors.Is(err, errNoSuchPin) {
+	if err := c.Unpin(ctx, "nope"); !errors.Is(err, retention.ErrNoSuchPin) {
 		t.Fatalf("unpin of an unknown pin: %v", err)
 	}
-	pins, err := c.pins(ctx)
+	pins, err := c.Pins(ctx)
 	if err != nil || len(pins) != 1 || pins[0].Name != "release-1.2_x" || pins[0].Hash != p.hash {
 		t.Fatalf("pins %+v %v", pins, err)
 	}
-	if data, err := os.ReadFile(filepath.Join(h.root, pinsDir, "release-1.2_x")); err != nil || string(data) != "/nix/store/"+p.hash+"-pinned\n" {
+	if data, err := os.ReadFile(filepath.Join(h.root, retention.PinsDir, "release-1.2_x")); err != nil || string(data) != "/nix/store/"+p.hash+"-pinned\n" {
 		t.Fatalf("the pin's object holds %q (%v)", data, err)
 	}
-	if err := os.WriteFile(filepath.Join(h.root, pinsDir, "broken"), []byte("not a store path\n"), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(h.root, retention.PinsDir, "broken"), []byte("not a store path\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.collect(ctx, policy{maxAge: time.Second}, true); err == nil || !strings.Contains(err.Error(), "pin rm broken") {
+	if _, err := c.Collect(ctx, retention.Policy{MaxAge: time.Second}, true); err == nil || !strings.Contains(err.Error(), "pin rm broken") {
 		t.Fatalf("a collection with an unreadable pin: %v", err)
 	}
 }
@@ -387,16 +385,16 @@ func TestDeletePathWithReferrers(t *testing.T) {
 			t.Fatalf("uploading %s: %d", step.p.name, code)
 		}
 	}
-	if _, err := c.deletePath(ctx, lib.hash, false); err == nil || !strings.Contains(err.Error(), "referenced by 2 paths") {
+	if _, err := c.DeletePath(ctx, lib.hash, false); err == nil || !strings.Contains(err.Error(), "referenced by 2 paths") {
 		t.Fatalf("deleting a referenced path: %v", err)
 	}
 	if !present(h, lib) {
 		t.Fatal("a refused delete deleted")
 	}
-	if _, err := c.deletePath(ctx, "/nix/store/"+strings.Repeat("0", 32)+"-ghost", false); !errors.Is(err, errUnknownPath) {
+	if _, err := c.DeletePath(ctx, "/nix/store/"+strings.Repeat("0", 32)+"-ghost", false); !errors.Is(err, retention.ErrUnknownPath) {
 		t.Fatalf("deleting an unknown path: %v", err)
 	}
-	report, err := c.deletePath(ctx, lib.hash, true)
+	report, err := c.DeletePath(ctx, lib.hash, true)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -419,14 +417,14 @@ func TestCorruptIndexIsRebuiltWithAWarning(t *testing.T) {
 	if code := p.uploadWithRefs(t, h); code != http.StatusCreated {
 		t.Fatalf("upload: %d", code)
 	}
-	if err := os.MkdirAll(filepath.Dir(h.state.indexPath), 0o700); err != nil {
+	if err := os.MkdirAll(filepath.Dir(h.state.IndexPath()), 0o700); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(h.state.indexPath, []byte("garbage, not an index"), 0o600); err != nil {
+	if err := os.WriteFile(h.state.IndexPath(), []byte("garbage, not an index"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	core, logs := observer.New(zapcore.WarnLevel)
-	idx, err := h.state.open(context.Background(), zap.New(core))
+	idx, err := h.state.Open(context.Background(), zap.New(core))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -434,7 +432,7 @@ func TestCorruptIndexIsRebuiltWithAWarning(t *testing.T) {
 		t.Fatalf("no warning about the corrupt index: %v", logs.All())
 	}
 	c := h.collector(idx)
-	if _, err := c.reindex(context.Background(), false); err != nil {
+	if _, err := c.Reindex(context.Background(), false); err != nil {
 		t.Fatal(err)
 	}
 	if _, ok, _ := idx.Get(p.hash); !ok {
@@ -445,16 +443,17 @@ func TestCorruptIndexIsRebuiltWithAWarning(t *testing.T) {
 func TestCollectionOverMaxSizeSaysWhy(t *testing.T) {
 	h, c := newIndexedHandler(t)
 	core, logs := observer.New(zapcore.WarnLevel)
-	c.logger = zap.New(core)
+	h.logger = zap.New(core)
+	c = h.collector(c.Index())
 	p := newTestPath(t, "pinned", strings.Repeat("p", 5000))
 	if code := p.uploadWithRefs(t, h); code != http.StatusCreated {
 		t.Fatalf("upload: %d", code)
 	}
 	ageIndex(t, c, time.Now().Add(-48*time.Hour))
-	if _, err := c.pin(context.Background(), "keep", p.hash); err != nil {
+	if _, err := c.Pin(context.Background(), "keep", p.hash); err != nil {
 		t.Fatal(err)
 	}
-	report, err := c.collect(context.Background(), policy{maxSize: 100}, false)
+	report, err := c.Collect(context.Background(), retention.Policy{MaxSize: 100}, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -464,7 +463,7 @@ func TestCollectionOverMaxSizeSaysWhy(t *testing.T) {
 	if logs.FilterMessageSnippet("stays over max_size").Len() != 1 {
 		t.Fatalf("no warning that the cache stays over max_size: %v", logs.All())
 	}
-	if got := testutil.ToFloat64(protectedBytes.WithLabelValues(c.cache)); got < 5000 {
+	if got := testutil.ToFloat64(protectedBytes.WithLabelValues(h.cacheLabel())); got < 5000 {
 		t.Fatalf("caddy_nix_cache_protected_bytes is %v", got)
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/cargoxx-pkgs/runner/caddynix/retention"
 	"github.com/cargoxx-pkgs/runner/caddynix/storage"
 	"github.com/cargoxx-pkgs/runner/caddynix/storage/index"
 	"github.com/cargoxx-pkgs/runner/internal/caddyutil"
@@ -26,7 +27,7 @@ var namedCaches = caddy.NewUsagePool()
 // sharedCache is the state of one named cache shared across configurations.
 type sharedCache struct {
 	// state is the cache's index and locks, where jobs are recorded.
-	state      *cacheState
+	state      *retention.State
 	logger     *zap.Logger
 	mu         sync.RWMutex
 	url        string
@@ -94,7 +95,7 @@ func (a *CacheAccess) IssueJobCredential(job *Job, keepRuns int) (token string, 
 					return err
 				}
 				// The run's record outlives the index.
-				return saveRun(context.Background(), store, idx, job)
+				return retention.SaveRun(context.Background(), store, idx, job)
 			})
 		})
 	}
@@ -109,8 +110,8 @@ func (a *CacheAccess) recordJob(job *Job, write func(storage.Store, *index.Index
 	if job == nil || state == nil {
 		return
 	}
-	state.record(logger, "a job", func(idx *index.Index) error {
-		store := state.storage()
+	state.Record(logger, "a job", func(idx *index.Index) error {
+		store := state.Storage()
 		if store == nil {
 			return nil
 		}

@@ -7,6 +7,7 @@ import (
 	"strconv"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/cargoxx-pkgs/runner/caddynix/retention"
 	"github.com/cargoxx-pkgs/runner/internal/caddyutil"
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -99,6 +100,28 @@ var (
 	}, []string{"cache"})
 )
 
+// retentionMetrics counts what collections do in the collectors above.
+type retentionMetrics struct{}
+
+func (retentionMetrics) IndexRebuilt(cache string) { indexRebuilds.WithLabelValues(cache).Inc() }
+
+func (m retentionMetrics) Collected(cache string, report *retention.Report) {
+	gcRuns.WithLabelValues(cache).Inc()
+	m.Deleted(cache, report)
+	m.Stored(cache, report.Paths-len(report.Deleted), report.SizeAfter)
+	protectedBytes.WithLabelValues(cache).Set(float64(report.Protected))
+}
+
+func (retentionMetrics) Deleted(cache string, report *retention.Report) {
+	gcDeletedPaths.WithLabelValues(cache).Add(float64(len(report.Deleted)))
+	gcFreedBytes.WithLabelValues(cache).Add(float64(report.FreedBytes))
+}
+
+func (retentionMetrics) Stored(cache string, paths int, size int64) {
+	storedBytes.WithLabelValues(cache).Set(float64(size))
+	storedPaths.WithLabelValues(cache).Set(float64(paths))
+}
+
 // registerMetrics adds the cache's collectors to a config's registry.
 func registerMetrics(registry prometheus.Registerer) error {
 	return caddyutil.RegisterCollectors(registry, requestsTotal, bytesServed, narinfoLookups, uploadsTotal, uploadBytes, uploadRejections,
@@ -155,3 +178,6 @@ func (m *meteredWriter) record(kind string, err error) {
 	requestsTotal.WithLabelValues(kind, strconv.Itoa(status)).Inc()
 	bytesServed.WithLabelValues(kind).Add(float64(m.bytes))
 }
+
+// Interface guards
+var _ retention.Metrics = retentionMetrics{}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	caddycmd "github.com/caddyserver/caddy/v2/cmd"
+	"github.com/cargoxx-pkgs/runner/caddynix/retention"
 	"github.com/cargoxx-pkgs/runner/caddynix/storage"
 	"github.com/cargoxx-pkgs/runner/caddynix/storage/index"
 	"github.com/spf13/cobra"
@@ -80,7 +81,7 @@ func (t *target) run(cmd *cobra.Command, name string, params url.Values) error {
 }
 
 // openOffline opens a cache and its index in this process.
-func (t *target) openOffline() (*collector, func(), error) {
+func (t *target) openOffline() (*retention.Collector, func(), error) {
 	store, root, storageConfig, err := openCommandStore(context.Background(), t.root, t.s3)
 	if err != nil {
 		return nil, nil, err
@@ -107,8 +108,11 @@ func (t *target) openOffline() (*collector, func(), error) {
 		_ = store.Close()
 		return nil, nil, err
 	}
-	state := &cacheState{indexPath: indexPath, idx: idx, store: store}
-	c := &collector{store: store, storeDir: storeDir, state: state, idx: idx, logger: logger, cache: root, grace: storageConfig.gcGrace()}
+	state := retention.NewOpenState(idx, store)
+	c := retention.NewCollector(retention.Options{
+		Store: store, StoreDir: storeDir, State: state, Index: idx,
+		Logger: logger, Metrics: retentionMetrics{}, Cache: root, Grace: storageConfig.gcGrace(),
+	})
 	return c, func() { _ = state.Destruct(); _ = store.Close() }, nil
 }
 

@@ -167,7 +167,7 @@ func (h *Handler) serveNarInfo(w http.ResponseWriter, r *http.Request, req cache
 // writeNarInfo answers with a signed narinfo.
 func (h *Handler) writeNarInfo(w http.ResponseWriter, r *http.Request, req cacheRequest, entry *signedNarinfo) {
 	narinfoLookups.WithLabelValues("served").Inc()
-	h.state.markServed(req.hash)
+	h.state.MarkServed(req.hash)
 	w.Header().Set("Content-Type", contentTypes[kindNarinfo])
 	if plainGet(r) {
 		// What a substituter sends: answered as http.ServeContent would,

@@ -383,7 +383,7 @@ func (h *Handler) keepNarInfo(ctx context.Context, from upstreamNarinfo, info *n
 	if !again {
 		pusher := &index.Pusher{Token: "upstream " + from.from.base}
 		path := index.FromNarInfo(kept, file)
-		h.state.record(h.logger, "a kept upstream path "+kept.StorePath, func(idx *index.Index) error {
+		h.state.Record(h.logger, "a kept upstream path "+kept.StorePath, func(idx *index.Index) error {
 			return idx.RecordPush(path, pusher, file.ModTime)
 		})
 	}

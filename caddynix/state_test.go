@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cargoxx-pkgs/runner/caddynix/retention"
 	"github.com/cargoxx-pkgs/runner/caddynix/storage/index"
 	"go.uber.org/zap"
 )
@@ -23,13 +24,13 @@ func TestUploadsDoNotWaitForAHeldIndex(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h.state = &cacheState{indexPath: indexPath}
-	h.state.setStore(h.store, false)
+	h.state = retention.NewState(indexPath)
+	h.state.SetStore(h.store, false)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	opened := make(chan error, 1)
 	go func() {
-		_, err := h.state.open(ctx, zap.NewNop())
+		_, err := h.state.Open(ctx, zap.NewNop())
 		opened <- err
 	}()
 	time.Sleep(100 * time.Millisecond) // the opener is waiting on the holder now
@@ -45,7 +46,7 @@ func TestUploadsDoNotWaitForAHeldIndex(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("an upload waited for the index that another holder has")
 	}
-	if h.state.index() != nil {
+	if h.state.Index() != nil {
 		t.Fatal("the index claims to be open while another holder has it")
 	}
 
@@ -55,7 +56,7 @@ func TestUploadsDoNotWaitForAHeldIndex(t *testing.T) {
 	if err := <-opened; err != nil {
 		t.Fatalf("opening the index once free: %v", err)
 	}
-	record, ok, err := h.state.index().Get(p.hash)
+	record, ok, err := h.state.Index().Get(p.hash)
 	if err != nil || !ok {
 		t.Fatalf("the push made while the index was held is not in it: %v %v", ok, err)
 	}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/cargoxx-pkgs/runner/caddynix/retention"
 	"github.com/cargoxx-pkgs/runner/caddynix/storage"
 	"github.com/cargoxx-pkgs/runner/caddynix/storage/dir"
 	"github.com/cargoxx-pkgs/runner/caddynix/storage/s3"
@@ -79,7 +80,7 @@ type S3Config struct {
 // when it is shared.
 func (c *StorageConfig) gcGrace() time.Duration {
 	if c == nil || c.S3 == nil || c.S3.GCGrace == 0 {
-		return defaultGCGrace
+		return retention.DefaultGrace
 	}
 	return time.Duration(c.S3.GCGrace)
 }
@@ -97,8 +98,8 @@ func (c *S3Config) s3Config(repl *caddy.Replacer) (s3.Config, error) {
 		AbandonedAfter: time.Duration(c.AbandonUploadsAfter),
 	}
 	switch {
-	case time.Duration(c.GCGrace) > leaseTTL/2:
-		return cfg, fmt.Errorf("gc_grace %s is longer than %s: a collection would lose its lease while it waits", time.Duration(c.GCGrace), leaseTTL/2)
+	case time.Duration(c.GCGrace) > retention.LeaseTTL/2:
+		return cfg, fmt.Errorf("gc_grace %s is longer than %s: a collection would lose its lease while it waits", time.Duration(c.GCGrace), retention.LeaseTTL/2)
 	case c.SecretAccessKey != "" && c.SecretAccessKeyFile != "":
 		return cfg, errors.New("give the S3 secret either as secret_access_key or as secret_access_key_file, not both")
 	case c.SecretAccessKeyFile != "":

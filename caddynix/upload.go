@@ -18,6 +18,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/cargoxx-pkgs/runner/caddynix/retention"
 	"github.com/cargoxx-pkgs/runner/caddynix/storage"
 	"github.com/cargoxx-pkgs/runner/caddynix/storage/index"
 	"github.com/cargoxx-pkgs/runner/internal/iox"
@@ -419,7 +420,7 @@ func (h *Handler) putNarInfo(r *http.Request, req cacheRequest, pusher *index.Pu
 		at = file.ModTime
 	}
 	path := index.FromNarInfo(info, file)
-	h.state.record(h.logger, "an upload of "+info.StorePath, func(idx *index.Index) error {
+	h.state.Record(h.logger, "an upload of "+info.StorePath, func(idx *index.Index) error {
 		return idx.RecordPush(path, pusher, at)
 	})
 	return nil
@@ -436,18 +437,21 @@ func (h *Handler) commitNarInfo(ctx context.Context, req cacheRequest, info *nar
 		needs = append(needs, ref[:storePathHashLen])
 	}
 	requestCtx := ctx
-	ctx, cancel, err := h.state.announced.admit(ctx, h.store, h.gcGrace, needs)
+	ctx, release, err := h.state.AdmitCommit(ctx, h.store, h.gcGrace, needs)
+	if announced := (*retention.AnnouncedError)(nil); errors.As(err, &announced) {
+		// 409, not 503: Nix retries a 503 at once, and a retried upload
+		// sends no body.
+		return nil, storage.Info{}, false, &uploadError{status: http.StatusConflict, reason: "being_collected", retryAfter: announced.Grace, msg: announced.Error()}
+	}
 	if err != nil {
 		return nil, storage.Info{}, false, err
 	}
-	defer cancel()
+	defer release()
 	defer func() {
 		if errors.Is(err, context.DeadlineExceeded) && requestCtx.Err() == nil {
 			err = reject(http.StatusServiceUnavailable, "slow_commit", "the storage took too long to commit the narinfo for a collection on another node to see it; upload it again")
 		}
 	}()
-	h.state.closure.RLock()
-	defer h.state.closure.RUnlock()
 	existing, replaceable, err := h.storedNarInfo(ctx, req.file)
 	if err != nil {
 		return nil, storage.Info{}, false, err
@@ -490,7 +494,7 @@ func (h *Handler) commitNarInfo(ctx context.Context, req cacheRequest, info *nar
 		}
 		info = existing
 		// Pushed again: wanted again, also after the index is lost.
-		h.state.markServed(req.hash)
+		h.state.MarkServed(req.hash)
 	}
 	file, err := h.store.Stat(ctx, req.file)
 	if err != nil {
@@ -500,7 +504,7 @@ func (h *Handler) commitNarInfo(ctx context.Context, req cacheRequest, info *nar
 	for _, ref := range info.References {
 		touched = append(touched, ref[:storePathHashLen])
 	}
-	h.state.noteTouched(touched...)
+	h.state.Touch(touched...)
 	return info, file, existing != nil, nil
 }
 
@@ -701,7 +705,7 @@ func (h *Handler) readSmallBody(r *http.Request, limit int64) ([]byte, error) {
 
 // writeFile atomically replaces name with data.
 func (h *Handler) writeFile(ctx context.Context, name string, data []byte) error {
-	if err := writeObject(ctx, h.store, name, data); err != nil {
+	if err := storage.WriteAll(ctx, h.store, name, data); err != nil {
 		return fmt.Errorf("writing %s: %w", name, err)
 	}
 	return nil

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cargoxx-pkgs/runner/caddynix/retention"
 	"github.com/cargoxx-pkgs/runner/caddynix/storage"
 )
 
@@ -23,16 +24,16 @@ func TestRetentionSeesEveryNodesUses(t *testing.T) {
 		}
 	}
 	ageIndex(t, c, time.Now().Add(-48*time.Hour))
-	rec, _, _ := c.idx.Get(older.hash)
-	if err := c.idx.RecordPush(rec, rec.Pusher, time.Now().Add(-72*time.Hour)); err != nil {
+	rec, _, _ := c.Index().Get(older.hash)
+	if err := c.Index().RecordPush(rec, rec.Pusher, time.Now().Add(-72*time.Hour)); err != nil {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
 	// Another node served the older path an hour ago.
-	if err := publishUses(ctx, h.store, map[string]time.Time{older.hash: time.Now().Add(-time.Hour)}); err != nil {
+	if err := retention.PublishUses(ctx, h.store, map[string]time.Time{older.hash: time.Now().Add(-time.Hour)}); err != nil {
 		t.Fatal(err)
 	}
-	info, err := c.pathInfo(ctx, older.hash)
+	info, err := c.PathInfo(ctx, older.hash)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -40,30 +41,29 @@ func TestRetentionSeesEveryNodesUses(t *testing.T) {
 		t.Fatalf("path-info shows last served %v, not the other node's use", info.LastServed)
 	}
 
-	paths, _ := c.idx.Paths()
-	report, err := c.collect(ctx, policy{maxSize: cacheSize(paths) - 1, minAge: time.Hour}, false)
+	paths, _ := c.Index().Paths()
+	report, err := c.Collect(ctx, retention.Policy{MaxSize: retention.CacheSize(paths) - 1, MinAge: time.Hour}, false)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if len(report.Deleted) != 1 || !strings.Contains(report.Deleted[0], newer.hash) {
 		t.Fatalf("deleted %v, want only %s, which no node served", report.Deleted, newer.name)
 	}
-	if records, err := h.store.List(ctx, usesDir); err != nil || len(records) != 0 {
+	if records, err := h.store.List(ctx, retention.UsesDir); err != nil || len(records) != 0 {
 		t.Fatalf("records left after folding: %v %v", records, err)
 	}
-	folded, err := storage.ReadAll(ctx, h.store, usesName, maxUsesSize)
+	folded, err := storage.ReadAll(ctx, h.store, retention.UsesName, 1<<20)
 	if err != nil || !strings.Contains(string(folded), older.hash) {
 		t.Fatalf("the folded record %s lacks %s: %v", folded, older.name, err)
 	}
 
 	// A node that lost its index starts again from the folded record.
 	fresh := loseIndex(t, h)
-	fresh.store, fresh.grace = h.store, c.grace
-	if err := fresh.gatherUses(ctx, false); err != nil {
+	info, err = fresh.PathInfo(ctx, older.hash)
+	if err != nil {
 		t.Fatal(err)
 	}
-	served, _ := fresh.idx.Served()
-	if _, ok := served[older.hash]; !ok {
-		t.Fatalf("a rebuilt index lacks the use times of the folded record: %v", served)
+	if info.LastServed == nil || time.Since(*info.LastServed) > 2*time.Hour {
+		t.Fatalf("a rebuilt index lacks the use times of the folded record: last served %v", info.LastServed)
 	}
 }

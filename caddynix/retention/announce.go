@@ -1,4 +1,4 @@
-package caddynix
+package retention
 
 import (
 	"context"
@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"net/http"
 	"slices"
 	"sync"
 	"time"
@@ -30,10 +29,15 @@ import (
 //
 // Every node must therefore use the same grace. Only local durations are
 // compared, never clocks of two machines, except for the announcement's
-// expiry, which only matters when its collector died.
+// expiry, which only matters when its Collector died.
 const (
-	announcementName = "retention/doomed"
-	defaultGCGrace   = time.Minute
+	// AnnouncementName is the object a collection announces in.
+	AnnouncementName = "retention/doomed"
+	// DefaultGrace is how long a collection waits between announcing and
+	// deleting, unless the storage's gc_grace says otherwise.
+	DefaultGrace = time.Minute
+	// maxAnnouncementSize bounds the announcement read into memory.
+	maxAnnouncementSize = 1 << 20
 )
 
 // announcement is what a collection is about to delete.
@@ -66,11 +70,11 @@ func (a *announcement) indexNames() {
 // announce writes that a collection on shared storage is about to delete
 // paths and nars, and returns the announcement and a function that
 // withdraws it.
-func (c *collector) announce(ctx context.Context, paths, nars []string) (*announcement, func(), error) {
+func (c *Collector) announce(ctx context.Context, paths, nars []string) (*announcement, func(), error) {
 	a := &announcement{
 		Holder:  leaseHolder(),
 		Grace:   c.grace,
-		Expires: time.Now().Add(c.grace + leaseTTL).UTC(),
+		Expires: time.Now().Add(c.grace + LeaseTTL).UTC(),
 		Paths:   paths,
 		Nars:    nars,
 	}
@@ -79,15 +83,31 @@ func (c *collector) announce(ctx context.Context, paths, nars []string) (*announ
 	if err != nil {
 		return nil, nil, err
 	}
-	if err := writeObject(ctx, c.store, announcementName, data); err != nil {
+	if err := storage.WriteAll(ctx, c.store, AnnouncementName, data); err != nil {
 		return nil, nil, fmt.Errorf("announcing what the collection deletes: %w", err)
 	}
 	return a, func() {
-		if err := c.store.Delete(context.WithoutCancel(ctx), announcementName); err != nil {
+		if err := c.store.Delete(context.WithoutCancel(ctx), AnnouncementName); err != nil {
 			c.logger.Warn("withdrawing the collection's announcement; it expires by itself, and until then uploads that need what it names are refused",
 				zap.Error(err), zap.Time("expires", a.Expires))
 		}
 	}, nil
+}
+
+// AnnouncedError refuses an upload that needs what a collection on
+// another node is about to delete. The upload succeeds when made again
+// once the collection is over, about Grace later.
+type AnnouncedError struct {
+	// Key is the hash part or NAR file the upload needs.
+	Key string
+	// Holder names the node that collects.
+	Holder string
+	Grace  time.Duration
+}
+
+func (e *AnnouncedError) Error() string {
+	return fmt.Sprintf("%s is about to be deleted by a collection (%s) that started before this upload; upload again once it is over, in about %s, and it is uploaded anew",
+		e.Key, e.Holder, e.Grace.Round(time.Second))
 }
 
 // announcementView is a node's recent look at the announcement of its
@@ -113,13 +133,7 @@ func (v *announcementView) admit(ctx context.Context, store storage.Store, grace
 	if a != nil && time.Now().Before(a.Expires) {
 		for _, key := range keys {
 			if a.names(key) {
-				// 409, not 503: Nix retries a 503 at once, and a retried
-				// upload sends no body.
-				return nil, nil, &uploadError{
-					status: http.StatusConflict, reason: "being_collected", retryAfter: a.Grace,
-					msg: fmt.Sprintf("%s is about to be deleted by a collection (%s) that started before this upload; upload again once it is over, in about %s, and it is uploaded anew",
-						key, a.Holder, a.Grace.Round(time.Second)),
-				}
+				return nil, nil, &AnnouncedError{Key: key, Holder: a.Holder, Grace: a.Grace}
 			}
 		}
 	}
@@ -136,7 +150,7 @@ func (v *announcementView) look(ctx context.Context, store storage.Store, grace 
 		return v.current, v.fetched, nil
 	}
 	fetched := time.Now()
-	data, err := storage.ReadAll(ctx, store, announcementName, maxSmallDocSize)
+	data, err := storage.ReadAll(ctx, store, AnnouncementName, maxAnnouncementSize)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
 		v.current = nil
@@ -145,7 +159,7 @@ func (v *announcementView) look(ctx context.Context, store storage.Store, grace 
 	default:
 		a := new(announcement)
 		if err := json.Unmarshal(data, a); err != nil {
-			return nil, time.Time{}, fmt.Errorf("reading what collections are about to delete, %s: %w; delete it if no collection runs", announcementName, err)
+			return nil, time.Time{}, fmt.Errorf("reading what collections are about to delete, %s: %w; delete it if no collection runs", AnnouncementName, err)
 		}
 		a.indexNames()
 		v.current = a
@@ -160,7 +174,7 @@ func (v *announcementView) look(ctx context.Context, store storage.Store, grace 
 // the deletions that follow keep it. It returns a function that
 // withdraws the announcement once the deletions are done. On storage only
 // this process uses, the closure lock does this, and settle does nothing.
-func (c *collector) settle(ctx context.Context, paths []string, nars []string, orphans []storage.Info) (withdraw func(), err error) {
+func (c *Collector) settle(ctx context.Context, paths []string, nars []string, orphans []storage.Info) (withdraw func(), err error) {
 	if c.lease == nil || len(paths)+len(nars)+len(orphans) == 0 {
 		return func() {}, nil
 	}

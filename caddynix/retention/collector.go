@@ -1,4 +1,4 @@
-package caddynix
+package retention
 
 import (
 	"context"
@@ -10,14 +10,15 @@ import (
 	"go.uber.org/zap"
 )
 
-// collector deletes what a cache no longer needs. The handler's retention
+// Collector deletes what a cache no longer needs. The handler's retention
 // loop, the admin routes and `caddy nix-cache gc|delete` all use it.
-type collector struct {
+type Collector struct {
 	store    storage.Store
 	storeDir string
-	state    *cacheState
+	state    *State
 	idx      *index.Index
 	logger   *zap.Logger
+	metrics  Metrics
 	// cache labels the metrics.
 	cache string
 	// lease is the collection lease of a shared storage while it is held.
@@ -27,8 +28,39 @@ type collector struct {
 	grace time.Duration
 }
 
-// collectReport says what a collection did, or with dryRun would do.
-type collectReport struct {
+// Options are what a Collector works on.
+type Options struct {
+	Store storage.Store
+	// StoreDir is the store directory of the cache's paths, /nix/store.
+	StoreDir string
+	State    *State
+	// Index is the cache's open index.
+	Index  *index.Index
+	Logger *zap.Logger
+	// Metrics is told what collections do; nil tells nobody.
+	Metrics Metrics
+	// Cache names the cache in logs and metrics.
+	Cache string
+	// Grace is how long a collection on shared storage announces what it
+	// deletes before it deletes it: the storage's gc_grace.
+	Grace time.Duration
+}
+
+// NewCollector returns a collector of the cache that opts describe.
+func NewCollector(opts Options) *Collector {
+	metrics := opts.Metrics
+	if metrics == nil {
+		metrics = noMetrics{}
+	}
+	return &Collector{store: opts.Store, storeDir: opts.StoreDir, state: opts.State, idx: opts.Index,
+		logger: opts.Logger, metrics: metrics, cache: opts.Cache, grace: opts.Grace}
+}
+
+// Index is the index the collector works on.
+func (c *Collector) Index() *index.Index { return c.idx }
+
+// Report says what a collection did, or with dryRun would do.
+type Report struct {
 	DryRun bool `json:"dry_run,omitempty"`
 	// Paths is how many paths the cache held before.
 	Paths int `json:"paths"`
@@ -52,15 +84,15 @@ type collectReport struct {
 	Duration      time.Duration        `json:"duration_ns"`
 }
 
-// collect brings the index in line with the files, plans by pol and, unless
+// Collect brings the index in line with the files, plans by pol and, unless
 // dryRun, deletes.
-func (c *collector) collect(ctx context.Context, pol policy, dryRun bool) (*collectReport, error) {
+func (c *Collector) Collect(ctx context.Context, pol Policy, dryRun bool) (*Report, error) {
 	// One collection at a time: a second waits, and then finds little to do.
 	c.state.collecting.Lock()
 	defer c.state.collecting.Unlock()
 	start := time.Now()
-	report := &collectReport{DryRun: dryRun, MaxSize: pol.maxSize}
-	if err := c.state.flushServed(); err != nil {
+	report := &Report{DryRun: dryRun, MaxSize: pol.MaxSize}
+	if err := c.state.FlushServed(); err != nil {
 		return nil, fmt.Errorf("writing served times: %w", err)
 	}
 	if dryRun {
@@ -70,7 +102,7 @@ func (c *collector) collect(ctx context.Context, pol policy, dryRun bool) (*coll
 }
 
 // plannedCollect is collect's work: index, plan, delete.
-func (c *collector) plannedCollect(ctx context.Context, pol policy, dryRun bool, report *collectReport, start time.Time) error {
+func (c *Collector) plannedCollect(ctx context.Context, pol Policy, dryRun bool, report *Report, start time.Time) error {
 	// Uploads from here on are seen by the deletions below.
 	c.state.track(true)
 	defer c.state.track(false)
@@ -95,10 +127,10 @@ func (c *collector) plannedCollect(ctx context.Context, pol policy, dryRun bool,
 		return err
 	}
 	now := time.Now()
-	plan := planRetention(paths, served, roots, pol, now)
+	plan := PlanCollection(paths, served, roots, pol, now)
 	report.Paths, report.SizeBefore, report.SizeAfter, report.Protected = plan.Paths, plan.SizeBefore, plan.SizeAfter, plan.Protected
 
-	orphans, err := c.orphanNars(ctx, paths, now.Add(-pol.minAge))
+	orphans, err := c.orphanNars(ctx, paths, now.Add(-pol.MinAge))
 	if err != nil {
 		return err
 	}
@@ -144,8 +176,8 @@ func (c *collector) plannedCollect(ctx context.Context, pol policy, dryRun bool,
 // roots are the hash parts of the paths whose closures are kept: the pins
 // and the paths of the kept CI runs. It also returns the runs that can no
 // longer be kept, which the index has forgotten.
-func (c *collector) roots(ctx context.Context) (roots []string, forgotten []*index.Run, err error) {
-	pins, err := c.pins(ctx)
+func (c *Collector) roots(ctx context.Context) (roots []string, forgotten []*index.Run, err error) {
+	pins, err := c.Pins(ctx)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -164,19 +196,19 @@ func (c *collector) roots(ctx context.Context) (roots []string, forgotten []*ind
 
 // sync brings the index in line with the storage. An index built anew, or
 // with full, also adopts the run records kept in the storage.
-func (c *collector) sync(ctx context.Context, full bool) (index.ReconcileStats, error) {
+func (c *Collector) sync(ctx context.Context, full bool) (index.ReconcileStats, error) {
 	rebuild := full || !c.idx.Complete()
 	stats, err := c.idx.Reconcile(ctx, c.store, c.storeDir, full)
 	if err != nil || !rebuild {
 		return stats, err
 	}
-	indexRebuilds.WithLabelValues(c.cache).Inc()
+	c.metrics.IndexRebuilt(c.cache)
 	return stats, c.adoptRuns(ctx)
 }
 
 // orphanNars lists the NAR files that no indexed narinfo names and that
 // are older than before: left by uploads whose narinfo never came.
-func (c *collector) orphanNars(ctx context.Context, paths map[string]*index.Path, before time.Time) ([]storage.Info, error) {
+func (c *Collector) orphanNars(ctx context.Context, paths map[string]*index.Path, before time.Time) ([]storage.Info, error) {
 	named := make(map[string]bool, len(paths))
 	for _, p := range paths {
 		named[p.NarURL] = true
@@ -194,7 +226,7 @@ func (c *collector) orphanNars(ctx context.Context, paths map[string]*index.Path
 	return orphans, nil
 }
 
-func (c *collector) deleteOrphans(ctx context.Context, orphans []storage.Info, report *collectReport) error {
+func (c *Collector) deleteOrphans(ctx context.Context, orphans []storage.Info, report *Report) error {
 	c.state.closure.Lock()
 	defer c.state.closure.Unlock()
 	for _, o := range orphans {
@@ -218,7 +250,7 @@ const deleteBatch = 256
 // deletePaths deletes paths, given referrers first, and then the NAR files
 // nars. A path an upload committed or referenced since the plan is kept,
 // with everything it references. It returns the bytes it freed.
-func (c *collector) deletePaths(ctx context.Context, paths []*index.Path, nars []string, report *collectReport) (int64, error) {
+func (c *Collector) deletePaths(ctx context.Context, paths []*index.Path, nars []string, report *Report) (int64, error) {
 	var freed int64
 	kept := map[string]bool{}
 	keptNars := map[string]bool{}
@@ -288,13 +320,8 @@ func (c *collector) deletePaths(ctx context.Context, paths []*index.Path, nars [
 }
 
 // record logs a collection and counts it in the metrics.
-func (c *collector) record(report *collectReport) {
-	gcRuns.WithLabelValues(c.cache).Inc()
-	gcDeletedPaths.WithLabelValues(c.cache).Add(float64(len(report.Deleted)))
-	gcFreedBytes.WithLabelValues(c.cache).Add(float64(report.FreedBytes))
-	storedBytes.WithLabelValues(c.cache).Set(float64(report.SizeAfter))
-	storedPaths.WithLabelValues(c.cache).Set(float64(report.Paths - len(report.Deleted)))
-	protectedBytes.WithLabelValues(c.cache).Set(float64(report.Protected))
+func (c *Collector) record(report *Report) {
+	c.metrics.Collected(c.cache, report)
 	fields := []zap.Field{
 		zap.String("cache", c.cache),
 		zap.Int("paths", report.Paths),
@@ -319,9 +346,9 @@ func (c *collector) record(report *collectReport) {
 	}
 }
 
-// reindex brings the index in line with the files, reading every narinfo
+// Reindex brings the index in line with the files, reading every narinfo
 // again with full, and counts what is stored.
-func (c *collector) reindex(ctx context.Context, full bool) (index.ReconcileStats, error) {
+func (c *Collector) Reindex(ctx context.Context, full bool) (index.ReconcileStats, error) {
 	c.state.collecting.Lock()
 	defer c.state.collecting.Unlock()
 	start := time.Now()
@@ -333,9 +360,8 @@ func (c *collector) reindex(ctx context.Context, full bool) (index.ReconcileStat
 	if err != nil {
 		return stats, err
 	}
-	size := cacheSize(paths)
-	storedBytes.WithLabelValues(c.cache).Set(float64(size))
-	storedPaths.WithLabelValues(c.cache).Set(float64(len(paths)))
+	size := CacheSize(paths)
+	c.metrics.Stored(c.cache, len(paths), size)
 	fields := []zap.Field{
 		zap.String("cache", c.cache),
 		zap.Int("narinfos", stats.Narinfos),
@@ -353,9 +379,9 @@ func (c *collector) reindex(ctx context.Context, full bool) (index.ReconcileStat
 	return stats, nil
 }
 
-// cacheSize is the bytes of NAR files and narinfos of paths, a NAR that
+// CacheSize is the bytes of NAR files and narinfos of paths, a NAR that
 // several paths name counted once.
-func cacheSize(paths map[string]*index.Path) int64 {
+func CacheSize(paths map[string]*index.Path) int64 {
 	var size int64
 	nars := map[string]bool{}
 	for _, p := range paths {

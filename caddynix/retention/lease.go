@@ -1,4 +1,4 @@
-package caddynix
+package retention
 
 import (
 	"context"
@@ -19,7 +19,8 @@ import (
 // process that collects it.
 const (
 	leaseName = "retention/lease"
-	leaseTTL  = 10 * time.Minute
+	// LeaseTTL is how long a collection lease lasts unless renewed.
+	LeaseTTL = 10 * time.Minute
 )
 
 // leaseHolder names this process in the leases it takes.
@@ -41,7 +42,7 @@ func (l *heldLease) renew(ctx context.Context) error {
 	if l == nil {
 		return nil
 	}
-	ok, current, err := l.leaser.TryLease(ctx, leaseName, leaseHolder(), leaseTTL)
+	ok, current, err := l.leaser.TryLease(ctx, leaseName, leaseHolder(), LeaseTTL)
 	if err != nil {
 		return fmt.Errorf("renewing the collection lease: %w", err)
 	}
@@ -53,12 +54,12 @@ func (l *heldLease) renew(ctx context.Context) error {
 
 // withLease runs collect while this process holds the collection lease of
 // a shared storage, and refuses when another node holds it.
-func (c *collector) withLease(ctx context.Context, collect func() error) error {
+func (c *Collector) withLease(ctx context.Context, collect func() error) error {
 	leaser, ok := c.store.(storage.Leaser)
 	if !ok {
 		return collect()
 	}
-	ok, current, err := leaser.TryLease(ctx, leaseName, leaseHolder(), leaseTTL)
+	ok, current, err := leaser.TryLease(ctx, leaseName, leaseHolder(), LeaseTTL)
 	if err != nil {
 		return fmt.Errorf("taking the collection lease: %w", err)
 	}

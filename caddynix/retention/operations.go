@@ -1,4 +1,4 @@
-package caddynix
+package retention
 
 import (
 	"cmp"
@@ -15,11 +15,14 @@ import (
 )
 
 // The operations on a cache that its admin routes and `caddy nix-cache`
-// commands offer, on a collector whether Caddy runs it or not.
+// commands offer, on a Collector whether Caddy runs it or not.
 
-// errUnknownPath is wrapped by the errors of a store path the cache does
+// ErrUnknownPath is wrapped by the errors of a store path the cache does
 // not hold.
-var errUnknownPath = errors.New("the cache does not hold this store path")
+var ErrUnknownPath = errors.New("the cache does not hold this store path")
+
+// hashLen is the length of a store path's hash part.
+const hashLen = 32
 
 // hashOfStorePath reads a store path given as /nix/store/<hash>-<name>,
 // <hash>-<name> or <hash>, and returns its hash part.
@@ -29,8 +32,8 @@ func hashOfStorePath(storeDir, arg string) (string, error) {
 		return "", fmt.Errorf("%q is not a store path of %s", arg, storeDir)
 	}
 	hash, _, _ := strings.Cut(base, "-")
-	if len(hash) != storePathHashLen {
-		return "", fmt.Errorf("%q is not a store path: its hash part must be %d characters", arg, storePathHashLen)
+	if len(hash) != hashLen {
+		return "", fmt.Errorf("%q is not a store path: its hash part must be %d characters", arg, hashLen)
 	}
 	if _, err := nixbase32.DecodeString(hash); err != nil {
 		return "", fmt.Errorf("%q is not a store path: its hash part is not nix32", arg)
@@ -39,7 +42,7 @@ func hashOfStorePath(storeDir, arg string) (string, error) {
 }
 
 // lookup returns the index record of a store path the cache holds.
-func (c *collector) lookup(arg string) (index.Path, error) {
+func (c *Collector) lookup(arg string) (index.Path, error) {
 	hash, err := hashOfStorePath(c.storeDir, arg)
 	if err != nil {
 		return index.Path{}, err
@@ -58,30 +61,30 @@ func (c *collector) lookup(arg string) (index.Path, error) {
 		}
 	}
 	if !ok {
-		return index.Path{}, fmt.Errorf("%s: %w", arg, errUnknownPath)
+		return index.Path{}, fmt.Errorf("%s: %w", arg, ErrUnknownPath)
 	}
 	return p, nil
 }
 
-// pathInfo is what `path-info` shows of a store path.
-type pathInfo struct {
+// PathInfo is what `path-info` shows of a store path.
+type PathInfo struct {
 	index.Path
 	Hash       string     `json:"hash"`
 	LastServed *time.Time `json:"last_served,omitempty"`
 	Pins       []string   `json:"pins,omitempty"`
 }
 
-// pathInfo describes a store path the cache holds: sizes, references, who
+// PathInfo describes a store path the cache holds: sizes, references, who
 // pushed it and when, when it was last served and the pins on it.
-func (c *collector) pathInfo(ctx context.Context, storePath string) (*pathInfo, error) {
-	if err := c.state.flushServed(); err != nil {
+func (c *Collector) PathInfo(ctx context.Context, storePath string) (*PathInfo, error) {
+	if err := c.state.FlushServed(); err != nil {
 		return nil, err
 	}
 	p, err := c.lookup(storePath)
 	if err != nil {
 		return nil, err
 	}
-	info := &pathInfo{Path: p, Hash: p.Hash}
+	info := &PathInfo{Path: p, Hash: p.Hash}
 	if err := c.gatherUses(ctx, false); err != nil {
 		return nil, err
 	}
@@ -92,7 +95,7 @@ func (c *collector) pathInfo(ctx context.Context, storePath string) (*pathInfo, 
 	if at, ok := served[p.Hash]; ok {
 		info.LastServed = &at
 	}
-	pins, err := c.pins(ctx)
+	pins, err := c.Pins(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -104,10 +107,10 @@ func (c *collector) pathInfo(ctx context.Context, storePath string) (*pathInfo, 
 	return info, nil
 }
 
-// deletePath deletes one store path. While paths the cache keeps
+// DeletePath deletes one store path. While paths the cache keeps
 // reference it, it refuses, unless withReferrers, which deletes them too.
 // Pinned paths are never deleted this way: remove the pin first.
-func (c *collector) deletePath(ctx context.Context, storePath string, withReferrers bool) (report *collectReport, err error) {
+func (c *Collector) DeletePath(ctx context.Context, storePath string, withReferrers bool) (report *Report, err error) {
 	target, err := c.lookup(storePath)
 	if err != nil {
 		return nil, err
@@ -123,7 +126,7 @@ func (c *collector) deletePath(ctx context.Context, storePath string, withReferr
 
 // deleteClosureOf is deletePath's work, under the collection lock and
 // lease.
-func (c *collector) deleteClosureOf(ctx context.Context, target index.Path, withReferrers bool) (*collectReport, error) {
+func (c *Collector) deleteClosureOf(ctx context.Context, target index.Path, withReferrers bool) (*Report, error) {
 	c.state.track(true)
 	defer c.state.track(false)
 	paths, err := c.idx.Paths()
@@ -158,7 +161,7 @@ func (c *collector) deleteClosureOf(ctx context.Context, target index.Path, with
 		return nil, fmt.Errorf("%s is referenced by %d paths the cache keeps (%s): delete them too with --with-referrers (with_referrers=true)",
 			target.StorePath, len(depth)-1, strings.Join(names, ", "))
 	}
-	pins, err := c.pins(ctx)
+	pins, err := c.Pins(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -191,15 +194,14 @@ func (c *collector) deleteClosureOf(ctx context.Context, target index.Path, with
 		return nil, err
 	}
 	defer withdraw()
-	report := &collectReport{Paths: len(paths)}
-	report.SizeBefore = cacheSize(paths)
+	report := &Report{Paths: len(paths)}
+	report.SizeBefore = CacheSize(paths)
 	freed, err := c.deletePaths(ctx, victims, nars, report)
 	report.SizeAfter = report.SizeBefore - freed
 	if err != nil {
 		return report, err
 	}
-	gcDeletedPaths.WithLabelValues(c.cache).Add(float64(len(report.Deleted)))
-	gcFreedBytes.WithLabelValues(c.cache).Add(float64(report.FreedBytes))
+	c.metrics.Deleted(c.cache, report)
 	c.logger.Info("deleted a path", zap.String("store_path", target.StorePath), zap.Strings("deleted", report.Deleted), zap.Int64("freed_bytes", report.FreedBytes))
 	if report.KeptByUploads > 0 {
 		return report, fmt.Errorf("an upload needed %s while it was deleted: %d paths were kept", target.StorePath, report.KeptByUploads)

@@ -1,4 +1,4 @@
-package caddynix
+package retention
 
 import (
 	"context"
@@ -13,13 +13,14 @@ import (
 	"github.com/cargoxx-pkgs/runner/caddynix/storage"
 )
 
-// Pins are part of the cache, as its files are: one object per pin,
-// retention/pins/<name>, holding the pinned store path. So they outlive
-// the index, and every node serving the same storage sees them.
-const pinsDir = "retention/pins"
+// PinsDir holds the pins. Pins are part of the cache, as its files are:
+// one object per pin, retention/pins/<name>, holding the pinned store
+// path. So they outlive the index, and every node serving the same
+// storage sees them.
+const PinsDir = "retention/pins"
 
-// pin keeps a store path's closure whatever retention decides.
-type pin struct {
+// Pin keeps a store path's closure whatever retention decides.
+type Pin struct {
 	Name      string    `json:"name"`
 	StorePath string    `json:"store_path"`
 	Hash      string    `json:"hash"`
@@ -38,46 +39,46 @@ func checkPinName(name string) error {
 	return nil
 }
 
-// errNoSuchPin is returned by unpin for a name no pin has.
-var errNoSuchPin = errors.New("no pin has that name")
+// ErrNoSuchPin is returned by unpin for a name no pin has.
+var ErrNoSuchPin = errors.New("no pin has that name")
 
-// pin creates or moves the pin name to a store path the cache holds.
-func (c *collector) pin(ctx context.Context, name, storePath string) (pin, error) {
+// Pin creates or moves the pin name to a store path the cache holds.
+func (c *Collector) Pin(ctx context.Context, name, storePath string) (Pin, error) {
 	if err := checkPinName(name); err != nil {
-		return pin{}, err
+		return Pin{}, err
 	}
 	p, err := c.lookup(storePath)
 	if err != nil {
-		return pin{}, err
+		return Pin{}, err
 	}
-	if err := writeObject(ctx, c.store, path.Join(pinsDir, name), []byte(p.StorePath+"\n")); err != nil {
-		return pin{}, fmt.Errorf("writing pin %s: %w", name, err)
+	if err := storage.WriteAll(ctx, c.store, path.Join(PinsDir, name), []byte(p.StorePath+"\n")); err != nil {
+		return Pin{}, fmt.Errorf("writing pin %s: %w", name, err)
 	}
-	return pin{Name: name, StorePath: p.StorePath, Hash: p.Hash, CreatedAt: time.Now().UTC()}, nil
+	return Pin{Name: name, StorePath: p.StorePath, Hash: p.Hash, CreatedAt: time.Now().UTC()}, nil
 }
 
-// unpin removes the pin name.
-func (c *collector) unpin(ctx context.Context, name string) error {
+// Unpin removes the pin name.
+func (c *Collector) Unpin(ctx context.Context, name string) error {
 	if err := checkPinName(name); err != nil {
 		return err
 	}
-	object := path.Join(pinsDir, name)
+	object := path.Join(PinsDir, name)
 	if _, err := c.store.Stat(ctx, object); errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("pin %q: %w", name, errNoSuchPin)
+		return fmt.Errorf("pin %q: %w", name, ErrNoSuchPin)
 	} else if err != nil {
 		return err
 	}
 	return c.store.Delete(ctx, object)
 }
 
-// pins lists the pins by name. A pin object that does not name a store
+// Pins lists the pins by name. A pin object that does not name a store
 // path is an error: retention must not run without knowing what it keeps.
-func (c *collector) pins(ctx context.Context) ([]pin, error) {
-	objects, err := c.store.List(ctx, pinsDir)
+func (c *Collector) Pins(ctx context.Context) ([]Pin, error) {
+	objects, err := c.store.List(ctx, PinsDir)
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("listing the pins: %w", err)
 	}
-	pins := []pin{}
+	pins := []Pin{}
 	for _, o := range objects {
 		name := path.Base(o.Name)
 		if checkPinName(name) != nil {
@@ -92,20 +93,7 @@ func (c *collector) pins(ctx context.Context) ([]pin, error) {
 		if err != nil || !strings.HasPrefix(storePath, c.storeDir+"/") {
 			return nil, fmt.Errorf("pin %s (%s) does not hold a store path of %s: remove it with `caddy nix-cache pin rm %s`", name, o.Name, c.storeDir, name)
 		}
-		pins = append(pins, pin{Name: name, StorePath: storePath, Hash: hash, CreatedAt: o.ModTime})
+		pins = append(pins, Pin{Name: name, StorePath: storePath, Hash: hash, CreatedAt: o.ModTime})
 	}
 	return pins, nil
-}
-
-// writeObject replaces the object name with data.
-func writeObject(ctx context.Context, store storage.Store, name string, data []byte) error {
-	up, err := store.Create(ctx, name)
-	if err != nil {
-		return err
-	}
-	defer up.Abort()
-	if _, err := up.Write(data); err != nil {
-		return err
-	}
-	return up.Commit()
 }

@@ -1,4 +1,4 @@
-package caddynix
+package retention
 
 import (
 	"fmt"
@@ -38,7 +38,7 @@ func graph(spec map[string]planPath) map[string]*index.Path {
 	return paths
 }
 
-func deletedNames(plan retentionPlan) []string {
+func deletedNames(plan Plan) []string {
 	var names []string
 	for _, p := range plan.Delete {
 		names = append(names, p.Hash)
@@ -52,7 +52,7 @@ func TestRetentionDeletesReferrersFirst(t *testing.T) {
 		"app": {refs: []string{"lib"}, age: 10 * time.Hour},
 		"top": {refs: []string{"app"}, age: 10 * time.Hour},
 	})
-	plan := planRetention(paths, nil, nil, policy{maxSize: 150}, planNow)
+	plan := PlanCollection(paths, nil, nil, Policy{MaxSize: 150}, planNow)
 	if got := deletedNames(plan); !slices.Equal(got, []string{"top", "app"}) {
 		t.Fatalf("deleted %v, want [top app]: the closure of what is kept must stay whole", got)
 	}
@@ -71,7 +71,7 @@ func TestRetentionKeepsWhatARecentPathNeeds(t *testing.T) {
 		"newapp": {refs: []string{"glibc"}, age: 200 * 24 * time.Hour},
 	})
 	served := map[string]time.Time{"newapp": planNow.Add(-time.Hour)}
-	plan := planRetention(paths, served, nil, policy{maxAge: 90 * 24 * time.Hour}, planNow)
+	plan := PlanCollection(paths, served, nil, Policy{MaxAge: 90 * 24 * time.Hour}, planNow)
 	if got := deletedNames(plan); !slices.Equal(got, []string{"oldapp"}) {
 		t.Fatalf("deleted %v, want [oldapp]: glibc is needed by a path served an hour ago", got)
 	}
@@ -87,7 +87,7 @@ func TestRetentionLeastRecentlyUsedAndPullRequestsFirst(t *testing.T) {
 		"servedd": {age: 70 * time.Hour},
 	})
 	served := map[string]time.Time{"served": planNow.Add(-time.Hour)}
-	plan := planRetention(paths, served, nil, policy{maxSize: 250, minAge: time.Hour}, planNow)
+	plan := PlanCollection(paths, served, nil, Policy{MaxSize: 250, MinAge: time.Hour}, planNow)
 	if got := deletedNames(plan); !slices.Equal(got, []string{"pr", "servedd", "older", "old"}) {
 		t.Fatalf("deleted %v, want the pull-request push, then least recently used first", got)
 	}
@@ -100,7 +100,7 @@ func TestRetentionKeepsPinsAndYoungPathsOverMaxSize(t *testing.T) {
 		"young":  {age: 10 * time.Minute},
 		"other":  {age: 100 * time.Hour},
 	})
-	plan := planRetention(paths, nil, []string{"pinned"}, policy{maxSize: 100, minAge: time.Hour}, planNow)
+	plan := PlanCollection(paths, nil, []string{"pinned"}, Policy{MaxSize: 100, MinAge: time.Hour}, planNow)
 	if got := deletedNames(plan); !slices.Equal(got, []string{"other"}) {
 		t.Fatalf("deleted %v, want only [other]", got)
 	}
@@ -114,7 +114,7 @@ func TestRetentionSharedNarGoesWithItsLastUser(t *testing.T) {
 		"a": {age: 100 * time.Hour, nar: "nar/same.nar"},
 		"b": {age: 50 * time.Hour, nar: "nar/same.nar"},
 	})
-	plan := planRetention(paths, nil, nil, policy{maxAge: 70 * time.Hour}, planNow)
+	plan := PlanCollection(paths, nil, nil, Policy{MaxAge: 70 * time.Hour}, planNow)
 	if len(plan.Delete) != 1 || len(plan.Nars) != 0 {
 		t.Fatalf("deleted %v and NARs %v; the NAR b still names must stay", deletedNames(plan), plan.Nars)
 	}
@@ -154,13 +154,13 @@ func TestRetentionNeverBreaksAClosure(t *testing.T) {
 		if rng.IntN(2) == 0 {
 			roots = append(roots, fmt.Sprint("p", rng.IntN(n)))
 		}
-		pol := policy{maxSize: int64(rng.IntN(n * 100)), maxAge: time.Duration(rng.IntN(150)) * time.Hour, minAge: time.Duration(rng.IntN(20)) * time.Hour}
-		plan := planRetention(paths, served, roots, pol, planNow)
+		pol := Policy{MaxSize: int64(rng.IntN(n * 100)), MaxAge: time.Duration(rng.IntN(150)) * time.Hour, MinAge: time.Duration(rng.IntN(20)) * time.Hour}
+		plan := PlanCollection(paths, served, roots, pol, planNow)
 
 		deleted := map[string]bool{}
 		for i, p := range plan.Delete {
 			deleted[p.Hash] = true
-			if planNow.Sub(p.LastPushedAt) < pol.minAge {
+			if planNow.Sub(p.LastPushedAt) < pol.MinAge {
 				t.Fatalf("seed %d: %s is younger than min_age and was deleted", seed, p.Hash)
 			}
 			// Stopping after any deletion leaves every kept path whole.

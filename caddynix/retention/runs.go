@@ -1,4 +1,4 @@
-package caddynix
+package retention
 
 import (
 	"context"
@@ -38,7 +38,7 @@ func runObject(job *index.Job) string {
 }
 
 // saveRun writes the index's record of job's run to the storage.
-func saveRun(ctx context.Context, store storage.Store, idx *index.Index, job *index.Job) error {
+func SaveRun(ctx context.Context, store storage.Store, idx *index.Index, job *index.Job) error {
 	name := runObject(job)
 	if name == "" {
 		return nil
@@ -51,11 +51,11 @@ func saveRun(ctx context.Context, store storage.Store, idx *index.Index, job *in
 	if err != nil {
 		return err
 	}
-	return writeObject(ctx, store, name, data)
+	return storage.WriteAll(ctx, store, name, data)
 }
 
 // forgetRuns deletes the records of runs retention will never keep again.
-func (c *collector) forgetRuns(ctx context.Context, runs []*index.Run) error {
+func (c *Collector) forgetRuns(ctx context.Context, runs []*index.Run) error {
 	for _, run := range runs {
 		if name := runObject(&run.Job); name != "" {
 			if err := c.store.Delete(ctx, name); err != nil {
@@ -67,7 +67,7 @@ func (c *collector) forgetRuns(ctx context.Context, runs []*index.Run) error {
 }
 
 // adoptRuns reads the run records in the storage into an index built anew.
-func (c *collector) adoptRuns(ctx context.Context) error {
+func (c *Collector) adoptRuns(ctx context.Context) error {
 	objects, err := c.store.List(ctx, runsDir)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil

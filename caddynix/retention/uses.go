@@ -1,4 +1,4 @@
-package caddynix
+package retention
 
 import (
 	"context"
@@ -21,25 +21,25 @@ import (
 // into its index and folds them into one record, which the next
 // collection, on whichever node, starts from.
 const (
-	// usesDir holds one record per flush of a node's use times.
-	usesDir = "retention/used"
-	// usesName is the record the collections fold them into.
-	usesName = "retention/used.json"
+	// UsesDir holds one record per flush of a node's use times.
+	UsesDir = "retention/used"
+	// UsesName is the record the collections fold them into.
+	UsesName = "retention/used.json"
 	// maxUsesSize bounds a record read into memory: about five million
 	// paths.
 	maxUsesSize = 256 << 20
 )
 
-// publishUses writes the use times this node noted, for the collections
+// PublishUses writes the use times this node noted, for the collections
 // of every node sharing the storage.
-func publishUses(ctx context.Context, store storage.Store, served map[string]time.Time) error {
+func PublishUses(ctx context.Context, store storage.Store, served map[string]time.Time) error {
 	if _, shared := store.(storage.Leaser); !shared || len(served) == 0 {
 		return nil
 	}
 	random := make([]byte, 4)
 	_, _ = rand.Read(random)
-	name := fmt.Sprintf("%s/%020d-%s.json", usesDir, time.Now().UnixNano(), hex.EncodeToString(random))
-	if err := writeObject(ctx, store, name, encodeUses(served)); err != nil {
+	name := fmt.Sprintf("%s/%020d-%s.json", UsesDir, time.Now().UnixNano(), hex.EncodeToString(random))
+	if err := storage.WriteAll(ctx, store, name, encodeUses(served)); err != nil {
 		return fmt.Errorf("writing use times for the other nodes: %w", err)
 	}
 	return nil
@@ -58,16 +58,16 @@ func encodeUses(served map[string]time.Time) []byte {
 // gatherUses merges the use times every node wrote into the index. With
 // consume, which needs the collection lease, it folds them into one record
 // and deletes the ones it read.
-func (c *collector) gatherUses(ctx context.Context, consume bool) error {
+func (c *Collector) gatherUses(ctx context.Context, consume bool) error {
 	if _, shared := c.store.(storage.Leaser); !shared {
 		return nil
 	}
-	records, err := c.store.List(ctx, usesDir)
+	records, err := c.store.List(ctx, UsesDir)
 	if err != nil {
 		return fmt.Errorf("listing the use times of other nodes: %w", err)
 	}
 	merged := map[string]time.Time{}
-	for _, name := range append([]string{usesName}, namesOf(records)...) {
+	for _, name := range append([]string{UsesName}, namesOf(records)...) {
 		data, err := storage.ReadAll(ctx, c.store, name, maxUsesSize)
 		if errors.Is(err, fs.ErrNotExist) {
 			continue
@@ -99,12 +99,12 @@ func (c *collector) gatherUses(ctx context.Context, consume bool) error {
 	// The folded record is written before the records in it are deleted:
 	// a collection that dies in between leaves records read twice, which
 	// changes nothing.
-	if err := writeObject(ctx, c.store, usesName, encodeUses(served)); err != nil {
+	if err := storage.WriteAll(ctx, c.store, UsesName, encodeUses(served)); err != nil {
 		return fmt.Errorf("writing the use times of every node: %w", err)
 	}
 	for _, record := range records {
 		if err := c.store.Delete(ctx, record.Name); err != nil {
-			return fmt.Errorf("deleting a record of use times folded into %s: %w", usesName, err)
+			return fmt.Errorf("deleting a record of use times folded into %s: %w", UsesName, err)
 		}
 	}
 	return nil

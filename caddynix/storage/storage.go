@@ -106,6 +106,19 @@ func ReadAll(ctx context.Context, store Store, name string, limit int64) ([]byte
 	return data, err
 }
 
+// WriteAll replaces the object name with data.
+func WriteAll(ctx context.Context, store Store, name string, data []byte) error {
+	up, err := store.Create(ctx, name)
+	if err != nil {
+		return err
+	}
+	defer up.Abort()
+	if _, err := up.Write(data); err != nil {
+		return err
+	}
+	return up.Commit()
+}
+
 // Sweeper is a Store whose writers can leave temporary objects behind
 // when they die, and that can remove them.
 type Sweeper interface {
