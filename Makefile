@@ -134,7 +134,7 @@ FUZZTIME ?= 30s
 ## fuzz: fuzz the narinfo parser, the URL classifier and the xz reader
 fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzParseNarInfo -fuzztime $(FUZZTIME) ./internal/nixfmt
-	$(GO) test -run '^$$' -fuzz FuzzClassify -fuzztime $(FUZZTIME) ./caddynix
+	$(GO) test -run '^$$' -fuzz FuzzClassify -fuzztime $(FUZZTIME) ./caddynix/internal/cacheurl
 	$(GO) test -run '^$$' -fuzz FuzzXzReader -fuzztime $(FUZZTIME) ./internal/xz
 
 ## bench: side-by-side measurements against the alternatives (not part of test);

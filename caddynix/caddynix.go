@@ -21,6 +21,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/cargoxx-pkgs/runner/caddynix/internal/cacheurl"
 	"github.com/cargoxx-pkgs/runner/caddynix/retention"
 	"github.com/cargoxx-pkgs/runner/caddynix/storage"
 	"github.com/cargoxx-pkgs/runner/caddynix/storage/index"
@@ -422,10 +423,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 	if rest, found := strings.CutPrefix(urlPath, uploadPrefix); found && h.Upload != nil {
 		urlPath = "/" + rest
 	}
-	req, ok := classify(urlPath)
+	req, ok := cacheurl.Classify(urlPath)
 	kind := "other"
 	if ok {
-		kind = req.kind.String()
+		kind = req.Kind.String()
 	}
 	mw := &meteredWriter{ResponseWriterWrapper: &caddyhttp.ResponseWriterWrapper{ResponseWriter: w}}
 	err := h.serve(mw, r, req, ok)
@@ -437,7 +438,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 	return err
 }
 
-func (h *Handler) serve(w http.ResponseWriter, r *http.Request, req cacheRequest, ok bool) error {
+func (h *Handler) serve(w http.ResponseWriter, r *http.Request, req cacheurl.Request, ok bool) error {
 	if r.Method == http.MethodPut && h.Upload != nil {
 		return h.serveUpload(w, r, req, ok)
 	}
@@ -448,12 +449,12 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, req cacheRequest
 	if !ok {
 		return caddyhttp.Error(http.StatusNotFound, nil)
 	}
-	switch req.kind {
-	case kindLanding:
+	switch req.Kind {
+	case cacheurl.Landing:
 		return h.serveLanding(w, r)
-	case kindCacheInfo:
+	case cacheurl.CacheInfo:
 		return h.serveCacheInfo(w, r)
-	case kindNarinfo:
+	case cacheurl.NarInfo:
 		return h.serveNarInfo(w, r, req)
 	default:
 		return h.serveFile(w, r, req)

@@ -14,6 +14,7 @@ import (
 	"sync"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/cargoxx-pkgs/runner/caddynix/internal/cacheurl"
 	"github.com/cargoxx-pkgs/runner/internal/nixstore"
 	"github.com/klauspost/compress/zstd"
 	"github.com/nix-community/go-nix/pkg/nixhash"
@@ -33,7 +34,7 @@ func (a abortedResponse) Unwrap() error { return a.err }
 // is sent and checked against the database's NarHash on the way (once
 // per path; after that by size, with the kernel sending the files): a
 // path that changed or was collected meanwhile cuts the response short.
-func (h *Handler) serveLiveNar(w http.ResponseWriter, r *http.Request, req cacheRequest) error {
+func (h *Handler) serveLiveNar(w http.ResponseWriter, r *http.Request, req cacheurl.Request) error {
 	narHash, hash, ext, ok := liveNarRequest(r, req)
 	if !ok {
 		return caddyhttp.Error(http.StatusNotFound, nil)
@@ -49,12 +50,12 @@ func (h *Handler) serveLiveNar(w http.ResponseWriter, r *http.Request, req cache
 	}
 	fsPath := h.live.fsPath(info.StorePath)
 	header := w.Header()
-	header.Set("Cache-Control", immutable)
+	header.Set("Cache-Control", cacheurl.Immutable)
 	header.Set("ETag", `"`+narHash+ext+`"`)
 	if ext == ".nar.zst" {
 		return h.sendLiveZstd(w, r, fsPath, info)
 	}
-	header.Set("Content-Type", contentTypes[kindNar])
+	header.Set("Content-Type", cacheurl.ContentType(cacheurl.Nar))
 	if !plainGet(r) {
 		return h.serveLiveNarRanges(w, r, fsPath, info)
 	}
@@ -247,7 +248,7 @@ func (z *zstdEncoders) put(enc *zstd.Encoder) {
 // compressed size is not known ahead, so the whole NAR is always sent;
 // the NAR's size is pledged in the zstd frame.
 func (h *Handler) sendLiveZstd(w http.ResponseWriter, r *http.Request, fsPath string, info *nixstore.PathInfo) error {
-	w.Header().Set("Content-Type", narContentType(".zst"))
+	w.Header().Set("Content-Type", cacheurl.NarContentType(".zst"))
 	if r.Method == http.MethodHead {
 		w.WriteHeader(http.StatusOK)
 		return nil
@@ -271,12 +272,12 @@ func (h *Handler) sendLiveZstd(w http.ResponseWriter, r *http.Request, fsPath st
 }
 
 // serveLiveListing answers <hash>.ls for a live path, made from its files.
-func (h *Handler) serveLiveListing(w http.ResponseWriter, r *http.Request, req cacheRequest) error {
-	info, err := h.livePathInfo(r.Context(), req.hash)
+func (h *Handler) serveLiveListing(w http.ResponseWriter, r *http.Request, req cacheurl.Request) error {
+	info, err := h.livePathInfo(r.Context(), req.Hash)
 	if err != nil {
 		return err
 	}
-	w.Header().Set("Content-Type", contentTypes[kindListing])
+	w.Header().Set("Content-Type", cacheurl.ContentType(cacheurl.Listing))
 	w.WriteHeader(http.StatusOK)
 	if r.Method == http.MethodHead {
 		return nil
@@ -290,8 +291,8 @@ func (h *Handler) serveLiveListing(w http.ResponseWriter, r *http.Request, req c
 // serveLiveLog answers log/<drv> with the build log Nix kept, in
 // <log_dir>/<first two letters>/<rest>, plain or compressed with bzip2
 // (Nix's default), sent as plain text either way.
-func (h *Handler) serveLiveLog(w http.ResponseWriter, r *http.Request, req cacheRequest) error {
-	name := filepath.Base(req.file)
+func (h *Handler) serveLiveLog(w http.ResponseWriter, r *http.Request, req cacheurl.Request) error {
+	name := filepath.Base(req.File)
 	base := filepath.Join(h.live.logDir, name[:2], name[2:])
 	if f, err := os.Open(base); err == nil {
 		defer func() { _ = f.Close() }()
@@ -299,7 +300,7 @@ func (h *Handler) serveLiveLog(w http.ResponseWriter, r *http.Request, req cache
 		if err != nil || !info.Mode().IsRegular() {
 			return caddyhttp.Error(http.StatusNotFound, err)
 		}
-		w.Header().Set("Content-Type", contentTypes[kindLog])
+		w.Header().Set("Content-Type", cacheurl.ContentType(cacheurl.Log))
 		http.ServeContent(w, r, "", info.ModTime(), f)
 		return nil
 	}
@@ -308,7 +309,7 @@ func (h *Handler) serveLiveLog(w http.ResponseWriter, r *http.Request, req cache
 		return caddyhttp.Error(http.StatusNotFound, nil)
 	}
 	defer func() { _ = f.Close() }()
-	w.Header().Set("Content-Type", contentTypes[kindLog])
+	w.Header().Set("Content-Type", cacheurl.ContentType(cacheurl.Log))
 	w.WriteHeader(http.StatusOK)
 	if r.Method == http.MethodHead {
 		return nil

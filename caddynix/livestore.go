@@ -10,6 +10,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/cargoxx-pkgs/runner/caddynix/internal/cacheurl"
 	"github.com/cargoxx-pkgs/runner/internal/nixfmt"
 	"github.com/cargoxx-pkgs/runner/internal/nixstore"
 	"github.com/nix-community/go-nix/pkg/narinfo"
@@ -138,8 +139,8 @@ func (h *Handler) livePathInfo(ctx context.Context, hash string) (*nixstore.Path
 
 // serveLiveNarInfo answers a narinfo from the live store, signed by every
 // configured key beside the store's own signatures.
-func (h *Handler) serveLiveNarInfo(w http.ResponseWriter, r *http.Request, req cacheRequest) error {
-	info, err := h.livePathInfo(r.Context(), req.hash)
+func (h *Handler) serveLiveNarInfo(w http.ResponseWriter, r *http.Request, req cacheurl.Request) error {
+	info, err := h.livePathInfo(r.Context(), req.Hash)
 	if err != nil {
 		return err
 	}
@@ -213,17 +214,17 @@ func liveNarURL(info *nixstore.PathInfo, compression string) string {
 
 // hashPart is the hash part of a store path.
 func hashPart(storePath string) string {
-	return filepath.Base(storePath)[:storePathHashLen]
+	return filepath.Base(storePath)[:cacheurl.HashLen]
 }
 
 // liveNarRequest reads a NAR request that names a live path: its NAR hash and
 // the hash part of its store path, from `nar/<narhash>.nar[.zst]?hash=…`.
-func liveNarRequest(r *http.Request, req cacheRequest) (narHash, hash, ext string, ok bool) {
+func liveNarRequest(r *http.Request, req cacheurl.Request) (narHash, hash, ext string, ok bool) {
 	hash = r.URL.Query().Get("hash")
-	if !isNix32Hash(hash) {
+	if !cacheurl.IsNix32Hash(hash) {
 		return "", "", "", false
 	}
-	name := filepath.Base(req.file)
+	name := filepath.Base(req.File)
 	narHash, ext = name[:52], name[52:]
 	if ext != ".nar" && ext != ".nar.zst" {
 		return "", "", "", false

@@ -5,44 +5,31 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"mime"
 	"net/http"
 	"os"
 	"path"
 	"strconv"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/cargoxx-pkgs/runner/caddynix/internal/cacheurl"
 	"github.com/cargoxx-pkgs/runner/caddynix/storage"
 	"github.com/cargoxx-pkgs/runner/internal/nixfmt"
 	"go.uber.org/zap"
 )
 
-// contentTypes maps the cache's file kinds to what Nix itself sends for them.
-var contentTypes = map[requestKind]string{
-	kindNarinfo:     "text/x-nix-narinfo",
-	kindNar:         "application/x-nix-nar",
-	kindListing:     "application/json",
-	kindLog:         "text/plain; charset=utf-8",
-	kindRealisation: "application/json",
-}
-
-// immutable is the Cache-Control of a NAR: its URL names its content, so
-// it never changes.
-const immutable = "public, max-age=31536000, immutable"
-
 // serveFile serves one file of the cache layout with http.ServeContent, so
 // that Range, HEAD and conditional requests work and the kernel can send the
 // file directly. A missing file is a 404, never a 5xx.
-func (h *Handler) serveFile(w http.ResponseWriter, r *http.Request, req cacheRequest) error {
-	if req.kind == kindNar && h.redirect > 0 {
+func (h *Handler) serveFile(w http.ResponseWriter, r *http.Request, req cacheurl.Request) error {
+	if req.Kind == cacheurl.Nar && h.redirect > 0 {
 		return h.redirectNar(w, r, req)
 	}
-	obj, info, err := h.store.Open(r.Context(), req.file)
+	obj, info, err := h.store.Open(r.Context(), req.File)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			return h.serveFromSources(w, r, req)
 		}
-		return h.storageFailure("opening cache file", req.file, err)
+		return h.storageFailure("opening cache file", req.File, err)
 	}
 	defer func() { _ = obj.Close() }()
 	if !dropEmptySuffixRanges(w, r, info.Size) {
@@ -50,19 +37,19 @@ func (h *Handler) serveFile(w http.ResponseWriter, r *http.Request, req cacheReq
 	}
 
 	header := w.Header()
-	header.Set("Content-Type", contentTypes[req.kind])
+	header.Set("Content-Type", cacheurl.ContentType(req.Kind))
 	if info.ContentEncoding != "" {
 		// Stored encoded (a listing or log Nix compressed into a bucket):
 		// sent as stored, with its encoding, as Nix expects it.
 		header.Set("Content-Encoding", info.ContentEncoding)
 	}
-	if req.kind == kindNar {
+	if req.Kind == cacheurl.Nar {
 		// A NAR's name is the hash of its content, so it never changes and
 		// the name is a strong validator.
-		header.Set("Cache-Control", immutable)
-		header.Set("ETag", `"`+path.Base(req.file)+`"`)
-		if enc := path.Ext(req.file); enc != ".nar" {
-			header.Set("Content-Type", narContentType(enc))
+		header.Set("Cache-Control", cacheurl.Immutable)
+		header.Set("ETag", `"`+path.Base(req.File)+`"`)
+		if enc := path.Ext(req.File); enc != ".nar" {
+			header.Set("Content-Type", cacheurl.NarContentType(enc))
 		}
 	}
 	if f, ok := obj.(*os.File); ok {
@@ -76,13 +63,13 @@ func (h *Handler) serveFile(w http.ResponseWriter, r *http.Request, req cacheReq
 
 // serveLive answers, from the live store, a request for a file the cache
 // does not hold.
-func (h *Handler) serveLive(w http.ResponseWriter, r *http.Request, req cacheRequest) error {
-	switch req.kind {
-	case kindNar:
+func (h *Handler) serveLive(w http.ResponseWriter, r *http.Request, req cacheurl.Request) error {
+	switch req.Kind {
+	case cacheurl.Nar:
 		return h.serveLiveNar(w, r, req)
-	case kindListing:
+	case cacheurl.Listing:
 		return h.serveLiveListing(w, r, req)
-	case kindLog:
+	case cacheurl.Log:
 		return h.serveLiveLog(w, r, req)
 	}
 	return caddyhttp.Error(http.StatusNotFound, nil)
@@ -90,16 +77,16 @@ func (h *Handler) serveLive(w http.ResponseWriter, r *http.Request, req cacheReq
 
 // redirectNar sends the client to download a NAR from the storage itself,
 // through a URL signed for a short time. A missing NAR is still a 404.
-func (h *Handler) redirectNar(w http.ResponseWriter, r *http.Request, req cacheRequest) error {
-	if _, err := h.store.Stat(r.Context(), req.file); err != nil {
+func (h *Handler) redirectNar(w http.ResponseWriter, r *http.Request, req cacheurl.Request) error {
+	if _, err := h.store.Stat(r.Context(), req.File); err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			return h.serveFromSources(w, r, req)
 		}
-		return h.storageFailure("looking up a NAR", req.file, err)
+		return h.storageFailure("looking up a NAR", req.File, err)
 	}
-	signed, err := h.store.(storage.Presigner).PresignGet(r.Context(), req.file, h.redirect)
+	signed, err := h.store.(storage.Presigner).PresignGet(r.Context(), req.File, h.redirect)
 	if err != nil {
-		return h.storageFailure("signing a NAR's URL", req.file, err)
+		return h.storageFailure("signing a NAR's URL", req.File, err)
 	}
 	w.Header().Set("Cache-Control", "no-store")
 	http.Redirect(w, r, signed, http.StatusTemporaryRedirect)
@@ -128,36 +115,36 @@ func (h *Handler) storageFailure(what, file string, err error) error {
 // that does not parse, or that describes another path than the one asked
 // for, is logged and answered as missing: a client then builds the path
 // instead of failing.
-func (h *Handler) serveNarInfo(w http.ResponseWriter, r *http.Request, req cacheRequest) error {
-	if entry, ok := h.narinfos.current(req.file); ok {
+func (h *Handler) serveNarInfo(w http.ResponseWriter, r *http.Request, req cacheurl.Request) error {
+	if entry, ok := h.narinfos.current(req.File); ok {
 		h.writeNarInfo(w, r, req, entry)
 		return nil
 	}
 	// A stat is enough to tell whether the cached signed copy is current;
 	// the file is opened only to sign it again.
 	mark := h.narinfos.mark()
-	info, err := h.store.Stat(r.Context(), req.file)
+	info, err := h.store.Stat(r.Context(), req.File)
 	if err != nil {
 		if !errors.Is(err, fs.ErrNotExist) {
-			return h.storageFailure("opening narinfo", req.file, err)
+			return h.storageFailure("opening narinfo", req.File, err)
 		}
 		return h.serveNarInfoFromSources(w, r, req)
 	}
 	var readErr error
-	entry, err := h.narinfos.get(req.file, info, mark, func() ([]byte, error) {
-		data, err := storage.ReadAll(r.Context(), h.store, req.file, nixfmt.MaxNarInfoSize)
+	entry, err := h.narinfos.get(req.File, info, mark, func() ([]byte, error) {
+		data, err := storage.ReadAll(r.Context(), h.store, req.File, nixfmt.MaxNarInfoSize)
 		if err != nil {
 			readErr = err
 			return nil, err
 		}
-		return h.signedNarInfo(data, req.hash)
+		return h.signedNarInfo(data, req.Hash)
 	})
 	if readErr != nil && !errors.Is(readErr, fs.ErrNotExist) {
-		return h.storageFailure("reading narinfo", req.file, readErr)
+		return h.storageFailure("reading narinfo", req.File, readErr)
 	}
 	if err != nil {
 		narinfoLookups.WithLabelValues("missing").Inc()
-		h.logger.Error("serving narinfo as missing", zap.String("file", req.file), zap.Error(err))
+		h.logger.Error("serving narinfo as missing", zap.String("file", req.File), zap.Error(err))
 		return caddyhttp.Error(http.StatusNotFound, nil)
 	}
 	h.writeNarInfo(w, r, req, entry)
@@ -165,10 +152,10 @@ func (h *Handler) serveNarInfo(w http.ResponseWriter, r *http.Request, req cache
 }
 
 // writeNarInfo answers with a signed narinfo.
-func (h *Handler) writeNarInfo(w http.ResponseWriter, r *http.Request, req cacheRequest, entry *signedNarinfo) {
+func (h *Handler) writeNarInfo(w http.ResponseWriter, r *http.Request, req cacheurl.Request, entry *signedNarinfo) {
 	narinfoLookups.WithLabelValues("served").Inc()
-	h.state.MarkServed(req.hash)
-	w.Header().Set("Content-Type", contentTypes[kindNarinfo])
+	h.state.MarkServed(req.Hash)
+	w.Header().Set("Content-Type", cacheurl.ContentType(cacheurl.NarInfo))
 	if plainGet(r) {
 		// What a substituter sends: answered as http.ServeContent would,
 		// without its checks for headers the request does not have.
@@ -206,20 +193,4 @@ func (h *Handler) signedNarInfo(data []byte, hash string) ([]byte, error) {
 		return nil, err
 	}
 	return []byte(info.String()), nil
-}
-
-// narContentType is the content type of a compressed NAR, by file extension.
-func narContentType(ext string) string {
-	switch ext {
-	case ".xz":
-		return "application/x-xz"
-	case ".zst":
-		return "application/zstd"
-	case ".bz2":
-		return "application/x-bzip2"
-	}
-	if t := mime.TypeByExtension(ext); t != "" {
-		return t
-	}
-	return "application/octet-stream"
 }

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/cargoxx-pkgs/runner/caddynix/internal/cacheurl"
 	"github.com/cargoxx-pkgs/runner/caddynix/storage/index"
 	"github.com/cargoxx-pkgs/runner/internal/iox"
 	"github.com/cargoxx-pkgs/runner/internal/nixfmt"
@@ -41,14 +42,14 @@ func isNotFound(err error) bool {
 }
 
 // serveNarInfoFromSources answers a narinfo the cache does not hold.
-func (h *Handler) serveNarInfoFromSources(w http.ResponseWriter, r *http.Request, req cacheRequest) error {
+func (h *Handler) serveNarInfoFromSources(w http.ResponseWriter, r *http.Request, req cacheurl.Request) error {
 	if h.live != nil {
 		if err := h.serveLiveNarInfo(w, r, req); !isNotFound(err) {
 			return err
 		}
 	}
 	for _, u := range h.upstreams {
-		info, err := u.narInfo(r.Context(), h.StoreDir, req.hash)
+		info, err := u.narInfo(r.Context(), h.StoreDir, req.Hash)
 		if errors.Is(err, errUpstreamMiss) {
 			continue
 		}
@@ -56,7 +57,7 @@ func (h *Handler) serveNarInfoFromSources(w http.ResponseWriter, r *http.Request
 			if r.Context().Err() != nil {
 				return err
 			}
-			h.logger.Warn("passing over an upstream", zap.String("upstream", u.base), zap.String("hash", req.hash), zap.Error(err))
+			h.logger.Warn("passing over an upstream", zap.String("upstream", u.base), zap.String("hash", req.Hash), zap.Error(err))
 			continue
 		}
 		h.upstreamNars.put(info.URL, upstreamNarinfo{from: u, info: info})
@@ -75,16 +76,16 @@ func (h *Handler) serveNarInfoFromSources(w http.ResponseWriter, r *http.Request
 }
 
 // serveFromSources answers a NAR, listing or log the cache does not hold.
-func (h *Handler) serveFromSources(w http.ResponseWriter, r *http.Request, req cacheRequest) error {
+func (h *Handler) serveFromSources(w http.ResponseWriter, r *http.Request, req cacheurl.Request) error {
 	if h.live != nil {
 		if err := h.serveLive(w, r, req); !isNotFound(err) {
 			return err
 		}
 	}
-	if req.kind == kindRealisation || len(h.upstreams) == 0 {
+	if req.Kind == cacheurl.Realisation || len(h.upstreams) == 0 {
 		return caddyhttp.Error(http.StatusNotFound, nil)
 	}
-	rel := req.file
+	rel := req.File
 	if r.URL.RawQuery != "" {
 		rel += "?" + r.URL.RawQuery
 	}
@@ -118,7 +119,7 @@ func (h *Handler) serveFromSources(w http.ResponseWriter, r *http.Request, req c
 // the way against the narinfo it was served with (or, without one, against
 // the file hash its name is), and its end held back until it is: one that
 // does not match is cut short, and logged.
-func (h *Handler) sendUpstream(w http.ResponseWriter, r *http.Request, req cacheRequest, from upstreamNarinfo, resp *http.Response) error {
+func (h *Handler) sendUpstream(w http.ResponseWriter, r *http.Request, req cacheurl.Request, from upstreamNarinfo, resp *http.Response) error {
 	header := w.Header()
 	for _, name := range []string{"Content-Type", "Content-Range", "Last-Modified", "ETag"} {
 		if value := resp.Header.Get(name); value != "" {
@@ -126,14 +127,14 @@ func (h *Handler) sendUpstream(w http.ResponseWriter, r *http.Request, req cache
 		}
 	}
 	if header.Get("Content-Type") == "" {
-		header.Set("Content-Type", contentTypes[req.kind])
+		header.Set("Content-Type", cacheurl.ContentType(req.Kind))
 	}
 	if resp.ContentLength >= 0 {
 		header.Set("Content-Length", strconv.FormatInt(resp.ContentLength, 10))
 	}
-	whole := req.kind == kindNar && resp.StatusCode == http.StatusOK
+	whole := req.Kind == cacheurl.Nar && resp.StatusCode == http.StatusOK
 	if whole {
-		header.Set("Cache-Control", immutable)
+		header.Set("Cache-Control", cacheurl.Immutable)
 	}
 	if r.Method == http.MethodHead || !whole {
 		w.WriteHeader(resp.StatusCode)
@@ -168,12 +169,12 @@ func (h *Handler) sendUpstream(w http.ResponseWriter, r *http.Request, req cache
 		}
 	} else if r.URL.RawQuery == "" {
 		// NARs are named by their file hash in every cache Nix writes.
-		fileHash, _ = nixbase32.DecodeString(path.Base(req.file)[:52])
+		fileHash, _ = nixbase32.DecodeString(path.Base(req.File)[:52])
 	}
 	w.WriteHeader(http.StatusOK)
 	err := copyChecked(w, resp.Body, fileHash, fileSize)
 	if err != nil {
-		h.logger.Error("an upstream NAR was not passed on whole", zap.String("upstream", from.from.base), zap.String("file", req.file), zap.Error(err))
+		h.logger.Error("an upstream NAR was not passed on whole", zap.String("upstream", from.from.base), zap.String("file", req.File), zap.Error(err))
 		return abortedResponse{err}
 	}
 	if keepLater {
@@ -201,11 +202,11 @@ func copyChecked(w io.Writer, body io.Reader, fileHash []byte, fileSize int64) e
 
 // requestedFile is the file a request names, with its query, as a
 // narinfo's URL names it.
-func requestedFile(r *http.Request, req cacheRequest) string {
+func requestedFile(r *http.Request, req cacheurl.Request) string {
 	if r.URL.RawQuery != "" {
-		return req.file + "?" + r.URL.RawQuery
+		return req.File + "?" + r.URL.RawQuery
 	}
-	return req.file
+	return req.File
 }
 
 // keptForm is the narinfo under which the cache keeps an upstream path:
@@ -226,7 +227,7 @@ func (h *Handler) keptForm(info *narinfo.NarInfo) (*narinfo.NarInfo, error) {
 		kept.Compression, kept.FileHash, kept.FileSize = "none", info.NarHash, info.NarSize
 	}
 	kept.URL = "nar/" + kept.FileHash.Format(nixhash.NixBase32, false) + nixfmt.NarCompressions[kept.Compression]
-	if _, err := nixfmt.Admit([]byte(kept.String()), h.StoreDir, path.Base(info.StorePath)[:storePathHashLen]); err != nil {
+	if _, err := nixfmt.Admit([]byte(kept.String()), h.StoreDir, path.Base(info.StorePath)[:cacheurl.HashLen]); err != nil {
 		return nil, err
 	}
 	return &kept, nil
@@ -237,7 +238,7 @@ func (h *Handler) keptForm(info *narinfo.NarInfo) (*narinfo.NarInfo, error) {
 // not match its narinfo is cut short for the client and never stored; one
 // that matches is kept, with whatever of its closure the cache lacks, in
 // the background.
-func (h *Handler) pullThrough(w http.ResponseWriter, r *http.Request, req cacheRequest, from upstreamNarinfo, kept *narinfo.NarInfo, resp *http.Response) error {
+func (h *Handler) pullThrough(w http.ResponseWriter, r *http.Request, req cacheurl.Request, from upstreamNarinfo, kept *narinfo.NarInfo, resp *http.Response) error {
 	info := from.info
 	ctx := r.Context()
 	up, err := h.store.Create(ctx, kept.URL)
@@ -252,7 +253,7 @@ func (h *Handler) pullThrough(w http.ResponseWriter, r *http.Request, req cacheR
 		err = meta.matches(info)
 	}
 	if err != nil {
-		h.logger.Error("an upstream NAR was not passed on whole, and is not kept", zap.String("upstream", from.from.base), zap.String("file", req.file), zap.Error(err))
+		h.logger.Error("an upstream NAR was not passed on whole, and is not kept", zap.String("upstream", from.from.base), zap.String("file", req.File), zap.Error(err))
 		return abortedResponse{err}
 	}
 	if err := up.Commit(); err != nil {
@@ -297,7 +298,7 @@ func (h *Handler) keepClosure(ctx context.Context, from upstreamNarinfo, visited
 		if ref == self || visited[ref] {
 			continue
 		}
-		refHash := ref[:storePathHashLen]
+		refHash := ref[:cacheurl.HashLen]
 		if stored, _, err := h.storedNarInfo(ctx, refHash+".narinfo"); err != nil || stored != nil {
 			if err != nil {
 				h.logger.Warn("not keeping an upstream path", zap.String("store_path", info.StorePath), zap.Error(err))
@@ -371,8 +372,8 @@ func (h *Handler) fetchNar(ctx context.Context, from upstreamNarinfo, kept *nari
 // keepNarInfo stores an upstream path's narinfo, whose NAR and references
 // are stored, as an upload's is stored.
 func (h *Handler) keepNarInfo(ctx context.Context, from upstreamNarinfo, info *narinfo.NarInfo) bool {
-	hash := path.Base(info.StorePath)[:storePathHashLen]
-	req := cacheRequest{kind: kindNarinfo, file: hash + ".narinfo", hash: hash}
+	hash := path.Base(info.StorePath)[:cacheurl.HashLen]
+	req := cacheurl.Request{Kind: cacheurl.NarInfo, File: hash + ".narinfo", Hash: hash}
 	stored := []byte(info.String())
 	kept, file, again, err := h.commitNarInfo(ctx, req, info, stored)
 	if err != nil {

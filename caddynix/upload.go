@@ -18,6 +18,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/cargoxx-pkgs/runner/caddynix/internal/cacheurl"
 	"github.com/cargoxx-pkgs/runner/caddynix/retention"
 	"github.com/cargoxx-pkgs/runner/caddynix/storage"
 	"github.com/cargoxx-pkgs/runner/caddynix/storage/index"
@@ -89,10 +90,10 @@ func reject(status int, reason, format string, args ...any) *uploadError {
 
 // serveUpload handles PUT. Every upload is authenticated; nothing is visible
 // until it has been checked and renamed into place.
-func (h *Handler) serveUpload(w http.ResponseWriter, r *http.Request, req cacheRequest, ok bool) error {
+func (h *Handler) serveUpload(w http.ResponseWriter, r *http.Request, req cacheurl.Request, ok bool) error {
 	kind := "other"
 	if ok {
-		kind = req.kind.String()
+		kind = req.Kind.String()
 	}
 	body := &trackedBody{ReadCloser: r.Body}
 	r.Body = body
@@ -188,7 +189,7 @@ func (b *trackedBody) Read(p []byte) (int, error) {
 	return n, err
 }
 
-func (h *Handler) upload(r *http.Request, req cacheRequest, ok bool) error {
+func (h *Handler) upload(r *http.Request, req cacheurl.Request, ok bool) error {
 	token, present := requestToken(r)
 	pusher, allowed := h.uploader(token)
 	if !present || !allowed {
@@ -197,19 +198,19 @@ func (h *Handler) upload(r *http.Request, req cacheRequest, ok bool) error {
 	if !ok {
 		return reject(http.StatusBadRequest, "bad_path", "%s is not a binary cache path", r.URL.Path)
 	}
-	switch req.kind {
-	case kindNar:
+	switch req.Kind {
+	case cacheurl.Nar:
 		return h.putNar(r, req)
-	case kindNarinfo:
+	case cacheurl.NarInfo:
 		return h.putNarInfo(r, req, pusher)
-	case kindCacheInfo:
+	case cacheurl.CacheInfo:
 		return h.putCacheInfo(r)
-	case kindListing:
-		return h.putDocument(r, req.file, maxListingSize, true)
-	case kindRealisation:
-		return h.putDocument(r, req.file, maxSmallDocSize, true)
-	case kindLog:
-		return h.putDocument(r, req.file, h.Upload.MaxLogSize, false)
+	case cacheurl.Listing:
+		return h.putDocument(r, req.File, maxListingSize, true)
+	case cacheurl.Realisation:
+		return h.putDocument(r, req.File, maxSmallDocSize, true)
+	case cacheurl.Log:
+		return h.putDocument(r, req.File, h.Upload.MaxLogSize, false)
 	}
 	return reject(http.StatusMethodNotAllowed, "bad_path", "%s cannot be uploaded", r.URL.Path)
 }
@@ -243,21 +244,21 @@ type narMeta struct {
 
 // putNar stores a NAR under nar/<FileHash>.nar[.ext], streaming it to a
 // temporary file while hashing both the file and its decompressed content.
-func (h *Handler) putNar(r *http.Request, req cacheRequest) error {
-	name := path.Base(req.file)
-	compression, ok := nixfmt.NarCompression(req.file)
+func (h *Handler) putNar(r *http.Request, req cacheurl.Request) error {
+	name := path.Base(req.File)
+	compression, ok := nixfmt.NarCompression(req.File)
 	if !ok {
-		return reject(http.StatusBadRequest, "bad_compression", "%s: unsupported NAR compression (use none, xz, zstd, bzip2 or br)", req.file)
+		return reject(http.StatusBadRequest, "bad_compression", "%s: unsupported NAR compression (use none, xz, zstd, bzip2 or br)", req.File)
 	}
 	wantHash, err := nixbase32.DecodeString(name[:52])
 	if err != nil {
-		return reject(http.StatusBadRequest, "bad_path", "%s: the name is not a nix32 sha256 hash", req.file)
+		return reject(http.StatusBadRequest, "bad_path", "%s: the name is not a nix32 sha256 hash", req.File)
 	}
 	max := h.Upload.MaxNarSize
 	if r.ContentLength > max {
 		return reject(http.StatusRequestEntityTooLarge, "too_large", "NAR of %d bytes is larger than max_nar_size (%d bytes)", r.ContentLength, max)
 	}
-	if _, err := h.store.Stat(r.Context(), req.file); err == nil {
+	if _, err := h.store.Stat(r.Context(), req.File); err == nil {
 		// NARs are named by their hash: the same name is the same content.
 		return nil
 	}
@@ -282,7 +283,7 @@ func (h *Handler) putNar(r *http.Request, req cacheRequest) error {
 		body = bytes.NewReader(data)
 	}
 
-	up, err := h.store.Create(r.Context(), req.file)
+	up, err := h.store.Create(r.Context(), req.File)
 	if err != nil {
 		return err
 	}
@@ -299,7 +300,7 @@ func (h *Handler) putNar(r *http.Request, req cacheRequest) error {
 	if err := up.Commit(); err != nil {
 		return err
 	}
-	h.pending.put(req.file, meta)
+	h.pending.put(req.File, meta)
 	return nil
 }
 
@@ -377,17 +378,17 @@ func receiveNar(f io.Writer, body io.Reader, compression string, max, largestBlo
 // accepted only when its NAR is stored and matches it, and its references
 // are already in the cache. A path the cache already holds is never
 // replaced: the same NAR again changes nothing, another one is a conflict.
-func (h *Handler) putNarInfo(r *http.Request, req cacheRequest, pusher *index.Pusher) error {
+func (h *Handler) putNarInfo(r *http.Request, req cacheurl.Request, pusher *index.Pusher) error {
 	data, err := h.readSmallBody(r, nixfmt.MaxNarInfoSize)
 	if err != nil {
 		return err
 	}
 	uploadBytes.WithLabelValues("narinfo").Add(float64(len(data)))
-	info, err := h.admitNarInfo(data, req.hash)
+	info, err := h.admitNarInfo(data, req.Hash)
 	if err != nil {
 		return err
 	}
-	existing, _, err := h.storedNarInfo(r.Context(), req.file)
+	existing, _, err := h.storedNarInfo(r.Context(), req.File)
 	if err != nil {
 		return err
 	}
@@ -405,7 +406,7 @@ func (h *Handler) putNarInfo(r *http.Request, req cacheRequest, pusher *index.Pu
 	// What is stored is checked again as stored, by the rule serving
 	// applies, so that nothing accepted is answered as missing.
 	stored := []byte(info.String())
-	if _, err := h.admitNarInfo(stored, req.hash); err != nil {
+	if _, err := h.admitNarInfo(stored, req.Hash); err != nil {
 		return fmt.Errorf("as stored: %w", err)
 	}
 	info, file, again, err := h.commitNarInfo(r.Context(), req, info, stored)
@@ -431,10 +432,10 @@ func (h *Handler) putNarInfo(r *http.Request, req cacheRequest, pusher *index.Pu
 // references are stored, and telling a running collection that the path
 // and what it needs are wanted again. It returns the narinfo the cache
 // holds, its file, and whether the cache held it already.
-func (h *Handler) commitNarInfo(ctx context.Context, req cacheRequest, info *narinfo.NarInfo, stored []byte) (_ *narinfo.NarInfo, _ storage.Info, again bool, err error) {
-	needs := []string{req.hash, info.URL}
+func (h *Handler) commitNarInfo(ctx context.Context, req cacheurl.Request, info *narinfo.NarInfo, stored []byte) (_ *narinfo.NarInfo, _ storage.Info, again bool, err error) {
+	needs := []string{req.Hash, info.URL}
 	for _, ref := range info.References {
-		needs = append(needs, ref[:storePathHashLen])
+		needs = append(needs, ref[:cacheurl.HashLen])
 	}
 	requestCtx := ctx
 	ctx, release, err := h.state.AdmitCommit(ctx, h.store, h.gcGrace, needs)
@@ -452,7 +453,7 @@ func (h *Handler) commitNarInfo(ctx context.Context, req cacheRequest, info *nar
 			err = reject(http.StatusServiceUnavailable, "slow_commit", "the storage took too long to commit the narinfo for a collection on another node to see it; upload it again")
 		}
 	}()
-	existing, replaceable, err := h.storedNarInfo(ctx, req.file)
+	existing, replaceable, err := h.storedNarInfo(ctx, req.File)
 	if err != nil {
 		return nil, storage.Info{}, false, err
 	}
@@ -465,7 +466,7 @@ func (h *Handler) commitNarInfo(ctx context.Context, req cacheRequest, info *nar
 			if ref == self {
 				continue
 			}
-			if _, err := h.store.Stat(ctx, ref[:storePathHashLen]+".narinfo"); err != nil {
+			if _, err := h.store.Stat(ctx, ref[:cacheurl.HashLen]+".narinfo"); err != nil {
 				return nil, storage.Info{}, false, reject(http.StatusBadRequest, "missing_reference",
 					"reference %s is not in the cache: upload it first (a client that saw it in the cache before it was collected takes it to be there still: copy with `--option narinfo-cache-positive-ttl 0`)", ref)
 			}
@@ -474,14 +475,14 @@ func (h *Handler) commitNarInfo(ctx context.Context, req cacheRequest, info *nar
 			return nil, storage.Info{}, false, err
 		}
 		if replaceable {
-			err = h.writeFile(ctx, req.file, stored)
-		} else if created, cerr := h.createFile(ctx, req.file, stored); cerr != nil {
+			err = h.writeFile(ctx, req.File, stored)
+		} else if created, cerr := h.createFile(ctx, req.File, stored); cerr != nil {
 			err = cerr
 		} else if !created {
 			// Another upload of the same path came first.
-			existing, _, err = h.storedNarInfo(ctx, req.file)
+			existing, _, err = h.storedNarInfo(ctx, req.File)
 			if err == nil && existing == nil {
-				err = fmt.Errorf("%s vanished while it was uploaded", req.file)
+				err = fmt.Errorf("%s vanished while it was uploaded", req.File)
 			}
 		}
 		if err != nil {
@@ -494,15 +495,15 @@ func (h *Handler) commitNarInfo(ctx context.Context, req cacheRequest, info *nar
 		}
 		info = existing
 		// Pushed again: wanted again, also after the index is lost.
-		h.state.MarkServed(req.hash)
+		h.state.MarkServed(req.Hash)
 	}
-	file, err := h.store.Stat(ctx, req.file)
+	file, err := h.store.Stat(ctx, req.File)
 	if err != nil {
 		return nil, storage.Info{}, false, err
 	}
-	touched := []string{req.hash, info.URL}
+	touched := []string{req.Hash, info.URL}
 	for _, ref := range info.References {
-		touched = append(touched, ref[:storePathHashLen])
+		touched = append(touched, ref[:cacheurl.HashLen])
 	}
 	h.state.Touch(touched...)
 	return info, file, existing != nil, nil

@@ -9,9 +9,9 @@ import (
 	"math"
 	"strings"
 
+	"github.com/cargoxx-pkgs/runner/caddynix/internal/cacheurl"
 	"github.com/cargoxx-pkgs/runner/caddynix/storage"
 	"github.com/cargoxx-pkgs/runner/internal/nixfmt"
-
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
 	"github.com/nix-community/go-nix/pkg/nixbase32"
 )
@@ -103,7 +103,7 @@ func verifyNarInfo(ctx context.Context, store storage.Store, storeDir, name stri
 	}
 	var problems []string
 	for _, ref := range info.References {
-		if len(ref) < storePathHashLen || !present[ref[:storePathHashLen]] {
+		if len(ref) < cacheurl.HashLen || !present[ref[:cacheurl.HashLen]] {
 			problems = append(problems, "reference "+ref+" is missing")
 		}
 	}

@@ -1,4 +1,4 @@
-package caddynix
+package cacheurl
 
 import "testing"
 
@@ -7,19 +7,19 @@ func TestClassify(t *testing.T) {
 	const fileHash = "1a0jcm4a6p8gy3w1j0sj0q1jp7bxsbvmp6hlx3k1zx9gzds7nhh0"
 	tests := []struct {
 		path string
-		kind requestKind
+		kind Kind
 		ok   bool
 	}{
-		{"/", kindLanding, true},
-		{"/nix-cache-info", kindCacheInfo, true},
-		{"/" + hash + ".narinfo", kindNarinfo, true},
-		{"/" + hash + ".ls", kindListing, true},
-		{"/nar/" + fileHash + ".nar", kindNar, true},
-		{"/nar/" + fileHash + ".nar.xz", kindNar, true},
-		{"/nar/" + fileHash + ".nar.zst", kindNar, true},
-		{"/nar/" + fileHash + ".nar.bz2", kindNar, true},
-		{"/log/" + hash + "-hello-2.12.1.drv", kindLog, true},
-		{"/realisations/sha256:" + "a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f90" + "!out.doi", kindRealisation, true},
+		{"/", Landing, true},
+		{"/nix-cache-info", CacheInfo, true},
+		{"/" + hash + ".narinfo", NarInfo, true},
+		{"/" + hash + ".ls", Listing, true},
+		{"/nar/" + fileHash + ".nar", Nar, true},
+		{"/nar/" + fileHash + ".nar.xz", Nar, true},
+		{"/nar/" + fileHash + ".nar.zst", Nar, true},
+		{"/nar/" + fileHash + ".nar.bz2", Nar, true},
+		{"/log/" + hash + "-hello-2.12.1.drv", Log, true},
+		{"/realisations/sha256:" + "a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f90" + "!out.doi", Realisation, true},
 
 		// Not the cache's URL shapes.
 		{"/cache.sec", 0, false},
@@ -46,9 +46,9 @@ func TestClassify(t *testing.T) {
 		{"/..\\cache.sec", 0, false},
 	}
 	for _, tt := range tests {
-		got, ok := classify(tt.path)
-		if ok != tt.ok || (ok && got.kind != tt.kind) {
-			t.Errorf("classify(%q) = %v, %v; want %v, %v", tt.path, got.kind, ok, tt.kind, tt.ok)
+		got, ok := Classify(tt.path)
+		if ok != tt.ok || (ok && got.Kind != tt.kind) {
+			t.Errorf("Classify(%q) = %v, %v; want %v, %v", tt.path, got.Kind, ok, tt.kind, tt.ok)
 		}
 	}
 }

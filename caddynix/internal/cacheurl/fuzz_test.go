@@ -1,4 +1,4 @@
-package caddynix
+package cacheurl
 
 import (
 	"strings"
@@ -11,12 +11,12 @@ func FuzzClassify(f *testing.F) {
 		f.Add(seed)
 	}
 	f.Fuzz(func(t *testing.T, p string) {
-		req, ok := classify(p)
+		req, ok := Classify(p)
 		if !ok {
 			return
 		}
-		if strings.Contains(req.file, "..") || strings.HasPrefix(req.file, "/") || strings.Contains(req.file, "\\") {
-			t.Fatalf("classify(%q) accepted file %q", p, req.file)
+		if strings.Contains(req.File, "..") || strings.HasPrefix(req.File, "/") || strings.Contains(req.File, "\\") {
+			t.Fatalf("Classify(%q) accepted file %q", p, req.File)
 		}
 	})
 }
