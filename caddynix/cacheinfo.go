@@ -1,8 +1,6 @@
 package caddynix
 
 import (
-	"bufio"
-	"bytes"
 	"fmt"
 	"net/http"
 	"strings"
@@ -27,15 +25,4 @@ func (h *Handler) cacheInfo() string {
 		mass = 1
 	}
 	return fmt.Sprintf("StoreDir: %s\nWantMassQuery: %d\nPriority: %d\n", h.StoreDir, mass, *h.Priority)
-}
-
-// storedStoreDir returns the StoreDir of a nix-cache-info file, if it has one.
-func storedStoreDir(data []byte) string {
-	scanner := bufio.NewScanner(bytes.NewReader(data))
-	for scanner.Scan() {
-		if value, ok := strings.CutPrefix(scanner.Text(), "StoreDir:"); ok {
-			return strings.TrimSpace(value)
-		}
-	}
-	return ""
 }

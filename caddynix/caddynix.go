@@ -25,6 +25,7 @@ import (
 	"github.com/cargoxx-pkgs/runner/caddynix/retention"
 	"github.com/cargoxx-pkgs/runner/caddynix/storage"
 	"github.com/cargoxx-pkgs/runner/caddynix/storage/index"
+	"github.com/cargoxx-pkgs/runner/caddynix/upload"
 	"github.com/cargoxx-pkgs/runner/internal/nixfmt"
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
 	"go.uber.org/zap"
@@ -123,7 +124,7 @@ type Handler struct {
 	narinfos *narinfoCache
 	stats    *statsCache
 	creds    *credentials
-	pending  *pendingNars
+	receiver *upload.Receiver
 	url      string
 	// redirect is how long the signed URLs NAR requests are redirected to
 	// live; 0 serves NARs through the node.
@@ -163,7 +164,6 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	h.keeping = new(sync.WaitGroup)
 	h.narinfos = newNarinfoCache(h.logger)
 	h.stats = new(statsCache)
-	h.pending = new(pendingNars)
 	repl := caddy.NewReplacer()
 	h.root = repl.ReplaceAll(h.Root, "")
 	if h.StoreDir == "" {
@@ -189,8 +189,8 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		h.redirect = time.Duration(h.Storage.S3.Redirect)
 	}
 	h.gcGrace = h.Storage.gcGrace()
-	if data, err := storage.ReadAll(ctx, h.store, "nix-cache-info", maxSmallDocSize); err == nil {
-		if stored := storedStoreDir(data); stored != "" && stored != h.StoreDir {
+	if data, err := storage.ReadAll(ctx, h.store, "nix-cache-info", nixfmt.MaxSmallDocumentSize); err == nil {
+		if stored := nixfmt.CacheInfoStoreDir(data); stored != "" && stored != h.StoreDir {
 			return fmt.Errorf("nix_cache: %s/nix-cache-info says StoreDir %s but store_dir is %s: the cache holds paths of another store; set store_dir to match", h.root, stored, h.StoreDir)
 		}
 	}
@@ -213,10 +213,10 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	if h.Upload != nil {
 		if h.Upload.MaxNarSize == 0 {
-			h.Upload.MaxNarSize = defaultMaxNarSize
+			h.Upload.MaxNarSize = upload.DefaultMaxNarSize
 		}
 		if h.Upload.MaxLogSize == 0 {
-			h.Upload.MaxLogSize = defaultMaxLogSize
+			h.Upload.MaxLogSize = upload.DefaultMaxLogSize
 		}
 		h.creds, err = loadCredentials(h.Upload, repl)
 		if err != nil {
@@ -233,6 +233,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if h.state, err = joinCacheState(indexPath); err != nil {
 		return fmt.Errorf("nix_cache: %w", err)
 	}
+	h.receiver = h.newReceiver()
 	app, err := ctx.App("nix_cache")
 	if err != nil {
 		return fmt.Errorf("nix_cache: %w", err)
@@ -247,6 +248,19 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("nix_cache: registering metrics: %w", err)
 	}
 	return nil
+}
+
+// newReceiver is what takes the cache's uploads, and the paths it keeps of
+// its upstreams.
+func (h *Handler) newReceiver() *upload.Receiver {
+	opts := upload.Options{
+		Store: h.store, StoreDir: h.StoreDir, Keys: h.keys, State: h.state, Grace: h.gcGrace,
+		Logger: h.logger, Metrics: uploadMetrics{},
+	}
+	if h.Upload != nil {
+		opts.MaxNarSize, opts.MaxLogSize = h.Upload.MaxNarSize, h.Upload.MaxLogSize
+	}
+	return upload.New(opts)
 }
 
 // checkStorageNeeds refuses what needs storage of the cache's own when it

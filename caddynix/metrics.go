@@ -8,6 +8,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/cargoxx-pkgs/runner/caddynix/retention"
+	"github.com/cargoxx-pkgs/runner/caddynix/upload"
 	"github.com/cargoxx-pkgs/runner/internal/caddyutil"
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -100,6 +101,13 @@ var (
 	}, []string{"cache"})
 )
 
+// uploadMetrics counts the bytes uploads bring.
+type uploadMetrics struct{}
+
+func (uploadMetrics) Received(kind string, bytes int64) {
+	uploadBytes.WithLabelValues(kind).Add(float64(bytes))
+}
+
 // retentionMetrics counts what collections do in the collectors above.
 type retentionMetrics struct{}
 
@@ -180,4 +188,7 @@ func (m *meteredWriter) record(kind string, err error) {
 }
 
 // Interface guards
-var _ retention.Metrics = retentionMetrics{}
+var (
+	_ retention.Metrics = retentionMetrics{}
+	_ upload.Metrics    = uploadMetrics{}
+)

@@ -17,6 +17,7 @@ import (
 	"github.com/cargoxx-pkgs/runner/caddynix/retention"
 	"github.com/cargoxx-pkgs/runner/caddynix/storage"
 	"github.com/cargoxx-pkgs/runner/caddynix/storage/index"
+	"github.com/cargoxx-pkgs/runner/internal/nixfmt"
 	"github.com/spf13/cobra"
 )
 
@@ -87,8 +88,8 @@ func (t *target) openOffline() (*retention.Collector, func(), error) {
 		return nil, nil, err
 	}
 	storeDir := "/nix/store"
-	if data, err := storage.ReadAll(context.Background(), store, "nix-cache-info", maxSmallDocSize); err == nil {
-		if stored := storedStoreDir(data); stored != "" {
+	if data, err := storage.ReadAll(context.Background(), store, "nix-cache-info", nixfmt.MaxSmallDocumentSize); err == nil {
+		if stored := nixfmt.CacheInfoStoreDir(data); stored != "" {
 			storeDir = stored
 		}
 	}

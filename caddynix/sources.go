@@ -16,6 +16,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/cargoxx-pkgs/runner/caddynix/internal/cacheurl"
 	"github.com/cargoxx-pkgs/runner/caddynix/storage/index"
+	"github.com/cargoxx-pkgs/runner/caddynix/upload"
 	"github.com/cargoxx-pkgs/runner/internal/iox"
 	"github.com/cargoxx-pkgs/runner/internal/nixfmt"
 	"github.com/nix-community/go-nix/pkg/narinfo"
@@ -221,7 +222,7 @@ func requestedFile(r *http.Request, req cacheurl.Request) string {
 func (h *Handler) keptForm(info *narinfo.NarInfo) (*narinfo.NarInfo, error) {
 	kept := *info
 	kept.Signatures = slices.DeleteFunc(slices.Clone(info.Signatures), func(sig signature.Signature) bool {
-		return h.ownKeyName(sig.Name)
+		return h.receiver.OwnKeyName(sig.Name)
 	})
 	if info.FileHash == nil || info.FileHash.Algo() != nixhash.SHA256 || info.FileSize == 0 {
 		kept.Compression, kept.FileHash, kept.FileSize = "none", info.NarHash, info.NarSize
@@ -248,9 +249,9 @@ func (h *Handler) pullThrough(w http.ResponseWriter, r *http.Request, req cacheu
 	defer up.Abort()
 	w.WriteHeader(http.StatusOK)
 	tail := &iox.TailWriter{W: w, Hold: heldBack}
-	meta, err := receiveNar(io.MultiWriter(up, tail), resp.Body, info.Compression, h.maxNarSize(), -1)
+	meta, err := upload.ReceiveNar(io.MultiWriter(up, tail), resp.Body, info.Compression, h.receiver.MaxNarSize(), -1)
 	if err == nil {
-		err = meta.matches(info)
+		err = meta.Matches(info)
 	}
 	if err != nil {
 		h.logger.Error("an upstream NAR was not passed on whole, and is not kept", zap.String("upstream", from.from.base), zap.String("file", req.File), zap.Error(err))
@@ -259,7 +260,7 @@ func (h *Handler) pullThrough(w http.ResponseWriter, r *http.Request, req cacheu
 	if err := up.Commit(); err != nil {
 		h.logger.Error("keeping an upstream NAR", zap.String("file", kept.URL), zap.Error(err))
 	} else {
-		h.pending.put(kept.URL, meta)
+		h.receiver.NoteNar(kept.URL, meta)
 	}
 	if err := tail.Release(); err != nil {
 		return abortedResponse{err}
@@ -299,7 +300,7 @@ func (h *Handler) keepClosure(ctx context.Context, from upstreamNarinfo, visited
 			continue
 		}
 		refHash := ref[:cacheurl.HashLen]
-		if stored, _, err := h.storedNarInfo(ctx, refHash+".narinfo"); err != nil || stored != nil {
+		if stored, err := h.receiver.StoredNarInfo(ctx, refHash); err != nil || stored != nil {
 			if err != nil {
 				h.logger.Warn("not keeping an upstream path", zap.String("store_path", info.StorePath), zap.Error(err))
 				return false
@@ -355,9 +356,9 @@ func (h *Handler) fetchNar(ctx context.Context, from upstreamNarinfo, kept *nari
 		return err
 	}
 	defer up.Abort()
-	meta, err := receiveNar(up, body, kept.Compression, h.maxNarSize(), -1)
+	meta, err := upload.ReceiveNar(up, body, kept.Compression, h.receiver.MaxNarSize(), -1)
 	if err == nil {
-		err = meta.matches(kept)
+		err = meta.Matches(kept)
 	}
 	if err != nil {
 		return err
@@ -365,37 +366,18 @@ func (h *Handler) fetchNar(ctx context.Context, from upstreamNarinfo, kept *nari
 	if err := up.Commit(); err != nil {
 		return err
 	}
-	h.pending.put(kept.URL, meta)
+	h.receiver.NoteNar(kept.URL, meta)
 	return nil
 }
 
 // keepNarInfo stores an upstream path's narinfo, whose NAR and references
 // are stored, as an upload's is stored.
 func (h *Handler) keepNarInfo(ctx context.Context, from upstreamNarinfo, info *narinfo.NarInfo) bool {
-	hash := path.Base(info.StorePath)[:cacheurl.HashLen]
-	req := cacheurl.Request{Kind: cacheurl.NarInfo, File: hash + ".narinfo", Hash: hash}
-	stored := []byte(info.String())
-	kept, file, again, err := h.commitNarInfo(ctx, req, info, stored)
+	kept, err := h.receiver.CommitKept(ctx, info, &index.Pusher{Token: "upstream " + from.from.base})
 	if err != nil {
 		h.logger.Info("not keeping an upstream path", zap.String("store_path", info.StorePath), zap.String("upstream", from.from.base), zap.Error(err))
 		return false
 	}
-	h.pending.delete(kept.URL)
-	if !again {
-		pusher := &index.Pusher{Token: "upstream " + from.from.base}
-		path := index.FromNarInfo(kept, file)
-		h.state.Record(h.logger, "a kept upstream path "+kept.StorePath, func(idx *index.Index) error {
-			return idx.RecordPush(path, pusher, file.ModTime)
-		})
-	}
 	h.logger.Debug("kept an upstream path", zap.String("store_path", kept.StorePath), zap.String("upstream", from.from.base))
 	return true
-}
-
-// maxNarSize bounds a NAR the cache stores.
-func (h *Handler) maxNarSize() int64 {
-	if h.Upload != nil && h.Upload.MaxNarSize > 0 {
-		return h.Upload.MaxNarSize
-	}
-	return defaultMaxNarSize
 }

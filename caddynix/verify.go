@@ -11,6 +11,7 @@ import (
 
 	"github.com/cargoxx-pkgs/runner/caddynix/internal/cacheurl"
 	"github.com/cargoxx-pkgs/runner/caddynix/storage"
+	"github.com/cargoxx-pkgs/runner/caddynix/upload"
 	"github.com/cargoxx-pkgs/runner/internal/nixfmt"
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
 	"github.com/nix-community/go-nix/pkg/nixbase32"
@@ -44,8 +45,8 @@ func verifyCache(ctx context.Context, store storage.Store, opts verifyOptions) (
 	}
 	// The store directory is the one the cache announces.
 	storeDir := "/nix/store"
-	if data, err := storage.ReadAll(ctx, store, "nix-cache-info", maxSmallDocSize); err == nil {
-		if stored := storedStoreDir(data); stored != "" {
+	if data, err := storage.ReadAll(ctx, store, "nix-cache-info", nixfmt.MaxSmallDocumentSize); err == nil {
+		if stored := nixfmt.CacheInfoStoreDir(data); stored != "" {
 			storeDir = stored
 		}
 	}
@@ -120,33 +121,33 @@ func verifyNarInfo(ctx context.Context, store storage.Store, storeDir, name stri
 		return append(problems, "NAR "+info.URL+" is missing")
 	}
 	defer func() { _ = f.Close() }()
-	var meta narMeta
+	var meta upload.NarMeta
 	if opts.narHash {
 		compression, _ := nixfmt.NarCompression(info.URL)
-		meta, err = receiveNar(io.Discard, f, compression, math.MaxInt64-1, -1)
+		meta, err = upload.ReceiveNar(io.Discard, f, compression, math.MaxInt64-1, -1)
 		if err != nil {
 			return append(problems, fmt.Sprintf("NAR %s: %v", info.URL, err))
 		}
 	} else {
 		hasher := sha256.New()
-		meta.fileSize, err = io.Copy(hasher, f)
+		meta.FileSize, err = io.Copy(hasher, f)
 		if err != nil {
 			return append(problems, fmt.Sprintf("reading NAR %s: %v", info.URL, err))
 		}
-		copy(meta.fileHash[:], hasher.Sum(nil))
+		copy(meta.FileHash[:], hasher.Sum(nil))
 	}
-	if info.FileHash != nil && !bytes.Equal(info.FileHash.Digest(), meta.fileHash[:]) {
-		problems = append(problems, fmt.Sprintf("FileHash %s, but the NAR's sha256 is %s", info.FileHash, nixbase32.EncodeToString(meta.fileHash[:])))
+	if info.FileHash != nil && !bytes.Equal(info.FileHash.Digest(), meta.FileHash[:]) {
+		problems = append(problems, fmt.Sprintf("FileHash %s, but the NAR's sha256 is %s", info.FileHash, nixbase32.EncodeToString(meta.FileHash[:])))
 	}
-	if info.FileSize != 0 && int64(info.FileSize) != meta.fileSize {
-		problems = append(problems, fmt.Sprintf("FileSize %d, but the NAR has %d bytes", info.FileSize, meta.fileSize))
+	if info.FileSize != 0 && int64(info.FileSize) != meta.FileSize {
+		problems = append(problems, fmt.Sprintf("FileSize %d, but the NAR has %d bytes", info.FileSize, meta.FileSize))
 	}
 	if opts.narHash {
-		if !bytes.Equal(info.NarHash.Digest(), meta.narHash[:]) {
-			problems = append(problems, fmt.Sprintf("NarHash %s, but the NAR's is sha256:%s", info.NarHash, nixbase32.EncodeToString(meta.narHash[:])))
+		if !bytes.Equal(info.NarHash.Digest(), meta.NarHash[:]) {
+			problems = append(problems, fmt.Sprintf("NarHash %s, but the NAR's is sha256:%s", info.NarHash, nixbase32.EncodeToString(meta.NarHash[:])))
 		}
-		if int64(info.NarSize) != meta.narSize {
-			problems = append(problems, fmt.Sprintf("NarSize %d, but the NAR has %d bytes", info.NarSize, meta.narSize))
+		if int64(info.NarSize) != meta.NarSize {
+			problems = append(problems, fmt.Sprintf("NarSize %d, but the NAR has %d bytes", info.NarSize, meta.NarSize))
 		}
 	}
 	return problems

@@ -1,7 +1,6 @@
 package retention
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -11,12 +10,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nix-community/go-nix/pkg/nar"
-	"github.com/nix-community/go-nix/pkg/nixbase32"
-	"go.uber.org/zap"
-
+	"github.com/cargoxx-pkgs/runner/caddynix/internal/cachetest"
 	"github.com/cargoxx-pkgs/runner/caddynix/storage"
 	"github.com/cargoxx-pkgs/runner/caddynix/storage/dir"
+	"github.com/nix-community/go-nix/pkg/nixbase32"
+	"go.uber.org/zap"
 )
 
 // storedPath is a path written into a cache directory as `nix copy --to
@@ -32,31 +30,17 @@ func writePath(t *testing.T, store storage.Store, name string, size int, refs ..
 	random := make([]byte, 20)
 	_, _ = rand.Read(random)
 	p := storedPath{hash: nixbase32.EncodeToString(random), name: name}
-	var narBuf bytes.Buffer
-	w, err := nar.NewWriter(&narBuf)
-	if err != nil {
-		t.Fatal(err)
-	}
-	content := p.hash + strings.Repeat("x", size) // a NAR of its own
-	if err := w.WriteHeader(&nar.Header{Path: "/", Type: nar.TypeRegular, Size: int64(len(content))}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := w.Write([]byte(content)); err != nil {
-		t.Fatal(err)
-	}
-	if err := w.Close(); err != nil {
-		t.Fatal(err)
-	}
-	sum := sha256.Sum256(narBuf.Bytes())
+	narBytes := cachetest.NAR(t, p.hash+strings.Repeat("x", size)) // a NAR of its own
+	sum := sha256.Sum256(narBytes)
 	narURL := "nar/" + nixbase32.EncodeToString(sum[:]) + ".nar"
 	var names []string
 	for _, ref := range refs {
 		names = append(names, ref.hash+"-"+ref.name)
 	}
 	narinfo := fmt.Sprintf("StorePath: %s\nURL: %s\nCompression: none\nFileHash: sha256:%s\nFileSize: %d\nNarHash: sha256:%[3]s\nNarSize: %[4]d\nReferences: %s\n",
-		p.storePath(), narURL, nixbase32.EncodeToString(sum[:]), narBuf.Len(), strings.Join(names, " "))
+		p.storePath(), narURL, nixbase32.EncodeToString(sum[:]), len(narBytes), strings.Join(names, " "))
 	ctx := context.Background()
-	if err := storage.WriteAll(ctx, store, narURL, narBuf.Bytes()); err != nil {
+	if err := storage.WriteAll(ctx, store, narURL, narBytes); err != nil {
 		t.Fatal(err)
 	}
 	if err := storage.WriteAll(ctx, store, p.hash+".narinfo", []byte(narinfo)); err != nil {

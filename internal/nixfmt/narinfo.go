@@ -1,6 +1,7 @@
 package nixfmt
 
 import (
+	"bufio"
 	"bytes"
 	"crypto/rand"
 	"errors"
@@ -168,4 +169,20 @@ func Sign(info *narinfo.NarInfo, keys []signature.SecretKey) error {
 	}
 	info.Signatures = sigs
 	return nil
+}
+
+// MaxSmallDocumentSize bounds the small documents of a binary cache that
+// are read whole: nix-cache-info and realisations.
+const MaxSmallDocumentSize = 1 << 20
+
+// CacheInfoStoreDir returns the StoreDir of a nix-cache-info file, if it
+// has one.
+func CacheInfoStoreDir(data []byte) string {
+	scanner := bufio.NewScanner(bytes.NewReader(data))
+	for scanner.Scan() {
+		if value, ok := strings.CutPrefix(scanner.Text(), "StoreDir:"); ok {
+			return strings.TrimSpace(value)
+		}
+	}
+	return ""
 }
