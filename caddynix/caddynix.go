@@ -9,7 +9,6 @@
 package caddynix
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"net/http"
@@ -22,14 +21,15 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/cargoxx-pkgs/runner/caddynix/internal/cacheurl"
+	"github.com/cargoxx-pkgs/runner/caddynix/internal/httpx"
 	"github.com/cargoxx-pkgs/runner/caddynix/retention"
+	"github.com/cargoxx-pkgs/runner/caddynix/sources"
 	"github.com/cargoxx-pkgs/runner/caddynix/storage"
 	"github.com/cargoxx-pkgs/runner/caddynix/storage/index"
 	"github.com/cargoxx-pkgs/runner/caddynix/upload"
 	"github.com/cargoxx-pkgs/runner/internal/nixfmt"
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
 	"go.uber.org/zap"
-	"golang.org/x/sync/semaphore"
 )
 
 func init() {
@@ -133,18 +133,11 @@ type Handler struct {
 	// they delete before deleting it.
 	gcGrace time.Duration
 	shared  *sharedCache
-	// live is the live store, when LiveStore is set.
-	live         *liveStore
-	upstreams    []*upstream
-	upstreamNars *boundedMap[string, upstreamNarinfo]
-	// keeping counts the background keeps of upstream closures, which
-	// run while ctx, the configuration's, does, one at a time.
-	keeping   *sync.WaitGroup
-	keepSlots *semaphore.Weighted
+	// sources are the live store and the upstreams.
+	sources *sources.Sources
 	// warnedOutside holds the names of symlinks out of the root that
 	// requests have been refused, each warned about once.
 	warnedOutside *sync.Map
-	ctx           context.Context
 	logger        *zap.Logger
 }
 
@@ -159,9 +152,6 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 // Provision sets defaults, opens the cache root and loads the signing keys.
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
-	h.ctx = ctx
-	h.keepSlots = semaphore.NewWeighted(1)
-	h.keeping = new(sync.WaitGroup)
 	h.narinfos = newNarinfoCache(h.logger)
 	h.stats = new(statsCache)
 	repl := caddy.NewReplacer()
@@ -197,20 +187,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err := h.loadKeys(repl); err != nil {
 		return err
 	}
-	if h.LiveStore != nil {
-		if h.live, err = openLiveStore(ctx, h.LiveStore, h.StoreDir, repl); err != nil {
-			return fmt.Errorf("nix_cache: %w", err)
-		}
-	}
-	h.upstreamNars = newBoundedMap[string, upstreamNarinfo](maxUpstreamNarinfos)
 	h.warnedOutside = new(sync.Map)
-	for _, cfg := range h.Upstreams {
-		u, err := newUpstream(cfg, repl)
-		if err != nil {
-			return fmt.Errorf("nix_cache: %w", err)
-		}
-		h.upstreams = append(h.upstreams, u)
-	}
 	if h.Upload != nil {
 		if h.Upload.MaxNarSize == 0 {
 			h.Upload.MaxNarSize = upload.DefaultMaxNarSize
@@ -234,6 +211,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("nix_cache: %w", err)
 	}
 	h.receiver = h.newReceiver()
+	if h.sources, err = h.openSources(ctx, repl); err != nil {
+		return fmt.Errorf("nix_cache: %w", err)
+	}
 	app, err := ctx.App("nix_cache")
 	if err != nil {
 		return fmt.Errorf("nix_cache: %w", err)
@@ -355,15 +335,7 @@ func (h *Handler) publicKeyStrings() []string {
 // clientKeys are the keys a client trusts to use the cache: its own, and
 // those of upstreams whose paths it passes on without signing them.
 func (h *Handler) clientKeys() []string {
-	keys := h.publicKeyStrings()
-	for _, u := range h.upstreams {
-		if !u.sign {
-			for _, key := range u.keys {
-				keys = append(keys, key.String())
-			}
-		}
-	}
-	return keys
+	return append(h.publicKeyStrings(), h.sources.PassedOnKeys()...)
 }
 
 // Validate checks the provisioned configuration.
@@ -387,9 +359,12 @@ func (h *Handler) Validate() error {
 
 // Cleanup releases the cache root and leaves the shared states.
 func (h *Handler) Cleanup() error {
-	if h.keeping != nil {
+	if h.sources != nil {
 		// The configuration's context is done: background keeps end soon.
-		h.keeping.Wait()
+		if err := h.sources.Close(); err != nil {
+			return err
+		}
+		h.sources = nil
 	}
 	if h.state != nil {
 		if err := leaveCacheState(h.state); err != nil {
@@ -407,15 +382,6 @@ func (h *Handler) Cleanup() error {
 		if err := h.narinfos.close(); err != nil {
 			return err
 		}
-	}
-	for _, u := range h.upstreams {
-		u.close()
-	}
-	if h.live != nil {
-		if err := h.live.close(); err != nil {
-			return err
-		}
-		h.live = nil
 	}
 	if h.store != nil {
 		return h.store.Close()
@@ -445,7 +411,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 	mw := &meteredWriter{ResponseWriterWrapper: &caddyhttp.ResponseWriterWrapper{ResponseWriter: w}}
 	err := h.serve(mw, r, req, ok)
 	mw.record(kind, err)
-	if errors.As(err, new(abortedResponse)) {
+	if errors.As(err, new(httpx.Aborted)) {
 		// The header is out: only a cut connection tells the client.
 		panic(http.ErrAbortHandler)
 	}

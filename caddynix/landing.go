@@ -114,7 +114,7 @@ func (h *Handler) serveLanding(w http.ResponseWriter, r *http.Request) error {
 		StoreDir:   h.StoreDir,
 		Priority:   *h.Priority,
 		Retention:  h.retentionSummary(stats.NarBytes),
-		Sources:    h.sourceNames(),
+		Sources:    h.sources.Names(),
 		ClientKeys: h.clientKeys(),
 	}
 	var body bytes.Buffer
@@ -130,18 +130,6 @@ func (h *Handler) serveLanding(w http.ResponseWriter, r *http.Request) error {
 	w.Header().Set("Cache-Control", "no-cache")
 	http.ServeContent(memoryBodyWriter{w}, r, "", time.Time{}, bytes.NewReader(body.Bytes()))
 	return nil
-}
-
-// sourceNames names the cache's other sources, in the order they answer.
-func (h *Handler) sourceNames() []string {
-	var names []string
-	if h.live != nil {
-		names = append(names, "the live store "+h.live.dir)
-	}
-	for _, u := range h.upstreams {
-		names = append(names, "the upstream cache "+u.base)
-	}
-	return names
 }
 
 // writeText writes the plain-text landing page.

@@ -18,6 +18,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/cargoxx-pkgs/runner/caddynix/internal/cacheurl"
 	"github.com/cargoxx-pkgs/runner/internal/nixfmt"
 	"github.com/cargoxx-pkgs/runner/internal/nixstore"
 	"github.com/cargoxx-pkgs/runner/internal/nixstore/nixstoretest"
@@ -425,4 +426,9 @@ func TestLiveStorePathCollectedAfterItWasServed(t *testing.T) {
 	if !aborted || rec.Body.Len() >= int(info.NarSize) {
 		t.Errorf("a path changed after it was served whole: aborted %v after %d of %d bytes", aborted, rec.Body.Len(), info.NarSize)
 	}
+}
+
+// hashPart is the hash part of a store path.
+func hashPart(storePath string) string {
+	return filepath.Base(storePath)[:cacheurl.HashLen]
 }

@@ -12,6 +12,8 @@ import (
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/cargoxx-pkgs/runner/caddynix/internal/cacheurl"
+	"github.com/cargoxx-pkgs/runner/caddynix/internal/httpx"
+	"github.com/cargoxx-pkgs/runner/caddynix/sources"
 	"github.com/cargoxx-pkgs/runner/caddynix/storage"
 	"github.com/cargoxx-pkgs/runner/internal/nixfmt"
 	"go.uber.org/zap"
@@ -27,12 +29,12 @@ func (h *Handler) serveFile(w http.ResponseWriter, r *http.Request, req cacheurl
 	obj, info, err := h.store.Open(r.Context(), req.File)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
-			return h.serveFromSources(w, r, req)
+			return h.fromSources(h.sources.ServeFile(w, r, req))
 		}
 		return h.storageFailure("opening cache file", req.File, err)
 	}
 	defer func() { _ = obj.Close() }()
-	if !dropEmptySuffixRanges(w, r, info.Size) {
+	if !httpx.DropEmptySuffixRanges(w, r, info.Size) {
 		return nil
 	}
 
@@ -61,26 +63,12 @@ func (h *Handler) serveFile(w http.ResponseWriter, r *http.Request, req cacheurl
 	return nil
 }
 
-// serveLive answers, from the live store, a request for a file the cache
-// does not hold.
-func (h *Handler) serveLive(w http.ResponseWriter, r *http.Request, req cacheurl.Request) error {
-	switch req.Kind {
-	case cacheurl.Nar:
-		return h.serveLiveNar(w, r, req)
-	case cacheurl.Listing:
-		return h.serveLiveListing(w, r, req)
-	case cacheurl.Log:
-		return h.serveLiveLog(w, r, req)
-	}
-	return caddyhttp.Error(http.StatusNotFound, nil)
-}
-
 // redirectNar sends the client to download a NAR from the storage itself,
 // through a URL signed for a short time. A missing NAR is still a 404.
 func (h *Handler) redirectNar(w http.ResponseWriter, r *http.Request, req cacheurl.Request) error {
 	if _, err := h.store.Stat(r.Context(), req.File); err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
-			return h.serveFromSources(w, r, req)
+			return h.fromSources(h.sources.ServeFile(w, r, req))
 		}
 		return h.storageFailure("looking up a NAR", req.File, err)
 	}
@@ -156,7 +144,7 @@ func (h *Handler) writeNarInfo(w http.ResponseWriter, r *http.Request, req cache
 	narinfoLookups.WithLabelValues("served").Inc()
 	h.state.MarkServed(req.Hash)
 	w.Header().Set("Content-Type", cacheurl.ContentType(cacheurl.NarInfo))
-	if plainGet(r) {
+	if httpx.PlainGet(r) {
 		// What a substituter sends: answered as http.ServeContent would,
 		// without its checks for headers the request does not have.
 		header := w.Header()
@@ -169,18 +157,10 @@ func (h *Handler) writeNarInfo(w http.ResponseWriter, r *http.Request, req cache
 		}
 		return
 	}
-	if !dropEmptySuffixRanges(w, r, int64(len(entry.body))) {
+	if !httpx.DropEmptySuffixRanges(w, r, int64(len(entry.body))) {
 		return
 	}
 	http.ServeContent(memoryBodyWriter{w}, r, "", entry.modTime, bytes.NewReader(entry.body))
-}
-
-// plainGet reports whether a GET or HEAD asks for the whole representation
-// unconditionally: no Range and no precondition.
-func plainGet(r *http.Request) bool {
-	h := r.Header
-	return h.Get("Range") == "" && h.Get("If-Match") == "" && h.Get("If-None-Match") == "" &&
-		h.Get("If-Modified-Since") == "" && h.Get("If-Unmodified-Since") == "" && h.Get("If-Range") == ""
 }
 
 // signedNarInfo checks and signs a stored narinfo.
@@ -193,4 +173,18 @@ func (h *Handler) signedNarInfo(data []byte, hash string) ([]byte, error) {
 		return nil, err
 	}
 	return []byte(info.String()), nil
+}
+
+// serveNarInfoFromSources answers a narinfo the cache does not hold from
+// its live store or upstreams.
+func (h *Handler) serveNarInfoFromSources(w http.ResponseWriter, r *http.Request, req cacheurl.Request) error {
+	body, modTime, err := h.sources.NarInfo(r.Context(), req.Hash)
+	if errors.Is(err, sources.ErrNotFound) {
+		narinfoLookups.WithLabelValues("missing").Inc()
+	}
+	if err != nil {
+		return h.fromSources(err)
+	}
+	h.writeNarInfo(w, r, req, &signedNarinfo{modTime: modTime, lastModified: modTime.UTC().Format(http.TimeFormat), body: body})
+	return nil
 }

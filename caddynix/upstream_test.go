@@ -150,7 +150,7 @@ func TestUpstreamPathsAreKept(t *testing.T) {
 			t.Fatalf("NAR of %s: %d, aborted %v", p.name, rec.Code, aborted)
 		}
 	}
-	down.keeping.Wait()
+	down.sources.Wait()
 	srv.Close()
 	for _, p := range []testPath{lib, app} {
 		if !present(down, p) {
@@ -268,9 +268,13 @@ func TestUpstreamConfigErrors(t *testing.T) {
 		"not http":   {URL: "file:///srv/cache", TrustedPublicKeys: []string{key.String()}},
 		"with query": {URL: "https://cache.example.org/?priority=1", TrustedPublicKeys: []string{key.String()}},
 	} {
-		if _, err := newUpstream(cfg, caddy.NewReplacer()); err == nil {
+		h := &Handler{Upstreams: []*UpstreamConfig{cfg}}
+		if err := h.Provision(testContext(t)); err == nil {
 			t.Errorf("%s: accepted", name)
+		} else if !strings.Contains(err.Error(), "upstream") {
+			t.Errorf("%s: the error does not name the upstream: %v", name, err)
 		}
+		_ = h.Cleanup()
 	}
 }
 
@@ -301,7 +305,7 @@ func TestUpstreamClosuresAreKeptWhole(t *testing.T) {
 	if rec, aborted := getThrough(down, "/"+app.narURL()); aborted || !bytes.Equal(rec.Body.Bytes(), app.nar) {
 		t.Fatalf("NAR of app: %d, aborted %v", rec.Code, aborted)
 	}
-	down.keeping.Wait()
+	down.sources.Wait()
 	for _, p := range []testPath{lib, mid, app} {
 		if !present(down, p) {
 			t.Errorf("%s was not kept", p.name)
@@ -322,7 +326,7 @@ func TestUpstreamClosuresAreKeptWhole(t *testing.T) {
 	if rec, aborted := getThrough(other, "/"+app.narURL()); aborted || !bytes.Equal(rec.Body.Bytes(), app.nar) {
 		t.Fatalf("NAR of app: %d, aborted %v", rec.Code, aborted)
 	}
-	other.keeping.Wait()
+	other.sources.Wait()
 	for _, p := range []testPath{lib, mid, app} {
 		if present(other, p) {
 			t.Errorf("%s was kept though its closure could not be", p.name)
@@ -396,7 +400,7 @@ func TestUpstreamNarNamesAreKeptUnderTheCachesOwn(t *testing.T) {
 			if rec, aborted := getThrough(down, "/"+info.URL); aborted || !bytes.Equal(rec.Body.Bytes(), file) {
 				t.Fatalf("NAR through the upstream: %d, aborted %v", rec.Code, aborted)
 			}
-			down.keeping.Wait()
+			down.sources.Wait()
 			srv.Close()
 			if !present(down, p) {
 				t.Fatalf("the path was not kept")

@@ -1,4 +1,7 @@
-package caddynix
+// Package httpx holds what the cache's HTTP answers share beyond
+// net/http: ranges that http.ServeContent gets wrong, telling a plain GET,
+// and cutting a response whose header is already out.
+package httpx
 
 import (
 	"net/http"
@@ -6,13 +9,13 @@ import (
 	"strings"
 )
 
-// dropEmptySuffixRanges removes the ranges `-0` from a request's Range
+// DropEmptySuffixRanges removes the ranges `-0` from a request's Range
 // header before http.ServeContent sees it, and reports false, having
 // answered 416, when nothing else is asked for. A suffix of no bytes can
 // be satisfied by no representation (RFC 9110, 14.1.3), but ServeContent
 // takes it for an empty range at the end and answers 206 with a
 // Content-Range that names no bytes, which clients reject.
-func dropEmptySuffixRanges(w http.ResponseWriter, r *http.Request, size int64) bool {
+func DropEmptySuffixRanges(w http.ResponseWriter, r *http.Request, size int64) bool {
 	spec, ok := strings.CutPrefix(r.Header.Get("Range"), "bytes=")
 	if !ok {
 		return true
@@ -40,3 +43,19 @@ func dropEmptySuffixRanges(w http.ResponseWriter, r *http.Request, size int64) b
 	r.Header.Set("Range", "bytes="+strings.Join(kept, ","))
 	return true
 }
+
+// PlainGet reports whether a GET or HEAD asks for the whole representation
+// unconditionally: no Range and no precondition.
+func PlainGet(r *http.Request) bool {
+	h := r.Header
+	return h.Get("Range") == "" && h.Get("If-Match") == "" && h.Get("If-None-Match") == "" &&
+		h.Get("If-Modified-Since") == "" && h.Get("If-Unmodified-Since") == "" && h.Get("If-Range") == ""
+}
+
+// Aborted is a response that failed after its header was sent: the
+// handler cuts the connection, so that the client cannot take what it got
+// for a whole body, even one sent without a Content-Length.
+type Aborted struct{ Err error }
+
+func (a Aborted) Error() string { return a.Err.Error() }
+func (a Aborted) Unwrap() error { return a.Err }

@@ -1,4 +1,4 @@
-package caddynix
+package sources
 
 import (
 	"context"
@@ -7,9 +7,8 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"time"
 
-	"github.com/caddyserver/caddy/v2"
-	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/cargoxx-pkgs/runner/caddynix/internal/cacheurl"
 	"github.com/cargoxx-pkgs/runner/internal/nixfmt"
 	"github.com/cargoxx-pkgs/runner/internal/nixstore"
@@ -19,37 +18,7 @@ import (
 	"go.uber.org/zap"
 )
 
-// LiveStoreConfig serves the valid paths of a local Nix store, such as
-// the machine's own /nix/store, as they are: narinfo from the store's
-// database, NARs and listings made from the files when they are asked
-// for. Nothing has to be copied or pushed; the store and its database are
-// only ever read. Paths the cache itself holds are answered first.
-type LiveStoreConfig struct {
-	// Dir is the directory the store's paths are read from. Default: the
-	// cache's store_dir. Set it for a store kept under another root, e.g.
-	// /srv/builder/nix/store for `--store /srv/builder`, whose paths are
-	// still named /nix/store/…. Caddyfile: `store <dir>`.
-	Dir string `json:"dir,omitempty"`
-
-	// Database is the store's Nix database, opened read-only. Default:
-	// var/nix/db/db.sqlite beside the store directory, e.g.
-	// /nix/var/nix/db/db.sqlite for /nix/store. Caddyfile: `database`.
-	Database string `json:"database,omitempty"`
-
-	// LogDir holds the build logs Nix keeps, served as log/<drv>.
-	// Default: var/log/nix/drvs beside the store directory. Caddyfile:
-	// `log_dir`.
-	LogDir string `json:"log_dir,omitempty"`
-
-	// Compression is how NARs are announced and sent: "none" sends them
-	// as they are made, with their size, so downloads can resume with a
-	// Range; "zstd" compresses them while they are sent, which is worth
-	// it only when the network, not the CPU, is what is slow. Default:
-	// none. Caddyfile: `compression`.
-	Compression string `json:"compression,omitempty"`
-}
-
-// liveStore is a provisioned LiveStoreConfig.
+// liveStore is a local Nix store served live.
 type liveStore struct {
 	// dir is where the paths are read; storeDir is what they are named.
 	dir, storeDir string
@@ -75,9 +44,9 @@ const (
 
 // openLiveStore opens the store's database. A store whose database is
 // missing or unreadable stops the configuration, with what to fix.
-func openLiveStore(ctx context.Context, cfg *LiveStoreConfig, storeDir string, repl *caddy.Replacer) (*liveStore, error) {
+func openLiveStore(ctx context.Context, cfg LiveOptions, storeDir string) (*liveStore, error) {
 	l := &liveStore{
-		storeDir: storeDir, dir: repl.ReplaceAll(cfg.Dir, ""), compression: cfg.Compression,
+		storeDir: storeDir, dir: cfg.Dir, compression: cfg.Compression,
 		verified: newBoundedMap[string, bool](maxVerifiedPaths),
 		signed:   newBoundedMap[string, []byte](maxSignedLive),
 	}
@@ -96,11 +65,11 @@ func openLiveStore(ctx context.Context, cfg *LiveStoreConfig, storeDir string, r
 	}
 	// /nix/store has its state in /nix/var/nix.
 	state := filepath.Join(filepath.Dir(l.dir), "var")
-	database := repl.ReplaceAll(cfg.Database, "")
+	database := cfg.Database
 	if database == "" {
 		database = filepath.Join(state, "nix", "db", "db.sqlite")
 	}
-	l.logDir = repl.ReplaceAll(cfg.LogDir, "")
+	l.logDir = cfg.LogDir
 	if l.logDir == "" {
 		l.logDir = filepath.Join(state, "log", "nix", "drvs")
 	}
@@ -125,53 +94,48 @@ func (l *liveStore) fsPath(storePath string) string {
 // livePathInfo looks up a valid path by its hash part. A path the store does
 // not hold is a 404; a database that fails is a 503 with a log line, so
 // that a client does not remember a miss.
-func (h *Handler) livePathInfo(ctx context.Context, hash string) (*nixstore.PathInfo, error) {
-	info, err := h.live.db.PathInfo(ctx, hash)
+func (s *Sources) livePathInfo(ctx context.Context, hash string) (*nixstore.PathInfo, error) {
+	info, err := s.live.db.PathInfo(ctx, hash)
 	switch {
 	case errors.Is(err, nixstore.ErrNotValid):
-		return nil, caddyhttp.Error(http.StatusNotFound, nil)
+		return nil, ErrNotFound
 	case err != nil:
-		h.logger.Error("reading the live store's database", zap.String("hash", hash), zap.Error(err))
-		return nil, caddyhttp.Error(http.StatusServiceUnavailable, fmt.Errorf("the live store's database failed: %w", err))
+		s.logger.Error("reading the live store's database", zap.String("hash", hash), zap.Error(err))
+		return nil, &StatusError{Status: http.StatusServiceUnavailable, Err: fmt.Errorf("the live store's database failed: %w", err)}
 	}
 	return info, nil
 }
 
-// serveLiveNarInfo answers a narinfo from the live store, signed by every
+// liveNarInfo answers a narinfo from the live store, signed by every
 // configured key beside the store's own signatures.
-func (h *Handler) serveLiveNarInfo(w http.ResponseWriter, r *http.Request, req cacheurl.Request) error {
-	info, err := h.livePathInfo(r.Context(), req.Hash)
+func (s *Sources) liveNarInfo(ctx context.Context, hash string) ([]byte, time.Time, error) {
+	info, err := s.livePathInfo(ctx, hash)
 	if err != nil {
-		return err
+		return nil, time.Time{}, err
 	}
-	body, err := h.signedLiveNarInfo(info)
+	body, err := s.signedLiveNarInfo(info)
 	if err != nil {
-		h.logger.Error("serving a live store path as missing", zap.String("path", info.StorePath), zap.Error(err))
-		return caddyhttp.Error(http.StatusNotFound, nil)
+		s.logger.Error("serving a live store path as missing", zap.String("path", info.StorePath), zap.Error(err))
+		return nil, time.Time{}, ErrNotFound
 	}
-	h.writeNarInfo(w, r, req, &signedNarinfo{
-		modTime:      info.Registered,
-		lastModified: info.Registered.UTC().Format(http.TimeFormat),
-		body:         body,
-	})
-	return nil
+	return body, info.Registered, nil
 }
 
 // signedLiveNarInfo is the narinfo of a live path, signed by every key.
-func (h *Handler) signedLiveNarInfo(info *nixstore.PathInfo) ([]byte, error) {
-	ni, err := h.live.narInfo(info)
+func (s *Sources) signedLiveNarInfo(info *nixstore.PathInfo) ([]byte, error) {
+	ni, err := s.live.narInfo(info)
 	if err != nil {
 		return nil, err
 	}
 	unsigned := ni.String()
-	if body, ok := h.live.signed.get(unsigned); ok {
+	if body, ok := s.live.signed.get(unsigned); ok {
 		return body, nil
 	}
-	if err := nixfmt.Sign(ni, h.keys); err != nil {
+	if err := nixfmt.Sign(ni, s.keys); err != nil {
 		return nil, err
 	}
 	body := []byte(ni.String())
-	h.live.signed.put(unsigned, body)
+	s.live.signed.put(unsigned, body)
 	return body, nil
 }
 

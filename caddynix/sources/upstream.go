@@ -1,4 +1,4 @@
-package caddynix
+package sources
 
 import (
 	"context"
@@ -12,7 +12,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/caddyserver/caddy/v2"
 	"github.com/cargoxx-pkgs/runner/internal/nixfmt"
 	"github.com/nix-community/go-nix/pkg/narinfo"
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
@@ -20,42 +19,7 @@ import (
 	"go.uber.org/zap"
 )
 
-// UpstreamConfig is another binary cache, such as https://cache.nixos.org,
-// that answers what the cache and the live store do not hold. Its
-// narinfo is served only with a valid signature by one of its trusted
-// keys, and keeps that signature; its NARs are passed through, checked
-// against their narinfo on the way.
-type UpstreamConfig struct {
-	// URL is the upstream cache's address, http or https. Caddyfile:
-	// `upstream <url>`.
-	URL string `json:"url"`
-
-	// TrustedPublicKeys are the keys the upstream's narinfo must be
-	// signed by, at least one, in Nix's `name:base64` format. Required.
-	// Caddyfile: `trusted_public_key` (repeatable).
-	TrustedPublicKeys []string `json:"trusted_public_keys"`
-
-	// Keep stores what is fetched in the cache (pull-through), once its
-	// NAR has been received whole and checked against the narinfo in
-	// full, as an upload is. A path is kept only when its references
-	// are, so a client substituting a whole closure keeps all of it; kept
-	// paths are then served, and collected by retention, like uploaded
-	// ones. Default: false. Caddyfile: `keep`.
-	Keep bool `json:"keep,omitempty"`
-
-	// Sign adds the cache's own signatures to the upstream's narinfo, so
-	// that clients trusting only the cache's key accept it: the cache
-	// vouches for what the upstream signed. Default: false, and clients
-	// need the upstream's key. Caddyfile: `sign`.
-	Sign bool `json:"sign,omitempty"`
-
-	// Timeout bounds each narinfo lookup, and the wait for a NAR's
-	// response header: an upstream that is down or slow costs a request
-	// no more, and is then a miss. Default: 5s. Caddyfile: `timeout`.
-	Timeout caddy.Duration `json:"timeout,omitempty"`
-}
-
-// defaultUpstreamTimeout is UpstreamConfig.Timeout's default.
+// defaultUpstreamTimeout is UpstreamOptions.Timeout's default.
 const defaultUpstreamTimeout = 5 * time.Second
 
 // errUpstreamMiss is an upstream that does not have what was asked.
@@ -84,13 +48,13 @@ func (u *upstream) warnUnkeepable(logger *zap.Logger, info *narinfo.NarInfo, err
 	logger.Debug("an upstream path is passed on but cannot be kept", fields...)
 }
 
-func newUpstream(cfg *UpstreamConfig, repl *caddy.Replacer) (*upstream, error) {
-	raw := strings.TrimRight(repl.ReplaceAll(cfg.URL, ""), "/")
+func newUpstream(cfg UpstreamOptions) (*upstream, error) {
+	raw := strings.TrimRight(cfg.URL, "/")
 	u, err := url.Parse(raw)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.RawQuery != "" {
 		return nil, fmt.Errorf("upstream %q is not the http(s) URL of a binary cache, e.g. https://cache.nixos.org", cfg.URL)
 	}
-	up := &upstream{base: raw, keep: cfg.Keep, sign: cfg.Sign, timeout: time.Duration(cfg.Timeout)}
+	up := &upstream{base: raw, keep: cfg.Keep, sign: cfg.Sign, timeout: cfg.Timeout}
 	if up.timeout <= 0 {
 		up.timeout = defaultUpstreamTimeout
 	}
@@ -98,7 +62,7 @@ func newUpstream(cfg *UpstreamConfig, repl *caddy.Replacer) (*upstream, error) {
 		return nil, fmt.Errorf("upstream %s: give the keys its narinfo is signed by with trusted_public_key, e.g. cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=", raw)
 	}
 	for _, text := range cfg.TrustedPublicKeys {
-		key, err := signature.ParsePublicKey(strings.TrimSpace(repl.ReplaceAll(text, "")))
+		key, err := signature.ParsePublicKey(strings.TrimSpace(text))
 		if err != nil {
 			return nil, fmt.Errorf("upstream %s: trusted_public_key %q: %w", raw, text, err)
 		}

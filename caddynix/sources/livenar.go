@@ -1,4 +1,4 @@
-package caddynix
+package sources
 
 import (
 	"compress/bzip2"
@@ -13,8 +13,8 @@ import (
 	"strconv"
 	"sync"
 
-	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/cargoxx-pkgs/runner/caddynix/internal/cacheurl"
+	"github.com/cargoxx-pkgs/runner/caddynix/internal/httpx"
 	"github.com/cargoxx-pkgs/runner/internal/nixstore"
 	"github.com/klauspost/compress/zstd"
 	"github.com/nix-community/go-nix/pkg/nixhash"
@@ -22,42 +22,34 @@ import (
 	"golang.org/x/sync/semaphore"
 )
 
-// abortedResponse is a response that failed after its header was sent:
-// the connection is cut, so that the client cannot take what it got for
-// a whole body, even one sent without a Content-Length.
-type abortedResponse struct{ err error }
-
-func (a abortedResponse) Error() string { return a.err.Error() }
-func (a abortedResponse) Unwrap() error { return a.err }
-
 // serveLiveNar streams the NAR of a live path, made from its files as it
 // is sent and checked against the database's NarHash on the way (once
 // per path; after that by size, with the kernel sending the files): a
 // path that changed or was collected meanwhile cuts the response short.
-func (h *Handler) serveLiveNar(w http.ResponseWriter, r *http.Request, req cacheurl.Request) error {
+func (s *Sources) serveLiveNar(w http.ResponseWriter, r *http.Request, req cacheurl.Request) error {
 	narHash, hash, ext, ok := liveNarRequest(r, req)
 	if !ok {
-		return caddyhttp.Error(http.StatusNotFound, nil)
+		return ErrNotFound
 	}
-	info, err := h.livePathInfo(r.Context(), hash)
+	info, err := s.livePathInfo(r.Context(), hash)
 	if err != nil {
 		return err
 	}
 	if info.NarHash.Format(nixhash.NixBase32, false) != narHash {
 		// Collected and built again, differently, since the client read
 		// its narinfo.
-		return caddyhttp.Error(http.StatusNotFound, nil)
+		return ErrNotFound
 	}
-	fsPath := h.live.fsPath(info.StorePath)
+	fsPath := s.live.fsPath(info.StorePath)
 	header := w.Header()
 	header.Set("Cache-Control", cacheurl.Immutable)
 	header.Set("ETag", `"`+narHash+ext+`"`)
 	if ext == ".nar.zst" {
-		return h.sendLiveZstd(w, r, fsPath, info)
+		return s.sendLiveZstd(w, r, fsPath, info)
 	}
 	header.Set("Content-Type", cacheurl.ContentType(cacheurl.Nar))
-	if !plainGet(r) {
-		return h.serveLiveNarRanges(w, r, fsPath, info)
+	if !httpx.PlainGet(r) {
+		return s.serveLiveNarRanges(w, r, fsPath, info)
 	}
 	header.Set("Accept-Ranges", "bytes")
 	header.Set("Content-Length", strconv.FormatUint(info.NarSize, 10))
@@ -65,8 +57,8 @@ func (h *Handler) serveLiveNar(w http.ResponseWriter, r *http.Request, req cache
 	if r.Method == http.MethodHead {
 		return nil
 	}
-	if err := h.live.writeNar(w, fsPath, info); err != nil {
-		return h.liveFailure(info, err)
+	if err := s.live.writeNar(w, fsPath, info); err != nil {
+		return s.liveFailure(info, err)
 	}
 	return nil
 }
@@ -87,14 +79,14 @@ func (l *liveStore) writeNar(w io.Writer, fsPath string, info *nixstore.PathInfo
 
 // liveFailure logs a live path that could not be sent whole and cuts the
 // response.
-func (h *Handler) liveFailure(info *nixstore.PathInfo, err error) error {
+func (s *Sources) liveFailure(info *nixstore.PathInfo, err error) error {
 	if !errors.Is(err, nixstore.ErrChanged) && !errors.Is(err, os.ErrNotExist) {
 		// Most likely the client went away.
-		h.logger.Debug("live store path not sent whole", zap.String("path", info.StorePath), zap.Error(err))
-		return abortedResponse{err}
+		s.logger.Debug("live store path not sent whole", zap.String("path", info.StorePath), zap.Error(err))
+		return httpx.Aborted{Err: err}
 	}
-	h.logger.Error("live store path changed or was collected while it was sent; the response was cut short", zap.String("path", info.StorePath), zap.Error(err))
-	return abortedResponse{err}
+	s.logger.Error("live store path changed or was collected while it was sent; the response was cut short", zap.String("path", info.StorePath), zap.Error(err))
+	return httpx.Aborted{Err: err}
 }
 
 // serveLiveNarRanges answers a Range or conditional request for an
@@ -102,16 +94,16 @@ func (h *Handler) liveFailure(info *nixstore.PathInfo, err error) error {
 // again. The bytes before a range are made and dropped; a range that ends
 // before the NAR does is not checked against NarHash, which the client
 // checks once it has every range.
-func (h *Handler) serveLiveNarRanges(w http.ResponseWriter, r *http.Request, fsPath string, info *nixstore.PathInfo) error {
+func (s *Sources) serveLiveNarRanges(w http.ResponseWriter, r *http.Request, fsPath string, info *nixstore.PathInfo) error {
 	size := int64(info.NarSize)
-	if !dropEmptySuffixRanges(w, r, size) {
+	if !httpx.DropEmptySuffixRanges(w, r, size) {
 		return nil
 	}
 	nar := &narSeeker{fsPath: fsPath, info: info, size: size}
 	defer nar.Close()
 	http.ServeContent(w, r, "", info.Registered, nar)
 	if err := nar.failure(); err != nil {
-		return h.liveFailure(info, err)
+		return s.liveFailure(info, err)
 	}
 	return nil
 }
@@ -247,7 +239,7 @@ func (z *zstdEncoders) put(enc *zstd.Encoder) {
 // sendLiveZstd streams a live NAR compressed with zstd as it is made. Its
 // compressed size is not known ahead, so the whole NAR is always sent;
 // the NAR's size is pledged in the zstd frame.
-func (h *Handler) sendLiveZstd(w http.ResponseWriter, r *http.Request, fsPath string, info *nixstore.PathInfo) error {
+func (s *Sources) sendLiveZstd(w http.ResponseWriter, r *http.Request, fsPath string, info *nixstore.PathInfo) error {
 	w.Header().Set("Content-Type", cacheurl.NarContentType(".zst"))
 	if r.Method == http.MethodHead {
 		w.WriteHeader(http.StatusOK)
@@ -261,19 +253,19 @@ func (h *Handler) sendLiveZstd(w http.ResponseWriter, r *http.Request, fsPath st
 	defer encoders.put(enc)
 	w.WriteHeader(http.StatusOK)
 	enc.ResetContentSize(w, int64(info.NarSize))
-	err = h.live.writeNar(enc, fsPath, info)
+	err = s.live.writeNar(enc, fsPath, info)
 	if err == nil {
 		err = enc.Close()
 	}
 	if err != nil {
-		return h.liveFailure(info, err)
+		return s.liveFailure(info, err)
 	}
 	return nil
 }
 
 // serveLiveListing answers <hash>.ls for a live path, made from its files.
-func (h *Handler) serveLiveListing(w http.ResponseWriter, r *http.Request, req cacheurl.Request) error {
-	info, err := h.livePathInfo(r.Context(), req.Hash)
+func (s *Sources) serveLiveListing(w http.ResponseWriter, r *http.Request, req cacheurl.Request) error {
+	info, err := s.livePathInfo(r.Context(), req.Hash)
 	if err != nil {
 		return err
 	}
@@ -282,8 +274,8 @@ func (h *Handler) serveLiveListing(w http.ResponseWriter, r *http.Request, req c
 	if r.Method == http.MethodHead {
 		return nil
 	}
-	if err := nixstore.WriteListing(w, h.live.fsPath(info.StorePath)); err != nil {
-		return h.liveFailure(info, err)
+	if err := nixstore.WriteListing(w, s.live.fsPath(info.StorePath)); err != nil {
+		return s.liveFailure(info, err)
 	}
 	return nil
 }
@@ -291,14 +283,14 @@ func (h *Handler) serveLiveListing(w http.ResponseWriter, r *http.Request, req c
 // serveLiveLog answers log/<drv> with the build log Nix kept, in
 // <log_dir>/<first two letters>/<rest>, plain or compressed with bzip2
 // (Nix's default), sent as plain text either way.
-func (h *Handler) serveLiveLog(w http.ResponseWriter, r *http.Request, req cacheurl.Request) error {
+func (s *Sources) serveLiveLog(w http.ResponseWriter, r *http.Request, req cacheurl.Request) error {
 	name := filepath.Base(req.File)
-	base := filepath.Join(h.live.logDir, name[:2], name[2:])
+	base := filepath.Join(s.live.logDir, name[:2], name[2:])
 	if f, err := os.Open(base); err == nil {
 		defer func() { _ = f.Close() }()
 		info, err := f.Stat()
 		if err != nil || !info.Mode().IsRegular() {
-			return caddyhttp.Error(http.StatusNotFound, err)
+			return ErrNotFound
 		}
 		w.Header().Set("Content-Type", cacheurl.ContentType(cacheurl.Log))
 		http.ServeContent(w, r, "", info.ModTime(), f)
@@ -306,7 +298,7 @@ func (h *Handler) serveLiveLog(w http.ResponseWriter, r *http.Request, req cache
 	}
 	f, err := os.Open(base + ".bz2")
 	if err != nil {
-		return caddyhttp.Error(http.StatusNotFound, nil)
+		return ErrNotFound
 	}
 	defer func() { _ = f.Close() }()
 	w.Header().Set("Content-Type", cacheurl.ContentType(cacheurl.Log))
@@ -315,8 +307,8 @@ func (h *Handler) serveLiveLog(w http.ResponseWriter, r *http.Request, req cache
 		return nil
 	}
 	if _, err := io.Copy(w, bzip2.NewReader(f)); err != nil {
-		h.logger.Error("reading a build log", zap.String("file", base+".bz2"), zap.Error(err))
-		return abortedResponse{err}
+		s.logger.Error("reading a build log", zap.String("file", base+".bz2"), zap.Error(err))
+		return httpx.Aborted{Err: err}
 	}
 	return nil
 }
