@@ -1,0 +1,116 @@
+package s3
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+
+	"github.com/minio/minio-go/v7"
+)
+
+// object reads an object with ranged GETs, each conditional on the ETag
+// the object had when it was opened, so that a reader never mixes two
+// versions.
+type object struct {
+	ctx   context.Context
+	store *Store
+	key   string
+	size  int64
+	etag  string
+
+	off     int64
+	body    io.ReadCloser
+	bodyOff int64
+}
+
+func (o *object) get(start, end int64) (io.ReadCloser, error) {
+	var opts minio.GetObjectOptions
+	if o.etag != "" {
+		if err := opts.SetMatchETag(o.etag); err != nil {
+			return nil, err
+		}
+	}
+	if start > 0 || end >= 0 {
+		if end < 0 {
+			end = 0 // to the end
+		}
+		if err := opts.SetRange(start, end); err != nil {
+			return nil, err
+		}
+	}
+	body, _, _, err := o.store.core.GetObject(o.ctx, o.store.bucket, o.key, opts)
+	if err != nil {
+		if minio.ToErrorResponse(err).StatusCode == http.StatusPreconditionFailed {
+			return nil, fmt.Errorf("%s changed while it was read: %w", o.key, err)
+		}
+		return nil, notFound(o.key, err)
+	}
+	return body, nil
+}
+
+func (o *object) Read(p []byte) (int, error) {
+	if o.off >= o.size {
+		return 0, io.EOF
+	}
+	if o.body == nil || o.bodyOff != o.off {
+		if o.body != nil {
+			_ = o.body.Close()
+		}
+		body, err := o.get(o.off, -1)
+		if err != nil {
+			o.body = nil
+			return 0, err
+		}
+		o.body, o.bodyOff = body, o.off
+	}
+	n, err := o.body.Read(p)
+	o.off += int64(n)
+	o.bodyOff += int64(n)
+	if errors.Is(err, io.EOF) && o.off < o.size {
+		err = io.ErrUnexpectedEOF
+	}
+	return n, err
+}
+
+func (o *object) Seek(offset int64, whence int) (int64, error) {
+	switch whence {
+	case io.SeekStart:
+	case io.SeekCurrent:
+		offset += o.off
+	case io.SeekEnd:
+		offset += o.size
+	default:
+		return 0, errors.New("invalid whence")
+	}
+	if offset < 0 {
+		return 0, errors.New("negative position")
+	}
+	o.off = offset
+	return offset, nil
+}
+
+func (o *object) ReadAt(p []byte, off int64) (int, error) {
+	if off >= o.size {
+		return 0, io.EOF
+	}
+	end := min(off+int64(len(p)), o.size) - 1
+	body, err := o.get(off, end)
+	if err != nil {
+		return 0, err
+	}
+	defer func() { _ = body.Close() }()
+	n, err := io.ReadFull(body, p[:end-off+1])
+	if err == nil && int64(n) < int64(len(p)) {
+		err = io.EOF
+	}
+	return n, err
+}
+
+func (o *object) Close() error {
+	if o.body != nil {
+		return o.body.Close()
+	}
+	return nil
+}
