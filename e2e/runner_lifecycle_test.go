@@ -120,8 +120,10 @@ func TestRunnerCancelStopsJobAndContainer(t *testing.T) {
 	harness.StartCaddy(t, runnerCaddyfile(g, token, image), harness.CaddyOptions{NoHTTP: true})
 	sha := g.CommitWorkflow("cancel", "ci.yml", jobWorkflow("sleeper", "echo sleeping\nsleep 300"))
 	run := g.WaitRun("cancel", sha, 2*time.Minute, harness.InProgress)
+	// This job's containers alone: another test's job (or an earlier run's)
+	// may still be ending.
 	containers := func() string {
-		return strings.TrimSpace(docker.Must("ps", "-a", "--filter", "name=GITEA-ACTIONS-TASK", "--format", "{{.Names}}"))
+		return strings.TrimSpace(docker.Must("ps", "-a", "--filter", "name=GITEA-ACTIONS-TASK-.*-JOB-sleeper-", "--format", "{{.Names}}"))
 	}
 	if err := harness.Eventually(time.Minute, 200*time.Millisecond, func() error {
 		if containers() == "" {
