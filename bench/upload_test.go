@@ -43,8 +43,20 @@ func nixCopyHTTPvsFile(b *testing.B, client harness.NixClient) {
 	size := int64(envInt("BENCH_UPLOAD_MIB", 256)) << 20
 	closure := nix.BuildClosure("bench-upload", size)
 	compression := envString("BENCH_COMPRESSION", "zstd")
-	var httpTimes, fileTimes []time.Duration
+	var httpTimes, fileTimes, baselineTimes []time.Duration
+	// A caddy built from an earlier commit, when BENCH_BASELINE_CADDY names
+	// one, takes the same uploads each round, to show a change's cost.
+	baseline := os.Getenv("BENCH_BASELINE_CADDY")
 	for i := 0; i < envInt("BENCH_ROUNDS", 5); i++ {
+		if baseline != "" {
+			old := uploadCaddyWith(b, filepath.Join(b.TempDir(), "cache"), harness.CaddyOptions{Binary: baseline})
+			start := time.Now()
+			if c := nix.WithFreshCache().Copy("--to", old.URL()+"/?compression="+compression, closure.Top); c.Err != nil {
+				b.Fatalf("nix copy --to http: (baseline):\n%s", c)
+			}
+			baselineTimes = append(baselineTimes, time.Since(start))
+			old.Stop()
+		}
 		// A new cache each round, so every round uploads everything.
 		caddy := uploadCaddy(b, filepath.Join(b.TempDir(), "cache"))
 		start := time.Now()
@@ -66,6 +78,9 @@ func nixCopyHTTPvsFile(b *testing.B, client harness.NixClient) {
 	for i := range httpTimes {
 		c.add("nix copy --to file://", fileTimes[i].Seconds())
 		c.add("nix copy --to http:// (nix_cache)", httpTimes[i].Seconds())
+	}
+	for _, t := range baselineTimes {
+		c.add("nix copy --to http:// (nix_cache of BENCH_BASELINE_CADDY)", t.Seconds())
 	}
 	c.holds = ratioAtMost("nix copy --to http:// (nix_cache)", "nix copy --to file://", 1.1)
 	if client == harness.Nix28 {
