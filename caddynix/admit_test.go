@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/cargoxx-pkgs/runner/caddynix/verify"
 	"github.com/cargoxx-pkgs/runner/internal/nixfmt"
 )
 
@@ -74,12 +75,12 @@ func TestOneNarinfoRule(t *testing.T) {
 			if served := serve(t, h, http.MethodGet, "/"+p.hash+".narinfo").Code == http.StatusOK; served != tc.ok {
 				t.Errorf("served=%v, want %v", served, tc.ok)
 			}
-			report, err := verifyDir(t, h.root, verifyOptions{narHash: true})
+			report, err := verifyDir(t, h.root, verify.Options{NarHash: true})
 			if err != nil {
 				t.Fatal(err)
 			}
-			if clean := len(report.problems) == 0; clean != tc.ok {
-				t.Errorf("verify clean=%v (%v), want %v", clean, report.problems, tc.ok)
+			if clean := len(report.Problems) == 0; clean != tc.ok {
+				t.Errorf("verify clean=%v (%v), want %v", clean, report.Problems, tc.ok)
 			}
 		})
 	}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/cargoxx-pkgs/runner/caddynix/retention"
 	"github.com/cargoxx-pkgs/runner/caddynix/storage"
+	"github.com/cargoxx-pkgs/runner/caddynix/verify"
 )
 
 // sharedDir plays storage that several nodes share: a directory whose one
@@ -107,9 +108,9 @@ func TestCollectionOnSharedStorageKeepsWhatAnotherNodeCommits(t *testing.T) {
 	if _, err := h.store.Stat(ctx, retention.AnnouncementName); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("the announcement outlived its collection: %v", err)
 	}
-	report, err := verifyDir(t, h.root, verifyOptions{narHash: true})
-	if err != nil || len(report.problems) > 0 {
-		t.Fatalf("verify: %v %v", err, report.problems)
+	report, err := verifyDir(t, h.root, verify.Options{NarHash: true})
+	if err != nil || len(report.Problems) > 0 {
+		t.Fatalf("verify: %v %v", err, report.Problems)
 	}
 
 	// Once the collection is done, the refused path can be uploaded with

@@ -15,6 +15,7 @@ import (
 
 	"github.com/cargoxx-pkgs/runner/caddynix/retention"
 	"github.com/cargoxx-pkgs/runner/caddynix/storage/index"
+	"github.com/cargoxx-pkgs/runner/caddynix/verify"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -91,9 +92,9 @@ func TestCollectKeepsClosuresWholeAndRecentPaths(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(h.root, old.narURL())); !os.IsNotExist(err) {
 		t.Errorf("old's NAR is still there: %v", err)
 	}
-	clean, err := verifyDir(t, h.root, verifyOptions{narHash: true})
-	if err != nil || len(clean.problems) > 0 {
-		t.Fatalf("verify after collecting: %v %v", err, clean.problems)
+	clean, err := verifyDir(t, h.root, verify.Options{NarHash: true})
+	if err != nil || len(clean.Problems) > 0 {
+		t.Fatalf("verify after collecting: %v %v", err, clean.Problems)
 	}
 	if _, ok, _ := c.Index().Get(old.hash); ok {
 		t.Errorf("the index still has the deleted path")
@@ -193,9 +194,9 @@ func TestCollectRacesUploads(t *testing.T) {
 	time.Sleep(200 * time.Millisecond)
 	cancel()
 	wg.Wait()
-	report, err := verifyDir(t, h.root, verifyOptions{narHash: true})
-	if err != nil || len(report.problems) > 0 {
-		t.Fatalf("verify after racing: %v %v", err, report.problems)
+	report, err := verifyDir(t, h.root, verify.Options{NarHash: true})
+	if err != nil || len(report.Problems) > 0 {
+		t.Fatalf("verify after racing: %v %v", err, report.Problems)
 	}
 	for _, top := range accepted {
 		if !present(h, top) {
@@ -406,7 +407,7 @@ func TestDeletePathWithReferrers(t *testing.T) {
 			t.Errorf("%s is still there", p.name)
 		}
 	}
-	if clean, err := verifyDir(t, h.root, verifyOptions{}); err != nil || len(clean.problems) > 0 || clean.narinfos != 0 {
+	if clean, err := verifyDir(t, h.root, verify.Options{}); err != nil || len(clean.Problems) > 0 || clean.Narinfos != 0 {
 		t.Fatalf("verify after deleting: %v %+v", err, clean)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	caddycmd "github.com/caddyserver/caddy/v2/cmd"
+	"github.com/cargoxx-pkgs/runner/caddynix/verify"
 	"github.com/cargoxx-pkgs/runner/internal/nixfmt"
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
 	"github.com/spf13/cobra"
@@ -81,7 +82,7 @@ uploads in progress are listed as notes; they do not make the cache unclean.`,
 		Example: "caddy nix-cache verify --root cache/store --public-key cache/cache.pub --nar-hash",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			opts := verifyOptions{narHash: narHash}
+			opts := verify.Options{NarHash: narHash}
 			for _, file := range publicKeyFiles {
 				data, err := os.ReadFile(file)
 				if err != nil {
@@ -91,27 +92,27 @@ uploads in progress are listed as notes; they do not make the cache unclean.`,
 				if err != nil {
 					return fmt.Errorf("public key %s: %w", file, err)
 				}
-				opts.publicKeys = append(opts.publicKeys, key)
+				opts.PublicKeys = append(opts.PublicKeys, key)
 			}
 			store, location, _, err := openCommandStore(cmd.Context(), root, s3URL)
 			if err != nil {
 				return err
 			}
 			defer func() { _ = store.Close() }()
-			report, err := verifyCache(cmd.Context(), store, opts)
+			report, err := verify.Cache(cmd.Context(), store, opts)
 			if err != nil {
 				return err
 			}
 			out := cmd.OutOrStdout()
-			for _, note := range report.notes {
+			for _, note := range report.Notes {
 				_, _ = fmt.Fprintln(out, "note:", note)
 			}
-			for _, problem := range report.problems {
+			for _, problem := range report.Problems {
 				_, _ = fmt.Fprintln(out, "problem:", problem)
 			}
-			_, _ = fmt.Fprintf(out, "%d narinfos checked, %d problems\n", report.narinfos, len(report.problems))
-			if len(report.problems) > 0 {
-				return fmt.Errorf("the cache in %s has %d problems", location, len(report.problems))
+			_, _ = fmt.Fprintf(out, "%d narinfos checked, %d problems\n", report.Narinfos, len(report.Problems))
+			if len(report.Problems) > 0 {
+				return fmt.Errorf("the cache in %s has %d problems", location, len(report.Problems))
 			}
 			return nil
 		},

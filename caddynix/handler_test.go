@@ -13,6 +13,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/cargoxx-pkgs/runner/caddynix/storage/dir"
+	"github.com/cargoxx-pkgs/runner/caddynix/verify"
 	"github.com/cargoxx-pkgs/runner/internal/nixfmt"
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
 )
@@ -240,12 +241,12 @@ func TestHandlerRefusesEmptySuffixRanges(t *testing.T) {
 
 // verifyDir runs the checks of `caddy nix-cache verify` on a cache
 // directory.
-func verifyDir(t *testing.T, root string, opts verifyOptions) (*verifyReport, error) {
+func verifyDir(t *testing.T, root string, opts verify.Options) (*verify.Report, error) {
 	t.Helper()
 	store, err := dir.Open(root)
 	if err != nil {
 		return nil, err
 	}
 	defer func() { _ = store.Close() }()
-	return verifyCache(t.Context(), store, opts)
+	return verify.Cache(t.Context(), store, opts)
 }

@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/cargoxx-pkgs/runner/caddynix/storage/dir"
+	"github.com/cargoxx-pkgs/runner/caddynix/verify"
 )
 
 // TestSweepRemovesDeadWritersLeftovers leaves temporary files as a crashed
@@ -41,11 +42,11 @@ func TestSweepRemovesDeadWritersLeftovers(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	report, err := verifyDir(t, root, verifyOptions{})
+	report, err := verifyDir(t, root, verify.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	problems, notes := strings.Join(report.problems, "\n"), strings.Join(report.notes, "\n")
+	problems, notes := strings.Join(report.Problems, "\n"), strings.Join(report.Notes, "\n")
 	for _, name := range leftovers {
 		if !strings.Contains(problems, filepath.Base(name)) {
 			t.Errorf("verify does not report the leftover %s as a problem:\n%s", filepath.Base(name), problems)

@@ -17,6 +17,7 @@ import (
 
 	"github.com/andybalholm/brotli"
 	"github.com/cargoxx-pkgs/runner/caddynix/internal/cachetest"
+	"github.com/cargoxx-pkgs/runner/caddynix/verify"
 	"github.com/cargoxx-pkgs/runner/internal/nixfmt"
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
 	"github.com/nix-community/go-nix/pkg/nixbase32"
@@ -194,9 +195,9 @@ func TestUploadDropsSignaturesUnderTheCachesKeyNames(t *testing.T) {
 	if strings.Contains(string(stored), forged.String()) || !strings.Contains(string(stored), kept.String()) {
 		t.Fatalf("stored narinfo should keep the client's signature and drop the one under the cache's name:\n%s", stored)
 	}
-	report, err := verifyDir(t, h.root, verifyOptions{publicKeys: []signature.PublicKey{public, clientPublic}})
-	if err != nil || len(report.problems) != 0 {
-		t.Fatalf("verify --public-key after the upload: %v %v", err, report.problems)
+	report, err := verifyDir(t, h.root, verify.Options{PublicKeys: []signature.PublicKey{public, clientPublic}})
+	if err != nil || len(report.Problems) != 0 {
+		t.Fatalf("verify --public-key after the upload: %v %v", err, report.Problems)
 	}
 }
 
@@ -347,11 +348,11 @@ func TestVerifyFindsBrokenNars(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(root, p.hash+".narinfo"), []byte(p.narinfo("")), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	report, err := verifyDir(t, root, verifyOptions{narHash: true})
+	report, err := verifyDir(t, root, verify.Options{NarHash: true})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if problems := strings.Join(report.problems, "\n"); !strings.Contains(problems, "cut short") {
+	if problems := strings.Join(report.Problems, "\n"); !strings.Contains(problems, "cut short") {
 		t.Fatalf("verify --nar-hash does not report the NAR cut short: %q", problems)
 	}
 }

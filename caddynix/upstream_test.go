@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/cargoxx-pkgs/runner/caddynix/verify"
 	"github.com/cargoxx-pkgs/runner/internal/nixfmt"
 	"github.com/klauspost/compress/zstd"
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
@@ -164,7 +165,7 @@ func TestUpstreamPathsAreKept(t *testing.T) {
 			t.Errorf("kept NAR of %s: %d, %d bytes", p.name, rec.Code, rec.Body.Len())
 		}
 	}
-	if report, err := verifyDir(t, down.root, verifyOptions{narHash: true}); err != nil || len(report.problems) > 0 || report.narinfos != 2 {
+	if report, err := verifyDir(t, down.root, verify.Options{NarHash: true}); err != nil || len(report.Problems) > 0 || report.Narinfos != 2 {
 		t.Errorf("verify after keeping: %v %+v", err, report)
 	}
 }
@@ -311,7 +312,7 @@ func TestUpstreamClosuresAreKeptWhole(t *testing.T) {
 			t.Errorf("%s was not kept", p.name)
 		}
 	}
-	if report, err := verifyDir(t, down.root, verifyOptions{narHash: true}); err != nil || len(report.problems) > 0 || report.narinfos != 3 {
+	if report, err := verifyDir(t, down.root, verify.Options{NarHash: true}); err != nil || len(report.Problems) > 0 || report.Narinfos != 3 {
 		t.Errorf("verify after keeping: %v %+v", err, report)
 	}
 
@@ -426,7 +427,7 @@ func TestUpstreamNarNamesAreKeptUnderTheCachesOwn(t *testing.T) {
 			if got, _ := io.ReadAll(plain); !bytes.Equal(got, p.nar) {
 				t.Errorf("the kept NAR is not the path's NAR (%d bytes)", len(got))
 			}
-			if report, err := verifyDir(t, down.root, verifyOptions{narHash: true}); err != nil || len(report.problems) > 0 || report.narinfos != 1 {
+			if report, err := verifyDir(t, down.root, verify.Options{NarHash: true}); err != nil || len(report.Problems) > 0 || report.Narinfos != 1 {
 				t.Errorf("verify after keeping: %v %+v", err, report)
 			}
 		})

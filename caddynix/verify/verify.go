@@ -1,4 +1,8 @@
-package caddynix
+// Package verify checks a binary cache's integrity, as `caddy nix-cache
+// verify` reports it: every narinfo passes the cache's one rule, names a
+// NAR that is there and matches it, and references paths that are there,
+// and its signatures under the given keys verify.
+package verify
 
 import (
 	"bytes"
@@ -17,28 +21,28 @@ import (
 	"github.com/nix-community/go-nix/pkg/nixbase32"
 )
 
-// verifyOptions says what verifyCache checks beyond the always-on checks.
-type verifyOptions struct {
-	// publicKeys: every signature under one of these keys' names must verify.
-	publicKeys []signature.PublicKey
-	// narHash: decompress every NAR and check NarHash and NarSize.
-	narHash bool
+// Options says what Cache checks beyond the always-on checks.
+type Options struct {
+	// PublicKeys: every signature under one of these keys' names must verify.
+	PublicKeys []signature.PublicKey
+	// NarHash: decompress every NAR and check NarHash and NarSize.
+	NarHash bool
 }
 
-// verifyReport is the outcome of a verification: problems make the cache
+// Report is the outcome of a verification: problems make the cache
 // unclean; notes (orphaned NARs, uploads in progress) do not.
-type verifyReport struct {
-	narinfos int
-	problems []string
-	notes    []string
+type Report struct {
+	Narinfos int
+	Problems []string
+	Notes    []string
 }
 
-// verifyCache checks every narinfo of a file:// cache directory: it parses,
+// Cache checks every narinfo of a file:// cache directory: it parses,
 // describes the path its name says, its NAR is present with the FileHash and
 // FileSize it states (and, with narHash, the NarHash and NarSize), its
 // references are present, and its signatures under the given keys verify.
 // NARs that no narinfo names are listed as notes.
-func verifyCache(ctx context.Context, store storage.Store, opts verifyOptions) (*verifyReport, error) {
+func Cache(ctx context.Context, store storage.Store, opts Options) (*Report, error) {
 	entries, err := store.List(ctx, "")
 	if err != nil {
 		return nil, fmt.Errorf("listing the cache: %w", err)
@@ -50,7 +54,7 @@ func verifyCache(ctx context.Context, store storage.Store, opts verifyOptions) (
 			storeDir = stored
 		}
 	}
-	report := new(verifyReport)
+	report := new(Report)
 	present := map[string]bool{}
 	var narinfos []string
 	for _, e := range entries {
@@ -61,9 +65,9 @@ func verifyCache(ctx context.Context, store storage.Store, opts verifyOptions) (
 	}
 	used := map[string]bool{}
 	for _, name := range narinfos {
-		report.narinfos++
+		report.Narinfos++
 		for _, problem := range verifyNarInfo(ctx, store, storeDir, name, present, used, opts) {
-			report.problems = append(report.problems, name+": "+problem)
+			report.Problems = append(report.Problems, name+": "+problem)
 		}
 	}
 	nars, err := store.List(ctx, "nar")
@@ -72,7 +76,7 @@ func verifyCache(ctx context.Context, store storage.Store, opts verifyOptions) (
 	}
 	for _, nar := range nars {
 		if !used[nar.Name] {
-			report.notes = append(report.notes, "orphaned NAR (no narinfo names it): "+nar.Name)
+			report.Notes = append(report.Notes, "orphaned NAR (no narinfo names it): "+nar.Name)
 		}
 	}
 	var live, abandoned []string
@@ -82,16 +86,16 @@ func verifyCache(ctx context.Context, store storage.Store, opts verifyOptions) (
 		}
 	}
 	for _, name := range live {
-		report.notes = append(report.notes, "upload in progress: "+name)
+		report.Notes = append(report.Notes, "upload in progress: "+name)
 	}
 	for _, name := range abandoned {
-		report.problems = append(report.problems, "leftover of an interrupted upload (removed when the server starts): "+name)
+		report.Problems = append(report.Problems, "leftover of an interrupted upload (removed when the server starts): "+name)
 	}
 	return report, nil
 }
 
 // verifyNarInfo checks one narinfo and returns its problems.
-func verifyNarInfo(ctx context.Context, store storage.Store, storeDir, name string, present, used map[string]bool, opts verifyOptions) []string {
+func verifyNarInfo(ctx context.Context, store storage.Store, storeDir, name string, present, used map[string]bool, opts Options) []string {
 	data, err := storage.ReadAll(ctx, store, name, nixfmt.MaxNarInfoSize)
 	if err != nil {
 		return []string{err.Error()}
@@ -109,7 +113,7 @@ func verifyNarInfo(ctx context.Context, store storage.Store, storeDir, name stri
 		}
 	}
 	for _, sig := range info.Signatures {
-		for _, key := range opts.publicKeys {
+		for _, key := range opts.PublicKeys {
 			if sig.Name == key.Name && !key.Verify(nixfmt.Fingerprint(info), sig) {
 				problems = append(problems, "signature by "+sig.Name+" does not verify")
 			}
@@ -122,7 +126,7 @@ func verifyNarInfo(ctx context.Context, store storage.Store, storeDir, name stri
 	}
 	defer func() { _ = f.Close() }()
 	var meta upload.NarMeta
-	if opts.narHash {
+	if opts.NarHash {
 		compression, _ := nixfmt.NarCompression(info.URL)
 		meta, err = upload.ReceiveNar(io.Discard, f, compression, math.MaxInt64-1, -1)
 		if err != nil {
@@ -142,7 +146,7 @@ func verifyNarInfo(ctx context.Context, store storage.Store, storeDir, name stri
 	if info.FileSize != 0 && int64(info.FileSize) != meta.FileSize {
 		problems = append(problems, fmt.Sprintf("FileSize %d, but the NAR has %d bytes", info.FileSize, meta.FileSize))
 	}
-	if opts.narHash {
+	if opts.NarHash {
 		if !bytes.Equal(info.NarHash.Digest(), meta.NarHash[:]) {
 			problems = append(problems, fmt.Sprintf("NarHash %s, but the NAR's is sha256:%s", info.NarHash, nixbase32.EncodeToString(meta.NarHash[:])))
 		}
