@@ -36,8 +36,9 @@ const (
 	// DefaultGrace is how long a collection waits between announcing and
 	// deleting, unless the storage's gc_grace says otherwise.
 	DefaultGrace = time.Minute
-	// maxAnnouncementSize bounds the announcement read into memory.
-	maxAnnouncementSize = 1 << 20
+	// maxAnnouncementSize bounds the announcement read into memory: a
+	// collection of a million paths announces about 40 MB.
+	maxAnnouncementSize = maxUsesSize
 )
 
 // announcement is what a collection is about to delete.
