@@ -72,7 +72,7 @@ func TestOneNarinfoRule(t *testing.T) {
 			if err := os.WriteFile(filepath.Join(h.root, p.hash+".narinfo"), []byte(tc.narinfo), 0o644); err != nil {
 				t.Fatal(err)
 			}
-			if served := serve(t, h, http.MethodGet, "/"+p.hash+".narinfo").Code == http.StatusOK; served != tc.ok {
+			if served := request(t, h, http.MethodGet, "/"+p.hash+".narinfo").Code == http.StatusOK; served != tc.ok {
 				t.Errorf("served=%v, want %v", served, tc.ok)
 			}
 			report, err := verifyDir(t, h.root, verify.Options{NarHash: true})

@@ -31,7 +31,7 @@ func newSharedHandler(t *testing.T, grace time.Duration) (*Handler, *retention.C
 	h, c := newIndexedHandler(t)
 	h.store = sharedDir{h.store}
 	h.gcGrace = grace
-	h.receiver = h.newReceiver()
+	rewire(t, h)
 	return h, h.collector(c.Index())
 }
 

@@ -3,8 +3,9 @@ package caddynix
 import (
 	"fmt"
 	"net/http"
-	"strings"
 	"time"
+
+	"github.com/cargoxx-pkgs/runner/caddynix/serve"
 )
 
 // serveCacheInfo answers nix-cache-info from the configuration, so that the
@@ -14,7 +15,7 @@ import (
 // binary cache" when it cannot.
 func (h *Handler) serveCacheInfo(w http.ResponseWriter, r *http.Request) error {
 	w.Header().Set("Content-Type", "text/x-nix-cache-info")
-	http.ServeContent(memoryBodyWriter{w}, r, "", time.Time{}, strings.NewReader(h.cacheInfo()))
+	serve.Memory(w, r, time.Time{}, []byte(h.cacheInfo()))
 	return nil
 }
 

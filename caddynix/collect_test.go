@@ -77,7 +77,7 @@ func TestCollectKeepsClosuresWholeAndRecentPaths(t *testing.T) {
 	// app is served now; everything else was pushed long ago.
 	long := time.Now().Add(-48 * time.Hour)
 	ageIndex(t, c, long)
-	if rec := serve(t, h, http.MethodGet, "/"+app.hash+".narinfo"); rec.Code != http.StatusOK {
+	if rec := request(t, h, http.MethodGet, "/"+app.hash+".narinfo"); rec.Code != http.StatusOK {
 		t.Fatalf("GET app narinfo: %d", rec.Code)
 	}
 

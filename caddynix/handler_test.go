@@ -70,7 +70,18 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-func serve(t *testing.T, h *Handler, method, target string) *httptest.ResponseRecorder {
+// rewire makes again what provisioning made of the handler's storage,
+// state and upload limits, after a test changed them.
+func rewire(t *testing.T, h *Handler) {
+	t.Helper()
+	h.receiver = h.newReceiver()
+	if err := h.cache.Close(); err != nil {
+		t.Fatal(err)
+	}
+	h.cache = h.newCache()
+}
+
+func request(t *testing.T, h *Handler, method, target string) *httptest.ResponseRecorder {
 	t.Helper()
 	rec := httptest.NewRecorder()
 	req := httptest.NewRequest(method, target, nil)
@@ -86,7 +97,7 @@ func TestHandlerServesSignedNarinfo(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(h.root, p.hash+".narinfo"), []byte(p.narinfo("X-Unknown-Key: tolerated\n")), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	rec := serve(t, h, http.MethodGet, "/"+p.hash+".narinfo")
+	rec := request(t, h, http.MethodGet, "/"+p.hash+".narinfo")
 	if rec.Code != http.StatusOK || rec.Header().Get("Content-Type") != "text/x-nix-narinfo" {
 		t.Fatalf("GET narinfo: %d %q", rec.Code, rec.Header().Get("Content-Type"))
 	}
@@ -112,7 +123,7 @@ func TestNarinfoPlainAndConditionalAnswersAgree(t *testing.T) {
 		t.Fatal(err)
 	}
 	target := "/" + p.hash + ".narinfo"
-	plain := serve(t, h, http.MethodGet, target)
+	plain := request(t, h, http.MethodGet, target)
 	rec := httptest.NewRecorder()
 	req := httptest.NewRequest(http.MethodGet, target, nil)
 	req.Header.Set("If-Modified-Since", "Mon, 01 Jan 2001 00:00:00 GMT")
@@ -127,7 +138,7 @@ func TestNarinfoPlainAndConditionalAnswersAgree(t *testing.T) {
 			t.Errorf("%s: plain %q, ServeContent %q", name, plain.Header().Get(name), rec.Header().Get(name))
 		}
 	}
-	head := serve(t, h, http.MethodHead, target)
+	head := request(t, h, http.MethodHead, target)
 	if head.Code != http.StatusOK || head.Body.Len() != 0 || head.Header().Get("Content-Length") != plain.Header().Get("Content-Length") {
 		t.Fatalf("HEAD: %d, %d body bytes, Content-Length %q", head.Code, head.Body.Len(), head.Header().Get("Content-Length"))
 	}
@@ -149,7 +160,7 @@ func TestHandlerAnswersBadNarinfoAsMissing(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, target := range []string{"/2mq0d0irxq2fb3zqafd5gyphzy6zxjyw.narinfo", "/s1w4pv4wk26rnhszw001nryksx0g7fgy.narinfo", "/00000000000000000000000000000000.narinfo"} {
-		if rec := serve(t, h, http.MethodGet, target); rec.Code != http.StatusNotFound {
+		if rec := request(t, h, http.MethodGet, target); rec.Code != http.StatusNotFound {
 			t.Errorf("GET %s: %d, want 404", target, rec.Code)
 		}
 	}
@@ -157,11 +168,11 @@ func TestHandlerAnswersBadNarinfoAsMissing(t *testing.T) {
 
 func TestHandlerCacheInfoAndMethods(t *testing.T) {
 	h, _ := newTestHandler(t)
-	rec := serve(t, h, http.MethodGet, "/nix-cache-info")
+	rec := request(t, h, http.MethodGet, "/nix-cache-info")
 	if rec.Body.String() != "StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 40\n" {
 		t.Fatalf("nix-cache-info: %q", rec.Body)
 	}
-	if rec := serve(t, h, http.MethodDelete, "/nix-cache-info"); rec.Code != http.StatusMethodNotAllowed {
+	if rec := request(t, h, http.MethodDelete, "/nix-cache-info"); rec.Code != http.StatusMethodNotAllowed {
 		t.Fatalf("DELETE: %d, want 405", rec.Code)
 	}
 }

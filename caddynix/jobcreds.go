@@ -139,28 +139,3 @@ func LookupCache(name string) (*CacheAccess, error) {
 	}
 	return &CacheAccess{URL: shared.url, PublicKeys: append([]string(nil), shared.publicKeys...), shared: shared}, nil
 }
-
-// shareCache joins the named cache's shared state and records this
-// configuration's URL and keys in it.
-func (h *Handler) shareCache() error {
-	if h.Name == "" {
-		return nil
-	}
-	value, _, err := namedCaches.LoadOrNew(h.Name, func() (caddy.Destructor, error) {
-		return &sharedCache{}, nil
-	})
-	if err != nil {
-		return err
-	}
-	h.shared = value.(*sharedCache)
-	h.shared.mu.Lock()
-	defer h.shared.mu.Unlock()
-	h.shared.url = h.url
-	h.shared.state = h.state
-	h.shared.logger = h.logger
-	h.shared.publicKeys = h.clientKeys()
-	if h.Upload != nil && h.shared.jobTokens == nil {
-		h.shared.jobTokens = map[[sha256.Size]byte]*index.Job{}
-	}
-	return nil
-}

@@ -79,7 +79,7 @@ func newLiveHandler(t *testing.T, s *nixstoretest.Store, compression string) (*H
 // liveNarInfo fetches and checks the narinfo of storePath.
 func liveNarInfo(t *testing.T, h *Handler, public signature.PublicKey, storePath string) *narinfo.NarInfo {
 	t.Helper()
-	rec := serve(t, h, http.MethodGet, "/"+hashPart(storePath)+".narinfo")
+	rec := request(t, h, http.MethodGet, "/"+hashPart(storePath)+".narinfo")
 	if rec.Code != http.StatusOK {
 		t.Fatalf("narinfo of %s: %d %s", storePath, rec.Code, rec.Body)
 	}
@@ -125,7 +125,7 @@ func TestLiveStoreServesItsPaths(t *testing.T) {
 	if _, err := nixstore.WriteNar(&want, s.FSPath(top)); err != nil {
 		t.Fatal(err)
 	}
-	rec := serve(t, h, http.MethodGet, "/"+info.URL)
+	rec := request(t, h, http.MethodGet, "/"+info.URL)
 	if rec.Code != http.StatusOK || !bytes.Equal(rec.Body.Bytes(), want.Bytes()) {
 		t.Fatalf("GET %s: %d, %d bytes, want the %d of the NAR", info.URL, rec.Code, rec.Body.Len(), want.Len())
 	}
@@ -177,7 +177,7 @@ func TestLiveStoreServesItsPaths(t *testing.T) {
 	}
 
 	// The listing points into the NAR.
-	rec = serve(t, h, http.MethodGet, "/"+hashPart(top)+".ls")
+	rec = request(t, h, http.MethodGet, "/"+hashPart(top)+".ls")
 	var listing struct {
 		Root struct {
 			Entries map[string]struct {
@@ -199,7 +199,7 @@ func TestLiveStoreServesItsPaths(t *testing.T) {
 
 	// A single-file path.
 	leafInfo := liveNarInfo(t, h, public, leaf)
-	if rec := serve(t, h, http.MethodGet, "/"+leafInfo.URL); rec.Code != http.StatusOK || rec.Body.Len() != int(leafInfo.NarSize) {
+	if rec := request(t, h, http.MethodGet, "/"+leafInfo.URL); rec.Code != http.StatusOK || rec.Body.Len() != int(leafInfo.NarSize) {
 		t.Errorf("leaf NAR: %d, %d bytes", rec.Code, rec.Body.Len())
 	}
 }
@@ -224,7 +224,7 @@ func TestLiveStoreMisses(t *testing.T) {
 		"/nar/" + narHash + ".nar.xz?hash=" + hashPart(top),
 		"/log/" + missing + "-top.drv",
 	} {
-		if rec := serve(t, h, http.MethodGet, target); rec.Code != http.StatusNotFound {
+		if rec := request(t, h, http.MethodGet, target); rec.Code != http.StatusNotFound {
 			t.Errorf("GET %s: %d, want 404", target, rec.Code)
 		}
 	}
@@ -238,7 +238,7 @@ func TestLiveStoreSendsZstd(t *testing.T) {
 	if info.Compression != "zstd" || !strings.Contains(info.URL, ".nar.zst?hash=") || info.FileHash != nil {
 		t.Fatalf("zstd narinfo: URL %s, Compression %s, FileHash %v", info.URL, info.Compression, info.FileHash)
 	}
-	rec := serve(t, h, http.MethodGet, "/"+info.URL)
+	rec := request(t, h, http.MethodGet, "/"+info.URL)
 	if rec.Code != http.StatusOK {
 		t.Fatalf("GET %s: %d", info.URL, rec.Code)
 	}
@@ -259,7 +259,7 @@ func TestLiveStoreSendsZstd(t *testing.T) {
 	}
 	// A client holding a narinfo from before compression was turned on.
 	plain := strings.Replace(info.URL, ".nar.zst?", ".nar?", 1)
-	if rec := serve(t, h, http.MethodGet, "/"+plain); rec.Code != http.StatusOK || rec.Body.Len() != want.Len() {
+	if rec := request(t, h, http.MethodGet, "/"+plain); rec.Code != http.StatusOK || rec.Body.Len() != want.Len() {
 		t.Errorf("GET %s: %d, %d bytes", plain, rec.Code, rec.Body.Len())
 	}
 }
@@ -354,13 +354,13 @@ func TestLiveStoreWithoutACacheOfItsOwn(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = h.Cleanup() })
 	info := liveNarInfo(t, h, public, s.Paths[2])
-	if rec := serve(t, h, http.MethodGet, "/"+info.URL); rec.Code != http.StatusOK || rec.Body.Len() != int(info.NarSize) {
+	if rec := request(t, h, http.MethodGet, "/"+info.URL); rec.Code != http.StatusOK || rec.Body.Len() != int(info.NarSize) {
 		t.Errorf("NAR: %d, %d bytes", rec.Code, rec.Body.Len())
 	}
-	if rec := serve(t, h, http.MethodGet, "/nix-cache-info"); rec.Code != http.StatusOK {
+	if rec := request(t, h, http.MethodGet, "/nix-cache-info"); rec.Code != http.StatusOK {
 		t.Errorf("GET /nix-cache-info: %d", rec.Code)
 	}
-	if rec := serve(t, h, http.MethodGet, "/"); rec.Code != http.StatusOK || !strings.Contains(rec.Body.String(), "also answers: the live store "+s.Dir) {
+	if rec := request(t, h, http.MethodGet, "/"); rec.Code != http.StatusOK || !strings.Contains(rec.Body.String(), "also answers: the live store "+s.Dir) {
 		t.Errorf("landing page: %d\n%s", rec.Code, rec.Body)
 	}
 
@@ -397,7 +397,7 @@ func TestLiveStoreDatabaseLocked(t *testing.T) {
 	if _, err := conn.ExecContext(t.Context(), "BEGIN EXCLUSIVE"); err != nil {
 		t.Fatal(err)
 	}
-	if rec := serve(t, h, http.MethodGet, "/"+hashPart(s.Paths[0])+".narinfo"); rec.Code != http.StatusServiceUnavailable {
+	if rec := request(t, h, http.MethodGet, "/"+hashPart(s.Paths[0])+".narinfo"); rec.Code != http.StatusServiceUnavailable {
 		t.Errorf("narinfo while the database is locked: %d, want 503", rec.Code)
 	}
 	if _, err := conn.ExecContext(t.Context(), "ROLLBACK"); err != nil {

@@ -192,3 +192,8 @@ var (
 	_ retention.Metrics = retentionMetrics{}
 	_ upload.Metrics    = uploadMetrics{}
 )
+
+// serveMetrics counts narinfo lookups.
+type serveMetrics struct{}
+
+func (serveMetrics) NarinfoLookup(result string) { narinfoLookups.WithLabelValues(result).Inc() }

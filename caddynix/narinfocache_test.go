@@ -39,21 +39,19 @@ func TestNarinfoFollowsItsFile(t *testing.T) {
 			h.store = counter
 			if !watched {
 				h.store = unwatched{counter}
-				if err := h.narinfos.close(); err != nil {
-					t.Fatal(err)
-				}
 			}
+			rewire(t, h)
 			p := newTestPath(t, "c", "content")
 			file := filepath.Join(h.root, p.hash+".narinfo")
 			if err := os.WriteFile(file, []byte(p.narinfo("")), 0o644); err != nil {
 				t.Fatal(err)
 			}
 			target := "/" + p.hash + ".narinfo"
-			if rec := serve(t, h, http.MethodGet, target); rec.Code != http.StatusOK || strings.Contains(rec.Body.String(), "Deriver") {
+			if rec := request(t, h, http.MethodGet, target); rec.Code != http.StatusOK || strings.Contains(rec.Body.String(), "Deriver") {
 				t.Fatalf("GET: %d\n%s", rec.Code, rec.Body)
 			}
 			before := counter.stats.Load()
-			serve(t, h, http.MethodGet, target)
+			request(t, h, http.MethodGet, target)
 			looks := counter.stats.Load() - before
 			if watched && looks != 0 || !watched && looks != 1 {
 				t.Fatalf("a second GET looked at the file %d times (watched: %v)", looks, watched)
@@ -63,7 +61,7 @@ func TestNarinfoFollowsItsFile(t *testing.T) {
 			if err := os.WriteFile(file, []byte(p.narinfo(deriver)), 0o644); err != nil {
 				t.Fatal(err)
 			}
-			if rec := serve(t, h, http.MethodGet, target); rec.Code != http.StatusOK || !strings.Contains(rec.Body.String(), deriver) {
+			if rec := request(t, h, http.MethodGet, target); rec.Code != http.StatusOK || !strings.Contains(rec.Body.String(), deriver) {
 				t.Fatalf("GET after the file was rewritten: %d\n%s", rec.Code, rec.Body)
 			}
 			// Replaced by a rename, as nix copy --to file:// and uploads do.
@@ -73,13 +71,13 @@ func TestNarinfoFollowsItsFile(t *testing.T) {
 			if err := os.Rename(file+".new", file); err != nil {
 				t.Fatal(err)
 			}
-			if rec := serve(t, h, http.MethodGet, target); rec.Code != http.StatusOK || strings.Contains(rec.Body.String(), "Deriver") {
+			if rec := request(t, h, http.MethodGet, target); rec.Code != http.StatusOK || strings.Contains(rec.Body.String(), "Deriver") {
 				t.Fatalf("GET after the file was replaced: %d\n%s", rec.Code, rec.Body)
 			}
 			if err := os.Remove(file); err != nil {
 				t.Fatal(err)
 			}
-			if rec := serve(t, h, http.MethodGet, target); rec.Code != http.StatusNotFound {
+			if rec := request(t, h, http.MethodGet, target); rec.Code != http.StatusNotFound {
 				t.Fatalf("GET after the file was removed: %d", rec.Code)
 			}
 		})

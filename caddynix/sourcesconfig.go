@@ -1,14 +1,7 @@
 package caddynix
 
 import (
-	"context"
-	"errors"
-	"net/http"
-	"time"
-
 	"github.com/caddyserver/caddy/v2"
-	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
-	"github.com/cargoxx-pkgs/runner/caddynix/sources"
 )
 
 // LiveStoreConfig serves the valid paths of a local Nix store, such as
@@ -74,40 +67,4 @@ type UpstreamConfig struct {
 	// response header: an upstream that is down or slow costs a request
 	// no more, and is then a miss. Default: 5s. Caddyfile: `timeout`.
 	Timeout caddy.Duration `json:"timeout,omitempty"`
-}
-
-// openSources opens the live store and upstreams the configuration names.
-func (h *Handler) openSources(ctx context.Context, repl *caddy.Replacer) (*sources.Sources, error) {
-	opts := sources.Options{Store: h.store, StoreDir: h.StoreDir, Keys: h.keys, Logger: h.logger, Keeper: h.receiver}
-	if cfg := h.LiveStore; cfg != nil {
-		opts.Live = &sources.LiveOptions{
-			Dir: repl.ReplaceAll(cfg.Dir, ""), Database: repl.ReplaceAll(cfg.Database, ""),
-			LogDir: repl.ReplaceAll(cfg.LogDir, ""), Compression: cfg.Compression,
-		}
-	}
-	for _, cfg := range h.Upstreams {
-		up := sources.UpstreamOptions{URL: repl.ReplaceAll(cfg.URL, ""), Keep: cfg.Keep, Sign: cfg.Sign, Timeout: time.Duration(cfg.Timeout)}
-		for _, key := range cfg.TrustedPublicKeys {
-			up.TrustedPublicKeys = append(up.TrustedPublicKeys, repl.ReplaceAll(key, ""))
-		}
-		opts.Upstreams = append(opts.Upstreams, up)
-	}
-	return sources.New(ctx, opts)
-}
-
-// fromSources turns what the sources answer into the handler's answer: a
-// miss is a 404, a failing source a 503, the storage failing while a path
-// is kept as any storage failure.
-func (h *Handler) fromSources(err error) error {
-	var status *sources.StatusError
-	var storageErr *sources.StorageError
-	switch {
-	case errors.Is(err, sources.ErrNotFound):
-		return caddyhttp.Error(http.StatusNotFound, nil)
-	case errors.As(err, &status):
-		return caddyhttp.Error(status.Status, err)
-	case errors.As(err, &storageErr):
-		return h.storageFailure(storageErr.What, storageErr.File, storageErr.Err)
-	}
-	return err
 }

@@ -26,7 +26,7 @@ func TestUploadsDoNotWaitForAHeldIndex(t *testing.T) {
 	}
 	h.state = retention.NewState(indexPath)
 	h.state.SetStore(h.store, false)
-	h.receiver = h.newReceiver()
+	rewire(t, h)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	opened := make(chan error, 1)

@@ -170,7 +170,7 @@ func TestUploadNeverReplacesAPath(t *testing.T) {
 	if !bytes.Equal(after, stored) {
 		t.Fatalf("the stored narinfo changed:\n%s\nto\n%s", stored, after)
 	}
-	served := serve(t, h, http.MethodGet, "/"+first.hash+".narinfo")
+	served := request(t, h, http.MethodGet, "/"+first.hash+".narinfo")
 	info, err := nixfmt.ParseNarInfo(served.Body.Bytes())
 	if err != nil || info.URL != first.narURL() || !public.Verify(nixfmt.Fingerprint(info), info.Signatures[0]) {
 		t.Fatalf("the cache serves another NAR for the path now: %v\n%s", err, served.Body)
@@ -241,7 +241,7 @@ func TestUploadStoresOnlyWhatItServes(t *testing.T) {
 		t.Fatalf("PUT NAR: %d %s", rec.Code, rec.Body)
 	}
 	rec := put(t, h, "/"+p.hash+".narinfo", []byte(body.String()))
-	served := serve(t, h, http.MethodGet, "/"+p.hash+".narinfo")
+	served := request(t, h, http.MethodGet, "/"+p.hash+".narinfo")
 	if rec.Code == http.StatusCreated && served.Code != http.StatusOK {
 		t.Fatalf("the upload was accepted (%d) but the narinfo is answered %d", rec.Code, served.Code)
 	}
@@ -409,6 +409,7 @@ func TestSymlinkOutOfTheRootIsNoError(t *testing.T) {
 	h, _ := newTestHandler(t)
 	logs, observed := observer.New(zapcore.DebugLevel)
 	h.logger = zap.New(logs)
+	rewire(t, h)
 	names := []string{
 		"nar/1a0jcm4a6p8gy3w1j0sj0q1jp7bxsbvmp6hlx3k1zx9gzds7nhh0.nar",
 		newTestPath(t, "planted", "x").hash + ".narinfo",
@@ -422,7 +423,7 @@ func TestSymlinkOutOfTheRootIsNoError(t *testing.T) {
 			t.Fatal(err)
 		}
 		for range 3 {
-			if rec := serve(t, h, http.MethodGet, "/"+name); rec.Code != http.StatusNotFound {
+			if rec := request(t, h, http.MethodGet, "/"+name); rec.Code != http.StatusNotFound {
 				t.Fatalf("GET %s through a symlink out of the root: %d", name, rec.Code)
 			}
 		}

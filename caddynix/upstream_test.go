@@ -97,7 +97,7 @@ func TestUpstreamIsPassedThroughWithItsSignature(t *testing.T) {
 	srv := upstreamServer(t, up)
 	down, downKey := newDownstream(t, srv.URL, upKey, nil)
 
-	rec := serve(t, down, http.MethodGet, "/"+lib.hash+".narinfo")
+	rec := request(t, down, http.MethodGet, "/"+lib.hash+".narinfo")
 	if rec.Code != http.StatusOK {
 		t.Fatalf("narinfo through the upstream: %d %s", rec.Code, rec.Body)
 	}
@@ -112,16 +112,16 @@ func TestUpstreamIsPassedThroughWithItsSignature(t *testing.T) {
 		t.Error("the path was kept without keep")
 	}
 	// Clients need the upstream's key for what the cache does not sign.
-	if page := serve(t, down, http.MethodGet, "/").Body.String(); !strings.Contains(page, "extra-trusted-public-keys = "+downKey.String()+" "+upKey.String()) {
+	if page := request(t, down, http.MethodGet, "/").Body.String(); !strings.Contains(page, "extra-trusted-public-keys = "+downKey.String()+" "+upKey.String()) {
 		t.Errorf("the landing page's nix.conf does not trust the upstream's key:\n%s", page)
 	}
-	if rec := serve(t, down, http.MethodGet, "/"+newTestPath(t, "x", "x").hash+".narinfo"); rec.Code != http.StatusNotFound {
+	if rec := request(t, down, http.MethodGet, "/"+newTestPath(t, "x", "x").hash+".narinfo"); rec.Code != http.StatusNotFound {
 		t.Errorf("a path no source has: %d", rec.Code)
 	}
 
 	// With sign, the cache vouches for the upstream's path.
 	signing, signingKey := newDownstream(t, srv.URL, upKey, func(c *UpstreamConfig) { c.Sign = true })
-	rec = serve(t, signing, http.MethodGet, "/"+lib.hash+".narinfo")
+	rec = request(t, signing, http.MethodGet, "/"+lib.hash+".narinfo")
 	if got := signedBy(t, rec.Body.Bytes(), upKey, signingKey); len(got) != 2 {
 		t.Errorf("with sign, narinfo signed by %v, want both keys", got)
 	}
@@ -142,7 +142,7 @@ func TestUpstreamPathsAreKept(t *testing.T) {
 
 	// As Nix substitutes: every narinfo, then the NARs, references first.
 	for _, p := range []testPath{app, lib} {
-		if rec := serve(t, down, http.MethodGet, "/"+p.hash+".narinfo"); rec.Code != http.StatusOK {
+		if rec := request(t, down, http.MethodGet, "/"+p.hash+".narinfo"); rec.Code != http.StatusOK {
 			t.Fatalf("narinfo of %s: %d", p.name, rec.Code)
 		}
 	}
@@ -157,11 +157,11 @@ func TestUpstreamPathsAreKept(t *testing.T) {
 		if !present(down, p) {
 			t.Fatalf("%s was not kept", p.name)
 		}
-		rec := serve(t, down, http.MethodGet, "/"+p.hash+".narinfo")
+		rec := request(t, down, http.MethodGet, "/"+p.hash+".narinfo")
 		if got := signedBy(t, rec.Body.Bytes(), upKey, downKey); len(got) != 2 {
 			t.Errorf("kept %s is signed by %v, want the upstream's key and the cache's", p.name, got)
 		}
-		if rec := serve(t, down, http.MethodGet, "/"+p.narURL()); !bytes.Equal(rec.Body.Bytes(), p.nar) {
+		if rec := request(t, down, http.MethodGet, "/"+p.narURL()); !bytes.Equal(rec.Body.Bytes(), p.nar) {
 			t.Errorf("kept NAR of %s: %d, %d bytes", p.name, rec.Code, rec.Body.Len())
 		}
 	}
@@ -182,7 +182,7 @@ func TestUpstreamThatLies(t *testing.T) {
 	}
 	var tamper func(path string, body []byte) []byte
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		rec := serve(t, up, http.MethodGet, r.URL.RequestURI())
+		rec := request(t, up, http.MethodGet, r.URL.RequestURI())
 		w.WriteHeader(rec.Code)
 		_, _ = w.Write(tamper(r.URL.Path, rec.Body.Bytes()))
 	}))
@@ -192,14 +192,14 @@ func TestUpstreamThatLies(t *testing.T) {
 	tamper = func(path string, body []byte) []byte {
 		return bytes.Replace(body, []byte("NarSize: "), []byte("NarSize: 1"), 1)
 	}
-	if rec := serve(t, down, http.MethodGet, "/"+lib.hash+".narinfo"); rec.Code != http.StatusNotFound {
+	if rec := request(t, down, http.MethodGet, "/"+lib.hash+".narinfo"); rec.Code != http.StatusNotFound {
 		t.Errorf("narinfo whose signature no longer matches: %d, want 404", rec.Code)
 	}
 
 	otherKey := newOtherKey(t)
 	untrusting, _ := newDownstream(t, srv.URL, otherKey, nil)
 	tamper = func(path string, body []byte) []byte { return body }
-	if rec := serve(t, untrusting, http.MethodGet, "/"+lib.hash+".narinfo"); rec.Code != http.StatusNotFound {
+	if rec := request(t, untrusting, http.MethodGet, "/"+lib.hash+".narinfo"); rec.Code != http.StatusNotFound {
 		t.Errorf("narinfo signed by an untrusted key: %d, want 404", rec.Code)
 	}
 
@@ -210,7 +210,7 @@ func TestUpstreamThatLies(t *testing.T) {
 		}
 		return body
 	}
-	if rec := serve(t, down, http.MethodGet, "/"+lib.hash+".narinfo"); rec.Code != http.StatusOK {
+	if rec := request(t, down, http.MethodGet, "/"+lib.hash+".narinfo"); rec.Code != http.StatusOK {
 		t.Fatalf("narinfo: %d", rec.Code)
 	}
 	rec, aborted := getThrough(down, "/"+lib.narURL())
@@ -251,7 +251,7 @@ func TestSlowUpstreamIsAMiss(t *testing.T) {
 	key := newOtherKey(t)
 	down, _ := newDownstream(t, srv.URL, key, func(c *UpstreamConfig) { c.Timeout = caddy.Duration(200 * time.Millisecond) })
 	start := time.Now()
-	rec := serve(t, down, http.MethodGet, "/"+newTestPath(t, "x", "x").hash+".narinfo")
+	rec := request(t, down, http.MethodGet, "/"+newTestPath(t, "x", "x").hash+".narinfo")
 	if rec.Code != http.StatusNotFound {
 		t.Errorf("a slow upstream: %d, want 404", rec.Code)
 	}
@@ -300,7 +300,7 @@ func TestUpstreamClosuresAreKeptWhole(t *testing.T) {
 	srv := upstreamServer(t, up)
 	down, _ := newDownstream(t, srv.URL, upKey, func(c *UpstreamConfig) { c.Keep = true })
 
-	if rec := serve(t, down, http.MethodGet, "/"+app.hash+".narinfo"); rec.Code != http.StatusOK {
+	if rec := request(t, down, http.MethodGet, "/"+app.hash+".narinfo"); rec.Code != http.StatusOK {
 		t.Fatalf("narinfo of app: %d", rec.Code)
 	}
 	if rec, aborted := getThrough(down, "/"+app.narURL()); aborted || !bytes.Equal(rec.Body.Bytes(), app.nar) {
@@ -321,7 +321,7 @@ func TestUpstreamClosuresAreKeptWhole(t *testing.T) {
 	if err := os.Remove(filepath.Join(up.root, lib.hash+".narinfo")); err != nil {
 		t.Fatal(err)
 	}
-	if rec := serve(t, other, http.MethodGet, "/"+app.hash+".narinfo"); rec.Code != http.StatusOK {
+	if rec := request(t, other, http.MethodGet, "/"+app.hash+".narinfo"); rec.Code != http.StatusOK {
 		t.Fatalf("narinfo of app: %d", rec.Code)
 	}
 	if rec, aborted := getThrough(other, "/"+app.narURL()); aborted || !bytes.Equal(rec.Body.Bytes(), app.nar) {
@@ -395,7 +395,7 @@ func TestUpstreamNarNamesAreKeptUnderTheCachesOwn(t *testing.T) {
 			defer srv.Close()
 			down, downKey := newDownstream(t, srv.URL, upPublic, func(c *UpstreamConfig) { c.Keep = true })
 
-			if rec := serve(t, down, http.MethodGet, "/"+p.hash+".narinfo"); rec.Code != http.StatusOK {
+			if rec := request(t, down, http.MethodGet, "/"+p.hash+".narinfo"); rec.Code != http.StatusOK {
 				t.Fatalf("narinfo through the upstream: %d %s", rec.Code, rec.Body)
 			}
 			if rec, aborted := getThrough(down, "/"+info.URL); aborted || !bytes.Equal(rec.Body.Bytes(), file) {
@@ -406,7 +406,7 @@ func TestUpstreamNarNamesAreKeptUnderTheCachesOwn(t *testing.T) {
 			if !present(down, p) {
 				t.Fatalf("the path was not kept")
 			}
-			rec := serve(t, down, http.MethodGet, "/"+p.hash+".narinfo")
+			rec := request(t, down, http.MethodGet, "/"+p.hash+".narinfo")
 			kept, err := nixfmt.ParseNarInfo(rec.Body.Bytes())
 			if err != nil {
 				t.Fatal(err)
@@ -418,7 +418,7 @@ func TestUpstreamNarNamesAreKeptUnderTheCachesOwn(t *testing.T) {
 			if kept.URL != wantURL || (tc.fileHash && kept.Compression != tc.compression) {
 				t.Errorf("kept as URL %s, Compression %s; want %s", kept.URL, kept.Compression, wantURL)
 			}
-			body := serve(t, down, http.MethodGet, "/"+kept.URL).Body
+			body := request(t, down, http.MethodGet, "/"+kept.URL).Body
 			plain, release, err := nixfmt.Decompressor(kept.Compression, body)
 			if err != nil {
 				t.Fatal(err)

@@ -8,10 +8,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nix-community/go-nix/pkg/nixbase32"
-
 	"github.com/cargoxx-pkgs/runner/caddynix/storage"
 	"github.com/cargoxx-pkgs/runner/caddynix/storage/dir"
+	"github.com/nix-community/go-nix/pkg/nixbase32"
 )
 
 // sharedDir plays storage that several nodes share.

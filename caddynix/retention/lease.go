@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/cargoxx-pkgs/runner/caddynix/storage"
-	"go.uber.org/zap"
 )
 
 // When several nodes share a cache's storage, one collects at a time: it
@@ -50,28 +49,4 @@ func (l *heldLease) renew(ctx context.Context) error {
 		return fmt.Errorf("the collection lease was lost to %s: stopping", current)
 	}
 	return nil
-}
-
-// withLease runs collect while this process holds the collection lease of
-// a shared storage, and refuses when another node holds it.
-func (c *Collector) withLease(ctx context.Context, collect func() error) error {
-	leaser, ok := c.store.(storage.Leaser)
-	if !ok {
-		return collect()
-	}
-	ok, current, err := leaser.TryLease(ctx, leaseName, leaseHolder(), LeaseTTL)
-	if err != nil {
-		return fmt.Errorf("taking the collection lease: %w", err)
-	}
-	if !ok {
-		return fmt.Errorf("another node collects this cache (%s): nothing was deleted; try again later", current)
-	}
-	c.lease = &heldLease{leaser: leaser}
-	defer func() {
-		c.lease = nil
-		if err := leaser.ReleaseLease(context.WithoutCancel(ctx), leaseName, leaseHolder()); err != nil {
-			c.logger.Warn("releasing the collection lease; it expires by itself", zap.Error(err))
-		}
-	}()
-	return collect()
 }

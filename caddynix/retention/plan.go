@@ -210,3 +210,18 @@ func PlanCollection(paths map[string]*index.Path, served map[string]time.Time, r
 	plan.SizeAfter = size
 	return plan
 }
+
+// CacheSize is the bytes of NAR files and narinfos of paths, a NAR that
+// several paths name counted once.
+func CacheSize(paths map[string]*index.Path) int64 {
+	var size int64
+	nars := map[string]bool{}
+	for _, p := range paths {
+		if !nars[p.NarURL] {
+			nars[p.NarURL] = true
+			size += p.FileSize
+		}
+		size += p.NarinfoSize
+	}
+	return size
+}

@@ -2,12 +2,10 @@ package sources
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
-	"time"
 
 	"github.com/cargoxx-pkgs/runner/caddynix/internal/cacheurl"
 	"github.com/cargoxx-pkgs/runner/internal/nixfmt"
@@ -15,8 +13,13 @@ import (
 	"github.com/nix-community/go-nix/pkg/narinfo"
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
 	"github.com/nix-community/go-nix/pkg/nixhash"
-	"go.uber.org/zap"
 )
+
+// LiveOptions describe a live store, with placeholders expanded; see the
+// nix_cache handler's `store` option for what each means and defaults to.
+type LiveOptions struct {
+	Dir, Database, LogDir, Compression string
+}
 
 // liveStore is a local Nix store served live.
 type liveStore struct {
@@ -89,54 +92,6 @@ func (l *liveStore) close() error { return l.db.Close() }
 // fsPath is where the store path named storePath is read.
 func (l *liveStore) fsPath(storePath string) string {
 	return filepath.Join(l.dir, filepath.Base(storePath))
-}
-
-// livePathInfo looks up a valid path by its hash part. A path the store does
-// not hold is a 404; a database that fails is a 503 with a log line, so
-// that a client does not remember a miss.
-func (s *Sources) livePathInfo(ctx context.Context, hash string) (*nixstore.PathInfo, error) {
-	info, err := s.live.db.PathInfo(ctx, hash)
-	switch {
-	case errors.Is(err, nixstore.ErrNotValid):
-		return nil, ErrNotFound
-	case err != nil:
-		s.logger.Error("reading the live store's database", zap.String("hash", hash), zap.Error(err))
-		return nil, &StatusError{Status: http.StatusServiceUnavailable, Err: fmt.Errorf("the live store's database failed: %w", err)}
-	}
-	return info, nil
-}
-
-// liveNarInfo answers a narinfo from the live store, signed by every
-// configured key beside the store's own signatures.
-func (s *Sources) liveNarInfo(ctx context.Context, hash string) ([]byte, time.Time, error) {
-	info, err := s.livePathInfo(ctx, hash)
-	if err != nil {
-		return nil, time.Time{}, err
-	}
-	body, err := s.signedLiveNarInfo(info)
-	if err != nil {
-		s.logger.Error("serving a live store path as missing", zap.String("path", info.StorePath), zap.Error(err))
-		return nil, time.Time{}, ErrNotFound
-	}
-	return body, info.Registered, nil
-}
-
-// signedLiveNarInfo is the narinfo of a live path, signed by every key.
-func (s *Sources) signedLiveNarInfo(info *nixstore.PathInfo) ([]byte, error) {
-	ni, err := s.live.narInfo(info)
-	if err != nil {
-		return nil, err
-	}
-	unsigned := ni.String()
-	if body, ok := s.live.signed.get(unsigned); ok {
-		return body, nil
-	}
-	if err := nixfmt.Sign(ni, s.keys); err != nil {
-		return nil, err
-	}
-	body := []byte(ni.String())
-	s.live.signed.put(unsigned, body)
-	return body, nil
 }
 
 // narInfo describes a valid path as a binary cache does. Its NAR's URL

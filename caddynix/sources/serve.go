@@ -20,10 +20,6 @@ import (
 	"go.uber.org/zap"
 )
 
-// heldBack is how much of an upstream's file is held back until it has
-// been checked: a NAR's last string.
-const heldBack = 16
-
 // NarInfo answers the narinfo of the path whose hash part is hash from the
 // live store, then from each upstream: its text, signed where the source
 // is to be signed by the cache, and when it last changed. ErrNotFound
@@ -193,18 +189,4 @@ func requestedFile(r *http.Request, req cacheurl.Request) string {
 		return req.File + "?" + r.URL.RawQuery
 	}
 	return req.File
-}
-
-// serveLive answers, from the live store, a request for a file the cache
-// does not hold.
-func (s *Sources) serveLive(w http.ResponseWriter, r *http.Request, req cacheurl.Request) error {
-	switch req.Kind {
-	case cacheurl.Nar:
-		return s.serveLiveNar(w, r, req)
-	case cacheurl.Listing:
-		return s.serveLiveListing(w, r, req)
-	case cacheurl.Log:
-		return s.serveLiveLog(w, r, req)
-	}
-	return ErrNotFound
 }

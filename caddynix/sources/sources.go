@@ -8,7 +8,7 @@
 // The order is fixed: the cache's own storage answers first (the handler
 // asks it), then the live store, then each upstream in the order
 // configured. A source that fails is logged; a failing live store answers
-// 503 (StatusError), a failing upstream is passed over.
+// 503 (an httpx.StatusError), a failing upstream is passed over.
 //
 // It serves HTTP bodies but knows nothing of Caddy: a miss is ErrNotFound,
 // and the handler turns errors into answers.
@@ -16,10 +16,7 @@ package sources
 
 import (
 	"context"
-	"errors"
-	"fmt"
 	"sync"
-	"time"
 
 	"github.com/cargoxx-pkgs/runner/caddynix/storage"
 	"github.com/cargoxx-pkgs/runner/caddynix/upload"
@@ -27,46 +24,6 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/sync/semaphore"
 )
-
-// ErrNotFound is a path or file no source has.
-var ErrNotFound = errors.New("not in the live store or any upstream")
-
-// StatusError is a source that failed in a way a client should not take
-// for a miss, answered with Status (503: try again).
-type StatusError struct {
-	Status int
-	Err    error
-}
-
-func (e *StatusError) Error() string { return e.Err.Error() }
-func (e *StatusError) Unwrap() error { return e.Err }
-
-// StorageError is the cache's own storage failing while it keeps what an
-// upstream sends.
-type StorageError struct {
-	What, File string
-	Err        error
-}
-
-func (e *StorageError) Error() string { return fmt.Sprintf("%s %s: %v", e.What, e.File, e.Err) }
-func (e *StorageError) Unwrap() error { return e.Err }
-
-// LiveOptions describe a live store, with placeholders expanded; see the
-// nix_cache handler's `store` option for what each means and defaults to.
-type LiveOptions struct {
-	Dir, Database, LogDir, Compression string
-}
-
-// UpstreamOptions describe an upstream cache, with placeholders expanded;
-// see the nix_cache handler's `upstream` option.
-type UpstreamOptions struct {
-	URL               string
-	TrustedPublicKeys []string
-	Keep, Sign        bool
-	// Timeout bounds each narinfo lookup and the wait for a NAR's header;
-	// 0 means 5s.
-	Timeout time.Duration
-}
 
 // Options are a cache's sources.
 type Options struct {

@@ -19,6 +19,21 @@ import (
 	"go.uber.org/zap"
 )
 
+// heldBack is how much of an upstream's file is held back until it has
+// been checked: a NAR's last string.
+const heldBack = 16
+
+// UpstreamOptions describe an upstream cache, with placeholders expanded;
+// see the nix_cache handler's `upstream` option.
+type UpstreamOptions struct {
+	URL               string
+	TrustedPublicKeys []string
+	Keep, Sign        bool
+	// Timeout bounds each narinfo lookup and the wait for a NAR's header;
+	// 0 means 5s.
+	Timeout time.Duration
+}
+
 // defaultUpstreamTimeout is UpstreamOptions.Timeout's default.
 const defaultUpstreamTimeout = 5 * time.Second
 

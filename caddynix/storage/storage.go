@@ -4,6 +4,9 @@
 // slash-separated and relative to the cache's root, in the layout of a
 // `file://` binary cache: nix-cache-info, <hash>.narinfo, nar/…, log/…,
 // realisations/…; the handler checks them before they reach a backend.
+//
+// It knows nothing of Nix's formats, HTTP or Caddy: a backend stores
+// bytes under names.
 package storage
 
 import (

@@ -10,6 +10,7 @@ import (
 
 	"github.com/cargoxx-pkgs/runner/caddynix/storage"
 	"github.com/cargoxx-pkgs/runner/internal/nixfmt"
+	"golang.org/x/sync/semaphore"
 )
 
 // the served one is generated, but nix creates it when a cache looks new.
@@ -136,3 +137,11 @@ func (u *Receiver) ensureCacheInfoFile(ctx context.Context) error {
 }
 
 // maxPendingNars bounds the hashes kept for NARs whose narinfo has not come
+
+// Listings of huge closures run to a few megabytes.
+const maxListingSize = 64 << 20
+
+// jsonCheckMemory bounds the memory that checking uploaded JSON documents
+// takes at once, whatever the number of uploads: each document waits for
+// its size in this budget before it is read into memory.
+var jsonCheckMemory = semaphore.NewWeighted(maxListingSize)

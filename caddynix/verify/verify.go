@@ -2,6 +2,9 @@
 // verify` reports it: every narinfo passes the cache's one rule, names a
 // NAR that is there and matches it, and references paths that are there,
 // and its signatures under the given keys verify.
+//
+// It reads through storage only, and knows nothing of Caddy, HTTP or the
+// index: a verification is of the files, which are the truth.
 package verify
 
 import (

@@ -2,6 +2,8 @@
 // paths name which kind of file (nix-cache-info, narinfo, NAR, listing,
 // log, realisation), and what a file of each kind is served as. Anything
 // else names nothing, so no request reaches outside the layout.
+//
+// It knows request paths only, not how or where files are stored.
 package cacheurl
 
 import (

@@ -1,6 +1,7 @@
 // Package httpx holds what the cache's HTTP answers share beyond
 // net/http: ranges that http.ServeContent gets wrong, telling a plain GET,
-// and cutting a response whose header is already out.
+// the status an answer ends with, and cutting a response whose header is
+// already out. It knows net/http only: nothing of Caddy or of caches.
 package httpx
 
 import (

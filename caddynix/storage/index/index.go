@@ -11,6 +11,9 @@
 // The index is a bbolt file: embedded, pure Go, one writer at a time. A
 // second process that opens it waits up to the given timeout and then gets
 // ErrInUse.
+//
+// It knows the narinfo format and nothing of storage backends, HTTP or
+// Caddy.
 package index
 
 import (

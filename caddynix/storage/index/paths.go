@@ -46,22 +46,6 @@ type Pusher struct {
 	Job   *Job   `json:"job,omitempty"`
 }
 
-// Job is the CI job that uploaded a path with its per-job credential.
-type Job struct {
-	Repository string `json:"repository"`
-	RunID      string `json:"run_id"`
-	RunURL     string `json:"run_url,omitempty"`
-	JobName    string `json:"job,omitempty"`
-	Commit     string `json:"commit,omitempty"`
-	Ref        string `json:"ref,omitempty"`
-	Event      string `json:"event,omitempty"`
-	// DefaultBranch says the run was on the repository's default branch
-	// (a push, schedule or manual run there).
-	DefaultBranch bool `json:"default_branch,omitempty"`
-	// PullRequest says the run was for a pull request.
-	PullRequest bool `json:"pull_request,omitempty"`
-}
-
 // RecordPush records an upload of p (first or again) by pusher at time
 // at: a new path is stored as it is; a known one keeps its first pusher
 // and gets the new push time.

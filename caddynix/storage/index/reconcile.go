@@ -185,3 +185,50 @@ func (x *Index) putPaths(paths []Path, used map[string]time.Time) error {
 		return nil
 	})
 }
+
+// AdoptRuns takes run records kept outside the index into it, for an index
+// built anew: runs it does not know are stored, and paths they pushed that
+// the index knows no pusher of get the run's job as pusher, pull-request
+// only when every run that pushed them was for a pull request.
+func (x *Index) AdoptRuns(runs []*Run) error {
+	return x.db.Update(func(tx *bolt.Tx) error {
+		b, paths := tx.Bucket(runsBucket), tx.Bucket(pathsBucket)
+		adopted := map[string]*Path{}
+		for _, run := range runs {
+			key := runKey(&run.Job)
+			if b.Get(key) != nil {
+				continue
+			}
+			data, err := json.Marshal(run)
+			if err != nil {
+				return err
+			}
+			if err := b.Put(key, data); err != nil {
+				return err
+			}
+			for _, hash := range run.Paths {
+				p, ok := adopted[hash]
+				if !ok {
+					record, found, err := getPath(paths, hash)
+					if err != nil || !found || record.Pusher != nil {
+						continue
+					}
+					p = &record
+					p.PullRequestOnly = true
+					adopted[hash] = p
+				}
+				if p.Pusher == nil {
+					job := run.Job
+					p.Pusher = &Pusher{Job: &job}
+				}
+				p.PullRequestOnly = p.PullRequestOnly && run.PullRequest
+			}
+		}
+		for hash, p := range adopted {
+			if err := putJSON(paths, hash, p); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}

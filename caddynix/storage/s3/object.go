@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 
+	"github.com/cargoxx-pkgs/runner/caddynix/storage"
 	"github.com/minio/minio-go/v7"
 )
 
@@ -114,3 +115,26 @@ func (o *object) Close() error {
 	}
 	return nil
 }
+
+// Stat describes the object name.
+func (s *Store) Stat(ctx context.Context, name string) (storage.Info, error) {
+	obj, err := s.core.StatObject(ctx, s.bucket, s.key(name), minio.StatObjectOptions{})
+	if err != nil {
+		return storage.Info{}, notFound(name, err)
+	}
+	return infoOf(name, obj), nil
+}
+
+// Open opens the object name with one GET, whose body serves the reads
+// from the start; a read elsewhere fetches that range.
+func (s *Store) Open(ctx context.Context, name string) (storage.Object, storage.Info, error) {
+	body, obj, _, err := s.core.GetObject(ctx, s.bucket, s.key(name), minio.GetObjectOptions{})
+	if err != nil {
+		return nil, storage.Info{}, notFound(name, err)
+	}
+	info := infoOf(name, obj)
+	return &object{ctx: ctx, store: s, key: s.key(name), size: info.Size, etag: info.Version, body: body}, info, nil
+}
+
+// Interface guard
+var _ storage.Object = (*object)(nil)

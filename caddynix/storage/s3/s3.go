@@ -161,26 +161,6 @@ func infoOf(name string, obj minio.ObjectInfo) storage.Info {
 	return info
 }
 
-// Stat describes the object name.
-func (s *Store) Stat(ctx context.Context, name string) (storage.Info, error) {
-	obj, err := s.core.StatObject(ctx, s.bucket, s.key(name), minio.StatObjectOptions{})
-	if err != nil {
-		return storage.Info{}, notFound(name, err)
-	}
-	return infoOf(name, obj), nil
-}
-
-// Open opens the object name with one GET, whose body serves the reads
-// from the start; a read elsewhere fetches that range.
-func (s *Store) Open(ctx context.Context, name string) (storage.Object, storage.Info, error) {
-	body, obj, _, err := s.core.GetObject(ctx, s.bucket, s.key(name), minio.GetObjectOptions{})
-	if err != nil {
-		return nil, storage.Info{}, notFound(name, err)
-	}
-	info := infoOf(name, obj)
-	return &object{ctx: ctx, store: s, key: s.key(name), size: info.Size, etag: info.Version, body: body}, info, nil
-}
-
 // Delete removes the object name; a missing one is no error.
 func (s *Store) Delete(ctx context.Context, name string) error {
 	return s.core.RemoveObject(ctx, s.bucket, s.key(name), minio.RemoveObjectOptions{})
@@ -283,6 +263,4 @@ var (
 	_ storage.TemporaryLister = (*Store)(nil)
 	_ storage.Leaser          = (*Store)(nil)
 	_ storage.Presigner       = (*Store)(nil)
-	_ storage.Upload          = (*upload)(nil)
-	_ storage.Object          = (*object)(nil)
 )

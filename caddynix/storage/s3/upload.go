@@ -192,3 +192,6 @@ func (u *upload) Abort() {
 		_ = u.store.core.AbortMultipartUpload(ctx, u.store.bucket, u.key, u.uploadID)
 	}
 }
+
+// Interface guard
+var _ storage.Upload = (*upload)(nil)

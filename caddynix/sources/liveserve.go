@@ -12,9 +12,11 @@ import (
 	"runtime"
 	"strconv"
 	"sync"
+	"time"
 
 	"github.com/cargoxx-pkgs/runner/caddynix/internal/cacheurl"
 	"github.com/cargoxx-pkgs/runner/caddynix/internal/httpx"
+	"github.com/cargoxx-pkgs/runner/internal/nixfmt"
 	"github.com/cargoxx-pkgs/runner/internal/nixstore"
 	"github.com/klauspost/compress/zstd"
 	"github.com/nix-community/go-nix/pkg/nixhash"
@@ -311,4 +313,66 @@ func (s *Sources) serveLiveLog(w http.ResponseWriter, r *http.Request, req cache
 		return httpx.Aborted{Err: err}
 	}
 	return nil
+}
+
+// livePathInfo looks up a valid path by its hash part. A path the store does
+// not hold is a 404; a database that fails is a 503 with a log line, so
+// that a client does not remember a miss.
+func (s *Sources) livePathInfo(ctx context.Context, hash string) (*nixstore.PathInfo, error) {
+	info, err := s.live.db.PathInfo(ctx, hash)
+	switch {
+	case errors.Is(err, nixstore.ErrNotValid):
+		return nil, ErrNotFound
+	case err != nil:
+		s.logger.Error("reading the live store's database", zap.String("hash", hash), zap.Error(err))
+		return nil, httpx.Error(http.StatusServiceUnavailable, fmt.Errorf("the live store's database failed: %w", err))
+	}
+	return info, nil
+}
+
+// liveNarInfo answers a narinfo from the live store, signed by every
+// configured key beside the store's own signatures.
+func (s *Sources) liveNarInfo(ctx context.Context, hash string) ([]byte, time.Time, error) {
+	info, err := s.livePathInfo(ctx, hash)
+	if err != nil {
+		return nil, time.Time{}, err
+	}
+	body, err := s.signedLiveNarInfo(info)
+	if err != nil {
+		s.logger.Error("serving a live store path as missing", zap.String("path", info.StorePath), zap.Error(err))
+		return nil, time.Time{}, ErrNotFound
+	}
+	return body, info.Registered, nil
+}
+
+// signedLiveNarInfo is the narinfo of a live path, signed by every key.
+func (s *Sources) signedLiveNarInfo(info *nixstore.PathInfo) ([]byte, error) {
+	ni, err := s.live.narInfo(info)
+	if err != nil {
+		return nil, err
+	}
+	unsigned := ni.String()
+	if body, ok := s.live.signed.get(unsigned); ok {
+		return body, nil
+	}
+	if err := nixfmt.Sign(ni, s.keys); err != nil {
+		return nil, err
+	}
+	body := []byte(ni.String())
+	s.live.signed.put(unsigned, body)
+	return body, nil
+}
+
+// serveLive answers, from the live store, a request for a file the cache
+// does not hold.
+func (s *Sources) serveLive(w http.ResponseWriter, r *http.Request, req cacheurl.Request) error {
+	switch req.Kind {
+	case cacheurl.Nar:
+		return s.serveLiveNar(w, r, req)
+	case cacheurl.Listing:
+		return s.serveLiveListing(w, r, req)
+	case cacheurl.Log:
+		return s.serveLiveLog(w, r, req)
+	}
+	return ErrNotFound
 }

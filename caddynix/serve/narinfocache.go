@@ -1,4 +1,4 @@
-package caddynix
+package serve
 
 import (
 	"net/http"

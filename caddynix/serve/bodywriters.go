@@ -1,10 +1,12 @@
-package caddynix
+package serve
 
 import (
+	"bytes"
 	"io"
 	"net/http"
 	"os"
 	"sync"
+	"time"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 )
@@ -88,4 +90,10 @@ func (w *streamWriter) ReadFrom(r io.Reader) (int64, error) {
 	defer streamCopyBuffers.Put(buf)
 	// Written through Write, so that the copy is not handed back here.
 	return io.CopyBuffer(struct{ io.Writer }{w.ResponseWriterWrapper}, r, *buf)
+}
+
+// Memory answers with body, held in memory, as http.ServeContent does
+// (ranges, conditional requests), in one write with its header.
+func Memory(w http.ResponseWriter, r *http.Request, modTime time.Time, body []byte) {
+	http.ServeContent(memoryBodyWriter{w}, r, "", modTime, bytes.NewReader(body))
 }

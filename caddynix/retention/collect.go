@@ -1,0 +1,261 @@
+package retention
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/cargoxx-pkgs/runner/caddynix/storage"
+	"github.com/cargoxx-pkgs/runner/caddynix/storage/index"
+	"go.uber.org/zap"
+)
+
+// Collect brings the index in line with the files, plans by pol and, unless
+// dryRun, deletes.
+func (c *Collector) Collect(ctx context.Context, pol Policy, dryRun bool) (*Report, error) {
+	// One collection at a time: a second waits, and then finds little to do.
+	c.state.collecting.Lock()
+	defer c.state.collecting.Unlock()
+	start := time.Now()
+	report := &Report{DryRun: dryRun, MaxSize: pol.MaxSize}
+	if err := c.state.FlushServed(); err != nil {
+		return nil, fmt.Errorf("writing served times: %w", err)
+	}
+	if dryRun {
+		return report, c.plannedCollect(ctx, pol, dryRun, report, start)
+	}
+	return report, c.withLease(ctx, func() error { return c.plannedCollect(ctx, pol, dryRun, report, start) })
+}
+
+// plannedCollect is collect's work: index, plan, delete.
+func (c *Collector) plannedCollect(ctx context.Context, pol Policy, dryRun bool, report *Report, start time.Time) error {
+	// Uploads from here on are seen by the deletions below.
+	c.state.track(true)
+	defer c.state.track(false)
+
+	if err := c.gatherUses(ctx, !dryRun); err != nil {
+		return err
+	}
+	var err error
+	if report.Reconciled, err = c.sync(ctx, false); err != nil {
+		return fmt.Errorf("indexing the cache: %w", err)
+	}
+	paths, err := c.idx.Paths()
+	if err != nil {
+		return err
+	}
+	served, err := c.idx.Served()
+	if err != nil {
+		return err
+	}
+	roots, forgotten, err := c.roots(ctx)
+	if err != nil {
+		return err
+	}
+	now := time.Now()
+	plan := PlanCollection(paths, served, roots, pol, now)
+	report.Paths, report.SizeBefore, report.SizeAfter, report.Protected = plan.Paths, plan.SizeBefore, plan.SizeAfter, plan.Protected
+
+	orphans, err := c.orphanNars(ctx, paths, now.Add(-pol.MinAge))
+	if err != nil {
+		return err
+	}
+	if dryRun {
+		for _, p := range plan.Delete {
+			report.Deleted = append(report.Deleted, p.StorePath)
+		}
+		report.Nars = len(plan.Nars) + len(orphans)
+		report.FreedBytes = plan.SizeBefore - plan.SizeAfter
+		for _, o := range orphans {
+			report.Orphans = append(report.Orphans, o.Name)
+			report.FreedBytes += o.Size
+		}
+		report.Duration = time.Since(start)
+		return nil
+	}
+
+	if err := c.forgetRuns(ctx, forgotten); err != nil {
+		return err
+	}
+	hashes := make([]string, len(plan.Delete))
+	for i, p := range plan.Delete {
+		hashes[i] = p.Hash
+	}
+	withdraw, err := c.settle(ctx, hashes, plan.Nars, orphans)
+	if err != nil {
+		return err
+	}
+	defer withdraw()
+	if err := c.deleteOrphans(ctx, orphans, report); err != nil {
+		return err
+	}
+	freed, err := c.deletePaths(ctx, plan.Delete, plan.Nars, report)
+	report.SizeAfter = plan.SizeBefore - freed
+	if err != nil {
+		return err
+	}
+	report.Duration = time.Since(start)
+	c.record(report)
+	return nil
+}
+
+// roots are the hash parts of the paths whose closures are kept: the pins
+// and the paths of the kept CI runs. It also returns the runs that can no
+// longer be kept, which the index has forgotten.
+func (c *Collector) roots(ctx context.Context) (roots []string, forgotten []*index.Run, err error) {
+	pins, err := c.Pins(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	for _, pin := range pins {
+		roots = append(roots, pin.Hash)
+	}
+	kept, forgotten, err := c.idx.KeptRuns()
+	if err != nil {
+		return nil, nil, err
+	}
+	for _, run := range kept {
+		roots = append(roots, run.Paths...)
+	}
+	return roots, forgotten, nil
+}
+
+// orphanNars lists the NAR files that no indexed narinfo names and that
+// are older than before: left by uploads whose narinfo never came.
+func (c *Collector) orphanNars(ctx context.Context, paths map[string]*index.Path, before time.Time) ([]storage.Info, error) {
+	named := make(map[string]bool, len(paths))
+	for _, p := range paths {
+		named[p.NarURL] = true
+	}
+	nars, err := c.store.List(ctx, "nar")
+	if err != nil {
+		return nil, fmt.Errorf("listing nar/: %w", err)
+	}
+	var orphans []storage.Info
+	for _, nar := range nars {
+		if !named[nar.Name] && nar.ModTime.Before(before) {
+			orphans = append(orphans, nar)
+		}
+	}
+	return orphans, nil
+}
+
+func (c *Collector) deleteOrphans(ctx context.Context, orphans []storage.Info, report *Report) error {
+	c.state.closure.Lock()
+	defer c.state.closure.Unlock()
+	for _, o := range orphans {
+		if c.state.wasTouched(o.Name) {
+			continue
+		}
+		if err := c.store.Delete(ctx, o.Name); err != nil {
+			return fmt.Errorf("deleting orphaned NAR %s: %w", o.Name, err)
+		}
+		report.Orphans = append(report.Orphans, o.Name)
+		report.Nars++
+		report.FreedBytes += o.Size
+	}
+	return nil
+}
+
+// deleteBatch is how many paths are deleted under one hold of the closure
+// lock, so that uploads wait for a short while at most.
+const deleteBatch = 256
+
+// deletePaths deletes paths, given referrers first, and then the NAR files
+// nars. A path an upload committed or referenced since the plan is kept,
+// with everything it references. It returns the bytes it freed.
+func (c *Collector) deletePaths(ctx context.Context, paths []*index.Path, nars []string, report *Report) (int64, error) {
+	var freed int64
+	kept := map[string]bool{}
+	keptNars := map[string]bool{}
+	// The index forgets them all at the end, in one transaction: should
+	// the process die before, reconciling with the files does it.
+	var gone []*index.Path
+	defer func() {
+		if err := c.idx.Forget(gone); err != nil {
+			c.logger.Error("removing deleted paths from the index; the next collection does", zap.Error(err))
+		}
+	}()
+	for start := 0; start < len(paths); start += deleteBatch {
+		batch := paths[start:min(start+deleteBatch, len(paths))]
+		if err := c.lease.renew(ctx); err != nil {
+			report.FreedBytes += freed
+			return freed, err
+		}
+		err := func() error {
+			c.state.closure.Lock()
+			defer c.state.closure.Unlock()
+			for _, p := range batch {
+				if kept[p.Hash] || c.state.wasTouched(p.Hash) {
+					report.KeptByUploads++
+					keptNars[p.NarURL] = true
+					for _, ref := range p.References {
+						kept[ref] = true
+					}
+					continue
+				}
+				// The narinfo first: from then on, the path is not in
+				// the cache, whatever is left of it.
+				if err := c.store.Delete(ctx, p.Hash+".narinfo"); err != nil {
+					return fmt.Errorf("deleting %s: %w", p.StorePath, err)
+				}
+				if err := c.store.Delete(ctx, p.Hash+".ls"); err != nil {
+					return fmt.Errorf("deleting the listing of %s: %w", p.StorePath, err)
+				}
+				gone = append(gone, p)
+				report.Deleted = append(report.Deleted, p.StorePath)
+				freed += p.NarinfoSize
+			}
+			return nil
+		}()
+		if err != nil {
+			report.FreedBytes += freed
+			return freed, err
+		}
+	}
+	sizes := map[string]int64{}
+	for _, p := range paths {
+		sizes[p.NarURL] = p.FileSize
+	}
+	c.state.closure.Lock()
+	defer c.state.closure.Unlock()
+	defer func() { report.FreedBytes += freed }()
+	for _, nar := range nars {
+		if keptNars[nar] || c.state.wasTouched(nar) {
+			continue
+		}
+		if err := c.store.Delete(ctx, nar); err != nil {
+			return freed, fmt.Errorf("deleting NAR %s: %w", nar, err)
+		}
+		report.Nars++
+		freed += sizes[nar]
+	}
+	return freed, nil
+}
+
+// record logs a collection and counts it in the metrics.
+func (c *Collector) record(report *Report) {
+	c.metrics.Collected(c.cache, report)
+	fields := []zap.Field{
+		zap.String("cache", c.cache),
+		zap.Int("paths", report.Paths),
+		zap.Int("deleted_paths", len(report.Deleted)),
+		zap.Int("deleted_nars", report.Nars),
+		zap.Int64("freed_bytes", report.FreedBytes),
+		zap.Int64("size_bytes", report.SizeAfter),
+		zap.Duration("took", report.Duration),
+	}
+	if report.KeptByUploads > 0 {
+		fields = append(fields, zap.Int("kept_for_uploads", report.KeptByUploads))
+	}
+	if report.MaxSize > 0 && report.SizeAfter > report.MaxSize {
+		c.logger.Warn("the cache stays over max_size: pinned closures, closures of kept CI runs and paths younger than min_age take what is left",
+			append(fields, zap.Int64("max_size", report.MaxSize), zap.Int64("protected_bytes", report.Protected))...)
+		return
+	}
+	if len(report.Deleted) > 0 || report.Nars > 0 {
+		c.logger.Info("collected the cache", fields...)
+	} else {
+		c.logger.Debug("collected the cache: nothing to delete", fields...)
+	}
+}

@@ -1,0 +1,44 @@
+package serve
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+
+	"github.com/cargoxx-pkgs/runner/caddynix/internal/httpx"
+	"github.com/cargoxx-pkgs/runner/caddynix/sources"
+	"github.com/cargoxx-pkgs/runner/caddynix/storage"
+	"go.uber.org/zap"
+)
+
+// storageFailure answers a request whose object the storage could not
+// tell about, for example an S3 server that does not answer: a 503, never
+// a 404 that a client would remember as a miss. A file that is a symlink
+// out of the cache root is a 404 instead: the cache will never serve it,
+// and a 503 would make Nix give up on the cache for the rest of its
+// command.
+func (c *Cache) storageFailure(what, file string, err error) error {
+	if errors.Is(err, storage.ErrOutsideRoot) {
+		// Someone planted it: worth a warning, once, since anyone can ask.
+		if _, warned := c.warnedOutside.LoadOrStore(file, true); !warned {
+			c.logger.Warn("not following a symlink out of the cache root; the file is answered as missing", zap.String("file", file), zap.Error(err))
+		}
+		return httpx.Error(http.StatusNotFound, nil)
+	}
+	c.logger.Error(what, zap.String("file", file), zap.Error(err))
+	return httpx.Error(http.StatusServiceUnavailable, fmt.Errorf("the cache's storage failed: %w", err))
+}
+
+// fromSources turns what the sources answer into the cache's answer: a
+// miss is a 404, a failing source a 503, the storage failing while a path
+// is kept as any storage failure.
+func (c *Cache) fromSources(err error) error {
+	var storageErr *sources.StorageError
+	switch {
+	case errors.Is(err, sources.ErrNotFound):
+		return httpx.Error(http.StatusNotFound, nil)
+	case errors.As(err, &storageErr):
+		return c.storageFailure(storageErr.What, storageErr.File, storageErr.Err)
+	}
+	return err
+}

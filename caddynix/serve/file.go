@@ -1,0 +1,75 @@
+package serve
+
+import (
+	"errors"
+	"io/fs"
+	"net/http"
+	"os"
+	"path"
+
+	"github.com/cargoxx-pkgs/runner/caddynix/internal/cacheurl"
+	"github.com/cargoxx-pkgs/runner/caddynix/internal/httpx"
+	"github.com/cargoxx-pkgs/runner/caddynix/storage"
+)
+
+// File serves one file of the cache layout with http.ServeContent, so
+// that Range, HEAD and conditional requests work and the kernel can send the
+// file directly. A missing file is a 404, never a 5xx.
+func (c *Cache) File(w http.ResponseWriter, r *http.Request, req cacheurl.Request) error {
+	if req.Kind == cacheurl.Nar && c.redirect > 0 {
+		return c.redirectNar(w, r, req)
+	}
+	obj, info, err := c.store.Open(r.Context(), req.File)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return c.fromSources(c.sources.ServeFile(w, r, req))
+		}
+		return c.storageFailure("opening cache file", req.File, err)
+	}
+	defer func() { _ = obj.Close() }()
+	if !httpx.DropEmptySuffixRanges(w, r, info.Size) {
+		return nil
+	}
+
+	header := w.Header()
+	header.Set("Content-Type", cacheurl.ContentType(req.Kind))
+	if info.ContentEncoding != "" {
+		// Stored encoded (a listing or log Nix compressed into a bucket):
+		// sent as stored, with its encoding, as Nix expects it.
+		header.Set("Content-Encoding", info.ContentEncoding)
+	}
+	if req.Kind == cacheurl.Nar {
+		// A NAR's name is the hash of its content, so it never changes and
+		// the name is a strong validator.
+		header.Set("Cache-Control", cacheurl.Immutable)
+		header.Set("ETag", `"`+path.Base(req.File)+`"`)
+		if enc := path.Ext(req.File); enc != ".nar" {
+			header.Set("Content-Type", cacheurl.NarContentType(enc))
+		}
+	}
+	if f, ok := obj.(*os.File); ok {
+		w = newSendfileWriter(w, f, info.Size)
+	} else {
+		w = newStreamWriter(w)
+	}
+	http.ServeContent(w, r, "", info.ModTime, obj)
+	return nil
+}
+
+// redirectNar sends the client to download a NAR from the storage itself,
+// through a URL signed for a short time. A missing NAR is still a 404.
+func (c *Cache) redirectNar(w http.ResponseWriter, r *http.Request, req cacheurl.Request) error {
+	if _, err := c.store.Stat(r.Context(), req.File); err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return c.fromSources(c.sources.ServeFile(w, r, req))
+		}
+		return c.storageFailure("looking up a NAR", req.File, err)
+	}
+	signed, err := c.store.(storage.Presigner).PresignGet(r.Context(), req.File, c.redirect)
+	if err != nil {
+		return c.storageFailure("signing a NAR's URL", req.File, err)
+	}
+	w.Header().Set("Cache-Control", "no-store")
+	http.Redirect(w, r, signed, http.StatusTemporaryRedirect)
+	return nil
+}

@@ -1,0 +1,83 @@
+// Package serve answers what a nix_cache holds in its own storage: signed
+// narinfos, kept in memory while their files are unchanged, NARs, listings
+// and logs with ranges and sendfile(2), or a redirect to a URL the storage
+// signs, and the landing page. What the storage does not hold is asked of
+// the sources, in their order.
+//
+// It serves HTTP inside Caddy but knows nothing of its configuration:
+// errors come back as *httpx.StatusError for the handler to answer.
+package serve
+
+import (
+	"sync"
+	"time"
+
+	"github.com/cargoxx-pkgs/runner/caddynix/retention"
+	"github.com/cargoxx-pkgs/runner/caddynix/sources"
+	"github.com/cargoxx-pkgs/runner/caddynix/storage"
+	"github.com/nix-community/go-nix/pkg/narinfo/signature"
+	"go.uber.org/zap"
+)
+
+// Metrics is told the result of every narinfo lookup: served or missing.
+type Metrics interface {
+	NarinfoLookup(result string)
+}
+
+type noMetrics struct{}
+
+func (noMetrics) NarinfoLookup(string) {}
+
+// Options are what a Cache serves and how.
+type Options struct {
+	Store storage.Store
+	// StoreDir is the store directory of the cache's paths, /nix/store.
+	StoreDir string
+	// Keys sign every narinfo served from the storage.
+	Keys []signature.SecretKey
+	// State is told which paths are served, for retention.
+	State *retention.State
+	// Sources answer what the storage does not hold.
+	Sources *sources.Sources
+	// Redirect, when not 0, answers NAR requests with a redirect to a URL
+	// the storage (a storage.Presigner) signs for that long.
+	Redirect time.Duration
+	Logger   *zap.Logger
+	Metrics  Metrics
+}
+
+// Cache serves one cache's storage.
+type Cache struct {
+	store    storage.Store
+	storeDir string
+	keys     []signature.SecretKey
+	state    *retention.State
+	sources  *sources.Sources
+	redirect time.Duration
+	logger   *zap.Logger
+	metrics  Metrics
+	narinfos *narinfoCache
+	stats    *statsCache
+	// warnedOutside holds the names of symlinks out of the root that
+	// requests have been refused, each warned about once.
+	warnedOutside sync.Map
+}
+
+// New returns a Cache serving what opts describe. Where the storage
+// records its changes, signed narinfos are served from memory without a
+// look at it until Close.
+func New(opts Options) *Cache {
+	c := &Cache{
+		store: opts.Store, storeDir: opts.StoreDir, keys: opts.Keys, state: opts.State, sources: opts.Sources,
+		redirect: opts.Redirect, logger: opts.Logger, metrics: opts.Metrics,
+		narinfos: newNarinfoCache(opts.Logger), stats: new(statsCache),
+	}
+	if c.metrics == nil {
+		c.metrics = noMetrics{}
+	}
+	c.narinfos.watch(c.store)
+	return c
+}
+
+// Close stops watching the storage.
+func (c *Cache) Close() error { return c.narinfos.close() }
