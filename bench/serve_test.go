@@ -108,11 +108,22 @@ const baselineNixCache = "nix_cache of BENCH_BASELINE_CADDY"
 
 // BenchmarkNarDownload measures NAR throughput of nix_cache, nginx and
 // Caddy's file_server on the same files: 64 MiB and 1 MiB NARs, over 1 and
-// 16 connections, rounds alternating between the servers.
+// 16 connections, rounds alternating between the servers. With
+// BENCH_BASELINE_CADDY, a caddy built from an earlier commit serves them
+// too.
 func BenchmarkNarDownload(b *testing.B) {
 	root := filepath.Join(b.TempDir(), "cache")
 	big, small := writeRandomNar(b, root, 64<<20), writeRandomNar(b, root, 1<<20)
 	s := startServers(b, root, "")
+	all := append(slices.Clone(contenders), chunkedNixCache)
+	// A caddy built from an earlier commit serves the same NARs beside it.
+	if baseline := os.Getenv("BENCH_BASELINE_CADDY"); baseline != "" {
+		secret, _ := harness.TempKeygen(b, "bench-1")
+		old := harness.StartCaddy(b, harness.Caddyfile{Cache: &harness.CacheSite{Options: harness.CacheOptions(root, secret)}}.String(),
+			harness.CaddyOptions{Binary: pinnedCaddy(b, baseline)})
+		s.urls[baselineNixCache] = old.URL()
+		all = append(all, baselineNixCache)
+	}
 	dur := time.Duration(envInt("BENCH_LOAD_SECONDS", 3)) * time.Second
 	for _, nar := range []struct {
 		label string
@@ -130,7 +141,7 @@ func BenchmarkNarDownload(b *testing.B) {
 					"file_server falls further behind because it loses sendfile altogether: the idle timeout wraps http.ServeContent's io.LimitedReader in one of its own, which Go's sendfile does not look through, so the file is copied in 32 KiB reads and writes; nix_cache hands the file itself on.")
 			}
 			for round := range envInt("BENCH_ROUNDS", 5) {
-				order := append(slices.Clone(contenders), chunkedNixCache)
+				order := slices.Clone(all)
 				if round%2 == 1 {
 					slices.Reverse(order)
 				}
