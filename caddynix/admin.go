@@ -58,10 +58,11 @@ var operations = map[string]operation{
 	}},
 }
 
-// policyOf is a collection's policy: max_size, max_age and min_age from
-// params, else from the cache's retention block, else none (min_age 1h).
+// policyOf is a collection's policy: max_size, max_age, min_age and
+// overlay_max_age from params, else from the cache's retention block, else
+// none (min_age 1h, overlay_max_age 7d).
 func policyOf(params url.Values, defaults *RetentionConfig) (retention.Policy, error) {
-	pol := retention.Policy{MinAge: retention.DefaultMinAge}
+	pol := retention.Policy{MinAge: retention.DefaultMinAge, OverlayMaxAge: retention.DefaultOverlayMaxAge}
 	if defaults != nil {
 		pol = defaults.policy()
 	}
@@ -72,7 +73,7 @@ func policyOf(params url.Values, defaults *RetentionConfig) (retention.Policy, e
 		}
 		pol.MaxSize = size
 	}
-	for name, target := range map[string]*time.Duration{"max_age": &pol.MaxAge, "min_age": &pol.MinAge} {
+	for name, target := range map[string]*time.Duration{"max_age": &pol.MaxAge, "min_age": &pol.MinAge, "overlay_max_age": &pol.OverlayMaxAge} {
 		if v := params.Get(name); v != "" {
 			d, err := caddy.ParseDuration(v)
 			if err != nil || d < 0 {

@@ -36,8 +36,9 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	    priority        <integer>
 //	    want_mass_query <true|false>
 //	    upload {
-//	        token        <token>     # repeatable
-//	        token_file   <file>      # repeatable
+//	        token        <token> [ref]  # repeatable; ref: an overlay's
+//	        token_file   <file> [ref]   # repeatable
+//	        trusted_refs <pattern>...   # besides the default branch
 //	        max_nar_size <size>      # bytes, or 8GiB, 500MB, …
 //	        max_log_size <size>      # default 64MiB
 //	    }
@@ -46,6 +47,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	        max_age  <duration>      # e.g. 90d
 //	        min_age  <duration>      # default 1h
 //	        interval <duration>      # default 1h
+//	        overlay_max_age <duration> # default 7d
 //	    }
 //	    index_file      <file>
 //	    store <dir> {                 # serve a live Nix store too
@@ -163,6 +165,27 @@ func (h *Handler) unmarshalUpload(d *caddyfile.Dispenser) error {
 	seen := map[string]bool{}
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		option := d.Val()
+		switch option {
+		case "trusted_refs":
+			patterns := d.RemainingArgs()
+			if len(patterns) == 0 {
+				return d.Errf("nix_cache: trusted_refs needs at least one pattern, e.g. main release/* refs/tags/v*")
+			}
+			h.Upload.TrustedRefs = append(h.Upload.TrustedRefs, patterns...)
+			continue
+		case "token", "token_file":
+			args := d.RemainingArgs()
+			if len(args) == 0 || len(args) > 2 || (len(args) == 2 && args[1] != "ref" && args[1] != "trusted") {
+				return d.Errf("nix_cache: %s takes a value and, optionally, its tier: %s <value> [trusted|ref]", option, option)
+			}
+			ref := len(args) == 2 && args[1] == "ref"
+			target := map[[2]bool]*[]string{
+				{false, false}: &h.Upload.Tokens, {false, true}: &h.Upload.RefTokens,
+				{true, false}: &h.Upload.TokenFiles, {true, true}: &h.Upload.RefTokenFiles,
+			}[[2]bool{option == "token_file", ref}]
+			*target = append(*target, args[0])
+			continue
+		}
 		value, err := caddyutil.SingleArg(d)
 		if err != nil {
 			return err
@@ -177,14 +200,7 @@ func (h *Handler) unmarshalUpload(d *caddyfile.Dispenser) error {
 			}
 			continue
 		}
-		switch option {
-		case "token":
-			h.Upload.Tokens = append(h.Upload.Tokens, value)
-		case "token_file":
-			h.Upload.TokenFiles = append(h.Upload.TokenFiles, value)
-		default:
-			return d.Errf("nix_cache: unknown upload option %q", option)
-		}
+		return d.Errf("nix_cache: unknown upload option %q", option)
 	}
 	return nil
 }
@@ -195,7 +211,7 @@ func (h *Handler) unmarshalRetention(d *caddyfile.Dispenser) error {
 		return d.ArgErr()
 	}
 	h.Retention = new(RetentionConfig)
-	durations := map[string]*caddy.Duration{"max_age": &h.Retention.MaxAge, "interval": &h.Retention.Interval}
+	durations := map[string]*caddy.Duration{"max_age": &h.Retention.MaxAge, "interval": &h.Retention.Interval, "overlay_max_age": &h.Retention.OverlayMaxAge}
 	seen := map[string]bool{}
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		option := d.Val()
@@ -226,7 +242,7 @@ func (h *Handler) unmarshalRetention(d *caddyfile.Dispenser) error {
 			continue
 		}
 		if option != "max_size" {
-			return d.Errf("nix_cache: unknown retention option %q (max_size, max_age, min_age, interval)", option)
+			return d.Errf("nix_cache: unknown retention option %q (max_size, max_age, min_age, interval, overlay_max_age)", option)
 		}
 		if h.Retention.MaxSize, err = parseSize(d, option, value); err != nil {
 			return err

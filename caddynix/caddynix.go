@@ -11,8 +11,9 @@
 //
 // The work is done below: serve answers what the storage holds, sources
 // what it does not, upload checks and commits pushes, retention decides
-// what is kept, storage holds the files and the index. This package wires
-// them together and turns their errors into Caddy's.
+// what is kept, overlay keeps what untrusted refs push apart, storage
+// holds the files and the index. This package wires them together, decides
+// each credential's trust tier (tiers.go), and turns errors into Caddy's.
 package caddynix
 
 import (
@@ -119,6 +120,10 @@ type Handler struct {
 	state *retention.State
 	store storage.Store
 	keys  []signature.SecretKey
+	// tiers decide where each credential's pushes go.
+	tiers tierRule
+	// overlayKey signs what overlays serve; nil for an unsigned cache.
+	overlayKey *signature.SecretKey
 	// cache serves what the storage holds, then the sources.
 	cache    *serve.Cache
 	creds    *credentials

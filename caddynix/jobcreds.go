@@ -7,10 +7,12 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/cargoxx-pkgs/runner/caddynix/overlay"
 	"github.com/cargoxx-pkgs/runner/caddynix/retention"
 	"github.com/cargoxx-pkgs/runner/caddynix/storage"
 	"github.com/cargoxx-pkgs/runner/caddynix/storage/index"
@@ -32,9 +34,21 @@ type sharedCache struct {
 	mu         sync.RWMutex
 	url        string
 	publicKeys []string
-	// jobTokens are the live job credentials, with the job each was
-	// issued to (nil when the runner did not say).
-	jobTokens map[[sha256.Size]byte]*index.Job
+	// tiers decide where each job's pushes go.
+	tiers tierRule
+	// overlayPublicKey is what jobs of the ref tier trust beside the
+	// cache's keys: the key their overlay is signed with.
+	overlayPublicKey string
+	// jobTokens are the live job credentials.
+	jobTokens map[[sha256.Size]byte]issuedCredential
+}
+
+// issuedCredential is what a live job credential stands for: the job it
+// was issued to, and the overlay its pushes go to (nil: the cache
+// proper).
+type issuedCredential struct {
+	job     *index.Job
+	overlay *overlay.Key
 }
 
 // Destruct is called when no configuration serves the cache any more.
@@ -45,13 +59,13 @@ func (s *sharedCache) Destruct() error {
 	return nil
 }
 
-// allows reports whether token is a live job credential, and its job.
-func (s *sharedCache) allows(token string) (*index.Job, bool) {
+// allows reports whether token is a live job credential, and what for.
+func (s *sharedCache) allows(token string) (issuedCredential, bool) {
 	digest := sha256.Sum256([]byte(token))
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	job, ok := s.jobTokens[digest]
-	return job, ok
+	cred, ok := s.jobTokens[digest]
+	return cred, ok
 }
 
 // CacheAccess is what a runner needs to let a job use a cache served by a
@@ -71,21 +85,41 @@ type CacheAccess struct {
 // of a repository's last successful default-branch runs can be kept.
 type Job = index.Job
 
-// IssueJobCredential returns a new upload token for job that the cache
-// accepts until finish is called with the job's outcome. keepRuns is how
-// many successful default-branch runs of the job's repository retention
-// keeps (0: none).
-func (a *CacheAccess) IssueJobCredential(job *Job, keepRuns int) (token string, finish func(succeeded bool)) {
+// JobCredential is an upload credential issued to a job.
+type JobCredential struct {
+	Token string
+	// PublicKeys are the keys the job trusts for the cache: the cache's,
+	// and for a job of the ref tier its overlay's.
+	PublicKeys []string
+	// Overlay names, for a job of the ref tier, the overlay its pushes go
+	// to (repository@ref); empty for the trusted tier.
+	Overlay string
+}
+
+// IssueJobCredential returns a new upload credential for job that the
+// cache accepts until finish is called with the job's outcome. Its tier
+// follows the cache's rule: the default branch and trusted_refs push into
+// the cache proper, every other job into its ref's overlay. keepRuns is
+// how many successful default-branch runs of the job's repository
+// retention keeps (0: none).
+func (a *CacheAccess) IssueJobCredential(job *Job, keepRuns int) (cred JobCredential, finish func(succeeded bool)) {
 	raw := make([]byte, 32)
 	_, _ = rand.Read(raw)
-	token = hex.EncodeToString(raw)
-	digest := sha256.Sum256([]byte(token))
+	cred = JobCredential{Token: hex.EncodeToString(raw), PublicKeys: slices.Clone(a.PublicKeys)}
+	digest := sha256.Sum256([]byte(cred.Token))
 	a.shared.mu.Lock()
-	a.shared.jobTokens[digest] = job
+	issued := issuedCredential{job: job, overlay: a.shared.tiers.overlayOf(job)}
+	if issued.overlay != nil {
+		cred.Overlay = issued.overlay.String()
+		if a.shared.overlayPublicKey != "" {
+			cred.PublicKeys = append(cred.PublicKeys, a.shared.overlayPublicKey)
+		}
+	}
+	a.shared.jobTokens[digest] = issued
 	a.shared.mu.Unlock()
 	a.recordJob(job, func(_ storage.Store, idx *index.Index) error { return idx.StartJob(job, keepRuns, time.Now()) })
 	var once sync.Once
-	return token, func(succeeded bool) {
+	return cred, func(succeeded bool) {
 		once.Do(func() {
 			a.shared.mu.Lock()
 			delete(a.shared.jobTokens, digest)

@@ -52,6 +52,12 @@ var (
 		Name:      "upload_rejections_total",
 		Help:      "Uploads refused with a 4xx, by reason.",
 	}, []string{"reason"})
+	tierDivergence = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: "caddy",
+		Subsystem: "nix_cache",
+		Name:      "tier_divergence_total",
+		Help:      "Trusted pushes of a path that an overlay holds with another NAR: tampering, or a build that is not reproducible.",
+	})
 )
 
 // Collectors of the storage and retention, labelled by cache (its name, or
@@ -101,12 +107,15 @@ var (
 	}, []string{"cache"})
 )
 
-// uploadMetrics counts the bytes uploads bring.
+// uploadMetrics counts the bytes uploads bring, and the trusted pushes
+// that an overlay's content contradicts.
 type uploadMetrics struct{}
 
 func (uploadMetrics) Received(kind string, bytes int64) {
 	uploadBytes.WithLabelValues(kind).Add(float64(bytes))
 }
+
+func (uploadMetrics) Diverged() { tierDivergence.Inc() }
 
 // retentionMetrics counts what collections do in the collectors above.
 type retentionMetrics struct{}
@@ -133,7 +142,7 @@ func (retentionMetrics) Stored(cache string, paths int, size int64) {
 // registerMetrics adds the cache's collectors to a config's registry.
 func registerMetrics(registry prometheus.Registerer) error {
 	return caddyutil.RegisterCollectors(registry, requestsTotal, bytesServed, narinfoLookups, uploadsTotal, uploadBytes, uploadRejections,
-		storedBytes, storedPaths, protectedBytes, gcRuns, gcDeletedPaths, gcFreedBytes, indexRebuilds)
+		tierDivergence, storedBytes, storedPaths, protectedBytes, gcRuns, gcDeletedPaths, gcFreedBytes, indexRebuilds)
 }
 
 // meteredWriter counts the status code and body bytes of a response. It

@@ -119,22 +119,25 @@ func (t *target) openOffline() (*retention.Collector, func(), error) {
 
 func gcCommand() *cobra.Command {
 	var t target
-	var maxSize, maxAge, minAge string
+	var maxSize, maxAge, minAge, overlayMaxAge string
 	var dryRun bool
 	cmd := &cobra.Command{
-		Use:   "gc (--root <dir> | --address <admin>) [--max-size <size>] [--max-age <duration>] [--min-age <duration>] [--dry-run]",
+		Use:   "gc (--root <dir> | --address <admin>) [--max-size <size>] [--max-age <duration>] [--min-age <duration>] [--overlay-max-age <duration>] [--dry-run]",
 		Short: "Collects a cache as its retention would",
 		Long: `Deletes what the cache no longer needs, whole closures at a time: paths
 not served or pushed for --max-age, then the least recently used (pull-request
 pushes first) until the cache is under --max-size. Pins, the closures of kept
 CI runs and paths younger than --min-age (default 1h) stay, as does anything
 a kept path references. NARs no narinfo names, older than --min-age, go too.
+Overlays (what refs other than the trusted ones pushed) go first: whole, when
+their ref pushed nothing for --overlay-max-age (default 7d), and the least
+recently pushed while the cache is over --max-size.
 Through --address, limits left out are those of the cache's retention block.`,
 		Example: "caddy nix-cache gc --root cache/store --max-size 40GiB --dry-run",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			params := url.Values{}
-			for name, v := range map[string]string{"max_size": maxSize, "max_age": maxAge, "min_age": minAge} {
+			for name, v := range map[string]string{"max_size": maxSize, "max_age": maxAge, "min_age": minAge, "overlay_max_age": overlayMaxAge} {
 				if v != "" {
 					params.Set(name, v)
 				}
@@ -149,6 +152,7 @@ Through --address, limits left out are those of the cache's retention block.`,
 	cmd.Flags().StringVar(&maxSize, "max-size", "", "delete least recently used paths until the cache is under this size, e.g. 50GiB")
 	cmd.Flags().StringVar(&maxAge, "max-age", "", "delete paths not served or pushed for this long, e.g. 90d")
 	cmd.Flags().StringVar(&minAge, "min-age", "", "never delete paths pushed more recently than this (default 1h)")
+	cmd.Flags().StringVar(&overlayMaxAge, "overlay-max-age", "", "drop the overlays of refs that pushed nothing for this long (default 7d)")
 	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "only say what would be deleted")
 	return cmd
 }
@@ -218,7 +222,7 @@ func pathInfoCommand() *cobra.Command {
 	var t target
 	cmd := &cobra.Command{
 		Use:   "path-info <store path>",
-		Short: "Shows who pushed a store path and when, its sizes, references and pins",
+		Short: "Shows who pushed a store path and when, its sizes, references and pins, and the overlays that hold it",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return t.run(cmd, "path-info", url.Values{"store_path": {args[0]}})

@@ -11,10 +11,10 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/cargoxx-pkgs/runner/caddynix/overlay"
 	"github.com/cargoxx-pkgs/runner/caddynix/serve"
 	"github.com/cargoxx-pkgs/runner/caddynix/sources"
 	"github.com/cargoxx-pkgs/runner/caddynix/storage"
-	"github.com/cargoxx-pkgs/runner/caddynix/storage/index"
 	"github.com/cargoxx-pkgs/runner/caddynix/upload"
 	"github.com/cargoxx-pkgs/runner/internal/nixfmt"
 	"go.uber.org/zap"
@@ -55,6 +55,13 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err := h.loadKeys(repl); err != nil {
 		return err
 	}
+	if len(h.keys) > 0 {
+		key, err := overlay.SigningKey(h.keys[0])
+		if err != nil {
+			return fmt.Errorf("nix_cache: deriving the overlay key: %w", err)
+		}
+		h.overlayKey = &key
+	}
 	if h.Upload != nil {
 		if h.Upload.MaxNarSize == 0 {
 			h.Upload.MaxNarSize = upload.DefaultMaxNarSize
@@ -64,6 +71,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		}
 		h.creds, err = loadCredentials(h.Upload, repl)
 		if err != nil {
+			return fmt.Errorf("nix_cache: %w", err)
+		}
+		if h.tiers, err = newTierRule(h.Upload.TrustedRefs); err != nil {
 			return fmt.Errorf("nix_cache: %w", err)
 		}
 	}
@@ -253,8 +263,13 @@ func (h *Handler) shareCache() error {
 	h.shared.state = h.state
 	h.shared.logger = h.logger
 	h.shared.publicKeys = h.clientKeys()
+	h.shared.tiers = h.tiers
+	h.shared.overlayPublicKey = ""
+	if h.overlayKey != nil {
+		h.shared.overlayPublicKey = h.overlayKey.ToPublicKey().String()
+	}
 	if h.Upload != nil && h.shared.jobTokens == nil {
-		h.shared.jobTokens = map[[sha256.Size]byte]*index.Job{}
+		h.shared.jobTokens = map[[sha256.Size]byte]issuedCredential{}
 	}
 	return nil
 }

@@ -34,6 +34,14 @@ type RetentionConfig struct {
 	// Interval is how often the cache is collected. Default: 1h.
 	// Caddyfile: `interval 1h`.
 	Interval caddy.Duration `json:"interval,omitempty"`
+
+	// OverlayMaxAge drops, whole, the overlay of a ref whose jobs pushed
+	// nothing for this long (see upload's trusted_refs). Overlays also go
+	// first when the cache is over max_size, the least recently pushed
+	// first, before any path of the cache proper; paths of the cache
+	// proper that a kept overlay's paths reference are kept with it.
+	// Default: 7d. Caddyfile: `overlay_max_age 7d`.
+	OverlayMaxAge caddy.Duration `json:"overlay_max_age,omitempty"`
 }
 
 const defaultRetentionInterval = caddy.Duration(time.Hour)
@@ -44,7 +52,11 @@ func (r *RetentionConfig) policy() retention.Policy {
 	if r.MinAge != nil {
 		minAge = time.Duration(*r.MinAge)
 	}
-	return retention.Policy{MaxSize: r.MaxSize, MaxAge: time.Duration(r.MaxAge), MinAge: minAge}
+	overlayMaxAge := retention.DefaultOverlayMaxAge
+	if r.OverlayMaxAge > 0 {
+		overlayMaxAge = time.Duration(r.OverlayMaxAge)
+	}
+	return retention.Policy{MaxSize: r.MaxSize, MaxAge: time.Duration(r.MaxAge), MinAge: minAge, OverlayMaxAge: overlayMaxAge}
 }
 
 // setDefaults fills in what the retention block leaves out.
@@ -56,6 +68,9 @@ func (r *RetentionConfig) setDefaults() {
 	if r.Interval == 0 {
 		r.Interval = defaultRetentionInterval
 	}
+	if r.OverlayMaxAge == 0 {
+		r.OverlayMaxAge = caddy.Duration(retention.DefaultOverlayMaxAge)
+	}
 }
 
 // validate checks a retention block.
@@ -63,8 +78,8 @@ func (r *RetentionConfig) validate() error {
 	switch {
 	case r.MaxSize < 0:
 		return fmt.Errorf("retention: max_size %d must be positive", r.MaxSize)
-	case r.MaxAge < 0 || (r.MinAge != nil && *r.MinAge < 0):
-		return fmt.Errorf("retention: max_age must be a positive duration, min_age a positive duration or 0")
+	case r.MaxAge < 0 || r.OverlayMaxAge < 0 || (r.MinAge != nil && *r.MinAge < 0):
+		return fmt.Errorf("retention: max_age and overlay_max_age must be positive durations, min_age a positive duration or 0")
 	case r.Interval < 0 || (r.Interval > 0 && time.Duration(r.Interval) < time.Second):
 		return fmt.Errorf("retention: interval %s is too short: collect at most once a second", time.Duration(r.Interval))
 	case r.MaxAge > 0 && r.MinAge != nil && r.MaxAge < *r.MinAge:

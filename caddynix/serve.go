@@ -57,9 +57,9 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, req cacheurl.Req
 	case cacheurl.CacheInfo:
 		return h.serveCacheInfo(w, r)
 	case cacheurl.NarInfo:
-		return h.cache.NarInfo(w, r, req)
+		return h.cache.NarInfo(w, r, req, h.requestOverlay(r))
 	default:
-		return h.cache.File(w, r, req)
+		return h.cache.File(w, r, req, h.requestOverlay(r))
 	}
 }
 

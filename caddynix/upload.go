@@ -9,8 +9,11 @@ import (
 	"time"
 
 	"github.com/cargoxx-pkgs/runner/caddynix/internal/cacheurl"
+	"github.com/cargoxx-pkgs/runner/caddynix/overlay"
+	"github.com/cargoxx-pkgs/runner/caddynix/serve"
 	"github.com/cargoxx-pkgs/runner/caddynix/storage/index"
 	"github.com/cargoxx-pkgs/runner/caddynix/upload"
+	"github.com/nix-community/go-nix/pkg/narinfo/signature"
 	"go.uber.org/zap"
 )
 
@@ -115,35 +118,72 @@ func (b *trackedBody) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// receive authenticates an upload and hands it to the receiver.
+// receive authenticates an upload and hands it to the receiver of the
+// credential's tier.
 func (h *Handler) receive(r *http.Request, req cacheurl.Request, ok bool) error {
 	token, present := requestToken(r)
-	pusher, allowed := h.uploader(token)
+	who, allowed := h.identify(token)
 	if !present || !allowed {
 		return upload.Reject(http.StatusUnauthorized, "unauthorized", "uploads need a valid token (Basic password from a netrc file, or Bearer)")
 	}
 	if !ok {
 		return upload.Reject(http.StatusBadRequest, "bad_path", "%s is not a binary cache path", r.URL.Path)
 	}
+	receiver := h.receiver
+	if who.overlay != nil {
+		receiver = h.receiver.ForOverlay(*who.overlay, h.overlayKey)
+	}
 	body := upload.Body{Reader: r.Body, Length: r.ContentLength, Encoding: r.Header.Get("Content-Encoding")}
-	return h.receiver.Put(r.Context(), req, body, pusher)
+	return receiver.Put(r.Context(), req, body, who.pusher)
 }
 
-// uploader returns who presents token: a configured upload token or a
+// identity is who presents an upload credential, and where their pushes
+// go.
+type identity struct {
+	pusher *index.Pusher
+	// overlay is the overlay they push into and read beside the cache
+	// proper; nil for the trusted tier.
+	overlay *overlay.Key
+}
+
+// identify returns who presents token: a configured upload token or a
 // live credential a runner issued to a job.
-func (h *Handler) uploader(token string) (*index.Pusher, bool) {
-	if name, ok := h.creds.allows(token); ok {
-		return &index.Pusher{Token: name}, true
+func (h *Handler) identify(token string) (identity, bool) {
+	if name, key, ok := h.creds.allows(token); ok {
+		return identity{pusher: &index.Pusher{Token: name}, overlay: key}, true
 	}
 	if h.shared == nil {
-		return nil, false
+		return identity{}, false
 	}
-	job, ok := h.shared.allows(token)
+	cred, ok := h.shared.allows(token)
 	if !ok {
-		return nil, false
+		return identity{}, false
 	}
-	if job == nil {
-		return &index.Pusher{Token: "job credential"}, true
+	if cred.job == nil {
+		return identity{pusher: &index.Pusher{Token: "job credential"}, overlay: cred.overlay}, true
 	}
-	return &index.Pusher{Job: job}, true
+	return identity{pusher: &index.Pusher{Job: cred.job}, overlay: cred.overlay}, true
+}
+
+// requestOverlay is what serves the overlay of the credential a request
+// carries, if any: Nix sends its netrc's credentials on every request, so
+// a job of the ref tier substitutes its own pushes with nothing more to
+// configure. Nobody else is ever served an overlay.
+func (h *Handler) requestOverlay(r *http.Request) *serve.Cache {
+	if h.Upload == nil {
+		return nil
+	}
+	token, present := requestToken(r)
+	if !present {
+		return nil
+	}
+	who, ok := h.identify(token)
+	if !ok || who.overlay == nil {
+		return nil
+	}
+	var keys []signature.SecretKey
+	if h.overlayKey != nil {
+		keys = append(keys, *h.overlayKey)
+	}
+	return h.cache.Overlay(overlay.Store(h.store, who.overlay.ID()), keys)
 }

@@ -36,7 +36,8 @@ type cacheHandoff struct {
 // giveCacheAccess hands a job the configured Nix cache: NIX_CONFIG naming
 // the cache as a substituter with its public keys, and, but for a fork's
 // pull request, a fresh upload credential in a netrc file (bind-mounted
-// read-only into a container job, or left on the host for a host job).
+// read-only into a container job, or left on the host for a host job, which
+// also gets a cache directory of its own for Nix's narinfo cache).
 func (d *daemon) giveCacheAccess(task *runnerv1.Task, s *settings, runsOn []string, rep *reporter) (*cacheHandoff, error) {
 	access, err := caddynix.LookupCache(s.nixCache)
 	if err != nil {
@@ -58,8 +59,12 @@ func (d *daemon) giveCacheAccess(task *runnerv1.Task, s *settings, runsOn []stri
 			release:   func(bool) {},
 		}, nil
 	}
-	token, finish := access.IssueJobCredential(cacheJob(task, d.instance), s.keepRuns)
-	rep.addMask(token)
+	cred, finish := access.IssueJobCredential(cacheJob(task, d.instance), s.keepRuns)
+	rep.addMask(cred.Token)
+	if cred.Overlay != "" {
+		rep.logf("what this job pushes to the Nix cache %s goes to the overlay of %s: this ref's jobs substitute it, the default branch and everyone else never see it", access.URL, cred.Overlay)
+		substituter = fmt.Sprintf("extra-substituters = %s\nextra-trusted-public-keys = %s\n", access.URL, strings.Join(cred.PublicKeys, " "))
+	}
 
 	dir := filepath.Join(s.jobFilesDir, strconv.FormatInt(task.Id, 10))
 	if err := os.MkdirAll(dir, 0o700); err != nil {
@@ -67,7 +72,7 @@ func (d *daemon) giveCacheAccess(task *runnerv1.Task, s *settings, runsOn []stri
 		return nil, fmt.Errorf("creating the job's credential directory: %w", err)
 	}
 	hostNetrc := filepath.Join(dir, "nix-cache.netrc")
-	netrc := fmt.Sprintf("machine %s\nlogin job\npassword %s\n", u.Hostname(), token)
+	netrc := fmt.Sprintf("machine %s\nlogin job\npassword %s\n", u.Hostname(), cred.Token)
 	if err := os.WriteFile(hostNetrc, []byte(netrc), 0o600); err != nil {
 		finish(false)
 		_ = os.RemoveAll(dir)
@@ -92,6 +97,17 @@ func (d *daemon) giveCacheAccess(task *runnerv1.Task, s *settings, runsOn []stri
 	netrcPath := hostNetrc
 	if s.labels.pickPlatform(runsOn) != hostPlatform {
 		netrcPath, handoff.mount = jobNetrcPath, hostNetrc
+	} else {
+		// Host jobs share Caddy's HOME, and Nix remembers every narinfo it
+		// looks up there for a month: one job's answers, which its
+		// credential decides, must not be what the next job substitutes.
+		// A container job starts with a cache of its own anyway.
+		cacheHome := filepath.Join(dir, "cache")
+		if err := os.Mkdir(cacheHome, 0o700); err != nil {
+			handoff.release(false)
+			return nil, fmt.Errorf("creating the job's cache directory: %w", err)
+		}
+		handoff.env["XDG_CACHE_HOME"] = cacheHome
 	}
 	handoff.nixConfig = substituter + "netrc-file = " + netrcPath + "\n"
 	return handoff, nil

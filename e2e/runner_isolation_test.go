@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -22,7 +23,9 @@ func isolationCaddyfile(g *harness.Gitea, token, image, root, secret string) str
 }
 
 // probeWorkflow has a job in a container and a job on the host each look
-// for Caddy's admin endpoint and list what they were given.
+// for Caddy's admin endpoint and list what they were given; the host job
+// also asks the cache for a path, which Nix remembers in its narinfo
+// cache.
 const probeWorkflow = `on: [push]
 jobs:
   container:
@@ -45,6 +48,8 @@ jobs:
     steps:
       - run: |
           env | sed 's/^/env: /'
+          nix --extra-experimental-features nix-command path-info --store "$CARGOXX_NIX_CACHE_URL" /nix/store/00000000000000000000000000000000-absent >/dev/null 2>&1 || true
+          test -s "$XDG_CACHE_HOME/nix/binary-cache-v6.sqlite" && echo "NARINFO CACHE IN $XDG_CACHE_HOME"
 `
 
 // TestJobsCannotReachCaddy runs jobs the way the README's deployment does,
@@ -62,7 +67,8 @@ func TestJobsCannotReachCaddy(t *testing.T) {
 	uploadToken := "caddy-env-token-" + hex.EncodeToString(nonce)
 	config := isolationCaddyfile(g, registrationToken, image, root, secret)
 	// A secret in Caddy's environment, as a Caddyfile's {env.*} tokens are.
-	caddy := harness.StartCaddy(t, config, harness.CaddyOptions{Env: []string{"CARGOXX_E2E_UPLOAD_TOKEN=" + uploadToken}})
+	home := t.TempDir()
+	caddy := harness.StartCaddy(t, config, harness.CaddyOptions{Env: []string{"CARGOXX_E2E_UPLOAD_TOKEN=" + uploadToken, "HOME=" + home}})
 	socket := strings.TrimPrefix(caddy.Admin, "unix/")
 
 	sha := g.CommitWorkflow("pkgs", "probe.yml", strings.ReplaceAll(probeWorkflow, "ADMIN_SOCKET", socket))
@@ -112,6 +118,18 @@ func TestJobsCannotReachCaddy(t *testing.T) {
 				t.Errorf("the %s job sees %q:\n%s", name, forbidden, log)
 			}
 		}
+	}
+
+	// Nix on the host kept what it looked up in a cache directory of the
+	// job's own, gone with the job, not in the HOME that host jobs share.
+	m := regexp.MustCompile(`NARINFO CACHE IN (\S+)`).FindStringSubmatch(hostLog)
+	if m == nil {
+		t.Errorf("the host job's Nix kept no narinfo cache in its XDG_CACHE_HOME:\n%s", hostLog)
+	} else if _, err := os.Stat(m[1]); !os.IsNotExist(err) {
+		t.Errorf("the host job's cache directory %s outlived the job: %v", m[1], err)
+	}
+	if _, err := os.Stat(filepath.Join(home, ".cache", "nix")); !os.IsNotExist(err) {
+		t.Errorf("a job's Nix wrote into the shared %s/.cache/nix: %v", home, err)
 	}
 
 	// The admin API answers over its socket: the runner's status, and a

@@ -3,6 +3,7 @@ package retention
 import (
 	"context"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/cargoxx-pkgs/runner/caddynix/storage"
@@ -53,19 +54,54 @@ func (c *Collector) plannedCollect(ctx context.Context, pol Policy, dryRun bool,
 		return err
 	}
 	now := time.Now()
-	plan := PlanCollection(paths, served, roots, pol, now)
-	report.Paths, report.SizeBefore, report.SizeAfter, report.Protected = plan.Paths, plan.SizeBefore, plan.SizeAfter, plan.Protected
+	overlays, err := c.scanOverlays(ctx)
+	if err != nil {
+		return err
+	}
+	droppedOverlays, keptOverlays := planOverlays(overlays, CacheSize(paths), pol, now)
+	roots = append(roots, overlayRoots(keptOverlays, paths)...)
+	cachePol := pol
+	var overlayBytes int64
+	for _, o := range keptOverlays {
+		overlayBytes += o.Bytes
+	}
+	if pol.MaxSize > 0 {
+		cachePol.MaxSize = pol.MaxSize - overlayBytes
+	}
+	plan := PlanCollection(paths, served, roots, cachePol, now)
+	report.Paths, report.Protected = plan.Paths, plan.Protected
+	// Sizes are of the whole cache, overlays included, as max_size is.
+	report.SizeBefore = plan.SizeBefore
+	for _, o := range overlays {
+		report.SizeBefore += o.Bytes
+	}
+	report.SizeAfter = report.SizeBefore
 
 	orphans, err := c.orphanNars(ctx, paths, now.Add(-pol.MinAge))
 	if err != nil {
 		return err
 	}
+	// A NAR an overlay's narinfo names is no orphan: the overlay's upload
+	// found it stored and did not store it again.
+	overlayNars := map[string]bool{}
+	for _, o := range keptOverlays {
+		for _, nar := range o.Nars {
+			overlayNars[nar] = true
+		}
+	}
+	orphans = slices.DeleteFunc(orphans, func(o storage.Info) bool { return overlayNars[o.Name] })
 	if dryRun {
 		for _, p := range plan.Delete {
 			report.Deleted = append(report.Deleted, p.StorePath)
 		}
 		report.Nars = len(plan.Nars) + len(orphans)
 		report.FreedBytes = plan.SizeBefore - plan.SizeAfter
+		report.SizeAfter = report.SizeBefore - report.FreedBytes
+		for _, o := range droppedOverlays {
+			report.Overlays = append(report.Overlays, o.String())
+			report.FreedBytes += o.Bytes
+			report.SizeAfter -= o.Bytes
+		}
 		for _, o := range orphans {
 			report.Orphans = append(report.Orphans, o.Name)
 			report.FreedBytes += o.Size
@@ -77,20 +113,30 @@ func (c *Collector) plannedCollect(ctx context.Context, pol Policy, dryRun bool,
 	if err := c.forgetRuns(ctx, forgotten); err != nil {
 		return err
 	}
-	hashes := make([]string, len(plan.Delete))
-	for i, p := range plan.Delete {
-		hashes[i] = p.Hash
+	hashes := make([]string, 0, len(plan.Delete)+len(droppedOverlays))
+	for _, p := range plan.Delete {
+		hashes = append(hashes, p.Hash)
+	}
+	for _, o := range droppedOverlays {
+		hashes = append(hashes, OverlayKey(o.ID))
 	}
 	withdraw, err := c.settle(ctx, hashes, plan.Nars, orphans)
 	if err != nil {
 		return err
 	}
 	defer withdraw()
+	if err := c.keepWhatOverlaysGained(ctx, overlays); err != nil {
+		return err
+	}
+	overlaysFreed, err := c.dropOverlays(ctx, droppedOverlays, report)
+	if err != nil {
+		return err
+	}
 	if err := c.deleteOrphans(ctx, orphans, report); err != nil {
 		return err
 	}
 	freed, err := c.deletePaths(ctx, plan.Delete, plan.Nars, report)
-	report.SizeAfter = plan.SizeBefore - freed
+	report.SizeAfter = report.SizeBefore - overlaysFreed - freed
 	if err != nil {
 		return err
 	}

@@ -3,7 +3,9 @@ package retention
 import (
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
+	"path"
 	"slices"
 	"strings"
 	"time"
@@ -21,19 +23,33 @@ type PathInfo struct {
 	Hash       string     `json:"hash"`
 	LastServed *time.Time `json:"last_served,omitempty"`
 	Pins       []string   `json:"pins,omitempty"`
+	// Overlays are the overlays that hold the path too, or only.
+	Overlays []OverlayCopy `json:"overlays,omitempty"`
 }
 
 // PathInfo describes a store path the cache holds: sizes, references, who
-// pushed it and when, when it was last served and the pins on it.
+// pushed it and when, when it was last served and the pins on it, and
+// every overlay that holds it, with the ref that pushed it there.
 func (c *Collector) PathInfo(ctx context.Context, storePath string) (*PathInfo, error) {
 	if err := c.state.FlushServed(); err != nil {
 		return nil, err
 	}
-	p, err := c.lookup(storePath)
+	hash, err := hashOfStorePath(c.storeDir, storePath)
 	if err != nil {
 		return nil, err
 	}
-	info := &PathInfo{Path: p, Hash: p.Hash}
+	copies, err := c.overlayCopies(ctx, hash)
+	if err != nil {
+		return nil, err
+	}
+	p, err := c.lookup(storePath)
+	if errors.Is(err, ErrUnknownPath) && len(copies) > 0 {
+		return &PathInfo{Hash: hash, Overlays: copies}, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	info := &PathInfo{Path: p, Hash: p.Hash, Overlays: copies}
 	if err := c.gatherUses(ctx, false); err != nil {
 		return nil, err
 	}
@@ -59,16 +75,44 @@ func (c *Collector) PathInfo(ctx context.Context, storePath string) (*PathInfo, 
 // DeletePath deletes one store path. While paths the cache keeps
 // reference it, it refuses, unless withReferrers, which deletes them too.
 // Pinned paths are never deleted this way: remove the pin first.
+//
+// The path also goes from every overlay that holds it, with the paths of
+// that overlay that reference it, and so does every overlay path that
+// references a path deleted from the cache proper: an overlay is one
+// ref's cache, whose jobs build again what it no longer holds.
 func (c *Collector) DeletePath(ctx context.Context, storePath string, withReferrers bool) (report *Report, err error) {
-	target, err := c.lookup(storePath)
+	hash, err := hashOfStorePath(c.storeDir, storePath)
 	if err != nil {
+		return nil, err
+	}
+	target, err := c.lookup(storePath)
+	inOverlays := false
+	if errors.Is(err, ErrUnknownPath) {
+		copies, cerr := c.overlayCopies(ctx, hash)
+		if cerr != nil {
+			return nil, cerr
+		}
+		inOverlays = len(copies) > 0
+	}
+	if err != nil && !inOverlays {
 		return nil, err
 	}
 	c.state.collecting.Lock()
 	defer c.state.collecting.Unlock()
 	err = c.withLease(ctx, func() error {
-		report, err = c.deleteClosureOf(ctx, target, withReferrers)
-		return err
+		doomed := []string{hash}
+		if inOverlays {
+			report = &Report{}
+		} else {
+			if report, err = c.deleteClosureOf(ctx, target, withReferrers); err != nil {
+				return err
+			}
+			doomed = doomed[:0]
+			for _, deleted := range report.Deleted {
+				doomed = append(doomed, path.Base(deleted)[:hashLen])
+			}
+		}
+		return c.deleteFromOverlays(ctx, doomed, report)
 	})
 	return report, err
 }

@@ -32,6 +32,9 @@ type Policy struct {
 	MaxAge time.Duration
 	// MinAge keeps paths pushed more recently, whatever the limits.
 	MinAge time.Duration
+	// OverlayMaxAge drops an overlay whose ref pushed nothing for this
+	// long.
+	OverlayMaxAge time.Duration
 }
 
 // Plan is what a collection decides.

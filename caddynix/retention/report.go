@@ -16,7 +16,9 @@ type Report struct {
 	// Nars is how many NAR files were deleted, orphans included.
 	Nars int `json:"nars_deleted"`
 	// Orphans are NAR files no narinfo named, older than min_age.
-	Orphans    []string `json:"orphans_deleted,omitempty"`
+	Orphans []string `json:"orphans_deleted,omitempty"`
+	// Overlays are the overlays dropped whole (repository@ref).
+	Overlays   []string `json:"overlays_dropped,omitempty"`
 	FreedBytes int64    `json:"freed_bytes"`
 	SizeBefore int64    `json:"size_before"`
 	SizeAfter  int64    `json:"size_after"`

@@ -42,3 +42,18 @@ func (c *Cache) fromSources(err error) error {
 	}
 	return err
 }
+
+// fallback answers what the storage lacks: from the request's overlay,
+// when it has one, then from the sources. Overlays have no sources.
+func (c *Cache) fallback(overlay *Cache, fromOverlay func(*Cache) error, fromSources func() error) error {
+	if overlay != nil {
+		var status *httpx.StatusError
+		if err := fromOverlay(overlay); !errors.As(err, &status) || status.Status != http.StatusNotFound {
+			return err
+		}
+	}
+	if c.sources == nil {
+		return httpx.Error(http.StatusNotFound, nil)
+	}
+	return fromSources()
+}

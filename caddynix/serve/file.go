@@ -14,15 +14,16 @@ import (
 
 // File serves one file of the cache layout with http.ServeContent, so
 // that Range, HEAD and conditional requests work and the kernel can send the
-// file directly. A missing file is a 404, never a 5xx.
-func (c *Cache) File(w http.ResponseWriter, r *http.Request, req cacheurl.Request) error {
+// file directly. What the storage lacks is asked of overlay, when not nil,
+// and then of the sources; a file none has is a 404, never a 5xx.
+func (c *Cache) File(w http.ResponseWriter, r *http.Request, req cacheurl.Request, overlay *Cache) error {
 	if req.Kind == cacheurl.Nar && c.redirect > 0 {
-		return c.redirectNar(w, r, req)
+		return c.redirectNar(w, r, req, overlay)
 	}
 	obj, info, err := c.store.Open(r.Context(), req.File)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
-			return c.fromSources(c.sources.ServeFile(w, r, req))
+			return c.fileFallback(w, r, req, overlay)
 		}
 		return c.storageFailure("opening cache file", req.File, err)
 	}
@@ -58,10 +59,10 @@ func (c *Cache) File(w http.ResponseWriter, r *http.Request, req cacheurl.Reques
 
 // redirectNar sends the client to download a NAR from the storage itself,
 // through a URL signed for a short time. A missing NAR is still a 404.
-func (c *Cache) redirectNar(w http.ResponseWriter, r *http.Request, req cacheurl.Request) error {
+func (c *Cache) redirectNar(w http.ResponseWriter, r *http.Request, req cacheurl.Request, overlay *Cache) error {
 	if _, err := c.store.Stat(r.Context(), req.File); err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
-			return c.fromSources(c.sources.ServeFile(w, r, req))
+			return c.fileFallback(w, r, req, overlay)
 		}
 		return c.storageFailure("looking up a NAR", req.File, err)
 	}
@@ -72,4 +73,11 @@ func (c *Cache) redirectNar(w http.ResponseWriter, r *http.Request, req cacheurl
 	w.Header().Set("Cache-Control", "no-store")
 	http.Redirect(w, r, signed, http.StatusTemporaryRedirect)
 	return nil
+}
+
+// fileFallback answers a file the storage lacks.
+func (c *Cache) fileFallback(w http.ResponseWriter, r *http.Request, req cacheurl.Request, overlay *Cache) error {
+	return c.fallback(overlay,
+		func(o *Cache) error { return o.File(w, r, req, nil) },
+		func() error { return c.fromSources(c.sources.ServeFile(w, r, req)) })
 }

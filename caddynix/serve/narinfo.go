@@ -17,8 +17,9 @@ import (
 // NarInfo serves a narinfo signed by every configured key. A narinfo
 // that does not parse, or that describes another path than the one asked
 // for, is logged and answered as missing: a client then builds the path
-// instead of failing.
-func (c *Cache) NarInfo(w http.ResponseWriter, r *http.Request, req cacheurl.Request) error {
+// instead of failing. What the storage lacks is asked of overlay, when
+// not nil, and then of the sources.
+func (c *Cache) NarInfo(w http.ResponseWriter, r *http.Request, req cacheurl.Request, overlay *Cache) error {
 	if entry, ok := c.narinfos.current(req.File); ok {
 		c.writeNarInfo(w, r, req, entry)
 		return nil
@@ -31,7 +32,9 @@ func (c *Cache) NarInfo(w http.ResponseWriter, r *http.Request, req cacheurl.Req
 		if !errors.Is(err, fs.ErrNotExist) {
 			return c.storageFailure("opening narinfo", req.File, err)
 		}
-		return c.serveNarInfoFromSources(w, r, req)
+		return c.fallback(overlay,
+			func(o *Cache) error { return o.NarInfo(w, r, req, nil) },
+			func() error { return c.serveNarInfoFromSources(w, r, req) })
 	}
 	var readErr error
 	entry, err := c.narinfos.get(req.File, info, mark, func() ([]byte, error) {
@@ -57,7 +60,9 @@ func (c *Cache) NarInfo(w http.ResponseWriter, r *http.Request, req cacheurl.Req
 // writeNarInfo answers with a signed narinfo.
 func (c *Cache) writeNarInfo(w http.ResponseWriter, r *http.Request, req cacheurl.Request, entry *signedNarinfo) {
 	c.metrics.NarinfoLookup("served")
-	c.state.MarkServed(req.Hash)
+	if c.state != nil {
+		c.state.MarkServed(req.Hash)
+	}
 	w.Header().Set("Content-Type", cacheurl.ContentType(cacheurl.NarInfo))
 	if httpx.PlainGet(r) {
 		// What a substituter sends: answered as http.ServeContent would,

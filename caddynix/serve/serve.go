@@ -81,3 +81,14 @@ func New(opts Options) *Cache {
 
 // Close stops watching the storage.
 func (c *Cache) Close() error { return c.narinfos.close() }
+
+// Overlay returns a Cache that serves store, an overlay of this cache's
+// storage, signed with keys: what NarInfo and File ask when the storage
+// lacks a file. It has no sources and notes no use; it keeps no signed
+// narinfo in memory, so it is cheap to make for one request.
+func (c *Cache) Overlay(store storage.Store, keys []signature.SecretKey) *Cache {
+	return &Cache{
+		store: store, storeDir: c.storeDir, keys: keys, redirect: c.redirect, logger: c.logger,
+		metrics: noMetrics{}, narinfos: newNarinfoCache(c.logger), stats: new(statsCache),
+	}
+}

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/cargoxx-pkgs/runner/caddynix/internal/cacheurl"
+	"github.com/cargoxx-pkgs/runner/caddynix/overlay"
 	"github.com/cargoxx-pkgs/runner/caddynix/retention"
 	"github.com/cargoxx-pkgs/runner/caddynix/storage"
 	"github.com/cargoxx-pkgs/runner/caddynix/storage/index"
@@ -60,6 +61,12 @@ func (u *Receiver) putNarInfo(ctx context.Context, req cacheurl.Request, sent Bo
 		return err
 	}
 	u.pending.delete(info.URL)
+	if u.overlay != nil {
+		return nil
+	}
+	if !again {
+		u.compareOverlays(ctx, info)
+	}
 	// A new path was pushed when its narinfo was written: the time a
 	// rebuilt index reads from the file.
 	at := time.Now()
@@ -83,6 +90,9 @@ func (u *Receiver) commitNarInfo(ctx context.Context, req cacheurl.Request, info
 	for _, ref := range info.References {
 		needs = append(needs, ref[:cacheurl.HashLen])
 	}
+	if u.overlay != nil {
+		needs = append(needs, retention.OverlayKey(u.overlay.ID()))
+	}
 	requestCtx := ctx
 	ctx, release, err := u.state.AdmitCommit(ctx, u.store, u.grace, needs)
 	if announced := (*retention.AnnouncedError)(nil); errors.As(err, &announced) {
@@ -99,6 +109,14 @@ func (u *Receiver) commitNarInfo(ctx context.Context, req cacheurl.Request, info
 			err = reject(statusUnavailable, "slow_commit", "the storage took too long to commit the narinfo for a collection on another node to see it; upload it again")
 		}
 	}()
+	if u.overlay != nil {
+		// Under the gate, so that a collection either keeps the overlay
+		// for this push or drops it whole before, and the overlay is
+		// listed whenever it holds anything.
+		if err := overlay.Touch(ctx, u.base, *u.overlay, time.Now()); err != nil {
+			return nil, storage.Info{}, false, fmt.Errorf("recording a push to the overlay of %s: %w", u.overlay, err)
+		}
+	}
 	existing, replaceable, err := u.storedNarInfo(ctx, req.File)
 	if err != nil {
 		return nil, storage.Info{}, false, err
@@ -150,6 +168,9 @@ func (u *Receiver) commitNarInfo(ctx context.Context, req cacheurl.Request, info
 	touched := []string{req.Hash, info.URL}
 	for _, ref := range info.References {
 		touched = append(touched, ref[:cacheurl.HashLen])
+	}
+	if u.overlay != nil {
+		touched = append(touched, retention.OverlayKey(u.overlay.ID()))
 	}
 	u.state.Touch(touched...)
 	return info, file, existing != nil, nil

@@ -5,6 +5,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/cargoxx-pkgs/runner/caddynix/overlay"
 	"github.com/cargoxx-pkgs/runner/caddynix/retention"
 	"github.com/cargoxx-pkgs/runner/caddynix/storage"
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
@@ -19,14 +20,17 @@ const (
 )
 
 // Metrics is told the bytes each upload brought, by kind (nar, narinfo,
-// ls, log, realisations).
+// ls, log, realisations), and of every trusted push of a path that an
+// overlay holds with another NAR.
 type Metrics interface {
 	Received(kind string, bytes int64)
+	Diverged()
 }
 
 type noMetrics struct{}
 
 func (noMetrics) Received(string, int64) {}
+func (noMetrics) Diverged()              {}
 
 // Options are what a Receiver stores into and checks against.
 type Options struct {
@@ -58,6 +62,10 @@ type Receiver struct {
 	maxLogSize int64
 	metrics    Metrics
 	pending    *pendingNars
+	// overlay, for a Receiver of the ref tier, is the overlay it stores
+	// into, on top of base, the cache proper.
+	overlay *overlay.Key
+	base    storage.Store
 }
 
 // New returns a Receiver for the cache opts describe.

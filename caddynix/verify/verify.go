@@ -13,10 +13,12 @@ import (
 	"crypto/sha256"
 	"fmt"
 	"io"
+	"maps"
 	"math"
 	"strings"
 
 	"github.com/cargoxx-pkgs/runner/caddynix/internal/cacheurl"
+	"github.com/cargoxx-pkgs/runner/caddynix/overlay"
 	"github.com/cargoxx-pkgs/runner/caddynix/storage"
 	"github.com/cargoxx-pkgs/runner/caddynix/upload"
 	"github.com/cargoxx-pkgs/runner/internal/nixfmt"
@@ -44,12 +46,10 @@ type Report struct {
 // describes the path its name says, its NAR is present with the FileHash and
 // FileSize it states (and, with narHash, the NarHash and NarSize), its
 // references are present, and its signatures under the given keys verify.
-// NARs that no narinfo names are listed as notes.
+// Each overlay is checked the same way, its references and NARs found in
+// it or in the cache proper. NARs that no narinfo names are listed as
+// notes.
 func Cache(ctx context.Context, store storage.Store, opts Options) (*Report, error) {
-	entries, err := store.List(ctx, "")
-	if err != nil {
-		return nil, fmt.Errorf("listing the cache: %w", err)
-	}
 	// The store directory is the one the cache announces.
 	storeDir := "/nix/store"
 	if data, err := storage.ReadAll(ctx, store, "nix-cache-info", nixfmt.MaxSmallDocumentSize); err == nil {
@@ -58,28 +58,26 @@ func Cache(ctx context.Context, store storage.Store, opts Options) (*Report, err
 		}
 	}
 	report := new(Report)
-	present := map[string]bool{}
-	var narinfos []string
-	for _, e := range entries {
-		if hash, ok := strings.CutSuffix(e.Name, ".narinfo"); ok {
-			present[hash] = true
-			narinfos = append(narinfos, e.Name)
-		}
-	}
-	used := map[string]bool{}
-	for _, name := range narinfos {
-		report.Narinfos++
-		for _, problem := range verifyNarInfo(ctx, store, storeDir, name, present, used, opts) {
-			report.Problems = append(report.Problems, name+": "+problem)
-		}
-	}
-	nars, err := store.List(ctx, "nar")
+	present, err := narinfoHashes(ctx, store)
 	if err != nil {
-		return nil, fmt.Errorf("listing nar/: %w", err)
+		return nil, err
 	}
-	for _, nar := range nars {
-		if !used[nar.Name] {
-			report.Notes = append(report.Notes, "orphaned NAR (no narinfo names it): "+nar.Name)
+	if err := checkLayout(ctx, store, storeDir, present, "", opts, report); err != nil {
+		return nil, err
+	}
+	records, err := overlay.List(ctx, store)
+	if err != nil {
+		report.Problems = append(report.Problems, err.Error())
+	}
+	for _, rec := range records {
+		view := overlay.Store(store, rec.ID)
+		own, err := narinfoHashes(ctx, view)
+		if err != nil {
+			return nil, err
+		}
+		maps.Copy(own, present)
+		if err := checkLayout(ctx, storage.Layered(view, store), storeDir, own, "overlay "+rec.String()+": ", opts, report); err != nil {
+			return nil, err
 		}
 	}
 	var live, abandoned []string
@@ -95,6 +93,51 @@ func Cache(ctx context.Context, store storage.Store, opts Options) (*Report, err
 		report.Problems = append(report.Problems, "leftover of an interrupted upload (removed when the server starts): "+name)
 	}
 	return report, nil
+}
+
+// narinfoHashes are the hash parts of the narinfos directly in store.
+func narinfoHashes(ctx context.Context, store storage.Store) (map[string]bool, error) {
+	entries, err := store.List(ctx, "")
+	if err != nil {
+		return nil, fmt.Errorf("listing the cache: %w", err)
+	}
+	present := map[string]bool{}
+	for _, e := range entries {
+		if hash, ok := strings.CutSuffix(e.Name, ".narinfo"); ok {
+			present[hash] = true
+		}
+	}
+	return present, nil
+}
+
+// checkLayout checks the narinfos store lists, with the paths present,
+// and notes the NARs it lists that none names; prefix says whose they
+// are.
+func checkLayout(ctx context.Context, store storage.Store, storeDir string, present map[string]bool, prefix string, opts Options, report *Report) error {
+	entries, err := store.List(ctx, "")
+	if err != nil {
+		return fmt.Errorf("listing the cache: %w", err)
+	}
+	used := map[string]bool{}
+	for _, e := range entries {
+		if !strings.HasSuffix(e.Name, ".narinfo") {
+			continue
+		}
+		report.Narinfos++
+		for _, problem := range verifyNarInfo(ctx, store, storeDir, e.Name, present, used, opts) {
+			report.Problems = append(report.Problems, prefix+e.Name+": "+problem)
+		}
+	}
+	nars, err := store.List(ctx, "nar")
+	if err != nil {
+		return fmt.Errorf("listing nar/: %w", err)
+	}
+	for _, nar := range nars {
+		if !used[nar.Name] {
+			report.Notes = append(report.Notes, prefix+"orphaned NAR (no narinfo names it): "+nar.Name)
+		}
+	}
+	return nil
 }
 
 // verifyNarInfo checks one narinfo and returns its problems.

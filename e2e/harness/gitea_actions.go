@@ -307,6 +307,29 @@ func (g *Gitea) CommitFile(repo, file, content string) string {
 	return resp.Commit.SHA
 }
 
+// CommitToBranch commits a file to branch of repo through the contents API,
+// making the branch from main first when it does not exist yet, so that a
+// branch can carry a workflow that main does not. It returns the commit
+// SHA.
+func (g *Gitea) CommitToBranch(repo, branch, file, content string) string {
+	g.t.Helper()
+	opts := gitea.FileOptions{Message: "add " + file + " on " + branch, BranchName: branch}
+	if _, resp, err := g.Client.GetRepoBranch(GiteaAdmin, repo, branch); err != nil {
+		if resp == nil || resp.StatusCode != http.StatusNotFound {
+			g.t.Fatalf("looking up branch %s of %s: %v", branch, repo, err)
+		}
+		opts.BranchName, opts.NewBranchName = "main", branch
+	}
+	resp, _, err := g.Client.CreateFile(GiteaAdmin, repo, file, gitea.CreateFileOptions{
+		FileOptions: opts,
+		Content:     base64.StdEncoding.EncodeToString([]byte(content)),
+	})
+	if err != nil {
+		g.t.Fatalf("committing %s to branch %s of %s: %v", file, branch, repo, err)
+	}
+	return resp.Commit.SHA
+}
+
 // Tag tags the head of repo's main branch.
 func (g *Gitea) Tag(repo, tag string) {
 	g.t.Helper()

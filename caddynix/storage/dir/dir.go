@@ -15,6 +15,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -177,10 +178,18 @@ func (s *Store) RecordUse(_ context.Context, name string, at time.Time) error {
 	return s.root.Chtimes(filepath.FromSlash(name), at, info.ModTime())
 }
 
-// Delete removes the file name.
+// Delete removes the file name, and the directories that it leaves empty
+// (an overlay's, once it is dropped) but for the layout's own.
 func (s *Store) Delete(_ context.Context, name string) error {
 	if err := s.root.Remove(filepath.FromSlash(name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return err
+	}
+	for dir := path.Dir(name); dir != "." && dir != "/" && !slices.Contains(layoutDirs, dir); dir = path.Dir(dir) {
+		// Fails, and stops, at the first directory that is not empty; an
+		// upload that made it meanwhile retries.
+		if s.root.Remove(filepath.FromSlash(dir)) != nil {
+			break
+		}
 	}
 	return nil
 }
@@ -216,9 +225,21 @@ func (s *Store) List(_ context.Context, dir string) ([]storage.Info, error) {
 func (s *Store) Close() error { return s.root.Close() }
 
 // Temporaries lists the temporary files of uploads in the layout's
-// directories: those a live writer holds, and those whose writer died.
+// directories, overlays' included: those a live writer holds, and those
+// whose writer died.
 func (s *Store) Temporaries(context.Context) (live, abandoned []string, err error) {
-	for _, dir := range layoutDirs {
+	dirs := slices.Clone(layoutDirs)
+	// Overlays (overlays/<id>/) hold a binary cache's layout each.
+	if overlays, err := fs.ReadDir(s.root.FS(), "overlays"); err == nil {
+		for _, o := range overlays {
+			if o.IsDir() {
+				for _, dir := range []string{"", "/nar", "/log", "/realisations"} {
+					dirs = append(dirs, "overlays/"+o.Name()+dir)
+				}
+			}
+		}
+	}
+	for _, dir := range dirs {
 		entries, err := fs.ReadDir(s.root.FS(), dir)
 		if errors.Is(err, fs.ErrNotExist) {
 			continue

@@ -189,3 +189,39 @@ func TestRemoveAbandonedKeepsLiveUploads(t *testing.T) {
 		t.Fatalf("removed a held file: %v", removed)
 	}
 }
+
+// TestOverlaysAreSweptAndLeaveNoDirectories: what a dead writer left in an
+// overlay's directories is found and removed like any other, and deleting
+// an overlay's last file removes the directories it leaves empty, but not
+// the layout's own.
+func TestOverlaysAreSweptAndLeaveNoDirectories(t *testing.T) {
+	ctx := context.Background()
+	s, root := openTemp(t)
+	up := write(t, s, "overlays/0123456789abcdfghijklmnpqrsvwxyz/nar/a.nar", "an overlay's NAR")
+	if err := up.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	dead := filepath.Join(root, "overlays", "0123456789abcdfghijklmnpqrsvwxyz", "nar", TempPrefix+"1-0123456789abcdef")
+	if err := os.WriteFile(dead, []byte("left by a crash"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	removed, err := s.RemoveAbandoned(ctx)
+	if err != nil || len(removed) != 1 || !strings.HasPrefix(removed[0], "overlays/") {
+		t.Fatalf("RemoveAbandoned: %v, %v", removed, err)
+	}
+	main := write(t, s, "nar/b.nar", "the cache's NAR")
+	if err := main.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"overlays/0123456789abcdfghijklmnpqrsvwxyz/nar/a.nar", "nar/b.nar"} {
+		if err := s.Delete(ctx, name); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(root, "overlays")); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("the emptied overlay's directories stay: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(root, "nar")); err != nil {
+		t.Errorf("the layout's nar directory went when it was emptied: %v", err)
+	}
+}
