@@ -50,7 +50,7 @@ end
 
 // load requests the paths in turn over conns keep-alive connections for
 // dur with wrk, and fails the benchmark on any error or non-2xx answer.
-func load(b *testing.B, base string, paths []string, conns int, dur time.Duration) loadResult {
+func load(b *testing.B, base string, paths []string, conns int, dur time.Duration, headers ...string) loadResult {
 	b.Helper()
 	wrk := harness.LookTool(b, "wrk")
 	dir := b.TempDir()
@@ -62,8 +62,11 @@ func load(b *testing.B, base string, paths []string, conns int, dur time.Duratio
 	if err := os.WriteFile(script, []byte(fmt.Sprintf(wrkScript, list)), 0o644); err != nil {
 		b.Fatal(err)
 	}
-	out, err := exec.Command(harness.LookTool(b, "taskset"), "-c", clientCPU, wrk, "-t1", fmt.Sprintf("-c%d", conns),
-		fmt.Sprintf("-d%ds", int(dur.Seconds())), "--timeout", "10s", "-s", script, base).CombinedOutput()
+	args := []string{"-c", clientCPU, wrk, "-t1", fmt.Sprintf("-c%d", conns), fmt.Sprintf("-d%ds", int(dur.Seconds())), "--timeout", "10s", "-s", script}
+	for _, h := range headers {
+		args = append(args, "-H", h)
+	}
+	out, err := exec.Command(harness.LookTool(b, "taskset"), append(args, base)...).CombinedOutput()
 	if err != nil {
 		b.Fatalf("wrk against %s: %v\n%s", base, err, out)
 	}

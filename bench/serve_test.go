@@ -2,6 +2,7 @@ package bench
 
 import (
 	"crypto/rand"
+	"encoding/base64"
 	"fmt"
 	"net/http"
 	"os"
@@ -35,7 +36,7 @@ func startServers(b *testing.B, root, presigned string) *servers {
 	filePort, chunkPort := harness.FreePort(b), harness.FreePort(b)
 	caddy := harness.StartCaddy(b, harness.Caddyfile{
 		Global: []string{fmt.Sprintf("servers 127.0.0.1:%d {\n\ttimeouts {\n\t\twrite_max_chunk 2MiB\n\t}\n}", chunkPort)},
-		Cache:  &harness.CacheSite{Options: harness.CacheOptions(root, secret)},
+		Cache:  &harness.CacheSite{Options: harness.CacheOptions(root, secret), Upload: []string{"token " + benchRefToken + " ref"}},
 		Sites: []string{
 			fmt.Sprintf("http://:%d {\n\tbind 127.0.0.1\n\tnix_cache {\n\t\troot %s\n\t\tsecret_key_file %s\n\t}\n}", chunkPort, root, secret),
 			fmt.Sprintf("http://:%d {\n\tbind 127.0.0.1\n\tfile_server {\n\t\troot %s\n\t}\n}", filePort, presigned),
@@ -101,6 +102,15 @@ func startCeiling(b *testing.B, body []byte) string {
 // chunkedNixCache is nix_cache on a server whose write_max_chunk is 2 MiB
 // (nginx's sendfile_max_chunk) instead of Caddy's 64 KiB.
 const chunkedNixCache = "nix_cache, write_max_chunk 2MiB"
+
+// benchRefToken is an upload token of the ref tier of the nix_cache
+// contender, which the credentialed contender presents on every request.
+const benchRefToken = "bench-ref-token-0123456789abcdef"
+
+// refCredential is the nix_cache contender asked with a credential of the
+// ref tier, as a job's Nix asks: each request is identified, and what the
+// cache proper lacks would be looked for in the credential's overlay.
+const refCredential = "nix_cache, with a ref-tier credential"
 
 // baselineNixCache is the contender BENCH_BASELINE_CADDY runs: a caddy
 // built from an earlier commit.
@@ -201,7 +211,9 @@ func BenchmarkNarinfo(b *testing.B) {
 		b.Fatal(err)
 	}
 	s.urls[ceiling] = startCeiling(b, signed)
-	all := append(slices.Clone(contenders), ceiling)
+	all := append(slices.Clone(contenders), ceiling, refCredential)
+	s.urls[refCredential] = s.urls["nix_cache"]
+	credential := "Authorization: Basic " + base64.StdEncoding.EncodeToString([]byte("nix:"+benchRefToken))
 	// A caddy from before the index serves the same narinfos beside it,
 	// to show what the index costs.
 	if baseline := os.Getenv("BENCH_BASELINE_CADDY"); baseline != "" {
@@ -220,6 +232,7 @@ func BenchmarkNarinfo(b *testing.B) {
 		"nix_cache signs each narinfo once and then answers from memory: each request takes in the changes inotify queued for the cache directory (a local filesystem) with one non-blocking read instead of a stat of the file, and header and body go out in one write; file_server and nginx serve pre-signed copies from disk. "+
 		"The ceiling is a caddy on the same CPU whose only handler answers every request with one signed narinfo from memory (`respond`): no handler inside Caddy's HTTP server can be faster, so nginx's pace is out of reach of any Caddy module on one core; what is left is Go's HTTP server and Caddy's request setup. "+
 		"nix_cache notes each path's last use in memory and writes it to its index every 30 s; a caddy built before the index, when BENCH_BASELINE_CADDY names one, serves the same narinfos as its own contender. "+
+		"The same nix_cache asked with an upload credential of the ref tier, as a job's Nix asks with its netrc, identifies every request (a SHA-256 of the token) before it answers from the cache proper. "+
 		"Where the time goes (BENCH_PROFILES): about 40% of caddy's CPU time is system calls (the response's write and the request's read); the rest is Go's HTTP server, Caddy's routing and memory allocation, which the ceiling pays too.")
 	p50 := newComparison("narinfo, 16 connections: p50 latency", "ms", "lower", "")
 	p99 := newComparison("narinfo, 16 connections: p99 latency", "ms", "lower", "")
@@ -229,7 +242,11 @@ func BenchmarkNarinfo(b *testing.B) {
 			slices.Reverse(order)
 		}
 		for _, who := range order {
-			r := load(b, s.urls[who], paths, 16, dur)
+			var headers []string
+			if who == refCredential {
+				headers = append(headers, credential)
+			}
+			r := load(b, s.urls[who], paths, 16, dur, headers...)
 			rps.add(who, float64(r.requests)/r.elapsed.Seconds())
 			p50.add(who, float64(r.p50.Microseconds())/1000)
 			p99.add(who, float64(r.p99.Microseconds())/1000)

@@ -47,8 +47,8 @@ jobs:
 
 // TestRetentionKeepsTheLastDefaultBranchRuns: with keep_default_branch_runs
 // 1, a collection that may delete everything keeps the closure the last
-// successful run on main pushed, deletes an older run's and a pull
-// request's, the pull request's first, and path-info links to the run.
+// successful run on main pushed, drops the pull request's overlay and
+// deletes an older run's closure, and path-info links to the run.
 func TestRetentionKeepsTheLastDefaultBranchRuns(t *testing.T) {
 	image := harness.NewDocker(t).NixJobImage()
 	g, token := harness.StartGiteaWithRepo(t, "pkgs")
@@ -77,20 +77,25 @@ func TestRetentionKeepsTheLastDefaultBranchRuns(t *testing.T) {
 	older := built(g.CommitWorkflow("pkgs", "build.yml", ciPushWorkflow))
 	latest := built(g.CommitFile("pkgs", "second.txt", "a second commit on main\n"))
 	pullRequest := built(g.OpenPullRequest("pkgs", "feature", "feature.txt", "a change under review\n"))
+	// The pull request pushed into its overlay: the cache proper, which
+	// everyone substitutes from, does not have it.
+	if resp := do(t, http.MethodGet, narinfoURL(caddy.URL(), pullRequest), nil); resp.StatusCode != http.StatusNotFound {
+		t.Fatalf("the pull request's push on the cache's public URL: %s, want 404", resp.Status)
+	}
 
 	var gc gcAnswer
 	if c := nixCache(t, &gc, "gc", "--max-size", "1", "--min-age", "0s", admin); c.Err != nil {
 		t.Fatalf("gc:\n%s", c)
 	}
 	position := func(path string) int { return slices.Index(gc.Deleted, path) }
-	if position(latest) >= 0 || position(older) < 0 || position(pullRequest) < 0 {
-		t.Fatalf("deleted %v;\nwant the older run's %s and the pull request's %s, not the last run's %s", gc.Deleted, older, pullRequest, latest)
+	if position(latest) >= 0 || position(older) < 0 {
+		t.Fatalf("deleted %v;\nwant the older run's %s, not the last run's %s", gc.Deleted, older, latest)
 	}
-	if position(pullRequest) > position(older) {
-		t.Errorf("the pull request's push went after the default branch's: %v", gc.Deleted)
+	if len(gc.Deleted) != 2 {
+		t.Errorf("deleted %d paths of the cache proper, want the older run's closure of 2 paths: %v", len(gc.Deleted), gc.Deleted)
 	}
-	if len(gc.Deleted) != 4 {
-		t.Errorf("deleted %d paths, want the 2 closures of 2 paths: %v", len(gc.Deleted), gc.Deleted)
+	if len(gc.Overlays) != 1 || !strings.HasSuffix(gc.Overlays[0], "/pkgs@refs/pull/1/head") {
+		t.Errorf("dropped the overlays %v, want the pull request's", gc.Overlays)
 	}
 	nix := harness.NewNix(t, "")
 	if c, store := substitute(nix, caddy.URL(), public, latest); c.Err != nil {

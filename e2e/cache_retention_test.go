@@ -38,6 +38,7 @@ func nixCache(t *testing.T, out any, args ...string) harness.Command {
 
 type gcAnswer struct {
 	Deleted    []string `json:"deleted"`
+	Overlays   []string `json:"overlays_dropped"`
 	SizeBefore int64    `json:"size_before"`
 	SizeAfter  int64    `json:"size_after"`
 	Protected  int64    `json:"protected_bytes"`
