@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -48,8 +49,9 @@ func bucketKeys(t *testing.T, server *harness.S3) []string {
 // an S3 cache lands in its overlay in the bucket, which the other node
 // serves to that token alone, signed with the overlay key both derive;
 // every URL shape that would reach elsewhere is refused; verify checks
-// the overlay; and a collection on the other node drops it whole once its
-// ref pushed nothing for overlay_max_age.
+// the overlay; a collection on the other node keeps the paths of the
+// cache proper the overlay needs, and drops it whole once its ref pushed
+// nothing for overlay_max_age.
 func TestOverlaysOnS3Nodes(t *testing.T) {
 	server := harness.StartS3(t)
 	server.CreateBucket("nix")
@@ -116,12 +118,38 @@ func TestOverlaysOnS3Nodes(t *testing.T) {
 		t.Fatalf("verify: %s", report)
 	}
 
+	// A second closure whose leaf a trusted token pushed first: the ref
+	// token's copy pushes the rest into its overlay, which then needs a
+	// path of the cache proper.
+	second := nix.BuildClosure("s3-tiers-needs", 0)
+	leaf := ""
+	for _, p := range second.Paths {
+		if strings.HasSuffix(p, "-leaf") {
+			leaf = p
+		}
+	}
+	trusted := harness.NewNix(t, "").Client().Netrc(t, uploadToken)
+	if c := trusted.Copy("--to", a.URL()+"/upload", leaf); c.Err != nil {
+		t.Fatalf("nix copy of the leaf with the trusted token:\n%s", c)
+	}
+	if c := nix.Copy("--to", a.URL()+"/upload", second.Top); c.Err != nil {
+		t.Fatalf("nix copy of the rest with the ref token:\n%s", c)
+	}
+	leafNarinfo := "main/" + strings.SplitN(filepath.Base(leaf), "-", 2)[0] + ".narinfo"
+
+	// Every path of the cache proper is unused for long enough to go, but
+	// the leaf is what a live overlay needs.
 	time.Sleep(1100 * time.Millisecond)
-	gc := adminPost(t, b, "/nix-cache/gc?cache=main&overlay_max_age=1s&min_age=0s")
+	gc := adminPost(t, b, "/nix-cache/gc?cache=main&max_age=1s&min_age=0s&overlay_max_age=1h")
+	if strings.Contains(gc, `"overlays_dropped"`) || !slices.Contains(bucketKeys(t, server), leafNarinfo) {
+		t.Fatalf("a collection deleted what a live overlay needs, or the overlay: %s", gc)
+	}
+	// Idle for overlay_max_age: the overlay goes whole, and the leaf with it.
+	gc = adminPost(t, b, "/nix-cache/gc?cache=main&max_age=1s&min_age=0s&overlay_max_age=1s")
 	if !strings.Contains(gc, `"overlays_dropped"`) || !strings.Contains(gc, "ref_token 1") {
 		t.Fatalf("a collection on the other node did not drop the idle overlay: %s", gc)
 	}
-	if left := bucketKeys(t, server); len(left) != 0 {
-		t.Fatalf("after the overlay was dropped, the bucket holds %v", left)
+	if left := bucketKeys(t, server); slices.ContainsFunc(left, func(k string) bool { return strings.HasSuffix(k, ".narinfo") }) {
+		t.Fatalf("after the overlay was dropped and the leaf collected, the bucket holds %v", left)
 	}
 }

@@ -125,7 +125,7 @@ func (c *Collector) plannedCollect(ctx context.Context, pol Policy, dryRun bool,
 		return err
 	}
 	defer withdraw()
-	if err := c.keepWhatOverlaysGained(ctx, overlays); err != nil {
+	if err := c.keepWhatOverlaysGained(ctx, overlays, droppedOverlays); err != nil {
 		return err
 	}
 	overlaysFreed, err := c.dropOverlays(ctx, droppedOverlays, report)

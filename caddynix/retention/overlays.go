@@ -176,11 +176,11 @@ func (c *Collector) dropOverlays(ctx context.Context, drop []*overlayContent, re
 	return total, nil
 }
 
-// keepWhatOverlaysGained notes as touched what the overlays need now and
-// did not when they were scanned, and the overlays pushed to since: on
-// storage that several nodes share, an upload on another node may have
-// committed before it saw the collection's announcement.
-func (c *Collector) keepWhatOverlaysGained(ctx context.Context, scanned []*overlayContent) error {
+// keepWhatOverlaysGained notes as touched what the overlays that stay
+// need now, and the overlays pushed to since the scan, which then stay
+// too: on storage that several nodes share, an upload on another node may
+// have committed before it saw the collection's announcement.
+func (c *Collector) keepWhatOverlaysGained(ctx context.Context, scanned, dropped []*overlayContent) error {
 	if c.lease == nil {
 		// Only this process writes: the closure lock keeps what uploads
 		// touch.
@@ -190,13 +190,22 @@ func (c *Collector) keepWhatOverlaysGained(ctx context.Context, scanned []*overl
 	for _, o := range scanned {
 		lastPush[o.ID] = o.LastPush
 	}
+	going := map[string]bool{}
+	for _, o := range dropped {
+		going[o.ID] = true
+	}
 	now, err := c.scanOverlays(ctx)
 	if err != nil {
 		return err
 	}
 	var touched []string
 	for _, o := range now {
-		if before, ok := lastPush[o.ID]; !ok || !o.LastPush.Equal(before) {
+		before, ok := lastPush[o.ID]
+		unchanged := ok && o.LastPush.Equal(before)
+		if unchanged && going[o.ID] {
+			continue
+		}
+		if !unchanged {
 			touched = append(touched, OverlayKey(o.ID))
 		}
 		touched = append(touched, o.References...)

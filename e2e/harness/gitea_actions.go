@@ -293,6 +293,17 @@ func (g *Gitea) OpenPullRequest(repo, branch, file, content string) string {
 	return resp.Commit.SHA
 }
 
+// PullRequest opens a pull request from the branch head of repo into
+// main.
+func (g *Gitea) PullRequest(repo, head string) {
+	g.t.Helper()
+	if _, _, err := g.Client.CreatePullRequest(GiteaAdmin, repo, gitea.CreatePullRequestOption{
+		Head: head, Base: "main", Title: "merge " + head,
+	}); err != nil {
+		g.t.Fatalf("opening a pull request from %s: %v", head, err)
+	}
+}
+
 // CommitFile commits a file to main through the contents API. It returns
 // the commit SHA.
 func (g *Gitea) CommitFile(repo, file, content string) string {
