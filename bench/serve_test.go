@@ -65,6 +65,22 @@ func startServers(b *testing.B, root, presigned string) *servers {
 	return s
 }
 
+// startBaseline starts, when BENCH_BASELINE_CADDY names a caddy built from
+// an earlier commit, that caddy's nix_cache on root as the contender
+// baselineNixCache, and reports whether it did.
+func (s *servers) startBaseline(b *testing.B, root string) bool {
+	b.Helper()
+	baseline := os.Getenv("BENCH_BASELINE_CADDY")
+	if baseline == "" {
+		return false
+	}
+	secret, _ := harness.TempKeygen(b, "bench-1")
+	old := harness.StartCaddy(b, harness.Caddyfile{Cache: &harness.CacheSite{Options: harness.CacheOptions(root, secret)}}.String(),
+		harness.CaddyOptions{Binary: pinnedCaddy(b, baseline)})
+	s.urls[baselineNixCache] = old.URL()
+	return true
+}
+
 // writeRandomNar writes a file of size random bytes under a valid NAR name.
 func writeRandomNar(b *testing.B, root string, size int) string {
 	b.Helper()
@@ -126,12 +142,7 @@ func BenchmarkNarDownload(b *testing.B) {
 	big, small := writeRandomNar(b, root, 64<<20), writeRandomNar(b, root, 1<<20)
 	s := startServers(b, root, "")
 	all := append(slices.Clone(contenders), chunkedNixCache)
-	// A caddy built from an earlier commit serves the same NARs beside it.
-	if baseline := os.Getenv("BENCH_BASELINE_CADDY"); baseline != "" {
-		secret, _ := harness.TempKeygen(b, "bench-1")
-		old := harness.StartCaddy(b, harness.Caddyfile{Cache: &harness.CacheSite{Options: harness.CacheOptions(root, secret)}}.String(),
-			harness.CaddyOptions{Binary: pinnedCaddy(b, baseline)})
-		s.urls[baselineNixCache] = old.URL()
+	if s.startBaseline(b, root) {
 		all = append(all, baselineNixCache)
 	}
 	dur := time.Duration(envInt("BENCH_LOAD_SECONDS", 3)) * time.Second
@@ -214,16 +225,10 @@ func BenchmarkNarinfo(b *testing.B) {
 	all := append(slices.Clone(contenders), ceiling, refCredential)
 	s.urls[refCredential] = s.urls["nix_cache"]
 	credential := "Authorization: Basic " + base64.StdEncoding.EncodeToString([]byte("nix:"+benchRefToken))
-	// A caddy from before the index serves the same narinfos beside it,
-	// to show what the index costs.
-	if baseline := os.Getenv("BENCH_BASELINE_CADDY"); baseline != "" {
-		secret, _ := harness.TempKeygen(b, "bench-1")
-		old := harness.StartCaddy(b, harness.Caddyfile{Cache: &harness.CacheSite{Options: harness.CacheOptions(root, secret)}}.String(),
-			harness.CaddyOptions{Binary: pinnedCaddy(b, baseline)})
-		s.urls[baselineNixCache] = old.URL()
+	if s.startBaseline(b, root) {
 		all = append(all, baselineNixCache)
 		// Signed once before the rounds, as nix_cache's were by presign.
-		presign(b, old.URL(), b.TempDir(), paths)
+		presign(b, s.urls[baselineNixCache], b.TempDir(), paths)
 	}
 	dur := time.Duration(envInt("BENCH_LOAD_SECONDS", 3)) * time.Second
 	rps := newComparison("narinfo, 10,000 distinct, 16 connections: requests per second", "req/s", "higher", "nix_cache at least 1.0x nginx")

@@ -21,6 +21,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/cargoxx-pkgs/runner/caddynix/metrics"
 	"github.com/cargoxx-pkgs/runner/caddynix/retention"
 	"github.com/cargoxx-pkgs/runner/caddynix/serve"
 	"github.com/cargoxx-pkgs/runner/caddynix/sources"
@@ -153,7 +154,7 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 func (h *Handler) collector(idx *index.Index) *retention.Collector {
 	return retention.NewCollector(retention.Options{
 		Store: h.store, StoreDir: h.StoreDir, State: h.state, Index: idx,
-		Logger: h.logger, Metrics: retentionMetrics{}, Cache: h.cacheLabel(), Grace: h.gcGrace,
+		Logger: h.logger, Metrics: metrics.Retention{}, Cache: h.cacheLabel(), Grace: h.gcGrace,
 	})
 }
 

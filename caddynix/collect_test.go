@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cargoxx-pkgs/runner/caddynix/metrics"
 	"github.com/cargoxx-pkgs/runner/caddynix/retention"
 	"github.com/cargoxx-pkgs/runner/caddynix/storage/index"
 	"github.com/cargoxx-pkgs/runner/caddynix/verify"
@@ -464,7 +465,7 @@ func TestCollectionOverMaxSizeSaysWhy(t *testing.T) {
 	if logs.FilterMessageSnippet("stays over max_size").Len() != 1 {
 		t.Fatalf("no warning that the cache stays over max_size: %v", logs.All())
 	}
-	if got := testutil.ToFloat64(protectedBytes.WithLabelValues(h.cacheLabel())); got < 5000 {
+	if got := testutil.ToFloat64(metrics.Protected.WithLabelValues(h.cacheLabel())); got < 5000 {
 		t.Fatalf("caddy_nix_cache_protected_bytes is %v", got)
 	}
 }

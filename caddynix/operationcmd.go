@@ -14,6 +14,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	caddycmd "github.com/caddyserver/caddy/v2/cmd"
+	"github.com/cargoxx-pkgs/runner/caddynix/metrics"
 	"github.com/cargoxx-pkgs/runner/caddynix/retention"
 	"github.com/cargoxx-pkgs/runner/caddynix/storage"
 	"github.com/cargoxx-pkgs/runner/caddynix/storage/index"
@@ -112,7 +113,7 @@ func (t *target) openOffline() (*retention.Collector, func(), error) {
 	state := retention.NewOpenState(idx, store)
 	c := retention.NewCollector(retention.Options{
 		Store: store, StoreDir: storeDir, State: state, Index: idx,
-		Logger: logger, Metrics: retentionMetrics{}, Cache: root, Grace: storageConfig.gcGrace(),
+		Logger: logger, Metrics: metrics.Retention{}, Cache: root, Grace: storageConfig.gcGrace(),
 	})
 	return c, func() { _ = state.Destruct(); _ = store.Close() }, nil
 }

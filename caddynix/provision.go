@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/cargoxx-pkgs/runner/caddynix/metrics"
 	"github.com/cargoxx-pkgs/runner/caddynix/overlay"
 	"github.com/cargoxx-pkgs/runner/caddynix/serve"
 	"github.com/cargoxx-pkgs/runner/caddynix/sources"
@@ -102,7 +103,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("nix_cache: %w", err)
 	}
 	h.sweepLeftovers(ctx)
-	if err := registerMetrics(ctx.GetMetricsRegistry()); err != nil {
+	if err := metrics.Register(ctx.GetMetricsRegistry()); err != nil {
 		return fmt.Errorf("nix_cache: registering metrics: %w", err)
 	}
 	return nil
@@ -113,7 +114,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 func (h *Handler) newReceiver() *upload.Receiver {
 	opts := upload.Options{
 		Store: h.store, StoreDir: h.StoreDir, Keys: h.keys, State: h.state, Grace: h.gcGrace,
-		Logger: h.logger, Metrics: uploadMetrics{},
+		Logger: h.logger, Metrics: metrics.Upload{},
 	}
 	if h.Upload != nil {
 		opts.MaxNarSize, opts.MaxLogSize = h.Upload.MaxNarSize, h.Upload.MaxLogSize
@@ -125,7 +126,7 @@ func (h *Handler) newReceiver() *upload.Receiver {
 func (h *Handler) newCache() *serve.Cache {
 	return serve.New(serve.Options{
 		Store: h.store, StoreDir: h.StoreDir, Keys: h.keys, State: h.state, Sources: h.sources,
-		Redirect: h.redirect, Logger: h.logger, Metrics: serveMetrics{},
+		Redirect: h.redirect, Logger: h.logger, Metrics: metrics.Serve{},
 	})
 }
 

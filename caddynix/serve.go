@@ -9,6 +9,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/cargoxx-pkgs/runner/caddynix/internal/cacheurl"
 	"github.com/cargoxx-pkgs/runner/caddynix/internal/httpx"
+	"github.com/cargoxx-pkgs/runner/caddynix/metrics"
 )
 
 // uploadPrefix is the cache again, below its own URL, for uploads. Nix
@@ -30,9 +31,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 	if ok {
 		kind = req.Kind.String()
 	}
-	mw := &meteredWriter{ResponseWriterWrapper: &caddyhttp.ResponseWriterWrapper{ResponseWriter: w}}
+	mw := metrics.NewWriter(w)
 	err := httpError(h.serve(mw, r, req, ok))
-	mw.record(kind, err)
+	mw.Record(kind, err)
 	if errors.As(err, new(httpx.Aborted)) {
 		// The header is out: only a cut connection tells the client.
 		panic(http.ErrAbortHandler)

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cargoxx-pkgs/runner/caddynix/metrics"
 	"github.com/cargoxx-pkgs/runner/caddynix/overlay"
 	"github.com/cargoxx-pkgs/runner/caddynix/retention"
 	"github.com/cargoxx-pkgs/runner/caddynix/verify"
@@ -182,13 +183,13 @@ func TestBranchPushesStayInTheirOverlay(t *testing.T) {
 		t.Errorf("after another ref's push, the branch's NAR: %d", rec.Code)
 	}
 
-	before := testutil.ToFloat64(tierDivergence)
+	before := testutil.ToFloat64(metrics.TierDivergence)
 	honest := planted
 	honest.nar = newTestPath(t, "hello", "what main built").nar
 	if code := honest.pushAs(t, h, main.Token); code != http.StatusCreated {
 		t.Fatalf("the default branch's push of the path an overlay holds: %d, want 201", code)
 	}
-	if got := testutil.ToFloat64(tierDivergence) - before; got != 2 {
+	if got := testutil.ToFloat64(metrics.TierDivergence) - before; got != 2 {
 		t.Errorf("divergences counted %v, want 2 (two overlays hold other NARs)", got)
 	}
 	for who, token := range map[string]string{"anonymous": "", "the branch": feature.Token} {

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/cargoxx-pkgs/runner/caddynix/internal/cacheurl"
+	"github.com/cargoxx-pkgs/runner/caddynix/metrics"
 	"github.com/cargoxx-pkgs/runner/caddynix/overlay"
 	"github.com/cargoxx-pkgs/runner/caddynix/serve"
 	"github.com/cargoxx-pkgs/runner/caddynix/storage/index"
@@ -34,18 +35,17 @@ func (h *Handler) serveUpload(w http.ResponseWriter, r *http.Request, req cacheu
 	var uerr *upload.Error
 	switch {
 	case err == nil:
-		uploadsTotal.WithLabelValues(kind, "stored").Inc()
+		metrics.UploadEnded(kind, "stored", "")
 		w.WriteHeader(http.StatusCreated)
 		return nil
 	case clientErr != nil:
 		// The client went away or stopped sending: not the server's fault.
-		uploadsTotal.WithLabelValues(kind, "aborted").Inc()
+		metrics.UploadEnded(kind, "aborted", "")
 		h.logger.Info("upload aborted by the client", zap.String("path", r.URL.Path), zap.NamedError("reason", clientErr))
 		http.Error(w, "the upload's body ended early", http.StatusBadRequest)
 		return nil
 	case errors.As(err, &uerr):
-		uploadsTotal.WithLabelValues(kind, "rejected").Inc()
-		uploadRejections.WithLabelValues(uerr.Reason).Inc()
+		metrics.UploadEnded(kind, "rejected", uerr.Reason)
 		h.logger.Info("upload rejected", zap.String("path", r.URL.Path), zap.String("reason", uerr.Msg))
 		if uerr.Status == http.StatusUnauthorized {
 			w.Header().Set("WWW-Authenticate", `Basic realm="nix cache upload"`)
@@ -56,7 +56,7 @@ func (h *Handler) serveUpload(w http.ResponseWriter, r *http.Request, req cacheu
 		http.Error(w, uerr.Msg, uerr.Status)
 		return nil
 	default:
-		uploadsTotal.WithLabelValues(kind, "failed").Inc()
+		metrics.UploadEnded(kind, "failed", "")
 		h.logger.Error("upload failed", zap.String("path", r.URL.Path), zap.Error(err))
 		http.Error(w, "the cache could not store the upload; try again", http.StatusInternalServerError)
 		return nil

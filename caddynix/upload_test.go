@@ -17,6 +17,7 @@ import (
 
 	"github.com/andybalholm/brotli"
 	"github.com/cargoxx-pkgs/runner/caddynix/internal/cachetest"
+	"github.com/cargoxx-pkgs/runner/caddynix/metrics"
 	"github.com/cargoxx-pkgs/runner/caddynix/verify"
 	"github.com/cargoxx-pkgs/runner/internal/nixfmt"
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
@@ -379,7 +380,7 @@ func TestClientAbortIsNoServerError(t *testing.T) {
 	logs, observed := observer.New(zapcore.DebugLevel)
 	h.logger = zap.New(logs)
 	p := newTestPath(t, "aborted", strings.Repeat("payload ", 1000))
-	before := testutil.ToFloat64(uploadsTotal.WithLabelValues("nar", "aborted"))
+	before := testutil.ToFloat64(metrics.Uploads.WithLabelValues("nar", "aborted"))
 	rec := httptest.NewRecorder()
 	req := httptest.NewRequest(http.MethodPut, "/"+p.narURL(), &failingReader{data: p.nar[:len(p.nar)/2]})
 	req.ContentLength = int64(len(p.nar))
@@ -393,7 +394,7 @@ func TestClientAbortIsNoServerError(t *testing.T) {
 	if n := observed.FilterLevelExact(zapcore.ErrorLevel).Len(); n != 0 {
 		t.Fatalf("a client abort logged %d error lines: %v", n, observed.All())
 	}
-	if got := testutil.ToFloat64(uploadsTotal.WithLabelValues("nar", "aborted")) - before; got != 1 {
+	if got := testutil.ToFloat64(metrics.Uploads.WithLabelValues("nar", "aborted")) - before; got != 1 {
 		t.Fatalf("aborted uploads rose by %v, want 1", got)
 	}
 	if _, err := os.Stat(filepath.Join(h.root, p.narURL())); err == nil {

@@ -1,4 +1,13 @@
-package caddynix
+// Package metrics is what a nix_cache counts for Prometheus: requests and
+// bytes served by kind and status, narinfo lookups, uploads by outcome and
+// rejection reason, trusted pushes an overlay contradicts, and what
+// collections find and free, by cache. The collectors are process-wide so
+// that counts survive config reloads; Register adds them to each new
+// config's registry.
+//
+// It implements the Metrics interfaces of serve, upload and retention, and
+// knows nothing else of them.
+package metrics
 
 import (
 	"errors"
@@ -8,13 +17,12 @@ import (
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/cargoxx-pkgs/runner/caddynix/retention"
+	"github.com/cargoxx-pkgs/runner/caddynix/serve"
 	"github.com/cargoxx-pkgs/runner/caddynix/upload"
 	"github.com/cargoxx-pkgs/runner/internal/caddyutil"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// The collectors are process-wide so that counts survive config reloads;
-// each new config's registry gets them registered again.
 var (
 	requestsTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "caddy",
@@ -34,7 +42,7 @@ var (
 		Name:      "narinfo_lookups_total",
 		Help:      "narinfo requests by result: served or missing.",
 	}, []string{"result"})
-	uploadsTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
+	Uploads = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "caddy",
 		Subsystem: "nix_cache",
 		Name:      "uploads_total",
@@ -52,7 +60,7 @@ var (
 		Name:      "upload_rejections_total",
 		Help:      "Uploads refused with a 4xx, by reason.",
 	}, []string{"reason"})
-	tierDivergence = prometheus.NewCounter(prometheus.CounterOpts{
+	TierDivergence = prometheus.NewCounter(prometheus.CounterOpts{
 		Namespace: "caddy",
 		Subsystem: "nix_cache",
 		Name:      "tier_divergence_total",
@@ -75,7 +83,7 @@ var (
 		Name:      "stored_paths",
 		Help:      "Store paths the cache holds, as of its last indexing or collection.",
 	}, []string{"cache"})
-	protectedBytes = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+	Protected = prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Namespace: "caddy",
 		Subsystem: "nix_cache",
 		Name:      "protected_bytes",
@@ -107,60 +115,69 @@ var (
 	}, []string{"cache"})
 )
 
-// uploadMetrics counts the bytes uploads bring, and the trusted pushes
-// that an overlay's content contradicts.
-type uploadMetrics struct{}
+// Upload counts the bytes uploads bring, and the trusted pushes that an
+// overlay's content contradicts.
+type Upload struct{}
 
-func (uploadMetrics) Received(kind string, bytes int64) {
+func (Upload) Received(kind string, bytes int64) {
 	uploadBytes.WithLabelValues(kind).Add(float64(bytes))
 }
 
-func (uploadMetrics) Diverged() { tierDivergence.Inc() }
+func (Upload) Diverged() { TierDivergence.Inc() }
 
-// retentionMetrics counts what collections do in the collectors above.
-type retentionMetrics struct{}
+// UploadEnded counts an upload of kind by its outcome: stored, rejected
+// (with reason), aborted or failed.
+func UploadEnded(kind, outcome, reason string) {
+	Uploads.WithLabelValues(kind, outcome).Inc()
+	if reason != "" {
+		uploadRejections.WithLabelValues(reason).Inc()
+	}
+}
 
-func (retentionMetrics) IndexRebuilt(cache string) { indexRebuilds.WithLabelValues(cache).Inc() }
+// Retention counts what collections do in the collectors above.
+type Retention struct{}
 
-func (m retentionMetrics) Collected(cache string, report *retention.Report) {
+func (Retention) IndexRebuilt(cache string) { indexRebuilds.WithLabelValues(cache).Inc() }
+
+func (m Retention) Collected(cache string, report *retention.Report) {
 	gcRuns.WithLabelValues(cache).Inc()
 	m.Deleted(cache, report)
 	m.Stored(cache, report.Paths-len(report.Deleted), report.SizeAfter)
-	protectedBytes.WithLabelValues(cache).Set(float64(report.Protected))
+	Protected.WithLabelValues(cache).Set(float64(report.Protected))
 }
 
-func (retentionMetrics) Deleted(cache string, report *retention.Report) {
+func (Retention) Deleted(cache string, report *retention.Report) {
 	gcDeletedPaths.WithLabelValues(cache).Add(float64(len(report.Deleted)))
 	gcFreedBytes.WithLabelValues(cache).Add(float64(report.FreedBytes))
 }
 
-func (retentionMetrics) Stored(cache string, paths int, size int64) {
+func (Retention) Stored(cache string, paths int, size int64) {
 	storedBytes.WithLabelValues(cache).Set(float64(size))
 	storedPaths.WithLabelValues(cache).Set(float64(paths))
 }
 
-// registerMetrics adds the cache's collectors to a config's registry.
-func registerMetrics(registry prometheus.Registerer) error {
-	return caddyutil.RegisterCollectors(registry, requestsTotal, bytesServed, narinfoLookups, uploadsTotal, uploadBytes, uploadRejections,
-		tierDivergence, storedBytes, storedPaths, protectedBytes, gcRuns, gcDeletedPaths, gcFreedBytes, indexRebuilds)
+// Register adds the cache's collectors to a config's registry.
+func Register(registry prometheus.Registerer) error {
+	return caddyutil.RegisterCollectors(registry, requestsTotal, bytesServed, narinfoLookups, Uploads, uploadBytes, uploadRejections,
+		TierDivergence, storedBytes, storedPaths, Protected, gcRuns, gcDeletedPaths, gcFreedBytes, indexRebuilds)
 }
 
-// meteredWriter counts the status code and body bytes of a response. It
-// keeps io.ReaderFrom, so that NARs are still sent with sendfile.
-type meteredWriter struct {
+// Writer counts the status code and body bytes of a response. It keeps
+// io.ReaderFrom, so that NARs are still sent with sendfile.
+type Writer struct {
 	*caddyhttp.ResponseWriterWrapper
 	status int
 	bytes  int64
 }
 
-func (m *meteredWriter) WriteHeader(status int) {
+func (m *Writer) WriteHeader(status int) {
 	if m.status == 0 {
 		m.status = status
 	}
 	m.ResponseWriterWrapper.WriteHeader(status)
 }
 
-func (m *meteredWriter) Write(p []byte) (int, error) {
+func (m *Writer) Write(p []byte) (int, error) {
 	if m.status == 0 {
 		m.status = http.StatusOK
 	}
@@ -169,7 +186,7 @@ func (m *meteredWriter) Write(p []byte) (int, error) {
 	return n, err
 }
 
-func (m *meteredWriter) ReadFrom(r io.Reader) (int64, error) {
+func (m *Writer) ReadFrom(r io.Reader) (int64, error) {
 	if m.status == 0 {
 		m.status = http.StatusOK
 	}
@@ -178,9 +195,14 @@ func (m *meteredWriter) ReadFrom(r io.Reader) (int64, error) {
 	return n, err
 }
 
-// record counts a finished request. A handler error carries the status the
-// client will see.
-func (m *meteredWriter) record(kind string, err error) {
+// NewWriter wraps w to count its response.
+func NewWriter(w http.ResponseWriter) *Writer {
+	return &Writer{ResponseWriterWrapper: &caddyhttp.ResponseWriterWrapper{ResponseWriter: w}}
+}
+
+// Record counts a finished request of kind. A handler error carries the
+// status the client will see.
+func (m *Writer) Record(kind string, err error) {
 	status := m.status
 	if err != nil {
 		status = http.StatusInternalServerError
@@ -196,13 +218,14 @@ func (m *meteredWriter) record(kind string, err error) {
 	bytesServed.WithLabelValues(kind).Add(float64(m.bytes))
 }
 
+// Serve counts narinfo lookups.
+type Serve struct{}
+
+func (Serve) NarinfoLookup(result string) { narinfoLookups.WithLabelValues(result).Inc() }
+
 // Interface guards
 var (
-	_ retention.Metrics = retentionMetrics{}
-	_ upload.Metrics    = uploadMetrics{}
+	_ retention.Metrics = Retention{}
+	_ upload.Metrics    = Upload{}
+	_ serve.Metrics     = Serve{}
 )
-
-// serveMetrics counts narinfo lookups.
-type serveMetrics struct{}
-
-func (serveMetrics) NarinfoLookup(result string) { narinfoLookups.WithLabelValues(result).Inc() }
