@@ -10,6 +10,7 @@ import (
 	"github.com/cargoxx-pkgs/runner/caddynix/internal/cacheurl"
 	"github.com/cargoxx-pkgs/runner/caddynix/internal/httpx"
 	"github.com/cargoxx-pkgs/runner/caddynix/metrics"
+	"github.com/cargoxx-pkgs/runner/caddynix/serve"
 )
 
 // uploadPrefix is the cache again, below its own URL, for uploads. Nix
@@ -58,9 +59,9 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, req cacheurl.Req
 	case cacheurl.CacheInfo:
 		return h.serveCacheInfo(w, r)
 	case cacheurl.NarInfo:
-		return h.cache.NarInfo(w, r, req, h.requestOverlay(r))
+		return h.cache.NarInfo(w, r, req, func() *serve.Cache { return h.requestOverlay(r) })
 	default:
-		return h.cache.File(w, r, req, h.requestOverlay(r))
+		return h.cache.File(w, r, req, func() *serve.Cache { return h.requestOverlay(r) })
 	}
 }
 

@@ -43,12 +43,17 @@ func (c *Cache) fromSources(err error) error {
 	return err
 }
 
+// FindOverlay finds the overlay a request may read, or nil. It is asked only
+// when the storage lacks what the request names, so that requests the
+// cache proper answers never pay for it.
+type FindOverlay func() *Cache
+
 // fallback answers what the storage lacks: from the request's overlay,
 // when it has one, then from the sources. Overlays have no sources.
-func (c *Cache) fallback(overlay *Cache, fromOverlay func(*Cache) error, fromSources func() error) error {
-	if overlay != nil {
+func (c *Cache) fallback(overlay FindOverlay, fromOverlay func(*Cache) error, fromSources func() error) error {
+	if o := overlay.find(); o != nil {
 		var status *httpx.StatusError
-		if err := fromOverlay(overlay); !errors.As(err, &status) || status.Status != http.StatusNotFound {
+		if err := fromOverlay(o); !errors.As(err, &status) || status.Status != http.StatusNotFound {
 			return err
 		}
 	}
@@ -56,4 +61,12 @@ func (c *Cache) fallback(overlay *Cache, fromOverlay func(*Cache) error, fromSou
 		return httpx.Error(http.StatusNotFound, nil)
 	}
 	return fromSources()
+}
+
+// find calls f, if there is one.
+func (f FindOverlay) find() *Cache {
+	if f == nil {
+		return nil
+	}
+	return f()
 }

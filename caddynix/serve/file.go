@@ -14,9 +14,10 @@ import (
 
 // File serves one file of the cache layout with http.ServeContent, so
 // that Range, HEAD and conditional requests work and the kernel can send the
-// file directly. What the storage lacks is asked of overlay, when not nil,
-// and then of the sources; a file none has is a 404, never a 5xx.
-func (c *Cache) File(w http.ResponseWriter, r *http.Request, req cacheurl.Request, overlay *Cache) error {
+// file directly. What the storage lacks is asked of the overlay that
+// overlay finds, if any, and then of the sources; a file none has is a
+// 404, never a 5xx.
+func (c *Cache) File(w http.ResponseWriter, r *http.Request, req cacheurl.Request, overlay FindOverlay) error {
 	if req.Kind == cacheurl.Nar && c.redirect > 0 {
 		return c.redirectNar(w, r, req, overlay)
 	}
@@ -59,7 +60,7 @@ func (c *Cache) File(w http.ResponseWriter, r *http.Request, req cacheurl.Reques
 
 // redirectNar sends the client to download a NAR from the storage itself,
 // through a URL signed for a short time. A missing NAR is still a 404.
-func (c *Cache) redirectNar(w http.ResponseWriter, r *http.Request, req cacheurl.Request, overlay *Cache) error {
+func (c *Cache) redirectNar(w http.ResponseWriter, r *http.Request, req cacheurl.Request, overlay FindOverlay) error {
 	if _, err := c.store.Stat(r.Context(), req.File); err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			return c.fileFallback(w, r, req, overlay)
@@ -76,7 +77,7 @@ func (c *Cache) redirectNar(w http.ResponseWriter, r *http.Request, req cacheurl
 }
 
 // fileFallback answers a file the storage lacks.
-func (c *Cache) fileFallback(w http.ResponseWriter, r *http.Request, req cacheurl.Request, overlay *Cache) error {
+func (c *Cache) fileFallback(w http.ResponseWriter, r *http.Request, req cacheurl.Request, overlay FindOverlay) error {
 	return c.fallback(overlay,
 		func(o *Cache) error { return o.File(w, r, req, nil) },
 		func() error { return c.fromSources(c.sources.ServeFile(w, r, req)) })

@@ -17,9 +17,9 @@ import (
 // NarInfo serves a narinfo signed by every configured key. A narinfo
 // that does not parse, or that describes another path than the one asked
 // for, is logged and answered as missing: a client then builds the path
-// instead of failing. What the storage lacks is asked of overlay, when
-// not nil, and then of the sources.
-func (c *Cache) NarInfo(w http.ResponseWriter, r *http.Request, req cacheurl.Request, overlay *Cache) error {
+// instead of failing. What the storage lacks is asked of the overlay
+// that overlay finds, if any, and then of the sources.
+func (c *Cache) NarInfo(w http.ResponseWriter, r *http.Request, req cacheurl.Request, overlay FindOverlay) error {
 	if entry, ok := c.narinfos.current(req.File); ok {
 		c.writeNarInfo(w, r, req, entry)
 		return nil
