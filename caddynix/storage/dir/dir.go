@@ -224,40 +224,26 @@ func (s *Store) List(_ context.Context, dir string) ([]storage.Info, error) {
 // Close releases the directory.
 func (s *Store) Close() error { return s.root.Close() }
 
-// Temporaries lists the temporary files of uploads in the layout's
-// directories, overlays' included: those a live writer holds, and those
-// whose writer died.
+// Temporaries lists the temporary files of uploads anywhere below the
+// root, overlays included: those a live writer holds, and those whose
+// writer died.
 func (s *Store) Temporaries(context.Context) (live, abandoned []string, err error) {
-	dirs := slices.Clone(layoutDirs)
-	// Overlays (overlays/<id>/) hold a binary cache's layout each.
-	if overlays, err := fs.ReadDir(s.root.FS(), "overlays"); err == nil {
-		for _, o := range overlays {
-			if o.IsDir() {
-				for _, dir := range []string{"", "/nar", "/log", "/realisations"} {
-					dirs = append(dirs, "overlays/"+o.Name()+dir)
-				}
-			}
-		}
-	}
-	for _, dir := range dirs {
-		entries, err := fs.ReadDir(s.root.FS(), dir)
+	err = fs.WalkDir(s.root.FS(), ".", func(name string, e fs.DirEntry, err error) error {
 		if errors.Is(err, fs.ErrNotExist) {
-			continue
+			return nil // removed meanwhile
 		}
-		if err != nil {
-			return nil, nil, err
+		if err != nil || e.IsDir() || !strings.HasPrefix(e.Name(), TempPrefix) {
+			return err
 		}
-		for _, e := range entries {
-			if !strings.HasPrefix(e.Name(), TempPrefix) {
-				continue
-			}
-			name := path.Join(dir, e.Name())
-			if s.held(name) {
-				live = append(live, name)
-			} else {
-				abandoned = append(abandoned, name)
-			}
+		if s.held(name) {
+			live = append(live, name)
+		} else {
+			abandoned = append(abandoned, name)
 		}
+		return nil
+	})
+	if err != nil {
+		return nil, nil, err
 	}
 	return live, abandoned, nil
 }
