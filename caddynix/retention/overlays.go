@@ -12,6 +12,7 @@ import (
 	"github.com/cargoxx-pkgs/runner/caddynix/overlay"
 	"github.com/cargoxx-pkgs/runner/caddynix/storage"
 	"github.com/cargoxx-pkgs/runner/caddynix/storage/index"
+	"github.com/cargoxx-pkgs/runner/internal/nixfmt"
 	"github.com/nix-community/go-nix/pkg/narinfo"
 	"go.uber.org/zap"
 )
@@ -59,26 +60,12 @@ func (c *Collector) scanOverlays(ctx context.Context) ([]*overlayContent, error)
 	for _, rec := range records {
 		content := &overlayContent{Record: rec}
 		view := overlay.Store(c.store, rec.ID)
-		narinfos, err := view.List(ctx, "")
+		narinfos, size, err := overlayNarInfos(ctx, view, rec)
 		if err != nil {
-			return nil, fmt.Errorf("listing the overlay of %s: %w", rec.Key, err)
+			return nil, err
 		}
-		for _, info := range narinfos {
-			content.Bytes += info.Size
-			if !strings.HasSuffix(info.Name, ".narinfo") {
-				continue
-			}
-			data, err := storage.ReadAll(ctx, view, info.Name, maxNarInfoSize)
-			if errors.Is(err, fs.ErrNotExist) {
-				continue
-			}
-			if err != nil {
-				return nil, fmt.Errorf("reading %s in the overlay of %s: %w", info.Name, rec.Key, err)
-			}
-			ni, err := narinfo.Parse(strings.NewReader(string(data)))
-			if err != nil {
-				continue // never served, so it needs nothing
-			}
+		content.Bytes = size
+		for _, ni := range narinfos {
 			content.Nars = append(content.Nars, ni.URL)
 			for _, ref := range ni.References {
 				if len(ref) >= hashLen {
@@ -98,8 +85,36 @@ func (c *Collector) scanOverlays(ctx context.Context) ([]*overlayContent, error)
 	return out, nil
 }
 
-// maxNarInfoSize bounds a narinfo read from an overlay.
-const maxNarInfoSize = 1 << 20
+// overlayNarInfos reads the narinfos of the overlay rec, whose storage is
+// view, by hash part, and the size of the files directly in it. A narinfo
+// that does not parse is never served, so it needs nothing, and is left
+// out.
+func overlayNarInfos(ctx context.Context, view storage.Store, rec overlay.Record) (map[string]*narinfo.NarInfo, int64, error) {
+	infos, err := view.List(ctx, "")
+	if err != nil {
+		return nil, 0, fmt.Errorf("listing the overlay of %s: %w", rec.Key, err)
+	}
+	var size int64
+	narinfos := map[string]*narinfo.NarInfo{}
+	for _, info := range infos {
+		size += info.Size
+		hash, ok := strings.CutSuffix(info.Name, ".narinfo")
+		if !ok {
+			continue
+		}
+		data, err := storage.ReadAll(ctx, view, info.Name, nixfmt.MaxNarInfoSize)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return nil, 0, fmt.Errorf("reading %s in the overlay of %s: %w", info.Name, rec.Key, err)
+		}
+		if ni, err := nixfmt.ParseNarInfo(data); err == nil {
+			narinfos[hash] = ni
+		}
+	}
+	return narinfos, size, nil
+}
 
 // planOverlays decides which overlays a collection drops: those whose ref
 // pushed nothing for pol.OverlayMaxAge, and then, while the cache with
@@ -224,14 +239,14 @@ func (c *Collector) overlayCopies(ctx context.Context, hash string) ([]OverlayCo
 	}
 	var copies []OverlayCopy
 	for _, rec := range records {
-		data, err := storage.ReadAll(ctx, overlay.Store(c.store, rec.ID), hash+".narinfo", maxNarInfoSize)
+		data, err := storage.ReadAll(ctx, overlay.Store(c.store, rec.ID), hash+".narinfo", nixfmt.MaxNarInfoSize)
 		if errors.Is(err, fs.ErrNotExist) {
 			continue
 		}
 		if err != nil {
 			return nil, fmt.Errorf("reading %s.narinfo in the overlay of %s: %w", hash, rec.Key, err)
 		}
-		ni, err := narinfo.Parse(strings.NewReader(string(data)))
+		ni, err := nixfmt.ParseNarInfo(data)
 		if err != nil {
 			continue
 		}
@@ -250,26 +265,14 @@ func (c *Collector) deleteFromOverlays(ctx context.Context, doomed []string, rep
 	}
 	for _, rec := range records {
 		view := overlay.Store(c.store, rec.ID)
-		infos, err := view.List(ctx, "")
+		narinfos, _, err := overlayNarInfos(ctx, view, rec)
 		if err != nil {
-			return fmt.Errorf("listing the overlay of %s: %w", rec.Key, err)
+			return err
 		}
 		// The overlay's paths, and which of them reference which hash.
 		storePaths := map[string]string{}
 		referrers := map[string][]string{}
-		for _, info := range infos {
-			hash, ok := strings.CutSuffix(info.Name, ".narinfo")
-			if !ok {
-				continue
-			}
-			data, err := storage.ReadAll(ctx, view, info.Name, maxNarInfoSize)
-			if err != nil {
-				continue
-			}
-			ni, err := narinfo.Parse(strings.NewReader(string(data)))
-			if err != nil {
-				continue
-			}
+		for hash, ni := range narinfos {
 			storePaths[hash] = ni.StorePath
 			for _, ref := range ni.References {
 				if len(ref) >= hashLen && ref[:hashLen] != hash {
