@@ -47,14 +47,13 @@ func (d *daemon) giveCacheAccess(task *runnerv1.Task, s *settings, runsOn []stri
 	if err != nil || u.Hostname() == "" {
 		return nil, fmt.Errorf("nix_cache %q has an unusable url %q", s.nixCache, access.URL)
 	}
-	substituter := fmt.Sprintf("extra-substituters = %s\nextra-trusted-public-keys = %s\n", access.URL, strings.Join(access.PublicKeys, " "))
 	if forkPullRequest(task) {
 		// Everything uploaded is signed with the cache's key, so code from
 		// someone else's fork may read the cache but not write to it, as
 		// Gitea gives such jobs no secrets.
 		rep.logf("this job runs a pull request from a fork: it may substitute from the Nix cache %s but gets no upload credential", access.URL)
 		return &cacheHandoff{
-			nixConfig: substituter,
+			nixConfig: substituterConfig(access.URL, access.PublicKeys),
 			env:       map[string]string{"CARGOXX_NIX_CACHE_URL": access.URL},
 			release:   func(bool) {},
 		}, nil
@@ -63,7 +62,6 @@ func (d *daemon) giveCacheAccess(task *runnerv1.Task, s *settings, runsOn []stri
 	rep.addMask(cred.Token)
 	if cred.Overlay != "" {
 		rep.logf("what this job pushes to the Nix cache %s goes to the overlay of %s: this ref's jobs substitute it, the default branch and everyone else never see it", access.URL, cred.Overlay)
-		substituter = fmt.Sprintf("extra-substituters = %s\nextra-trusted-public-keys = %s\n", access.URL, strings.Join(cred.PublicKeys, " "))
 	}
 
 	dir := filepath.Join(s.jobFilesDir, strconv.FormatInt(task.Id, 10))
@@ -109,8 +107,14 @@ func (d *daemon) giveCacheAccess(task *runnerv1.Task, s *settings, runsOn []stri
 		}
 		handoff.env["XDG_CACHE_HOME"] = cacheHome
 	}
-	handoff.nixConfig = substituter + "netrc-file = " + netrcPath + "\n"
+	handoff.nixConfig = substituterConfig(access.URL, cred.PublicKeys) + "netrc-file = " + netrcPath + "\n"
 	return handoff, nil
+}
+
+// substituterConfig is the nix.conf that makes a job substitute from the
+// cache at url, trusting keys.
+func substituterConfig(url string, keys []string) string {
+	return fmt.Sprintf("extra-substituters = %s\nextra-trusted-public-keys = %s\n", url, strings.Join(keys, " "))
 }
 
 // cacheJob describes a task for the cache's records: its repository, run
