@@ -63,11 +63,7 @@ func TestRetentionKeepsTheLastDefaultBranchRuns(t *testing.T) {
 
 	built := func(sha string) string {
 		t.Helper()
-		run := g.WaitRun("pkgs", sha, 5*time.Minute, harness.Completed)
-		log := g.JobLog("pkgs", g.Jobs("pkgs", run.ID)[0].ID)
-		if run.Conclusion != "success" {
-			t.Fatalf("the run for %s concluded %q:\n%s", sha, run.Conclusion, log)
-		}
+		log := g.SucceededLog("pkgs", g.WaitRun("pkgs", sha, 5*time.Minute, harness.Completed))
 		m := regexp.MustCompile(`built-path (/nix/store/\S+-ci-top)`).FindStringSubmatch(log)
 		if m == nil {
 			t.Fatalf("the job's log does not name the built path:\n%s", log)

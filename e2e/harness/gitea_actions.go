@@ -122,6 +122,17 @@ func Queued(s RunStatus) bool { return s.Status == "queued" }
 // conclusion.
 func Completed(s RunStatus) bool { return s.Status == "completed" }
 
+// SucceededLog returns the log of the first job of run, and fails the
+// test, with that log, unless the run succeeded.
+func (g *Gitea) SucceededLog(repo string, run *gitea.ActionWorkflowRun) string {
+	g.t.Helper()
+	log := g.JobLog(repo, g.Jobs(repo, run.ID)[0].ID)
+	if run.Conclusion != "success" {
+		g.t.Fatalf("run %d (%s, %s) in %s concluded %q:\n%s", run.ID, run.Event, run.HeadSha, repo, run.Conclusion, log)
+	}
+	return log
+}
+
 // Jobs lists the jobs of a run.
 func (g *Gitea) Jobs(repo string, runID int64) []*gitea.ActionWorkflowJob {
 	g.t.Helper()
