@@ -136,8 +136,6 @@ func (u *Receiver) ensureCacheInfoFile(ctx context.Context) error {
 	return u.writeFile(ctx, "nix-cache-info", []byte("StoreDir: "+u.storeDir+"\n"))
 }
 
-// maxPendingNars bounds the hashes kept for NARs whose narinfo has not come
-
 // Listings of huge closures run to a few megabytes.
 const maxListingSize = 64 << 20
 

@@ -140,14 +140,8 @@ func (u *Receiver) commitNarInfo(ctx context.Context, req cacheurl.Request, info
 		}
 		if replaceable {
 			err = u.writeFile(ctx, req.File, stored)
-		} else if created, cerr := u.createFile(ctx, req.File, stored); cerr != nil {
-			err = cerr
-		} else if !created {
-			// Another upload of the same path came first.
-			existing, _, err = u.storedNarInfo(ctx, req.File)
-			if err == nil && existing == nil {
-				err = fmt.Errorf("%s vanished while it was uploaded", req.File)
-			}
+		} else {
+			existing, err = u.createNarInfo(ctx, req.File, stored)
 		}
 		if err != nil {
 			return nil, storage.Info{}, false, err
@@ -174,6 +168,33 @@ func (u *Receiver) commitNarInfo(ctx context.Context, req cacheurl.Request, info
 	}
 	u.state.Touch(touched...)
 	return info, file, existing != nil, nil
+}
+
+// createNarInfo stores a narinfo unless another upload of the same path
+// came first, and then returns that one. An S3 server may refuse a
+// conditional write for an object whose commit it has begun but not yet
+// made visible (versitygw with sidecar metadata does), so a refusal with
+// nothing to read is tried again rather than failed.
+func (u *Receiver) createNarInfo(ctx context.Context, name string, data []byte) (*narinfo.NarInfo, error) {
+	const attempts = 5
+	for attempt := 1; ; attempt++ {
+		created, err := u.createFile(ctx, name, data)
+		if err != nil || created {
+			return nil, err
+		}
+		existing, _, err := u.storedNarInfo(ctx, name)
+		if err != nil || existing != nil {
+			return existing, err
+		}
+		if attempt == attempts {
+			return nil, fmt.Errorf("storing %s: the storage refused it as already there %d times, yet has none to read; upload it again", name, attempts)
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(time.Duration(attempt) * 20 * time.Millisecond):
+		}
+	}
 }
 
 // storedNarInfo returns the narinfo the cache holds under name, or nil;

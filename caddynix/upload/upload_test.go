@@ -127,3 +127,45 @@ func TestReceiverChecksAndCommits(t *testing.T) {
 		t.Fatalf("an upload of the landing page: %d, want 405", status)
 	}
 }
+
+// refusingOnce is a store whose first conditional write of each narinfo
+// is refused with nothing stored, as an S3 server does when another
+// writer's commit of the same object is under way but not yet visible.
+type refusingOnce struct {
+	storage.Store
+	refused map[string]bool
+}
+
+func (s *refusingOnce) Create(ctx context.Context, name string) (storage.Upload, error) {
+	up, err := s.Store.Create(ctx, name)
+	if err != nil || !strings.HasSuffix(name, ".narinfo") || s.refused[name] {
+		return up, err
+	}
+	s.refused[name] = true
+	return refusedUpload{up}, nil
+}
+
+type refusedUpload struct{ storage.Upload }
+
+func (u refusedUpload) CommitNew() (bool, error) {
+	u.Abort()
+	return false, nil
+}
+
+// TestNarInfoRefusedAsThereButAbsentIsStored: a conditional write refused
+// while nothing can be read yet is tried again, not failed as vanished.
+func TestNarInfoRefusedAsThereButAbsentIsStored(t *testing.T) {
+	u, store := newTestReceiver(t, Options{})
+	u.store = &refusingOnce{Store: store, refused: map[string]bool{}}
+	p := newPushed(t, "raced content")
+	if err := put(u, p.narURL, p.nar); err != nil {
+		t.Fatal(err)
+	}
+	if err := put(u, p.hash+".narinfo", []byte(p.narinfo)); err != nil {
+		t.Fatalf("a narinfo whose first conditional write was refused: %v", err)
+	}
+	stored, err := u.StoredNarInfo(context.Background(), p.hash)
+	if err != nil || stored == nil || stored.URL != p.narURL {
+		t.Fatalf("the narinfo is not stored: %+v %v", stored, err)
+	}
+}
