@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -77,6 +78,25 @@ type App struct {
 	// wait. Gitea's runner backs off to 5s (its `fetch_interval_max`).
 	// Caddyfile: `fetch_interval_max`.
 	FetchIntervalMax caddy.Duration `json:"fetch_interval_max,omitempty"`
+
+	// Webhook lets Gitea tell the runner of a queued job at once, through
+	// a gitea_runner_webhook handler in one of this Caddy's sites, instead
+	// of the runner finding it at its next poll. Polling goes on as a
+	// safety net, at the webhook's (long) poll interval. Caddyfile: a
+	// `webhook` block.
+	Webhook *WebhookConfig `json:"webhook,omitempty"`
+
+	// Ephemeral registers the runner as ephemeral: it takes exactly one
+	// job, reports it and stops polling, and Gitea deletes it once the
+	// job is done (Gitea 1.24 or later). The stored identity is removed
+	// with it, so that the next start registers again. Default: false.
+	// Caddyfile: `ephemeral`, or `ephemeral exit_when_done`.
+	Ephemeral bool `json:"ephemeral,omitempty"`
+
+	// ExitWhenDone makes Caddy exit with status 0 once an ephemeral
+	// runner's job is reported, so that a machine made for one job can be
+	// destroyed. Caddyfile: `ephemeral exit_when_done`.
+	ExitWhenDone bool `json:"exit_when_done,omitempty"`
 
 	// Timeout bounds a job. Default: 3h. Caddyfile: `timeout`.
 	Timeout caddy.Duration `json:"timeout,omitempty"`
@@ -144,8 +164,10 @@ type App struct {
 	store    identityStore
 	settings *settings
 	key      string
-	daemon   *daemon
-	logger   *zap.Logger
+	// running is the daemon this configuration joined, for the webhook
+	// handler; nil until Start.
+	running *atomic.Pointer[daemon]
+	logger  *zap.Logger
 }
 
 // ContainerConfig configures the containers jobs run in.
@@ -187,6 +209,7 @@ func (App) CaddyModule() caddy.ModuleInfo {
 // nothing.
 func (a *App) Provision(ctx caddy.Context) error {
 	a.logger = ctx.Logger()
+	a.running = new(atomic.Pointer[daemon])
 	repl := caddy.NewReplacer()
 	a.instance = trimSlash(repl.ReplaceAll(a.Instance, ""))
 	if a.instance == "" {
@@ -235,6 +258,12 @@ func (a *App) Provision(ctx caddy.Context) error {
 	if workDir, err = filepath.Abs(workDir); err != nil {
 		return fmt.Errorf("gitea_runner: work_dir: %w", err)
 	}
+	var webhook *webhookSettings
+	if a.Webhook != nil {
+		if webhook, err = a.Webhook.provision(repl); err != nil {
+			return fmt.Errorf("gitea_runner: %w", err)
+		}
+	}
 	a.settings = &settings{
 		name:           name,
 		labelSpecs:     specs,
@@ -252,6 +281,9 @@ func (a *App) Provision(ctx caddy.Context) error {
 		nixCache:       a.NixCache,
 		keepRuns:       a.KeepDefaultBranchRuns,
 		actionsCache:   a.ActionsCache,
+		webhook:        webhook,
+		ephemeral:      a.Ephemeral,
+		exitWhenDone:   a.ExitWhenDone,
 		registration: registration{
 			token:    repl.ReplaceAll(a.RegistrationToken, ""),
 			apiToken: repl.ReplaceAll(a.APIToken, ""),
@@ -292,6 +324,8 @@ func (a *App) Validate() error {
 		return fmt.Errorf("gitea_runner: fetch_interval_max %s must not be shorter than fetch_interval (%s)", time.Duration(a.FetchIntervalMax), a.settings.fetchInterval)
 	case a.Timeout < 0 || a.ShutdownTimeout < 0:
 		return errors.New("gitea_runner: timeout and shutdown_timeout must not be negative")
+	case a.ExitWhenDone && !a.Ephemeral:
+		return errors.New("gitea_runner: exit_when_done ends Caddy after an ephemeral runner's one job: write `ephemeral exit_when_done`")
 	case a.KeepDefaultBranchRuns < 0:
 		return errors.New("gitea_runner: keep_default_branch_runs must not be negative")
 	case a.KeepDefaultBranchRuns > 0 && a.NixCache == "":
@@ -322,9 +356,10 @@ func (a *App) Start() error {
 	if err != nil {
 		return fmt.Errorf("gitea_runner: %w", err)
 	}
-	a.daemon = val.(*daemon)
+	d := val.(*daemon)
+	a.running.Store(d)
 	if loaded {
-		a.daemon.update(a.settings, a.logger)
+		d.update(a.settings, a.logger)
 		a.logger.Info("runner carried over from the previous configuration", zap.String("identity", a.store.String()))
 	}
 	return nil
@@ -333,11 +368,10 @@ func (a *App) Start() error {
 // Stop leaves the runner. Only when no configuration uses it any more does
 // it stop: running jobs survive a reload.
 func (a *App) Stop() error {
-	if a.daemon == nil {
+	if a.running == nil || a.running.Swap(nil) == nil {
 		return nil
 	}
 	_, err := daemons.Delete(a.key)
-	a.daemon = nil
 	return err
 }
 

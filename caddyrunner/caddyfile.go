@@ -56,6 +56,13 @@ func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
 //	        keep_default_branch_runs <n>
 //	    }
 //	    actions_cache       <cache name>
+//	    webhook {
+//	        secret         <secret>
+//	        secret_file    <file>
+//	        poll_interval  <duration>
+//	        url            <public URL of the gitea_runner_webhook handler>
+//	    }
+//	    ephemeral           [exit_when_done]
 //	    trusted_jobs
 //	}
 func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
@@ -148,6 +155,18 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("gitea_runner: env %s given more than once", args[0])
 			}
 			a.Env[args[0]] = args[1]
+		case "webhook":
+			if err := a.unmarshalWebhook(d); err != nil {
+				return err
+			}
+		case "ephemeral":
+			a.Ephemeral = true
+			for d.NextArg() {
+				if d.Val() != "exit_when_done" || a.ExitWhenDone {
+					return d.Errf("gitea_runner: ephemeral takes only `exit_when_done`, not %q", d.Val())
+				}
+				a.ExitWhenDone = true
+			}
 		case "trusted_jobs":
 			if d.NextArg() {
 				return d.ArgErr()
@@ -235,5 +254,40 @@ func (a *App) unmarshalNixCache(d *caddyfile.Dispenser) error {
 		}
 		a.KeepDefaultBranchRuns = n
 	}
+	return nil
+}
+
+// unmarshalWebhook parses the `webhook` block.
+func (a *App) unmarshalWebhook(d *caddyfile.Dispenser) error {
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	w := new(WebhookConfig)
+	textOptions := map[string]*string{"secret": &w.Secret, "secret_file": &w.SecretFile, "url": &w.URL}
+	seen := map[string]bool{}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		option := d.Val()
+		if seen[option] {
+			return d.Errf("gitea_runner: webhook %s given more than once", option)
+		}
+		seen[option] = true
+		value, err := caddyutil.SingleArg(d)
+		if err != nil {
+			return err
+		}
+		if target, ok := textOptions[option]; ok {
+			*target = value
+			continue
+		}
+		if option != "poll_interval" {
+			return d.Errf("gitea_runner: unknown webhook option %q (secret, secret_file, poll_interval, url)", option)
+		}
+		dur, err := caddy.ParseDuration(value)
+		if err != nil {
+			return d.Errf("gitea_runner: webhook poll_interval %q: %v", value, err)
+		}
+		w.PollInterval = caddy.Duration(dur)
+	}
+	a.Webhook = w
 	return nil
 }

@@ -2,6 +2,7 @@ package caddyrunner
 
 import (
 	"context"
+	"maps"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -37,6 +38,9 @@ type settings struct {
 	// the cache keeps.
 	keepRuns     int
 	registration registration
+	webhook      *webhookSettings // nil: polling alone finds jobs
+	ephemeral    bool
+	exitWhenDone bool
 }
 
 // daemon is one registered runner: it registers once, declares its labels,
@@ -51,6 +55,8 @@ type daemon struct {
 	cfg    atomic.Pointer[settings]
 	log    atomic.Pointer[zap.Logger]
 	wakeup chan struct{} // settings changed, or a task ended
+	// notified says a webhook told of a queued job since the last poll.
+	notified chan struct{}
 
 	pollCtx    context.Context // ends polling
 	stopPoll   context.CancelFunc
@@ -68,6 +74,10 @@ type daemon struct {
 	draining bool
 	lastPoll time.Time
 	lastErr  string
+	// lastWebhook is when a webhook last woke the poller.
+	lastWebhook time.Time
+	// fetchedBy counts the tasks taken, by what made the runner ask.
+	fetchedBy map[string]int
 }
 
 // runningTask is what the status endpoint shows of a task.
@@ -93,17 +103,20 @@ func newDaemon(instance string, store identityStore, s *settings, logger *zap.Lo
 // makeDaemon builds a daemon that holds no lock and does not poll yet.
 func makeDaemon(instance string, store identityStore, s *settings, logger *zap.Logger) *daemon {
 	d := &daemon{
-		instance: instance,
-		store:    store,
-		release:  func() {},
-		wakeup:   make(chan struct{}, 1),
-		pollDone: make(chan struct{}),
-		running:  map[int64]*runningTask{},
+		instance:  instance,
+		store:     store,
+		release:   func() {},
+		wakeup:    make(chan struct{}, 1),
+		notified:  make(chan struct{}, 1),
+		fetchedBy: map[string]int{},
+		pollDone:  make(chan struct{}),
+		running:   map[int64]*runningTask{},
 	}
 	d.run = d.runTask
 	d.pollCtx, d.stopPoll = context.WithCancel(context.Background())
 	d.jobsCtx, d.cancelJobs = context.WithCancel(context.Background())
-	d.update(s, logger)
+	d.cfg.Store(s)
+	d.log.Store(logger)
 	return d
 }
 
@@ -174,21 +187,30 @@ func (d *daemon) start(client runnerv1connect.RunnerServiceClient, task *runnerv
 			d.poke()
 		}()
 		d.run(d.jobsCtx, client, task)
+		if id := d.currentIdentity(); id != nil && id.Ephemeral {
+			d.ephemeralDone()
+		}
 	}()
 }
 
 // runnerStatus is one runner's entry in the status response.
 type runnerStatus struct {
-	Instance      string        `json:"instance"`
-	ID            int64         `json:"id,omitempty"`
-	Name          string        `json:"name"`
-	Labels        []string      `json:"labels"`
-	Capacity      int           `json:"capacity"`
-	Draining      bool          `json:"draining"`
-	Running       []runningTask `json:"running"`
-	LastPoll      *time.Time    `json:"last_successful_poll,omitempty"`
-	LastError     string        `json:"last_error,omitempty"`
-	IdentityStore string        `json:"identity"`
+	Instance    string        `json:"instance"`
+	ID          int64         `json:"id,omitempty"`
+	Name        string        `json:"name"`
+	Labels      []string      `json:"labels"`
+	Capacity    int           `json:"capacity"`
+	Draining    bool          `json:"draining"`
+	Running     []runningTask `json:"running"`
+	LastPoll    *time.Time    `json:"last_successful_poll,omitempty"`
+	LastWebhook *time.Time    `json:"last_webhook,omitempty"`
+	// TasksFetched counts the tasks taken since the runner started, by
+	// what made it ask: "webhook" or "poll".
+	TasksFetched  map[string]int `json:"tasks_fetched"`
+	Webhook       bool           `json:"webhook"`
+	Ephemeral     bool           `json:"ephemeral,omitempty"`
+	LastError     string         `json:"last_error,omitempty"`
+	IdentityStore string         `json:"identity"`
 }
 
 func (d *daemon) status() runnerStatus {
@@ -204,9 +226,16 @@ func (d *daemon) status() runnerStatus {
 		Running:       []runningTask{},
 		LastError:     d.lastErr,
 		IdentityStore: d.store.String(),
+		TasksFetched:  maps.Clone(d.fetchedBy),
+		Webhook:       s.webhook != nil,
 	}
 	if d.id != nil {
 		st.ID = d.id.ID
+		st.Ephemeral = d.id.Ephemeral
+	}
+	if !d.lastWebhook.IsZero() {
+		t := d.lastWebhook
+		st.LastWebhook = &t
 	}
 	if !d.lastPoll.IsZero() {
 		t := d.lastPoll
@@ -242,6 +271,28 @@ func (d *daemon) markPolled() {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.lastPoll = time.Now()
+	lastPoll.Set(float64(d.lastPoll.UnixNano()) / 1e9)
+}
+
+// notify tells the poller that Gitea has queued a job it can run. Any
+// number of notifications before the next poll make one poll.
+func (d *daemon) notify() {
+	d.mu.Lock()
+	d.lastWebhook = time.Now()
+	lastWebhook.Set(float64(d.lastWebhook.UnixNano()) / 1e9)
+	d.mu.Unlock()
+	select {
+	case d.notified <- struct{}{}:
+	default:
+	}
+}
+
+// countFetched records a task taken after a poll made for trigger.
+func (d *daemon) countFetched(trigger string) {
+	tasksFetched.WithLabelValues(trigger).Inc()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.fetchedBy[trigger]++
 }
 
 func (d *daemon) currentIdentity() *identity {

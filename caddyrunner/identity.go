@@ -35,6 +35,8 @@ type identityStore interface {
 	// load returns the stored identity, or nil when there is none yet.
 	load(ctx context.Context) (*identity, error)
 	save(ctx context.Context, id *identity) error
+	// remove forgets the identity, once Gitea has forgotten the runner.
+	remove(ctx context.Context) error
 	// lockPath is the file whose lock marks the identity as in use.
 	lockPath() string
 	String() string
@@ -72,6 +74,13 @@ func (s fileIdentityStore) save(_ context.Context, id *identity) error {
 	if err := os.Rename(tmp, s.path); err != nil {
 		_ = os.Remove(tmp)
 		return fmt.Errorf("writing runner identity: %w", err)
+	}
+	return nil
+}
+
+func (s fileIdentityStore) remove(context.Context) error {
+	if err := os.Remove(s.path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("removing runner identity: %w", err)
 	}
 	return nil
 }
@@ -115,6 +124,13 @@ func (s storageIdentityStore) save(ctx context.Context, id *identity) error {
 	}
 	if err := s.storage.Store(ctx, s.key, data); err != nil {
 		return fmt.Errorf("saving runner identity to Caddy storage: %w", err)
+	}
+	return nil
+}
+
+func (s storageIdentityStore) remove(ctx context.Context) error {
+	if err := s.storage.Delete(ctx, s.key); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("removing runner identity from Caddy storage: %w", err)
 	}
 	return nil
 }

@@ -25,6 +25,22 @@ var (
 		Help:    "How long tasks ran.",
 		Buckets: prometheus.ExponentialBuckets(1, 2, 16),
 	})
+	webhooksTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "gitea_runner", Name: "webhooks_total",
+		Help: "Webhooks received by outcome: woke (a queued job the runner can run), ignored (another event or job), unsigned, bad_signature, too_large, bad_request.",
+	}, []string{"outcome"})
+	tasksFetched = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "gitea_runner", Name: "tasks_fetched_total",
+		Help: "Tasks taken from Gitea by what made the runner ask: webhook, or poll.",
+	}, []string{"trigger"})
+	lastWebhook = prometheus.NewGauge(prometheus.GaugeOpts{
+		Namespace: "caddy", Subsystem: "gitea_runner", Name: "last_webhook_timestamp_seconds",
+		Help: "When a webhook last woke the runner, in Unix time.",
+	})
+	lastPoll = prometheus.NewGauge(prometheus.GaugeOpts{
+		Namespace: "caddy", Subsystem: "gitea_runner", Name: "last_poll_timestamp_seconds",
+		Help: "When Gitea last answered a FetchTask, in Unix time.",
+	})
 	reportFailures = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "caddy", Subsystem: "gitea_runner", Name: "report_failures_total",
 		Help: "Log and state reports that Gitea did not take, by kind: log, state.",
@@ -33,5 +49,6 @@ var (
 
 // registerMetrics adds the runner's collectors to a config's registry.
 func registerMetrics(registry prometheus.Registerer) error {
-	return caddyutil.RegisterCollectors(registry, pollsTotal, tasksTotal, tasksRunning, jobDuration, reportFailures)
+	return caddyutil.RegisterCollectors(registry, pollsTotal, tasksTotal, tasksRunning, jobDuration, reportFailures,
+		webhooksTotal, tasksFetched, lastWebhook, lastPoll)
 }

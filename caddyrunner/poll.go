@@ -29,12 +29,20 @@ const (
 func (d *daemon) poll(client runnerv1connect.RunnerServiceClient) {
 	var tasksVersion int64
 	empties, failures := 0, 0
+	woken := false
 	for {
 		if !d.waitForSlot() {
 			return
 		}
 		s := d.settings()
 		d.declareIfChanged(client, s)
+		trigger := "poll"
+		if woken || d.takeNotification() {
+			// Gitea may post the webhook before it raises the tasks
+			// version; version 0 makes it look in its database.
+			trigger, tasksVersion = "webhook", 0
+		}
+		woken = false
 
 		// Not cancelled when polling stops: Gitea assigns the task before it
 		// answers, so an abandoned request would leave the job claimed by
@@ -79,16 +87,34 @@ func (d *daemon) poll(client runnerv1connect.RunnerServiceClient) {
 				pollsTotal.WithLabelValues("empty").Inc()
 				empties, failures = empties+1, 0
 			}
-			if !d.sleepOrWake(pollWait(s, empties, failures)) {
+			live, notified := d.sleepOrWake(pollWait(s, empties, failures))
+			if !live {
 				return
 			}
+			woken = notified
 			continue
 		}
 		pollsTotal.WithLabelValues("task").Inc()
+		d.countFetched(trigger)
 		// Version 0 makes Gitea look in its database again: another job may
 		// have become ready at the version just seen.
 		tasksVersion, empties, failures = 0, 0, 0
 		d.start(client, task)
+		if id := d.currentIdentity(); id != nil && id.Ephemeral {
+			d.logger().Info("the ephemeral runner took its one job; polling stops", zap.Int64("task", task.Id))
+			return
+		}
+	}
+}
+
+// takeNotification reports whether a webhook told of a job since the
+// last poll, and clears that.
+func (d *daemon) takeNotification() bool {
+	select {
+	case <-d.notified:
+		return true
+	default:
+		return false
 	}
 }
 
@@ -109,8 +135,12 @@ func isUnauthenticated(err error) bool {
 // on: failures up to maxFetchWait (or fetch_interval_max if longer), empty
 // answers up to fetch_interval_max, which by default is fetch_interval:
 // polls that find nothing cost Gitea little (the tasks_version check), and
-// pickup latency is what users see.
+// pickup latency is what users see. With a webhook, which wakes the runner
+// for each job, an idle runner polls only at the webhook's poll_interval.
 func pollWait(s *settings, empties, failures int) time.Duration {
+	if s.webhook != nil && failures == 0 {
+		return jitter(s.webhook.pollInterval)
+	}
 	n, ceiling := empties, max(s.fetchMax, s.fetchInterval)
 	if failures > 0 {
 		n, ceiling = failures, max(maxFetchWait, ceiling)
@@ -138,17 +168,21 @@ func sleep(ctx context.Context, d time.Duration) bool {
 	}
 }
 
-// sleepOrWake waits for d, a settings change or the end of polling.
-func (d *daemon) sleepOrWake(wait time.Duration) bool {
+// sleepOrWake waits for d, a settings change, a webhook or the end of
+// polling, and reports whether polling goes on and whether a webhook
+// ended the wait.
+func (d *daemon) sleepOrWake(wait time.Duration) (live, notified bool) {
 	t := time.NewTimer(wait)
 	defer t.Stop()
 	select {
 	case <-d.pollCtx.Done():
-		return false
+		return false, false
 	case <-t.C:
 	case <-d.wakeup:
+	case <-d.notified:
+		return true, true
 	}
-	return true
+	return true, false
 }
 
 // waitForSlot blocks until fewer tasks run than the capacity allows and the

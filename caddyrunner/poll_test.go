@@ -5,6 +5,7 @@ import (
 	"errors"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -31,6 +32,9 @@ type fakeTaskService struct {
 	asked    []int64 // TasksVersion of each FetchTask call
 	declared [][]string
 	fetched  chan struct{}
+	// delay is how long each FetchTask takes.
+	delay                  time.Duration
+	inFlight, mostInFlight atomic.Int64
 }
 
 func newFakeTaskService(script ...fetchAnswer) *fakeTaskService {
@@ -38,6 +42,11 @@ func newFakeTaskService(script ...fetchAnswer) *fakeTaskService {
 }
 
 func (f *fakeTaskService) FetchTask(_ context.Context, req *connect.Request[runnerv1.FetchTaskRequest]) (*connect.Response[runnerv1.FetchTaskResponse], error) {
+	now := f.inFlight.Add(1)
+	defer f.inFlight.Add(-1)
+	for most := f.mostInFlight.Load(); now > most && !f.mostInFlight.CompareAndSwap(most, now); most = f.mostInFlight.Load() {
+	}
+	time.Sleep(f.delay)
 	f.mu.Lock()
 	defer func() {
 		f.mu.Unlock()
@@ -88,12 +97,20 @@ func (f *fakeTaskService) waitFetches(t *testing.T, n int) {
 // run task instead of a job; it stops when the test ends.
 func testDaemon(t *testing.T, fake *fakeTaskService, capacity int, task func(*runnerv1.Task)) *daemon {
 	t.Helper()
+	return testDaemonWith(t, fake, capacity, task, func(*settings) {})
+}
+
+// testDaemonWith is testDaemon with its settings changed by tweak before
+// the daemon starts.
+func testDaemonWith(t *testing.T, fake *fakeTaskService, capacity int, task func(*runnerv1.Task), tweak func(*settings)) *daemon {
+	t.Helper()
 	labels, err := parseLabels([]string{"linux:host"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	s := &settings{name: "unit", labelSpecs: []string{"linux:host"}, labels: labels, capacity: capacity,
 		fetchInterval: time.Millisecond, shutdown: time.Second}
+	tweak(s)
 	d := makeDaemon("http://gitea.invalid", fileIdentityStore{path: t.TempDir() + "/.runner"}, s, zap.NewNop())
 	d.run = func(_ context.Context, _ runnerv1connect.RunnerServiceClient, t *runnerv1.Task) { task(t) }
 	go func() {

@@ -64,6 +64,9 @@ func (d *daemon) ensureIdentity() (*identity, error) {
 			if id.Address != "" && trimSlash(id.Address) != d.instance {
 				return false, fmt.Errorf("runner identity %s belongs to %s, not %s: set state_file to another file, or remove this one to register again", d.store, id.Address, d.instance)
 			}
+			if want := d.settings().ephemeral; id.Ephemeral != want {
+				return false, fmt.Errorf("runner identity %s was registered with ephemeral %t, and the configuration says %t: remove it to register again", d.store, id.Ephemeral, want)
+			}
 			return false, nil
 		}
 		id, err = d.register(ctx)
@@ -101,10 +104,11 @@ func (d *daemon) register(ctx context.Context) (*identity, error) {
 		return nil, fmt.Errorf("reaching Gitea at %s: %w", d.instance, err)
 	}
 	resp, err := client.Register(pctx, connect.NewRequest(&runnerv1.RegisterRequest{
-		Name:    s.name,
-		Token:   token,
-		Version: runnerVersion,
-		Labels:  s.labels.names(),
+		Name:      s.name,
+		Token:     token,
+		Version:   runnerVersion,
+		Labels:    s.labels.names(),
+		Ephemeral: s.ephemeral,
 	}))
 	if err != nil {
 		return nil, fmt.Errorf("registering runner %s with %s: %w", s.name, d.instance, err)
@@ -119,6 +123,8 @@ func (d *daemon) register(ctx context.Context) (*identity, error) {
 		Token:   r.Token,
 		Address: d.instance,
 		Labels:  s.labelSpecs,
+		// Run once even where Gitea does not know ephemeral runners.
+		Ephemeral: s.ephemeral,
 	}, nil
 }
 
