@@ -77,7 +77,7 @@ func BenchmarkActionsCache(b *testing.B) {
 		Sites: []string{fmt.Sprintf("http://127.0.0.1:{$CADDY_HTTP_PORT} {\n\tactions_cache {\n\t\tname main\n\t\turl http://127.0.0.1:{$CADDY_HTTP_PORT}/\n\t\troot %s\n\t}\n}", b.TempDir())},
 	}.String(), harness.CaddyOptions{})
 	cacheDir := b.TempDir()
-	startGiteaRunnerWith(b, g, token, "theirs:docker://"+image, func(dir string) string {
+	startGiteaRunnerWith(b, g.URL, token, "theirs:docker://"+image, func(dir string) string {
 		return fmt.Sprintf(`log:
   level: info
 runner:

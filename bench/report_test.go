@@ -25,7 +25,21 @@ type comparison struct {
 	goal    string
 	// holds, given the medians, says whether the goal holds.
 	holds func(median map[string]float64) bool
+	// more are further goals, each with its own verdict.
+	more  []goal
 	notes []string
+}
+
+// goal is a goal of a comparison and what says whether it holds.
+type goal struct {
+	text  string
+	holds func(median map[string]float64) bool
+}
+
+// addGoal gives the comparison one more goal, reported with its own
+// verdict.
+func (c *comparison) addGoal(text string, holds func(median map[string]float64) bool) {
+	c.more = append(c.more, goal{text, holds})
 }
 
 var (
@@ -98,19 +112,23 @@ func writeReport() error {
 	fmt.Fprintf(&b, "Command: `make bench` (`go test -run '^$' -bench '%s' -benchtime 1x ./bench`).\n\n", flag.Lookup("test.bench").Value)
 	for _, c := range results {
 		fmt.Fprintf(&b, "## %s\n\n", c.name)
+		medians := map[string]float64{}
+		for who, vs := range c.samples {
+			medians[who] = median(vs)
+		}
+		goals := c.more
 		if c.goal != "" {
+			goals = append([]goal{{c.goal, c.holds}}, goals...)
+		}
+		for _, g := range goals {
 			verdict := ""
-			if c.holds != nil {
-				medians := map[string]float64{}
-				for who, vs := range c.samples {
-					medians[who] = median(vs)
-				}
+			if g.holds != nil {
 				verdict = " Holds: **no**."
-				if c.holds(medians) {
+				if g.holds(medians) {
 					verdict = " Holds: yes."
 				}
 			}
-			fmt.Fprintf(&b, "Goal: %s.%s\n\n", c.goal, verdict)
+			fmt.Fprintf(&b, "Goal: %s.%s\n\n", g.text, verdict)
 		}
 		fmt.Fprintf(&b, "| contender | median (%s) | spread | rounds | ratio to %s |\n|---|---|---|---|---|\n", c.unit, c.order[0])
 		base := median(c.samples[c.order[0]])

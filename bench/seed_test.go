@@ -50,7 +50,7 @@ func BenchmarkSeedMemory(b *testing.B) {
 	harness.Keygen(b, "seed-1", filepath.Join(dir, "cache", "cache.sec"), filepath.Join(dir, "cache", "cache.pub"))
 	caddy := harness.StartCaddy(b, harness.RunnerCache(g.URL, token, "ours:docker://"+image, "host", "cache/store", "cache/cache.sec",
 		"name caddy-seed").String(), harness.CaddyOptions{Dir: dir})
-	theirs := startGiteaRunner(b, g, token, "theirs:docker://"+image, 2*time.Second)
+	theirs := startGiteaRunner(b, g.URL, token, "theirs:docker://"+image, 2*time.Second)
 	nginx, _ := startNginx(b, filepath.Join(dir, "cache", "store"), "")
 	time.Sleep(10 * time.Second)
 

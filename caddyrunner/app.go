@@ -265,25 +265,26 @@ func (a *App) Provision(ctx caddy.Context) error {
 		}
 	}
 	a.settings = &settings{
-		name:           name,
-		labelSpecs:     specs,
-		labels:         labels,
-		capacity:       max(a.Capacity, 1),
-		fetchInterval:  durationOr(a.FetchInterval, 2*time.Second),
-		fetchMax:       time.Duration(a.FetchIntervalMax),
-		timeout:        durationOr(a.Timeout, 3*time.Hour),
-		shutdown:       time.Duration(a.ShutdownTimeout),
-		env:            env,
-		container:      container,
-		workdirParent:  "workspace",
-		actionCacheDir: filepath.Join(workDir, "actions"),
-		jobFilesDir:    filepath.Join(workDir, "jobs"),
-		nixCache:       a.NixCache,
-		keepRuns:       a.KeepDefaultBranchRuns,
-		actionsCache:   a.ActionsCache,
-		webhook:        webhook,
-		ephemeral:      a.Ephemeral,
-		exitWhenDone:   a.ExitWhenDone,
+		name:               name,
+		labelSpecs:         specs,
+		labels:             labels,
+		capacity:           max(a.Capacity, 1),
+		fetchInterval:      durationOr(a.FetchInterval, 2*time.Second),
+		fetchMax:           time.Duration(a.FetchIntervalMax),
+		timeout:            durationOr(a.Timeout, 3*time.Hour),
+		shutdown:           time.Duration(a.ShutdownTimeout),
+		env:                env,
+		container:          container,
+		workdirParent:      "workspace",
+		actionCacheDir:     filepath.Join(workDir, "actions"),
+		jobFilesDir:        filepath.Join(workDir, "jobs"),
+		nixCache:           a.NixCache,
+		keepRuns:           a.KeepDefaultBranchRuns,
+		actionsCache:       a.ActionsCache,
+		webhook:            webhook,
+		subscriptionRecord: filepath.Join(workDir, "webhook.json"),
+		ephemeral:          a.Ephemeral,
+		exitWhenDone:       a.ExitWhenDone,
 		registration: registration{
 			token:    repl.ReplaceAll(a.RegistrationToken, ""),
 			apiToken: repl.ReplaceAll(a.APIToken, ""),
@@ -324,6 +325,8 @@ func (a *App) Validate() error {
 		return fmt.Errorf("gitea_runner: fetch_interval_max %s must not be shorter than fetch_interval (%s)", time.Duration(a.FetchIntervalMax), a.settings.fetchInterval)
 	case a.Timeout < 0 || a.ShutdownTimeout < 0:
 		return errors.New("gitea_runner: timeout and shutdown_timeout must not be negative")
+	case a.settings.webhook != nil && a.settings.webhook.url != "" && a.settings.registration.apiToken == "":
+		return errors.New("gitea_runner: webhook url makes the runner create its webhook in Gitea, which takes an api_token; without one, leave url out and add the webhook in Gitea's settings")
 	case a.ExitWhenDone && !a.Ephemeral:
 		return errors.New("gitea_runner: exit_when_done ends Caddy after an ephemeral runner's one job: write `ephemeral exit_when_done`")
 	case a.KeepDefaultBranchRuns < 0:

@@ -28,6 +28,9 @@ func TestCaddyfileErrors(t *testing.T) {
 		"env without value":   "env KEY",
 		"unknown container":   "container {\n\t\t\tgpu all\n\t\t}",
 		"empty labels":        "labels",
+		"webhook unknown":     "webhook {\n\t\t\tsigned yes\n\t\t}",
+		"webhook bad poll":    "webhook {\n\t\t\tpoll_interval often\n\t\t}",
+		"ephemeral other arg": "ephemeral forever",
 	} {
 		t.Run(name, func(t *testing.T) {
 			if out, err := adapt(t, "{\n\tgitea_runner {\n\t\t"+body+"\n\t}\n}"); err == nil {
@@ -37,13 +40,19 @@ func TestCaddyfileErrors(t *testing.T) {
 	}
 }
 
-func TestValidateFetchIntervals(t *testing.T) {
+func TestValidateSettings(t *testing.T) {
 	for body, wantErr := range map[string]string{
-		"fetch_interval 2s\n\t\tfetch_interval_max 5s": "",
-		"fetch_interval_max 5s":                        "",
-		"fetch_interval 2s\n\t\tfetch_interval_max 1s": "fetch_interval_max 1s must not be shorter than fetch_interval (2s)",
-		"fetch_interval_max 1s":                        "fetch_interval_max 1s must not be shorter than fetch_interval (2s)",
-		"fetch_interval 50ms":                          "fetch_interval 50ms must be at least 100ms",
+		"fetch_interval 2s\n\t\tfetch_interval_max 5s":                            "",
+		"fetch_interval_max 5s":                                                   "",
+		"fetch_interval 2s\n\t\tfetch_interval_max 1s":                            "fetch_interval_max 1s must not be shorter than fetch_interval (2s)",
+		"fetch_interval_max 1s":                                                   "fetch_interval_max 1s must not be shorter than fetch_interval (2s)",
+		"fetch_interval 50ms":                                                     "fetch_interval 50ms must be at least 100ms",
+		"webhook {\n\t\t\tsecret s\n\t\t}":                                        "",
+		"webhook {\n\t\t\tpoll_interval 1m\n\t\t}":                                "a secret is required",
+		"webhook {\n\t\t\tsecret s\n\t\t\tpoll_interval 10ms\n\t\t}":              "poll_interval 10ms must be at least 1s",
+		"webhook {\n\t\t\tsecret s\n\t\t\turl ftp://x\n\t\t}":                     "is not an http(s) URL",
+		"webhook {\n\t\t\tsecret s\n\t\t\turl https://ci.example.org/hook\n\t\t}": "which takes an api_token",
+		"ephemeral exit_when_done":                                                "",
 	} {
 		t.Run(body, func(t *testing.T) {
 			out, err := adapt(t, "{\n\tgitea_runner {\n\t\tinstance http://127.0.0.1:1\n\t\tregistration_token x\n\t\tlabels a:docker://busybox\n\t\tstate_file "+t.TempDir()+"/.runner\n\t\t"+body+"\n\t}\n}")

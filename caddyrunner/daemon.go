@@ -39,8 +39,11 @@ type settings struct {
 	keepRuns     int
 	registration registration
 	webhook      *webhookSettings // nil: polling alone finds jobs
-	ephemeral    bool
-	exitWhenDone bool
+	// subscriptionRecord is the file recording the webhook the runner made
+	// in Gitea.
+	subscriptionRecord string
+	ephemeral          bool
+	exitWhenDone       bool
 }
 
 // daemon is one registered runner: it registers once, declares its labels,
@@ -57,6 +60,11 @@ type daemon struct {
 	wakeup chan struct{} // settings changed, or a task ended
 	// notified says a webhook told of a queued job since the last poll.
 	notified chan struct{}
+	// resubscribe says the settings changed since the webhook in Gitea
+	// was last made to agree with them.
+	resubscribe chan struct{}
+	// background holds the goroutines other than polling and jobs.
+	background sync.WaitGroup
 
 	pollCtx    context.Context // ends polling
 	stopPoll   context.CancelFunc
@@ -73,6 +81,8 @@ type daemon struct {
 	running  map[int64]*runningTask
 	draining bool
 	lastPoll time.Time
+	hookID   int64  // the webhook the runner keeps in Gitea
+	hookErr  string // why it could not
 	lastErr  string
 	// lastWebhook is when a webhook last woke the poller.
 	lastWebhook time.Time
@@ -97,20 +107,26 @@ func newDaemon(instance string, store identityStore, s *settings, logger *zap.Lo
 	d := makeDaemon(instance, store, s, logger)
 	d.release = release
 	go d.loop()
+	d.background.Add(1)
+	go func() {
+		defer d.background.Done()
+		d.subscribe()
+	}()
 	return d, nil
 }
 
 // makeDaemon builds a daemon that holds no lock and does not poll yet.
 func makeDaemon(instance string, store identityStore, s *settings, logger *zap.Logger) *daemon {
 	d := &daemon{
-		instance:  instance,
-		store:     store,
-		release:   func() {},
-		wakeup:    make(chan struct{}, 1),
-		notified:  make(chan struct{}, 1),
-		fetchedBy: map[string]int{},
-		pollDone:  make(chan struct{}),
-		running:   map[int64]*runningTask{},
+		instance:    instance,
+		store:       store,
+		release:     func() {},
+		wakeup:      make(chan struct{}, 1),
+		notified:    make(chan struct{}, 1),
+		resubscribe: make(chan struct{}, 1),
+		fetchedBy:   map[string]int{},
+		pollDone:    make(chan struct{}),
+		running:     map[int64]*runningTask{},
 	}
 	d.run = d.runTask
 	d.pollCtx, d.stopPoll = context.WithCancel(context.Background())
@@ -128,6 +144,10 @@ func (d *daemon) update(s *settings, logger *zap.Logger) {
 	d.cfg.Store(s)
 	d.log.Store(logger)
 	d.poke()
+	select {
+	case d.resubscribe <- struct{}{}:
+	default:
+	}
 }
 
 func (d *daemon) poke() {
@@ -206,11 +226,15 @@ type runnerStatus struct {
 	LastWebhook *time.Time    `json:"last_webhook,omitempty"`
 	// TasksFetched counts the tasks taken since the runner started, by
 	// what made it ask: "webhook" or "poll".
-	TasksFetched  map[string]int `json:"tasks_fetched"`
-	Webhook       bool           `json:"webhook"`
-	Ephemeral     bool           `json:"ephemeral,omitempty"`
-	LastError     string         `json:"last_error,omitempty"`
-	IdentityStore string         `json:"identity"`
+	TasksFetched map[string]int `json:"tasks_fetched"`
+	Webhook      bool           `json:"webhook"`
+	// WebhookID is the webhook the runner keeps in Gitea with its
+	// api_token, and WebhookError why it could not.
+	WebhookID     int64  `json:"webhook_id,omitempty"`
+	WebhookError  string `json:"webhook_error,omitempty"`
+	Ephemeral     bool   `json:"ephemeral,omitempty"`
+	LastError     string `json:"last_error,omitempty"`
+	IdentityStore string `json:"identity"`
 }
 
 func (d *daemon) status() runnerStatus {
@@ -228,6 +252,8 @@ func (d *daemon) status() runnerStatus {
 		IdentityStore: d.store.String(),
 		TasksFetched:  maps.Clone(d.fetchedBy),
 		Webhook:       s.webhook != nil,
+		WebhookID:     d.hookID,
+		WebhookError:  d.hookErr,
 	}
 	if d.id != nil {
 		st.ID = d.id.ID
@@ -307,6 +333,7 @@ func (d *daemon) currentIdentity() *identity {
 func (d *daemon) shutdown() {
 	d.stopPoll()
 	<-d.pollDone
+	d.background.Wait()
 	finished := make(chan struct{})
 	go func() {
 		d.tasks.Wait()

@@ -33,7 +33,8 @@ type WebhookConfig struct {
 	// PollInterval is the wait between polls while idle. A webhook wakes
 	// the runner at once, so polling is only the safety net for a webhook
 	// that never came: a job waits at most this long when Gitea could not
-	// deliver. Default: 30s. Caddyfile: `poll_interval`.
+	// deliver. Default: 1m, a tenth of the polls of Gitea's runner idling
+	// at 5 s. Caddyfile: `poll_interval`.
 	PollInterval caddy.Duration `json:"poll_interval,omitempty"`
 
 	// URL is the public address of the gitea_runner_webhook handler, as
@@ -54,8 +55,8 @@ type webhookSettings struct {
 }
 
 // defaultWebhookPollInterval bounds the delay of a job whose webhook was
-// lost, while costing Gitea one poll per runner every half minute.
-const defaultWebhookPollInterval = 30 * time.Second
+// lost, while costing Gitea one poll per runner a minute.
+const defaultWebhookPollInterval = time.Minute
 
 func (c *WebhookConfig) provision(repl *caddy.Replacer) (*webhookSettings, error) {
 	s := &webhookSettings{

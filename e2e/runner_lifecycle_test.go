@@ -28,6 +28,12 @@ type runnerStatus struct {
 			Job        string `json:"job"`
 		} `json:"running"`
 		LastError string `json:"last_error"`
+		// What the runner learnt from webhooks, and the webhook it keeps.
+		Webhook      bool           `json:"webhook"`
+		WebhookID    int64          `json:"webhook_id"`
+		WebhookError string         `json:"webhook_error"`
+		TasksFetched map[string]int `json:"tasks_fetched"`
+		LastWebhook  *time.Time     `json:"last_webhook"`
 	} `json:"runners"`
 }
 

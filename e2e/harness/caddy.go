@@ -241,6 +241,18 @@ func (c *Caddy) Terminate(grace time.Duration) bool {
 	return ended
 }
 
+// WaitExit waits up to timeout for caddy to end by itself and returns its
+// exit error (nil for status 0); ok is false if it still runs.
+func (c *Caddy) WaitExit(timeout time.Duration) (err error, ok bool) {
+	if c.proc == nil {
+		c.t.Fatal("caddy is not running")
+	}
+	if err, ok = c.proc.Wait(timeout); ok {
+		c.proc = nil
+	}
+	return err, ok
+}
+
 // Kill ends the process at once with SIGKILL, as a crash would.
 func (c *Caddy) Kill() {
 	if c.proc == nil {

@@ -72,3 +72,14 @@ func (p *Process) Kill() {
 	_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
 	<-p.exited
 }
+
+// Wait waits up to timeout for the process to end by itself, and returns
+// how it ended; ok is false if it still runs.
+func (p *Process) Wait(timeout time.Duration) (err error, ok bool) {
+	select {
+	case <-p.exited:
+		return p.err, true
+	case <-time.After(timeout):
+		return nil, false
+	}
+}
