@@ -49,6 +49,23 @@ type sharedCache struct {
 type issuedCredential struct {
 	job     *index.Job
 	overlay *overlay.Key
+	// stored tallies the paths the job stored with it.
+	stored *pushTally
+}
+
+// pushTally is what a job credential stored: the store paths whose
+// narinfo it put, and their NAR sizes.
+type pushTally struct {
+	mu       sync.Mutex
+	paths    []string
+	narBytes int64
+}
+
+func (t *pushTally) add(storePath string, narSize int64) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.paths = append(t.paths, storePath)
+	t.narBytes += narSize
 }
 
 // Destruct is called when no configuration serves the cache any more.
@@ -94,6 +111,18 @@ type JobCredential struct {
 	// Overlay names, for a job of the ref tier, the overlay its pushes go
 	// to (repository@ref); empty for the trusted tier.
 	Overlay string
+	stored  *pushTally
+}
+
+// Stored returns the store paths whose narinfo the job put with the
+// credential so far, and the sum of their NAR sizes.
+func (c JobCredential) Stored() (paths []string, narBytes int64) {
+	if c.stored == nil {
+		return nil, 0
+	}
+	c.stored.mu.Lock()
+	defer c.stored.mu.Unlock()
+	return slices.Clone(c.stored.paths), c.stored.narBytes
 }
 
 // IssueJobCredential returns a new upload credential for job that the
@@ -105,10 +134,10 @@ type JobCredential struct {
 func (a *CacheAccess) IssueJobCredential(job *Job, keepRuns int) (cred JobCredential, finish func(succeeded bool)) {
 	raw := make([]byte, 32)
 	_, _ = rand.Read(raw)
-	cred = JobCredential{Token: hex.EncodeToString(raw), PublicKeys: slices.Clone(a.PublicKeys)}
+	cred = JobCredential{Token: hex.EncodeToString(raw), PublicKeys: slices.Clone(a.PublicKeys), stored: new(pushTally)}
 	digest := sha256.Sum256([]byte(cred.Token))
 	a.shared.mu.Lock()
-	issued := issuedCredential{job: job, overlay: a.shared.tiers.overlayOf(job)}
+	issued := issuedCredential{job: job, overlay: a.shared.tiers.overlayOf(job), stored: cred.stored}
 	if issued.overlay != nil {
 		cred.Overlay = issued.overlay.String()
 		if a.shared.overlayPublicKey != "" {

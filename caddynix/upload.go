@@ -1,6 +1,7 @@
 package caddynix
 
 import (
+	"bytes"
 	"errors"
 	"io"
 	"net/http"
@@ -14,6 +15,8 @@ import (
 	"github.com/cargoxx-pkgs/runner/caddynix/serve"
 	"github.com/cargoxx-pkgs/runner/caddynix/storage/index"
 	"github.com/cargoxx-pkgs/runner/caddynix/upload"
+	"github.com/cargoxx-pkgs/runner/internal/nixfmt"
+	"github.com/nix-community/go-nix/pkg/narinfo"
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
 	"go.uber.org/zap"
 )
@@ -134,7 +137,22 @@ func (h *Handler) receive(r *http.Request, req cacheurl.Request, ok bool) error 
 		receiver = h.receiver.ForOverlay(*who.overlay, h.overlayKey)
 	}
 	body := upload.Body{Reader: r.Body, Length: r.ContentLength, Encoding: r.Header.Get("Content-Encoding")}
-	return receiver.Put(r.Context(), req, body, who.pusher)
+	var sent *bytes.Buffer
+	if who.stored != nil && req.Kind == cacheurl.NarInfo {
+		// A narinfo is small (the receiver refuses a larger one): what
+		// it read is what it stored.
+		sent = new(bytes.Buffer)
+		body.Reader = io.TeeReader(io.LimitReader(r.Body, nixfmt.MaxNarInfoSize+1), sent)
+	}
+	if err := receiver.Put(r.Context(), req, body, who.pusher); err != nil {
+		return err
+	}
+	if sent != nil {
+		if info, err := narinfo.Parse(sent); err == nil {
+			who.stored.add(info.StorePath, int64(info.NarSize))
+		}
+	}
+	return nil
 }
 
 // identity is who presents an upload credential, and where their pushes
@@ -144,6 +162,9 @@ type identity struct {
 	// overlay is the overlay they push into and read beside the cache
 	// proper; nil for the trusted tier.
 	overlay *overlay.Key
+	// stored tallies what a job credential stores; nil for other
+	// credentials.
+	stored *pushTally
 }
 
 // identify returns who presents token: a configured upload token or a
@@ -160,9 +181,9 @@ func (h *Handler) identify(token string) (identity, bool) {
 		return identity{}, false
 	}
 	if cred.job == nil {
-		return identity{pusher: &index.Pusher{Token: "job credential"}, overlay: cred.overlay}, true
+		return identity{pusher: &index.Pusher{Token: "job credential"}, overlay: cred.overlay, stored: cred.stored}, true
 	}
-	return identity{pusher: &index.Pusher{Job: cred.job}, overlay: cred.overlay}, true
+	return identity{pusher: &index.Pusher{Job: cred.job}, overlay: cred.overlay, stored: cred.stored}, true
 }
 
 // requestOverlay is what serves the overlay of the credential a request

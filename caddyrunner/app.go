@@ -7,11 +7,13 @@
 package caddyrunner
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -139,6 +141,17 @@ type App struct {
 	// runner ran succeeded. Default: 0, none. Caddyfile:
 	// `keep_default_branch_runs` inside a `nix_cache <name> { … }` block.
 	KeepDefaultBranchRuns int `json:"keep_default_branch_runs,omitempty"`
+
+	// AutoPush pushes to the nix_cache every store path a job's Nix builds,
+	// with the job's own credential, whether the job succeeds or fails:
+	// Nix's post-build-hook notes each build, and a last step of the job
+	// pushes what was noted with `nix copy` (which skips what the cache
+	// already serves) and the job's log gets a summary. "on" (the
+	// default): a push that fails is reported in the log; "required": it
+	// fails the job; "off": jobs push only what they copy themselves.
+	// Caddyfile: `auto_push on|off|required` inside a `nix_cache <name> {
+	// … }` block.
+	AutoPush string `json:"auto_push,omitempty"`
 
 	// ActionsCache names an actions_cache handler in this Caddy (its
 	// `name`) that serves the jobs' `actions/cache`: each job gets
@@ -280,6 +293,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 		jobFilesDir:        filepath.Join(workDir, "jobs"),
 		nixCache:           a.NixCache,
 		keepRuns:           a.KeepDefaultBranchRuns,
+		autoPush:           cmp.Or(a.AutoPush, autoPushOn),
 		actionsCache:       a.ActionsCache,
 		webhook:            webhook,
 		subscriptionRecord: filepath.Join(workDir, "webhook.json"),
@@ -329,6 +343,10 @@ func (a *App) Validate() error {
 		return errors.New("gitea_runner: webhook url makes the runner create its webhook in Gitea, which takes an api_token; without one, leave url out and add the webhook in Gitea's settings")
 	case a.ExitWhenDone && !a.Ephemeral:
 		return errors.New("gitea_runner: exit_when_done ends Caddy after an ephemeral runner's one job: write `ephemeral exit_when_done`")
+	case !slices.Contains([]string{"", autoPushOn, autoPushOff, autoPushRequired}, a.AutoPush):
+		return fmt.Errorf("gitea_runner: auto_push %q is not on, off or required", a.AutoPush)
+	case a.AutoPush != "" && a.NixCache == "":
+		return errors.New("gitea_runner: auto_push pushes what jobs build to a nix_cache: name it with `nix_cache <name> { auto_push … }`")
 	case a.KeepDefaultBranchRuns < 0:
 		return errors.New("gitea_runner: keep_default_branch_runs must not be negative")
 	case a.KeepDefaultBranchRuns > 0 && a.NixCache == "":

@@ -54,6 +54,7 @@ func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
 //	    }
 //	    nix_cache           <cache name> {
 //	        keep_default_branch_runs <n>
+//	        auto_push      on | off | required
 //	    }
 //	    actions_cache       <cache name>
 //	    webhook {
@@ -241,18 +242,26 @@ func (a *App) unmarshalNixCache(d *caddyfile.Dispenser) error {
 		return d.ArgErr()
 	}
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
-		if d.Val() != "keep_default_branch_runs" {
-			return d.Errf("gitea_runner: unknown nix_cache option %q (keep_default_branch_runs)", d.Val())
-		}
+		option := d.Val()
 		value, err := caddyutil.SingleArg(d)
 		if err != nil {
 			return err
 		}
-		n, err := strconv.Atoi(value)
-		if err != nil || n < 0 {
-			return d.Errf("gitea_runner: keep_default_branch_runs %q is not a number of runs", value)
+		switch option {
+		case "keep_default_branch_runs":
+			n, err := strconv.Atoi(value)
+			if err != nil || n < 0 {
+				return d.Errf("gitea_runner: keep_default_branch_runs %q is not a number of runs", value)
+			}
+			a.KeepDefaultBranchRuns = n
+		case "auto_push":
+			if value != autoPushOn && value != autoPushOff && value != autoPushRequired {
+				return d.Errf("gitea_runner: auto_push %q is not on, off or required", value)
+			}
+			a.AutoPush = value
+		default:
+			return d.Errf("gitea_runner: unknown nix_cache option %q (keep_default_branch_runs, auto_push)", option)
 		}
-		a.KeepDefaultBranchRuns = n
 	}
 	return nil
 }

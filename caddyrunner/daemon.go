@@ -37,6 +37,7 @@ type settings struct {
 	// keepRuns is how many successful default-branch runs per repository
 	// the cache keeps.
 	keepRuns     int
+	autoPush     string // autoPushOn, autoPushOff or autoPushRequired
 	registration registration
 	webhook      *webhookSettings // nil: polling alone finds jobs
 	// subscriptionRecord is the file recording the webhook the runner made

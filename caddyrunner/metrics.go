@@ -45,10 +45,18 @@ var (
 		Namespace: "caddy", Subsystem: "gitea_runner", Name: "report_failures_total",
 		Help: "Log and state reports that Gitea did not take, by kind: log, state.",
 	}, []string{"kind"})
+	autoPushPaths = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "gitea_runner", Name: "auto_push_paths_total",
+		Help: "Store paths of automatic pushes by repository and outcome: pushed (stored by the job's credential), skipped (built, but the cache had them).",
+	}, []string{"repository", "outcome"})
+	autoPushFailures = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "gitea_runner", Name: "auto_push_failures_total",
+		Help: "Jobs whose automatic push failed, by repository.",
+	}, []string{"repository"})
 )
 
 // registerMetrics adds the runner's collectors to a config's registry.
 func registerMetrics(registry prometheus.Registerer) error {
 	return caddyutil.RegisterCollectors(registry, pollsTotal, tasksTotal, tasksRunning, jobDuration, reportFailures,
-		webhooksTotal, tasksFetched, lastWebhook, lastPoll)
+		webhooksTotal, tasksFetched, lastWebhook, lastPoll, autoPushPaths, autoPushFailures)
 }

@@ -31,6 +31,9 @@ type cacheHandoff struct {
 	// release revokes the credential, records the job's outcome with the
 	// cache and removes the netrc file.
 	release func(succeeded bool)
+	// autoPush pushes what the job's Nix builds; nil when it is off or
+	// the job may not push.
+	autoPush *autoPush
 }
 
 // giveCacheAccess hands a job the configured Nix cache: NIX_CONFIG naming
@@ -93,7 +96,8 @@ func (d *daemon) giveCacheAccess(task *runnerv1.Task, s *settings, runsOn []stri
 		},
 	}
 	netrcPath := hostNetrc
-	if s.labels.pickPlatform(runsOn) != hostPlatform {
+	container := s.labels.pickPlatform(runsOn) != hostPlatform
+	if container {
 		netrcPath, handoff.mount = jobNetrcPath, hostNetrc
 	} else {
 		// Host jobs share Caddy's HOME, and Nix remembers every narinfo it
@@ -108,6 +112,15 @@ func (d *daemon) giveCacheAccess(task *runnerv1.Task, s *settings, runsOn []stri
 		handoff.env["XDG_CACHE_HOME"] = cacheHome
 	}
 	handoff.nixConfig = substituterConfig(access.URL, cred.PublicKeys) + "netrc-file = " + netrcPath + "\n"
+	if s.autoPush != autoPushOff {
+		push, err := prepareAutoPush(dir, container, s.autoPush, access.URL, cred.Stored)
+		if err != nil {
+			handoff.release(false)
+			return nil, err
+		}
+		handoff.autoPush = push
+		handoff.nixConfig += push.nixConfig()
+	}
 	return handoff, nil
 }
 

@@ -103,6 +103,7 @@ func (d *daemon) execute(ctx context.Context, task *runnerv1.Task, s *settings, 
 	defaultActions := fields["gitea_default_actions_url"].GetStringValue()
 
 	options, validVolumes := s.container.Options, s.container.ValidVolumes
+	var push *autoPush
 	if s.nixCache != "" {
 		handoff, err := d.giveCacheAccess(task, s, job.RunsOn(), rep)
 		if err != nil {
@@ -115,6 +116,15 @@ func (d *daemon) execute(ctx context.Context, task *runnerv1.Task, s *settings, 
 		if handoff.mount != "" {
 			options = strings.TrimSpace(options + " --volume " + handoff.mount + ":" + jobNetrcPath + ":ro")
 			validVolumes = append(slices.Clone(validVolumes), handoff.mount)
+		}
+		if push = handoff.autoPush; push != nil {
+			if push.jobDir != push.hostDir {
+				options = strings.TrimSpace(options + " --volume " + push.hostDir + ":" + push.jobDir)
+				validVolumes = append(slices.Clone(validVolumes), push.hostDir)
+			}
+			// After the steps Gitea knows, so its lines go to the job's
+			// closing section.
+			job.Steps = append(job.Steps, push.step())
 		}
 	}
 
@@ -175,6 +185,9 @@ func (d *daemon) execute(ctx context.Context, task *runnerv1.Task, s *settings, 
 	ctx = runner.WithJobLoggerFactory(ctx, discardJobLogger{})
 	execErr := executor(ctx)
 	rep.setOutputs(job.Outputs)
+	if push != nil {
+		push.report(rep, preset.Repository)
+	}
 	return execErr
 }
 

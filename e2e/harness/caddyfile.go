@@ -31,6 +31,8 @@ type RunnerBlock struct {
 	// NixCache names the nix_cache jobs use; none when empty.
 	NixCache              string
 	KeepDefaultBranchRuns int
+	// AutoPush is the nix_cache block's auto_push; left out when empty.
+	AutoPush string
 }
 
 // CacheSite is a site on {$CADDY_HTTP_PORT}, bound to 127.0.0.1, with a
@@ -66,11 +68,19 @@ func (c Caddyfile) String() string {
 			}
 			b.WriteString("\t\t}\n")
 		}
-		switch {
-		case r.NixCache != "" && r.KeepDefaultBranchRuns > 0:
-			fmt.Fprintf(&b, "\t\tnix_cache %s {\n\t\t\tkeep_default_branch_runs %d\n\t\t}\n", r.NixCache, r.KeepDefaultBranchRuns)
-		case r.NixCache != "":
-			fmt.Fprintf(&b, "\t\tnix_cache %s\n", r.NixCache)
+		if r.NixCache != "" {
+			var cacheOptions []string
+			if r.KeepDefaultBranchRuns > 0 {
+				cacheOptions = append(cacheOptions, fmt.Sprintf("keep_default_branch_runs %d", r.KeepDefaultBranchRuns))
+			}
+			if r.AutoPush != "" {
+				cacheOptions = append(cacheOptions, "auto_push "+r.AutoPush)
+			}
+			fmt.Fprintf(&b, "\t\tnix_cache %s", r.NixCache)
+			if len(cacheOptions) > 0 {
+				fmt.Fprintf(&b, " {\n\t\t\t%s\n\t\t}", strings.Join(cacheOptions, "\n\t\t\t"))
+			}
+			b.WriteString("\n")
 		}
 		b.WriteString("\t}\n")
 	}

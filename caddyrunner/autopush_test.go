@@ -1,0 +1,100 @@
+package caddyrunner
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+const (
+	builtA = "/nix/store/y786g8gwq7fjmgzf3rbkrds7kd8qni7j-a"
+	builtB = "/nix/store/mza68h0fq76caa56y5p6063kywzbf5hh-b"
+)
+
+func testAutoPush(t *testing.T, stored ...string) *autoPush {
+	t.Helper()
+	p, err := prepareAutoPush(t.TempDir(), true, autoPushOn, "https://cache.example.org", func() ([]string, int64) { return stored, 1024 })
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func writeJobFile(t *testing.T, p *autoPush, name, content string) {
+	t.Helper()
+	if err := os.WriteFile(filepath.Join(p.hostDir, name), []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestAutoPushScriptsPointIntoTheJob(t *testing.T) {
+	p := testAutoPush(t)
+	if p.nixConfig() != "post-build-hook = /run/cargoxx/auto-push/post-build-hook\n" {
+		t.Fatalf("NIX_CONFIG line %q", p.nixConfig())
+	}
+	for _, name := range []string{autoPushHookFile, autoPushScriptFile} {
+		data, err := os.ReadFile(filepath.Join(p.hostDir, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(string(data), jobAutoPushDir) || strings.Contains(string(data), "DIR") || strings.Contains(string(data), "REQUIRED") {
+			t.Fatalf("%s is not written for the job's directory:\n%s", name, data)
+		}
+	}
+	if fi, err := os.Stat(p.hostDir); err != nil || fi.Mode().Perm() != 0o777 {
+		t.Fatalf("a container job's auto-push directory is %v (%v), want writable by the job's user", fi.Mode(), err)
+	}
+}
+
+func TestAutoPushOutcome(t *testing.T) {
+	t.Run("nothing built", func(t *testing.T) {
+		if o, err := testAutoPush(t).outcome(); o != nil || err != nil {
+			t.Fatalf("a job that built nothing has outcome %+v, %v", o, err)
+		}
+	})
+	t.Run("pushed and skipped", func(t *testing.T) {
+		p := testAutoPush(t, builtA)
+		writeJobFile(t, p, autoPushPathsFile, builtA+"\n"+builtB+"\nnot a store path\n")
+		writeJobFile(t, p, autoPushResultFile, "0\n")
+		o, err := p.outcome()
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := o.summary(p.cacheURL)
+		for _, want := range []string{"2 built paths", "pushed 1 paths (1.0 KiB of NAR)", builtA, "1 skipped, the cache had them"} {
+			if !strings.Contains(got, want) {
+				t.Fatalf("summary %q lacks %q", got, want)
+			}
+		}
+		if strings.Contains(got, "NOT PUSHED") {
+			t.Fatalf("summary %q reports a failure", got)
+		}
+	})
+	t.Run("nix copy failed", func(t *testing.T) {
+		p := testAutoPush(t)
+		writeJobFile(t, p, autoPushPathsFile, builtA+"\n")
+		writeJobFile(t, p, autoPushResultFile, "1\n")
+		writeJobFile(t, p, autoPushErrorFile, "copying path\nerror: unable to upload 'http://cache/x.narinfo': HTTP error 503\n")
+		o, err := p.outcome()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := o.summary(p.cacheURL); !strings.Contains(got, "NOT PUSHED: 1 built paths, nix copy exited 1: error: unable to upload") {
+			t.Fatalf("summary %q does not say what was not pushed and why", got)
+		}
+	})
+	t.Run("a link planted by the job is not followed", func(t *testing.T) {
+		p := testAutoPush(t)
+		secret := filepath.Join(t.TempDir(), "secret")
+		if err := os.WriteFile(secret, []byte(builtA+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Symlink(secret, filepath.Join(p.hostDir, autoPushPathsFile)); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := p.outcome(); err == nil {
+			t.Fatal("the runner read a file through a link the job planted")
+		}
+	})
+}

@@ -1,0 +1,165 @@
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cargoxx-pkgs/runner/e2e/harness"
+)
+
+// buildOnlyWorkflow is the workflow file's content: its one job only
+// builds, with nix-build, the derivations of closure (a Nix expression
+// over mk) and then runs after; it never pushes anything itself. It runs
+// only for the commit that adds it.
+func buildOnlyWorkflow(file, closure, after string) string {
+	return fmt.Sprintf(`on:
+  push:
+    paths: ['.gitea/workflows/%s']
+jobs:
+  build:
+    runs-on: self-hosted
+    defaults:
+      run:
+        shell: sh
+    steps:
+      - name: build with nix
+        run: |
+          cat > /tmp/closure.nix <<'EOF'
+          let
+            mk = name: deps: builtins.derivation {
+              inherit name;
+              system = builtins.currentSystem;
+              builder = "/bin/sh";
+              args = [ "-c" "echo ${name} > $out; for d in ${toString deps}; do echo $d >> $out; done" ];
+            };
+          in %s
+          EOF
+          out=$(nix-build /tmp/closure.nix --no-out-link)
+          echo "built-path $out"
+          %s
+`, file, closure, after)
+}
+
+// autoPushCache starts Gitea with the repository repo and a caddy whose
+// runner hands its jobs, in image, the cache it serves; it returns them
+// with the cache's public key and root.
+func autoPushCache(t *testing.T, repo, image, autoPush string) (*harness.Gitea, *harness.Caddy, string, string) {
+	t.Helper()
+	g, token := harness.StartGiteaWithRepo(t, repo)
+	dir := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(dir, "cache"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	publicKey := harness.Keygen(t, "auto-push-1", filepath.Join(dir, "cache", "cache.sec"), filepath.Join(dir, "cache", "cache.pub"))
+	caddyfile := harness.RunnerCache(g.URL, token, "self-hosted:docker://"+image, "host",
+		"cache/store", "cache/cache.sec", "fetch_interval 500ms")
+	caddyfile.Runner.AutoPush = autoPush
+	caddy := harness.StartCaddy(t, caddyfile.String(), harness.CaddyOptions{Dir: dir})
+	return g, caddy, publicKey, filepath.Join(dir, "cache")
+}
+
+// builtPath is the path a buildOnlyWorkflow job says it built.
+func builtPath(t *testing.T, log string) string {
+	t.Helper()
+	m := regexp.MustCompile(`built-path (/nix/store/\S+)`).FindStringSubmatch(log)
+	if m == nil {
+		t.Fatalf("the job's log does not name the built path:\n%s", log)
+	}
+	return m[1]
+}
+
+// TestAutoPushBuiltPaths: a job that only runs nix-build has its three new
+// paths pushed, and the log's summary names them; a later job whose
+// closure's base the cache holds uploads only what is new.
+func TestAutoPushBuiltPaths(t *testing.T) {
+	harness.ForEachNix(t, func(t *testing.T, client harness.NixClient) {
+		image := harness.NewDocker(t).NixJobImageFor(client)
+		nix := client.New(t, "")
+		g, caddy, publicKey, cacheDir := autoPushCache(t, "autopush", image, "")
+		nonce := fmt.Sprint(time.Now().UnixNano())
+
+		base := fmt.Sprintf(`let a = mk "ap-a-%[1]s" []; b = mk "ap-b-%[1]s" [ a ]; in mk "ap-c-%[1]s" [ a b ]`, nonce)
+		sha := g.CommitWorkflow("autopush", "build.yml", buildOnlyWorkflow("build.yml", base, ""))
+		log := g.SucceededLog("autopush", g.WaitRun("autopush", sha, 5*time.Minute, harness.Completed))
+		top := builtPath(t, log)
+		c, store := substitute(nix, caddy.URL(), publicKey, top)
+		if c.Err != nil {
+			t.Fatalf("substituting what the job built, with no push step:\n%s\njob log:\n%s", c, log)
+		}
+		paths := nix.StorePaths(store)
+		if len(paths) != 3 || !slices.Contains(paths, top) {
+			t.Fatalf("the consumer's store holds %v, want the 3-path closure of %s", paths, top)
+		}
+		summary := regexp.MustCompile(`auto push to \S+: .*`).FindString(log)
+		t.Logf("the job log's summary: %s", summary)
+		for _, p := range paths {
+			if !strings.Contains(summary, p) {
+				t.Fatalf("the job log's summary does not name %s: %q\n%s", p, summary, log)
+			}
+		}
+		if !strings.Contains(summary, "pushed 3 paths") {
+			t.Fatalf("the job log's summary does not say 3 paths were pushed: %q", summary)
+		}
+
+		// The next job builds one path on that base: its container
+		// substitutes the base from the cache and uploads only the new top.
+		narinfosBefore := metricValue(t, caddy, `caddy_nix_cache_uploads_total{kind="narinfo",outcome="stored"}`)
+		onBase := fmt.Sprintf(`let a = mk "ap-a-%[1]s" []; b = mk "ap-b-%[1]s" [ a ]; c = mk "ap-c-%[1]s" [ a b ]; in mk "ap-d-%[1]s" [ c ]`, nonce)
+		sha = g.CommitWorkflow("autopush", "more.yml", buildOnlyWorkflow("more.yml", onBase, ""))
+		log = g.SucceededLog("autopush", g.WaitRun("autopush", sha, 5*time.Minute, harness.Completed))
+		if got := metricValue(t, caddy, `caddy_nix_cache_uploads_total{kind="narinfo",outcome="stored"}`) - narinfosBefore; got != 1 {
+			t.Fatalf("the job on a base the cache held stored %v narinfos, want 1 (only its new path)\n%s", got, log)
+		}
+		if c, _ := substitute(nix, caddy.URL(), publicKey, builtPath(t, log)); c.Err != nil {
+			t.Fatalf("substituting the second job's path:\n%s", c)
+		}
+		verifyClean(t, filepath.Join(cacheDir, "store"), filepath.Join(cacheDir, "cache.pub"))
+	})
+}
+
+// TestAutoPushFailedJob: a job that builds two paths and then fails has
+// both pushed, and still fails.
+func TestAutoPushFailedJob(t *testing.T) {
+	harness.ForEachNix(t, func(t *testing.T, client harness.NixClient) {
+		image := harness.NewDocker(t).NixJobImageFor(client)
+		nix := client.New(t, "")
+		g, caddy, publicKey, _ := autoPushCache(t, "failing", image, "")
+		nonce := fmt.Sprint(time.Now().UnixNano())
+		closure := fmt.Sprintf(`let a = mk "fail-a-%[1]s" []; in mk "fail-b-%[1]s" [ a ]`, nonce)
+		sha := g.CommitWorkflow("failing", "build.yml", buildOnlyWorkflow("build.yml", closure, "echo the tests fail; exit 1"))
+		run := g.WaitRun("failing", sha, 5*time.Minute, harness.Completed)
+		log := g.JobLog("failing", g.Jobs("failing", run.ID)[0].ID)
+		if run.Conclusion != "failure" {
+			t.Fatalf("the failing job concluded %q:\n%s", run.Conclusion, log)
+		}
+		c, store := substitute(nix, caddy.URL(), publicKey, builtPath(t, log))
+		if c.Err != nil {
+			t.Fatalf("substituting what the failed job built:\n%s\njob log:\n%s", c, log)
+		}
+		if paths := nix.StorePaths(store); len(paths) != 2 {
+			t.Fatalf("the consumer's store holds %v, want the failed job's 2 paths", paths)
+		}
+	})
+}
+
+// TestAutoPushOff: with auto_push off, what a job builds stays its own.
+func TestAutoPushOff(t *testing.T) {
+	image := harness.NewDocker(t).NixJobImage()
+	nix := harness.Nix28.New(t, "")
+	g, caddy, publicKey, _ := autoPushCache(t, "off", image, "off")
+	closure := fmt.Sprintf(`mk "off-%d" []`, time.Now().UnixNano())
+	sha := g.CommitWorkflow("off", "build.yml", buildOnlyWorkflow("build.yml", closure, ""))
+	log := g.SucceededLog("off", g.WaitRun("off", sha, 5*time.Minute, harness.Completed))
+	if c, _ := substitute(nix, caddy.URL(), publicKey, builtPath(t, log)); c.Err == nil {
+		t.Fatalf("with auto_push off the cache serves what the job built:\n%s", log)
+	}
+	if strings.Contains(log, "auto push") {
+		t.Fatalf("with auto_push off the job log speaks of an automatic push:\n%s", log)
+	}
+}
