@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -120,8 +121,8 @@ func prepareAutoPush(jobFiles string, container bool, mode, cacheURL string, sto
 		required = "1"
 	}
 	scripts := map[string]string{
-		autoPushHookFile:   strings.ReplaceAll(autoPushHook, "DIR", p.jobDir),
-		autoPushScriptFile: strings.NewReplacer("DIR", p.jobDir, "REQUIRED", required).Replace(autoPushScript),
+		autoPushHookFile:   strings.ReplaceAll(autoPushHook, "DIR", shellQuote(p.jobDir)),
+		autoPushScriptFile: strings.NewReplacer("DIR", shellQuote(p.jobDir), "REQUIRED", required).Replace(autoPushScript),
 	}
 	for name, script := range scripts {
 		if err := os.WriteFile(filepath.Join(p.hostDir, name), []byte(script), 0o755); err != nil {
@@ -136,14 +137,17 @@ func (p *autoPush) nixConfig() string {
 	return "post-build-hook = " + p.jobDir + "/" + autoPushHookFile + "\n"
 }
 
-// step is the job's last step: it runs even after a failed step.
+// step is the job's last step: it runs even after a failed step, and
+// unless the push is required nothing in it (not even an image without a
+// shell) fails the job.
 func (p *autoPush) step() *model.Step {
 	return &model.Step{
-		ID:    "cargoxx-auto-push",
-		Name:  "Push what Nix built to the cache",
-		If:    yaml.Node{Kind: yaml.ScalarNode, Value: "always()"},
-		Run:   p.jobDir + "/" + autoPushScriptFile,
-		Shell: "sh",
+		ID:                 "cargoxx-auto-push",
+		Name:               "Push what Nix built to the cache",
+		If:                 yaml.Node{Kind: yaml.ScalarNode, Value: "always()"},
+		Run:                shellQuote(p.jobDir + "/" + autoPushScriptFile),
+		Shell:              "sh",
+		RawContinueOnError: strconv.FormatBool(!p.required),
 	}
 }
 
@@ -180,7 +184,13 @@ func (p *autoPush) outcome() (*autoPushOutcome, error) {
 	case result[0] != "0":
 		o.failure = "nix copy exited " + result[0]
 		if lines, _ := p.readLines(autoPushErrorFile, 64<<10); len(lines) > 0 {
-			o.failure += ": " + truncate(lines[len(lines)-1], 300)
+			// Nix's own error line, rather than the response body it
+			// prints after it.
+			reason := lines[len(lines)-1]
+			if i := slices.IndexFunc(lines, func(l string) bool { return strings.HasPrefix(l, "error:") }); i >= 0 {
+				reason = lines[i]
+			}
+			o.failure += ": " + truncate(reason, 300)
 		}
 	}
 	for _, path := range built {
@@ -272,6 +282,11 @@ func (p *autoPush) modTime(name string) (time.Time, error) {
 func validStorePath(path string) bool {
 	_, err := storepath.FromAbsolutePath(path)
 	return err == nil
+}
+
+// shellQuote quotes s for sh.
+func shellQuote(s string) string {
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }
 
 func truncate(s string, n int) string {

@@ -2,11 +2,16 @@ package e2e
 
 import (
 	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"os"
 	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -161,5 +166,93 @@ func TestAutoPushOff(t *testing.T) {
 	}
 	if strings.Contains(log, "auto push") {
 		t.Fatalf("with auto_push off the job log speaks of an automatic push:\n%s", log)
+	}
+}
+
+// TestAutoPushCacheRefusing: a cache that answers 503 to every upload
+// does not fail the job, whose log says what was not pushed; with
+// auto_push required the job fails.
+func TestAutoPushCacheRefusing(t *testing.T) {
+	image := harness.NewDocker(t).NixJobImage()
+	g, token := harness.StartGiteaWithRepo(t, "refused")
+	dir := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(dir, "cache"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	harness.Keygen(t, "refused-1", filepath.Join(dir, "cache", "cache.sec"), filepath.Join(dir, "cache", "cache.pub"))
+
+	// Jobs reach the cache through a proxy that refuses uploads.
+	var cache atomic.Pointer[url.URL]
+	var refused atomic.Int64
+	proxy := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodPut {
+			refused.Add(1)
+			http.Error(w, "the cache is down for maintenance", http.StatusServiceUnavailable)
+			return
+		}
+		httputil.NewSingleHostReverseProxy(cache.Load()).ServeHTTP(w, r)
+	}))
+	t.Cleanup(proxy.Close)
+	config := func(autoPush string) string {
+		c := harness.RunnerCache(g.URL, token, "self-hosted:docker://"+image, "host", "cache/store", "cache/cache.sec", "fetch_interval 500ms")
+		c.Cache.Options[1] = "url " + proxy.URL
+		c.Runner.AutoPush = autoPush
+		return c.String()
+	}
+	caddy := harness.StartCaddy(t, config(""), harness.CaddyOptions{Dir: dir})
+	target, err := url.Parse(caddy.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cache.Store(target)
+
+	nonce := time.Now().UnixNano()
+	run := func(file, wantConclusion string) string {
+		t.Helper()
+		closure := fmt.Sprintf(`let a = mk "refused-a-%[1]d" []; in mk "refused-b-%[1]d" [ a ]`, nonce)
+		sha := g.CommitWorkflow("refused", file, buildOnlyWorkflow(file, strings.ReplaceAll(closure, "refused-", file+"-"), ""))
+		run := g.WaitRun("refused", sha, 5*time.Minute, harness.Completed)
+		log := g.JobLog("refused", g.Jobs("refused", run.ID)[0].ID)
+		if run.Conclusion != wantConclusion {
+			t.Fatalf("with the cache refusing uploads the job concluded %q, want %q:\n%s", run.Conclusion, wantConclusion, log)
+		}
+		if !regexp.MustCompile(`auto push to \S+: 2 built paths; pushed 0 paths .*NOT PUSHED: 2 built paths, nix copy exited \d+`).MatchString(log) {
+			t.Fatalf("the job log does not say which paths were not pushed, and why:\n%s", log)
+		}
+		t.Logf("the job log's summary: %s", regexp.MustCompile(`auto push to \S+: .*`).FindString(log))
+		return log
+	}
+	run("default.yml", "success")
+	if refused.Load() == 0 {
+		t.Fatal("the job never tried to upload")
+	}
+	if err := caddy.Reload(config("required")); err != nil {
+		t.Fatal(err)
+	}
+	run("required.yml", "failure")
+}
+
+// TestAutoPushHostJob: a job on a host label, building with the host's
+// Nix, has what it built pushed too.
+func TestAutoPushHostJob(t *testing.T) {
+	nix := harness.Nix28.New(t, "")
+	harness.LookTool(t, "nix-build")
+	g, token := harness.StartGiteaWithRepo(t, "metal")
+	dir := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(dir, "cache"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	publicKey := harness.Keygen(t, "metal-1", filepath.Join(dir, "cache", "cache.sec"), filepath.Join(dir, "cache", "cache.pub"))
+	caddy := harness.StartCaddy(t, harness.RunnerCache(g.URL, token, "self-hosted:host", "host",
+		"cache/store", "cache/cache.sec", "fetch_interval 500ms").String(), harness.CaddyOptions{Dir: dir, Env: []string{"HOME=" + t.TempDir()}})
+	closure := fmt.Sprintf(`let a = mk "metal-a-%[1]d" []; in mk "metal-b-%[1]d" [ a ]`, time.Now().UnixNano())
+	sha := g.CommitWorkflow("metal", "build.yml", buildOnlyWorkflow("build.yml", closure, ""))
+	log := g.SucceededLog("metal", g.WaitRun("metal", sha, 5*time.Minute, harness.Completed))
+	c, store := substitute(nix, caddy.URL(), publicKey, builtPath(t, log))
+	if c.Err != nil {
+		t.Fatalf("substituting what the host job built:\n%s\njob log:\n%s", c, log)
+	}
+	if paths := nix.StorePaths(store); len(paths) != 2 {
+		t.Fatalf("the consumer's store holds %v, want the host job's 2 paths", paths)
 	}
 }
