@@ -49,8 +49,9 @@ var ErrCorrupt = errors.New("the index file was unreadable")
 
 // Index is a cache's index file.
 type Index struct {
-	db   *bolt.DB
-	path string
+	db      *bolt.DB
+	path    string
+	commits committer
 }
 
 // Open opens or creates the index file at path (mode 0600, its directory

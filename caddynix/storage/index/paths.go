@@ -50,7 +50,7 @@ type Pusher struct {
 // at: a new path is stored as it is; a known one keeps its first pusher
 // and gets the new push time.
 func (x *Index) RecordPush(p Path, pusher *Pusher, at time.Time) error {
-	return x.db.Batch(func(tx *bolt.Tx) error {
+	return x.update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(pathsBucket)
 		pullRequest := pusher != nil && pusher.Job != nil && pusher.Job.PullRequest
 		switch old, ok, err := getPath(b, p.Hash); {

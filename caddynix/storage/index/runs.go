@@ -92,7 +92,7 @@ func (x *Index) updateRun(tx *bolt.Tx, job *Job, at time.Time, change func(*Run)
 // StartJob records that a job of the run got cache access, and how many
 // successful default-branch runs of its repository to keep.
 func (x *Index) StartJob(job *Job, keep int, at time.Time) error {
-	return x.db.Batch(func(tx *bolt.Tx) error {
+	return x.update(func(tx *bolt.Tx) error {
 		return x.updateRun(tx, job, at, func(r *Run) {
 			r.Jobs++
 			r.Keep = keep
@@ -102,7 +102,7 @@ func (x *Index) StartJob(job *Job, keep int, at time.Time) error {
 
 // FinishJob records a job's outcome.
 func (x *Index) FinishJob(job *Job, succeeded bool, at time.Time) error {
-	return x.db.Batch(func(tx *bolt.Tx) error {
+	return x.update(func(tx *bolt.Tx) error {
 		return x.updateRun(tx, job, at, func(r *Run) {
 			if succeeded {
 				r.Succeeded++
