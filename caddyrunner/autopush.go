@@ -12,6 +12,7 @@ import (
 	"strings"
 	"syscall"
 	"time"
+	"unicode"
 
 	"gitea.com/gitea/runner/act/model"
 	"github.com/dustin/go-humanize"
@@ -40,6 +41,7 @@ const jobAutoPushDir = "/run/cargoxx/auto-push"
 // The files of the auto-push directory.
 const (
 	autoPushHookFile    = "post-build-hook"
+	autoPushNixConfFile = "nix.conf"
 	autoPushScriptFile  = "push"
 	autoPushQueueFile   = "queue"
 	autoPushPathsFile   = "paths"
@@ -120,20 +122,35 @@ func prepareAutoPush(jobFiles string, container bool, mode, cacheURL string, sto
 	if p.required {
 		required = "1"
 	}
-	scripts := map[string]string{
-		autoPushHookFile:   strings.ReplaceAll(autoPushHook, "DIR", shellQuote(p.jobDir)),
-		autoPushScriptFile: strings.NewReplacer("DIR", shellQuote(p.jobDir), "REQUIRED", required).Replace(autoPushScript),
+	files := map[string]string{
+		autoPushHookFile:    strings.ReplaceAll(autoPushHook, "DIR", shellQuote(p.jobDir)),
+		autoPushScriptFile:  strings.NewReplacer("DIR", shellQuote(p.jobDir), "REQUIRED", required).Replace(autoPushScript),
+		autoPushNixConfFile: p.hookConfig(),
 	}
-	for name, script := range scripts {
-		if err := os.WriteFile(filepath.Join(p.hostDir, name), []byte(script), 0o755); err != nil {
+	for name, content := range files {
+		if err := os.WriteFile(filepath.Join(p.hostDir, name), []byte(content), 0o755); err != nil {
 			return nil, fmt.Errorf("writing the job's %s: %w", name, err)
 		}
 	}
 	return p, nil
 }
 
-// nixConfig is the job's NIX_CONFIG line that installs the hook.
+// nixConfig is the job's NIX_CONFIG line that installs the hook. It goes
+// through an optional include of the directory's nix.conf, because
+// NIX_CONFIG also reaches the containers of `uses: docker://` steps, which
+// do not have the directory, and Nix fails every build whose hook is
+// missing: there, Nix skips the include and builds without the hook. Nix
+// cannot include a path with white space in it; such a host directory
+// names the hook directly.
 func (p *autoPush) nixConfig() string {
+	if strings.ContainsFunc(p.jobDir, unicode.IsSpace) {
+		return p.hookConfig()
+	}
+	return "!include " + p.jobDir + "/" + autoPushNixConfFile + "\n"
+}
+
+// hookConfig is the Nix setting that runs the hook.
+func (p *autoPush) hookConfig() string {
 	return "post-build-hook = " + p.jobDir + "/" + autoPushHookFile + "\n"
 }
 

@@ -30,10 +30,10 @@ func writeJobFile(t *testing.T, p *autoPush, name, content string) {
 
 func TestAutoPushScriptsPointIntoTheJob(t *testing.T) {
 	p := testAutoPush(t)
-	if p.nixConfig() != "post-build-hook = /run/cargoxx/auto-push/post-build-hook\n" {
+	if p.nixConfig() != "!include /run/cargoxx/auto-push/nix.conf\n" {
 		t.Fatalf("NIX_CONFIG line %q", p.nixConfig())
 	}
-	for _, name := range []string{autoPushHookFile, autoPushScriptFile} {
+	for _, name := range []string{autoPushHookFile, autoPushScriptFile, autoPushNixConfFile} {
 		data, err := os.ReadFile(filepath.Join(p.hostDir, name))
 		if err != nil {
 			t.Fatal(err)
@@ -44,6 +44,20 @@ func TestAutoPushScriptsPointIntoTheJob(t *testing.T) {
 	}
 	if fi, err := os.Stat(p.hostDir); err != nil || fi.Mode().Perm() != 0o777 {
 		t.Fatalf("a container job's auto-push directory is %v (%v), want writable by the job's user", fi.Mode(), err)
+	}
+}
+
+func TestAutoPushInAHostDirectoryWithASpace(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "job files")
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	p, err := prepareAutoPush(dir, false, autoPushOn, "http://cache.test", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "post-build-hook = " + p.hostDir + "/post-build-hook\n"; p.nixConfig() != want {
+		t.Fatalf("NIX_CONFIG line %q, want %q", p.nixConfig(), want)
 	}
 }
 

@@ -256,3 +256,49 @@ func TestAutoPushHostJob(t *testing.T) {
 		t.Fatalf("the consumer's store holds %v, want the host job's 2 paths", paths)
 	}
 }
+
+// TestAutoPushDockerStep: a `uses: docker://` step gets the job's
+// NIX_CONFIG but not its auto-push directory; Nix in that step container
+// builds as it would without automatic push, and what the job container
+// built is pushed as before.
+func TestAutoPushDockerStep(t *testing.T) {
+	image := harness.NewDocker(t).NixJobImage()
+	nix := harness.Nix28.New(t, "")
+	g, caddy, publicKey, _ := autoPushCache(t, "dockerstep", image, "")
+	nonce := time.Now().UnixNano()
+	workflow := fmt.Sprintf(`on:
+  push:
+    paths: ['.gitea/workflows/step.yml']
+jobs:
+  build:
+    runs-on: self-hosted
+    steps:
+      - name: build in the job container
+        shell: sh
+        run: |
+          cat > closure.nix <<'EOF'
+          let
+            mk = name: builtins.derivation {
+              inherit name;
+              system = builtins.currentSystem;
+              builder = "/bin/sh";
+              args = [ "-c" "echo ${name} > $out" ];
+            };
+          in { job = mk "job-%[1]d"; step = mk "step-%[1]d"; }
+          EOF
+          echo "built-path $(nix-build closure.nix -A job --no-out-link)"
+      - name: build in a step container
+        uses: docker://%[2]s
+        with:
+          entrypoint: /bin/sh
+          args: -c "echo step-built $(nix-build closure.nix -A step --no-out-link)"
+`, nonce, image)
+	sha := g.CommitWorkflow("dockerstep", "step.yml", workflow)
+	log := g.SucceededLog("dockerstep", g.WaitRun("dockerstep", sha, 5*time.Minute, harness.Completed))
+	if !regexp.MustCompile(`step-built /nix/store/\S+-step-`).MatchString(log) {
+		t.Fatalf("the step container did not build its path:\n%s", log)
+	}
+	if c, _ := substitute(nix, caddy.URL(), publicKey, builtPath(t, log)); c.Err != nil {
+		t.Fatalf("substituting what the job container built:\n%s\njob log:\n%s", c, log)
+	}
+}
