@@ -32,7 +32,12 @@ TEST_TIMEOUT ?= 60m
 export GITEA_BIN GITEA_RUNNER_BIN NIX_CURRENT_ROOT ACTIONS_CLIENTS_DIR VERSITYGW_BIN
 export E2E
 
-.PHONY: all build xcaddy run test unit e2e e2e-deps gitea nix-current actions-clients versitygw act-runner fmt lint vet fuzz bench clean
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+IMAGE   ?= cargoxx-runner
+IMAGE_CONTEXT := bin/image
+JOB_IMAGE ?= cargoxx-runner-job:latest
+
+.PHONY: all build xcaddy image job-image run test unit e2e e2e-deps gitea nix-current actions-clients versitygw act-runner fmt lint vet fuzz bench clean
 
 all: build
 
@@ -45,6 +50,28 @@ xcaddy:
 	$(GO) run github.com/caddyserver/xcaddy/cmd/xcaddy@$(XCADDY_VERSION) build $(CADDY_VERSION) \
 		--output bin/caddy-xcaddy \
 		--with $(MODULE)@v0.0.0-00010101000000-000000000000=.
+
+## image: the container image $(IMAGE):$(VERSION) (and :latest) from scratch: a
+## static caddy, CA certificates and the user 10001 (see deploy/)
+image:
+	rm -rf $(IMAGE_CONTEXT)
+	install -d $(IMAGE_CONTEXT)/rootfs/usr/bin $(IMAGE_CONTEXT)/rootfs/etc/ssl/certs $(IMAGE_CONTEXT)/rootfs/etc/caddy
+	install -d -m 0700 $(IMAGE_CONTEXT)/state/config $(IMAGE_CONTEXT)/state/data $(IMAGE_CONTEXT)/state/run/caddy
+	install -d -m 1777 $(IMAGE_CONTEXT)/state/tmp
+	install -d -m 0755 $(IMAGE_CONTEXT)/state/srv
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w' -o $(IMAGE_CONTEXT)/rootfs/usr/bin/caddy ./cmd/caddy
+	install -m 0644 /etc/ssl/certs/ca-certificates.crt $(IMAGE_CONTEXT)/rootfs/etc/ssl/certs/
+	install -m 0644 caddyfiles/production.Caddyfile $(IMAGE_CONTEXT)/rootfs/etc/caddy/Caddyfile
+	printf 'root:x:0:0:root:/:/sbin/nologin\ncaddy:x:10001:10001:caddy:/data:/sbin/nologin\n' > $(IMAGE_CONTEXT)/rootfs/etc/passwd
+	printf 'root:x:0:\ncaddy:x:10001:\n' > $(IMAGE_CONTEXT)/rootfs/etc/group
+	DOCKER_BUILDKIT=0 docker build --quiet --build-arg VERSION=$(VERSION) -t $(IMAGE):$(VERSION) -t $(IMAGE):latest \
+		-f deploy/Dockerfile $(IMAGE_CONTEXT)
+
+## job-image: the job image $(JOB_IMAGE) (the seed's self-hosted label) from
+## Debian's packages with debootstrap: Nix in single-user mode, git, curl, jq
+## (needs root; see deploy/job-image/build)
+job-image:
+	DEBOOTSTRAP_CACHE=$(CACHE_DIR)/debootstrap deploy/job-image/build $(JOB_IMAGE)
 
 ## run: serve caddyfiles/local.Caddyfile (a Nix cache on http://localhost:8080)
 run: build
@@ -61,7 +88,7 @@ unit:
 ## e2e-deps: build the Gitea server, the S3 server and the current-Nix root
 ## the end-to-end tests run, and install the actions toolkit's npm clients
 ## (cached in $(CACHE_DIR))
-e2e-deps: gitea versitygw nix-current actions-clients
+e2e-deps: gitea versitygw nix-current actions-clients act-runner
 
 # The binary's name carries the version, so an existing file is never stale.
 gitea:
