@@ -106,6 +106,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err := metrics.Register(ctx.GetMetricsRegistry()); err != nil {
 		return fmt.Errorf("nix_cache: registering metrics: %w", err)
 	}
+	metrics.Retention{}.Known(h.cacheLabel())
 	return nil
 }
 

@@ -256,6 +256,7 @@ func (p *autoPush) report(rep *reporter, repository string) {
 		return
 	}
 	rep.logf("%s", o.summary(p.cacheURL))
+	autoPushFailures.WithLabelValues(repository)
 	autoPushPaths.WithLabelValues(repository, "pushed").Add(float64(len(o.pushed)))
 	autoPushPaths.WithLabelValues(repository, "skipped").Add(float64(len(o.skipped)))
 	if o.failure != "" {

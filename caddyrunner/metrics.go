@@ -55,6 +55,22 @@ var (
 	}, []string{"repository"})
 )
 
+// The label values the runner knows of start at zero, so that a rate or a
+// ratio over them has a value before the first event rather than no series.
+func init() {
+	for vec, values := range map[*prometheus.CounterVec][]string{
+		pollsTotal:     {"task", "empty", "error"},
+		tasksTotal:     {"success", "failure", "cancelled", "skipped"},
+		webhooksTotal:  {"woke", "ignored", "unsigned", "bad_signature", "too_large", "bad_request"},
+		tasksFetched:   {"webhook", "poll"},
+		reportFailures: {"log", "state"},
+	} {
+		for _, value := range values {
+			vec.WithLabelValues(value)
+		}
+	}
+}
+
 // registerMetrics adds the runner's collectors to a config's registry.
 func registerMetrics(registry prometheus.Registerer) error {
 	return caddyutil.RegisterCollectors(registry, pollsTotal, tasksTotal, tasksRunning, jobDuration, reportFailures,

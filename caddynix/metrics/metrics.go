@@ -16,6 +16,7 @@ import (
 	"strconv"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/cargoxx-pkgs/runner/caddynix/internal/cacheurl"
 	"github.com/cargoxx-pkgs/runner/caddynix/retention"
 	"github.com/cargoxx-pkgs/runner/caddynix/serve"
 	"github.com/cargoxx-pkgs/runner/caddynix/upload"
@@ -154,6 +155,28 @@ func (Retention) Deleted(cache string, report *retention.Report) {
 func (Retention) Stored(cache string, paths int, size int64) {
 	storedBytes.WithLabelValues(cache).Set(float64(size))
 	storedPaths.WithLabelValues(cache).Set(float64(paths))
+}
+
+// The label values that do not depend on a cache start at zero, so that a
+// rate or a ratio over them has a value before the first event rather than
+// no series.
+func init() {
+	for _, result := range []string{"served", "missing"} {
+		narinfoLookups.WithLabelValues(result)
+	}
+	for kind := cacheurl.CacheInfo; kind < cacheurl.Landing; kind++ {
+		uploadBytes.WithLabelValues(kind.String())
+		for _, outcome := range []string{"stored", "rejected", "aborted", "failed"} {
+			Uploads.WithLabelValues(kind.String(), outcome)
+		}
+	}
+}
+
+// Known starts the counters of cache at zero, for the same reason.
+func (Retention) Known(cache string) {
+	for _, vec := range []*prometheus.CounterVec{gcRuns, gcDeletedPaths, gcFreedBytes, indexRebuilds} {
+		vec.WithLabelValues(cache)
+	}
 }
 
 // Register adds the cache's collectors to a config's registry.

@@ -126,6 +126,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err := registerMetrics(ctx.GetMetricsRegistry()); err != nil {
 		return fmt.Errorf("actions_cache %s: registering metrics: %w", h.Name, err)
 	}
+	knownMetrics(h.label)
 
 	value, _, err := stores.LoadOrNew(root, func() (caddy.Destructor, error) {
 		if err := os.MkdirAll(root, 0o700); err != nil {

@@ -104,6 +104,11 @@ func (s *entryStore) load(ctx context.Context) error {
 			_ = s.store.Delete(ctx, archiveName(id))
 		}
 	}
+	s.mu.Lock()
+	entries, bytes := s.usageLocked()
+	s.mu.Unlock()
+	storedEntries.WithLabelValues(s.label).Set(float64(entries))
+	storedBytes.WithLabelValues(s.label).Set(float64(bytes))
 	return nil
 }
 

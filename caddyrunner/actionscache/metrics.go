@@ -66,6 +66,18 @@ func registerMetrics(registry prometheus.Registerer) error {
 		downloadedBytes, rejectedRequests, storedEntries, storedBytes)
 }
 
+// knownMetrics starts the counters of the cache labelled label at zero, so
+// that a rate or a hit ratio over them has a value before the first event
+// rather than no series.
+func knownMetrics(label string) {
+	for _, result := range []string{"hit", "miss"} {
+		lookups.WithLabelValues(label, result)
+	}
+	for _, vec := range []*prometheus.CounterVec{savedEntries, evictedEntries, uploadedBytes, downloadedBytes} {
+		vec.WithLabelValues(label)
+	}
+}
+
 // countingWriter counts the body bytes of a response, keeping
 // io.ReaderFrom so that archives are still sent with sendfile.
 type countingWriter struct {
