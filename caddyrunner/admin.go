@@ -51,12 +51,8 @@ func serveStatus(w http.ResponseWriter, r *http.Request) error {
 	if r.Method != http.MethodGet {
 		return caddy.APIError{HTTPStatus: http.StatusMethodNotAllowed, Err: fmt.Errorf("method %s not allowed; use GET", r.Method)}
 	}
-	statuses := []runnerStatus{}
-	for _, d := range allDaemons() {
-		statuses = append(statuses, d.status())
-	}
 	w.Header().Set("Content-Type", "application/json")
-	return json.NewEncoder(w).Encode(map[string]any{"runners": statuses})
+	return json.NewEncoder(w).Encode(map[string]any{"runners": Runners()})
 }
 
 func setDraining(w http.ResponseWriter, r *http.Request, draining bool) error {

@@ -2,8 +2,6 @@ package caddyrunner
 
 import (
 	"context"
-	"maps"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -79,24 +77,24 @@ type daemon struct {
 	mu       sync.Mutex
 	id       *identity
 	declared []string
-	running  map[int64]*runningTask
+	running  map[int64]*JobStatus
+	// finished are the last finishedKept tasks that ended, oldest first.
+	finished []JobStatus
 	draining bool
 	lastPoll time.Time
-	hookID   int64  // the webhook the runner keeps in Gitea
-	hookErr  string // why it could not
-	lastErr  string
+	// failures counts the polls that failed in a row, and retryAt is
+	// when the next one is made.
+	failures int
+	retryAt  time.Time
+	// stopped says why the runner stopped polling for good, if it did.
+	stopped string
+	hookID  int64  // the webhook the runner keeps in Gitea
+	hookErr string // why it could not
+	lastErr string
 	// lastWebhook is when a webhook last woke the poller.
 	lastWebhook time.Time
 	// fetchedBy counts the tasks taken, by what made the runner ask.
 	fetchedBy map[string]int
-}
-
-// runningTask is what the status endpoint shows of a task.
-type runningTask struct {
-	ID         int64     `json:"id"`
-	Repository string    `json:"repository"`
-	Job        string    `json:"job"`
-	Started    time.Time `json:"started"`
 }
 
 // newDaemon takes the identity's lock and starts the daemon.
@@ -127,7 +125,7 @@ func makeDaemon(instance string, store identityStore, s *settings, logger *zap.L
 		resubscribe: make(chan struct{}, 1),
 		fetchedBy:   map[string]int{},
 		pollDone:    make(chan struct{}),
-		running:     map[int64]*runningTask{},
+		running:     map[int64]*JobStatus{},
 	}
 	d.run = d.runTask
 	d.pollCtx, d.stopPoll = context.WithCancel(context.Background())
@@ -169,7 +167,7 @@ func (d *daemon) loop() {
 	}()
 	id, err := d.ensureIdentity()
 	if err != nil {
-		d.setError(err)
+		d.setStopped(err)
 		d.logger().Error("runner not registered; not polling", zap.Error(err))
 		return
 	}
@@ -182,27 +180,19 @@ func (d *daemon) loop() {
 
 // start runs a task in its own goroutine, holding a capacity slot.
 func (d *daemon) start(client runnerv1connect.RunnerServiceClient, task *runnerv1.Task) {
-	fields := task.Context.GetFields()
 	d.mu.Lock()
 	if _, dup := d.running[task.Id]; dup {
 		d.mu.Unlock()
 		d.logger().Warn("task is already running; ignoring it", zap.Int64("task", task.Id))
 		return
 	}
-	d.running[task.Id] = &runningTask{
-		ID:         task.Id,
-		Repository: fields["repository"].GetStringValue(),
-		Job:        fields["job"].GetStringValue(),
-		Started:    time.Now(),
-	}
+	d.running[task.Id] = jobStatusOf(task, d.instance, time.Now())
 	d.mu.Unlock()
 	tasksRunning.Inc()
 	d.tasks.Add(1)
 	go func() {
 		defer func() {
-			d.mu.Lock()
-			delete(d.running, task.Id)
-			d.mu.Unlock()
+			d.finish(task.Id, time.Now())
 			tasksRunning.Dec()
 			d.tasks.Done()
 			d.poke()
@@ -212,67 +202,6 @@ func (d *daemon) start(client runnerv1connect.RunnerServiceClient, task *runnerv
 			d.ephemeralDone()
 		}
 	}()
-}
-
-// runnerStatus is one runner's entry in the status response.
-type runnerStatus struct {
-	Instance    string        `json:"instance"`
-	ID          int64         `json:"id,omitempty"`
-	Name        string        `json:"name"`
-	Labels      []string      `json:"labels"`
-	Capacity    int           `json:"capacity"`
-	Draining    bool          `json:"draining"`
-	Running     []runningTask `json:"running"`
-	LastPoll    *time.Time    `json:"last_successful_poll,omitempty"`
-	LastWebhook *time.Time    `json:"last_webhook,omitempty"`
-	// TasksFetched counts the tasks taken since the runner started, by
-	// what made it ask: "webhook" or "poll".
-	TasksFetched map[string]int `json:"tasks_fetched"`
-	Webhook      bool           `json:"webhook"`
-	// WebhookID is the webhook the runner keeps in Gitea with its
-	// api_token, and WebhookError why it could not.
-	WebhookID     int64  `json:"webhook_id,omitempty"`
-	WebhookError  string `json:"webhook_error,omitempty"`
-	Ephemeral     bool   `json:"ephemeral,omitempty"`
-	LastError     string `json:"last_error,omitempty"`
-	IdentityStore string `json:"identity"`
-}
-
-func (d *daemon) status() runnerStatus {
-	s := d.settings()
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	st := runnerStatus{
-		Instance:      d.instance,
-		Name:          s.name,
-		Labels:        s.labelSpecs,
-		Capacity:      s.capacity,
-		Draining:      d.draining,
-		Running:       []runningTask{},
-		LastError:     d.lastErr,
-		IdentityStore: d.store.String(),
-		TasksFetched:  maps.Clone(d.fetchedBy),
-		Webhook:       s.webhook != nil,
-		WebhookID:     d.hookID,
-		WebhookError:  d.hookErr,
-	}
-	if d.id != nil {
-		st.ID = d.id.ID
-		st.Ephemeral = d.id.Ephemeral
-	}
-	if !d.lastWebhook.IsZero() {
-		t := d.lastWebhook
-		st.LastWebhook = &t
-	}
-	if !d.lastPoll.IsZero() {
-		t := d.lastPoll
-		st.LastPoll = &t
-	}
-	for _, task := range d.running {
-		st.Running = append(st.Running, *task)
-	}
-	slices.SortFunc(st.Running, func(a, b runningTask) int { return int(a.ID - b.ID) })
-	return st
 }
 
 // setDraining stops or resumes taking new tasks; running ones go on.
@@ -294,9 +223,25 @@ func (d *daemon) setError(err error) {
 	d.lastErr = err.Error()
 }
 
+// setStopped records why the runner stopped polling for good.
+func (d *daemon) setStopped(err error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.lastErr, d.stopped = err.Error(), err.Error()
+}
+
+// backOff records that the last failures polls failed and the next is
+// made after wait.
+func (d *daemon) backOff(failures int, wait time.Duration) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.failures, d.retryAt = failures, time.Now().Add(wait)
+}
+
 func (d *daemon) markPolled() {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	d.failures, d.retryAt = 0, time.Time{}
 	d.lastPoll = time.Now()
 	lastPoll.Set(float64(d.lastPoll.UnixNano()) / 1e9)
 }

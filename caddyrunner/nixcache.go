@@ -149,9 +149,7 @@ func cacheJob(task *runnerv1.Task, instance string) *caddynix.Job {
 		Event:         event,
 		PullRequest:   pullRequest,
 		DefaultBranch: !pullRequest && defaultBranch != "" && str("ref") == "refs/heads/"+defaultBranch,
-	}
-	if runNumber := str("run_number"); runNumber != "" && repository != "" {
-		job.RunURL = strings.TrimSuffix(instance, "/") + "/" + repository + "/actions/runs/" + runNumber
+		RunURL:        runURL(instance, repository, str("run_id")),
 	}
 	return job
 }

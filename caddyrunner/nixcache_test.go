@@ -62,7 +62,7 @@ func TestCacheJobTellsDefaultBranchFromPullRequests(t *testing.T) {
 			if job.DefaultBranch != tc.defaultBranch || job.PullRequest != tc.pullRequest {
 				t.Fatalf("default branch %v, pull request %v; want %v, %v", job.DefaultBranch, job.PullRequest, tc.defaultBranch, tc.pullRequest)
 			}
-			if job.Repository != "pkgs/main" || job.RunID != "41" || job.Commit != "abc" || job.RunURL != "https://git.example.org/pkgs/main/actions/runs/7" {
+			if job.Repository != "pkgs/main" || job.RunID != "41" || job.Commit != "abc" || job.RunURL != "https://git.example.org/pkgs/main/actions/runs/41" {
 				t.Fatalf("job %+v", job)
 			}
 		})

@@ -65,7 +65,7 @@ func (d *daemon) poll(client runnerv1connect.RunnerServiceClient) {
 			pollsTotal.WithLabelValues("error").Inc()
 			if isUnauthenticated(err) {
 				err = fmt.Errorf("gitea no longer knows this runner (deleted?): %w; remove %s and restart to register again", err, d.store)
-				d.setError(err)
+				d.setStopped(err)
 				d.logger().Error("polling stopped", zap.Error(err))
 				return
 			}
@@ -87,7 +87,11 @@ func (d *daemon) poll(client runnerv1connect.RunnerServiceClient) {
 				pollsTotal.WithLabelValues("empty").Inc()
 				empties, failures = empties+1, 0
 			}
-			live, notified := d.sleepOrWake(pollWait(s, empties, failures))
+			wait := pollWait(s, empties, failures)
+			if failed {
+				d.backOff(failures, wait)
+			}
+			live, notified := d.sleepOrWake(wait)
 			if !live {
 				return
 			}

@@ -48,6 +48,7 @@ func (d *daemon) runTask(ctx context.Context, client runnerv1connect.RunnerServi
 		logger.Error("the final report did not reach Gitea", zap.Error(err))
 	}
 	result := strings.ToLower(strings.TrimPrefix(rep.result().String(), "RESULT_"))
+	d.recordResult(task.Id, result)
 	jobDuration.Observe(time.Since(start).Seconds())
 	tasksTotal.WithLabelValues(result).Inc()
 	logger.Info("task finished", zap.String("result", result), zap.Duration("duration", time.Since(start)))
