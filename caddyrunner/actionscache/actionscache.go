@@ -148,6 +148,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("actions_cache %s: %w", h.Name, err)
 	}
 	h.entries = value.(*entryStore)
+	h.entries.maxSize.Store(h.keep.maxSize)
 	h.entries.pruneSoon(ctx, h.keep, time.Now())
 
 	value, _, err = registries.LoadOrNew(h.Name, func() (caddy.Destructor, error) {

@@ -47,10 +47,12 @@ func (h *Handler) lookup(w http.ResponseWriter, r *http.Request, g *grant, base 
 	e := h.entries.match(g.scope, keys, version)
 	if e == nil {
 		lookups.WithLabelValues(h.label, "miss").Inc()
+		h.entries.lookups.misses.Add(1)
 		w.WriteHeader(http.StatusNoContent)
 		return nil
 	}
 	lookups.WithLabelValues(h.label, "hit").Inc()
+	h.entries.lookups.hits.Add(1)
 	h.entries.markUsed(r.Context(), e.ID, now)
 	scheme := "http"
 	if r.TLS != nil {

@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -49,6 +50,11 @@ type entryStore struct {
 	store  storage.Store
 	logger *zap.Logger
 	label  string
+
+	// maxSize is the running configuration's limit per repository, and
+	// lookups count hits and misses, both for the status page.
+	maxSize atomic.Int64
+	lookups lookupCounts
 
 	mu        sync.Mutex
 	entries   map[int64]*entry
