@@ -46,6 +46,7 @@ func (a *App) Start() error {
 	for _, h := range a.handlers {
 		h.startServing()
 		a.wg.Go(func() { h.runBackground(ctx) })
+		a.wg.Go(func() { h.sampleActivity(ctx) })
 	}
 	return nil
 }

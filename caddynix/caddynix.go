@@ -21,7 +21,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
-	"github.com/cargoxx-pkgs/runner/caddynix/metrics"
+	"github.com/cargoxx-pkgs/runner/caddynix/activity"
 	"github.com/cargoxx-pkgs/runner/caddynix/retention"
 	"github.com/cargoxx-pkgs/runner/caddynix/serve"
 	"github.com/cargoxx-pkgs/runner/caddynix/sources"
@@ -139,7 +139,11 @@ type Handler struct {
 	shared  *sharedCache
 	// sources are the live store and the upstreams.
 	sources *sources.Sources
-	logger  *zap.Logger
+	// activity is what the status page shows of the cache over time.
+	activity *activity.Recorder
+	// pins are those the status last read.
+	pins   *pinsSeen
+	logger *zap.Logger
 }
 
 // CaddyModule returns the Caddy module information.
@@ -154,7 +158,7 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 func (h *Handler) collector(idx *index.Index) *retention.Collector {
 	return retention.NewCollector(retention.Options{
 		Store: h.store, StoreDir: h.StoreDir, State: h.state, Index: idx,
-		Logger: h.logger, Metrics: metrics.Retention{}, Cache: h.cacheLabel(), Grace: h.gcGrace,
+		Logger: h.logger, Metrics: retentionObserver{activity: h.activity}, Cache: h.cacheLabel(), Grace: h.gcGrace,
 	})
 }
 

@@ -15,15 +15,17 @@ import (
 // serveLanding answers the cache's root: what it holds, its keys and the
 // nix.conf lines that use it.
 func (h *Handler) serveLanding(w http.ResponseWriter, r *http.Request) error {
+	size, _ := h.cache.Stats(r.Context())
 	return h.cache.Landing(w, r, serve.LandingPage{
 		Name:       h.cacheName(r),
 		URL:        h.cacheURL(r),
 		PublicKeys: h.publicKeyStrings(),
 		StoreDir:   h.StoreDir,
 		Priority:   *h.Priority,
-		Retention:  h.retentionSummary(h.cache.StoredBytes(r.Context())),
+		Retention:  h.retentionSummary(size),
 		Sources:    h.sources.Names(),
 		ClientKeys: h.clientKeys(),
+		LastPush:   h.activity.LastPush(),
 	})
 }
 

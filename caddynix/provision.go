@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/cargoxx-pkgs/runner/caddynix/activity"
 	"github.com/cargoxx-pkgs/runner/caddynix/metrics"
 	"github.com/cargoxx-pkgs/runner/caddynix/overlay"
 	"github.com/cargoxx-pkgs/runner/caddynix/serve"
@@ -88,6 +89,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if h.state, err = joinCacheState(indexPath); err != nil {
 		return fmt.Errorf("nix_cache: %w", err)
 	}
+	h.activity, h.pins = activity.For(h.cacheLabel()), new(pinsSeen)
 	h.receiver = h.newReceiver()
 	if h.sources, err = h.openSources(ctx, repl); err != nil {
 		return fmt.Errorf("nix_cache: %w", err)
@@ -127,7 +129,7 @@ func (h *Handler) newReceiver() *upload.Receiver {
 func (h *Handler) newCache() *serve.Cache {
 	return serve.New(serve.Options{
 		Store: h.store, StoreDir: h.StoreDir, Keys: h.keys, State: h.state, Sources: h.sources,
-		Redirect: h.redirect, Logger: h.logger, Metrics: metrics.Serve{},
+		Redirect: h.redirect, Logger: h.logger, Metrics: serveObserver{activity: h.activity},
 	})
 }
 

@@ -35,6 +35,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 	mw := metrics.NewWriter(w)
 	err := httpError(h.serve(mw, r, req, ok))
 	mw.Record(kind, err)
+	h.activity.Request()
 	if errors.As(err, new(httpx.Aborted)) {
 		// The header is out: only a cut connection tells the client.
 		panic(http.ErrAbortHandler)

@@ -138,7 +138,7 @@ func (h *Handler) receive(r *http.Request, req cacheurl.Request, ok bool) error 
 	}
 	body := upload.Body{Reader: r.Body, Length: r.ContentLength, Encoding: r.Header.Get("Content-Encoding")}
 	var sent *bytes.Buffer
-	if who.stored != nil && req.Kind == cacheurl.NarInfo {
+	if req.Kind == cacheurl.NarInfo {
 		// A narinfo is small (the receiver refuses a larger one): what
 		// it read is what it stored.
 		sent = new(bytes.Buffer)
@@ -149,7 +149,10 @@ func (h *Handler) receive(r *http.Request, req cacheurl.Request, ok bool) error 
 	}
 	if sent != nil {
 		if info, err := narinfo.Parse(sent); err == nil {
-			who.stored.add(info.StorePath, int64(info.NarSize))
+			if who.stored != nil {
+				who.stored.add(info.StorePath, int64(info.NarSize))
+			}
+			h.notePush(who.pusher, who.overlay, int64(info.NarSize))
 		}
 	}
 	return nil

@@ -29,6 +29,7 @@ func TestLandingPage(t *testing.T) {
 		for _, want := range []string{
 			"127.0.0.1: a Nix binary cache", // the host name, as no name is configured
 			"paths: 3\n",
+			"last push: none since the server started\n", // it was filled from outside
 			"  " + public + "\n",
 			"extra-substituters = " + caddy.URL() + "\n",
 			"extra-trusted-public-keys = " + public + "\n",

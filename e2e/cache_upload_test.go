@@ -1,8 +1,10 @@
 package e2e
 
 import (
+	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"sync"
@@ -60,6 +62,11 @@ func TestNixCopyUploads(t *testing.T) {
 				t.Fatalf("nix copy --to %s/%s:\n%s", caddy.URL(), query, c)
 			}
 			substituteWhole(t, nix, caddy.URL(), public, closure, "substituting what was uploaded")
+		}
+		// The public landing page says when, not who.
+		landing := get(t, caddy.URL()+"/", nil, http.StatusOK)
+		if !regexp.MustCompile(`\nlast push: 20\d\d-\d\d-\d\d \d\d:\d\d:\d\d UTC\n`).MatchString(landing) || strings.Contains(landing, "token") {
+			t.Errorf("after uploads the landing page reads:\n%s", landing)
 		}
 		nars, _ := filepath.Glob(filepath.Join(root, "nar", "*"))
 		for _, ext := range []string{".nar.xz", ".nar.zst", ".nar", ".nar.br"} {

@@ -30,6 +30,17 @@ var leaseHolder = sync.OnceValue(func() string {
 	return fmt.Sprintf("%s pid %d (%s)", host, os.Getpid(), hex.EncodeToString(random))
 })
 
+// CollectionLease says which node holds the collection lease of a shared
+// storage, and until when: nobody, when no collection runs or store is
+// not shared.
+func CollectionLease(ctx context.Context, store storage.Store) (holder string, until time.Time, err error) {
+	reader, ok := store.(storage.LeaseReader)
+	if !ok {
+		return "", time.Time{}, nil
+	}
+	return reader.LeaseHolder(ctx, leaseName)
+}
+
 // heldLease is a collection lease this process holds.
 type heldLease struct {
 	leaser storage.Leaser

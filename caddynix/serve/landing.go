@@ -4,10 +4,10 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"html/template"
 	"io"
 	"net/http"
 	"strings"
-	"text/template"
 	"time"
 
 	"github.com/cargoxx-pkgs/runner/caddynix/internal/httpx"
@@ -30,6 +30,17 @@ type LandingPage struct {
 	Sources []string
 	// ClientKeys are the keys a client trusts to use the cache.
 	ClientKeys []string
+	// LastPush is when a path was last pushed, zero if unknown. Who
+	// pushed it is not shown: the page is public.
+	LastPush time.Time
+}
+
+// lastPush says when the last push was.
+func (p LandingPage) lastPush() string {
+	if p.LastPush.IsZero() {
+		return "none since the server started"
+	}
+	return p.LastPush.UTC().Format("2006-01-02 15:04:05 UTC")
 }
 
 // NixConf is the nix.conf snippet that makes a client use this cache.
@@ -47,6 +58,7 @@ var landingHTML = template.Must(template.New("landing").Parse(`<!DOCTYPE html>
 <body>
 <h1>{{.Name}}</h1>
 <p>A Nix binary cache with {{.Paths}} store paths ({{.Size}} of NARs), store directory <code>{{.StoreDir}}</code>, priority {{.Priority}}.</p>
+<p>Last push: {{.LastPushText}}.</p>
 {{if .Retention}}<p>Retention: {{.Retention}}.</p>{{end}}
 {{if .Sources}}<p>Also answers, in order:</p><ul>{{range .Sources}}<li>{{.}}</li>{{end}}</ul>{{end}}
 <h2>Public keys</h2>
@@ -58,10 +70,16 @@ var landingHTML = template.Must(template.New("landing").Parse(`<!DOCTYPE html>
 </html>
 `))
 
+// landingView is the page with what the HTML template shows worked out.
+type landingView struct {
+	LandingPage
+	LastPushText string
+}
+
 // writeText writes the plain-text landing page.
 func (p LandingPage) writeText(w io.Writer) {
-	_, _ = fmt.Fprintf(w, "%s: a Nix binary cache\n\npaths: %d\nsize: %s\nstore dir: %s\npriority: %d\n",
-		p.Name, p.Paths, p.Size, p.StoreDir, p.Priority)
+	_, _ = fmt.Fprintf(w, "%s: a Nix binary cache\n\npaths: %d\nsize: %s\nlast push: %s\nstore dir: %s\npriority: %d\n",
+		p.Name, p.Paths, p.Size, p.lastPush(), p.StoreDir, p.Priority)
 	if p.Retention != "" {
 		_, _ = fmt.Fprintf(w, "retention: %s\n", p.Retention)
 	}
@@ -89,7 +107,7 @@ func (c *Cache) Landing(w http.ResponseWriter, r *http.Request, page LandingPage
 	var body bytes.Buffer
 	if strings.Contains(r.Header.Get("Accept"), "text/html") {
 		w.Header().Set("Content-Type", "text/html; charset=utf-8")
-		if err := landingHTML.Execute(&body, page); err != nil {
+		if err := landingHTML.Execute(&body, landingView{LandingPage: page, LastPushText: page.lastPush()}); err != nil {
 			return httpx.Error(http.StatusInternalServerError, fmt.Errorf("rendering the landing page: %w", err))
 		}
 	} else {
@@ -101,6 +119,9 @@ func (c *Cache) Landing(w http.ResponseWriter, r *http.Request, page LandingPage
 	return nil
 }
 
-// StoredBytes is the size of the NARs the cache holds, as the landing page
-// last counted it.
-func (c *Cache) StoredBytes(ctx context.Context) int64 { return c.stats.get(ctx, c.store).NarBytes }
+// Stats are the size of the NARs the cache holds and its number of paths,
+// as the landing page last counted them.
+func (c *Cache) Stats(ctx context.Context) (narBytes int64, paths int) {
+	stats := c.stats.get(ctx, c.store)
+	return stats.NarBytes, stats.Paths
+}

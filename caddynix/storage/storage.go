@@ -148,6 +148,14 @@ type Leaser interface {
 	ReleaseLease(ctx context.Context, name, holder string) error
 }
 
+// LeaseReader is a Leaser that can say who holds a lease without taking
+// it.
+type LeaseReader interface {
+	// LeaseHolder returns who holds the lease name and until when; an
+	// empty holder when nobody does.
+	LeaseHolder(ctx context.Context, name string) (holder string, until time.Time, err error)
+}
+
 // Watcher is a Store that can report changes to its objects, so that
 // what is derived from an object can be kept until it changes without a
 // look at the object on every use.

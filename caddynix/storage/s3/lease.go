@@ -39,6 +39,16 @@ func (s *Store) readLease(ctx context.Context, name string) (lease, string, erro
 	return current, info.ETag, nil
 }
 
+// LeaseHolder returns who holds the lease name and until when; nobody
+// when it is missing or expired.
+func (s *Store) LeaseHolder(ctx context.Context, name string) (string, time.Time, error) {
+	current, _, err := s.readLease(ctx, name)
+	if err != nil || !time.Now().Before(current.Expires) {
+		return "", time.Time{}, err
+	}
+	return current.Holder, current.Expires, nil
+}
+
 // TryLease takes or extends the lease name with a conditional write: on a
 // missing object If-None-Match: *, else If-Match on the ETag read, so that
 // of two nodes racing for it one wins.

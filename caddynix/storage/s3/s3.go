@@ -262,5 +262,6 @@ var (
 	_ storage.Sweeper         = (*Store)(nil)
 	_ storage.TemporaryLister = (*Store)(nil)
 	_ storage.Leaser          = (*Store)(nil)
+	_ storage.LeaseReader     = (*Store)(nil)
 	_ storage.Presigner       = (*Store)(nil)
 )
