@@ -13,6 +13,7 @@ package caddystatus
 import (
 	"fmt"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -41,6 +42,9 @@ type Handler struct {
 	// connects to the new configuration.
 	ctx    caddy.Context
 	logger *zap.Logger
+	// shutdowns holds, per server the page is served by, a channel
+	// closed when that server shuts down.
+	shutdowns *sync.Map
 }
 
 // CaddyModule returns the Caddy module information.
@@ -53,7 +57,7 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 
 // Provision sets the defaults.
 func (h *Handler) Provision(ctx caddy.Context) error {
-	h.ctx, h.logger = ctx, ctx.Logger()
+	h.ctx, h.logger, h.shutdowns = ctx, ctx.Logger(), new(sync.Map)
 	if h.Refresh == 0 {
 		h.Refresh = caddy.Duration(defaultRefresh)
 	}

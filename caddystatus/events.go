@@ -25,6 +25,7 @@ func (h *Handler) serveEvents(w http.ResponseWriter, r *http.Request) error {
 	}
 	ticker := time.NewTicker(refresh)
 	defer ticker.Stop()
+	shutdown := h.shuttingDown(r)
 	for {
 		snapshot := h.gather(r.Context())
 		body, err := h.render("main", arrange(snapshot, refresh))
@@ -43,9 +44,28 @@ func (h *Handler) serveEvents(w http.ResponseWriter, r *http.Request) error {
 			return nil
 		case <-h.ctx.Done():
 			return nil
+		case <-shutdown:
+			return nil
 		case <-ticker.C:
 		}
 	}
+}
+
+// shuttingDown returns a channel closed when the server that took r
+// begins to shut down: on exit, Caddy waits for open requests, and a
+// stream would never end by itself. On a reload the configuration's end
+// ends it.
+func (h *Handler) shuttingDown(r *http.Request) <-chan struct{} {
+	server, ok := r.Context().Value(http.ServerContextKey).(*http.Server)
+	if !ok {
+		return nil
+	}
+	done := make(chan struct{})
+	existing, loaded := h.shutdowns.LoadOrStore(server, done)
+	if !loaded {
+		server.RegisterOnShutdown(func() { close(done) })
+	}
+	return existing.(chan struct{})
 }
 
 // event encodes one server-sent event: every line of data is a data

@@ -237,3 +237,26 @@ func statusOf(err error) int {
 	}
 	return http.StatusInternalServerError
 }
+
+func TestTheEventFeedEndsWhenTheServerShutsDown(t *testing.T) {
+	h := provisioned(t)
+	server := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if err := h.ServeHTTP(w, r, nil); err != nil {
+			t.Error(err)
+		}
+	}))
+	defer server.Close()
+	resp, err := http.Get(server.URL + "/?feed=events")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if _, err := bufio.NewReader(resp.Body).ReadString('\n'); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := server.Config.Shutdown(ctx); err != nil {
+		t.Fatalf("the server did not shut down with a page open: %v", err)
+	}
+}

@@ -84,13 +84,16 @@ func TestStatusPageInABrowser(t *testing.T) {
 		root, secret, "fetch_interval 500ms", "actions_cache main")
 	config.Cache.Upload = []string{"token " + uploadToken}
 	config.Cache.Options = append(config.Cache.Options, "retention {\n\tmax_size 1GiB\n}")
-	config.Sites = []string{
-		fmt.Sprintf("%s {\n\tbind 127.0.0.1\n\tactions_cache {\n\t\tname main\n\t\turl %[1]s/\n\t\troot %s\n\t}\n}",
-			actionsCacheURL, filepath.Join(dir, "actions")),
-		fmt.Sprintf("http://127.0.0.1:%d {\n\tbind 127.0.0.1\n\tbasic_auth {\n\t\tadmin %s\n\t}\n\thost_status {\n\t\trefresh 1s\n\t}\n}",
-			statusPort, strings.TrimSpace(string(hash))),
+	sites := func(refresh string) []string {
+		return []string{
+			fmt.Sprintf("%s {\n\tbind 127.0.0.1\n\tactions_cache {\n\t\tname main\n\t\turl %[1]s/\n\t\troot %s\n\t}\n}",
+				actionsCacheURL, filepath.Join(dir, "actions")),
+			fmt.Sprintf("http://127.0.0.1:%d {\n\tbind 127.0.0.1\n\tbasic_auth {\n\t\tadmin %s\n\t}\n\thost_status {\n\t\trefresh %s\n\t}\n}",
+				statusPort, strings.TrimSpace(string(hash)), refresh),
+		}
 	}
-	harness.StartCaddy(t, config.String(), harness.CaddyOptions{})
+	config.Sites = sites("1s")
+	caddy := harness.StartCaddy(t, config.String(), harness.CaddyOptions{})
 	statusURL := fmt.Sprintf("http://127.0.0.1:%d/", statusPort)
 
 	// basic_auth keeps the page, its feed and its JSON from anyone else.
@@ -182,6 +185,31 @@ func TestStatusPageInABrowser(t *testing.T) {
 		chromedp.Text(chromedp.CSS(`article[data-cache="main"] dd.public-keys`)))
 	if !strings.Contains(keys, public) {
 		t.Errorf("the cache's public keys read %q, want %s", keys, public)
+	}
+
+	// A reload does not wait for the open page, which then follows the
+	// new configuration.
+	config.Sites = sites("2s")
+	reloaded := make(chan error, 1)
+	go func() { reloaded <- caddy.Reload(config.String()) }()
+	select {
+	case err := <-reloaded:
+		if err != nil {
+			t.Fatalf("reloading with the page open: %v", err)
+		}
+	case <-time.After(time.Minute):
+		t.Fatal("caddy reload waits for the open status page")
+	}
+	seen, _ := strconv.Atoi(updates)
+	if err := harness.Eventually(30*time.Second, time.Second, func() error {
+		now := harness.InBrowser(t, browser, 10*time.Second, "counting the page's updates",
+			chromedp.Evaluate[string](`document.body.dataset.updates || "0"`))
+		if n, _ := strconv.Atoi(now); n < seen+2 {
+			return fmt.Errorf("the page updated %d times in all, %d before the reload", n, seen)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
 	}
 
 	// Nothing secret in what the page shows or sends.
