@@ -158,11 +158,16 @@ e2e: build xcaddy e2e-deps
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./e2e/...
 
 FUZZTIME ?= 30s
-## fuzz: fuzz the narinfo parser, the URL classifier and the xz reader
+## fuzz: fuzz the narinfo parser, the NAR checker, the URL classifier, the xz
+## reader, the actions cache's request handling and the Caddyfile parsers,
+## each for FUZZTIME; crashers land in the package's testdata/fuzz
 fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzParseNarInfo -fuzztime $(FUZZTIME) ./internal/nixfmt
+	$(GO) test -run '^$$' -fuzz FuzzCheckNar -fuzztime $(FUZZTIME) ./internal/nixfmt
 	$(GO) test -run '^$$' -fuzz FuzzClassify -fuzztime $(FUZZTIME) ./caddynix/internal/cacheurl
 	$(GO) test -run '^$$' -fuzz FuzzXzReader -fuzztime $(FUZZTIME) ./internal/xz
+	$(GO) test -run '^$$' -fuzz FuzzRequests -fuzztime $(FUZZTIME) ./caddyrunner/actionscache
+	$(GO) test -run '^$$' -fuzz FuzzAdaptCaddyfile -fuzztime $(FUZZTIME) .
 
 ## bench: side-by-side measurements against the alternatives (not part of test);
 ## BENCH=regexp picks some of them

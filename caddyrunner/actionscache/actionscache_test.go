@@ -35,7 +35,7 @@ func TestMain(m *testing.M) {
 // testCache is a provisioned handler behind a test server, with the
 // client side of the protocol.
 type testCache struct {
-	t       *testing.T
+	t       testing.TB
 	h       *Handler
 	srv     *httptest.Server
 	root    string
@@ -43,13 +43,13 @@ type testCache struct {
 	cleanup func()
 }
 
-func newTestCache(t *testing.T, configure func(*Handler)) *testCache {
+func newTestCache(t testing.TB, configure func(*Handler)) *testCache {
 	t.Helper()
 	root := filepath.Join(t.TempDir(), "cache")
 	return openTestCache(t, root, configure)
 }
 
-func openTestCache(t *testing.T, root string, configure func(*Handler)) *testCache {
+func openTestCache(t testing.TB, root string, configure func(*Handler)) *testCache {
 	t.Helper()
 	h := &Handler{Name: "test-" + strings.ReplaceAll(t.Name(), "/", "-"), URL: "http://cache.invalid/", Root: root}
 	if configure != nil {
