@@ -11,9 +11,15 @@ import (
 	"github.com/minio/minio-go/v7"
 )
 
+// maxResumes is how many times in a row a read resumes a cut stream
+// without getting a byte further before it gives up.
+const maxResumes = 5
+
 // object reads an object with ranged GETs, each conditional on the ETag
 // the object had when it was opened, so that a reader never mixes two
-// versions.
+// versions. A stream the network cuts (a reset, an early end) is resumed
+// from the byte it reached, so that a client reading a NAR through the
+// node gets it whole.
 type object struct {
 	ctx   context.Context
 	store *Store
@@ -24,6 +30,8 @@ type object struct {
 	off     int64
 	body    io.ReadCloser
 	bodyOff int64
+	// resumes counts the resumptions since the last byte read.
+	resumes int
 }
 
 func (o *object) get(start, end int64) (io.ReadCloser, error) {
@@ -52,27 +60,50 @@ func (o *object) get(start, end int64) (io.ReadCloser, error) {
 }
 
 func (o *object) Read(p []byte) (int, error) {
-	if o.off >= o.size {
-		return 0, io.EOF
-	}
-	if o.body == nil || o.bodyOff != o.off {
-		if o.body != nil {
-			_ = o.body.Close()
+	for {
+		if o.off >= o.size {
+			return 0, io.EOF
 		}
-		body, err := o.get(o.off, -1)
-		if err != nil {
-			o.body = nil
-			return 0, err
+		if o.body == nil || o.bodyOff != o.off {
+			if o.body != nil {
+				_ = o.body.Close()
+			}
+			body, err := o.get(o.off, -1)
+			if err != nil {
+				o.body = nil
+				return 0, err
+			}
+			o.body, o.bodyOff = body, o.off
 		}
-		o.body, o.bodyOff = body, o.off
+		n, err := o.body.Read(p)
+		o.off += int64(n)
+		o.bodyOff += int64(n)
+		if n > 0 {
+			o.resumes = 0
+		}
+		switch {
+		case err == nil:
+			return n, nil
+		case errors.Is(err, io.EOF) && o.off >= o.size:
+			return n, io.EOF
+		case o.ctx.Err() != nil:
+			return n, err
+		}
+		// Cut short: the next read asks again from here, with the same
+		// ETag, so that the bytes still come from the version opened.
+		_ = o.body.Close()
+		o.body = nil
+		if errors.Is(err, io.EOF) {
+			err = io.ErrUnexpectedEOF
+		}
+		if n > 0 {
+			return n, nil
+		}
+		if o.resumes == maxResumes {
+			return 0, fmt.Errorf("reading %s: the stream was cut %d times at byte %d of %d: %w", o.key, maxResumes+1, o.off, o.size, err)
+		}
+		o.resumes++
 	}
-	n, err := o.body.Read(p)
-	o.off += int64(n)
-	o.bodyOff += int64(n)
-	if errors.Is(err, io.EOF) && o.off < o.size {
-		err = io.ErrUnexpectedEOF
-	}
-	return n, err
 }
 
 func (o *object) Seek(offset int64, whence int) (int64, error) {
@@ -97,16 +128,32 @@ func (o *object) ReadAt(p []byte, off int64) (int, error) {
 		return 0, io.EOF
 	}
 	end := min(off+int64(len(p)), o.size) - 1
-	body, err := o.get(off, end)
-	if err != nil {
-		return 0, err
+	want := int(end - off + 1)
+	got, resumes := 0, 0
+	for got < want {
+		body, err := o.get(off+int64(got), end)
+		if err != nil {
+			return got, err
+		}
+		n, err := io.ReadFull(body, p[got:want])
+		_ = body.Close()
+		got += n
+		if err == nil {
+			break
+		}
+		// Cut short: ask again for the rest, as Read does.
+		if n > 0 {
+			resumes = 0
+		}
+		if o.ctx.Err() != nil || resumes == maxResumes {
+			return got, fmt.Errorf("reading %s at byte %d: %w", o.key, off+int64(got), err)
+		}
+		resumes++
 	}
-	defer func() { _ = body.Close() }()
-	n, err := io.ReadFull(body, p[:end-off+1])
-	if err == nil && int64(n) < int64(len(p)) {
-		err = io.EOF
+	if got < len(p) {
+		return got, io.EOF
 	}
-	return n, err
+	return got, nil
 }
 
 func (o *object) Close() error {

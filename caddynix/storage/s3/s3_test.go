@@ -313,3 +313,83 @@ func TestLease(t *testing.T) {
 		t.Fatalf("%d nodes took the same lease", n)
 	}
 }
+
+// TestReadsResumeCutStreams reads objects through a proxy that resets
+// connections in the middle of the S3 server's answers: every read comes
+// out whole, from the version opened, and a stream cut again and again at
+// the same byte ends in an error rather than a loop.
+func TestReadsResumeCutStreams(t *testing.T) {
+	server := harness.StartS3(t)
+	server.CreateBucket("cache")
+	proxy := harness.StartFaultProxy(t, strings.TrimPrefix(server.Endpoint, "http://"))
+	store, err := Open(t.Context(), Config{
+		Bucket: "cache", Endpoint: "http://" + proxy.Addr, PathStyle: true,
+		AccessKeyID: server.AccessKey, SecretAccessKey: server.SecretKey, PartSize: minPartSize,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := pattern(3 << 20)
+	put(t, store, "nar/big.nar", data)
+
+	for _, every := range []int{2, 1} {
+		proxy.ResetConnections(every, 300<<10)
+		before := proxy.Resets.Load()
+		obj, _, err := store.Open(t.Context(), "nar/big.nar")
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := io.ReadAll(obj)
+		_ = obj.Close()
+		if err != nil || !bytes.Equal(got, data) {
+			t.Fatalf("with every %d. connection cut: read %d of %d bytes, equal %v, %v", every, len(got), len(data), bytes.Equal(got, data), err)
+		}
+		if proxy.Resets.Load() == before {
+			t.Fatalf("with every %d. connection cut the proxy cut none", every)
+		}
+	}
+
+	// Cut before the body every time: no progress, so it gives up.
+	proxy.ResetConnections(1, 10)
+	obj, _, err := store.Open(t.Context(), "nar/big.nar")
+	if err == nil {
+		_, err = io.ReadAll(obj)
+		_ = obj.Close()
+	}
+	if err == nil {
+		t.Fatal("a stream cut before every byte was read whole")
+	}
+}
+
+// TestRangeReadsResumeCutStreams reads ranges of an object through a
+// proxy that cuts every connection after 100 KiB: each comes out whole.
+func TestRangeReadsResumeCutStreams(t *testing.T) {
+	server := harness.StartS3(t)
+	server.CreateBucket("cache")
+	proxy := harness.StartFaultProxy(t, strings.TrimPrefix(server.Endpoint, "http://"))
+	store, err := Open(t.Context(), Config{
+		Bucket: "cache", Endpoint: "http://" + proxy.Addr, PathStyle: true,
+		AccessKeyID: server.AccessKey, SecretAccessKey: server.SecretKey, PartSize: minPartSize,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := pattern(2 << 20)
+	put(t, store, "nar/ranges.nar", data)
+	obj, _, err := store.Open(t.Context(), "nar/ranges.nar")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer obj.Close()
+	proxy.ResetConnections(1, 100<<10)
+	for _, r := range [][2]int{{0, 1 << 20}, {777, 500 << 10}, {2<<20 - 300<<10, 300 << 10}} {
+		buf := make([]byte, r[1])
+		n, err := obj.ReadAt(buf, int64(r[0]))
+		if (err != nil && !errors.Is(err, io.EOF)) || n != r[1] || !bytes.Equal(buf, data[r[0]:r[0]+r[1]]) {
+			t.Fatalf("ReadAt(%d, %d): %d bytes, %v", r[0], r[1], n, err)
+		}
+	}
+	if proxy.Resets.Load() == 0 {
+		t.Fatal("the proxy cut no connection")
+	}
+}

@@ -1,0 +1,190 @@
+package harness
+
+import (
+	"errors"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// FaultProxy is a TCP proxy on loopback between a client and a server
+// that injects faults into what the server sends back: connections reset
+// after some bytes of the answer, and added latency. Setting a fault drops
+// the open connections, so that every connection from then on has it.
+type FaultProxy struct {
+	Addr     string
+	upstream string
+	listener net.Listener
+
+	// resetEvery cuts every n-th connection (0: none) after resetAfter
+	// bytes from the server, with a TCP reset, counting from the first
+	// connection after resetBase.
+	resetEvery atomic.Int64
+	resetBase  atomic.Int64
+	resetAfter atomic.Int64
+	latency    atomic.Int64 // added before the first byte of each answer, in ns
+
+	connections atomic.Int64
+	// Resets counts the connections the proxy cut.
+	Resets atomic.Int64
+
+	mu    sync.Mutex
+	conns map[net.Conn]bool
+	wg    sync.WaitGroup
+}
+
+// StartFaultProxy proxies a new loopback port to upstream (host:port) until
+// the test ends.
+func StartFaultProxy(t testing.TB, upstream string) *FaultProxy {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &FaultProxy{Addr: l.Addr().String(), upstream: upstream, listener: l, conns: map[net.Conn]bool{}}
+	p.wg.Add(1)
+	go p.accept()
+	t.Cleanup(p.close)
+	return p
+}
+
+// ResetConnections cuts the next connection and every n-th one after it
+// (n 0: none) once it has passed after bytes of the server's answers.
+func (p *FaultProxy) ResetConnections(every int, after int64) {
+	p.resetBase.Store(p.connections.Load())
+	p.resetEvery.Store(int64(every))
+	p.resetAfter.Store(after)
+	p.dropOpen()
+}
+
+// Delay adds latency before the server's answer on new connections.
+func (p *FaultProxy) Delay(d time.Duration) {
+	p.latency.Store(int64(d))
+	p.dropOpen()
+}
+
+// dropOpen closes the open connections.
+func (p *FaultProxy) dropOpen() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for c := range p.conns {
+		_ = c.Close()
+		delete(p.conns, c)
+	}
+}
+
+// Heal stops injecting faults.
+func (p *FaultProxy) Heal() {
+	p.ResetConnections(0, 0)
+	p.Delay(0)
+}
+
+func (p *FaultProxy) accept() {
+	defer p.wg.Done()
+	for {
+		client, err := p.listener.Accept()
+		if err != nil {
+			return
+		}
+		p.wg.Add(1)
+		go func() {
+			defer p.wg.Done()
+			p.serve(client)
+		}()
+	}
+}
+
+func (p *FaultProxy) track(conns ...net.Conn) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.conns == nil {
+		return false
+	}
+	for _, c := range conns {
+		p.conns[c] = true
+	}
+	return true
+}
+
+func (p *FaultProxy) untrack(conns ...net.Conn) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, c := range conns {
+		delete(p.conns, c)
+	}
+}
+
+func (p *FaultProxy) serve(client net.Conn) {
+	defer client.Close()
+	server, err := net.Dial("tcp", p.upstream)
+	if err != nil {
+		return
+	}
+	defer server.Close()
+	if !p.track(client, server) {
+		return
+	}
+	defer p.untrack(client, server)
+	n := p.connections.Add(1)
+	cutAfter := int64(-1)
+	if every := p.resetEvery.Load(); every > 0 && (n-p.resetBase.Load()-1)%every == 0 {
+		cutAfter = p.resetAfter.Load()
+	}
+	latency := time.Duration(p.latency.Load())
+
+	go func() {
+		_, _ = io.Copy(server, client)
+		if tcp, ok := server.(*net.TCPConn); ok {
+			_ = tcp.CloseWrite()
+		}
+	}()
+	buf := make([]byte, 32<<10)
+	var sent int64
+	first := true
+	for {
+		read, err := server.Read(buf)
+		if read > 0 {
+			if first && latency > 0 {
+				time.Sleep(latency)
+			}
+			first = false
+			chunk := buf[:read]
+			if cutAfter >= 0 && sent+int64(read) > cutAfter {
+				chunk = chunk[:cutAfter-sent]
+			}
+			if _, werr := client.Write(chunk); werr != nil {
+				return
+			}
+			sent += int64(len(chunk))
+			if cutAfter >= 0 && sent >= cutAfter {
+				p.Resets.Add(1)
+				if tcp, ok := client.(*net.TCPConn); ok {
+					_ = tcp.SetLinger(0) // a reset, not an orderly end
+				}
+				return
+			}
+		}
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				if tcp, ok := client.(*net.TCPConn); ok {
+					_ = tcp.CloseWrite()
+				}
+			}
+			return
+		}
+	}
+}
+
+func (p *FaultProxy) close() {
+	_ = p.listener.Close()
+	p.mu.Lock()
+	for c := range p.conns {
+		_ = c.Close()
+	}
+	p.conns = nil
+	p.mu.Unlock()
+	p.wg.Wait()
+}
