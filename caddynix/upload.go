@@ -49,7 +49,11 @@ func (h *Handler) serveUpload(w http.ResponseWriter, r *http.Request, req cacheu
 		return nil
 	case errors.As(err, &uerr):
 		metrics.UploadEnded(kind, "rejected", uerr.Reason)
-		h.logger.Info("upload rejected", zap.String("path", r.URL.Path), zap.String("reason", uerr.Msg))
+		if uerr.Status >= http.StatusInternalServerError {
+			h.logger.Error("upload refused", zap.String("path", r.URL.Path), zap.String("reason", uerr.Msg))
+		} else {
+			h.logger.Info("upload rejected", zap.String("path", r.URL.Path), zap.String("reason", uerr.Msg))
+		}
 		if uerr.Status == http.StatusUnauthorized {
 			w.Header().Set("WWW-Authenticate", `Basic realm="nix cache upload"`)
 		}

@@ -148,6 +148,12 @@ type Leaser interface {
 	ReleaseLease(ctx context.Context, name, holder string) error
 }
 
+// SpaceReporter is a Store on a filesystem that can say how many bytes it
+// can still take.
+type SpaceReporter interface {
+	FreeSpace() (int64, error)
+}
+
 // LeaseReader is a Leaser that can say who holds a lease without taking
 // it.
 type LeaseReader interface {

@@ -12,10 +12,13 @@ const (
 	statusConflict         = 409
 	statusTooLarge         = 413
 	statusUnavailable      = 503
+	// statusInsufficientStorage answers an upload the full disk could
+	// not take.
+	statusInsufficientStorage = 507
 )
 
-// Error is an upload refused with an HTTP status (4xx, or 503 to try
-// again) and a one-line reason.
+// Error is an upload refused with an HTTP status (4xx, 503 to try again,
+// or 507 when the storage is full) and a one-line reason.
 type Error struct {
 	Status int
 	// Reason is a short label for metrics, such as nar_hash_mismatch.

@@ -14,8 +14,11 @@ package upload
 
 import (
 	"context"
+	"errors"
+	"syscall"
 
 	"github.com/cargoxx-pkgs/runner/caddynix/internal/cacheurl"
+	"github.com/cargoxx-pkgs/runner/caddynix/storage"
 	"github.com/cargoxx-pkgs/runner/caddynix/storage/index"
 	"github.com/cargoxx-pkgs/runner/internal/nixfmt"
 )
@@ -23,6 +26,37 @@ import (
 // Put checks and stores an upload of the file req names, pushed by
 // pusher. A refusal is an *Error.
 func (u *Receiver) Put(ctx context.Context, req cacheurl.Request, body Body, pusher *index.Pusher) error {
+	if !u.hasRoomFor(body.Length) {
+		return storageFull(req)
+	}
+	err := u.put(ctx, req, body, pusher)
+	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
+		// Nothing of it is kept: a failed write removes its temporary
+		// file.
+		return storageFull(req)
+	}
+	return err
+}
+
+// hasRoomFor reports whether the storage can take a body of length bytes,
+// when both are known: a body that cannot fit is refused before it is
+// read, so that a client retrying its upload is answered at once.
+func (u *Receiver) hasRoomFor(length int64) bool {
+	space, ok := u.store.(storage.SpaceReporter)
+	if !ok || length <= 0 {
+		return true
+	}
+	free, err := space.FreeSpace()
+	return err != nil || free > length
+}
+
+// storageFull refuses an upload the storage has no room for.
+func storageFull(req cacheurl.Request) error {
+	return reject(statusInsufficientStorage, "storage_full",
+		"the cache's storage is full: /%s was not stored; push it again once a collection or an operator frees space", req.File)
+}
+
+func (u *Receiver) put(ctx context.Context, req cacheurl.Request, body Body, pusher *index.Pusher) error {
 	switch req.Kind {
 	case cacheurl.Nar:
 		return u.putNar(ctx, req, body)

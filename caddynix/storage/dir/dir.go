@@ -168,6 +168,15 @@ func (s *Store) Create(_ context.Context, name string) (storage.Upload, error) {
 	return &upload{store: s, file: f, temp: temp, name: name, madeDir: madeDir}, nil
 }
 
+// FreeSpace is how many bytes the filesystem of the root can still take.
+func (s *Store) FreeSpace() (int64, error) {
+	var fs syscall.Statfs_t
+	if err := syscall.Statfs(s.path, &fs); err != nil {
+		return 0, fmt.Errorf("asking the free space of %s: %w", s.path, err)
+	}
+	return int64(fs.Bavail) * int64(fs.Bsize), nil
+}
+
 // RecordUse sets the file's access time to at, leaving its modification
 // time, and so its version, as it is.
 func (s *Store) RecordUse(_ context.Context, name string, at time.Time) error {
@@ -402,6 +411,7 @@ func (u *upload) remove() {
 
 // Interface guards
 var (
+	_ storage.SpaceReporter = (*Store)(nil)
 	_ storage.Store         = (*Store)(nil)
 	_ storage.Sweeper       = (*Store)(nil)
 	_ storage.UseRecorder   = (*Store)(nil)
