@@ -1,0 +1,116 @@
+package e2e
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cargoxx-pkgs/runner/e2e/harness"
+)
+
+// TestGiteaCutOffDuringJobs cuts the runner off from Gitea for 30 s while
+// two jobs run and finish: once Gitea is reachable again both jobs'
+// results and whole logs land, each line once, neither job runs twice,
+// and meanwhile the runner, with a free slot, kept asking for work no
+// more often than its backoff allows and no less often than
+// fetch_interval_max.
+func TestGiteaCutOffDuringJobs(t *testing.T) {
+	image := harness.NewDocker(t).JobImage()
+	g, token := harness.StartGiteaWithRepo(t, "cutoff")
+	counter := harness.StartRPCCounter(t, g.URL)
+	const fetchMax = 8 * time.Second
+	caddy := harness.StartCaddy(t, harness.Caddyfile{Runner: &harness.RunnerBlock{
+		Instance: counter.URL, RegistrationToken: token, Labels: "e2e:docker://" + image,
+		Options: []string{"name e2e-runner", "fetch_interval 500ms",
+			fmt.Sprintf("fetch_interval_max %s", fetchMax), "capacity 3"},
+		Container: []string{"network host", "docker_host -"},
+	}}.String(), harness.CaddyOptions{NoHTTP: true})
+
+	const ticks = 20
+	script := fmt.Sprintf("i=1\nwhile [ $i -le %d ]; do echo tick-$i; i=$((i+1)); sleep 1; done", ticks)
+	sha := g.CommitWorkflows("cutoff", map[string]string{
+		"a.yml": jobWorkflow("a", script),
+		"b.yml": jobWorkflow("b", script),
+	})
+	g.WaitRuns("cutoff", sha, 2, 3*time.Minute, harness.InProgress)
+	time.Sleep(3 * time.Second)
+	counter.Cut()
+	cutAt := time.Now()
+	time.Sleep(30 * time.Second) // the jobs end in the meantime
+	counter.Restore()
+
+	runs := g.WaitRuns("cutoff", sha, 2, 3*time.Minute, harness.Completed)
+	for _, run := range runs {
+		log := g.SucceededLog("cutoff", run)
+		for i := 1; i <= ticks; i++ {
+			if n := strings.Count(log, fmt.Sprintf("tick-%d\n", i)); n != 1 {
+				t.Errorf("run %d's log has tick-%d %d times:\n%s", run.ID, i, n, log)
+				break
+			}
+		}
+		if n := strings.Count(log, "received task"); n != 1 {
+			t.Errorf("run %d's log says %d times that the runner received its task", run.ID, n)
+		}
+	}
+	if n := strings.Count(caddy.Log(), `"msg":"task finished"`); n != 2 {
+		t.Errorf("the runner finished %d tasks, want the 2 jobs once each", n)
+	}
+
+	fetches := counter.Dropped("FetchTask")
+	if len(fetches) < 3 {
+		t.Fatalf("while cut off the runner asked for work %d times; it should keep trying", len(fetches))
+	}
+	longest := fetches[0].Sub(cutAt)
+	for i := 1; i < len(fetches); i++ {
+		longest = max(longest, fetches[i].Sub(fetches[i-1]))
+	}
+	// Steady polling would ask 60 times in 30 s; backoff doubles the wait
+	// up to fetch_interval_max, with ±20% jitter.
+	if len(fetches) > 15 || longest > fetchMax*6/5+time.Second {
+		t.Errorf("while cut off for 30 s the runner asked for work %d times, at most %v apart; want backoff to %v", len(fetches), longest, fetchMax)
+	}
+	t.Logf("cut off for 30 s: %d FetchTask calls, at most %v apart; UpdateLog tried %d times, UpdateTask %d times",
+		len(fetches), longest.Round(time.Millisecond), len(counter.Dropped("UpdateLog")), len(counter.Dropped("UpdateTask")))
+}
+
+// TestGiteaRestartsDuringJobs restarts Gitea ten times while two jobs run:
+// both end with their whole logs, each line once, and neither runs twice.
+func TestGiteaRestartsDuringJobs(t *testing.T) {
+	image := harness.NewDocker(t).JobImage()
+	g, token := harness.StartGiteaWithRepo(t, "restarts")
+	caddy := harness.StartCaddy(t, runnerCaddyfile(g, token, image, "capacity 2"), harness.CaddyOptions{NoHTTP: true})
+
+	const ticks = 45
+	script := fmt.Sprintf("i=1\nwhile [ $i -le %d ]; do echo tick-$i; i=$((i+1)); sleep 1; done", ticks)
+	sha := g.CommitWorkflows("restarts", map[string]string{
+		"a.yml": jobWorkflow("a", script),
+		"b.yml": jobWorkflow("b", script),
+	})
+	g.WaitRuns("restarts", sha, 2, 3*time.Minute, harness.InProgress)
+	start := time.Now()
+	for range 10 {
+		g.Stop()
+		time.Sleep(500 * time.Millisecond)
+		g.Start()
+		time.Sleep(time.Second)
+	}
+	t.Logf("restarted Gitea 10 times in %v", time.Since(start).Round(time.Second))
+
+	runs := g.WaitRuns("restarts", sha, 2, 5*time.Minute, harness.Completed)
+	for _, run := range runs {
+		log := g.SucceededLog("restarts", run)
+		for i := 1; i <= ticks; i++ {
+			if n := strings.Count(log, fmt.Sprintf("tick-%d\n", i)); n != 1 {
+				t.Errorf("run %d's log has tick-%d %d times:\n%s", run.ID, i, n, log)
+				break
+			}
+		}
+		if n := strings.Count(log, "received task"); n != 1 {
+			t.Errorf("run %d's log says %d times that the runner received its task", run.ID, n)
+		}
+	}
+	if n := strings.Count(caddy.Log(), `"msg":"task finished"`); n != 2 {
+		t.Errorf("the runner finished %d tasks, want the 2 jobs once each", n)
+	}
+}
