@@ -37,7 +37,7 @@ IMAGE   ?= cargoxx-runner
 IMAGE_CONTEXT := bin/image
 JOB_IMAGE ?= cargoxx-runner-job:latest
 
-.PHONY: all build xcaddy image job-image run test unit e2e e2e-deps gitea nix-current actions-clients versitygw act-runner fmt lint vet fuzz bench clean
+.PHONY: all build xcaddy image job-image run test unit e2e e2e-deps gitea nix-current actions-clients versitygw act-runner fmt lint vet fuzz soak faults bench clean
 
 all: build
 
@@ -156,6 +156,18 @@ lint: vet
 ## e2e: only the end-to-end tests
 e2e: build xcaddy e2e-deps
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./e2e/...
+
+## soak: the reload soak's long form, 200 reloads under load with uploads
+## and jobs (make test runs 20); figures in RELIABILITY.md
+soak: build e2e-deps
+	SOAK_RELOADS=200 $(GO) test -count=1 -timeout $(TEST_TIMEOUT) -run '^TestReloadSoak$$' -v ./e2e/
+
+## faults: the fault tests, kill -9 in its long form of 50 rounds (make
+## test runs 5): a cut S3 link, a full disk, Gitea cut off and restarted
+faults: build e2e-deps
+	E2E_KILL_ROUNDS=50 $(GO) test -count=1 -timeout $(TEST_TIMEOUT) -v \
+		-run '^(TestKillAnywhere|TestSubstitutionsSurviveACutS3Link|TestFullDiskRefusesUploadsAndKeepsServing|TestGiteaCutOffDuringJobs|TestGiteaRestartsDuringJobs)$$' ./e2e/
+	$(GO) test -count=1 -v -run 'ResumeCutStreams' ./caddynix/storage/s3/
 
 FUZZTIME ?= 30s
 ## fuzz: fuzz the narinfo parser, the NAR checker, the URL classifier, the xz

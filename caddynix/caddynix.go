@@ -141,6 +141,9 @@ type Handler struct {
 	sources *sources.Sources
 	// activity is what the status page shows of the cache over time.
 	activity *activity.Recorder
+	// requests are the requests being served, which keep what they use
+	// from being released by a reload.
+	requests *inFlight
 	// pins are those the status last read.
 	pins   *pinsSeen
 	logger *zap.Logger

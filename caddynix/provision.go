@@ -24,7 +24,7 @@ import (
 
 // Provision sets defaults, opens the cache root and loads the signing keys.
 func (h *Handler) Provision(ctx caddy.Context) error {
-	h.logger = ctx.Logger()
+	h.logger, h.requests = ctx.Logger(), new(inFlight)
 	repl := caddy.NewReplacer()
 	h.root = repl.ReplaceAll(h.Root, "")
 	if h.StoreDir == "" {
@@ -215,8 +215,23 @@ func (h *Handler) Validate() error {
 	return nil
 }
 
-// Cleanup releases the cache root and leaves the shared states.
+// Cleanup releases the cache root and leaves the shared states, at once
+// or, while the old configuration of a reload still serves requests, as
+// the last of them ends.
 func (h *Handler) Cleanup() error {
+	if h.requests != nil && h.requests.releaseWhenIdle(func() {
+		if err := h.release(); err != nil {
+			h.logger.Error("releasing the cache of an old configuration after its last request", zap.Error(err))
+		}
+	}) {
+		return nil
+	}
+	return h.release()
+}
+
+// release lets go of what the handler holds: its sources, its share of
+// the cache's state, its storage.
+func (h *Handler) release() error {
 	if h.sources != nil {
 		// The configuration's context is done: background keeps end soon.
 		if err := h.sources.Close(); err != nil {

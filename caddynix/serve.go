@@ -23,6 +23,8 @@ const uploadPrefix = "/upload/"
 
 // ServeHTTP answers the cache's own URL shapes and 404s everything else.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
+	h.requests.start()
+	defer h.requests.end()
 	urlPath := r.URL.Path
 	if rest, found := strings.CutPrefix(urlPath, uploadPrefix); found && h.Upload != nil {
 		urlPath = "/" + rest
