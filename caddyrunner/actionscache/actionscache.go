@@ -22,6 +22,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -214,6 +215,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return writeJSON(w, cerr.status, map[string]string{"message": cerr.message})
 	case r.Context().Err() != nil:
 		return nil
+	case storageFull(err):
+		rejectedRequests.WithLabelValues(h.label, fmt.Sprint(http.StatusInsufficientStorage)).Inc()
+		h.logger.Error("the actions cache's storage is full", zap.String("path", r.URL.Path), zap.Error(err))
+		return writeJSON(w, http.StatusInsufficientStorage, map[string]string{"message": "the cache's storage is full: the entry was not saved"})
 	default:
 		h.logger.Error("actions cache request failed", zap.String("path", r.URL.Path), zap.Error(err))
 		return writeJSON(w, http.StatusInternalServerError, map[string]string{"message": "the cache failed to answer; see the server's log"})
@@ -254,6 +259,11 @@ func (h *Handler) serveAPI(w http.ResponseWriter, r *http.Request, base, resourc
 		return h.commit(w, r, g, idText)
 	}
 	return clientError(http.StatusNotFound, "%s %s is not part of the cache's API", r.Method, resource)
+}
+
+// storageFull reports whether err is the disk (or a quota) being full.
+func storageFull(err error) bool {
+	return errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT)
 }
 
 // requestError is a refusal of a client's request, answered with its

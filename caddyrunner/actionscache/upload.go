@@ -220,6 +220,9 @@ func (h *Handler) uploadChunk(r *http.Request, g *grant, idText string) error {
 	}()
 	n, err := io.Copy(io.NewOffsetWriter(res.upload, start), io.LimitReader(r.Body, end-start))
 	uploadedBytes.WithLabelValues(h.label).Add(float64(n))
+	if storageFull(err) {
+		return err
+	}
 	if err != nil {
 		return clientError(http.StatusBadRequest, "receiving the chunk %d-%d: %v", start, end-1, err)
 	}
