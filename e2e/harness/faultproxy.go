@@ -4,6 +4,10 @@ import (
 	"errors"
 	"io"
 	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -187,4 +191,99 @@ func (p *FaultProxy) close() {
 	p.conns = nil
 	p.mu.Unlock()
 	p.wg.Wait()
+}
+
+// HTTPFaultProxy is a reverse proxy on loopback in front of an HTTP server
+// (an S3 server) that answers some requests with an error status itself,
+// delays answers, or holds every request until healed.
+type HTTPFaultProxy struct {
+	URL string
+
+	mu       sync.Mutex
+	status   int // the error status answered, 0: none
+	every    int // to every n-th request
+	latency  time.Duration
+	stalled  chan struct{} // closed when healed; nil: not stalled
+	requests int
+	Injected atomic.Int64 // requests answered with the error status
+	Stalls   atomic.Int64 // requests held by a stall
+}
+
+// StartHTTPFaultProxy proxies to target (http://host:port) until the test
+// ends.
+func StartHTTPFaultProxy(t testing.TB, target string) *HTTPFaultProxy {
+	t.Helper()
+	u, err := url.Parse(target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &HTTPFaultProxy{}
+	reverse := httputil.NewSingleHostReverseProxy(u)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		p.mu.Lock()
+		p.requests++
+		status := 0
+		if p.status != 0 && p.every > 0 && p.requests%p.every == 0 {
+			status = p.status
+		}
+		latency, stalled := p.latency, p.stalled
+		p.mu.Unlock()
+		if stalled != nil {
+			p.Stalls.Add(1)
+			select {
+			case <-stalled:
+			case <-r.Context().Done():
+				return
+			}
+		}
+		if latency > 0 {
+			time.Sleep(latency)
+		}
+		if status != 0 {
+			p.Injected.Add(1)
+			http.Error(w, "injected fault", status)
+			return
+		}
+		reverse.ServeHTTP(w, r)
+	}))
+	t.Cleanup(func() {
+		p.Heal()
+		srv.Close()
+	})
+	p.URL = srv.URL
+	return p
+}
+
+// Fail answers every n-th request with status.
+func (p *HTTPFaultProxy) Fail(status, every int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.status, p.every = status, every
+}
+
+// Delay adds latency before every answer.
+func (p *HTTPFaultProxy) Delay(d time.Duration) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.latency = d
+}
+
+// Stall holds every request until Heal.
+func (p *HTTPFaultProxy) Stall() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.stalled == nil {
+		p.stalled = make(chan struct{})
+	}
+}
+
+// Heal ends every fault and lets held requests go on.
+func (p *HTTPFaultProxy) Heal() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.status, p.every, p.latency = 0, 0, 0
+	if p.stalled != nil {
+		close(p.stalled)
+		p.stalled = nil
+	}
 }

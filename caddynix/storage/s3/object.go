@@ -6,10 +6,35 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"time"
 
 	"github.com/cargoxx-pkgs/runner/caddynix/storage"
 	"github.com/minio/minio-go/v7"
 )
+
+// answerTimeout bounds the wait for the S3 server to answer a read, its
+// headers rather than its whole body: a server that holds requests makes
+// the node answer 503 instead of holding its own clients.
+const answerTimeout = 10 * time.Second
+
+// errNoAnswer is why a read gave up on a server that did not answer.
+var errNoAnswer = fmt.Errorf("the S3 server did not answer within %s", answerTimeout)
+
+// untilAnswered returns ctx, cancelled unless answered is called within
+// answerTimeout; the body read after it goes on under ctx.
+func untilAnswered(ctx context.Context) (_ context.Context, answered func()) {
+	ctx, cancel := context.WithCancelCause(ctx)
+	timer := time.AfterFunc(answerTimeout, func() { cancel(errNoAnswer) })
+	return ctx, func() { timer.Stop() }
+}
+
+// noAnswer names the timeout in err when it was the cause.
+func noAnswer(ctx context.Context, err error) error {
+	if err != nil && errors.Is(context.Cause(ctx), errNoAnswer) {
+		return fmt.Errorf("%w: %w", errNoAnswer, err)
+	}
+	return err
+}
 
 // maxResumes is how many times in a row a read resumes a cut stream
 // without getting a byte further before it gives up.
@@ -49,7 +74,10 @@ func (o *object) get(start, end int64) (io.ReadCloser, error) {
 			return nil, err
 		}
 	}
-	body, _, _, err := o.store.core.GetObject(o.ctx, o.store.bucket, o.key, opts)
+	ctx, answered := untilAnswered(o.ctx)
+	body, _, _, err := o.store.core.GetObject(ctx, o.store.bucket, o.key, opts)
+	answered()
+	err = noAnswer(ctx, err)
 	if err != nil {
 		if minio.ToErrorResponse(err).StatusCode == http.StatusPreconditionFailed {
 			return nil, fmt.Errorf("%s changed while it was read: %w", o.key, err)
@@ -165,7 +193,10 @@ func (o *object) Close() error {
 
 // Stat describes the object name.
 func (s *Store) Stat(ctx context.Context, name string) (storage.Info, error) {
+	ctx, cancel := context.WithTimeoutCause(ctx, answerTimeout, errNoAnswer)
+	defer cancel()
 	obj, err := s.core.StatObject(ctx, s.bucket, s.key(name), minio.StatObjectOptions{})
+	err = noAnswer(ctx, err)
 	if err != nil {
 		return storage.Info{}, notFound(name, err)
 	}
@@ -175,7 +206,10 @@ func (s *Store) Stat(ctx context.Context, name string) (storage.Info, error) {
 // Open opens the object name with one GET, whose body serves the reads
 // from the start; a read elsewhere fetches that range.
 func (s *Store) Open(ctx context.Context, name string) (storage.Object, storage.Info, error) {
+	ctx, answered := untilAnswered(ctx)
 	body, obj, _, err := s.core.GetObject(ctx, s.bucket, s.key(name), minio.GetObjectOptions{})
+	answered()
+	err = noAnswer(ctx, err)
 	if err != nil {
 		return nil, storage.Info{}, notFound(name, err)
 	}
