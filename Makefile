@@ -163,11 +163,13 @@ soak: build e2e-deps
 	SOAK_RELOADS=200 $(GO) test -count=1 -timeout $(TEST_TIMEOUT) -run '^TestReloadSoak$$' -v ./e2e/
 
 ## faults: the fault tests, kill -9 in its long form of 50 rounds (make
-## test runs 5): a cut S3 link, a full disk, Gitea cut off and restarted
+## test runs 5): a cut or failing S3 link, full disks, Gitea cut off and
+## restarted
 faults: build e2e-deps
 	E2E_KILL_ROUNDS=50 $(GO) test -count=1 -timeout $(TEST_TIMEOUT) -v \
-		-run '^(TestKillAnywhere|TestSubstitutionsSurviveACutS3Link|TestFullDiskRefusesUploadsAndKeepsServing|TestGiteaCutOffDuringJobs|TestGiteaRestartsDuringJobs)$$' ./e2e/
+		-run '^(TestKillAnywhere|TestSubstitutionsSurviveACutS3Link|TestS3ServerFaults|TestFullDiskRefusesUploadsAndKeepsServing|TestFullWorkDirFailsTheJobWithTheReason|TestGiteaCutOffDuringJobs|TestGiteaRestartsDuringJobs)$$' ./e2e/
 	$(GO) test -count=1 -v -run 'ResumeCutStreams' ./caddynix/storage/s3/
+	$(GO) test -count=1 -v -run 'TestFullDiskRefusesSaves' ./caddyrunner/actionscache/
 
 FUZZTIME ?= 30s
 ## fuzz: fuzz the narinfo parser, the NAR checker, the URL classifier, the xz

@@ -2,6 +2,9 @@ package e2e
 
 import (
 	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -112,5 +115,58 @@ func TestGiteaRestartsDuringJobs(t *testing.T) {
 	}
 	if n := strings.Count(caddy.Log(), `"msg":"task finished"`); n != 2 {
 		t.Errorf("the runner finished %d tasks, want the 2 jobs once each", n)
+	}
+}
+
+// TestFullWorkDirFailsTheJobWithTheReason gives the runner a work_dir on a
+// full tmpfs: a job it cannot write the credential files of is reported
+// failed, with the reason in its log, and runs nothing; once there is room
+// again the next job succeeds.
+func TestFullWorkDirFailsTheJobWithTheReason(t *testing.T) {
+	mount := harness.LookTool(t, "mount")
+	image := harness.NewDocker(t).JobImage()
+	g, token := harness.StartGiteaWithRepo(t, "fullwork")
+	workDir := filepath.Join(t.TempDir(), "work")
+	if err := os.MkdirAll(workDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command(mount, "-t", "tmpfs", "-o", "size=256k", "tmpfs", workDir).CombinedOutput(); err != nil {
+		harness.Missing(t, "a tmpfs mount (needs root)", fmt.Errorf("%v: %s", err, out))
+	}
+	t.Cleanup(func() {
+		if out, err := exec.Command("umount", workDir).CombinedOutput(); err != nil {
+			t.Errorf("umount %s: %v: %s", workDir, err, out)
+		}
+	})
+	filler := filepath.Join(workDir, "filler")
+	if err := os.WriteFile(filler, make([]byte, 1<<20), 0o600); err == nil {
+		t.Fatal("a 1 MiB file fits in the 256 KiB work_dir")
+	}
+	secret, _ := keygen(t, "fullwork-1")
+	config := harness.RunnerCache(g.URL, token, "e2e:docker://"+image, "host",
+		filepath.Join(t.TempDir(), "nix"), secret, "fetch_interval 500ms", "work_dir "+workDir)
+	config.Runner.Container = append(config.Runner.Container, "docker_host -")
+	harness.StartCaddy(t, config.String(), harness.CaddyOptions{})
+
+	script := "echo ran-$((40+2))"
+	sha := g.CommitWorkflow("fullwork", "ci.yml", jobWorkflow("full", script))
+	run := g.WaitRun("fullwork", sha, 3*time.Minute, harness.Completed)
+	log := g.JobLog("fullwork", g.Jobs("fullwork", run.ID)[0].ID)
+	if run.Conclusion != "failure" || !strings.Contains(log, "no space left on device") || strings.Contains(log, "ran-42") {
+		t.Fatalf("a job whose files the full work_dir cannot take concluded %q:\n%s", run.Conclusion, log)
+	}
+	for line := range strings.Lines(log) {
+		if strings.Contains(line, "no space left on device") {
+			t.Logf("the failed job's log says: %s", strings.TrimSpace(line))
+		}
+	}
+
+	if err := os.Remove(filler); err != nil {
+		t.Fatal(err)
+	}
+	sha = g.CommitFile("fullwork", "again", "once there is room\n")
+	run = g.WaitRun("fullwork", sha, 3*time.Minute, harness.Completed)
+	if log := g.SucceededLog("fullwork", run); !strings.Contains(log, "ran-42") {
+		t.Fatalf("with room again the job did not run:\n%s", log)
 	}
 }
