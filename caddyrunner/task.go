@@ -156,7 +156,7 @@ func (d *daemon) execute(ctx context.Context, task *runnerv1.Task, s *settings, 
 		NoSkipCheckout:        true,
 		PresetGitHubContext:   preset,
 		EventJSON:             string(eventJSON),
-		ContainerNamePrefix:   fmt.Sprintf("GITEA-ACTIONS-TASK-%d", task.Id),
+		ContainerNamePrefix:   d.containerNamePrefix(task.Id),
 		ContainerMaxLifetime:  maxLifetime,
 		CleanWorkdir:          true,
 		ContainerNetworkMode:  container.NetworkMode(s.container.Network),
@@ -245,4 +245,18 @@ func (discardJobLogger) WithJobLogger() *logrus.Logger {
 	logger.SetOutput(io.Discard)
 	logger.SetLevel(logrus.TraceLevel)
 	return logger
+}
+
+// containerNamePrefix names a task's containers. Task ids are only unique
+// within one Gitea, and act removes a container of the same name before it
+// creates its own: runners of two Gitea instances on one Docker daemon
+// would remove each other's job containers. The runner's UUID tells them
+// apart.
+func (d *daemon) containerNamePrefix(taskID int64) string {
+	prefix := fmt.Sprintf("GITEA-ACTIONS-TASK-%d", taskID)
+	if id := d.currentIdentity(); id != nil {
+		short := strings.ReplaceAll(id.UUID, "-", "")
+		prefix += "-RUNNER-" + short[:min(8, len(short))]
+	}
+	return prefix
 }

@@ -52,3 +52,16 @@ func TestParseScope(t *testing.T) {
 		}
 	}
 }
+
+func TestContainerNamesTellRunnersApart(t *testing.T) {
+	a := makeDaemon("http://gitea.invalid", fileIdentityStore{path: t.TempDir() + "/.runner"}, &settings{name: "a"}, nil)
+	b := makeDaemon("http://other.invalid", fileIdentityStore{path: t.TempDir() + "/.runner"}, &settings{name: "b"}, nil)
+	a.id = &identity{UUID: "0a1b2c3d-0000-4000-8000-000000000001"}
+	b.id = &identity{UUID: "9f8e7d6c-0000-4000-8000-000000000002"}
+	if got := a.containerNamePrefix(7); got != "GITEA-ACTIONS-TASK-7-RUNNER-0a1b2c3d" {
+		t.Fatalf("task 7's containers are named %q", got)
+	}
+	if a.containerNamePrefix(7) == b.containerNamePrefix(7) {
+		t.Fatal("two runners name their task 7's containers alike")
+	}
+}

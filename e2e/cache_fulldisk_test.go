@@ -1,10 +1,8 @@
 package e2e
 
 import (
-	"fmt"
 	"io/fs"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -19,19 +17,7 @@ import (
 // serving what it holds, and once a collection freed the space the same
 // upload succeeds.
 func TestFullDiskRefusesUploadsAndKeepsServing(t *testing.T) {
-	mount := harness.LookTool(t, "mount")
-	root := filepath.Join(t.TempDir(), "cache")
-	if err := os.MkdirAll(root, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if out, err := exec.Command(mount, "-t", "tmpfs", "-o", "size=24m", "tmpfs", root).CombinedOutput(); err != nil {
-		harness.Missing(t, "a tmpfs mount (needs root)", fmt.Errorf("%v: %s", err, out))
-	}
-	t.Cleanup(func() {
-		if out, err := exec.Command("umount", root).CombinedOutput(); err != nil {
-			t.Errorf("umount %s: %v: %s", root, err, out)
-		}
-	})
+	root := harness.Tmpfs(t, "24m")
 	secret, public := keygen(t, "full-disk-1")
 	publicFile := filepath.Join(t.TempDir(), "cache.pub")
 	if err := os.WriteFile(publicFile, []byte(public+"\n"), 0o644); err != nil {

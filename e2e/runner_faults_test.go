@@ -3,12 +3,12 @@ package e2e
 import (
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"code.gitea.io/sdk/gitea"
 	"github.com/cargoxx-pkgs/runner/e2e/harness"
 )
 
@@ -44,21 +44,7 @@ func TestGiteaCutOffDuringJobs(t *testing.T) {
 	counter.Restore()
 
 	runs := g.WaitRuns("cutoff", sha, 2, 3*time.Minute, harness.Completed)
-	for _, run := range runs {
-		log := g.SucceededLog("cutoff", run)
-		for i := 1; i <= ticks; i++ {
-			if n := strings.Count(log, fmt.Sprintf("tick-%d\n", i)); n != 1 {
-				t.Errorf("run %d's log has tick-%d %d times:\n%s", run.ID, i, n, log)
-				break
-			}
-		}
-		if n := strings.Count(log, "received task"); n != 1 {
-			t.Errorf("run %d's log says %d times that the runner received its task", run.ID, n)
-		}
-	}
-	if n := strings.Count(caddy.Log(), `"msg":"task finished"`); n != 2 {
-		t.Errorf("the runner finished %d tasks, want the 2 jobs once each", n)
-	}
+	checkTicked(t, g, caddy, "cutoff", runs, ticks)
 
 	fetches := counter.Dropped("FetchTask")
 	if len(fetches) < 3 {
@@ -101,21 +87,7 @@ func TestGiteaRestartsDuringJobs(t *testing.T) {
 	t.Logf("restarted Gitea 10 times in %v", time.Since(start).Round(time.Second))
 
 	runs := g.WaitRuns("restarts", sha, 2, 5*time.Minute, harness.Completed)
-	for _, run := range runs {
-		log := g.SucceededLog("restarts", run)
-		for i := 1; i <= ticks; i++ {
-			if n := strings.Count(log, fmt.Sprintf("tick-%d\n", i)); n != 1 {
-				t.Errorf("run %d's log has tick-%d %d times:\n%s", run.ID, i, n, log)
-				break
-			}
-		}
-		if n := strings.Count(log, "received task"); n != 1 {
-			t.Errorf("run %d's log says %d times that the runner received its task", run.ID, n)
-		}
-	}
-	if n := strings.Count(caddy.Log(), `"msg":"task finished"`); n != 2 {
-		t.Errorf("the runner finished %d tasks, want the 2 jobs once each", n)
-	}
+	checkTicked(t, g, caddy, "restarts", runs, ticks)
 }
 
 // TestFullWorkDirFailsTheJobWithTheReason gives the runner a work_dir on a
@@ -123,21 +95,9 @@ func TestGiteaRestartsDuringJobs(t *testing.T) {
 // failed, with the reason in its log, and runs nothing; once there is room
 // again the next job succeeds.
 func TestFullWorkDirFailsTheJobWithTheReason(t *testing.T) {
-	mount := harness.LookTool(t, "mount")
+	workDir := harness.Tmpfs(t, "256k")
 	image := harness.NewDocker(t).JobImage()
 	g, token := harness.StartGiteaWithRepo(t, "fullwork")
-	workDir := filepath.Join(t.TempDir(), "work")
-	if err := os.MkdirAll(workDir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if out, err := exec.Command(mount, "-t", "tmpfs", "-o", "size=256k", "tmpfs", workDir).CombinedOutput(); err != nil {
-		harness.Missing(t, "a tmpfs mount (needs root)", fmt.Errorf("%v: %s", err, out))
-	}
-	t.Cleanup(func() {
-		if out, err := exec.Command("umount", workDir).CombinedOutput(); err != nil {
-			t.Errorf("umount %s: %v: %s", workDir, err, out)
-		}
-	})
 	filler := filepath.Join(workDir, "filler")
 	if err := os.WriteFile(filler, make([]byte, 1<<20), 0o600); err == nil {
 		t.Fatal("a 1 MiB file fits in the 256 KiB work_dir")
@@ -168,5 +128,27 @@ func TestFullWorkDirFailsTheJobWithTheReason(t *testing.T) {
 	run = g.WaitRun("fullwork", sha, 3*time.Minute, harness.Completed)
 	if log := g.SucceededLog("fullwork", run); !strings.Contains(log, "ran-42") {
 		t.Fatalf("with room again the job did not run:\n%s", log)
+	}
+}
+
+// checkTicked checks that each run succeeded with a log holding every one
+// of ticks lines once, and that each ran once: the runner received its task
+// once and finished as many tasks as there are runs.
+func checkTicked(t *testing.T, g *harness.Gitea, caddy *harness.Caddy, repo string, runs []*gitea.ActionWorkflowRun, ticks int) {
+	t.Helper()
+	for _, run := range runs {
+		log := g.SucceededLog(repo, run)
+		for i := 1; i <= ticks; i++ {
+			if n := strings.Count(log, fmt.Sprintf("tick-%d\n", i)); n != 1 {
+				t.Errorf("run %d's log has tick-%d %d times:\n%s", run.ID, i, n, log)
+				break
+			}
+		}
+		if n := strings.Count(log, "received task"); n != 1 {
+			t.Errorf("run %d's log says %d times that the runner received its task", run.ID, n)
+		}
+	}
+	if n := strings.Count(caddy.Log(), `"msg":"task finished"`); n != len(runs) {
+		t.Errorf("the runner finished %d tasks, want the %d jobs once each", n, len(runs))
 	}
 }

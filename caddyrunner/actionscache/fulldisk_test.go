@@ -2,11 +2,8 @@ package actionscache
 
 import (
 	"bytes"
-	"fmt"
 	"io/fs"
 	"net/http"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -20,19 +17,7 @@ import (
 // restored, nothing of the refused entry stays once the job ends, and then
 // an entry that fits is saved.
 func TestFullDiskRefusesSaves(t *testing.T) {
-	mount := harness.LookTool(t, "mount")
-	root := filepath.Join(t.TempDir(), "cache")
-	if err := os.MkdirAll(root, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if out, err := exec.Command(mount, "-t", "tmpfs", "-o", "size=1m", "tmpfs", root).CombinedOutput(); err != nil {
-		harness.Missing(t, "a tmpfs mount (needs root)", fmt.Errorf("%v: %s", err, out))
-	}
-	t.Cleanup(func() {
-		if out, err := exec.Command("umount", root).CombinedOutput(); err != nil {
-			t.Errorf("umount %s: %v: %s", root, err, out)
-		}
-	})
+	root := harness.Tmpfs(t, "1m")
 	c := openTestCache(t, root, nil)
 	t.Cleanup(c.close) // before the unmount
 	j, release := c.job("full-disk-token", mainScope("pkgs/main"))

@@ -172,3 +172,25 @@ func sortedCopy(in []string) []string {
 	slices.Sort(out)
 	return out
 }
+
+// Tmpfs mounts a tmpfs of size (such as "24m") on a new directory, to
+// give a test a small filesystem to fill, and unmounts it when the test
+// ends; without the right to mount (root) the test is skipped, or fails
+// under E2E=require.
+func Tmpfs(t testing.TB, size string) string {
+	t.Helper()
+	mount := LookTool(t, "mount")
+	dir := filepath.Join(t.TempDir(), "tmpfs")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command(mount, "-t", "tmpfs", "-o", "size="+size, "tmpfs", dir).CombinedOutput(); err != nil {
+		Missing(t, "a tmpfs mount (needs root)", fmt.Errorf("%v: %s", err, out))
+	}
+	t.Cleanup(func() {
+		if out, err := exec.Command("umount", dir).CombinedOutput(); err != nil {
+			t.Errorf("umount %s: %v: %s", dir, err, out)
+		}
+	})
+	return dir
+}

@@ -319,16 +319,7 @@ func TestLease(t *testing.T) {
 // out whole, from the version opened, and a stream cut again and again at
 // the same byte ends in an error rather than a loop.
 func TestReadsResumeCutStreams(t *testing.T) {
-	server := harness.StartS3(t)
-	server.CreateBucket("cache")
-	proxy := harness.StartFaultProxy(t, strings.TrimPrefix(server.Endpoint, "http://"))
-	store, err := Open(t.Context(), Config{
-		Bucket: "cache", Endpoint: "http://" + proxy.Addr, PathStyle: true,
-		AccessKeyID: server.AccessKey, SecretAccessKey: server.SecretKey, PartSize: minPartSize,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	store, proxy := storeBehindFaults(t)
 	data := pattern(3 << 20)
 	put(t, store, "nar/big.nar", data)
 
@@ -364,16 +355,7 @@ func TestReadsResumeCutStreams(t *testing.T) {
 // TestRangeReadsResumeCutStreams reads ranges of an object through a
 // proxy that cuts every connection after 100 KiB: each comes out whole.
 func TestRangeReadsResumeCutStreams(t *testing.T) {
-	server := harness.StartS3(t)
-	server.CreateBucket("cache")
-	proxy := harness.StartFaultProxy(t, strings.TrimPrefix(server.Endpoint, "http://"))
-	store, err := Open(t.Context(), Config{
-		Bucket: "cache", Endpoint: "http://" + proxy.Addr, PathStyle: true,
-		AccessKeyID: server.AccessKey, SecretAccessKey: server.SecretKey, PartSize: minPartSize,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	store, proxy := storeBehindFaults(t)
 	data := pattern(2 << 20)
 	put(t, store, "nar/ranges.nar", data)
 	obj, _, err := store.Open(t.Context(), "nar/ranges.nar")
@@ -392,4 +374,21 @@ func TestRangeReadsResumeCutStreams(t *testing.T) {
 	if proxy.Resets.Load() == 0 {
 		t.Fatal("the proxy cut no connection")
 	}
+}
+
+// storeBehindFaults opens a bucket of a real S3 server through a proxy
+// that injects faults into the server's answers.
+func storeBehindFaults(t *testing.T) (*Store, *harness.FaultProxy) {
+	t.Helper()
+	server := harness.StartS3(t)
+	server.CreateBucket("cache")
+	proxy := harness.StartFaultProxy(t, strings.TrimPrefix(server.Endpoint, "http://"))
+	store, err := Open(t.Context(), Config{
+		Bucket: "cache", Endpoint: "http://" + proxy.Addr, PathStyle: true,
+		AccessKeyID: server.AccessKey, SecretAccessKey: server.SecretKey, PartSize: minPartSize,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return store, proxy
 }
