@@ -16,7 +16,7 @@ import (
 // ciPushWorkflow builds a closure of two paths, new for every commit and
 // event, and pushes it to the cache, on pushes to main and on pull
 // requests.
-const ciPushWorkflow = `on:
+var ciPushWorkflow = `on:
   push:
     branches: [main]
   pull_request:
@@ -28,18 +28,7 @@ jobs:
         shell: sh
     steps:
       - run: |
-          cat > /tmp/closure.nix <<'EOF'
-          let
-            mk = name: deps: builtins.derivation {
-              inherit name;
-              system = builtins.currentSystem;
-              builder = "/bin/sh";
-              args = [ "-c" "echo ${name} > $out; for d in ${toString deps}; do echo $d >> $out; done" ];
-              nonce = "${{ github.sha }}-${{ github.event_name }}";
-            };
-            dep = mk "ci-dep" [];
-          in mk "ci-top" [ dep ]
-          EOF
+` + closureScript("${{ github.sha }}-${{ github.event_name }}", "  dep = mk \"ci-dep\" [];\nin mk \"ci-top\" [ dep ]") + `
           out=$(nix-build /tmp/closure.nix --no-out-link)
           echo "built-path $out"
           nix copy --to "$CARGOXX_NIX_CACHE_UPLOAD_URL" $out

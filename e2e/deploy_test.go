@@ -20,7 +20,7 @@ import (
 // deployWorkflow is the seed's workflow shortened to its build step, as the
 // migration guide leaves it, with a first step that looks for Caddy's admin
 // socket anywhere in the job's container.
-const deployWorkflow = `on: [push]
+var deployWorkflow = `on: [push]
 jobs:
   build:
     runs-on: self-hosted
@@ -32,19 +32,7 @@ jobs:
           echo "no admin socket in the job"
       - name: build
         run: |
-          cat > /tmp/closure.nix <<'EOF'
-          let
-            mk = name: deps: builtins.derivation {
-              inherit name;
-              system = builtins.currentSystem;
-              builder = "/bin/sh";
-              args = [ "-c" "echo ${name} > $out; for d in ${toString deps}; do echo $d >> $out; done" ];
-              nonce = "NONCE";
-            };
-            a = mk "deploy-a" [];
-            b = mk "deploy-b" [ a ];
-          in mk "deploy-c" [ a b ]
-          EOF
+` + closureScript("NONCE", "  a = mk \"deploy-a\" [];\n  b = mk \"deploy-b\" [ a ];\nin mk \"deploy-c\" [ a b ]") + `
           # The job image keeps cache.nixos.org; tests reach only loopback.
           echo "built-path $(nix-build /tmp/closure.nix --no-out-link --option substituters '')"
 `

@@ -20,18 +20,14 @@ import (
 
 // metricsWorkflow builds two new paths with Nix (pushed automatically) and
 // looks up an actions cache entry that does not exist.
-const metricsWorkflow = `on: [push]
+var metricsWorkflow = `on: [push]
 jobs:
   build:
     runs-on: self-hosted
     steps:
       - name: build
         run: |
-          cat > /tmp/closure.nix <<'EOF'
-          let
-            a = builtins.derivation { name = "metrics-a"; system = builtins.currentSystem; builder = "/bin/sh"; args = [ "-c" "echo NONCE > $out" ]; };
-          in builtins.derivation { name = "metrics-b"; system = builtins.currentSystem; builder = "/bin/sh"; args = [ "-c" "echo ${a} > $out" ]; }
-          EOF
+` + closureScript("NONCE", "  a = mk \"metrics-a\" [];\nin mk \"metrics-b\" [ a ]") + `
           nix-build /tmp/closure.nix --no-out-link
       - name: an actions cache lookup
         run: |

@@ -35,16 +35,7 @@ jobs:
     steps:
       - name: build with nix
         run: |
-          cat > /tmp/closure.nix <<'EOF'
-          let
-            mk = name: deps: builtins.derivation {
-              inherit name;
-              system = builtins.currentSystem;
-              builder = "/bin/sh";
-              args = [ "-c" "echo ${name} > $out; for d in ${toString deps}; do echo $d >> $out; done" ];
-            };
-          in %s
-          EOF
+`+closureScript("", "in %s")+`
           out=$(nix-build /tmp/closure.nix --no-out-link)
           echo "built-path $out"
           %s

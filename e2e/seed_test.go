@@ -52,7 +52,7 @@ func (c *captureServer) last() string {
 	return c.bodies[len(c.bodies)-1]
 }
 
-const seedWorkflow = `on: [push]
+var seedWorkflow = `on: [push]
 jobs:
   build:
     runs-on: self-hosted
@@ -62,19 +62,7 @@ jobs:
     steps:
       - name: build a closure with nix
         run: |
-          cat > /tmp/closure.nix <<'EOF'
-          let
-            mk = name: deps: builtins.derivation {
-              inherit name;
-              system = builtins.currentSystem;
-              builder = "/bin/sh";
-              args = [ "-c" "echo ${name} > $out; for d in ${toString deps}; do echo $d >> $out; done" ];
-              nonce = "NONCE";
-            };
-            a = mk "seed-a" [];
-            b = mk "seed-b" [ a ];
-          in mk "seed-c" [ a b ]
-          EOF
+` + closureScript("NONCE", "  a = mk \"seed-a\" [];\n  b = mk \"seed-b\" [ a ];\nin mk \"seed-c\" [ a b ]") + `
           out=$(nix-build /tmp/closure.nix --no-out-link)
           echo "built-path $out"
       - name: push it to the cache

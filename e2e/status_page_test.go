@@ -23,19 +23,14 @@ import (
 
 // statusWorkflow builds a closure of three new paths with Nix (pushed
 // automatically), then waits until the test lets it finish.
-const statusWorkflow = `on: [push]
+var statusWorkflow = `on: [push]
 jobs:
   build:
     runs-on: self-hosted
     steps:
       - name: build
         run: |
-          cat > /tmp/closure.nix <<'EOF'
-          let
-            a = builtins.derivation { name = "status-a"; system = builtins.currentSystem; builder = "/bin/sh"; args = [ "-c" "echo NONCE > $out" ]; };
-            b = builtins.derivation { name = "status-b"; system = builtins.currentSystem; builder = "/bin/sh"; args = [ "-c" "echo ${a} > $out" ]; };
-          in builtins.derivation { name = "status-c"; system = builtins.currentSystem; builder = "/bin/sh"; args = [ "-c" "echo ${b} > $out" ]; }
-          EOF
+` + closureScript("NONCE", "  a = mk \"status-a\" [];\n  b = mk \"status-b\" [ a ];\nin mk \"status-c\" [ b ]") + `
           nix-build /tmp/closure.nix --no-out-link
       - name: wait for the test
         run: |
