@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
-	"github.com/cargoxx-pkgs/runner/caddynix/activity"
 	"github.com/dustin/go-humanize"
 )
 
@@ -22,17 +21,14 @@ var page = template.Must(template.New("page.html").Funcs(template.FuncMap{
 	"clock":      clock,
 	"rfc3339":    func(t any) string { return timeOf(t).UTC().Format(time.RFC3339) },
 	"ago":        ago,
-	"since":      ago,
 	"duration":   duration,
 	"shortRef":   shortRef,
 	"stateClass": func(state string) string { return strings.ReplaceAll(state, " ", "-") },
 	"hitRate":    hitRate,
 	"sub":        func(a, b int) int { return a - b },
-	"rows": func(jobs []jobView, now time.Time) map[string]any {
-		return map[string]any{"Jobs": jobs, "Now": now}
-	},
-	"pushRows": func(pushes []activity.Push, now time.Time) map[string]any {
-		return map[string]any{"Jobs": pushes, "Now": now}
+	// rows hands a row template its rows and the time of the snapshot.
+	"rows": func(rows any, now time.Time) map[string]any {
+		return map[string]any{"Rows": rows, "Now": now}
 	},
 	"percent": func(n, of int64) string {
 		if of <= 0 {

@@ -35,8 +35,8 @@ type LandingPage struct {
 	LastPush time.Time
 }
 
-// lastPush says when the last push was.
-func (p LandingPage) lastPush() string {
+// LastPushText says when the last push was.
+func (p LandingPage) LastPushText() string {
 	if p.LastPush.IsZero() {
 		return "none since the server started"
 	}
@@ -70,16 +70,10 @@ var landingHTML = template.Must(template.New("landing").Parse(`<!DOCTYPE html>
 </html>
 `))
 
-// landingView is the page with what the HTML template shows worked out.
-type landingView struct {
-	LandingPage
-	LastPushText string
-}
-
 // writeText writes the plain-text landing page.
 func (p LandingPage) writeText(w io.Writer) {
 	_, _ = fmt.Fprintf(w, "%s: a Nix binary cache\n\npaths: %d\nsize: %s\nlast push: %s\nstore dir: %s\npriority: %d\n",
-		p.Name, p.Paths, p.Size, p.lastPush(), p.StoreDir, p.Priority)
+		p.Name, p.Paths, p.Size, p.LastPushText(), p.StoreDir, p.Priority)
 	if p.Retention != "" {
 		_, _ = fmt.Fprintf(w, "retention: %s\n", p.Retention)
 	}
@@ -107,7 +101,7 @@ func (c *Cache) Landing(w http.ResponseWriter, r *http.Request, page LandingPage
 	var body bytes.Buffer
 	if strings.Contains(r.Header.Get("Accept"), "text/html") {
 		w.Header().Set("Content-Type", "text/html; charset=utf-8")
-		if err := landingHTML.Execute(&body, landingView{LandingPage: page, LastPushText: page.lastPush()}); err != nil {
+		if err := landingHTML.Execute(&body, page); err != nil {
 			return httpx.Error(http.StatusInternalServerError, fmt.Errorf("rendering the landing page: %w", err))
 		}
 	} else {
