@@ -171,16 +171,7 @@ func TestTheHandlerAnswers(t *testing.T) {
 func TestTheEventFeedSendsThePage(t *testing.T) {
 	h := provisioned(t)
 	h.Refresh = caddy.Duration(10 * time.Millisecond)
-	server := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if err := h.ServeHTTP(w, r, nil); err != nil {
-			t.Error(err)
-		}
-	}))
-	defer server.Close()
-	resp, err := http.Get(server.URL + "/?feed=events")
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, resp := openFeed(t, h)
 	defer resp.Body.Close()
 	if resp.Header.Get("Content-Type") != "text/event-stream" {
 		t.Fatalf("the feed is %s", resp.Header.Get("Content-Type"))
@@ -240,16 +231,7 @@ func statusOf(err error) int {
 
 func TestTheEventFeedEndsWhenTheServerShutsDown(t *testing.T) {
 	h := provisioned(t)
-	server := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if err := h.ServeHTTP(w, r, nil); err != nil {
-			t.Error(err)
-		}
-	}))
-	defer server.Close()
-	resp, err := http.Get(server.URL + "/?feed=events")
-	if err != nil {
-		t.Fatal(err)
-	}
+	server, resp := openFeed(t, h)
 	defer resp.Body.Close()
 	if _, err := bufio.NewReader(resp.Body).ReadString('\n'); err != nil {
 		t.Fatal(err)
@@ -259,4 +241,21 @@ func TestTheEventFeedEndsWhenTheServerShutsDown(t *testing.T) {
 	if err := server.Config.Shutdown(ctx); err != nil {
 		t.Fatalf("the server did not shut down with a page open: %v", err)
 	}
+}
+
+// openFeed serves h from a test server, which the test closes, and opens
+// its event feed.
+func openFeed(t *testing.T, h *Handler) (*httptest.Server, *http.Response) {
+	t.Helper()
+	server := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if err := h.ServeHTTP(w, r, nil); err != nil {
+			t.Error(err)
+		}
+	}))
+	t.Cleanup(server.Close)
+	resp, err := http.Get(server.URL + "/?feed=events")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return server, resp
 }

@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -120,12 +121,19 @@ func TestS3ServerFaults(t *testing.T) {
 	for _, fault := range []struct {
 		name  string
 		apply func()
+		// injected counts what the proxy did of the fault; nil when
+		// the fault is in every answer.
+		injected *atomic.Int64
 	}{
-		{"200 ms of latency", func() { proxy.Delay(200 * time.Millisecond) }},
-		{"503 to one request in three", func() { proxy.Fail(http.StatusServiceUnavailable, 3) }},
-		{"500 to one request in three", func() { proxy.Fail(http.StatusInternalServerError, 3) }},
-		{"every request held", proxy.Stall},
+		{"200 ms of latency", func() { proxy.Delay(200 * time.Millisecond) }, nil},
+		{"503 to one request in three", func() { proxy.Fail(http.StatusServiceUnavailable, 3) }, &proxy.Injected},
+		{"500 to one request in three", func() { proxy.Fail(http.StatusInternalServerError, 3) }, &proxy.Injected},
+		{"every request held", proxy.Stall, &proxy.Stalls},
 	} {
+		var before int64
+		if fault.injected != nil {
+			before = fault.injected.Load()
+		}
 		fault.apply()
 		pushed := make(chan harness.Command, 1)
 		go func() {
@@ -144,12 +152,15 @@ func TestS3ServerFaults(t *testing.T) {
 			})
 		}
 		readers.Wait()
+		if fault.injected != nil && fault.injected.Load() == before {
+			t.Errorf("%s: the proxy injected nothing: the reads proved nothing", fault.name)
+		}
 		proxy.Heal()
 		healed := time.Now()
 		client := &http.Client{Timeout: 15 * time.Second}
 		if err := harness.Eventually(time.Minute, 50*time.Millisecond, func() error {
 			for _, url := range urls {
-				if err := f.check(client, url, expected); err != nil {
+				if err := servedWhole(client, url, expected); err != nil {
 					return err
 				}
 			}
@@ -204,7 +215,8 @@ func (f *s3FaultFigures) read(client *http.Client, url string, expected map[stri
 	}
 }
 
-func (f *s3FaultFigures) check(client *http.Client, url string, expected map[string][32]byte) error {
+// servedWhole checks that url answers 200 with the expected bytes.
+func servedWhole(client *http.Client, url string, expected map[string][32]byte) error {
 	resp, err := client.Get(url)
 	if err != nil {
 		return err

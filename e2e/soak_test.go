@@ -91,10 +91,12 @@ func TestReloadSoak(t *testing.T) {
 		}
 	})
 	var reloadErrs []error
+	jobs := 1 // the warm-up run
 	during := readLoad(t, []string{narinfo, nar}, 0, func() {
 		for i := range reloads {
 			if i%max(reloads/4, 1) == 0 {
 				g.CommitFile("soak", fmt.Sprintf("push-%d", i), "a push during the reloads\n")
+				jobs++
 			}
 			if err := caddy.Reload(config((i + 1) % 2)); err != nil {
 				reloadErrs = append(reloadErrs, err)
@@ -110,7 +112,6 @@ func TestReloadSoak(t *testing.T) {
 		t.Errorf("an upload during the reloads failed: %s", failure)
 	}
 
-	jobs := 1 + (reloads+max(reloads/4, 1)-1)/max(reloads/4, 1)
 	runs, err := g.Runs("soak")
 	if err != nil {
 		t.Fatal(err)
