@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"hash"
 	"io"
+	"os"
 
 	"github.com/nix-community/go-nix/pkg/nixhash"
 )
@@ -26,7 +27,14 @@ var narEnd = []byte{1, 0, 0, 0, 0, 0, 0, 0, ')', 0, 0, 0, 0, 0, 0, 0}
 // collected while it was read) ends short with ErrChanged, so a client's
 // download fails instead of unpacking something else.
 func WriteCheckedNar(w io.Writer, fsPath string, info *PathInfo) error {
-	return writeChecked(w, fsPath, info, sha256.New())
+	return writeChecked(w, hostTree{}, fsPath, info, sha256.New())
+}
+
+// WriteCheckedNarIn is WriteCheckedNar for the store path name inside
+// root, a store someone else controls: however its symlinks point, and
+// whatever it swaps while being read, nothing outside root is read.
+func WriteCheckedNarIn(w io.Writer, root *os.Root, name string, info *PathInfo) error {
+	return writeChecked(w, root, name, info, sha256.New())
 }
 
 // WriteKnownNar is WriteCheckedNar for a path whose files were found to
@@ -34,15 +42,15 @@ func WriteCheckedNar(w io.Writer, fsPath string, info *PathInfo) error {
 // contents go to w's ReadFrom (sendfile(2) for a connection) without
 // being read here. A path collected meanwhile still ends short.
 func WriteKnownNar(w io.Writer, fsPath string, info *PathInfo) error {
-	return writeChecked(w, fsPath, info, nil)
+	return writeChecked(w, hostTree{}, fsPath, info, nil)
 }
 
-func writeChecked(w io.Writer, fsPath string, info *PathInfo, hasher hash.Hash) error {
+func writeChecked(w io.Writer, files tree, fsPath string, info *PathInfo, hasher hash.Hash) error {
 	bufp := readBuffers.Get().(*[]byte)
 	defer readBuffers.Put(bufp)
 	limit := int64(info.NarSize) - int64(len(narEnd))
 	out := &limitWriter{w: w, limit: limit}
-	n := &narWalker{out: out, buf: *bufp, sendfile: hasher == nil}
+	n := &narWalker{files: files, out: out, buf: *bufp, sendfile: hasher == nil}
 	if hasher != nil {
 		n.out = io.MultiWriter(hasher, out)
 	}

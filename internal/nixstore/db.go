@@ -241,3 +241,51 @@ func (p *preparedTx) QueryRowContext(ctx context.Context, query string, args ...
 	}
 	return stmt.QueryRowContext(ctx, args...)
 }
+
+// Registration is one row of the database's valid paths, in the order
+// Nix registered them.
+type Registration struct {
+	// ID grows with every path Nix registers.
+	ID        int64
+	StorePath string
+	// Built is whether this store made the path itself (Nix's "ultimate"
+	// column: built or added here, not substituted) from a derivation.
+	Built bool
+}
+
+// RegisteredAfter lists the valid paths registered after the one whose ID
+// is afterID, oldest first: a path's references before the path. It lists
+// at most limit of them.
+func (d *DB) RegisteredAfter(ctx context.Context, afterID int64, limit int) ([]Registration, error) {
+	rows, err := d.db.QueryContext(ctx,
+		`select id, path, coalesce(ultimate, 0), coalesce(deriver, '') from ValidPaths where id > ? order by id limit ?`, afterID, limit)
+	if err != nil {
+		return nil, fmt.Errorf("listing new paths in the Nix database: %w", err)
+	}
+	defer func() { _ = rows.Close() }()
+	var regs []Registration
+	for rows.Next() {
+		var r Registration
+		var ultimate int64
+		var deriver string
+		if err := rows.Scan(&r.ID, &r.StorePath, &ultimate, &deriver); err != nil {
+			return nil, fmt.Errorf("listing new paths in the Nix database: %w", err)
+		}
+		r.Built = ultimate != 0 && deriver != ""
+		regs = append(regs, r)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("listing new paths in the Nix database: %w", err)
+	}
+	return regs, nil
+}
+
+// LastIDBefore is the ID of the last path registered before t, to the
+// second; 0 when there is none.
+func (d *DB) LastIDBefore(ctx context.Context, t time.Time) (int64, error) {
+	var id int64
+	if err := d.db.QueryRowContext(ctx, `select coalesce(max(id), 0) from ValidPaths where registrationTime < ?`, t.Unix()).Scan(&id); err != nil {
+		return 0, fmt.Errorf("reading the Nix database: %w", err)
+	}
+	return id, nil
+}

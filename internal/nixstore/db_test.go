@@ -9,6 +9,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/cargoxx-pkgs/runner/internal/nixstore"
 	"github.com/cargoxx-pkgs/runner/internal/nixstore/nixstoretest"
@@ -154,5 +155,43 @@ func TestTheDatabaseIsOnlyRead(t *testing.T) {
 	}
 	if len(entries) != 1 {
 		t.Errorf("reading the database left files beside it: %v", entries)
+	}
+}
+
+func TestRegisteredAfterListsNewPathsInOrder(t *testing.T) {
+	ctx := context.Background()
+	file := nixDB(t)
+	// top was built here; leaf, without a deriver, was added; broken
+	// was substituted.
+	raw, err := sql.Open("sqlite", "file:"+file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := raw.ExecContext(ctx, `update ValidPaths set ultimate = 1 where path in (?, ?)`, topPath, leafPath); err != nil {
+		t.Fatal(err)
+	}
+	_ = raw.Close()
+	db, err := nixstore.OpenDB(ctx, file, "/nix/store")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = db.Close() }()
+
+	regs, err := db.RegisteredAfter(ctx, 0, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []nixstore.Registration{{ID: 1, StorePath: leafPath}, {ID: 2, StorePath: topPath, Built: true}, {ID: 3, StorePath: brokenPath}}
+	if !reflect.DeepEqual(regs, want) {
+		t.Errorf("RegisteredAfter(0) = %+v, want %+v", regs, want)
+	}
+	if regs, err := db.RegisteredAfter(ctx, 1, 1); err != nil || !reflect.DeepEqual(regs, want[1:2]) {
+		t.Errorf("RegisteredAfter(1, limit 1) = %+v, %v; want %+v", regs, err, want[1:2])
+	}
+	if last, err := db.LastIDBefore(ctx, time.Unix(1700000001, 0)); err != nil || last != 3 {
+		t.Errorf("LastIDBefore(after the registrations) = %d, %v; want 3", last, err)
+	}
+	if last, err := db.LastIDBefore(ctx, time.Unix(1700000000, 0)); err != nil || last != 0 {
+		t.Errorf("LastIDBefore(the second of the registrations) = %d, %v; want 0", last, err)
 	}
 }

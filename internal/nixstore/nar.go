@@ -8,8 +8,37 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"sync"
+	"syscall"
 )
+
+// A tree is where a NAR's files are read from: the host's file system,
+// with absolute names, or an *os.Root, whose names stay inside it
+// whatever symlinks the tree holds.
+type tree interface {
+	Lstat(name string) (fs.FileInfo, error)
+	Readlink(name string) (string, error)
+	OpenFile(name string, flag int, perm fs.FileMode) (*os.File, error)
+}
+
+// hostTree is the host's file system.
+type hostTree struct{}
+
+func (hostTree) Lstat(name string) (fs.FileInfo, error) { return os.Lstat(name) }
+func (hostTree) Readlink(name string) (string, error)   { return os.Readlink(name) }
+func (hostTree) OpenFile(name string, flag int, perm fs.FileMode) (*os.File, error) {
+	return os.OpenFile(name, flag, perm)
+}
+
+// openRead opens name in files to read. A FIFO put where a file was
+// (the tree changed under the walk) fails the NAR rather than blocking
+// it: the open does not wait for a writer, and the read finds no
+// regular file.
+func openRead(files tree, name string) (*os.File, error) {
+	return files.OpenFile(name, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+}
 
 // readBufferSize is how much of a file is read at a time: files up to
 // this size in one read, larger ones in chunks of it.
@@ -30,7 +59,7 @@ var readBuffers = sync.Pool{New: func() any { b := make([]byte, readBufferSize);
 func WriteNar(w io.Writer, fsPath string) (int64, error) {
 	bufp := readBuffers.Get().(*[]byte)
 	defer readBuffers.Put(bufp)
-	n := &narWalker{out: w, buf: *bufp}
+	n := &narWalker{files: hostTree{}, out: w, buf: *bufp}
 	if err := n.archive(fsPath); err != nil {
 		return n.offset, err
 	}
@@ -44,7 +73,7 @@ func WriteNar(w io.Writer, fsPath string) (int64, error) {
 // its contents in the uncompressed NAR. It is written while the tree is
 // walked, so memory stays flat however many files the tree has.
 func WriteListing(w io.Writer, fsPath string) error {
-	n := &narWalker{listing: w}
+	n := &narWalker{files: hostTree{}, listing: w}
 	if _, err := io.WriteString(w, `{"version":1,"root":`); err != nil {
 		return err
 	}
@@ -60,6 +89,7 @@ func WriteListing(w io.Writer, fsPath string) error {
 // way it counts the NAR's bytes, which is all a listing needs of the
 // contents.
 type narWalker struct {
+	files   tree
 	out     io.Writer
 	listing io.Writer
 	buf     []byte
@@ -76,7 +106,7 @@ func (n *narWalker) archive(fsPath string) error {
 	if err := n.str("nix-archive-1"); err != nil {
 		return err
 	}
-	info, err := os.Lstat(fsPath)
+	info, err := n.files.Lstat(fsPath)
 	if err != nil {
 		return fmt.Errorf("reading the store path: %w", err)
 	}
@@ -93,7 +123,7 @@ func (n *narWalker) node(fsPath string, info fs.FileInfo) error {
 	case mode.IsRegular():
 		return n.regular(fsPath, mode&0o100 != 0)
 	case mode&fs.ModeSymlink != 0:
-		target, err := os.Readlink(fsPath)
+		target, err := n.files.Readlink(fsPath)
 		if err != nil {
 			return fmt.Errorf("reading symlink %s: %w", fsPath, err)
 		}
@@ -122,19 +152,22 @@ func (n *narWalker) regular(fsPath string, executable bool) error {
 	}
 	var size int64
 	if n.out == nil {
-		info, err := os.Lstat(fsPath)
+		info, err := n.files.Lstat(fsPath)
 		if err != nil {
 			return fmt.Errorf("reading %s: %w", fsPath, err)
 		}
 		size = info.Size()
 		n.offset += 8 + size + padding(size)
 	} else {
-		f, err := os.Open(fsPath)
+		f, err := openRead(n.files, fsPath)
 		if err != nil {
 			return fmt.Errorf("reading %s: %w", fsPath, err)
 		}
 		defer func() { _ = f.Close() }()
 		info, err := f.Stat()
+		if err == nil && !info.Mode().IsRegular() {
+			err = fmt.Errorf("it is no longer a regular file")
+		}
 		if err != nil {
 			return fmt.Errorf("reading %s: %w", fsPath, err)
 		}
@@ -190,29 +223,29 @@ func (n *narWalker) directory(fsPath string) error {
 	if err := n.str("directory"); err != nil {
 		return err
 	}
-	entries, err := os.ReadDir(fsPath) // sorted by name, byte by byte, as Nix sorts
+	names, err := n.readDir(fsPath)
 	if err != nil {
 		return fmt.Errorf("reading directory %s: %w", fsPath, err)
 	}
 	if err := n.listJSON(`{"type":"directory","entries":{`); err != nil {
 		return err
 	}
-	for i, entry := range entries {
-		info, err := entry.Info()
+	for i, name := range names {
+		info, err := n.files.Lstat(filepath.Join(fsPath, name))
 		if err != nil {
-			return fmt.Errorf("reading %s: %w", filepath.Join(fsPath, entry.Name()), err)
+			return fmt.Errorf("reading %s: %w", filepath.Join(fsPath, name), err)
 		}
 		sep := ","
 		if i == 0 {
 			sep = ""
 		}
-		if err := n.listJSON(sep, entry.Name(), ":"); err != nil {
+		if err := n.listJSON(sep, name, ":"); err != nil {
 			return err
 		}
-		if err := n.strs("entry", "(", "name", entry.Name(), "node"); err != nil {
+		if err := n.strs("entry", "(", "name", name, "node"); err != nil {
 			return err
 		}
-		if err := n.node(filepath.Join(fsPath, entry.Name()), info); err != nil {
+		if err := n.node(filepath.Join(fsPath, name), info); err != nil {
 			return err
 		}
 		// The node's end, then the entry's.
@@ -221,6 +254,22 @@ func (n *narWalker) directory(fsPath string) error {
 		}
 	}
 	return n.listJSON("}}")
+}
+
+// readDir returns the names in the directory fsPath sorted byte by byte,
+// as Nix sorts them.
+func (n *narWalker) readDir(fsPath string) ([]string, error) {
+	dir, err := openRead(n.files, fsPath)
+	if err != nil {
+		return nil, err
+	}
+	defer func() { _ = dir.Close() }()
+	names, err := dir.Readdirnames(-1)
+	if err != nil {
+		return nil, err
+	}
+	slices.SortFunc(names, strings.Compare)
+	return names, nil
 }
 
 // listJSON writes parts to the listing, if there is one: the first and

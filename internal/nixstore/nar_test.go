@@ -328,3 +328,52 @@ func registered(t *testing.T, root string) (*PathInfo, *bytes.Buffer) {
 		NarSize: uint64(nar.Len()),
 	}, &nar
 }
+
+// TestWriteCheckedNarInStaysInItsRoot: read through an *os.Root, a store
+// path makes the same NAR as through the host's file system, and a store
+// whose directories are symlinks out of its root is refused rather than
+// followed.
+func TestWriteCheckedNarInStaysInItsRoot(t *testing.T) {
+	tree := storeTree(t)
+	info, plain := registered(t, tree)
+	rootDir := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(rootDir, "nix", "store"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tree, filepath.Join(rootDir, "nix", "store", "abcd-tree")); err != nil {
+		t.Fatal(err)
+	}
+	root, err := os.OpenRoot(rootDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = root.Close() }()
+	var got bytes.Buffer
+	if err := WriteCheckedNarIn(&got, root, "nix/store/abcd-tree", info); err != nil {
+		t.Fatalf("reading through the root: %v", err)
+	}
+	if !bytes.Equal(got.Bytes(), plain.Bytes()) {
+		t.Fatal("the NAR read through the root differs from the one read directly")
+	}
+
+	// The store's nix directory made a symlink to a copy of the tree
+	// outside the root: the host's file system follows it, the root
+	// does not.
+	outside := t.TempDir()
+	if err := os.Rename(filepath.Join(rootDir, "nix"), filepath.Join(outside, "nix")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(filepath.Join(outside, "nix"), filepath.Join(rootDir, "nix")); err != nil {
+		t.Fatal(err)
+	}
+	if err := WriteCheckedNar(new(bytes.Buffer), filepath.Join(rootDir, "nix/store/abcd-tree"), info); err != nil {
+		t.Fatalf("the host's file system no longer follows the symlink: %v", err)
+	}
+	got.Reset()
+	if err := WriteCheckedNarIn(&got, root, "nix/store/abcd-tree", info); err == nil {
+		t.Fatal("a store path behind a symlink out of the root was read")
+	}
+	if got.Len() > len(narString("nix-archive-1")) {
+		t.Errorf("%d bytes of a tree outside the root were written", got.Len())
+	}
+}
