@@ -143,12 +143,14 @@ type App struct {
 	KeepDefaultBranchRuns int `json:"keep_default_branch_runs,omitempty"`
 
 	// AutoPush pushes to the nix_cache every store path a job's Nix builds,
-	// with the job's own credential, whether the job succeeds or fails:
-	// Nix's post-build-hook notes each build, and a last step of the job
-	// pushes what was noted with `nix copy` (which skips what the cache
-	// already serves) and the job's log gets a summary. "on" (the
-	// default): a push that fails is reported in the log; "required": it
-	// fails the job; "off": jobs push only what they copy themselves.
+	// with the job's own credential, whether the job succeeds or fails,
+	// skipping what the cache already serves; the job's log gets a
+	// summary. A container job's store is watched from the host and each
+	// path is pushed as Nix registers it; a host job's Nix notes each
+	// build with a post-build-hook, and a last step pushes what was noted
+	// with `nix copy`. "on" (the default): a push that fails is reported
+	// in the log; "required": it fails the job; "off": jobs push only what
+	// they copy themselves.
 	// Caddyfile: `auto_push on|off|required` inside a `nix_cache <name> {
 	// … }` block.
 	AutoPush string `json:"auto_push,omitempty"`

@@ -2,6 +2,7 @@ package caddyrunner
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -17,17 +18,23 @@ import (
 	"gitea.com/gitea/runner/act/model"
 	"github.com/dustin/go-humanize"
 	"github.com/nix-community/go-nix/pkg/storepath"
+	"go.uber.org/zap"
 	"go.yaml.in/yaml/v4"
 )
 
 // Automatic push: every path a job's Nix builds goes to the cache with the
-// job's own credential. Nix runs its post-build-hook synchronously after
-// each build, so the hook only notes what was built in a queue file and
-// returns; a last step of the job, run whether the job's steps succeeded
-// or not, pushes what was noted with `nix copy`, which asks the cache first
-// and uploads only what it lacks. The runner then reads the outcome and
-// writes the summary line. The hook never talks to the runner, so nothing
-// the runner does can hold up a build.
+// job's own credential. A container job's store is watched from the host
+// while the job runs, and what is left is pushed after its steps, whether
+// they succeeded or not (storewatch.go).
+//
+// A host job's Nix shares the host's store with everything else on the
+// host, so what the job built is told by Nix itself: a post-build-hook
+// notes each build in a queue file and returns, since Nix waits for it;
+// the last step pushes what was noted with `nix copy`, which asks the
+// cache first and uploads only what it lacks. The hook never talks to
+// the runner, so nothing the runner does can hold up a build.
+//
+// Either way the runner then writes the summary line.
 
 const (
 	autoPushOn       = "on"
@@ -92,30 +99,34 @@ exit 0
 
 // autoPush is one job's automatic push.
 type autoPush struct {
-	// hostDir holds the hook, the last step's script and what they write;
-	// jobDir is the same directory as the job sees it.
+	// hostDir holds the scripts and what they write; jobDir is the same
+	// directory as the job sees it.
 	hostDir, jobDir string
 	cacheURL        string
 	required        bool
+	// container is whether the job runs in a container, whose store is
+	// watched; a host job's Nix runs the hook instead.
+	container bool
+	// uploadURL and token are where and how the watch uploads.
+	uploadURL, token string
+	// watch is the container job's store watch, once started.
+	watch *storeWatch
 	// stored reports what the job's credential stored in the cache.
 	stored func() (paths []string, narBytes int64)
 }
 
 // prepareAutoPush makes the auto-push directory in the job's credential
 // directory: for a container job it is bind-mounted at jobAutoPushDir.
-func prepareAutoPush(jobFiles string, container bool, mode, cacheURL string, stored func() ([]string, int64)) (*autoPush, error) {
-	p := &autoPush{hostDir: filepath.Join(jobFiles, "auto-push"), cacheURL: cacheURL, required: mode == autoPushRequired, stored: stored}
+func prepareAutoPush(jobFiles string, container bool, mode, cacheURL, uploadURL, token string, stored func() ([]string, int64)) (*autoPush, error) {
+	p := &autoPush{
+		hostDir: filepath.Join(jobFiles, "auto-push"), cacheURL: cacheURL, required: mode == autoPushRequired,
+		container: container, uploadURL: uploadURL, token: token, stored: stored,
+	}
 	p.jobDir = p.hostDir
-	perm := os.FileMode(0o700)
 	if container {
-		// The job's user may be anyone; the credential directory around
-		// it keeps everyone else on the host out.
-		p.jobDir, perm = jobAutoPushDir, 0o777
+		p.jobDir = jobAutoPushDir
 	}
-	if err := os.Mkdir(p.hostDir, perm); err != nil {
-		return nil, fmt.Errorf("creating the job's auto-push directory: %w", err)
-	}
-	if err := os.Chmod(p.hostDir, perm); err != nil {
+	if err := os.Mkdir(p.hostDir, 0o700); err != nil {
 		return nil, fmt.Errorf("creating the job's auto-push directory: %w", err)
 	}
 	required := "0"
@@ -126,6 +137,11 @@ func prepareAutoPush(jobFiles string, container bool, mode, cacheURL string, sto
 		autoPushHookFile:    strings.ReplaceAll(autoPushHook, "DIR", shellQuote(p.jobDir)),
 		autoPushScriptFile:  strings.NewReplacer("DIR", shellQuote(p.jobDir), "REQUIRED", required).Replace(autoPushScript),
 		autoPushNixConfFile: p.hookConfig(),
+	}
+	if container {
+		// Empty: mounted into the job container, it tells that
+		// container from the job's other containers.
+		return p, nil
 	}
 	for name, content := range files {
 		if err := os.WriteFile(filepath.Join(p.hostDir, name), []byte(content), 0o755); err != nil {
@@ -143,6 +159,9 @@ func prepareAutoPush(jobFiles string, container bool, mode, cacheURL string, sto
 // cannot include a path with white space in it; such a host directory
 // names the hook directly.
 func (p *autoPush) nixConfig() string {
+	if p.container {
+		return ""
+	}
 	if strings.ContainsFunc(p.jobDir, unicode.IsSpace) {
 		return p.hookConfig()
 	}
@@ -154,9 +173,8 @@ func (p *autoPush) hookConfig() string {
 	return "post-build-hook = " + p.jobDir + "/" + autoPushHookFile + "\n"
 }
 
-// step is the job's last step: it runs even after a failed step, and
-// unless the push is required nothing in it (not even an image without a
-// shell) fails the job.
+// step is a host job's last step: it runs even after a failed step, and
+// unless the push is required nothing in it fails the job.
 func (p *autoPush) step() *model.Step {
 	return &model.Step{
 		ID:                 "cargoxx-auto-push",
@@ -183,10 +201,27 @@ type autoPushOutcome struct {
 	took    time.Duration
 }
 
-// outcome reads what the last step left. It returns nil when the job's
-// Nix built nothing (or the job has no Nix). The directory is the job's
-// to write, so nothing in it is followed or trusted beyond its shape.
+// outcome is what the push did. It returns nil when the job's Nix built
+// nothing (or the job has no Nix).
 func (p *autoPush) outcome() (*autoPushOutcome, error) {
+	if p.watch != nil {
+		o := p.watch.finish()
+		if len(o.built) == 0 && o.failure == "" {
+			return nil, nil
+		}
+		o.pushed, o.narBytes = p.stored()
+		return o, nil
+	}
+	if p.container {
+		return &autoPushOutcome{failure: "the job's store was not watched"}, nil
+	}
+	return p.hookOutcome()
+}
+
+// hookOutcome reads what a host job's last step left. The directory is
+// the job's to write, so nothing in it is followed or trusted beyond its
+// shape.
+func (p *autoPush) hookOutcome() (*autoPushOutcome, error) {
 	built, err := p.readLines(autoPushPathsFile, 8<<20)
 	if err != nil || len(built) == 0 {
 		return nil, err
@@ -244,16 +279,27 @@ func (o *autoPushOutcome) summary(cacheURL string) string {
 	return b.String()
 }
 
+// startWatch starts watching a container job's store; it must be called
+// before the job's container starts, and ends with ctx.
+func (p *autoPush) startWatch(ctx context.Context, logger *zap.Logger) error {
+	if !p.container {
+		return nil
+	}
+	w, err := startStoreWatch(ctx, p, p.uploadURL, p.token, logger)
+	p.watch = w
+	return err
+}
+
 // report writes the summary line into the job's log and counts the
-// paths in the metrics.
-func (p *autoPush) report(rep *reporter, repository string) {
+// paths in the metrics. It reports whether everything built was pushed.
+func (p *autoPush) report(rep *reporter, repository string) bool {
 	o, err := p.outcome()
 	if err != nil {
 		rep.logf("auto push to %s: %v", p.cacheURL, err)
-		return
+		return false
 	}
 	if o == nil {
-		return
+		return true
 	}
 	rep.logf("%s", o.summary(p.cacheURL))
 	autoPushFailures.WithLabelValues(repository)
@@ -262,6 +308,7 @@ func (p *autoPush) report(rep *reporter, repository string) {
 	if o.failure != "" {
 		autoPushFailures.WithLabelValues(repository).Inc()
 	}
+	return o.failure == ""
 }
 
 // readLines reads a file of the directory, refusing links and anything

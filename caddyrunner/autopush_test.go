@@ -12,9 +12,11 @@ const (
 	builtB = "/nix/store/mza68h0fq76caa56y5p6063kywzbf5hh-b"
 )
 
+// testAutoPush is a host job's automatic push, whose credential stored
+// the paths stored.
 func testAutoPush(t *testing.T, stored ...string) *autoPush {
 	t.Helper()
-	p, err := prepareAutoPush(t.TempDir(), true, autoPushOn, "https://cache.example.org", func() ([]string, int64) { return stored, 1024 })
+	p, err := prepareAutoPush(t.TempDir(), false, autoPushOn, "https://cache.example.org", "https://cache.example.org/upload", "token", func() ([]string, int64) { return stored, 1024 })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -29,21 +31,34 @@ func writeJobFile(t *testing.T, p *autoPush, name, content string) {
 }
 
 func TestAutoPushScriptsPointIntoTheJob(t *testing.T) {
-	p := testAutoPush(t)
-	if p.nixConfig() != "!include /run/cargoxx/auto-push/nix.conf\n" {
-		t.Fatalf("NIX_CONFIG line %q", p.nixConfig())
+	host := testAutoPush(t)
+	if want := "!include " + host.hostDir + "/nix.conf\n"; host.nixConfig() != want {
+		t.Fatalf("a host job's NIX_CONFIG line %q, want %q", host.nixConfig(), want)
 	}
 	for _, name := range []string{autoPushHookFile, autoPushScriptFile, autoPushNixConfFile} {
-		data, err := os.ReadFile(filepath.Join(p.hostDir, name))
+		data, err := os.ReadFile(filepath.Join(host.hostDir, name))
 		if err != nil {
 			t.Fatal(err)
 		}
-		if !strings.Contains(string(data), jobAutoPushDir) || strings.Contains(string(data), "DIR") || strings.Contains(string(data), "REQUIRED") {
+		if !strings.Contains(string(data), host.hostDir) || strings.Contains(string(data), "DIR") || strings.Contains(string(data), "REQUIRED") {
 			t.Fatalf("%s is not written for the job's directory:\n%s", name, data)
 		}
 	}
-	if fi, err := os.Stat(p.hostDir); err != nil || fi.Mode().Perm() != 0o777 {
-		t.Fatalf("a container job's auto-push directory is %v (%v), want writable by the job's user", fi.Mode(), err)
+	if !strings.Contains(host.step().Run, host.hostDir+"/"+autoPushScriptFile) {
+		t.Fatalf("a host job's last step runs %q", host.step().Run)
+	}
+
+	// A container job's store is watched: Nix runs no hook, and the
+	// directory, empty, only marks the job's container.
+	p, err := prepareAutoPush(t.TempDir(), true, autoPushOn, "https://cache.example.org", "https://cache.example.org/upload", "token", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.nixConfig() != "" {
+		t.Fatalf("a container job, whose store is watched, gets NIX_CONFIG %q", p.nixConfig())
+	}
+	if entries, err := os.ReadDir(p.hostDir); err != nil || len(entries) != 0 {
+		t.Fatalf("a container job's auto-push directory holds %v (%v), want nothing", entries, err)
 	}
 }
 
@@ -52,7 +67,7 @@ func TestAutoPushInAHostDirectoryWithASpace(t *testing.T) {
 	if err := os.Mkdir(dir, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	p, err := prepareAutoPush(dir, false, autoPushOn, "http://cache.test", nil)
+	p, err := prepareAutoPush(dir, false, autoPushOn, "http://cache.test", "http://cache.test/upload", "token", nil)
 	if err != nil {
 		t.Fatal(err)
 	}

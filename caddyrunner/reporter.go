@@ -429,6 +429,18 @@ func (r *reporter) result() runnerv1.Result {
 // close ends reporting: a job that has no result yet failed (lastWords
 // says why), and the rest of the log and the final state are sent on a
 // context detached from the task's, retried for a bounded time.
+// failJob turns a job act reported successful into a failed one: what
+// the runner does for the job after act, such as a required automatic
+// push, failed.
+func (r *reporter) failJob() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.state.Result == runnerv1.Result_RESULT_SUCCESS {
+		r.state.Result = runnerv1.Result_RESULT_FAILURE
+		r.stateChanged = true
+	}
+}
+
 func (r *reporter) close(lastWords string) error {
 	r.mu.Lock()
 	r.closed = true

@@ -123,9 +123,11 @@ func (d *daemon) execute(ctx context.Context, task *runnerv1.Task, s *settings, 
 				options = strings.TrimSpace(options + " --volume " + push.hostDir + ":" + push.jobDir)
 				validVolumes = append(slices.Clone(validVolumes), push.hostDir)
 			}
-			// After the steps Gitea knows, so its lines go to the job's
-			// closing section.
-			job.Steps = append(job.Steps, push.step())
+			if !push.container {
+				// After the steps Gitea knows, so its lines go to the
+				// job's closing section.
+				job.Steps = append(job.Steps, push.step())
+			}
 		}
 	}
 
@@ -143,9 +145,12 @@ func (d *daemon) execute(ctx context.Context, task *runnerv1.Task, s *settings, 
 	}
 
 	clonesDir := actionClonesDir(s.actionCacheDir, d.instance, defaultActions)
+	// A watched store is read once more after the job's steps: act then
+	// leaves the job's containers to the runner.
+	leaveContainers := push != nil && push.container
 	cfg := &runner.Config{
 		Workdir:               "/" + strings.Trim(s.workdirParent, "/") + "/" + preset.Repository,
-		ReuseContainers:       false,
+		ReuseContainers:       leaveContainers,
 		ForcePull:             s.container.ForcePull,
 		LogOutput:             true,
 		Env:                   env,
@@ -184,10 +189,18 @@ func (d *daemon) execute(ctx context.Context, task *runnerv1.Task, s *settings, 
 	ctx = common.WithLoggerHook(ctx, rep)
 	// Job output goes to Gitea through the hook, not into Caddy's log.
 	ctx = runner.WithJobLoggerFactory(ctx, discardJobLogger{})
+	if leaveContainers {
+		defer removeJobContainers(cfg.ContainerNamePrefix, d.logger())
+	}
+	if push != nil {
+		if err := push.startWatch(ctx, d.logger()); err != nil {
+			rep.logf("auto push to %s: %v", push.cacheURL, err)
+		}
+	}
 	execErr := executor(ctx)
 	rep.setOutputs(job.Outputs)
-	if push != nil {
-		push.report(rep, preset.Repository)
+	if push != nil && !push.report(rep, preset.Repository) && push.required && push.container {
+		rep.failJob()
 	}
 	return execErr
 }

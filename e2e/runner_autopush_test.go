@@ -201,13 +201,13 @@ func TestAutoPushCacheRefusing(t *testing.T) {
 	run := func(file, wantConclusion string) string {
 		t.Helper()
 		closure := fmt.Sprintf(`let a = mk "refused-a-%[1]d" []; in mk "refused-b-%[1]d" [ a ]`, nonce)
-		sha := g.CommitWorkflow("refused", file, buildOnlyWorkflow(file, strings.ReplaceAll(closure, "refused-", file+"-"), ""))
+		sha := g.CommitWorkflow("refused", file, buildOnlyWorkflow(file, strings.ReplaceAll(closure, "refused-", strings.TrimSuffix(file, ".yml")+"-refused-"), ""))
 		run := g.WaitRun("refused", sha, 5*time.Minute, harness.Completed)
 		log := g.JobLog("refused", g.Jobs("refused", run.ID)[0].ID)
 		if run.Conclusion != wantConclusion {
 			t.Fatalf("with the cache refusing uploads the job concluded %q, want %q:\n%s", run.Conclusion, wantConclusion, log)
 		}
-		if !regexp.MustCompile(`auto push to \S+: 2 built paths; pushed 0 paths .*NOT PUSHED: 2 built paths, nix copy exited \d+`).MatchString(log) {
+		if !regexp.MustCompile(`auto push to \S+: 2 built paths; pushed 0 paths .*NOT PUSHED: 2 built paths, uploading /nix/store/\S+-refused-a-\d+: .*503`).MatchString(log) {
 			t.Fatalf("the job log does not say which paths were not pushed, and why:\n%s", log)
 		}
 		t.Logf("the job log's summary: %s", regexp.MustCompile(`auto push to \S+: .*`).FindString(log))
@@ -251,9 +251,12 @@ func TestAutoPushHostJob(t *testing.T) {
 // TestAutoPushDockerStep: a `uses: docker://` step gets the job's
 // NIX_CONFIG but not its auto-push directory; Nix in that step container
 // builds as it would without automatic push, and what the job container
-// built is pushed as before.
+// built is pushed as before. The job container, the step's container and
+// their volumes, which act leaves to the runner when it watches the
+// store, are gone once the job is.
 func TestAutoPushDockerStep(t *testing.T) {
-	image := harness.NewDocker(t).NixJobImage()
+	docker := harness.NewDocker(t)
+	image := docker.NixJobImage()
 	nix := harness.Nix28.New(t, "")
 	g, caddy, publicKey, _ := autoPushCache(t, "dockerstep", image, "")
 	nonce := time.Now().UnixNano()
@@ -284,8 +287,16 @@ jobs:
           entrypoint: /bin/sh
           args: -c "echo step-built $(nix-build closure.nix -A step --no-out-link)"
 `, nonce, image)
+	leftovers := func() string {
+		return docker.Must("ps", "-a", "--filter", "name=GITEA-ACTIONS-TASK-", "--format", "{{.Names}}") +
+			docker.Must("volume", "ls", "-q", "--filter", "name=GITEA-ACTIONS-TASK-")
+	}
+	before := leftovers()
 	sha := g.CommitWorkflow("dockerstep", "step.yml", workflow)
 	log := g.SucceededLog("dockerstep", g.WaitRun("dockerstep", sha, 5*time.Minute, harness.Completed))
+	if after := leftovers(); after != before {
+		t.Fatalf("the job left containers or volumes behind:\nbefore:\n%s\nafter:\n%s", before, after)
+	}
 	if !regexp.MustCompile(`step-built /nix/store/\S+-step-`).MatchString(log) {
 		t.Fatalf("the step container did not build its path:\n%s", log)
 	}
