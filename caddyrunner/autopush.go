@@ -104,9 +104,9 @@ type autoPush struct {
 	hostDir, jobDir string
 	cacheURL        string
 	required        bool
-	// container is whether the job runs in a container, whose store is
-	// watched; a host job's Nix runs the hook instead.
-	container bool
+	// watched is whether the job's store is watched from the host;
+	// otherwise the job's Nix runs the hook.
+	watched bool
 	// uploadURL and token are where and how the watch uploads.
 	uploadURL, token string
 	// watch is the container job's store watch, once started.
@@ -116,17 +116,30 @@ type autoPush struct {
 }
 
 // prepareAutoPush makes the auto-push directory in the job's credential
-// directory: for a container job it is bind-mounted at jobAutoPushDir.
-func prepareAutoPush(jobFiles string, container bool, mode, cacheURL, uploadURL, token string, stored func() ([]string, int64)) (*autoPush, error) {
+// directory: for a container job it is bind-mounted at jobAutoPushDir. A
+// watched job's store is read from the host (container jobs, where the
+// runner can see into their containers); any other job's Nix runs the
+// hook.
+func prepareAutoPush(jobFiles string, container, watched bool, mode, cacheURL, uploadURL, token string, stored func() ([]string, int64)) (*autoPush, error) {
 	p := &autoPush{
 		hostDir: filepath.Join(jobFiles, "auto-push"), cacheURL: cacheURL, required: mode == autoPushRequired,
-		container: container, uploadURL: uploadURL, token: token, stored: stored,
+		watched: watched, uploadURL: uploadURL, token: token, stored: stored,
 	}
 	p.jobDir = p.hostDir
+	perm := os.FileMode(0o700)
 	if container {
 		p.jobDir = jobAutoPushDir
+		if !watched {
+			// The hook writes here as the job's user, who may be
+			// anyone; the credential directory around it keeps
+			// everyone else on the host out.
+			perm = 0o777
+		}
 	}
-	if err := os.Mkdir(p.hostDir, 0o700); err != nil {
+	if err := os.Mkdir(p.hostDir, perm); err != nil {
+		return nil, fmt.Errorf("creating the job's auto-push directory: %w", err)
+	}
+	if err := os.Chmod(p.hostDir, perm); err != nil {
 		return nil, fmt.Errorf("creating the job's auto-push directory: %w", err)
 	}
 	required := "0"
@@ -138,7 +151,7 @@ func prepareAutoPush(jobFiles string, container bool, mode, cacheURL, uploadURL,
 		autoPushScriptFile:  strings.NewReplacer("DIR", shellQuote(p.jobDir), "REQUIRED", required).Replace(autoPushScript),
 		autoPushNixConfFile: p.hookConfig(),
 	}
-	if container {
+	if watched {
 		// Empty: mounted into the job container, it tells that
 		// container from the job's other containers.
 		return p, nil
@@ -159,7 +172,7 @@ func prepareAutoPush(jobFiles string, container bool, mode, cacheURL, uploadURL,
 // cannot include a path with white space in it; such a host directory
 // names the hook directly.
 func (p *autoPush) nixConfig() string {
-	if p.container {
+	if p.watched {
 		return ""
 	}
 	if strings.ContainsFunc(p.jobDir, unicode.IsSpace) {
@@ -173,8 +186,9 @@ func (p *autoPush) hookConfig() string {
 	return "post-build-hook = " + p.jobDir + "/" + autoPushHookFile + "\n"
 }
 
-// step is a host job's last step: it runs even after a failed step, and
-// unless the push is required nothing in it fails the job.
+// step is the last step of a job running the hook: it runs even after a
+// failed step, and unless the push is required nothing in it (not even an
+// image without a shell) fails the job.
 func (p *autoPush) step() *model.Step {
 	return &model.Step{
 		ID:                 "cargoxx-auto-push",
@@ -212,13 +226,13 @@ func (p *autoPush) outcome() (*autoPushOutcome, error) {
 		o.pushed, o.narBytes = p.stored()
 		return o, nil
 	}
-	if p.container {
+	if p.watched {
 		return &autoPushOutcome{failure: "the job's store was not watched"}, nil
 	}
 	return p.hookOutcome()
 }
 
-// hookOutcome reads what a host job's last step left. The directory is
+// hookOutcome reads what the last step of a job running the hook left. The directory is
 // the job's to write, so nothing in it is followed or trusted beyond its
 // shape.
 func (p *autoPush) hookOutcome() (*autoPushOutcome, error) {
@@ -282,7 +296,7 @@ func (o *autoPushOutcome) summary(cacheURL string) string {
 // startWatch starts watching a container job's store; it must be called
 // before the job's container starts, and ends with ctx.
 func (p *autoPush) startWatch(ctx context.Context, logger *zap.Logger) error {
-	if !p.container {
+	if !p.watched {
 		return nil
 	}
 	w, err := startStoreWatch(ctx, p, p.uploadURL, p.token, logger)

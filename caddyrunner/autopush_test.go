@@ -16,7 +16,7 @@ const (
 // the paths stored.
 func testAutoPush(t *testing.T, stored ...string) *autoPush {
 	t.Helper()
-	p, err := prepareAutoPush(t.TempDir(), false, autoPushOn, "https://cache.example.org", "https://cache.example.org/upload", "token", func() ([]string, int64) { return stored, 1024 })
+	p, err := prepareAutoPush(t.TempDir(), false, false, autoPushOn, "https://cache.example.org", "https://cache.example.org/upload", "token", func() ([]string, int64) { return stored, 1024 })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -48,9 +48,25 @@ func TestAutoPushScriptsPointIntoTheJob(t *testing.T) {
 		t.Fatalf("a host job's last step runs %q", host.step().Run)
 	}
 
+	// A container job where the runner cannot see into containers runs
+	// the hook, in the directory mounted into the container.
+	hooked, err := prepareAutoPush(t.TempDir(), true, false, autoPushOn, "https://cache.example.org", "https://cache.example.org/upload", "token", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if hooked.nixConfig() != "!include "+jobAutoPushDir+"/nix.conf\n" || !strings.Contains(hooked.step().Run, jobAutoPushDir) {
+		t.Fatalf("a container job running the hook gets NIX_CONFIG %q and the last step %q", hooked.nixConfig(), hooked.step().Run)
+	}
+	if data, err := os.ReadFile(filepath.Join(hooked.hostDir, autoPushHookFile)); err != nil || !strings.Contains(string(data), jobAutoPushDir) {
+		t.Fatalf("the container job's hook is not written for its directory: %v\n%s", err, data)
+	}
+	if fi, err := os.Stat(hooked.hostDir); err != nil || fi.Mode().Perm() != 0o777 {
+		t.Fatalf("a container job's auto-push directory is %v (%v), want writable by the job's user", fi.Mode(), err)
+	}
+
 	// A container job's store is watched: Nix runs no hook, and the
 	// directory, empty, only marks the job's container.
-	p, err := prepareAutoPush(t.TempDir(), true, autoPushOn, "https://cache.example.org", "https://cache.example.org/upload", "token", nil)
+	p, err := prepareAutoPush(t.TempDir(), true, true, autoPushOn, "https://cache.example.org", "https://cache.example.org/upload", "token", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -67,7 +83,7 @@ func TestAutoPushInAHostDirectoryWithASpace(t *testing.T) {
 	if err := os.Mkdir(dir, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	p, err := prepareAutoPush(dir, false, autoPushOn, "http://cache.test", "http://cache.test/upload", "token", nil)
+	p, err := prepareAutoPush(dir, false, false, autoPushOn, "http://cache.test", "http://cache.test/upload", "token", nil)
 	if err != nil {
 		t.Fatal(err)
 	}

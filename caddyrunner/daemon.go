@@ -74,6 +74,9 @@ type daemon struct {
 	// run runs one task to its end: runTask, or a test's stand-in.
 	run func(context.Context, runnerv1connect.RunnerServiceClient, *runnerv1.Task)
 
+	// watchNotice logs once how container jobs are pushed.
+	watchNotice sync.Once
+
 	mu       sync.Mutex
 	id       *identity
 	declared []string

@@ -113,7 +113,8 @@ func (d *daemon) giveCacheAccess(task *runnerv1.Task, s *settings, runsOn []stri
 	}
 	handoff.nixConfig = substituterConfig(access.URL, cred.PublicKeys) + "netrc-file = " + netrcPath + "\n"
 	if s.autoPush != autoPushOff {
-		push, err := prepareAutoPush(dir, container, s.autoPush, access.URL, handoff.env["CARGOXX_NIX_CACHE_UPLOAD_URL"], cred.Token, cred.Stored)
+		watched := container && d.canWatchContainers()
+		push, err := prepareAutoPush(dir, container, watched, s.autoPush, access.URL, handoff.env["CARGOXX_NIX_CACHE_UPLOAD_URL"], cred.Token, cred.Stored)
 		if err != nil {
 			handoff.release(false)
 			return nil, err

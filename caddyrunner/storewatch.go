@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -19,6 +20,7 @@ import (
 	"github.com/fsnotify/fsnotify"
 	"github.com/moby/moby/client"
 	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
 )
 
 // Automatic push of a container job watches the job container's Nix
@@ -33,6 +35,60 @@ import (
 // Everything is read through an *os.Root of the container's root
 // directory: the job owns its store and may make any of it a symlink,
 // which then resolves inside the container, never on the host.
+
+// canWatchContainers reports whether this process can read the stores
+// of job containers through /proc/<pid>/root: it sees the Docker daemon's
+// processes (shares its PID namespace) and may open their roots (runs as
+// root, or with CAP_SYS_PTRACE). Caddy as an unprivileged service, or in
+// a container of its own, cannot: its container jobs run the hook.
+var canWatchContainers = sync.OnceValues(func() (bool, string) {
+	socket := "/var/run/docker.sock"
+	if host := os.Getenv("DOCKER_HOST"); host != "" {
+		var ok bool
+		if socket, ok = strings.CutPrefix(host, "unix://"); !ok {
+			return false, "Docker is reached at " + host + ", not through a local socket"
+		}
+	}
+	conn, err := net.Dial("unix", socket)
+	if err != nil {
+		return false, err.Error()
+	}
+	defer func() { _ = conn.Close() }()
+	raw, err := conn.(*net.UnixConn).SyscallConn()
+	if err != nil {
+		return false, err.Error()
+	}
+	var cred *unix.Ucred
+	controlErr := raw.Control(func(fd uintptr) {
+		cred, err = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+	})
+	if err = errors.Join(controlErr, err); err != nil {
+		return false, err.Error()
+	}
+	if cred.Pid <= 0 {
+		return false, "the Docker daemon runs in another PID namespace"
+	}
+	root, err := os.OpenRoot(fmt.Sprintf("/proc/%d/root", cred.Pid))
+	if err != nil {
+		return false, err.Error()
+	}
+	_ = root.Close()
+	return true, ""
+})
+
+// canWatchContainers reports whether container jobs' stores can be
+// watched, and logs the answer the first time.
+func (d *daemon) canWatchContainers() bool {
+	can, why := canWatchContainers()
+	d.watchNotice.Do(func() {
+		if can {
+			d.logger().Info("automatic push watches the stores of container jobs")
+		} else {
+			d.logger().Info("automatic push of container jobs runs Nix's post-build-hook: this process cannot see into job containers (run Caddy as root on the Docker host to watch their stores instead)", zap.String("reason", why))
+		}
+	})
+	return can
+}
 
 // scanBatch is how many new registrations one query reads.
 const scanBatch = 256

@@ -123,7 +123,7 @@ func (d *daemon) execute(ctx context.Context, task *runnerv1.Task, s *settings, 
 				options = strings.TrimSpace(options + " --volume " + push.hostDir + ":" + push.jobDir)
 				validVolumes = append(slices.Clone(validVolumes), push.hostDir)
 			}
-			if !push.container {
+			if !push.watched {
 				// After the steps Gitea knows, so its lines go to the
 				// job's closing section.
 				job.Steps = append(job.Steps, push.step())
@@ -147,7 +147,7 @@ func (d *daemon) execute(ctx context.Context, task *runnerv1.Task, s *settings, 
 	clonesDir := actionClonesDir(s.actionCacheDir, d.instance, defaultActions)
 	// A watched store is read once more after the job's steps: act then
 	// leaves the job's containers to the runner.
-	leaveContainers := push != nil && push.container
+	leaveContainers := push != nil && push.watched
 	cfg := &runner.Config{
 		Workdir:               "/" + strings.Trim(s.workdirParent, "/") + "/" + preset.Repository,
 		ReuseContainers:       leaveContainers,
@@ -199,7 +199,7 @@ func (d *daemon) execute(ctx context.Context, task *runnerv1.Task, s *settings, 
 	}
 	execErr := executor(ctx)
 	rep.setOutputs(job.Outputs)
-	if push != nil && !push.report(rep, preset.Repository) && push.required && push.container {
+	if push != nil && !push.report(rep, preset.Repository) && push.required && push.watched {
 		rep.failJob()
 	}
 	return execErr
