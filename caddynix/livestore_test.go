@@ -432,3 +432,56 @@ func TestLiveStorePathCollectedAfterItWasServed(t *testing.T) {
 func hashPart(storePath string) string {
 	return filepath.Base(storePath)[:cacheurl.HashLen]
 }
+
+// TestLiveStoreForgetsWhatNixCollects: narinfos and NARs are answered
+// from memory while the database is unchanged; once Nix collects a path,
+// or collects and registers it again with other contents, the next
+// request answers what the database now says.
+func TestLiveStoreForgetsWhatNixCollects(t *testing.T) {
+	s := liveClosure(t)
+	h, public := newLiveHandler(t, s, "")
+	leaf := s.Paths[0]
+	before := liveNarInfo(t, h, public, leaf)
+	liveNarInfo(t, h, public, leaf) // from memory
+
+	db, err := sql.Open("sqlite", "file:"+s.Database)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = db.Close() }()
+	ctx := t.Context()
+	// As Nix's garbage collector does: references, then the path.
+	if _, err := db.ExecContext(ctx, `delete from Refs where referrer = (select id from ValidPaths where path = ?)`, leaf); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.ExecContext(ctx, `delete from ValidPaths where path = ?`, leaf); err != nil {
+		t.Fatal(err)
+	}
+	if rec := request(t, h, http.MethodGet, "/"+hashPart(leaf)+".narinfo"); rec.Code != http.StatusNotFound {
+		t.Fatalf("narinfo of a collected path: %d, want 404\n%s", rec.Code, rec.Body)
+	}
+	if rec, _ := getThrough(h, "/"+before.URL); rec.Code != http.StatusNotFound {
+		t.Fatalf("NAR of a collected path: %d, want 404", rec.Code)
+	}
+
+	// Built again, differently.
+	if err := os.WriteFile(s.FSPath(leaf), []byte("built again\n"), 0o444); err != nil {
+		t.Fatal(err)
+	}
+	narHash := sha256.New()
+	size, err := nixstore.WriteNar(narHash, s.FSPath(leaf))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.ExecContext(ctx, `insert into ValidPaths (path, hash, registrationTime, narSize) values (?, ?, 1700000100, ?)`,
+		leaf, fmt.Sprintf("sha256:%x", narHash.Sum(nil)), size); err != nil {
+		t.Fatal(err)
+	}
+	after := liveNarInfo(t, h, public, leaf)
+	if after.NarHash.String() == before.NarHash.String() || after.NarSize != uint64(size) {
+		t.Fatalf("the path registered again is answered with its old NAR %s (%d bytes)", after.NarHash, after.NarSize)
+	}
+	if rec, aborted := getThrough(h, "/"+after.URL); aborted || rec.Body.Len() != int(size) {
+		t.Fatalf("NAR of the path registered again: aborted %v, %d bytes, want %d", aborted, rec.Body.Len(), size)
+	}
+}

@@ -319,30 +319,65 @@ func (s *Sources) serveLiveLog(w http.ResponseWriter, r *http.Request, req cache
 // not hold is a 404; a database that fails is a 503 with a log line, so
 // that a client does not remember a miss.
 func (s *Sources) livePathInfo(ctx context.Context, hash string) (*nixstore.PathInfo, error) {
+	found, err := s.liveLookup(ctx, hash)
+	if err != nil {
+		return nil, err
+	}
+	return found.info, nil
+}
+
+// liveLookup looks a hash part up in the database, or in memory while the
+// database has not changed since the last look: Nix collecting a path
+// changes it, so a collected path is never answered from memory.
+func (s *Sources) liveLookup(ctx context.Context, hash string) (liveLookup, error) {
+	version, err := s.live.db.Version(ctx)
+	if err != nil {
+		return liveLookup{}, s.liveDBFailure(hash, err)
+	}
+	if found, ok := s.live.lookups.get(hash); ok && found.version == version {
+		if found.info == nil {
+			return liveLookup{}, ErrNotFound
+		}
+		return found, nil
+	}
+	// Read after the version: a commit in between changes the version
+	// again, and the next request looks again.
 	info, err := s.live.db.PathInfo(ctx, hash)
 	switch {
 	case errors.Is(err, nixstore.ErrNotValid):
-		return nil, ErrNotFound
+		s.live.lookups.put(hash, liveLookup{version: version})
+		return liveLookup{}, ErrNotFound
 	case err != nil:
-		s.logger.Error("reading the live store's database", zap.String("hash", hash), zap.Error(err))
-		return nil, httpx.Error(http.StatusServiceUnavailable, fmt.Errorf("the live store's database failed: %w", err))
+		return liveLookup{}, s.liveDBFailure(hash, err)
 	}
-	return info, nil
+	found := liveLookup{version: version, info: info}
+	s.live.lookups.put(hash, found)
+	return found, nil
+}
+
+func (s *Sources) liveDBFailure(hash string, err error) error {
+	s.logger.Error("reading the live store's database", zap.String("hash", hash), zap.Error(err))
+	return httpx.Error(http.StatusServiceUnavailable, fmt.Errorf("the live store's database failed: %w", err))
 }
 
 // liveNarInfo answers a narinfo from the live store, signed by every
 // configured key beside the store's own signatures.
 func (s *Sources) liveNarInfo(ctx context.Context, hash string) ([]byte, time.Time, error) {
-	info, err := s.livePathInfo(ctx, hash)
+	found, err := s.liveLookup(ctx, hash)
 	if err != nil {
 		return nil, time.Time{}, err
 	}
-	body, err := s.signedLiveNarInfo(info)
+	if found.narInfo != nil {
+		return found.narInfo, found.info.Registered, nil
+	}
+	body, err := s.signedLiveNarInfo(found.info)
 	if err != nil {
-		s.logger.Error("serving a live store path as missing", zap.String("path", info.StorePath), zap.Error(err))
+		s.logger.Error("serving a live store path as missing", zap.String("path", found.info.StorePath), zap.Error(err))
 		return nil, time.Time{}, ErrNotFound
 	}
-	return body, info.Registered, nil
+	found.narInfo = body
+	s.live.lookups.put(hash, found)
+	return body, found.info.Registered, nil
 }
 
 // signedLiveNarInfo is the narinfo of a live path, signed by every key.

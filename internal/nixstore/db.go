@@ -51,6 +51,15 @@ type DB struct {
 	db       *sql.DB
 	stmts    statements
 	storeDir string
+
+	// version is the connection that asks for the database's version,
+	// which only one connection's answers can be compared.
+	versionMu   sync.Mutex
+	versionConn *sql.Conn
+	versionStmt *sql.Stmt
+	// versionBase tells the versions of one connection from those of
+	// the connection before it.
+	versionBase int64
 }
 
 // busyTimeout is how long a query waits for a writer holding the database
@@ -91,7 +100,45 @@ func OpenDB(ctx context.Context, file, storeDir string) (*DB, error) {
 
 // Close closes the database.
 func (d *DB) Close() error {
-	return errors.Join(d.stmts.close(), d.db.Close())
+	d.versionMu.Lock()
+	var versionErr error
+	if d.versionConn != nil {
+		versionErr = errors.Join(d.versionStmt.Close(), d.versionConn.Close())
+		d.versionConn = nil
+	}
+	d.versionMu.Unlock()
+	return errors.Join(versionErr, d.stmts.close(), d.db.Close())
+}
+
+// Version is a number that changes whenever Nix commits anything to the
+// database (SQLite's data_version, always asked on the same connection):
+// what was read while it had one value holds until it has another. It
+// costs a fraction of a lookup.
+func (d *DB) Version(ctx context.Context) (int64, error) {
+	d.versionMu.Lock()
+	defer d.versionMu.Unlock()
+	if d.versionConn == nil {
+		conn, err := d.db.Conn(ctx)
+		if err != nil {
+			return 0, fmt.Errorf("reading the Nix database's version: %w", err)
+		}
+		stmt, err := conn.PrepareContext(ctx, `pragma data_version`)
+		if err != nil {
+			_ = conn.Close()
+			return 0, fmt.Errorf("reading the Nix database's version: %w", err)
+		}
+		d.versionConn, d.versionStmt = conn, stmt
+		d.versionBase += 1 << 40
+	}
+	var version int64
+	if err := d.versionStmt.QueryRowContext(ctx).Scan(&version); err != nil {
+		// The next call starts again on a fresh connection.
+		_ = d.versionStmt.Close()
+		_ = d.versionConn.Close()
+		d.versionConn = nil
+		return 0, fmt.Errorf("reading the Nix database's version: %w", err)
+	}
+	return d.versionBase + version, nil
 }
 
 // PathInfo looks up the valid path whose hash part is hash. A path the
