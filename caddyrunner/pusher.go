@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/cargoxx-pkgs/runner/internal/iox"
 	"github.com/cargoxx-pkgs/runner/internal/nixstore"
 	"github.com/klauspost/compress/zstd"
 	"github.com/nix-community/go-nix/pkg/narinfo"
@@ -151,7 +152,7 @@ func (p *storePusher) compressedNar(info *nixstore.PathInfo) (io.ReadSeeker, []b
 		out, file, cleanup = f, f, func() { _ = f.Close(); _ = os.Remove(f.Name()) }
 	}
 	fileHasher := sha256.New()
-	counted := &countingWriter{w: io.MultiWriter(out, fileHasher)}
+	counted := &iox.CountingWriter{W: io.MultiWriter(out, fileHasher)}
 	enc, err := zstd.NewWriter(counted, zstd.WithEncoderConcurrency(1))
 	if err == nil {
 		err = nixstore.WriteCheckedNarIn(enc, p.root, path.Join("nix/store", path.Base(info.StorePath)), info)
@@ -165,7 +166,7 @@ func (p *storePusher) compressedNar(info *nixstore.PathInfo) (io.ReadSeeker, []b
 	if file != nil {
 		compressed = file
 	}
-	return compressed, fileHasher.Sum(nil), counted.n, cleanup, nil
+	return compressed, fileHasher.Sum(nil), counted.N, cleanup, nil
 }
 
 // put uploads body, of size bytes, to the cache's upload URL plus name.
@@ -227,16 +228,4 @@ func hashPart(storePath string) string {
 		return base[:i]
 	}
 	return base
-}
-
-// countingWriter counts what it passes on.
-type countingWriter struct {
-	w io.Writer
-	n int64
-}
-
-func (c *countingWriter) Write(p []byte) (int, error) {
-	n, err := c.w.Write(p)
-	c.n += int64(n)
-	return n, err
 }

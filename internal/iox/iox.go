@@ -15,6 +15,18 @@ func (c *CountingReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// CountingWriter counts the bytes written through it in N.
+type CountingWriter struct {
+	W io.Writer
+	N int64
+}
+
+func (c *CountingWriter) Write(p []byte) (int, error) {
+	n, err := c.W.Write(p)
+	c.N += int64(n)
+	return n, err
+}
+
 // TailWriter passes on what is written to it except its last Hold bytes,
 // until Release: a stream whose end is only sent once it has been checked
 // cannot be taken for a whole one when the check fails.
