@@ -123,7 +123,6 @@ type storeWatch struct {
 	result    autoPushOutcome
 	// drained is whether the last scan ran.
 	drained bool
-	mu      sync.Mutex
 }
 
 // startStoreWatch starts watching for the job container that mounts the
@@ -164,8 +163,6 @@ func (w *storeWatch) finish() *autoPushOutcome {
 	case <-w.done:
 	}
 	<-w.done
-	w.mu.Lock()
-	defer w.mu.Unlock()
 	o := w.result
 	if !w.drained && o.failure == "" && len(o.built) > 0 {
 		o.failure = "the push did not finish (the job was cut short?)"
@@ -225,9 +222,7 @@ func (w *storeWatch) run(ctx context.Context) {
 			w.scan(ctx, started, false)
 		case <-w.finishing:
 			w.scan(ctx, started, true)
-			w.mu.Lock()
 			w.drained = true
-			w.mu.Unlock()
 			return
 		}
 	}
@@ -301,9 +296,7 @@ func (w *storeWatch) findContainer(ctx context.Context) (int, time.Time, error) 
 		case <-ctx.Done():
 			return 0, time.Time{}, ctx.Err()
 		case <-w.finishing:
-			w.mu.Lock()
 			w.drained = true
-			w.mu.Unlock()
 			return 0, time.Time{}, errNoJobContainer
 		case err := <-w.events.Err:
 			return 0, time.Time{}, fmt.Errorf("reading Docker's events: %w", err)
@@ -365,19 +358,12 @@ func (w *storeWatch) scan(ctx context.Context, started time.Time, final bool) {
 
 // pushBuilt pushes one path the job built, unless a push failed before.
 func (w *storeWatch) pushBuilt(ctx context.Context, storePath string) {
-	w.mu.Lock()
-	failed := w.result.failure != ""
-	w.mu.Unlock()
-	if failed {
-		w.mu.Lock()
+	if w.result.failure != "" {
 		w.result.built = append(w.result.built, storePath)
-		w.mu.Unlock()
 		return
 	}
 	start := time.Now()
 	had, err := w.pusher.push(ctx, storePath)
-	w.mu.Lock()
-	defer w.mu.Unlock()
 	w.result.took += time.Since(start)
 	if errors.Is(err, nixstore.ErrNotValid) {
 		return // collected by the job since
@@ -485,8 +471,6 @@ func copyFromRoot(root *os.Root, name, to string) error {
 
 // fail records the first failure.
 func (w *storeWatch) fail(err error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
 	if w.result.failure == "" {
 		w.result.failure = err.Error()
 	}
