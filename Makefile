@@ -41,13 +41,14 @@ JOB_IMAGE ?= cargoxx-runner-job:latest
 
 all: build
 
-## build: bin/caddy, Caddy's standard modules plus this bundle
+## build: bin/caddy, Caddy's standard modules plus this bundle, statically
+## linked: the same binary runs as the auto-push agent in job containers
 build:
-	$(GO) build -o bin/caddy ./cmd/caddy
+	CGO_ENABLED=0 $(GO) build -o bin/caddy ./cmd/caddy
 
 ## xcaddy: the same bundle built the way plugin users build it
 xcaddy:
-	$(GO) run github.com/caddyserver/xcaddy/cmd/xcaddy@$(XCADDY_VERSION) build $(CADDY_VERSION) \
+	CGO_ENABLED=0 $(GO) run github.com/caddyserver/xcaddy/cmd/xcaddy@$(XCADDY_VERSION) build $(CADDY_VERSION) \
 		--output bin/caddy-xcaddy \
 		--with $(MODULE)@v0.0.0-00010101000000-000000000000=.
 

@@ -90,7 +90,7 @@ func BenchmarkAutoPush(b *testing.B) {
 	wall.notes = append(wall.notes, "The same workflow, alternating, in the same job image: without a push, with the seed's `nix copy --to \"$CARGOXX_NIX_CACHE_UPLOAD_URL\"` step, and with automatic push and no step. "+
 		"Each contender's runner hands its jobs its own empty cache, so every path is new to it. "+
 		"The paths form a chain (each refers to the two before it), and a narinfo is accepted only once its references are stored, so they are uploaded one after another. "+
-		"Automatic push watches the job container's store from the host and uploads each path as Nix registers it, while the build goes on; Nix runs no hook and the job gets no step. After the job's steps the runner pushes what is left before it removes the container, where the explicit step runs `nix copy` after the build.")
+		"Automatic push watches the job container's store from inside it, with the auto-push agent the runner starts there, and uploads each path as Nix registers it, while the build goes on; Nix runs no hook and the job gets no step. After the job's steps the agent pushes what is left before the runner removes the container, where the explicit step runs `nix copy` after the build.")
 	for round := range envInt("BENCH_ROUNDS", 5) {
 		for i, c := range contenders {
 			file := fmt.Sprintf("%s-%d-%d.yml", c.label, round, i)

@@ -145,8 +145,9 @@ type App struct {
 	// AutoPush pushes to the nix_cache every store path a job's Nix builds,
 	// with the job's own credential, whether the job succeeds or fails,
 	// skipping what the cache already serves; the job's log gets a
-	// summary. A container job's store is watched from the host and each
-	// path is pushed as Nix registers it; a host job's Nix notes each
+	// summary. A container job's store is watched by the auto-push agent
+	// (this caddy, started in the job's container) and each path is
+	// pushed as Nix registers it; a host job's Nix notes each
 	// build with a post-build-hook, and a last step pushes what was noted
 	// with `nix copy`. "on" (the default): a push that fails is reported
 	// in the log; "required": it fails the job; "off": jobs push only what
@@ -293,6 +294,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 		workdirParent:      "workspace",
 		actionCacheDir:     filepath.Join(workDir, "actions"),
 		jobFilesDir:        filepath.Join(workDir, "jobs"),
+		agentPath:          filepath.Join(workDir, "agent", "caddy"),
 		nixCache:           a.NixCache,
 		keepRuns:           a.KeepDefaultBranchRuns,
 		autoPush:           cmp.Or(a.AutoPush, autoPushOn),

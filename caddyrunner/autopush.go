@@ -23,9 +23,10 @@ import (
 )
 
 // Automatic push: every path a job's Nix builds goes to the cache with the
-// job's own credential. A container job's store is watched from the host
-// while the job runs, and what is left is pushed after its steps, whether
-// they succeeded or not (storewatch.go).
+// job's own credential. A container job's store is watched from inside
+// its container by the auto-push agent while the job runs, and what is
+// left is pushed after its steps, whether they succeeded or not
+// (storewatch.go, agent.go, pushagent.go).
 //
 // A host job's Nix shares the host's store with everything else on the
 // host, so what the job built is told by Nix itself: a post-build-hook
@@ -104,9 +105,12 @@ type autoPush struct {
 	hostDir, jobDir string
 	cacheURL        string
 	required        bool
-	// watched is whether the job's store is watched from the host;
+	// watched is whether the auto-push agent watches the job's store;
 	// otherwise the job's Nix runs the hook.
 	watched bool
+	// agentPath is the auto-push agent on the host, mounted at
+	// jobAgentPath in a watched job's container.
+	agentPath string
 	// uploadURL and token are where and how the watch uploads.
 	uploadURL, token string
 	// watch is the container job's store watch, once started.
@@ -117,13 +121,13 @@ type autoPush struct {
 
 // prepareAutoPush makes the auto-push directory in the job's credential
 // directory: for a container job it is bind-mounted at jobAutoPushDir. A
-// watched job's store is read from the host (container jobs, where the
-// runner can see into their containers); any other job's Nix runs the
-// hook.
-func prepareAutoPush(jobFiles string, container, watched bool, mode, cacheURL, uploadURL, token string, stored func() ([]string, int64)) (*autoPush, error) {
+// container job's store is watched by the agent at agentPath, when there
+// is one; any other job's Nix runs the hook.
+func prepareAutoPush(jobFiles string, container bool, agentPath, mode, cacheURL, uploadURL, token string, stored func() ([]string, int64)) (*autoPush, error) {
+	watched := container && agentPath != ""
 	p := &autoPush{
 		hostDir: filepath.Join(jobFiles, "auto-push"), cacheURL: cacheURL, required: mode == autoPushRequired,
-		watched: watched, uploadURL: uploadURL, token: token, stored: stored,
+		watched: watched, agentPath: agentPath, uploadURL: uploadURL, token: token, stored: stored,
 	}
 	p.jobDir = p.hostDir
 	perm := os.FileMode(0o700)
@@ -299,7 +303,7 @@ func (p *autoPush) startWatch(ctx context.Context, logger *zap.Logger) error {
 	if !p.watched {
 		return nil
 	}
-	w, err := startStoreWatch(ctx, p, p.uploadURL, p.token, logger)
+	w, err := startStoreWatch(ctx, p, logger)
 	p.watch = w
 	return err
 }

@@ -16,7 +16,7 @@ const (
 // the paths stored.
 func testAutoPush(t *testing.T, stored ...string) *autoPush {
 	t.Helper()
-	p, err := prepareAutoPush(t.TempDir(), false, false, autoPushOn, "https://cache.example.org", "https://cache.example.org/upload", "token", func() ([]string, int64) { return stored, 1024 })
+	p, err := prepareAutoPush(t.TempDir(), false, "", autoPushOn, "https://cache.example.org", "https://cache.example.org/upload", "token", func() ([]string, int64) { return stored, 1024 })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -48,9 +48,10 @@ func TestAutoPushScriptsPointIntoTheJob(t *testing.T) {
 		t.Fatalf("a host job's last step runs %q", host.step().Run)
 	}
 
-	// A container job where the runner cannot see into containers runs
-	// the hook, in the directory mounted into the container.
-	hooked, err := prepareAutoPush(t.TempDir(), true, false, autoPushOn, "https://cache.example.org", "https://cache.example.org/upload", "token", nil)
+	// A container job without an auto-push agent (a caddy that is not
+	// statically linked) runs the hook, in the directory mounted into the
+	// container.
+	hooked, err := prepareAutoPush(t.TempDir(), true, "", autoPushOn, "https://cache.example.org", "https://cache.example.org/upload", "token", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -64,9 +65,9 @@ func TestAutoPushScriptsPointIntoTheJob(t *testing.T) {
 		t.Fatalf("a container job's auto-push directory is %v (%v), want writable by the job's user", fi.Mode(), err)
 	}
 
-	// A container job's store is watched: Nix runs no hook, and the
-	// directory, empty, only marks the job's container.
-	p, err := prepareAutoPush(t.TempDir(), true, true, autoPushOn, "https://cache.example.org", "https://cache.example.org/upload", "token", nil)
+	// A container job's store is watched by the agent: Nix runs no hook,
+	// and the directory, empty, only marks the job's container.
+	p, err := prepareAutoPush(t.TempDir(), true, "/work/agent/caddy", autoPushOn, "https://cache.example.org", "https://cache.example.org/upload", "token", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -83,7 +84,7 @@ func TestAutoPushInAHostDirectoryWithASpace(t *testing.T) {
 	if err := os.Mkdir(dir, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	p, err := prepareAutoPush(dir, false, false, autoPushOn, "http://cache.test", "http://cache.test/upload", "token", nil)
+	p, err := prepareAutoPush(dir, false, "", autoPushOn, "http://cache.test", "http://cache.test/upload", "token", nil)
 	if err != nil {
 		t.Fatal(err)
 	}

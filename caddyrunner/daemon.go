@@ -30,8 +30,10 @@ type settings struct {
 	workdirParent  string
 	actionCacheDir string
 	jobFilesDir    string
-	nixCache       string
-	actionsCache   string
+	// agentPath is where container jobs' auto-push agent is installed.
+	agentPath    string
+	nixCache     string
+	actionsCache string
 	// keepRuns is how many successful default-branch runs per repository
 	// the cache keeps.
 	keepRuns     int

@@ -113,8 +113,13 @@ func (d *daemon) giveCacheAccess(task *runnerv1.Task, s *settings, runsOn []stri
 	}
 	handoff.nixConfig = substituterConfig(access.URL, cred.PublicKeys) + "netrc-file = " + netrcPath + "\n"
 	if s.autoPush != autoPushOff {
-		watched := container && d.canWatchContainers()
-		push, err := prepareAutoPush(dir, container, watched, s.autoPush, access.URL, handoff.env["CARGOXX_NIX_CACHE_UPLOAD_URL"], cred.Token, cred.Stored)
+		var agentPath string
+		if container {
+			if path, ok := d.pushAgent(s); ok {
+				agentPath = path
+			}
+		}
+		push, err := prepareAutoPush(dir, container, agentPath, s.autoPush, access.URL, handoff.env["CARGOXX_NIX_CACHE_UPLOAD_URL"], cred.Token, cred.Stored)
 		if err != nil {
 			handoff.release(false)
 			return nil, err

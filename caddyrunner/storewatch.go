@@ -5,90 +5,25 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 
-	"gitea.com/gitea/runner/act/container"
 	"github.com/cargoxx-pkgs/runner/internal/nixstore"
 	"github.com/fsnotify/fsnotify"
-	"github.com/moby/moby/client"
 	"go.uber.org/zap"
-	"golang.org/x/sys/unix"
 )
 
-// Automatic push of a container job watches the job container's Nix
-// store from the host, as `cachix watch-store` and `attic watch-store`
-// watch a store: Nix removes a path's .lock file once it has registered
-// the path, and each removal sends the runner to the store's database for
-// what was registered since, which it pushes while the build goes on.
-// Nix never waits for any of it. act leaves the job container to the
-// runner, which reads the store once more after the job's steps, pushes
-// what is left and only then removes the container.
-//
-// Everything is read through an *os.Root of the container's root
-// directory: the job owns its store and may make any of it a symlink,
-// which then resolves inside the container, never on the host.
-
-// canWatchContainers reports whether this process can read the stores
-// of job containers through /proc/<pid>/root: it sees the Docker daemon's
-// processes (shares its PID namespace) and may open their roots (runs as
-// root, or with CAP_SYS_PTRACE). Caddy as an unprivileged service, or in
-// a container of its own, cannot: its container jobs run the hook.
-var canWatchContainers = sync.OnceValues(func() (bool, string) {
-	socket := "/var/run/docker.sock"
-	if host := os.Getenv("DOCKER_HOST"); host != "" {
-		var ok bool
-		if socket, ok = strings.CutPrefix(host, "unix://"); !ok {
-			return false, "Docker is reached at " + host + ", not through a local socket"
-		}
-	}
-	conn, err := net.Dial("unix", socket)
-	if err != nil {
-		return false, err.Error()
-	}
-	defer func() { _ = conn.Close() }()
-	raw, err := conn.(*net.UnixConn).SyscallConn()
-	if err != nil {
-		return false, err.Error()
-	}
-	var cred *unix.Ucred
-	controlErr := raw.Control(func(fd uintptr) {
-		cred, err = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
-	})
-	if err = errors.Join(controlErr, err); err != nil {
-		return false, err.Error()
-	}
-	if cred.Pid <= 0 {
-		return false, "the Docker daemon runs in another PID namespace"
-	}
-	root, err := os.OpenRoot(fmt.Sprintf("/proc/%d/root", cred.Pid))
-	if err != nil {
-		return false, err.Error()
-	}
-	_ = root.Close()
-	return true, ""
-})
-
-// canWatchContainers reports whether container jobs' stores can be
-// watched, and logs the answer the first time.
-func (d *daemon) canWatchContainers() bool {
-	can, why := canWatchContainers()
-	d.watchNotice.Do(func() {
-		if can {
-			d.logger().Info("automatic push watches the stores of container jobs")
-		} else {
-			d.logger().Info("automatic push of container jobs runs Nix's post-build-hook: this process cannot see into job containers (run Caddy as root on the Docker host to watch their stores instead)", zap.String("reason", why))
-		}
-	})
-	return can
-}
+// A job's Nix store is watched as `cachix watch-store` and `attic
+// watch-store` watch one: Nix removes a path's .lock file once it has
+// registered the path, and each removal sends the watcher to the store's
+// database for what was registered since, which it pushes while the
+// build goes on. Nix never waits for any of it. The watcher runs inside
+// the job container, as the auto-push agent (agent.go), and reads the
+// store through an *os.Root of the container's root directory.
 
 // scanBatch is how many new registrations one query reads.
 const scanBatch = 256
@@ -101,129 +36,91 @@ var pushClient = func() *http.Client {
 	return &http.Client{Transport: transport, Timeout: 30 * time.Minute}
 }()
 
-// storeWatch is the automatic push of one container job.
-type storeWatch struct {
-	// mountSource is the auto-push directory on the host; the job
-	// container is the container that mounts it.
-	mountSource string
-	pusher      storePusher
-	logger      *zap.Logger
-	docker      client.APIClient
-	events      client.EventsResult
-	// finishing asks the watch for its last scan.
-	finishing chan struct{}
-	done      chan struct{}
+// agentReport is what a store watch did, as the agent hands it to the
+// runner.
+type agentReport struct {
+	// Built are the paths the job's Nix built that still existed.
+	Built []string `json:"built"`
+	// Skipped are the built paths not pushed because the cache had them.
+	Skipped []string `json:"skipped"`
+	// Failure says why a push failed; empty when none did.
+	Failure string `json:"failure,omitempty"`
+	// TookNanos is the time spent pushing.
+	TookNanos int64 `json:"took_ns"`
+	// Finished is whether the last scan, after the job's steps, ran.
+	Finished bool `json:"finished"`
+}
 
-	// snapshotDir holds the copy of the job's Nix database a scan reads.
+// storeWatcher pushes what a Nix store registers from derivations.
+type storeWatcher struct {
+	// rootDir is the directory that holds nix/store, "/" in a job
+	// container; root opens it.
+	rootDir string
+	root    *os.Root
+	// since is when the job container started: what was registered
+	// before is the image's, not the job's to push.
+	since  time.Time
+	pusher storePusher
+	// snapshotDir holds the copy of the Nix database a scan reads.
 	snapshotDir string
+	logger      *zap.Logger
 
-	// The state below is the loop's until done is closed.
 	baselined bool
 	lastID    int64
-	result    autoPushOutcome
-	// drained is whether the last scan ran.
-	drained bool
+	report    agentReport
 }
 
-// startStoreWatch starts watching for the job container that mounts the
-// auto-push directory p.hostDir; it must be called before the job's
-// container starts.
-func startStoreWatch(ctx context.Context, p *autoPush, uploadURL, token string, logger *zap.Logger) (*storeWatch, error) {
-	docker, err := container.GetDockerClient(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("connecting to Docker to watch the job's Nix store: %w", err)
-	}
-	// The job's files but for the auto-push directory are the runner's
-	// alone: the job cannot plant links there.
-	private := filepath.Dir(p.hostDir)
-	w := &storeWatch{
-		mountSource: p.hostDir,
-		snapshotDir: filepath.Join(private, "nix-db"),
-		pusher: storePusher{
-			client: pushClient, uploadURL: strings.TrimSuffix(uploadURL, "/"), token: token,
-			tempDir: private, present: map[string]bool{},
-		},
-		logger:    logger,
-		docker:    docker,
-		finishing: make(chan struct{}),
-		done:      make(chan struct{}),
-	}
-	filters := make(client.Filters).Add("type", "container").Add("event", "start")
-	w.events = docker.Events(ctx, client.EventsListOptions{Filters: filters})
-	go w.run(ctx)
-	return w, nil
-}
-
-// finish pushes what the job's Nix built and the watch has not pushed
-// yet, once the job's steps are over, and returns what the watch did. The
-// job's container must still be there.
-func (w *storeWatch) finish() *autoPushOutcome {
-	select {
-	case w.finishing <- struct{}{}:
-	case <-w.done:
-	}
-	<-w.done
-	o := w.result
-	if !w.drained && o.failure == "" && len(o.built) > 0 {
-		o.failure = "the push did not finish (the job was cut short?)"
-	}
-	return &o
-}
-
-func (w *storeWatch) run(ctx context.Context) {
-	defer close(w.done)
-	defer func() { _ = w.docker.Close() }()
-	pid, started, err := w.findContainer(ctx)
-	if errors.Is(err, errNoJobContainer) {
-		return
-	}
-	if err != nil {
-		w.failAll(fmt.Errorf("finding the job container: %w", err))
-		return
-	}
-	root, err := os.OpenRoot(fmt.Sprintf("/proc/%d/root", pid))
-	if err != nil {
-		w.failAll(fmt.Errorf("opening the job container's file system (the runner needs to run as root for automatic push): %w", err))
-		return
-	}
-	defer func() { _ = root.Close() }()
-	w.pusher.root = root
+// run watches the store until finishing is closed, then scans it once
+// more and returns what it did.
+func (w *storeWatcher) run(ctx context.Context, finishing <-chan struct{}) agentReport {
+	w.pusher.root = w.root
 	defer func() { _ = os.RemoveAll(w.snapshotDir) }()
-
 	notify, err := fsnotify.NewWatcher()
 	if err != nil {
-		w.failAll(fmt.Errorf("watching the job's Nix store: %w", err))
-		return
+		w.logger.Warn("watching the job's Nix store; what it builds is pushed at its end", zap.Error(err))
+	} else {
+		defer func() { _ = notify.Close() }()
+		w.watch(ctx, notify, finishing)
 	}
-	defer func() { _ = notify.Close() }()
-	watch := storeDirWatch{notify: notify, root: root, proc: fmt.Sprintf("/proc/%d/root", pid)}
-	if err := watch.deepen(); err != nil {
-		w.logger.Warn("watching a job's Nix store; what it builds is pushed at its end", zap.Error(err))
+	select {
+	case <-ctx.Done():
+		return w.report
+	case <-finishing:
+	}
+	w.scan(ctx, true)
+	w.report.Finished = true
+	return w.report
+}
+
+// watch scans the store after each path Nix registers, until finishing
+// is closed.
+func (w *storeWatcher) watch(ctx context.Context, notify *fsnotify.Watcher, finishing <-chan struct{}) {
+	dirs := storeDirWatch{notify: notify, root: w.root, rootDir: w.rootDir}
+	if err := dirs.deepen(); err != nil {
+		w.logger.Warn("watching the job's Nix store; what it builds is pushed at its end", zap.Error(err))
 	}
 	for {
 		select {
 		case <-ctx.Done():
 			return
+		case <-finishing:
+			return
 		case event := <-notify.Events:
 			switch {
-			case !watch.atStore():
+			case !dirs.atStore():
 				// Nix made /nix or /nix/store: the first build is near.
-				if err := watch.deepen(); err != nil {
-					w.logger.Warn("watching a job's Nix store; what it builds is pushed at its end", zap.Error(err))
+				if err := dirs.deepen(); err != nil {
+					w.logger.Warn("watching the job's Nix store; what it builds is pushed at its end", zap.Error(err))
 				}
 			case event.Has(fsnotify.Remove) && strings.HasSuffix(event.Name, ".lock"):
-				w.scan(ctx, started, false)
+				w.scan(ctx, false)
 				skipQueued(notify.Events)
 			}
 		case err := <-notify.Errors:
 			// An overflowed queue loses only wake-ups: every scan reads
 			// all that was registered since the last.
-			w.logger.Debug("watching a job's Nix store", zap.Error(err))
-			w.scan(ctx, started, false)
-		case <-w.finishing:
-			w.scan(ctx, started, true)
-			w.drained = true
-			return
+			w.logger.Debug("watching the job's Nix store", zap.Error(err))
+			w.scan(ctx, false)
 		}
 	}
 }
@@ -236,10 +133,9 @@ var storeDirs = []string{".", "nix", "nix/store"}
 // storeDirWatch watches the deepest of storeDirs that exists, until the
 // store itself does.
 type storeDirWatch struct {
-	notify *fsnotify.Watcher
-	root   *os.Root
-	// proc is the container's root as the host sees it.
-	proc     string
+	notify   *fsnotify.Watcher
+	root     *os.Root
+	rootDir  string
 	watching int
 	added    bool
 }
@@ -263,9 +159,9 @@ func (s *storeDirWatch) deepen() error {
 			return nil
 		}
 		if s.added {
-			_ = s.notify.Remove(filepath.Join(s.proc, storeDirs[s.watching]))
+			_ = s.notify.Remove(filepath.Join(s.rootDir, storeDirs[s.watching]))
 		}
-		if err := s.notify.Add(filepath.Join(s.proc, storeDirs[deepest])); err != nil {
+		if err := s.notify.Add(filepath.Join(s.rootDir, storeDirs[deepest])); err != nil {
 			return err
 		}
 		s.watching, s.added = deepest, true
@@ -284,53 +180,18 @@ func skipQueued(events <-chan fsnotify.Event) {
 	}
 }
 
-// errNoJobContainer is a job whose steps ended before its container
-// started.
-var errNoJobContainer = errors.New("the job container never started")
-
-// findContainer waits for the job container to start and returns its
-// first process and when it started.
-func (w *storeWatch) findContainer(ctx context.Context) (int, time.Time, error) {
-	for {
-		select {
-		case <-ctx.Done():
-			return 0, time.Time{}, ctx.Err()
-		case <-w.finishing:
-			w.drained = true
-			return 0, time.Time{}, errNoJobContainer
-		case err := <-w.events.Err:
-			return 0, time.Time{}, fmt.Errorf("reading Docker's events: %w", err)
-		case msg := <-w.events.Messages:
-			inspect, err := w.docker.ContainerInspect(ctx, msg.Actor.ID, client.ContainerInspectOptions{})
-			if err != nil || inspect.Container.State == nil {
-				continue // gone already: not a job container that lives long
-			}
-			for _, m := range inspect.Container.Mounts {
-				if m.Source != w.mountSource {
-					continue
-				}
-				started, err := time.Parse(time.RFC3339Nano, inspect.Container.State.StartedAt)
-				if err != nil {
-					return 0, time.Time{}, fmt.Errorf("reading when the job container started: %w", err)
-				}
-				return inspect.Container.State.Pid, started, nil
-			}
-		}
-	}
-}
-
 // scan pushes the paths Nix built since the last scan: those of its
 // registrations that this store made from a derivation, with their
 // closures. After a failed upload it only counts what it finds.
-func (w *storeWatch) scan(ctx context.Context, started time.Time, final bool) {
-	db, err := w.openDB(ctx, started)
+func (w *storeWatcher) scan(ctx context.Context, final bool) {
+	db, err := w.openDB(ctx)
 	if err != nil {
 		// While the job runs, the next scan tries again; only the last
 		// scan's failure loses paths.
 		if final && !errors.Is(err, os.ErrNotExist) {
 			w.fail(fmt.Errorf("reading the job's Nix database: %w", err))
 		}
-		w.logger.Debug("reading a job's Nix database", zap.Error(err))
+		w.logger.Debug("reading the job's Nix database", zap.Error(err))
 		return
 	}
 	defer func() { _ = db.Close() }()
@@ -357,23 +218,23 @@ func (w *storeWatch) scan(ctx context.Context, started time.Time, final bool) {
 }
 
 // pushBuilt pushes one path the job built, unless a push failed before.
-func (w *storeWatch) pushBuilt(ctx context.Context, storePath string) {
-	if w.result.failure != "" {
-		w.result.built = append(w.result.built, storePath)
+func (w *storeWatcher) pushBuilt(ctx context.Context, storePath string) {
+	if w.report.Failure != "" {
+		w.report.Built = append(w.report.Built, storePath)
 		return
 	}
 	start := time.Now()
 	had, err := w.pusher.push(ctx, storePath)
-	w.result.took += time.Since(start)
+	w.report.TookNanos += int64(time.Since(start))
 	if errors.Is(err, nixstore.ErrNotValid) {
 		return // collected by the job since
 	}
-	w.result.built = append(w.result.built, storePath)
+	w.report.Built = append(w.report.Built, storePath)
 	switch {
 	case err != nil:
-		w.result.failure = err.Error()
+		w.report.Failure = err.Error()
 	case had:
-		w.result.skipped = append(w.result.skipped, storePath)
+		w.report.Skipped = append(w.report.Skipped, storePath)
 	}
 }
 
@@ -381,15 +242,12 @@ func (w *storeWatch) pushBuilt(ctx context.Context, storePath string) {
 // again when Nix checkpointed it while it was copied.
 const snapshotAttempts = 3
 
-// openDB opens a copy of the job's Nix database, taken now. The first
-// copy notes the last path the image brought, which is not the job's to
-// push.
+// openDB opens a copy of the store's Nix database, taken now. The first
+// copy notes the last path registered before the job container started.
 //
-// SQLite is never pointed into the container: it resolves every symlink
-// of a path itself, /proc/<pid>/root included, and would open the host's
-// database instead. The copy is read through the container's root, and
-// holds no lock on the job's store and no file open in it.
-func (w *storeWatch) openDB(ctx context.Context, started time.Time) (*nixstore.DB, error) {
+// The copy holds no lock on the job's store and no file open in it: Nix
+// never waits for the watcher.
+func (w *storeWatcher) openDB(ctx context.Context) (*nixstore.DB, error) {
 	const dbFile = "nix/var/nix/db/db.sqlite"
 	var err error
 	for range snapshotAttempts {
@@ -400,7 +258,7 @@ func (w *storeWatch) openDB(ctx context.Context, started time.Time) (*nixstore.D
 			return nil, err
 		}
 		var before, after os.FileInfo
-		if before, err = w.pusher.root.Lstat(dbFile); err != nil {
+		if before, err = w.root.Lstat(dbFile); err != nil {
 			return nil, err
 		}
 		if !before.Mode().IsRegular() {
@@ -408,13 +266,13 @@ func (w *storeWatch) openDB(ctx context.Context, started time.Time) (*nixstore.D
 		}
 		// The WAL before the database: frames a checkpoint moves into
 		// the database meanwhile are then in the copy of either.
-		if err = copyFromRoot(w.pusher.root, dbFile+"-wal", filepath.Join(w.snapshotDir, "db.sqlite-wal")); err != nil && !errors.Is(err, os.ErrNotExist) {
+		if err = copyFromRoot(w.root, dbFile+"-wal", filepath.Join(w.snapshotDir, "db.sqlite-wal")); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return nil, err
 		}
-		if err = copyFromRoot(w.pusher.root, dbFile, filepath.Join(w.snapshotDir, "db.sqlite")); err != nil {
+		if err = copyFromRoot(w.root, dbFile, filepath.Join(w.snapshotDir, "db.sqlite")); err != nil {
 			return nil, err
 		}
-		if after, err = w.pusher.root.Lstat(dbFile); err != nil {
+		if after, err = w.root.Lstat(dbFile); err != nil {
 			return nil, err
 		}
 		if after.ModTime().Equal(before.ModTime()) && after.Size() == before.Size() {
@@ -430,7 +288,7 @@ func (w *storeWatch) openDB(ctx context.Context, started time.Time) (*nixstore.D
 		return nil, err
 	}
 	if !w.baselined {
-		if w.lastID, err = db.LastIDBefore(ctx, started); err != nil {
+		if w.lastID, err = db.LastIDBefore(ctx, w.since); err != nil {
 			_ = db.Close()
 			return nil, err
 		}
@@ -470,48 +328,8 @@ func copyFromRoot(root *os.Root, name, to string) error {
 }
 
 // fail records the first failure.
-func (w *storeWatch) fail(err error) {
-	if w.result.failure == "" {
-		w.result.failure = err.Error()
-	}
-}
-
-// failAll records a failure that keeps anything from being pushed.
-func (w *storeWatch) failAll(err error) {
-	w.logger.Warn("automatic push of a job", zap.Error(err))
-	w.fail(err)
-}
-
-// removeJobContainers removes the containers, with their volumes, that
-// act named with the job's prefix and left to the runner.
-func removeJobContainers(prefix string, logger *zap.Logger) {
-	// The job's context may be over; act allows a minute too.
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	docker, err := container.GetDockerClient(ctx)
-	if err != nil {
-		logger.Error("removing a job's containers", zap.String("prefix", prefix), zap.Error(err))
-		return
-	}
-	defer func() { _ = docker.Close() }()
-	// The dash ends the prefix: task 1's is not task 10's.
-	byName := make(client.Filters).Add("name", "^/?"+regexp.QuoteMeta(prefix)+"-")
-	containers, err := docker.ContainerList(ctx, client.ContainerListOptions{All: true, Filters: byName})
-	if err != nil {
-		logger.Error("listing a job's containers", zap.String("prefix", prefix), zap.Error(err))
-	}
-	for _, c := range containers.Items {
-		if _, err := docker.ContainerRemove(ctx, c.ID, client.ContainerRemoveOptions{Force: true, RemoveVolumes: true}); err != nil {
-			logger.Error("removing a job's container", zap.Strings("names", c.Names), zap.Error(err))
-		}
-	}
-	volumes, err := docker.VolumeList(ctx, client.VolumeListOptions{Filters: byName})
-	if err != nil {
-		logger.Error("listing a job's volumes", zap.String("prefix", prefix), zap.Error(err))
-	}
-	for _, v := range volumes.Items {
-		if _, err := docker.VolumeRemove(ctx, v.Name, client.VolumeRemoveOptions{}); err != nil {
-			logger.Error("removing a job's volume", zap.String("volume", v.Name), zap.Error(err))
-		}
+func (w *storeWatcher) fail(err error) {
+	if w.report.Failure == "" {
+		w.report.Failure = err.Error()
 	}
 }

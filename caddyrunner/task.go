@@ -123,6 +123,10 @@ func (d *daemon) execute(ctx context.Context, task *runnerv1.Task, s *settings, 
 				options = strings.TrimSpace(options + " --volume " + push.hostDir + ":" + push.jobDir)
 				validVolumes = append(slices.Clone(validVolumes), push.hostDir)
 			}
+			if push.watched {
+				options += " --volume " + push.agentPath + ":" + jobAgentPath + ":ro"
+				validVolumes = append(validVolumes, push.agentPath)
+			}
 			if !push.watched {
 				// After the steps Gitea knows, so its lines go to the
 				// job's closing section.

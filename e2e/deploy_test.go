@@ -80,6 +80,12 @@ func deployedJobPushes(t *testing.T, g *harness.Gitea, repo, cacheURL, publicKey
 	if !strings.Contains(log, "no admin socket in the job") {
 		t.Fatalf("the job's log does not show the admin socket check:\n%s", log)
 	}
+	// Unprivileged, or in a container of its own, the runner still has
+	// the job's store watched from inside the job's container: the job
+	// gets no last step that runs nix copy.
+	if !regexp.MustCompile(`auto push to \S+: 3 built paths; pushed 3 paths`).MatchString(log) || strings.Contains(log, "this job's Nix built to") {
+		t.Fatalf("the job's store was not watched by the auto-push agent:\n%s", log)
+	}
 	m := regexp.MustCompile(`built-path (/nix/store/\S+-deploy-c)`).FindStringSubmatch(log)
 	if m == nil {
 		t.Fatalf("the job's log does not name the built path:\n%s", log)
