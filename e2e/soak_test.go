@@ -137,7 +137,7 @@ func TestReloadSoak(t *testing.T) {
 			t.Errorf("run %d concluded %q", run.ID, run.Conclusion)
 		}
 	}
-	if n := strings.Count(caddy.Log(), `"msg":"task finished"`); n != jobs {
+	if n := tasksFinished(caddy, jobs); n != jobs {
 		t.Errorf("the runner finished %d tasks for %d jobs", n, jobs)
 	}
 
