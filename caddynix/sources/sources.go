@@ -74,6 +74,9 @@ func New(ctx context.Context, opts Options) (*Sources, error) {
 			return nil, err
 		}
 		s.live = live
+		if err := live.db.Watched(); err != nil {
+			s.logger.Info("every live store request asks the Nix database whether it changed, because writes to it cannot be watched", zap.Error(err))
+		}
 	}
 	for _, cfg := range opts.Upstreams {
 		u, err := newUpstream(cfg)

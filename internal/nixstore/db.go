@@ -10,11 +10,13 @@ import (
 	"fmt"
 	"net/url"
 	"path"
+	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/cargoxx-pkgs/runner/internal/fswatch"
 	"github.com/nix-community/go-nix/pkg/nixhash"
 	"github.com/nix-community/go-nix/pkg/sqlite/nix_v10"
 	"github.com/nix-community/go-nix/pkg/storepath"
@@ -60,6 +62,13 @@ type DB struct {
 	// versionBase tells the versions of one connection from those of
 	// the connection before it.
 	versionBase int64
+	// writes, when the database's directory can be watched, tells of
+	// every write to the database's files: while there has been none,
+	// the version last read holds without a query.
+	writes      *fswatch.Watch
+	writesErr   error
+	files       map[string]bool
+	lastVersion int64
 }
 
 // busyTimeout is how long a query waits for a writer holding the database
@@ -95,8 +104,23 @@ func OpenDB(ctx context.Context, file, storeDir string) (*DB, error) {
 		_ = db.Close()
 		return nil, fmt.Errorf("reading Nix database %s: %w (is it the db.sqlite of a Nix store, readable by this process?)", file, err)
 	}
-	return &DB{db: db, storeDir: storeDir}, nil
+	d := &DB{db: db, storeDir: storeDir}
+	d.watchWrites(file)
+	return d, nil
 }
+
+// watchWrites watches the database's directory for writes to its files:
+// the database, and its write-ahead log or rollback journal, which every
+// commit writes with write(2) before it is seen.
+func (d *DB) watchWrites(file string) {
+	d.writes, d.writesErr = fswatch.Open(filepath.Dir(file))
+	name := filepath.Base(file)
+	d.files = map[string]bool{name: true, name + "-wal": true, name + "-journal": true}
+}
+
+// Watched says why every Version asks the database, or nil when writes to
+// its files are watched and Version asks only after one.
+func (d *DB) Watched() error { return d.writesErr }
 
 // Close closes the database.
 func (d *DB) Close() error {
@@ -106,17 +130,33 @@ func (d *DB) Close() error {
 		versionErr = errors.Join(d.versionStmt.Close(), d.versionConn.Close())
 		d.versionConn = nil
 	}
+	if d.writes != nil {
+		versionErr = errors.Join(versionErr, d.writes.Close())
+		d.writes = nil
+	}
 	d.versionMu.Unlock()
 	return errors.Join(versionErr, d.stmts.close(), d.db.Close())
 }
 
 // Version is a number that changes whenever Nix commits anything to the
 // database (SQLite's data_version, always asked on the same connection):
-// what was read while it had one value holds until it has another. It
-// costs a fraction of a lookup.
+// what was read while it had one value holds until it has another. Where
+// the database's files are watched, it is asked only after they were
+// written to, and otherwise costs a fraction of a lookup.
 func (d *DB) Version(ctx context.Context) (int64, error) {
 	d.versionMu.Lock()
 	defer d.versionMu.Unlock()
+	if d.writes != nil {
+		written := false
+		err := d.writes.Drain(func(name string) { written = written || name == "" || d.files[name] })
+		if err != nil {
+			// The directory went away: ask on every call from now on.
+			_ = d.writes.Close()
+			d.writes, d.writesErr = nil, err
+		} else if !written && d.versionConn != nil {
+			return d.lastVersion, nil
+		}
+	}
 	if d.versionConn == nil {
 		conn, err := d.db.Conn(ctx)
 		if err != nil {
@@ -138,7 +178,8 @@ func (d *DB) Version(ctx context.Context) (int64, error) {
 		d.versionConn = nil
 		return 0, fmt.Errorf("reading the Nix database's version: %w", err)
 	}
-	return d.versionBase + version, nil
+	d.lastVersion = d.versionBase + version
+	return d.lastVersion, nil
 }
 
 // PathInfo looks up the valid path whose hash part is hash. A path the

@@ -195,3 +195,55 @@ func TestRegisteredAfterListsNewPathsInOrder(t *testing.T) {
 		t.Errorf("LastIDBefore(the second of the registrations) = %d, %v; want 0", last, err)
 	}
 }
+
+// TestVersionChangesWithEveryCommit: the version read right after another
+// process's commit differs from the one read before it, in WAL mode as Nix
+// runs its database and with a rollback journal, while the version stays
+// the same between commits.
+func TestVersionChangesWithEveryCommit(t *testing.T) {
+	for _, mode := range []string{"wal", "delete"} {
+		t.Run(mode, func(t *testing.T) {
+			ctx := context.Background()
+			file := nixDB(t)
+			writer, err := sql.Open("sqlite", "file:"+file)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer func() { _ = writer.Close() }()
+			writer.SetMaxOpenConns(1)
+			if _, err := writer.ExecContext(ctx, "pragma journal_mode = "+mode); err != nil {
+				t.Fatal(err)
+			}
+			db, err := nixstore.OpenDB(ctx, file, "/nix/store")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer func() { _ = db.Close() }()
+			if err := db.Watched(); err != nil {
+				t.Fatalf("writes to a database in a temporary directory are not watched: %v", err)
+			}
+			version := func() int64 {
+				t.Helper()
+				v, err := db.Version(ctx)
+				if err != nil {
+					t.Fatal(err)
+				}
+				return v
+			}
+			before := version()
+			for i := range 20 {
+				if again := version(); again != before {
+					t.Fatalf("the version changed from %d to %d without a commit", before, again)
+				}
+				if _, err := writer.ExecContext(ctx, `update ValidPaths set registrationTime = ? where path = ?`, 1700000001+i, leafPath); err != nil {
+					t.Fatal(err)
+				}
+				after := version()
+				if after == before {
+					t.Fatalf("commit %d left the version at %d", i+1, after)
+				}
+				before = after
+			}
+		})
+	}
+}
