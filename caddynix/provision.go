@@ -14,6 +14,7 @@ import (
 	"github.com/cargoxx-pkgs/runner/caddynix/activity"
 	"github.com/cargoxx-pkgs/runner/caddynix/metrics"
 	"github.com/cargoxx-pkgs/runner/caddynix/overlay"
+	"github.com/cargoxx-pkgs/runner/caddynix/retention"
 	"github.com/cargoxx-pkgs/runner/caddynix/serve"
 	"github.com/cargoxx-pkgs/runner/caddynix/sources"
 	"github.com/cargoxx-pkgs/runner/caddynix/storage"
@@ -130,6 +131,7 @@ func (h *Handler) newCache() *serve.Cache {
 	return serve.New(serve.Options{
 		Store: h.store, StoreDir: h.StoreDir, Keys: h.keys, State: h.state, Sources: h.sources,
 		Redirect: h.redirect, Logger: h.logger, Metrics: serveObserver{activity: h.activity},
+		Watch: func() (storage.Changes, error) { return retention.Watch(h.store, h.gcGrace, h.logger) },
 	})
 }
 

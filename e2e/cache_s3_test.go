@@ -252,8 +252,10 @@ func TestS3ServerDownIsNoMiss(t *testing.T) {
 }
 
 // TestCollectionOnOneNodeWhileAnotherServes collects the whole cache on A
-// while a client walks every closure on B: B never answers a narinfo
-// whose references or NAR are gone. A lease held by another node stops a
+// while a client walks every closure on B and eight more ask B for the
+// narinfos as fast as it answers, from memory: B never answers a narinfo
+// whose references or NAR are gone, and once the collection is over never
+// answers 200 for a path it deleted. A lease held by another node stops a
 // collection.
 func TestCollectionOnOneNodeWhileAnotherServes(t *testing.T) {
 	server, a, b, _ := twoS3Nodes(t, "s3-gc-1", nil)
@@ -303,11 +305,37 @@ func TestCollectionOnOneNodeWhileAnotherServes(t *testing.T) {
 			}
 		}
 	}()
+	// Meanwhile eight clients ask B for the narinfos as fast as it answers.
+	type answer struct {
+		start  time.Time
+		status int
+	}
+	var answersMu sync.Mutex
+	var answers []answer
+	var loaders sync.WaitGroup
+	for client := range 8 {
+		loaders.Go(func() {
+			for i := client; ctx.Err() == nil; i++ {
+				start := time.Now()
+				resp, err := http.Get(b.URL() + "/" + hashes[i%len(hashes)] + ".narinfo")
+				if err != nil {
+					continue
+				}
+				_, _ = io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				answersMu.Lock()
+				answers = append(answers, answer{start, resp.StatusCode})
+				answersMu.Unlock()
+			}
+		})
+	}
 	time.Sleep(200 * time.Millisecond)
 	body := adminPost(t, a, "/nix-cache/gc?cache=main&max_size=1&min_age=0s")
-	time.Sleep(200 * time.Millisecond)
+	collected := time.Now()
+	time.Sleep(s3GCGrace)
 	stop()
 	<-walked
+	loaders.Wait()
 	if !strings.Contains(body, `"deleted"`) || strings.Contains(body, `"deleted": null`) || strings.Contains(body, `"deleted":null`) {
 		t.Fatalf("the collection deleted nothing: %s", body)
 	}
@@ -315,6 +343,26 @@ func TestCollectionOnOneNodeWhileAnotherServes(t *testing.T) {
 		t.Fatalf("B served %d narinfos whose closure was incomplete, e.g. %s", len(broken), broken[0])
 	}
 	t.Logf("the walk saw %d narinfos served in %d walks of %d paths", served, walks, len(hashes))
+	var before, after, stale int
+	for _, a := range answers {
+		switch {
+		case a.start.Before(collected):
+			if a.status == http.StatusOK {
+				before++
+			}
+		case a.status == http.StatusOK:
+			stale++
+		default:
+			after++
+		}
+	}
+	t.Logf("B answered %d narinfo requests: %d with 200 before the collection ended, %d after it with anything but 200, %d after it with 200", len(answers), before, after, stale)
+	if stale > 0 {
+		t.Fatalf("B answered 200 %d times for narinfos the collection on A had deleted", stale)
+	}
+	if before == 0 || after == 0 {
+		t.Fatalf("the load on B did not overlap the collection")
+	}
 	if served == 0 || walks < 2 {
 		t.Fatalf("the walk saw %d narinfos in %d walks: it did not overlap the collection", served, walks)
 	}

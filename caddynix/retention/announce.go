@@ -55,6 +55,11 @@ type announcement struct {
 	named map[string]bool
 }
 
+// sameAs reports whether a and b are one collection's announcement.
+func (a *announcement) sameAs(b *announcement) bool {
+	return a.Holder == b.Holder && a.Expires.Equal(b.Expires)
+}
+
 // names reports whether the announcement names key, a hash part or a NAR
 // file's name.
 func (a *announcement) names(key string) bool { return a.named[key] }
@@ -123,20 +128,28 @@ func (v *announcementView) look(ctx context.Context, store storage.Store, grace 
 		return v.current, v.fetched, nil
 	}
 	fetched := time.Now()
-	data, err := storage.ReadAll(ctx, store, AnnouncementName, maxAnnouncementSize)
-	switch {
-	case errors.Is(err, fs.ErrNotExist):
-		v.current = nil
-	case err != nil:
-		return nil, time.Time{}, fmt.Errorf("reading what collections are about to delete: %w", err)
-	default:
-		a := new(announcement)
-		if err := json.Unmarshal(data, a); err != nil {
-			return nil, time.Time{}, fmt.Errorf("reading what collections are about to delete, %s: %w; delete it if no collection runs", AnnouncementName, err)
-		}
-		a.indexNames()
-		v.current = a
+	a, err := readAnnouncement(ctx, store)
+	if err != nil {
+		return nil, time.Time{}, err
 	}
-	v.fetched = fetched
-	return v.current, fetched, nil
+	v.current, v.fetched = a, fetched
+	return a, fetched, nil
+}
+
+// readAnnouncement reads what a collection on shared storage is about to
+// delete, or nil when none is announced.
+func readAnnouncement(ctx context.Context, store storage.Store) (*announcement, error) {
+	data, err := storage.ReadAll(ctx, store, AnnouncementName, maxAnnouncementSize)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("reading what collections are about to delete: %w", err)
+	}
+	a := new(announcement)
+	if err := json.Unmarshal(data, a); err != nil {
+		return nil, fmt.Errorf("reading what collections are about to delete, %s: %w; delete it if no collection runs", AnnouncementName, err)
+	}
+	a.indexNames()
+	return a, nil
 }

@@ -1,8 +1,10 @@
 package serve
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 
 	"github.com/cargoxx-pkgs/runner/caddynix/internal/httpx"
@@ -13,7 +15,8 @@ import (
 
 // storageFailure answers a request whose object the storage could not
 // tell about, for example an S3 server that does not answer: a 503, never
-// a 404 that a client would remember as a miss. A file that is a symlink
+// a 404 that a client would remember as a miss, and no narinfo from memory
+// until the storage answers again. A file that is a symlink
 // out of the cache root is a 404 instead: the cache will never serve it,
 // and a 503 would make Nix give up on the cache for the rest of its
 // command.
@@ -25,6 +28,7 @@ func (c *Cache) storageFailure(what, file string, err error) error {
 		}
 		return httpx.Error(http.StatusNotFound, nil)
 	}
+	c.narinfos.distrust()
 	c.logger.Error(what, zap.String("file", file), zap.Error(err))
 	return httpx.Error(http.StatusServiceUnavailable, fmt.Errorf("the cache's storage failed: %w", err))
 }
@@ -69,4 +73,20 @@ func (f FindOverlay) find() *Cache {
 		return nil
 	}
 	return f()
+}
+
+// failureNoticingObject is an object of the storage whose read failing
+// is a storage failure for the narinfos kept in memory, as an object the
+// storage cannot open is.
+type failureNoticingObject struct {
+	storage.Object
+	failed func()
+}
+
+func (o failureNoticingObject) Read(p []byte) (int, error) {
+	n, err := o.Object.Read(p)
+	if err != nil && err != io.EOF && !errors.Is(err, context.Canceled) {
+		o.failed()
+	}
+	return n, err
 }

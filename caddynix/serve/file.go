@@ -2,6 +2,7 @@ package serve
 
 import (
 	"errors"
+	"io"
 	"io/fs"
 	"net/http"
 	"os"
@@ -49,12 +50,14 @@ func (c *Cache) File(w http.ResponseWriter, r *http.Request, req cacheurl.Reques
 			header.Set("Content-Type", cacheurl.NarContentType(enc))
 		}
 	}
+	var content io.ReadSeeker = obj
 	if f, ok := obj.(*os.File); ok {
 		w = newSendfileWriter(w, f, info.Size)
 	} else {
 		w = newStreamWriter(w)
+		content = failureNoticingObject{Object: obj, failed: c.narinfos.distrust}
 	}
-	http.ServeContent(w, r, "", info.ModTime, obj)
+	http.ServeContent(w, r, "", info.ModTime, content)
 	return nil
 }
 

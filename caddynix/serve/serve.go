@@ -9,6 +9,7 @@
 package serve
 
 import (
+	"errors"
 	"sync"
 	"time"
 
@@ -39,6 +40,10 @@ type Options struct {
 	State *retention.State
 	// Sources answer what the storage does not hold.
 	Sources *sources.Sources
+	// Watch, when set, starts watching Store for changes in place of
+	// Store's own Watch (storage.Watcher): on shared storage, what
+	// retention.Watch returns.
+	Watch func() (storage.Changes, error)
 	// Redirect, when not 0, answers NAR requests with a redirect to a URL
 	// the storage (a storage.Presigner) signs for that long.
 	Redirect time.Duration
@@ -63,8 +68,8 @@ type Cache struct {
 	warnedOutside sync.Map
 }
 
-// New returns a Cache serving what opts describe. Where the storage
-// records its changes, signed narinfos are served from memory without a
+// New returns a Cache serving what opts describe. Where the storage's
+// changes are watched, signed narinfos are served from memory without a
 // look at it until Close.
 func New(opts Options) *Cache {
 	c := &Cache{
@@ -75,7 +80,17 @@ func New(opts Options) *Cache {
 	if c.metrics == nil {
 		c.metrics = noMetrics{}
 	}
-	c.narinfos.watch(c.store)
+	watch := opts.Watch
+	if watch == nil {
+		watch = func() (storage.Changes, error) {
+			watcher, ok := opts.Store.(storage.Watcher)
+			if !ok {
+				return nil, errors.New("the storage does not record its changes")
+			}
+			return watcher.Watch()
+		}
+	}
+	c.narinfos.watch(watch)
 	return c
 }
 

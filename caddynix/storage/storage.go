@@ -182,6 +182,19 @@ type Changes interface {
 	Close() error
 }
 
+// Forewarned are Changes of storage that several nodes share. A change
+// another node makes is not recorded there but announced ahead of time,
+// and a change no node makes (an object deleted behind every node's back)
+// is seen only at the next look.
+type Forewarned interface {
+	// Announced reports whether a change to the object name is announced
+	// or may be: what is derived from it is checked at each use.
+	Announced(name string) bool
+	// TrustFor is how long what is derived from an object is used without
+	// a look at it: how late, at most, a change no node announces is seen.
+	TrustFor() time.Duration
+}
+
 // Presigner is a Store whose objects a client can fetch directly, through
 // a URL signed for a limited time.
 type Presigner interface {
