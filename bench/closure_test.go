@@ -36,8 +36,14 @@ func closureSizes() []int {
 // path under dir, for nginx and file_server to serve as files.
 func presign(b *testing.B, cacheURL, dir string, paths []string) {
 	b.Helper()
+	presignWith(b, http.DefaultClient, cacheURL, dir, paths)
+}
+
+// presignWith is presign through client.
+func presignWith(b *testing.B, client *http.Client, cacheURL, dir string, paths []string) {
+	b.Helper()
 	for _, p := range paths {
-		resp, err := http.Get(cacheURL + p)
+		resp, err := client.Get(cacheURL + p)
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -48,9 +48,15 @@ func libraryBlob(b *testing.B, size int64) string {
 // name, as paths below base.
 func narURLs(b *testing.B, base string, narinfos []string) []string {
 	b.Helper()
+	return narURLsWith(b, http.DefaultClient, base, narinfos)
+}
+
+// narURLsWith is narURLs through client.
+func narURLsWith(b *testing.B, client *http.Client, base string, narinfos []string) []string {
+	b.Helper()
 	var urls []string
 	for _, p := range narinfos {
-		resp, err := http.Get(base + p)
+		resp, err := client.Get(base + p)
 		if err != nil {
 			b.Fatal(err)
 		}

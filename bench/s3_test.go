@@ -5,6 +5,8 @@ import (
 	"context"
 	"crypto/rand"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -113,12 +115,29 @@ func BenchmarkS3(b *testing.B) {
 	rps.holds = ratioAtLeast("nix_cache on S3", "nix_cache on a directory", 0.8)
 	rps.notes = append(rps.notes, loadNote+" Both nodes serve the signed narinfos from memory: the directory's while inotify reports their files unchanged, "+
 		"the S3 node's while the collection announcement (`retention/doomed`), read again every quarter of gc_grace, names none of them, for a gc_grace at most. "+
-		"The first round also fetches and signs every narinfo once, hence the spread. "+
+		"Before the rounds every contender answers every narinfo once, so that the nodes have signed each. "+
 		"The last row is the S3 server answering GETs of the same (unsigned) narinfos itself, its own ceiling on this core.")
 	urls := map[string]string{"nix_cache on S3": node.URL(), "nix_cache on a directory": dirNode.URL(), "GET from the S3 server": s.server.Endpoint}
 	direct := make([]string, len(paths))
 	for i, p := range paths {
 		direct[i] = "/nix/main" + p
+	}
+	for who, u := range urls {
+		list := paths
+		if who == "GET from the S3 server" {
+			list = direct
+		}
+		for _, p := range list {
+			resp, err := http.Get(u + p)
+			if err != nil {
+				b.Fatal(err)
+			}
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusOK {
+				b.Fatalf("%s: GET %s: %s", who, p, resp.Status)
+			}
+		}
 	}
 	for round := range envInt("BENCH_ROUNDS", 5) {
 		order := []string{"nix_cache on S3", "nix_cache on a directory", "GET from the S3 server"}

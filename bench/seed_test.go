@@ -116,6 +116,20 @@ func BenchmarkSeedMemory(b *testing.B) {
 // (taskset's list; empty for any); it returns the process and its port.
 func startNginx(b *testing.B, root, cpus string) (*harness.Process, int) {
 	b.Helper()
+	return startNginxWith(b, root, cpus, "", "")
+}
+
+// startNginxTLS is startNginx serving HTTPS, with HTTP/2, with the
+// certificate and key in files cert and key.
+func startNginxTLS(b *testing.B, root, cpus, cert, key string) (*harness.Process, int) {
+	b.Helper()
+	return startNginxWith(b, root, cpus, " ssl http2", fmt.Sprintf("ssl_certificate %s;\n\t\tssl_certificate_key %s;", cert, key))
+}
+
+// startNginxWith is startNginx with more words on its listen line and
+// more directives in its server block.
+func startNginxWith(b *testing.B, root, cpus, listen, directives string) (*harness.Process, int) {
+	b.Helper()
 	nginx := harness.LookTool(b, "nginx")
 	dir := b.TempDir()
 	port := harness.FreePort(b)
@@ -142,11 +156,12 @@ http {
 	uwsgi_temp_path %[1]s/uwsgi;
 	scgi_temp_path %[1]s/scgi;
 	server {
-		listen 127.0.0.1:%[2]d;
+		listen 127.0.0.1:%[2]d%[4]s;
 		root %[3]s;
+		%[5]s
 	}
 }
-`, dir, port, root)), 0o644)
+`, dir, port, root, listen, directives)), 0o644)
 	cmd := exec.Command(nginx, "-c", conf, "-p", dir)
 	if cpus != "" {
 		cmd = exec.Command(harness.LookTool(b, "taskset"), "-c", cpus, nginx, "-c", conf, "-p", dir)

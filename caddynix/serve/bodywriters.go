@@ -65,8 +65,9 @@ func (w memoryBodyWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter
 // Interface guard
 var _ io.ReaderFrom = (*sendfileWriter)(nil)
 
-// streamCopyBuffers are the buffers objects that are not files (an S3
-// object's body) are copied to clients through.
+// streamCopyBuffers are the buffers objects are copied to clients through
+// where the kernel cannot send them: an S3 object's body, or any object
+// over HTTP/2.
 var streamCopyBuffers = sync.Pool{New: func() any { b := make([]byte, streamCopyBufferSize); return &b }}
 
 // streamCopyBufferSize: large enough that a NAR streamed from S3 is written
@@ -74,9 +75,9 @@ var streamCopyBuffers = sync.Pool{New: func() any { b := make([]byte, streamCopy
 // little.
 const streamCopyBufferSize = 256 << 10
 
-// streamWriter copies a body that is not a file to the client in 256 KiB
-// pieces rather than io.Copy's 32 KiB, which on a NAR proxied from S3
-// costs a write system call per 32 KiB.
+// streamWriter copies a body to the client in 256 KiB pieces rather than
+// io.Copy's 32 KiB, which on a NAR proxied from S3 costs a write system
+// call per 32 KiB, and over HTTP/2 a wait for the connection's writer.
 type streamWriter struct {
 	*caddyhttp.ResponseWriterWrapper
 }

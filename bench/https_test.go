@@ -1,0 +1,200 @@
+package bench
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"fmt"
+	"io"
+	"math/big"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cargoxx-pkgs/runner/e2e/harness"
+)
+
+// selfSigned writes a certificate for 127.0.0.1, its own authority, and its
+// key, and returns the files and a pool that trusts it.
+func selfSigned(b *testing.B) (cert, key string, pool *x509.CertPool) {
+	b.Helper()
+	priv, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		b.Fatal(err)
+	}
+	template := &x509.Certificate{
+		SerialNumber:          big.NewInt(1),
+		Subject:               pkix.Name{CommonName: "127.0.0.1"},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(24 * time.Hour),
+		IPAddresses:           []net.IP{net.IPv4(127, 0, 0, 1)},
+		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, template, template, &priv.PublicKey, priv)
+	if err != nil {
+		b.Fatal(err)
+	}
+	keyDER, err := x509.MarshalPKCS8PrivateKey(priv)
+	if err != nil {
+		b.Fatal(err)
+	}
+	dir := b.TempDir()
+	cert, key = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	if err := os.WriteFile(cert, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644); err != nil {
+		b.Fatal(err)
+	}
+	if err := os.WriteFile(key, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
+		b.Fatal(err)
+	}
+	parsed, err := x509.ParseCertificate(der)
+	if err != nil {
+		b.Fatal(err)
+	}
+	pool = x509.NewCertPool()
+	pool.AddCert(parsed)
+	return cert, key, pool
+}
+
+// http2Client is a client that makes one connection to each server that
+// presents a certificate pool trusts, HTTP/2 where the server offers it.
+func http2Client(pool *x509.CertPool) *http.Client {
+	return &http.Client{Transport: &http.Transport{
+		TLSClientConfig:   &tls.Config{RootCAs: pool},
+		ForceAttemptHTTP2: true,
+		MaxConnsPerHost:   1,
+	}}
+}
+
+// fetchAll GETs every path below base in turn and returns how long it took
+// and the bytes read; every answer must be a 200.
+func fetchAll(b *testing.B, client *http.Client, base string, paths []string) (time.Duration, int64) {
+	b.Helper()
+	var total int64
+	start := time.Now()
+	for _, p := range paths {
+		resp, err := client.Get(base + p)
+		if err != nil {
+			b.Fatal(err)
+		}
+		n, err := io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if err != nil || resp.StatusCode != http.StatusOK {
+			b.Fatalf("GET %s%s: %s over %s, %v", base, p, resp.Status, resp.Proto, err)
+		}
+		total += n
+	}
+	return time.Since(start), total
+}
+
+// BenchmarkNixSubstitutesHTTPS is BenchmarkNixSubstitutes over TLS, as
+// real caches are served: current Nix substitutes the closure from
+// nix_cache behind Caddy's own TLS and from nginx with the same
+// certificate, both offering HTTP/2, alternating; then one HTTP/2
+// connection fetches the closure's narinfos in sequence, and its NARs.
+func BenchmarkNixSubstitutesHTTPS(b *testing.B) {
+	sub := newSubstitutable(b)
+	cert, key, pool := selfSigned(b)
+	secret, public := harness.TempKeygen(b, "bench-1")
+	h1Port, filePort := harness.FreePort(b), harness.FreePort(b)
+	site := func(port string, handler string) string {
+		return fmt.Sprintf("https://127.0.0.1:%s {\n\tbind 127.0.0.1\n\ttls %s %s\n\t%s\n}", port, cert, key, handler)
+	}
+	cacheHandler := fmt.Sprintf("nix_cache {\n\t\troot %s\n\t\tsecret_key_file %s\n\t}", sub.root, secret)
+	caddy := harness.StartCaddy(b, harness.Caddyfile{
+		Global: []string{"auto_https off", fmt.Sprintf("servers 127.0.0.1:%d {\n\tprotocols h1\n}", h1Port)},
+		Sites: []string{
+			site("{$CADDY_HTTPS_PORT}", cacheHandler),
+			site(fmt.Sprint(h1Port), cacheHandler),
+			site(fmt.Sprint(filePort), fmt.Sprintf("file_server {\n\t\troot %s\n\t}", sub.presigned)),
+		},
+	}.String(), harness.CaddyOptions{Binary: pinnedCaddy(b, harness.CaddyBinary(b, "caddy")), NoHTTP: true})
+	_, nginxPort := startNginxTLS(b, sub.presigned, serverCPU, cert, key)
+	urls := map[string]string{
+		"nix_cache":   fmt.Sprintf("https://127.0.0.1:%d", caddy.HTTPSPort),
+		nixCacheH1:    fmt.Sprintf("https://127.0.0.1:%d", h1Port),
+		"file_server": fmt.Sprintf("https://127.0.0.1:%d", filePort),
+		"nginx":       fmt.Sprintf("https://127.0.0.1:%d", nginxPort),
+	}
+	client := http2Client(pool)
+	for who, u := range urls {
+		want := 2
+		if who == nixCacheH1 {
+			want = 1
+		}
+		if err := harness.Eventually(10*time.Second, 50*time.Millisecond, func() error {
+			resp, err := client.Get(u + "/nix-cache-info")
+			if err != nil {
+				return err
+			}
+			resp.Body.Close()
+			if resp.ProtoMajor != want {
+				return fmt.Errorf("answered over %s", resp.Proto)
+			}
+			return nil
+		}); err != nil {
+			b.Fatalf("%s does not answer over HTTP/%d: %v", who, want, err)
+		}
+	}
+	presignWith(b, client, urls["nix_cache"], sub.presigned, sub.narinfos)
+	order := []string{"nix_cache", nixCacheH1, "file_server", "nginx"}
+	rounds := envInt("BENCH_ROUNDS", 5)
+
+	consumer := harness.NixCurrent().New(b, "")
+	version := strings.TrimSpace(consumer.Must("nix", "--version"))
+	c := newComparison(fmt.Sprintf("Nix (current) substitutes a closure of %d paths, zstd, into a fresh store, over HTTPS", len(sub.narinfos)), "s", "lower",
+		"nix_cache no slower than nginx")
+	c.holds = ratioAtMost("nix_cache", "nginx", 1.0)
+	c.notes = append(c.notes, fmt.Sprintf("As the table above, with %s trusting a self-signed P-256 certificate for 127.0.0.1 (`ssl-cert-file`) that both servers present: "+
+		"nix_cache behind Caddy's own TLS and HTTP/2, nginx with `ssl http2`, where Nix's curl negotiates HTTP/2 and multiplexes its requests on one connection; "+
+		"nix_cache behind a Caddy server with `protocols h1`, where curl opens up to http-connections (25) connections instead; "+
+		"and Caddy's file_server over HTTP/2, the ceiling of a handler in Caddy's TLS and HTTP/2 server. "+
+		"nginx and file_server serve narinfo that nix_cache signed beforehand; the servers run on one CPU, Nix wherever it likes.", version))
+	for round := range rounds {
+		for _, who := range roundOrder(order, round) {
+			c.add(who, sub.substitute(b, consumer, urls[who], public, "--option", "ssl-cert-file", cert).Seconds())
+		}
+	}
+
+	if profiling() {
+		// Profiled apart from the rounds: profiling slows caddy down.
+		const profiled = 5 * time.Second
+		wait := profileCaddy(b, caddy.Admin, "nix-substitutes-https", profiled)
+		for end := time.Now().Add(profiled); time.Now().Before(end); {
+			sub.substitute(b, consumer, urls["nix_cache"], public, "--option", "ssl-cert-file", cert)
+		}
+		wait()
+	}
+
+	nars := make(map[string][]string)
+	for who, u := range urls {
+		nars[who] = narURLsWith(b, client, u, sub.narinfos)
+	}
+	sequence := newComparison(fmt.Sprintf("HTTPS: the closure's %d narinfos in sequence over one connection", len(sub.narinfos)), "ms", "lower", "")
+	sequence.notes = append(sequence.notes, "A Go client on the other CPU, one request at a time, on a connection already open (HTTP/1.1 for the server with `protocols h1`).")
+	download := newComparison(fmt.Sprintf("HTTPS: the closure's %d NARs in sequence over one connection", len(sub.narinfos)), "MiB/s", "higher", "")
+	download.notes = append(download.notes, "The same client, each NAR (zstd) whole, one after the other.")
+	for round := range rounds {
+		for _, who := range roundOrder(order, round) {
+			elapsed, _ := fetchAll(b, client, urls[who], sub.narinfos)
+			sequence.add(who, float64(elapsed.Microseconds())/1000)
+			elapsed, bytes := fetchAll(b, client, urls[who], nars[who])
+			download.add(who, float64(bytes)/(1<<20)/elapsed.Seconds())
+		}
+	}
+	b.Logf("%s: nix_cache %.2f s, over HTTP/1.1 %.2f s, file_server %.2f s, nginx %.2f s", c.name, median(c.samples["nix_cache"]),
+		median(c.samples[nixCacheH1]), median(c.samples["file_server"]), median(c.samples["nginx"]))
+}
+
+// nixCacheH1 is nix_cache behind a Caddy server that speaks HTTP/1.1 only.
+const nixCacheH1 = "nix_cache, protocols h1"
