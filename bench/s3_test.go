@@ -71,23 +71,25 @@ func BenchmarkS3(b *testing.B) {
 		data := make([]byte, size)
 		_, _ = rand.Read(data)
 		s.put(b, name, data)
+		presigned, err := s.client.PresignedGetObject(context.Background(), "nix", "main/"+name, time.Hour, nil)
+		if err != nil {
+			b.Fatal(err)
+		}
 		for _, conns := range []int{1, 16} {
 			c := newComparison(fmt.Sprintf("S3: NAR download, %d MiB, %d connection(s)", size>>20, conns), "MiB/s", "higher",
 				"nix_cache at least 0.8x a GET from the S3 server")
 			c.holds = ratioAtLeast("nix_cache on S3", "GET from the S3 server", 0.8)
 			c.notes = append(c.notes, loadNote+" The S3 server (versitygw v1.8.0, POSIX backend) runs on the server CPU too, so through nix_cache one core does the S3 server's work and caddy's. "+
 				"Through the node every byte is read from the S3 server's response and written again by caddy, in 256 KiB copies, on that one core, after one signed GET of the object; "+
-				"with `storage s3 { redirect 5m }` a client is sent to a signed URL and downloads at the S3 server's own speed (the second row).")
+				"The second row is an anonymous GET of the object, which the S3 server answers without checking a signature. "+
+				"The third is a GET of a URL the S3 server's credentials signed, as `storage s3 { redirect 5m }` sends clients to and as every GET of the node is signed: "+
+				"its own speed, and the ceiling of any node that asks the S3 server for what it serves on the same core.")
 			// wrk sends a path of its own on the base URL's host.
-			urls := map[string]string{"nix_cache on S3": node.URL(), "GET from the S3 server": s.server.Endpoint}
-			prefixes := map[string]string{"nix_cache on S3": "", "GET from the S3 server": "/nix/main"}
+			urls := map[string]string{"nix_cache on S3": node.URL(), "GET from the S3 server": s.server.Endpoint, signedGet: s.server.Endpoint}
+			paths := map[string]string{"nix_cache on S3": "/" + name, "GET from the S3 server": "/nix/main/" + name, signedGet: presigned.RequestURI()}
 			for round := range envInt("BENCH_ROUNDS", 5) {
-				order := []string{"nix_cache on S3", "GET from the S3 server"}
-				if round%2 == 1 {
-					slices.Reverse(order)
-				}
-				for _, who := range order {
-					r := load(b, urls[who], []string{prefixes[who] + "/" + name}, conns, dur)
+				for _, who := range roundOrder([]string{"nix_cache on S3", "GET from the S3 server", signedGet}, round) {
+					r := load(b, urls[who], []string{paths[who]}, conns, dur)
 					c.add(who, float64(r.bytes)/(1<<20)/r.elapsed.Seconds())
 				}
 			}
@@ -176,3 +178,6 @@ func BenchmarkS3(b *testing.B) {
 	rss.notes = append(rss.notes, "An upload holds one part (part_size, 16 MiB by default) in memory, allocated whole once it outgrows 64 KiB.")
 	b.Logf("%d MiB upload to S3: idle %d MiB, peak %d MiB, %v", size>>20, idle/1024, peak/1024, elapsed)
 }
+
+// signedGet is the S3 server answering GETs of a presigned URL.
+const signedGet = "signed GET from the S3 server"
