@@ -4,52 +4,11 @@ import (
 	"bytes"
 	"io"
 	"net/http"
-	"os"
 	"sync"
 	"time"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 )
-
-// sendfileWriter lets the kernel send a whole file to the client.
-//
-// http.ServeContent copies a file as an io.LimitedReader around the
-// *os.File, and Caddy's write idle timeout (on by default) wraps whatever it
-// is given in a LimitedReader of its own, one chunk at a time. Go only uses
-// sendfile(2) for a single LimitedReader around a file, so without this
-// writer every NAR would go through user space in 32 KiB reads and writes.
-// When the limit ends exactly at the end of the file, which is the case for
-// every response that is not a byte range, the file itself is handed on.
-type sendfileWriter struct {
-	*caddyhttp.ResponseWriterWrapper
-	file *os.File
-	size int64 // the file's, as stat'ed when it was opened
-}
-
-func newSendfileWriter(w http.ResponseWriter, f *os.File, size int64) *sendfileWriter {
-	return &sendfileWriter{ResponseWriterWrapper: &caddyhttp.ResponseWriterWrapper{ResponseWriter: w}, file: f, size: size}
-}
-
-func (w *sendfileWriter) ReadFrom(r io.Reader) (int64, error) {
-	if lr, ok := r.(*io.LimitedReader); ok && lr.R == w.file && w.remaining() == lr.N {
-		// Files in the cache are replaced by rename, never written in
-		// place, so the file cannot grow past the limit while it is sent.
-		n, err := w.ResponseWriterWrapper.ReadFrom(w.file)
-		lr.N -= n
-		return n, err
-	}
-	return w.ResponseWriterWrapper.ReadFrom(r)
-}
-
-// remaining is how many bytes are left between the file's offset and its
-// end, or -1 if that cannot be told.
-func (w *sendfileWriter) remaining() int64 {
-	offset, err := w.file.Seek(0, io.SeekCurrent)
-	if err != nil {
-		return -1
-	}
-	return w.size - offset
-}
 
 // memoryBodyWriter hides io.ReaderFrom from http.ServeContent, so that a
 // body already in memory (a signed narinfo, nix-cache-info) is buffered and
@@ -61,9 +20,6 @@ type memoryBodyWriter struct {
 
 // Unwrap lets http.ResponseController reach the connection.
 func (w memoryBodyWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
-
-// Interface guard
-var _ io.ReaderFrom = (*sendfileWriter)(nil)
 
 // streamCopyBuffers are the buffers objects are copied to clients through
 // where the kernel cannot send them: an S3 object's body, or any object

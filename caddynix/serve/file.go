@@ -11,6 +11,7 @@ import (
 	"github.com/cargoxx-pkgs/runner/caddynix/internal/cacheurl"
 	"github.com/cargoxx-pkgs/runner/caddynix/internal/httpx"
 	"github.com/cargoxx-pkgs/runner/caddynix/storage"
+	"github.com/cargoxx-pkgs/runner/internal/caddyutil"
 )
 
 // File serves one file of the cache layout with http.ServeContent, so
@@ -54,7 +55,9 @@ func (c *Cache) File(w http.ResponseWriter, r *http.Request, req cacheurl.Reques
 	f, isFile := obj.(*os.File)
 	switch {
 	case isFile && r.ProtoMajor == 1:
-		w = newSendfileWriter(w, f, info.Size)
+		// Files in the cache are replaced by rename, never written in
+		// place, so the file cannot grow while it is sent.
+		w = caddyutil.NewSendfileWriter(w, f, info.Size)
 	case isFile:
 		// Over HTTP/2 every write waits for the connection's one writer
 		// goroutine: fewer, larger writes send a NAR a quarter faster.

@@ -7,12 +7,14 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/cargoxx-pkgs/runner/internal/caddyutil"
 )
 
 // downloadLifetime is how long a download URL works, as with GitHub.
@@ -124,7 +126,14 @@ func (h *Handler) download(w http.ResponseWriter, r *http.Request, idText string
 	}
 	w.Header().Set("Content-Type", "application/octet-stream")
 	w.Header().Set("Cache-Control", "private, no-store")
-	counter := &countingWriter{ResponseWriterWrapper: &caddyhttp.ResponseWriterWrapper{ResponseWriter: w}}
+	body := w
+	if f, ok := obj.(*os.File); ok && r.ProtoMajor == 1 {
+		// An archive appears whole, by rename, when its upload is
+		// committed, and is never written in place: it cannot grow
+		// while it is sent.
+		body = caddyutil.NewSendfileWriter(w, f, info.Size)
+	}
+	counter := &countingWriter{ResponseWriterWrapper: &caddyhttp.ResponseWriterWrapper{ResponseWriter: body}}
 	http.ServeContent(counter, r, "", info.ModTime, obj)
 	downloadedBytes.WithLabelValues(h.label).Add(float64(counter.n))
 	return nil
