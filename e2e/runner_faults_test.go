@@ -36,7 +36,7 @@ func TestGiteaCutOffDuringJobs(t *testing.T) {
 		"a.yml": jobWorkflow("a", script),
 		"b.yml": jobWorkflow("b", script),
 	})
-	g.WaitRuns("cutoff", sha, 2, 3*time.Minute, harness.InProgress)
+	waitTasksReceived(t, g, "cutoff", g.WaitRuns("cutoff", sha, 2, 3*time.Minute, harness.InProgress))
 	time.Sleep(3 * time.Second)
 	counter.Cut()
 	cutAt := time.Now()
@@ -76,7 +76,7 @@ func TestGiteaRestartsDuringJobs(t *testing.T) {
 		"a.yml": jobWorkflow("a", script),
 		"b.yml": jobWorkflow("b", script),
 	})
-	g.WaitRuns("restarts", sha, 2, 3*time.Minute, harness.InProgress)
+	waitTasksReceived(t, g, "restarts", g.WaitRuns("restarts", sha, 2, 3*time.Minute, harness.InProgress))
 	start := time.Now()
 	for range 10 {
 		g.Stop()
@@ -165,4 +165,34 @@ func tasksFinished(caddy *harness.Caddy, want int) int {
 		return nil
 	})
 	return count()
+}
+
+// waitTasksReceived waits until every job of runs says in its log that the
+// runner received its task. Gitea counts a task as running once it has
+// handed it out in a FetchTask answer; a fault that cuts that answer off
+// loses the task until Gitea's zombie task timeout, which no runner can
+// help, so the faults begin once the runner holds both tasks.
+func waitTasksReceived(t *testing.T, g *harness.Gitea, repo string, runs []*gitea.ActionWorkflowRun) {
+	t.Helper()
+	err := harness.Eventually(time.Minute, 250*time.Millisecond, func() error {
+		for _, run := range runs {
+			jobs, _, err := g.Client.ListRepoActionRunJobs(harness.GiteaAdmin, repo, run.ID, gitea.ListRepoActionJobsOptions{})
+			if err != nil {
+				return err
+			}
+			for _, job := range jobs.Jobs {
+				log, _, err := g.Client.GetRepoActionJobLogs(harness.GiteaAdmin, repo, job.ID)
+				if err != nil {
+					return err
+				}
+				if !strings.Contains(string(log), "received task") {
+					return fmt.Errorf("job %d of run %d has no log line from the runner yet", job.ID, run.ID)
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
 }
