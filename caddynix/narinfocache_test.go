@@ -116,7 +116,7 @@ func (*announceableStore) ReleaseLease(context.Context, string, string) error { 
 // cannot be read. A narinfo deleted behind every node's back is served
 // for a gc_grace at most.
 func TestNarinfoOnSharedStorage(t *testing.T) {
-	const grace = 800 * time.Millisecond
+	const grace = 2 * time.Second
 	h, _ := newTestHandler(t)
 	store := &announceableStore{statCounter: &statCounter{Store: h.store.(*dir.Store)}}
 	h.store, h.gcGrace = store, grace
