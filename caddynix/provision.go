@@ -128,11 +128,14 @@ func (h *Handler) newReceiver() *upload.Receiver {
 
 // newCache is what serves the cache's storage and, after it, its sources.
 func (h *Handler) newCache() *serve.Cache {
-	return serve.New(serve.Options{
+	opts := serve.Options{
 		Store: h.store, StoreDir: h.StoreDir, Keys: h.keys, State: h.state, Sources: h.sources,
 		Redirect: h.redirect, Logger: h.logger, Metrics: serveObserver{activity: h.activity},
-		Watch: func() (storage.Changes, error) { return retention.Watch(h.store, h.gcGrace, h.logger) },
-	})
+	}
+	if _, shared := h.store.(storage.Leaser); shared {
+		opts.Changes = retention.Watch(h.store, h.gcGrace, h.logger)
+	}
+	return serve.New(opts)
 }
 
 // checkStorageNeeds refuses what needs storage of the cache's own when it

@@ -12,28 +12,22 @@ import (
 	"go.uber.org/zap"
 )
 
-// Watch returns what tells a node of the changes to store that matter to
-// what it keeps in memory of store's objects, such as signed narinfos.
+// Watch returns what tells a node of the changes to store, storage that
+// several nodes share, that matter to what it keeps in memory of store's
+// objects, such as signed narinfos.
 //
-// Storage only this process uses records its changes (storage.Watcher).
-// On storage several nodes share, the one change another node makes to an
-// object that is there is a collection deleting it, and the collection
-// announces it a grace before (see settle). So the changes returned read
-// the announcement again once it is grace/4 old, as they are drained;
-// report what it names as changed as soon as they see it; and keep it
-// Announced while it stands. A look that fails leaves the last one in
-// use until it is grace/2 old; from then on every object counts as
-// announced, and the next look that succeeds reports that anything may
-// have changed. An object no collection deletes, deleted behind every
-// node's back, is trusted for a grace at most.
-func Watch(store storage.Store, grace time.Duration, logger *zap.Logger) (storage.Changes, error) {
-	if _, shared := store.(storage.Leaser); !shared {
-		if watcher, ok := store.(storage.Watcher); ok {
-			return watcher.Watch()
-		}
-		return nil, errors.New("the storage does not record its changes")
-	}
-	return &announcedChanges{store: store, grace: grace, logger: logger}, nil
+// The one change another node makes to an object that is there is a
+// collection deleting it, and the collection announces it a grace before
+// (see settle). So the changes returned read the announcement again once
+// it is grace/4 old, as they are drained; report what it names as changed
+// as soon as they see it; and keep it Announced while it stands. A look
+// that fails leaves the last one in use until it is grace/2 old; from then
+// on every object counts as announced, and the next look that succeeds
+// reports that anything may have changed. An object no collection
+// deletes, deleted behind every node's back, is trusted for a grace at
+// most.
+func Watch(store storage.Store, grace time.Duration, logger *zap.Logger) storage.Changes {
+	return &announcedChanges{store: store, grace: grace, logger: logger}
 }
 
 // announcedChanges are the changes to shared storage as its announcements

@@ -69,14 +69,8 @@ func newNarinfoCache(logger *zap.Logger) *narinfoCache {
 }
 
 // watch lets the cache serve entries without a look at the storage while
-// the changes start returns are reported; where it fails, every request
-// looks.
-func (c *narinfoCache) watch(start func() (storage.Changes, error)) {
-	changes, err := start()
-	if err != nil {
-		c.logger.Info("every narinfo request looks at its file, because the cache's changes cannot be watched", zap.Error(err))
-		return
-	}
+// changes are reported; without, every request looks.
+func (c *narinfoCache) watch(changes storage.Changes) {
 	forewarned, _ := changes.(storage.Forewarned)
 	c.changes.Store(&storageChanges{Changes: changes, forewarned: forewarned})
 }

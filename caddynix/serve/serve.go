@@ -9,7 +9,6 @@
 package serve
 
 import (
-	"errors"
 	"sync"
 	"time"
 
@@ -40,10 +39,10 @@ type Options struct {
 	State *retention.State
 	// Sources answer what the storage does not hold.
 	Sources *sources.Sources
-	// Watch, when set, starts watching Store for changes in place of
-	// Store's own Watch (storage.Watcher): on shared storage, what
-	// retention.Watch returns.
-	Watch func() (storage.Changes, error)
+	// Changes, when set, tell of changes to Store in place of Store's own
+	// Watch (storage.Watcher): on shared storage, what retention.Watch
+	// returns. Close closes them.
+	Changes storage.Changes
 	// Redirect, when not 0, answers NAR requests with a redirect to a URL
 	// the storage (a storage.Presigner) signs for that long.
 	Redirect time.Duration
@@ -80,17 +79,17 @@ func New(opts Options) *Cache {
 	if c.metrics == nil {
 		c.metrics = noMetrics{}
 	}
-	watch := opts.Watch
-	if watch == nil {
-		watch = func() (storage.Changes, error) {
-			watcher, ok := opts.Store.(storage.Watcher)
-			if !ok {
-				return nil, errors.New("the storage does not record its changes")
-			}
-			return watcher.Watch()
+	switch watcher, ok := opts.Store.(storage.Watcher); {
+	case opts.Changes != nil:
+		c.narinfos.watch(opts.Changes)
+	case ok:
+		changes, err := watcher.Watch()
+		if err != nil {
+			c.logger.Info("every narinfo request looks at its file, because the cache's changes cannot be watched", zap.Error(err))
+			break
 		}
+		c.narinfos.watch(changes)
 	}
-	c.narinfos.watch(watch)
 	return c
 }
 
