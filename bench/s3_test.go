@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/rand"
 	"fmt"
-	"io"
 	"net/http"
 	"os"
 	"os/exec"
@@ -136,17 +135,7 @@ func BenchmarkS3(b *testing.B) {
 		if who == "GET from the S3 server" {
 			list = direct
 		}
-		for _, p := range list {
-			resp, err := http.Get(u + p)
-			if err != nil {
-				b.Fatal(err)
-			}
-			_, _ = io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
-			if resp.StatusCode != http.StatusOK {
-				b.Fatalf("%s: GET %s: %s", who, p, resp.Status)
-			}
-		}
+		fetchAll(b, http.DefaultClient, u, list)
 	}
 	for round := range envInt("BENCH_ROUNDS", 5) {
 		order := []string{"nix_cache on S3", "nix_cache on a directory", "GET from the S3 server"}

@@ -115,9 +115,7 @@ func (d *daemon) giveCacheAccess(task *runnerv1.Task, s *settings, runsOn []stri
 	if s.autoPush != autoPushOff {
 		var agentPath string
 		if container {
-			if path, ok := d.pushAgent(s); ok {
-				agentPath = path
-			}
+			agentPath = d.pushAgent(s)
 		}
 		push, err := prepareAutoPush(dir, container, agentPath, s.autoPush, access.URL, handoff.env["CARGOXX_NIX_CACHE_UPLOAD_URL"], cred.Token, cred.Stored)
 		if err != nil {

@@ -103,9 +103,9 @@ func checkStatic(exe io.ReaderAt) error {
 }
 
 // pushAgent installs the auto-push agent for the jobs of s, the first
-// time, and returns its path; false when container jobs must run the
-// hook instead. It logs which, once.
-func (d *daemon) pushAgent(s *settings) (string, bool) {
+// time, and returns its path; "" when container jobs must run the hook
+// instead. It logs which, once.
+func (d *daemon) pushAgent(s *settings) string {
 	err := installAgent(s.agentPath)
 	d.watchNotice.Do(func() {
 		if err != nil {
@@ -114,7 +114,10 @@ func (d *daemon) pushAgent(s *settings) (string, bool) {
 			d.logger().Info("automatic push watches the stores of container jobs", zap.String("agent", s.agentPath))
 		}
 	})
-	return s.agentPath, err == nil
+	if err != nil {
+		return ""
+	}
+	return s.agentPath
 }
 
 // storeWatch is the automatic push of one container job.

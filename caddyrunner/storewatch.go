@@ -232,7 +232,7 @@ func (w *storeWatcher) pushBuilt(ctx context.Context, storePath string) {
 	w.report.Built = append(w.report.Built, storePath)
 	switch {
 	case err != nil:
-		w.report.Failure = err.Error()
+		w.fail(err)
 	case had:
 		w.report.Skipped = append(w.report.Skipped, storePath)
 	}

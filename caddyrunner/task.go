@@ -124,10 +124,9 @@ func (d *daemon) execute(ctx context.Context, task *runnerv1.Task, s *settings, 
 				validVolumes = append(slices.Clone(validVolumes), push.hostDir)
 			}
 			if push.watched {
-				options += " --volume " + push.agentPath + ":" + jobAgentPath + ":ro"
-				validVolumes = append(validVolumes, push.agentPath)
-			}
-			if !push.watched {
+				options = strings.TrimSpace(options + " --volume " + push.agentPath + ":" + jobAgentPath + ":ro")
+				validVolumes = append(slices.Clone(validVolumes), push.agentPath)
+			} else {
 				// After the steps Gitea knows, so its lines go to the
 				// job's closing section.
 				job.Steps = append(job.Steps, push.step())
