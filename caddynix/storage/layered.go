@@ -38,4 +38,8 @@ func (l layered) Delete(ctx context.Context, name string) error { return l.top.D
 
 func (l layered) List(ctx context.Context, dir string) ([]Info, error) { return l.top.List(ctx, dir) }
 
+func (l layered) Walk(ctx context.Context, dir string, fn func(Info) error) error {
+	return Walk(ctx, l.top, dir, fn)
+}
+
 func (l layered) Close() error { return nil }

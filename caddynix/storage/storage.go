@@ -89,6 +89,33 @@ type Store interface {
 	Close() error
 }
 
+// Walker is a Store that can hand out a directory's listing as it reads
+// it, so that listing a million objects does not hold them all.
+type Walker interface {
+	// Walk calls fn with each object directly below the directory dir
+	// ("" for the root), in no particular order, without uploads in
+	// progress, and stops at fn's first error, which it returns.
+	Walk(ctx context.Context, dir string, fn func(Info) error) error
+}
+
+// Walk calls fn with each object directly below dir, as store's Walk
+// does, or from its List when it has no Walk.
+func Walk(ctx context.Context, store Store, dir string, fn func(Info) error) error {
+	if w, ok := store.(Walker); ok {
+		return w.Walk(ctx, dir, fn)
+	}
+	infos, err := store.List(ctx, dir)
+	if err != nil {
+		return err
+	}
+	for _, info := range infos {
+		if err := fn(info); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // ReadAll reads the object name, with its Content-Encoding undone, up to
 // one byte past limit, so that a check of the size can tell a larger one.
 func ReadAll(ctx context.Context, store Store, name string, limit int64) ([]byte, error) {

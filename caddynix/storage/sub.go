@@ -74,6 +74,10 @@ func (s *sub) List(ctx context.Context, dir string) ([]Info, error) {
 	return infos, err
 }
 
+func (s *sub) Walk(ctx context.Context, dir string, fn func(Info) error) error {
+	return Walk(ctx, s.store, strings.TrimSuffix(s.full(dir), "/"), func(info Info) error { return fn(s.rel(info)) })
+}
+
 func (s *sub) Close() error { return nil }
 
 type subPresigner struct {

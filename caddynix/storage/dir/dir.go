@@ -11,6 +11,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path"
@@ -205,29 +206,57 @@ func (s *Store) Delete(_ context.Context, name string) error {
 
 // List returns the regular files directly in dir, in name order, without
 // temporary files.
-func (s *Store) List(_ context.Context, dir string) ([]storage.Info, error) {
+func (s *Store) List(ctx context.Context, dir string) ([]storage.Info, error) {
+	var out []storage.Info
+	err := s.Walk(ctx, dir, func(info storage.Info) error {
+		out = append(out, info)
+		return nil
+	})
+	slices.SortFunc(out, func(a, b storage.Info) int { return strings.Compare(a.Name, b.Name) })
+	return out, err
+}
+
+// walkBatch is how many directory entries Walk reads at a time.
+const walkBatch = 1024
+
+// Walk calls fn with the regular files directly in dir, in the
+// directory's order, without temporary files.
+func (s *Store) Walk(ctx context.Context, dir string, fn func(storage.Info) error) error {
 	if dir == "" {
 		dir = "."
 	}
-	entries, err := fs.ReadDir(s.root.FS(), dir)
+	f, err := s.root.Open(dir)
 	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil
+		return nil
 	}
 	if err != nil {
-		return nil, err
+		return err
 	}
-	out := make([]storage.Info, 0, len(entries))
-	for _, e := range entries {
-		if !e.Type().IsRegular() || strings.HasPrefix(e.Name(), TempPrefix) {
-			continue
+	defer func() { _ = f.Close() }()
+	for {
+		entries, err := f.ReadDir(walkBatch)
+		for _, e := range entries {
+			if !e.Type().IsRegular() || strings.HasPrefix(e.Name(), TempPrefix) {
+				continue
+			}
+			info, err := e.Info()
+			if err != nil {
+				continue // removed meanwhile
+			}
+			if err := fn(infoOf(path.Join(dir, e.Name()), info)); err != nil {
+				return err
+			}
 		}
-		info, err := e.Info()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
 		if err != nil {
-			continue // removed meanwhile
+			return err
 		}
-		out = append(out, infoOf(path.Join(dir, e.Name()), info))
+		if err := ctx.Err(); err != nil {
+			return err
+		}
 	}
-	return out, nil
 }
 
 // Close releases the directory.

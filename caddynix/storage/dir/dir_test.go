@@ -3,6 +3,7 @@ package dir
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"io/fs"
 	"os"
@@ -223,5 +224,47 @@ func TestOverlaysAreSweptAndLeaveNoDirectories(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(root, "nar")); err != nil {
 		t.Errorf("the layout's nar directory went when it was emptied: %v", err)
+	}
+}
+
+func TestWalkSeesEveryFileAcrossBatchesAndStops(t *testing.T) {
+	ctx := context.Background()
+	s, _ := openTemp(t)
+	const n = walkBatch*2 + 7
+	for i := range n {
+		if err := write(t, s, fmt.Sprintf("nar/%05d.nar", i), "x").Commit(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	inProgress := write(t, s, "nar/upload.nar", "y")
+	defer inProgress.Abort()
+	seen := map[string]bool{}
+	if err := s.Walk(ctx, "nar", func(info storage.Info) error {
+		if seen[info.Name] || info.Size != 1 {
+			return fmt.Errorf("%s seen twice or of size %d", info.Name, info.Size)
+		}
+		seen[info.Name] = true
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if len(seen) != n {
+		t.Fatalf("Walk saw %d files, want %d", len(seen), n)
+	}
+	list, err := s.List(ctx, "nar")
+	if err != nil || len(list) != n || list[0].Name != "nar/00000.nar" || list[n-1].Name != fmt.Sprintf("nar/%05d.nar", n-1) {
+		t.Fatalf("List: %d files, %v; want all %d in name order", len(list), err, n)
+	}
+	stop := errors.New("enough")
+	calls := 0
+	err = s.Walk(ctx, "nar", func(storage.Info) error {
+		calls++
+		return stop
+	})
+	if !errors.Is(err, stop) || calls != 1 {
+		t.Fatalf("Walk after fn failed: %v, %d calls; want fn's error after one", err, calls)
+	}
+	if err := s.Walk(ctx, "missing", func(storage.Info) error { return stop }); err != nil {
+		t.Fatalf("Walk of a missing directory: %v, want nothing", err)
 	}
 }

@@ -168,24 +168,38 @@ func (s *Store) Delete(ctx context.Context, name string) error {
 
 // List returns the objects directly below dir, in name order.
 func (s *Store) List(ctx context.Context, dir string) ([]storage.Info, error) {
+	var out []storage.Info
+	err := s.Walk(ctx, dir, func(info storage.Info) error {
+		out = append(out, info)
+		return nil
+	})
+	return out, err
+}
+
+// Walk calls fn with the objects directly below dir, in name order, as
+// the listing's pages come.
+func (s *Store) Walk(ctx context.Context, dir string, fn func(storage.Info) error) error {
 	prefix := s.prefix
 	if dir != "" {
 		prefix += strings.TrimSuffix(dir, "/") + "/"
 	}
-	var out []storage.Info
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel() // ends the listing fn stopped
 	for obj := range s.core.Client.ListObjects(ctx, s.bucket, minio.ListObjectsOptions{Prefix: prefix}) {
 		if obj.Err != nil {
 			if minio.ToErrorResponse(obj.Err).Code == minio.NoSuchKey {
-				break
+				return nil
 			}
-			return nil, fmt.Errorf("listing %s: %w", prefix, obj.Err)
+			return fmt.Errorf("listing %s: %w", prefix, obj.Err)
 		}
 		if strings.HasSuffix(obj.Key, "/") {
 			continue // a "directory"
 		}
-		out = append(out, infoOf(strings.TrimPrefix(obj.Key, s.prefix), obj))
+		if err := fn(infoOf(strings.TrimPrefix(obj.Key, s.prefix), obj)); err != nil {
+			return err
+		}
 	}
-	return out, nil
+	return ctx.Err()
 }
 
 // Close releases nothing: the client holds only idle connections.
