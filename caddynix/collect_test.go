@@ -239,6 +239,16 @@ func TestReindexFindsWhatNixCopyWrote(t *testing.T) {
 	if err != nil || !ok || !slices.Equal(rec.References, []string{a.hash}) || rec.NarURL != b.narURL() {
 		t.Fatalf("index record of b: %+v %v %v", rec, ok, err)
 	}
+	if stats, err = c.Reindex(context.Background(), false); err != nil || stats.Added != 0 || stats.Removed != 0 {
+		t.Fatalf("reindex of unchanged files: %+v %v, want nothing indexed or forgotten", stats, err)
+	}
+	later := time.Now().Add(time.Minute)
+	if err := os.Chtimes(filepath.Join(h.root, a.hash+".narinfo"), later, later); err != nil {
+		t.Fatal(err)
+	}
+	if stats, err = c.Reindex(context.Background(), false); err != nil || stats.Added != 1 {
+		t.Fatalf("reindex after a narinfo changed: %+v %v, want it indexed again", stats, err)
+	}
 	if err := os.Remove(filepath.Join(h.root, b.hash+".narinfo")); err != nil {
 		t.Fatal(err)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/cargoxx-pkgs/runner/caddynix/storage"
@@ -173,16 +174,17 @@ func (c *Collector) orphanNars(ctx context.Context, paths map[string]*index.Path
 	for _, p := range paths {
 		named[p.NarURL] = true
 	}
-	nars, err := c.store.List(ctx, "nar")
-	if err != nil {
-		return nil, fmt.Errorf("listing nar/: %w", err)
-	}
 	var orphans []storage.Info
-	for _, nar := range nars {
+	err := storage.Walk(ctx, c.store, "nar", func(nar storage.Info) error {
 		if !named[nar.Name] && nar.ModTime.Before(before) {
 			orphans = append(orphans, nar)
 		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("listing nar/: %w", err)
 	}
+	slices.SortFunc(orphans, func(a, b storage.Info) int { return strings.Compare(a.Name, b.Name) })
 	return orphans, nil
 }
 

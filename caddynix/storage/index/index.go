@@ -17,6 +17,7 @@
 package index
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -30,15 +31,19 @@ import (
 
 // Buckets of the index file.
 var (
-	pathsBucket  = []byte("paths")  // narinfo hash → Path (JSON)
-	servedBucket = []byte("served") // narinfo hash → last served, Unix seconds
-	runsBucket   = []byte("runs")   // repository \x00 run id → Run (JSON)
-	metaBucket   = []byte("meta")
+	pathsBucket   = []byte("path records") // narinfo hash → Path (record.go)
+	pushersBucket = []byte("pushers")      // pusher key → Pusher (JSON)
+	servedBucket  = []byte("served")       // narinfo hash → last served, Unix seconds
+	runsBucket    = []byte("runs")         // repository \x00 run id → Run (JSON)
+	metaBucket    = []byte("meta")
+	// jsonPathsBucket holds the paths of a schema 1 index, as JSON.
+	jsonPathsBucket = []byte("paths")
 )
 
-// schemaVersion is stored in the meta bucket; an index of another schema
-// is rebuilt from the files.
-const schemaVersion = "1"
+// schemaVersion is stored in the meta bucket. An index of schema 1 is
+// converted when it is opened; one of another schema is rebuilt from the
+// files.
+const schemaVersion = "2"
 
 // ErrInUse is returned by Open when another process holds the index.
 var ErrInUse = errors.New("the index is in use by another process")
@@ -100,21 +105,74 @@ func open(path string, timeout time.Duration) (*Index, error) {
 			if err := meta.Put([]byte("schema"), []byte(schemaVersion)); err != nil {
 				return err
 			}
-		case string(v) != schemaVersion:
+		case string(v) != schemaVersion && string(v) != "1":
 			return fmt.Errorf("index schema %q, this caddy writes %q", v, schemaVersion)
 		}
-		for _, name := range [][]byte{pathsBucket, servedBucket, runsBucket} {
+		for _, name := range [][]byte{pathsBucket, pushersBucket, servedBucket, runsBucket} {
 			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 				return err
 			}
 		}
 		return nil
 	})
+	if err == nil {
+		err = convertJSONPaths(db)
+	}
 	if err != nil {
 		_ = db.Close()
 		return nil, err
 	}
 	return x, nil
+}
+
+// convertBatch is how many records one transaction of convertJSONPaths
+// converts.
+const convertBatch = 10000
+
+// convertJSONPaths converts the JSON records of a schema 1 index into
+// binary ones, a batch at a time, and then marks the index schema 2. A
+// conversion cut short goes on where it stopped the next time the index
+// is opened.
+func convertJSONPaths(db *bolt.DB) error {
+	for done := false; !done; {
+		err := db.Update(func(tx *bolt.Tx) error {
+			legacy := tx.Bucket(jsonPathsBucket)
+			if legacy == nil {
+				done = true
+				return nil
+			}
+			var converted [][]byte
+			c := legacy.Cursor()
+			for k, v := c.First(); k != nil && len(converted) < convertBatch; k, v = c.Next() {
+				var p Path
+				if err := json.Unmarshal(v, &p); err != nil {
+					return fmt.Errorf("index record of %s: %w", k, err)
+				}
+				p.Hash = string(k)
+				if err := putPath(tx, &p); err != nil {
+					return err
+				}
+				converted = append(converted, bytes.Clone(k))
+			}
+			for _, k := range converted {
+				if err := legacy.Delete(k); err != nil {
+					return err
+				}
+			}
+			if len(converted) < convertBatch {
+				done = true
+				if err := tx.DeleteBucket(jsonPathsBucket); err != nil {
+					return err
+				}
+				return tx.Bucket(metaBucket).Put([]byte("schema"), []byte(schemaVersion))
+			}
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("converting the index to schema %s: %w", schemaVersion, err)
+		}
+	}
+	return nil
 }
 
 // Path is the index file's path.

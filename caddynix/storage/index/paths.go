@@ -2,8 +2,6 @@ package index
 
 import (
 	"encoding/binary"
-	"encoding/json"
-	"fmt"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -51,9 +49,8 @@ type Pusher struct {
 // and gets the new push time.
 func (x *Index) RecordPush(p Path, pusher *Pusher, at time.Time) error {
 	return x.update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(pathsBucket)
 		pullRequest := pusher != nil && pusher.Job != nil && pusher.Job.PullRequest
-		switch old, ok, err := getPath(b, p.Hash); {
+		switch old, ok, err := getPath(tx, p.Hash); {
 		case err != nil:
 			return err
 		case ok && old.StorePath == p.StorePath && old.Pusher != nil:
@@ -67,7 +64,7 @@ func (x *Index) RecordPush(p Path, pusher *Pusher, at time.Time) error {
 			p.PushedAt, p.Pusher, p.PullRequestOnly = at, pusher, pullRequest
 		}
 		p.LastPushedAt = at
-		if err := putJSON(b, p.Hash, p); err != nil {
+		if err := putPath(tx, &p); err != nil {
 			return err
 		}
 		if pusher != nil && pusher.Job != nil {
@@ -83,36 +80,33 @@ func (x *Index) Get(hash string) (Path, bool, error) {
 	var ok bool
 	err := x.db.View(func(tx *bolt.Tx) error {
 		var err error
-		p, ok, err = getPath(tx.Bucket(pathsBucket), hash)
+		p, ok, err = getPath(tx, hash)
 		return err
 	})
 	return p, ok, err
-}
-
-func getPath(b *bolt.Bucket, hash string) (Path, bool, error) {
-	data := b.Get([]byte(hash))
-	if data == nil {
-		return Path{}, false, nil
-	}
-	var p Path
-	if err := json.Unmarshal(data, &p); err != nil {
-		return Path{}, false, fmt.Errorf("index record of %s: %w", hash, err)
-	}
-	p.Hash = hash
-	return p, true, nil
 }
 
 // Paths returns every indexed path by hash.
 func (x *Index) Paths() (map[string]*Path, error) {
 	paths := map[string]*Path{}
 	err := x.db.View(func(tx *bolt.Tx) error {
+		pushers := map[string]*Pusher{}
 		return tx.Bucket(pathsBucket).ForEach(func(k, v []byte) error {
-			p := new(Path)
-			if err := json.Unmarshal(v, p); err != nil {
-				return fmt.Errorf("index record of %s: %w", k, err)
+			p, pusherKey, err := decodePath(string(k), v)
+			if err != nil {
+				return err
 			}
-			p.Hash = string(k)
-			paths[p.Hash] = p
+			if pusherKey != nil {
+				who, ok := pushers[string(pusherKey)]
+				if !ok {
+					if who, err = getPusher(tx, pusherKey); err != nil {
+						return err
+					}
+					pushers[string(pusherKey)] = who
+				}
+				p.Pusher = who
+			}
+			paths[p.Hash] = &p
 			return nil
 		})
 	})
@@ -144,7 +138,7 @@ func (x *Index) Forget(deleted []*Path) error {
 	return x.db.Update(func(tx *bolt.Tx) error {
 		paths, served := tx.Bucket(pathsBucket), tx.Bucket(servedBucket)
 		for _, p := range deleted {
-			current, ok, err := getPath(paths, p.Hash)
+			current, ok, err := getPath(tx, p.Hash)
 			if err != nil || !ok || current.Version != p.Version {
 				continue
 			}

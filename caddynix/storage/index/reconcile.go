@@ -5,8 +5,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"io/fs"
+	"iter"
 	"path"
+	"slices"
 	"strings"
 	"time"
 
@@ -61,51 +64,66 @@ const reconcileBatch = 2000
 // cache would serve is indexed (again, when its file changed, or always
 // with full), and records whose file is gone are dropped. Provenance and
 // served times of unchanged paths are kept.
+//
+// It holds a few dozen bytes per record and reads the listing as it
+// comes, so that a million paths take tens of megabytes.
 func (x *Index) Reconcile(ctx context.Context, store storage.Store, storeDir string, full bool) (ReconcileStats, error) {
 	var stats ReconcileStats
-	files, err := store.List(ctx, "")
-	if err != nil {
-		return stats, fmt.Errorf("listing the cache: %w", err)
-	}
-	indexed, err := x.versions()
+	indexed, err := x.indexedVersions()
 	if err != nil {
 		return stats, err
 	}
 	var changed []Path
 	used := map[string]time.Time{}
-	present := make(map[string]bool, len(files))
 	invalid := map[string]bool{}
-	for _, file := range files {
+	flush := func() error {
+		if err := x.putPaths(changed, used); err != nil {
+			return err
+		}
+		stats.Added += len(changed)
+		changed = changed[:0]
+		clear(used)
+		return nil
+	}
+	// indexFile is Reconcile's work on one listed file.
+	indexFile := func(file storage.Info) error {
 		hash, ok := strings.CutSuffix(file.Name, ".narinfo")
 		if !ok || len(hash) != hashLen {
-			continue
+			return nil
 		}
 		stats.Narinfos++
-		present[hash] = true
-		if version, ok := indexed[hash]; ok && version == file.Version && !full {
-			continue
+		i, known := indexed.find(hash)
+		if known {
+			indexed.present[i] = true
+			if !full && indexed.entries[i].version == versionDigest(file.Version) {
+				return nil
+			}
 		}
 		if err := ctx.Err(); err != nil {
-			return stats, err
+			return err
 		}
 		data, err := storage.ReadAll(ctx, store, file.Name, nixfmt.MaxNarInfoSize)
 		if errors.Is(err, fs.ErrNotExist) {
-			delete(present, hash)
-			continue
+			if known {
+				indexed.present[i] = false
+			}
+			return nil
 		}
 		if err != nil {
-			return stats, fmt.Errorf("reading %s: %w", file.Name, err)
+			return fmt.Errorf("reading %s: %w", file.Name, err)
 		}
 		info, err := nixfmt.Admit(data, storeDir, hash)
 		if err != nil {
 			stats.Invalid = append(stats.Invalid, fmt.Sprintf("%s: %v", file.Name, err))
-			delete(present, hash)
+			if known {
+				indexed.present[i] = false
+			}
 			invalid[hash] = true
-			continue
+			return nil
 		}
 		p := FromNarInfo(info, file)
 		if old, ok, err := x.Get(hash); err != nil {
-			return stats, err
+			return err
 		} else if ok && old.StorePath == p.StorePath {
 			p.PushedAt, p.LastPushedAt, p.Pusher, p.PullRequestOnly = old.PushedAt, old.LastPushedAt, old.Pusher, old.PullRequestOnly
 		}
@@ -116,23 +134,26 @@ func (x *Index) Reconcile(ctx context.Context, store storage.Store, storeDir str
 			used[hash] = file.UsedAt
 		}
 		if len(changed) == reconcileBatch {
-			if err := x.putPaths(changed, used); err != nil {
-				return stats, err
-			}
-			stats.Added += len(changed)
-			changed = changed[:0]
-			clear(used)
+			return flush()
 		}
+		return nil
 	}
-	if err := x.putPaths(changed, used); err != nil {
+	var failed error
+	err = storage.Walk(ctx, store, "", func(file storage.Info) error {
+		failed = indexFile(file)
+		return failed
+	})
+	switch {
+	case failed != nil:
+		return stats, failed
+	case err != nil:
+		return stats, fmt.Errorf("listing the cache: %w", err)
+	}
+	if err := flush(); err != nil {
 		return stats, err
 	}
-	stats.Added += len(changed)
 	var gone []string
-	for hash := range indexed {
-		if present[hash] {
-			continue
-		}
+	for hash := range indexed.missing() {
 		// An upload may have stored it since the listing.
 		if _, err := store.Stat(ctx, hash+".narinfo"); invalid[hash] || errors.Is(err, fs.ErrNotExist) {
 			gone = append(gone, hash)
@@ -145,23 +166,77 @@ func (x *Index) Reconcile(ctx context.Context, store storage.Store, storeDir str
 	return stats, x.db.Update(x.setComplete)
 }
 
-// versions returns the narinfo version of every record, without decoding
-// the rest of them.
-func (x *Index) versions() (map[string]string, error) {
-	versions := map[string]string{}
-	err := x.db.View(func(tx *bolt.Tx) error {
-		return tx.Bucket(pathsBucket).ForEach(func(k, v []byte) error {
-			var record struct {
-				Version string `json:"version"`
+// versionsSeed keys versionDigest for the life of the process.
+var versionsSeed = maphash.MakeSeed()
+
+// versionDigest stands for a storage version in indexedVersions: two
+// versions alike in all 64 bits are taken for the same.
+func versionDigest(version string) uint64 { return maphash.String(versionsSeed, version) }
+
+// indexedVersions is what Reconcile knows of the index: the hash part and
+// version of every record, sorted by hash part, and which of them the
+// listing found.
+type indexedVersions struct {
+	entries []indexedVersion
+	present []bool
+	// others are the hash parts of another length than a store path's,
+	// which no narinfo file matches.
+	others []string
+}
+
+type indexedVersion struct {
+	hash    [hashLen]byte
+	version uint64
+}
+
+// find returns the entry of hash.
+func (v *indexedVersions) find(hash string) (int, bool) {
+	return slices.BinarySearchFunc(v.entries, hash, func(e indexedVersion, hash string) int {
+		return strings.Compare(string(e.hash[:]), hash)
+	})
+}
+
+// missing yields the hash parts of the records the listing did not find.
+func (v *indexedVersions) missing() iter.Seq[string] {
+	return func(yield func(string) bool) {
+		for i, e := range v.entries {
+			if !v.present[i] && !yield(string(e.hash[:])) {
+				return
 			}
-			if err := json.Unmarshal(v, &record); err != nil {
+		}
+		for _, hash := range v.others {
+			if !yield(hash) {
+				return
+			}
+		}
+	}
+}
+
+// indexedVersions reads the hash part and version of every record,
+// without decoding the rest of them.
+func (x *Index) indexedVersions() (*indexedVersions, error) {
+	v := new(indexedVersions)
+	err := x.db.View(func(tx *bolt.Tx) error {
+		b := tx.Bucket(pathsBucket)
+		v.entries = make([]indexedVersion, 0, b.Stats().KeyN)
+		// The bucket's order is the hash parts' order.
+		return b.ForEach(func(k, data []byte) error {
+			version, err := recordVersion(data)
+			if err != nil {
 				return fmt.Errorf("index record of %s: %w", k, err)
 			}
-			versions[string(k)] = record.Version
+			if len(k) != hashLen {
+				v.others = append(v.others, string(k))
+				return nil
+			}
+			e := indexedVersion{version: versionDigest(version)}
+			copy(e.hash[:], k)
+			v.entries = append(v.entries, e)
 			return nil
 		})
 	})
-	return versions, err
+	v.present = make([]bool, len(v.entries))
+	return v, err
 }
 
 // putPaths stores records as they are, and the use times the index does
@@ -171,9 +246,9 @@ func (x *Index) putPaths(paths []Path, used map[string]time.Time) error {
 		return nil
 	}
 	return x.db.Update(func(tx *bolt.Tx) error {
-		b, served := tx.Bucket(pathsBucket), tx.Bucket(servedBucket)
+		served := tx.Bucket(servedBucket)
 		for _, p := range paths {
-			if err := putJSON(b, p.Hash, p); err != nil {
+			if err := putPath(tx, &p); err != nil {
 				return err
 			}
 			if at, ok := used[p.Hash]; ok && served.Get([]byte(p.Hash)) == nil {
@@ -192,7 +267,7 @@ func (x *Index) putPaths(paths []Path, used map[string]time.Time) error {
 // only when every run that pushed them was for a pull request.
 func (x *Index) AdoptRuns(runs []*Run) error {
 	return x.db.Update(func(tx *bolt.Tx) error {
-		b, paths := tx.Bucket(runsBucket), tx.Bucket(pathsBucket)
+		b := tx.Bucket(runsBucket)
 		adopted := map[string]*Path{}
 		for _, run := range runs {
 			key := runKey(&run.Job)
@@ -209,7 +284,7 @@ func (x *Index) AdoptRuns(runs []*Run) error {
 			for _, hash := range run.Paths {
 				p, ok := adopted[hash]
 				if !ok {
-					record, found, err := getPath(paths, hash)
+					record, found, err := getPath(tx, hash)
 					if err != nil || !found || record.Pusher != nil {
 						continue
 					}
@@ -224,8 +299,8 @@ func (x *Index) AdoptRuns(runs []*Run) error {
 				p.PullRequestOnly = p.PullRequestOnly && run.PullRequest
 			}
 		}
-		for hash, p := range adopted {
-			if err := putJSON(paths, hash, p); err != nil {
+		for _, p := range adopted {
+			if err := putPath(tx, p); err != nil {
 				return err
 			}
 		}
