@@ -42,11 +42,7 @@ func (c *Collector) plannedCollect(ctx context.Context, pol Policy, dryRun bool,
 	if report.Reconciled, err = c.sync(ctx, false); err != nil {
 		return fmt.Errorf("indexing the cache: %w", err)
 	}
-	paths, err := c.idx.Paths()
-	if err != nil {
-		return err
-	}
-	served, err := c.idx.Served()
+	cat, err := loadCatalog(c.idx)
 	if err != nil {
 		return err
 	}
@@ -59,8 +55,8 @@ func (c *Collector) plannedCollect(ctx context.Context, pol Policy, dryRun bool,
 	if err != nil {
 		return err
 	}
-	droppedOverlays, keptOverlays := planOverlays(overlays, CacheSize(paths), pol, now)
-	roots = append(roots, overlayRoots(keptOverlays, paths)...)
+	droppedOverlays, keptOverlays := planOverlays(overlays, cat.size(), pol, now)
+	roots = append(roots, overlayRoots(keptOverlays, cat)...)
 	cachePol := pol
 	var overlayBytes int64
 	for _, o := range keptOverlays {
@@ -69,16 +65,16 @@ func (c *Collector) plannedCollect(ctx context.Context, pol Policy, dryRun bool,
 	if pol.MaxSize > 0 {
 		cachePol.MaxSize = pol.MaxSize - overlayBytes
 	}
-	plan := PlanCollection(paths, served, roots, cachePol, now)
-	report.Paths, report.Protected = plan.Paths, plan.Protected
+	plan := planCollection(cat, roots, cachePol, now)
+	report.Paths, report.Protected = cat.len(), plan.protected
 	// Sizes are of the whole cache, overlays included, as max_size is.
-	report.SizeBefore = plan.SizeBefore
+	report.SizeBefore = plan.sizeBefore
 	for _, o := range overlays {
 		report.SizeBefore += o.Bytes
 	}
 	report.SizeAfter = report.SizeBefore
 
-	orphans, err := c.orphanNars(ctx, paths, now.Add(-pol.MinAge))
+	orphans, err := c.orphanNars(ctx, cat, now.Add(-pol.MinAge))
 	if err != nil {
 		return err
 	}
@@ -92,11 +88,14 @@ func (c *Collector) plannedCollect(ctx context.Context, pol Policy, dryRun bool,
 	}
 	orphans = slices.DeleteFunc(orphans, func(o storage.Info) bool { return overlayNars[o.Name] })
 	if dryRun {
-		for _, p := range plan.Delete {
+		err := c.eachRecord(cat, plan.delete, func(p *index.Path) {
 			report.Deleted = append(report.Deleted, p.StorePath)
+		})
+		if err != nil {
+			return err
 		}
-		report.Nars = len(plan.Nars) + len(orphans)
-		report.FreedBytes = plan.SizeBefore - plan.SizeAfter
+		report.Nars = len(plan.nars) + len(orphans)
+		report.FreedBytes = plan.sizeBefore - plan.sizeAfter
 		report.SizeAfter = report.SizeBefore - report.FreedBytes
 		for _, o := range droppedOverlays {
 			report.Overlays = append(report.Overlays, o.String())
@@ -114,14 +113,17 @@ func (c *Collector) plannedCollect(ctx context.Context, pol Policy, dryRun bool,
 	if err := c.forgetRuns(ctx, forgotten); err != nil {
 		return err
 	}
-	hashes := make([]string, 0, len(plan.Delete)+len(droppedOverlays))
-	for _, p := range plan.Delete {
-		hashes = append(hashes, p.Hash)
+	// Only a collection on shared storage announces what it deletes.
+	var hashes, nars []string
+	if c.lease != nil {
+		if hashes, nars, err = c.names(cat, plan.delete, plan.nars); err != nil {
+			return err
+		}
+		for _, o := range droppedOverlays {
+			hashes = append(hashes, OverlayKey(o.ID))
+		}
 	}
-	for _, o := range droppedOverlays {
-		hashes = append(hashes, OverlayKey(o.ID))
-	}
-	withdraw, err := c.settle(ctx, hashes, plan.Nars, orphans)
+	withdraw, err := c.settle(ctx, hashes, nars, orphans)
 	if err != nil {
 		return err
 	}
@@ -136,7 +138,7 @@ func (c *Collector) plannedCollect(ctx context.Context, pol Policy, dryRun bool,
 	if err := c.deleteOrphans(ctx, orphans, report); err != nil {
 		return err
 	}
-	freed, err := c.deletePaths(ctx, plan.Delete, plan.Nars, report)
+	freed, err := c.deletePaths(ctx, cat, plan.delete, plan.nars, report)
 	report.SizeAfter = report.SizeBefore - overlaysFreed - freed
 	if err != nil {
 		return err
@@ -144,6 +146,54 @@ func (c *Collector) plannedCollect(ctx context.Context, pol Policy, dryRun bool,
 	report.Duration = time.Since(start)
 	c.record(report)
 	return nil
+}
+
+// resolveBatch is how many records eachRecord reads under one snapshot of
+// the index.
+const resolveBatch = 4096
+
+// eachRecord calls fn with the index's record of each of the paths ids
+// of cat, in their order, holding a few thousand records at a time. A
+// path whose record is gone since the catalog was read is left out.
+func (c *Collector) eachRecord(cat *catalog, ids []uint32, fn func(*index.Path)) error {
+	for start := 0; start < len(ids); start += resolveBatch {
+		batch, err := c.records(cat, ids[start:min(start+resolveBatch, len(ids))])
+		if err != nil {
+			return err
+		}
+		for _, p := range batch {
+			fn(p)
+		}
+	}
+	return nil
+}
+
+// records reads the index's records of the paths ids of cat.
+func (c *Collector) records(cat *catalog, ids []uint32) ([]*index.Path, error) {
+	out := make([]*index.Path, 0, len(ids))
+	err := c.idx.Read(func(s index.Snapshot) error {
+		for _, id := range ids {
+			p, ok, err := s.Get(cat.hash(id))
+			if err != nil {
+				return err
+			}
+			if ok {
+				out = append(out, &p)
+			}
+		}
+		return nil
+	})
+	return out, err
+}
+
+// names are the hash parts of the paths deleted, and the names of the
+// NAR files of the paths nars.
+func (c *Collector) names(cat *catalog, deleted, nars []uint32) (hashes, narNames []string, err error) {
+	for _, id := range deleted {
+		hashes = append(hashes, cat.hash(id))
+	}
+	err = c.eachRecord(cat, nars, func(p *index.Path) { narNames = append(narNames, p.NarURL) })
+	return hashes, narNames, err
 }
 
 // roots are the hash parts of the paths whose closures are kept: the pins
@@ -169,14 +219,12 @@ func (c *Collector) roots(ctx context.Context) (roots []string, forgotten []*ind
 
 // orphanNars lists the NAR files that no indexed narinfo names and that
 // are older than before: left by uploads whose narinfo never came.
-func (c *Collector) orphanNars(ctx context.Context, paths map[string]*index.Path, before time.Time) ([]storage.Info, error) {
-	named := make(map[string]bool, len(paths))
-	for _, p := range paths {
-		named[p.NarURL] = true
-	}
+func (c *Collector) orphanNars(ctx context.Context, cat *catalog, before time.Time) ([]storage.Info, error) {
+	named := slices.Clone(cat.narKeys)
+	slices.Sort(named)
 	var orphans []storage.Info
 	err := storage.Walk(ctx, c.store, "nar", func(nar storage.Info) error {
-		if !named[nar.Name] && nar.ModTime.Before(before) {
+		if nar.ModTime.Before(before) && !cat.namesNar(named, nar.Name) {
 			orphans = append(orphans, nar)
 		}
 		return nil
@@ -209,28 +257,29 @@ func (c *Collector) deleteOrphans(ctx context.Context, orphans []storage.Info, r
 // lock, so that uploads wait for a short while at most.
 const deleteBatch = 256
 
-// deletePaths deletes paths, given referrers first, and then the NAR files
-// nars. A path an upload committed or referenced since the plan is kept,
-// with everything it references. It returns the bytes it freed.
-func (c *Collector) deletePaths(ctx context.Context, paths []*index.Path, nars []string, report *Report) (int64, error) {
-	var freed int64
+// deletePaths deletes the paths ids of cat, given referrers first, and
+// the NAR files of the paths nars, each once the path naming it last is
+// deleted. A path an upload committed or referenced since the plan is
+// kept, with everything it references and the NAR files they name. It
+// returns the bytes it freed.
+func (c *Collector) deletePaths(ctx context.Context, cat *catalog, ids, nars []uint32, report *Report) (freed int64, err error) {
+	defer func() { report.FreedBytes += freed }()
+	releases := make([]bool, cat.len())
+	for _, id := range nars {
+		releases[id] = true
+	}
 	kept := map[string]bool{}
 	keptNars := map[string]bool{}
-	// The index forgets them all at the end, in one transaction: should
-	// the process die before, reconciling with the files does it.
-	var gone []*index.Path
-	defer func() {
-		if err := c.idx.Forget(gone); err != nil {
-			c.logger.Error("removing deleted paths from the index; the next collection does", zap.Error(err))
-		}
-	}()
-	for start := 0; start < len(paths); start += deleteBatch {
-		batch := paths[start:min(start+deleteBatch, len(paths))]
-		if err := c.lease.renew(ctx); err != nil {
-			report.FreedBytes += freed
+	for start := 0; start < len(ids); start += deleteBatch {
+		batch, err := c.records(cat, ids[start:min(start+deleteBatch, len(ids))])
+		if err != nil {
 			return freed, err
 		}
-		err := func() error {
+		if err := c.lease.renew(ctx); err != nil {
+			return freed, err
+		}
+		var gone []*index.Path
+		err = func() error {
 			c.state.closure.Lock()
 			defer c.state.closure.Unlock()
 			for _, p := range batch {
@@ -254,29 +303,28 @@ func (c *Collector) deletePaths(ctx context.Context, paths []*index.Path, nars [
 				report.Deleted = append(report.Deleted, p.StorePath)
 				freed += p.NarinfoSize
 			}
+			// A NAR file goes after the narinfo that named it last.
+			for _, p := range batch {
+				id, _ := cat.findHash(p.Hash)
+				if !releases[id] || keptNars[p.NarURL] || c.state.wasTouched(p.NarURL) {
+					continue
+				}
+				if err := c.store.Delete(ctx, p.NarURL); err != nil {
+					return fmt.Errorf("deleting NAR %s: %w", p.NarURL, err)
+				}
+				report.Nars++
+				freed += p.FileSize
+			}
 			return nil
 		}()
+		// Should the process die before the index forgets them,
+		// reconciling with the files does it.
+		if ferr := c.idx.Forget(gone); ferr != nil {
+			c.logger.Error("removing deleted paths from the index; the next collection does", zap.Error(ferr))
+		}
 		if err != nil {
-			report.FreedBytes += freed
 			return freed, err
 		}
-	}
-	sizes := map[string]int64{}
-	for _, p := range paths {
-		sizes[p.NarURL] = p.FileSize
-	}
-	c.state.closure.Lock()
-	defer c.state.closure.Unlock()
-	defer func() { report.FreedBytes += freed }()
-	for _, nar := range nars {
-		if keptNars[nar] || c.state.wasTouched(nar) {
-			continue
-		}
-		if err := c.store.Delete(ctx, nar); err != nil {
-			return freed, fmt.Errorf("deleting NAR %s: %w", nar, err)
-		}
-		report.Nars++
-		freed += sizes[nar]
 	}
 	return freed, nil
 }

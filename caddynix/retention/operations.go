@@ -1,10 +1,12 @@
 package retention
 
 import (
+	"bytes"
 	"cmp"
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"path"
 	"slices"
 	"strings"
@@ -122,74 +124,85 @@ func (c *Collector) DeletePath(ctx context.Context, storePath string, withReferr
 func (c *Collector) deleteClosureOf(ctx context.Context, target index.Path, withReferrers bool) (*Report, error) {
 	c.state.track(true)
 	defer c.state.track(false)
-	paths, err := c.idx.Paths()
+	cat, err := loadCatalog(c.idx)
 	if err != nil {
 		return nil, err
 	}
-	graph := graphOf(paths)
+	targetID, ok := cat.findHash(target.Hash)
+	if !ok {
+		return nil, fmt.Errorf("%s: %w", target.StorePath, ErrUnknownPath)
+	}
+	referrers := referrersOf(cat)
 	// Everything that needs the target, with how far above it it is.
-	depth := map[string]int{target.Hash: 0}
-	queue := []string{target.Hash}
+	depth := map[uint32]int{targetID: 0}
+	queue := []uint32{targetID}
 	for len(queue) > 0 {
-		hash := queue[0]
+		id := queue[0]
 		queue = queue[1:]
-		for _, r := range graph.referrers[hash] {
+		for _, r := range referrers(id) {
 			if _, seen := depth[r]; !seen {
-				depth[r] = depth[hash] + 1
+				depth[r] = depth[id] + 1
 				queue = append(queue, r)
 			}
 		}
 	}
-	if len(depth) > 1 && !withReferrers {
+	victims := slices.Collect(maps.Keys(depth))
+	// Farthest referrers first, so that nothing kept is ever left with a
+	// missing reference.
+	slices.SortFunc(victims, func(a, b uint32) int {
+		return cmp.Or(cmp.Compare(depth[b], depth[a]), bytes.Compare(cat.key(a), cat.key(b)))
+	})
+	if len(victims) > 1 && !withReferrers {
 		var names []string
-		for hash := range depth {
-			if hash != target.Hash {
-				names = append(names, paths[hash].StorePath)
+		if err := c.eachRecord(cat, victims, func(p *index.Path) {
+			if p.Hash != target.Hash {
+				names = append(names, p.StorePath)
 			}
+		}); err != nil {
+			return nil, err
 		}
 		slices.Sort(names)
 		if len(names) > 5 {
 			names = append(names[:5], fmt.Sprintf("and %d more", len(names)-5))
 		}
 		return nil, fmt.Errorf("%s is referenced by %d paths the cache keeps (%s): delete them too with --with-referrers (with_referrers=true)",
-			target.StorePath, len(depth)-1, strings.Join(names, ", "))
+			target.StorePath, len(victims)-1, strings.Join(names, ", "))
 	}
 	pins, err := c.Pins(ctx)
 	if err != nil {
 		return nil, err
 	}
 	for _, pin := range pins {
-		if _, doomed := depth[pin.Hash]; doomed {
-			return nil, fmt.Errorf("%s is pinned as %q: remove the pin first", pin.StorePath, pin.Name)
+		if id, ok := cat.findHash(pin.Hash); ok {
+			if _, doomed := depth[id]; doomed {
+				return nil, fmt.Errorf("%s is pinned as %q: remove the pin first", pin.StorePath, pin.Name)
+			}
 		}
 	}
-	var victims []*index.Path
-	for hash := range depth {
-		victims = append(victims, paths[hash])
+	narUsers := make([]int, len(cat.narSize))
+	for _, nar := range cat.nar {
+		narUsers[nar]++
 	}
-	// Farthest referrers first, so that nothing kept is ever left with a
-	// missing reference.
-	slices.SortFunc(victims, func(a, b *index.Path) int {
-		return cmp.Or(cmp.Compare(depth[b.Hash], depth[a.Hash]), cmp.Compare(a.Hash, b.Hash))
-	})
-	var nars []string
-	for _, p := range victims {
-		if graph.releaseNar(p) {
-			nars = append(nars, p.NarURL)
+	var nars []uint32
+	for _, id := range victims {
+		if narUsers[cat.nar[id]]--; narUsers[cat.nar[id]] == 0 {
+			nars = append(nars, id)
 		}
 	}
-	hashes := make([]string, len(victims))
-	for i, p := range victims {
-		hashes[i] = p.Hash
+	var hashes, narNames []string
+	if c.lease != nil {
+		if hashes, narNames, err = c.names(cat, victims, nars); err != nil {
+			return nil, err
+		}
 	}
-	withdraw, err := c.settle(ctx, hashes, nars, nil)
+	withdraw, err := c.settle(ctx, hashes, narNames, nil)
 	if err != nil {
 		return nil, err
 	}
 	defer withdraw()
-	report := &Report{Paths: len(paths)}
-	report.SizeBefore = CacheSize(paths)
-	freed, err := c.deletePaths(ctx, victims, nars, report)
+	report := &Report{Paths: cat.len()}
+	report.SizeBefore = cat.size()
+	freed, err := c.deletePaths(ctx, cat, victims, nars, report)
 	report.SizeAfter = report.SizeBefore - freed
 	if err != nil {
 		return report, err

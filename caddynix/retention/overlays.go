@@ -142,19 +142,22 @@ func planOverlays(overlays []*overlayContent, cacheSize int64, pol Policy, now t
 }
 
 // overlayRoots are the hash parts of the paths of the cache proper that
-// kept overlays need: those their paths reference, and those whose NAR
-// file their narinfos name.
-func overlayRoots(keep []*overlayContent, paths map[string]*index.Path) []string {
-	byNar := map[string]string{}
-	for hash, p := range paths {
-		byNar[p.NarURL] = hash
-	}
+// kept overlays need: those their paths reference, and a path naming each
+// NAR file their narinfos name.
+func overlayRoots(keep []*overlayContent, cat *catalog) []string {
 	var roots []string
+	var byNar map[uint64]uint32
 	for _, o := range keep {
 		roots = append(roots, o.References...)
+		if len(o.Nars) > 0 && byNar == nil {
+			byNar = make(map[uint64]uint32, len(cat.narKeys))
+			for id, nar := range cat.nar {
+				byNar[cat.narKeys[nar]] = uint32(id)
+			}
+		}
 		for _, nar := range o.Nars {
-			if hash, ok := byNar[nar]; ok {
-				roots = append(roots, hash)
+			if id, ok := byNar[index.NarKey(nar)]; ok {
+				roots = append(roots, cat.hash(id))
 			}
 		}
 	}

@@ -12,6 +12,7 @@
 package retention
 
 import (
+	"bytes"
 	"cmp"
 	"slices"
 	"time"
@@ -37,28 +38,27 @@ type Policy struct {
 	OverlayMaxAge time.Duration
 }
 
-// Plan is what a collection decides.
-type Plan struct {
-	// Delete are the paths to delete, every path before those it
+// plan is what a collection decides, of the paths of a catalog.
+type plan struct {
+	// delete are the paths to delete, every path before those it
 	// references, so that stopping half-way never leaves a kept path with
 	// a missing reference.
-	Delete []*index.Path
-	// Nars are the NAR files that no kept path names any more.
-	Nars []string
-	// SizeBefore and SizeAfter are the bytes of NAR files and narinfos.
-	SizeBefore, SizeAfter int64
-	// Protected is the size of what must stay whatever the limits: pinned
+	delete []uint32
+	// nars are paths whose NAR files no kept path names any more, one
+	// path for each file.
+	nars []uint32
+	// sizeBefore and sizeAfter are the bytes of NAR files and narinfos.
+	sizeBefore, sizeAfter int64
+	// protected is the size of what must stay whatever the limits: pinned
 	// closures, closures of kept CI runs and paths younger than min_age.
-	Protected int64
-	// Paths is how many paths there are before the collection.
-	Paths int
+	protected int64
 }
 
 // usage orders paths by how much they are wanted: pull-request pushes
 // below everything else, then by last use.
 type usage struct {
-	wanted   bool // pushed by anything but a pull-request job
-	lastUsed time.Time
+	wanted   bool  // pushed by anything but a pull-request job
+	lastUsed int64 // Unix nanoseconds
 }
 
 func (u usage) compare(o usage) int {
@@ -68,150 +68,141 @@ func (u usage) compare(o usage) int {
 		}
 		return -1
 	}
-	return u.lastUsed.Compare(o.lastUsed)
+	return cmp.Compare(u.lastUsed, o.lastUsed)
 }
 
-// referenceGraph is which indexed paths reference each path, and how many
-// name each NAR file.
-type referenceGraph struct {
-	referrers map[string][]string
-	narUsers  map[string]int
-}
-
-func graphOf(paths map[string]*index.Path) referenceGraph {
-	g := referenceGraph{referrers: make(map[string][]string, len(paths)), narUsers: map[string]int{}}
-	for hash, p := range paths {
-		for _, ref := range p.References {
-			if _, ok := paths[ref]; ok {
-				g.referrers[ref] = append(g.referrers[ref], hash)
-			}
-		}
-		g.narUsers[p.NarURL]++
+// referrersOf returns, for each path of c, the paths that reference it.
+func referrersOf(c *catalog) func(id uint32) []uint32 {
+	start := make([]uint32, c.len()+1)
+	for _, ref := range c.refs {
+		start[ref+1]++
 	}
-	return g
+	for i := 1; i < len(start); i++ {
+		start[i] += start[i-1]
+	}
+	referrers := make([]uint32, len(c.refs))
+	next := slices.Clone(start[:c.len()])
+	for id := range uint32(c.len()) {
+		for _, ref := range c.references(id) {
+			referrers[next[ref]] = id
+			next[ref]++
+		}
+	}
+	return func(id uint32) []uint32 { return referrers[start[id]:start[id+1]] }
 }
 
-// releaseNar counts p as deleted, and reports whether no path names its
-// NAR file any more.
-func (g referenceGraph) releaseNar(p *index.Path) bool {
-	g.narUsers[p.NarURL]--
-	return g.narUsers[p.NarURL] == 0
-}
-
-// PlanCollection decides what a collection deletes. roots are the hash
-// parts of paths whose closures are kept (pins, CI runs).
-func PlanCollection(paths map[string]*index.Path, served map[string]time.Time, roots []string, pol Policy, now time.Time) Plan {
-	plan := Plan{Paths: len(paths)}
-	graph := graphOf(paths)
-	referrers := graph.referrers
-	plan.SizeBefore = CacheSize(paths)
+// planCollection decides what a collection of the paths of c deletes.
+// roots are the hash parts of paths whose closures are kept (pins, CI
+// runs).
+func planCollection(c *catalog, roots []string, pol Policy, now time.Time) plan {
+	n := c.len()
+	p := plan{sizeBefore: c.size()}
+	referrers := referrersOf(c)
+	narUsers := make([]int32, len(c.narSize))
+	for _, nar := range c.nar {
+		narUsers[nar]++
+	}
+	nowNano := now.UnixNano()
 
 	// What must stay: the closures of the roots and of young paths.
-	protected := map[string]bool{}
-	var protect func(hash string)
-	protect = func(hash string) {
-		p, ok := paths[hash]
-		if !ok || protected[hash] {
+	protected := make([]bool, n)
+	var protect func(id uint32)
+	protect = func(id uint32) {
+		if protected[id] {
 			return
 		}
-		protected[hash] = true
-		for _, ref := range p.References {
+		protected[id] = true
+		for _, ref := range c.references(id) {
 			protect(ref)
 		}
 	}
 	for _, hash := range roots {
-		protect(hash)
-	}
-	for hash, p := range paths {
-		if now.Sub(p.LastPushedAt) < pol.MinAge {
-			protect(hash)
+		if id, ok := c.findHash(hash); ok {
+			protect(id)
 		}
 	}
-	protectedNars := map[string]bool{}
-	for hash := range protected {
-		p := paths[hash]
-		if !protectedNars[p.NarURL] {
-			protectedNars[p.NarURL] = true
-			plan.Protected += p.FileSize
+	for id := range uint32(n) {
+		if c.lastPushed[id] != 0 && nowNano-c.lastPushed[id] < int64(pol.MinAge) {
+			protect(id)
 		}
-		plan.Protected += p.NarinfoSize
+	}
+	protectedNars := make([]bool, len(c.narSize))
+	for id := range uint32(n) {
+		if !protected[id] {
+			continue
+		}
+		if nar := c.nar[id]; !protectedNars[nar] {
+			protectedNars[nar] = true
+			p.protected += c.narSize[nar]
+		}
+		p.protected += c.narinfoSize[id]
 	}
 
 	// A path is as wanted as the most wanted path that needs it, and
 	// comes after every path that references it.
-	own := func(hash string) usage {
-		p := paths[hash]
-		last := p.LastPushedAt
-		if at, ok := served[hash]; ok && at.After(last) {
-			last = at
+	const (
+		unranked = iota
+		ranking  // its referrers are being ranked: a reference cycle
+		ranked
+	)
+	state := make([]uint8, n)
+	wanted := make([]usage, n)
+	lastUsed := make([]int64, n) // the latest use of it or anything needing it
+	depth := make([]int32, n)    // longest chain of referrers above it
+	var rank func(id uint32)
+	rank = func(id uint32) {
+		if state[id] != unranked {
+			return
 		}
-		return usage{wanted: !p.PullRequestOnly, lastUsed: last}
-	}
-	type rank struct {
-		wanted   usage
-		lastUsed time.Time // the latest use of it or anything needing it
-		depth    int       // longest chain of referrers above it
-		done     bool
-	}
-	ranks := make(map[string]*rank, len(paths))
-	var rankOf func(hash string) *rank
-	rankOf = func(hash string) *rank {
-		if r, ok := ranks[hash]; ok {
-			return r // done, or a reference cycle being walked
-		}
-		u := own(hash)
-		r := &rank{wanted: u, lastUsed: u.lastUsed}
-		ranks[hash] = r
-		for _, referrer := range referrers[hash] {
-			above := rankOf(referrer)
-			if !above.done {
+		state[id] = ranking
+		wanted[id] = usage{wanted: !c.pullRequestOnly[id], lastUsed: c.lastUsed(id)}
+		lastUsed[id] = wanted[id].lastUsed
+		for _, above := range referrers(id) {
+			rank(above)
+			if state[above] != ranked {
 				continue
 			}
-			if above.wanted.compare(r.wanted) > 0 {
-				r.wanted = above.wanted
+			if wanted[above].compare(wanted[id]) > 0 {
+				wanted[id] = wanted[above]
 			}
-			if above.lastUsed.After(r.lastUsed) {
-				r.lastUsed = above.lastUsed
-			}
-			r.depth = max(r.depth, above.depth+1)
+			lastUsed[id] = max(lastUsed[id], lastUsed[above])
+			depth[id] = max(depth[id], depth[above]+1)
 		}
-		r.done = true
-		return r
+		state[id] = ranked
 	}
-	order := make([]string, 0, len(paths))
-	for hash := range paths {
-		rankOf(hash)
-		if !protected[hash] {
-			order = append(order, hash)
+	order := make([]uint32, 0, n)
+	for id := range uint32(n) {
+		rank(id)
+		if !protected[id] {
+			order = append(order, id)
 		}
 	}
-	slices.SortFunc(order, func(a, b string) int {
-		ra, rb := ranks[a], ranks[b]
-		return cmp.Or(ra.wanted.compare(rb.wanted), cmp.Compare(ra.depth, rb.depth), cmp.Compare(a, b))
+	slices.SortFunc(order, func(a, b uint32) int {
+		return cmp.Or(wanted[a].compare(wanted[b]), cmp.Compare(depth[a], depth[b]), bytes.Compare(c.key(a), c.key(b)))
 	})
 
-	size := plan.SizeBefore
-	deleted := map[string]bool{}
-	for _, hash := range order {
-		tooOld := pol.MaxAge > 0 && now.Sub(ranks[hash].lastUsed) > pol.MaxAge
+	size := p.sizeBefore
+	deleted := make([]bool, n)
+	for _, id := range order {
+		tooOld := pol.MaxAge > 0 && nowNano-lastUsed[id] > int64(pol.MaxAge)
 		tooBig := pol.MaxSize > 0 && size > pol.MaxSize
 		if !tooOld && !tooBig {
 			continue
 		}
-		if slices.ContainsFunc(referrers[hash], func(r string) bool { return !deleted[r] }) {
+		if slices.ContainsFunc(referrers(id), func(r uint32) bool { return !deleted[r] }) {
 			continue // still needed by a kept path
 		}
-		p := paths[hash]
-		deleted[hash] = true
-		plan.Delete = append(plan.Delete, p)
-		size -= p.NarinfoSize
-		if graph.releaseNar(p) {
-			plan.Nars = append(plan.Nars, p.NarURL)
-			size -= p.FileSize
+		deleted[id] = true
+		p.delete = append(p.delete, id)
+		size -= c.narinfoSize[id]
+		nar := c.nar[id]
+		if narUsers[nar]--; narUsers[nar] == 0 {
+			p.nars = append(p.nars, id)
+			size -= c.narSize[nar]
 		}
 	}
-	plan.SizeAfter = size
-	return plan
+	p.sizeAfter = size
+	return p
 }
 
 // CacheSize is the bytes of NAR files and narinfos of paths, a NAR that

@@ -1,7 +1,9 @@
 package retention
 
 import (
+	"bytes"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"slices"
 	"testing"
@@ -38,7 +40,56 @@ func graph(spec map[string]planPath) map[string]*index.Path {
 	return paths
 }
 
-func deletedNames(plan Plan) []string {
+// planned is a plan in terms of the records it names.
+type planned struct {
+	Delete                           []*index.Path
+	Nars                             []string
+	SizeBefore, SizeAfter, Protected int64
+}
+
+// catalogOf is the catalog of paths and their served times, as
+// loadCatalog reads it from an index that holds them.
+func catalogOf(paths map[string]*index.Path, served map[string]time.Time) *catalog {
+	hashes := slices.SortedFunc(maps.Keys(paths), func(a, b string) int { return bytes.Compare(index.KeyOf(a), index.KeyOf(b)) })
+	b := newCatalogBuilder()
+	for _, hash := range hashes {
+		p := paths[hash]
+		var pushed int64
+		if !p.LastPushedAt.IsZero() {
+			pushed = p.LastPushedAt.UnixNano()
+		}
+		b.add(&index.Summary{Key: index.KeyOf(hash), NarKey: index.NarKey(p.NarURL), FileSize: p.FileSize,
+			NarinfoSize: p.NarinfoSize, LastPushedAt: pushed, PullRequestOnly: p.PullRequestOnly})
+	}
+	b.indexHashes()
+	for hash, at := range served {
+		b.served(index.KeyOf(hash), at)
+	}
+	for _, hash := range hashes {
+		b.referencesOf(func(fn func([]byte)) {
+			for _, ref := range paths[hash].References {
+				fn(index.KeyOf(ref))
+			}
+		})
+	}
+	return b.c
+}
+
+// planOf plans a collection of paths.
+func planOf(paths map[string]*index.Path, served map[string]time.Time, roots []string, pol Policy, now time.Time) planned {
+	cat := catalogOf(paths, served)
+	p := planCollection(cat, roots, pol, now)
+	out := planned{SizeBefore: p.sizeBefore, SizeAfter: p.sizeAfter, Protected: p.protected}
+	for _, id := range p.delete {
+		out.Delete = append(out.Delete, paths[cat.hash(id)])
+	}
+	for _, id := range p.nars {
+		out.Nars = append(out.Nars, paths[cat.hash(id)].NarURL)
+	}
+	return out
+}
+
+func deletedNames(plan planned) []string {
 	var names []string
 	for _, p := range plan.Delete {
 		names = append(names, p.Hash)
@@ -52,7 +103,7 @@ func TestRetentionDeletesReferrersFirst(t *testing.T) {
 		"app": {refs: []string{"lib"}, age: 10 * time.Hour},
 		"top": {refs: []string{"app"}, age: 10 * time.Hour},
 	})
-	plan := PlanCollection(paths, nil, nil, Policy{MaxSize: 150}, planNow)
+	plan := planOf(paths, nil, nil, Policy{MaxSize: 150}, planNow)
 	if got := deletedNames(plan); !slices.Equal(got, []string{"top", "app"}) {
 		t.Fatalf("deleted %v, want [top app]: the closure of what is kept must stay whole", got)
 	}
@@ -71,7 +122,7 @@ func TestRetentionKeepsWhatARecentPathNeeds(t *testing.T) {
 		"newapp": {refs: []string{"glibc"}, age: 200 * 24 * time.Hour},
 	})
 	served := map[string]time.Time{"newapp": planNow.Add(-time.Hour)}
-	plan := PlanCollection(paths, served, nil, Policy{MaxAge: 90 * 24 * time.Hour}, planNow)
+	plan := planOf(paths, served, nil, Policy{MaxAge: 90 * 24 * time.Hour}, planNow)
 	if got := deletedNames(plan); !slices.Equal(got, []string{"oldapp"}) {
 		t.Fatalf("deleted %v, want [oldapp]: glibc is needed by a path served an hour ago", got)
 	}
@@ -87,7 +138,7 @@ func TestRetentionLeastRecentlyUsedAndPullRequestsFirst(t *testing.T) {
 		"servedd": {age: 70 * time.Hour},
 	})
 	served := map[string]time.Time{"served": planNow.Add(-time.Hour)}
-	plan := PlanCollection(paths, served, nil, Policy{MaxSize: 250, MinAge: time.Hour}, planNow)
+	plan := planOf(paths, served, nil, Policy{MaxSize: 250, MinAge: time.Hour}, planNow)
 	if got := deletedNames(plan); !slices.Equal(got, []string{"pr", "servedd", "older", "old"}) {
 		t.Fatalf("deleted %v, want the pull-request push, then least recently used first", got)
 	}
@@ -100,7 +151,7 @@ func TestRetentionKeepsPinsAndYoungPathsOverMaxSize(t *testing.T) {
 		"young":  {age: 10 * time.Minute},
 		"other":  {age: 100 * time.Hour},
 	})
-	plan := PlanCollection(paths, nil, []string{"pinned"}, Policy{MaxSize: 100, MinAge: time.Hour}, planNow)
+	plan := planOf(paths, nil, []string{"pinned"}, Policy{MaxSize: 100, MinAge: time.Hour}, planNow)
 	if got := deletedNames(plan); !slices.Equal(got, []string{"other"}) {
 		t.Fatalf("deleted %v, want only [other]", got)
 	}
@@ -114,7 +165,7 @@ func TestRetentionSharedNarGoesWithItsLastUser(t *testing.T) {
 		"a": {age: 100 * time.Hour, nar: "nar/same.nar"},
 		"b": {age: 50 * time.Hour, nar: "nar/same.nar"},
 	})
-	plan := PlanCollection(paths, nil, nil, Policy{MaxAge: 70 * time.Hour}, planNow)
+	plan := planOf(paths, nil, nil, Policy{MaxAge: 70 * time.Hour}, planNow)
 	if len(plan.Delete) != 1 || len(plan.Nars) != 0 {
 		t.Fatalf("deleted %v and NARs %v; the NAR b still names must stay", deletedNames(plan), plan.Nars)
 	}
@@ -155,7 +206,7 @@ func TestRetentionNeverBreaksAClosure(t *testing.T) {
 			roots = append(roots, fmt.Sprint("p", rng.IntN(n)))
 		}
 		pol := Policy{MaxSize: int64(rng.IntN(n * 100)), MaxAge: time.Duration(rng.IntN(150)) * time.Hour, MinAge: time.Duration(rng.IntN(20)) * time.Hour}
-		plan := PlanCollection(paths, served, roots, pol, planNow)
+		plan := planOf(paths, served, roots, pol, planNow)
 
 		deleted := map[string]bool{}
 		for i, p := range plan.Delete {

@@ -18,12 +18,12 @@ func (c *Collector) Reindex(ctx context.Context, full bool) (index.ReconcileStat
 	if err != nil {
 		return stats, err
 	}
-	paths, err := c.idx.Paths()
+	cat, err := loadCatalog(c.idx)
 	if err != nil {
 		return stats, err
 	}
-	size := CacheSize(paths)
-	c.metrics.Stored(c.cache, len(paths), size)
+	size := cat.size()
+	c.metrics.Stored(c.cache, cat.len(), size)
 	fields := []zap.Field{
 		zap.String("cache", c.cache),
 		zap.Int("narinfos", stats.Narinfos),

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/cargoxx-pkgs/runner/caddynix/storage"
+	"github.com/cargoxx-pkgs/runner/caddynix/storage/index"
 	"go.uber.org/zap"
 )
 
@@ -73,25 +74,27 @@ func (c *Collector) settle(ctx context.Context, paths []string, nars []string, o
 	if _, err := c.sync(ctx, false); err != nil {
 		return nil, fmt.Errorf("indexing the cache after the grace: %w", err)
 	}
-	now, err := c.idx.Paths()
-	if err != nil {
-		return nil, err
-	}
 	// Whatever a path that stays names stays: deletePaths keeps the rest of
 	// the closure of what it is told was touched.
 	var needed []string
-	for hash, p := range now {
-		if doomed.names(hash) {
-			continue
-		}
-		if doomed.names(p.NarURL) {
-			needed = append(needed, p.NarURL)
-		}
-		for _, ref := range p.References {
-			if doomed.names(ref) {
-				needed = append(needed, ref)
+	err = c.idx.Read(func(s index.Snapshot) error {
+		return s.Each(func(p *index.Path) error {
+			if doomed.names(p.Hash) {
+				return nil
 			}
-		}
+			if doomed.names(p.NarURL) {
+				needed = append(needed, p.NarURL)
+			}
+			for _, ref := range p.References {
+				if doomed.names(ref) {
+					needed = append(needed, ref)
+				}
+			}
+			return nil
+		})
+	})
+	if err != nil {
+		return nil, err
 	}
 	// An orphan written again since it was listed is on its way to a
 	// narinfo.

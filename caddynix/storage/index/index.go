@@ -125,6 +125,28 @@ func open(path string, timeout time.Duration) (*Index, error) {
 	return x, nil
 }
 
+// convertServedKeys keys the served times of a schema 1 index, keyed by
+// hash part, by KeyOf their hash part.
+func convertServedKeys(tx *bolt.Tx) error {
+	b := tx.Bucket(servedBucket)
+	converted := map[string][]byte{}
+	if err := b.ForEach(func(k, v []byte) error {
+		converted[string(k)] = bytes.Clone(v)
+		return nil
+	}); err != nil {
+		return err
+	}
+	for hash, v := range converted {
+		if err := b.Delete([]byte(hash)); err != nil {
+			return err
+		}
+		if err := b.Put(KeyOf(hash), v); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // convertBatch is how many records one transaction of convertJSONPaths
 // converts.
 const convertBatch = 10000
@@ -162,6 +184,9 @@ func convertJSONPaths(db *bolt.DB) error {
 			if len(converted) < convertBatch {
 				done = true
 				if err := tx.DeleteBucket(jsonPathsBucket); err != nil {
+					return err
+				}
+				if err := convertServedKeys(tx); err != nil {
 					return err
 				}
 				return tx.Bucket(metaBucket).Put([]byte("schema"), []byte(schemaVersion))
@@ -204,13 +229,4 @@ func (x *Index) Complete() bool {
 
 func (x *Index) setComplete(tx *bolt.Tx) error {
 	return tx.Bucket(metaBucket).Put([]byte("complete"), []byte(time.Now().UTC().Format(time.RFC3339)))
-}
-
-// putJSON stores v as JSON under key.
-func putJSON(b *bolt.Bucket, key string, v any) error {
-	data, err := json.Marshal(v)
-	if err != nil {
-		return err
-	}
-	return b.Put([]byte(key), data)
 }

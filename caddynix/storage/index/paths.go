@@ -89,24 +89,9 @@ func (x *Index) Get(hash string) (Path, bool, error) {
 // Paths returns every indexed path by hash.
 func (x *Index) Paths() (map[string]*Path, error) {
 	paths := map[string]*Path{}
-	err := x.db.View(func(tx *bolt.Tx) error {
-		pushers := map[string]*Pusher{}
-		return tx.Bucket(pathsBucket).ForEach(func(k, v []byte) error {
-			p, pusherKey, err := decodePath(string(k), v)
-			if err != nil {
-				return err
-			}
-			if pusherKey != nil {
-				who, ok := pushers[string(pusherKey)]
-				if !ok {
-					if who, err = getPusher(tx, pusherKey); err != nil {
-						return err
-					}
-					pushers[string(pusherKey)] = who
-				}
-				p.Pusher = who
-			}
-			paths[p.Hash] = &p
+	err := x.Read(func(s Snapshot) error {
+		return s.Each(func(p *Path) error {
+			paths[p.Hash] = p
 			return nil
 		})
 	})
@@ -118,10 +103,10 @@ func (x *Index) Delete(hashes ...string) error {
 	return x.db.Update(func(tx *bolt.Tx) error {
 		paths, served := tx.Bucket(pathsBucket), tx.Bucket(servedBucket)
 		for _, hash := range hashes {
-			if err := paths.Delete([]byte(hash)); err != nil {
+			if err := paths.Delete(KeyOf(hash)); err != nil {
 				return err
 			}
-			if err := served.Delete([]byte(hash)); err != nil {
+			if err := served.Delete(KeyOf(hash)); err != nil {
 				return err
 			}
 		}
@@ -142,10 +127,10 @@ func (x *Index) Forget(deleted []*Path) error {
 			if err != nil || !ok || current.Version != p.Version {
 				continue
 			}
-			if err := paths.Delete([]byte(p.Hash)); err != nil {
+			if err := paths.Delete(KeyOf(p.Hash)); err != nil {
 				return err
 			}
-			if err := served.Delete([]byte(p.Hash)); err != nil {
+			if err := served.Delete(KeyOf(p.Hash)); err != nil {
 				return err
 			}
 		}
@@ -162,10 +147,11 @@ func (x *Index) MarkServed(served map[string]time.Time) error {
 	return x.db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(servedBucket)
 		for hash, at := range served {
-			if old := b.Get([]byte(hash)); len(old) == 8 && int64(binary.BigEndian.Uint64(old)) >= at.Unix() {
+			key := KeyOf(hash)
+			if old := b.Get(key); len(old) == 8 && int64(binary.BigEndian.Uint64(old)) >= at.Unix() {
 				continue
 			}
-			if err := b.Put([]byte(hash), servedValue(at)); err != nil {
+			if err := b.Put(key, servedValue(at)); err != nil {
 				return err
 			}
 		}
@@ -184,7 +170,7 @@ func (x *Index) Served() (map[string]time.Time, error) {
 	err := x.db.View(func(tx *bolt.Tx) error {
 		return tx.Bucket(servedBucket).ForEach(func(k, v []byte) error {
 			if len(v) == 8 {
-				served[string(k)] = time.Unix(int64(binary.BigEndian.Uint64(v)), 0)
+				served[HashOf(k)] = time.Unix(int64(binary.BigEndian.Uint64(v)), 0)
 			}
 			return nil
 		})

@@ -1,6 +1,7 @@
 package index
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -173,26 +174,30 @@ var versionsSeed = maphash.MakeSeed()
 // versions alike in all 64 bits are taken for the same.
 func versionDigest(version string) uint64 { return maphash.String(versionsSeed, version) }
 
-// indexedVersions is what Reconcile knows of the index: the hash part and
-// version of every record, sorted by hash part, and which of them the
-// listing found.
+// indexedVersions is what Reconcile knows of the index: the key and
+// version of every record, sorted by key, and which of them the listing
+// found.
 type indexedVersions struct {
 	entries []indexedVersion
 	present []bool
-	// others are the hash parts of another length than a store path's,
-	// which no narinfo file matches.
+	// others are the hash parts that are no nixbase32, which no narinfo
+	// file a cache serves has.
 	others []string
 }
 
 type indexedVersion struct {
-	hash    [hashLen]byte
+	key     [keyLen]byte
 	version uint64
 }
 
 // find returns the entry of hash.
 func (v *indexedVersions) find(hash string) (int, bool) {
-	return slices.BinarySearchFunc(v.entries, hash, func(e indexedVersion, hash string) int {
-		return strings.Compare(string(e.hash[:]), hash)
+	key := KeyOf(hash)
+	if len(key) != keyLen {
+		return 0, false
+	}
+	return slices.BinarySearchFunc(v.entries, key, func(e indexedVersion, key []byte) int {
+		return bytes.Compare(e.key[:], key)
 	})
 }
 
@@ -200,7 +205,7 @@ func (v *indexedVersions) find(hash string) (int, bool) {
 func (v *indexedVersions) missing() iter.Seq[string] {
 	return func(yield func(string) bool) {
 		for i, e := range v.entries {
-			if !v.present[i] && !yield(string(e.hash[:])) {
+			if !v.present[i] && !yield(HashOf(e.key[:])) {
 				return
 			}
 		}
@@ -212,25 +217,25 @@ func (v *indexedVersions) missing() iter.Seq[string] {
 	}
 }
 
-// indexedVersions reads the hash part and version of every record,
-// without decoding the rest of them.
+// indexedVersions reads the key and version of every record, without
+// decoding the rest of them.
 func (x *Index) indexedVersions() (*indexedVersions, error) {
 	v := new(indexedVersions)
 	err := x.db.View(func(tx *bolt.Tx) error {
 		b := tx.Bucket(pathsBucket)
 		v.entries = make([]indexedVersion, 0, b.Stats().KeyN)
-		// The bucket's order is the hash parts' order.
+		// The bucket's order is the keys' order.
 		return b.ForEach(func(k, data []byte) error {
 			version, err := recordVersion(data)
 			if err != nil {
-				return fmt.Errorf("index record of %s: %w", k, err)
+				return fmt.Errorf("index record of %s: %w", HashOf(k), err)
 			}
-			if len(k) != hashLen {
-				v.others = append(v.others, string(k))
+			if len(k) != keyLen {
+				v.others = append(v.others, HashOf(k))
 				return nil
 			}
 			e := indexedVersion{version: versionDigest(version)}
-			copy(e.hash[:], k)
+			copy(e.key[:], k)
 			v.entries = append(v.entries, e)
 			return nil
 		})
@@ -251,8 +256,8 @@ func (x *Index) putPaths(paths []Path, used map[string]time.Time) error {
 			if err := putPath(tx, &p); err != nil {
 				return err
 			}
-			if at, ok := used[p.Hash]; ok && served.Get([]byte(p.Hash)) == nil {
-				if err := served.Put([]byte(p.Hash), servedValue(at)); err != nil {
+			if at, ok := used[p.Hash]; ok && served.Get(KeyOf(p.Hash)) == nil {
+				if err := served.Put(KeyOf(p.Hash), servedValue(at)); err != nil {
 					return err
 				}
 			}

@@ -51,6 +51,37 @@ const DefaultStoreDir = "/nix/store"
 // code; their order is part of the format.
 var narExtensions = []string{".nar", ".nar.xz", ".nar.zst", ".nar.bz2", ".nar.br", ".nar.gz", ".nar.lz4", ".nar.lzip"}
 
+// keyLen is the length of the key of a path whose hash part nixbase32
+// spells, which every store path's does: its 20 bytes.
+const keyLen = 20
+
+// KeyOf is the index's key of the path with hash part hash: its 20 bytes
+// where hash is nixbase32, and otherwise hash itself, after a NUL byte
+// when it is 20 bytes long.
+func KeyOf(hash string) []byte {
+	if len(hash) == hashLen {
+		// 32 digits of 5 bits are 20 bytes: every spelling is canonical.
+		if key, err := nixbase32.DecodeString(hash); err == nil {
+			return key
+		}
+	}
+	if len(hash) == keyLen {
+		return append([]byte{0}, hash...)
+	}
+	return []byte(hash)
+}
+
+// HashOf is the hash part of the path whose key is key.
+func HashOf(key []byte) string {
+	switch {
+	case len(key) == keyLen:
+		return nixbase32.EncodeToString(key)
+	case len(key) == keyLen+1 && key[0] == 0:
+		return string(key[1:])
+	}
+	return string(key)
+}
+
 // errTruncated is a record that ends early.
 var errTruncated = errors.New("record ends early")
 
@@ -311,12 +342,12 @@ func putPath(tx *bolt.Tx, p *Path) error {
 	if err != nil {
 		return err
 	}
-	return tx.Bucket(pathsBucket).Put([]byte(p.Hash), encodePath(p, key))
+	return tx.Bucket(pathsBucket).Put(KeyOf(p.Hash), encodePath(p, key))
 }
 
 // getPath reads the record of the path with hash part hash.
 func getPath(tx *bolt.Tx, hash string) (Path, bool, error) {
-	data := tx.Bucket(pathsBucket).Get([]byte(hash))
+	data := tx.Bucket(pathsBucket).Get(KeyOf(hash))
 	if data == nil {
 		return Path{}, false, nil
 	}

@@ -104,6 +104,10 @@ func TestSchema1IndexIsConverted(t *testing.T) {
 		if err := meta.Put([]byte("schema"), []byte("1")); err != nil {
 			return err
 		}
+		served, _ := tx.CreateBucket(servedBucket)
+		if err := served.Put([]byte(usualPath.Hash), servedValue(time.Unix(1800000000, 0))); err != nil {
+			return err
+		}
 		legacy, _ := tx.CreateBucket(jsonPathsBucket)
 		for i := range convertBatch + 3 {
 			p := usualPath
@@ -148,6 +152,10 @@ func TestSchema1IndexIsConverted(t *testing.T) {
 			t.Fatalf("%s after the conversion: %+v, want %+v", hash, g, p)
 		}
 	}
+	served, err := x.Served()
+	if err != nil || len(served) != 1 || !served[usualPath.Hash].Equal(time.Unix(1800000000, 0)) {
+		t.Fatalf("served times after the conversion: %v, %v", served, err)
+	}
 	err = x.db.View(func(tx *bolt.Tx) error {
 		if tx.Bucket(jsonPathsBucket) != nil {
 			return errors.New("the JSON records are still there")
@@ -159,5 +167,17 @@ func TestSchema1IndexIsConverted(t *testing.T) {
 	})
 	if err != nil {
 		t.Fatal(err)
+	}
+}
+
+func TestKeysGiveTheirHashBack(t *testing.T) {
+	for _, hash := range []string{usualPath.Hash, "00000000000000000000000000000000", "not-nixbase32-but-32-characters!", "twenty-characters-xx", "h", ""} {
+		key := KeyOf(hash)
+		if got := HashOf(key); got != hash {
+			t.Errorf("HashOf(KeyOf(%q)) = %q", hash, got)
+		}
+		if len(hash) == hashLen && hash != "not-nixbase32-but-32-characters!" && len(key) != keyLen {
+			t.Errorf("the key of %q takes %d bytes, want %d", hash, len(key), keyLen)
+		}
 	}
 }
