@@ -31,21 +31,11 @@ func median[T cmp.Ordered](samples []T) T {
 // procStatusKiB reads a "<field>: N kB" line of /proc/<pid>/status.
 func procStatusKiB(b *testing.B, pid int, field string) int64 {
 	b.Helper()
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		b.Fatal(err)
+	n, ok := statusKiB(pid, field)
+	if !ok {
+		b.Fatalf("no %s in /proc/%d/status", field, pid)
 	}
-	for line := range strings.Lines(string(data)) {
-		if rest, ok := strings.CutPrefix(line, field+":"); ok {
-			n, err := strconv.ParseInt(strings.Fields(rest)[0], 10, 64)
-			if err != nil {
-				b.Fatal(err)
-			}
-			return n
-		}
-	}
-	b.Fatalf("no %s in /proc/%d/status", field, pid)
-	return 0
+	return n
 }
 
 // rssTree is the resident memory (VmRSS) of a process and its descendants,
@@ -97,19 +87,72 @@ func cpuSeconds(b *testing.B, pid int) float64 {
 	return float64(ns) / 1e9
 }
 
-// timed runs a command and returns its wall time and peak resident memory.
-func timed(b *testing.B, env []string, name string, args ...string) (time.Duration, float64) {
+// run is what timed measured of a command.
+type run struct {
+	wall time.Duration
+	// rss is the peak resident memory in MiB (getrusage's maxrss): the
+	// process's own memory and the pages of files it mapped and read.
+	rss float64
+	// anon is the peak of its anonymous memory in MiB (RssAnon, read every
+	// 10 ms): heap and stacks, what the kernel cannot reclaim without
+	// swap.
+	anon float64
+}
+
+// timed runs a command and measures its wall time and memory.
+func timed(b *testing.B, env []string, name string, args ...string) run {
 	b.Helper()
 	cmd := exec.Command(name, args...)
 	cmd.Env = append(os.Environ(), env...)
+	var out strings.Builder
+	cmd.Stdout, cmd.Stderr = &out, &out
 	start := time.Now()
-	out, err := cmd.CombinedOutput()
-	elapsed := time.Since(start)
-	if err != nil {
-		b.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+	if err := cmd.Start(); err != nil {
+		b.Fatalf("%s: %v", name, err)
 	}
-	rss := float64(cmd.ProcessState.SysUsage().(*syscall.Rusage).Maxrss) / 1024
-	return elapsed, rss
+	stop := make(chan struct{})
+	peak := make(chan int64)
+	go func() {
+		var kib int64
+		tick := time.NewTicker(10 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			if v, ok := statusKiB(cmd.Process.Pid, "RssAnon"); ok {
+				kib = max(kib, v)
+			}
+			select {
+			case <-stop:
+				peak <- kib
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+	err := cmd.Wait()
+	r := run{wall: time.Since(start)}
+	close(stop)
+	r.anon = float64(<-peak) / 1024
+	if err != nil {
+		b.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out.String())
+	}
+	r.rss = float64(cmd.ProcessState.SysUsage().(*syscall.Rusage).Maxrss) / 1024
+	return r
+}
+
+// statusKiB reads a "<field>: N kB" line of /proc/<pid>/status, if the
+// process is there.
+func statusKiB(pid int, field string) (int64, bool) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, false
+	}
+	for line := range strings.Lines(string(data)) {
+		if rest, ok := strings.CutPrefix(line, field+":"); ok {
+			n, err := strconv.ParseInt(strings.Fields(rest)[0], 10, 64)
+			return n, err == nil
+		}
+	}
+	return 0, false
 }
 
 // envInt is a positive integer setting from the environment, or def.
