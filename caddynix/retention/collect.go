@@ -270,6 +270,14 @@ func (c *Collector) deletePaths(ctx context.Context, cat *catalog, ids, nars []u
 	}
 	kept := map[string]bool{}
 	keptNars := map[string]bool{}
+	// The index forgets what is gone at the end: should the process die
+	// before, reconciling with the files does it.
+	var gone index.Deletions
+	defer func() {
+		if err := c.idx.Forget(&gone); err != nil {
+			c.logger.Error("removing deleted paths from the index; the next collection does", zap.Error(err))
+		}
+	}()
 	for start := 0; start < len(ids); start += deleteBatch {
 		batch, err := c.records(cat, ids[start:min(start+deleteBatch, len(ids))])
 		if err != nil {
@@ -278,7 +286,6 @@ func (c *Collector) deletePaths(ctx context.Context, cat *catalog, ids, nars []u
 		if err := c.lease.renew(ctx); err != nil {
 			return freed, err
 		}
-		var gone []*index.Path
 		err = func() error {
 			c.state.closure.Lock()
 			defer c.state.closure.Unlock()
@@ -299,7 +306,7 @@ func (c *Collector) deletePaths(ctx context.Context, cat *catalog, ids, nars []u
 				if err := c.store.Delete(ctx, p.Hash+".ls"); err != nil {
 					return fmt.Errorf("deleting the listing of %s: %w", p.StorePath, err)
 				}
-				gone = append(gone, p)
+				gone.Add(p)
 				report.Deleted = append(report.Deleted, p.StorePath)
 				freed += p.NarinfoSize
 			}
@@ -317,11 +324,6 @@ func (c *Collector) deletePaths(ctx context.Context, cat *catalog, ids, nars []u
 			}
 			return nil
 		}()
-		// Should the process die before the index forgets them,
-		// reconciling with the files does it.
-		if ferr := c.idx.Forget(gone); ferr != nil {
-			c.logger.Error("removing deleted paths from the index; the next collection does", zap.Error(ferr))
-		}
 		if err != nil {
 			return freed, err
 		}

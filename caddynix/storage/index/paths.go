@@ -1,7 +1,9 @@
 package index
 
 import (
+	"bytes"
 	"encoding/binary"
+	"slices"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -114,28 +116,68 @@ func (x *Index) Delete(hashes ...string) error {
 	})
 }
 
+// Deletions are paths deleted from the storage, for Forget, in about 30
+// bytes each.
+type Deletions struct {
+	keys     []byte
+	ends     []uint32
+	versions []uint64
+}
+
+// Add notes that p was deleted.
+func (d *Deletions) Add(p *Path) {
+	d.keys = append(d.keys, KeyOf(p.Hash)...)
+	d.ends = append(d.ends, uint32(len(d.keys)))
+	d.versions = append(d.versions, versionDigest(p.Version))
+}
+
+// Len is how many deletions d holds.
+func (d *Deletions) Len() int { return len(d.ends) }
+
+func (d *Deletions) key(i int) []byte {
+	start := uint32(0)
+	if i > 0 {
+		start = d.ends[i-1]
+	}
+	return d.keys[start:d.ends[i]]
+}
+
+// forgetBatch is how many records one transaction of Forget drops. They
+// are dropped in the order of their keys, so that a transaction rewrites
+// the pages of its own stretch of the index only.
+const forgetBatch = 1 << 16
+
 // Forget drops the records of deleted paths, unless a path was stored
 // again since (its record has another narinfo version).
-func (x *Index) Forget(deleted []*Path) error {
-	if len(deleted) == 0 {
-		return nil
+func (x *Index) Forget(deleted *Deletions) error {
+	order := make([]int, deleted.Len())
+	for i := range order {
+		order[i] = i
 	}
-	return x.db.Update(func(tx *bolt.Tx) error {
-		paths, served := tx.Bucket(pathsBucket), tx.Bucket(servedBucket)
-		for _, p := range deleted {
-			current, ok, err := getPath(tx, p.Hash)
-			if err != nil || !ok || current.Version != p.Version {
-				continue
+	slices.SortFunc(order, func(a, b int) int { return bytes.Compare(deleted.key(a), deleted.key(b)) })
+	for start := 0; start < len(order); start += forgetBatch {
+		err := x.db.Update(func(tx *bolt.Tx) error {
+			paths, served := tx.Bucket(pathsBucket), tx.Bucket(servedBucket)
+			for _, i := range order[start:min(start+forgetBatch, len(order))] {
+				key := deleted.key(i)
+				version, err := recordVersion(paths.Get(key))
+				if err != nil || versionDigest(version) != deleted.versions[i] {
+					continue // gone already, or stored again
+				}
+				if err := paths.Delete(key); err != nil {
+					return err
+				}
+				if err := served.Delete(key); err != nil {
+					return err
+				}
 			}
-			if err := paths.Delete(KeyOf(p.Hash)); err != nil {
-				return err
-			}
-			if err := served.Delete(KeyOf(p.Hash)); err != nil {
-				return err
-			}
+			return nil
+		})
+		if err != nil {
+			return err
 		}
-		return nil
-	})
+	}
+	return nil
 }
 
 // MarkServed records when paths were last served; a time earlier than the

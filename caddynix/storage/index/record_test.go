@@ -181,3 +181,37 @@ func TestKeysGiveTheirHashBack(t *testing.T) {
 		}
 	}
 }
+
+func TestForgetKeepsWhatWasStoredAgain(t *testing.T) {
+	x, _ := openTest(t)
+	gone, again := usualPath, usualPath
+	gone.Hash, gone.StorePath = "1w1fff338fvdw53sqgamddn1b2xgds47", "/nix/store/1w1fff338fvdw53sqgamddn1b2xgds47-gone"
+	for _, p := range []Path{gone, again} {
+		if err := x.RecordPush(p, nil, time.Now()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := x.MarkServed(map[string]time.Time{gone.Hash: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	var deleted Deletions
+	deleted.Add(&gone)
+	deleted.Add(&again)
+	// Stored again, as another narinfo, after the collection deleted it.
+	again.Version = "another"
+	if err := x.RecordPush(again, nil, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if err := x.Forget(&deleted); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok, _ := x.Get(gone.Hash); ok {
+		t.Error("a deleted path's record is still there")
+	}
+	if served, _ := x.Served(); len(served) != 0 {
+		t.Errorf("a deleted path's served time is still there: %v", served)
+	}
+	if _, ok, _ := x.Get(again.Hash); !ok {
+		t.Error("the record of a path stored again since its deletion is gone")
+	}
+}
