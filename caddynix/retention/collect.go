@@ -223,7 +223,7 @@ func (c *Collector) orphanNars(ctx context.Context, cat *catalog, before time.Ti
 	named := slices.Clone(cat.narKeys)
 	slices.Sort(named)
 	var orphans []storage.Info
-	err := storage.Walk(ctx, c.store, "nar", func(nar storage.Info) error {
+	err := storage.Walk(ctx, c.walking(), "nar", func(nar storage.Info) error {
 		if nar.ModTime.Before(before) && !cat.namesNar(named, nar.Name) {
 			orphans = append(orphans, nar)
 		}
@@ -278,7 +278,11 @@ func (c *Collector) deletePaths(ctx context.Context, cat *catalog, ids, nars []u
 			c.logger.Error("removing deleted paths from the index; the next collection does", zap.Error(err))
 		}
 	}()
+	c.pace.start()
 	for start := 0; start < len(ids); start += deleteBatch {
+		if start > 0 {
+			c.pace.pause(ctx)
+		}
 		batch, err := c.records(cat, ids[start:min(start+deleteBatch, len(ids))])
 		if err != nil {
 			return freed, err

@@ -26,6 +26,8 @@ type Collector struct {
 	// grace is how long a collection on shared storage announces what it
 	// deletes before it deletes it.
 	grace time.Duration
+	// pace holds walks and deletions to a share of a CPU; nil: no pacing.
+	pace *pacer
 }
 
 // Options are what a Collector works on.
@@ -44,6 +46,11 @@ type Options struct {
 	// Grace is how long a collection on shared storage announces what it
 	// deletes before it deletes it: the storage's gc_grace.
 	Grace time.Duration
+	// CPUShare, between 0 and 1, holds the walks of the storage and the
+	// deletions of a collector in a serving process to that share of one
+	// CPU: they rest between steps, and requests get the rest. 0 runs them
+	// at full speed.
+	CPUShare float64
 }
 
 // NewCollector returns a collector of the cache that opts describe.
@@ -53,7 +60,7 @@ func NewCollector(opts Options) *Collector {
 		metrics = noMetrics{}
 	}
 	return &Collector{store: opts.Store, storeDir: opts.StoreDir, state: opts.State, idx: opts.Index,
-		logger: opts.Logger, metrics: metrics, cache: opts.Cache, grace: opts.Grace}
+		logger: opts.Logger, metrics: metrics, cache: opts.Cache, grace: opts.Grace, pace: newPacer(opts.CPUShare)}
 }
 
 // Index is the index the collector works on.

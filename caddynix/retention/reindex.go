@@ -18,12 +18,11 @@ func (c *Collector) Reindex(ctx context.Context, full bool) (index.ReconcileStat
 	if err != nil {
 		return stats, err
 	}
-	cat, err := loadCatalog(c.idx)
+	paths, size, err := storedSize(c.idx)
 	if err != nil {
 		return stats, err
 	}
-	size := cat.size()
-	c.metrics.Stored(c.cache, cat.len(), size)
+	c.metrics.Stored(c.cache, paths, size)
 	fields := []zap.Field{
 		zap.String("cache", c.cache),
 		zap.Int("narinfos", stats.Narinfos),
@@ -45,7 +44,7 @@ func (c *Collector) Reindex(ctx context.Context, full bool) (index.ReconcileStat
 // with full, also adopts the run records kept in the storage.
 func (c *Collector) sync(ctx context.Context, full bool) (index.ReconcileStats, error) {
 	rebuild := full || !c.idx.Complete()
-	stats, err := c.idx.Reconcile(ctx, c.store, c.storeDir, full)
+	stats, err := c.idx.Reconcile(ctx, c.walking(), c.storeDir, full)
 	if err != nil || !rebuild {
 		return stats, err
 	}
