@@ -2,6 +2,7 @@ package retention
 
 import (
 	"bytes"
+	"cmp"
 	"slices"
 	"time"
 
@@ -100,17 +101,28 @@ func (c *catalog) namesNar(sortedKeys []uint64, name string) bool {
 // their keys; then their served times; then, in the same order, their
 // references.
 type catalogBuilder struct {
-	c    *catalog
-	nars map[uint64]uint32
-	next uint32 // the path whose references come next
+	c          *catalog
+	nars       map[uint64]uint32
+	references int    // how many the paths added name
+	next       uint32 // the path whose references come next
 }
 
-func newCatalogBuilder() *catalogBuilder {
-	return &catalogBuilder{c: new(catalog), nars: map[uint64]uint32{}}
+// newCatalogBuilder returns a builder of a catalog of about n paths.
+func newCatalogBuilder(n int) *catalogBuilder {
+	c := &catalog{
+		keys:            make([]byte, 0, 20*n),
+		keyEnds:         make([]uint32, 0, n),
+		nar:             make([]uint32, 0, n),
+		narinfoSize:     make([]int64, 0, n),
+		lastPushed:      make([]int64, 0, n),
+		pullRequestOnly: make([]bool, 0, n),
+	}
+	return &catalogBuilder{c: c, nars: make(map[uint64]uint32, n)}
 }
 
 func (b *catalogBuilder) add(s *index.Summary) {
 	c := b.c
+	b.references += s.ReferenceCount()
 	c.keys = append(c.keys, s.Key...)
 	c.keyEnds = append(c.keyEnds, uint32(len(c.keys)))
 	nar, ok := b.nars[s.NarKey]
@@ -132,6 +144,7 @@ func (b *catalogBuilder) indexHashes() {
 	b.nars = nil
 	c.served = make([]int64, c.len())
 	c.refStart = make([]uint32, 1, c.len()+1)
+	c.refs = make([]uint32, 0, b.references)
 	c.byPrefix = make([]uint32, 1<<16+1)
 	id := 0
 	for p := range 1 << 16 {
@@ -174,11 +187,37 @@ func (b *catalogBuilder) referencesOf(each func(fn func(ref []byte))) {
 	b.next++
 }
 
+// storedSize counts the paths the index holds, and their bytes of NAR
+// files and narinfos, a NAR that several paths name counted once, in 16
+// bytes a path.
+func storedSize(idx *index.Index) (paths int, size int64, err error) {
+	type nar struct {
+		key  uint64
+		size int64
+	}
+	var nars []nar
+	err = idx.Read(func(s index.Snapshot) error {
+		return s.Summaries(func(sum *index.Summary) error {
+			nars = append(nars, nar{sum.NarKey, sum.FileSize})
+			size += sum.NarinfoSize
+			return nil
+		})
+	})
+	slices.SortFunc(nars, func(a, b nar) int { return cmp.Compare(a.key, b.key) })
+	for i, n := range nars {
+		if i == 0 || n.key != nars[i-1].key {
+			size += n.size
+		}
+	}
+	return len(nars), size, err
+}
+
 // loadCatalog reads the catalog of every path the index holds, from one
 // snapshot of it.
 func loadCatalog(idx *index.Index) (*catalog, error) {
-	b := newCatalogBuilder()
+	var b *catalogBuilder
 	err := idx.Read(func(s index.Snapshot) error {
+		b = newCatalogBuilder(s.Len())
 		if err := s.Summaries(func(sum *index.Summary) error {
 			b.add(sum)
 			return nil

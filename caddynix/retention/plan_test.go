@@ -51,7 +51,7 @@ type planned struct {
 // loadCatalog reads it from an index that holds them.
 func catalogOf(paths map[string]*index.Path, served map[string]time.Time) *catalog {
 	hashes := slices.SortedFunc(maps.Keys(paths), func(a, b string) int { return bytes.Compare(index.KeyOf(a), index.KeyOf(b)) })
-	b := newCatalogBuilder()
+	b := newCatalogBuilder(len(paths))
 	for _, hash := range hashes {
 		p := paths[hash]
 		var pushed int64

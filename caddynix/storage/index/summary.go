@@ -29,6 +29,9 @@ type Summary struct {
 	refsCompact bool
 }
 
+// ReferenceCount is how many paths the record references.
+func (s *Summary) ReferenceCount() int { return s.refCount }
+
 // References calls fn with the key of each path the record references;
 // fn must not keep it.
 func (s *Summary) References(fn func(key []byte)) {
@@ -103,6 +106,10 @@ type Snapshot struct{ tx *bolt.Tx }
 func (x *Index) Read(fn func(Snapshot) error) error {
 	return x.db.View(func(tx *bolt.Tx) error { return fn(Snapshot{tx}) })
 }
+
+// Len is how many paths the index holds. It reads every page of the
+// records once.
+func (s Snapshot) Len() int { return s.tx.Bucket(pathsBucket).Stats().KeyN }
 
 // Summaries calls fn with every path's summary, in the order of their
 // keys.
