@@ -9,7 +9,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -90,8 +89,11 @@ func cpuSeconds(b *testing.B, pid int) float64 {
 // run is what timed measured of a command.
 type run struct {
 	wall time.Duration
-	// rss is the peak resident memory in MiB (getrusage's maxrss): the
-	// process's own memory and the pages of files it mapped and read.
+	// rss is the peak resident memory in MiB (VmHWM, read every 10 ms):
+	// the process's own memory and the pages of files it mapped and read.
+	// getrusage's maxrss would not do: the child of a vfork starts out
+	// with the parent's resident set, and Linux keeps the peak across
+	// exec.
 	rss float64
 	// anon is the peak of its anonymous memory in MiB (RssAnon, read every
 	// 10 ms): heap and stacks, what the kernel cannot reclaim without
@@ -111,18 +113,21 @@ func timed(b *testing.B, env []string, name string, args ...string) run {
 		b.Fatalf("%s: %v", name, err)
 	}
 	stop := make(chan struct{})
-	peak := make(chan int64)
+	peaks := make(chan [2]int64)
 	go func() {
-		var kib int64
+		var hwm, anon int64
 		tick := time.NewTicker(10 * time.Millisecond)
 		defer tick.Stop()
 		for {
+			if v, ok := statusKiB(cmd.Process.Pid, "VmHWM"); ok {
+				hwm = max(hwm, v)
+			}
 			if v, ok := statusKiB(cmd.Process.Pid, "RssAnon"); ok {
-				kib = max(kib, v)
+				anon = max(anon, v)
 			}
 			select {
 			case <-stop:
-				peak <- kib
+				peaks <- [2]int64{hwm, anon}
 				return
 			case <-tick.C:
 			}
@@ -131,11 +136,11 @@ func timed(b *testing.B, env []string, name string, args ...string) run {
 	err := cmd.Wait()
 	r := run{wall: time.Since(start)}
 	close(stop)
-	r.anon = float64(<-peak) / 1024
+	peak := <-peaks
+	r.rss, r.anon = float64(peak[0])/1024, float64(peak[1])/1024
 	if err != nil {
 		b.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out.String())
 	}
-	r.rss = float64(cmd.ProcessState.SysUsage().(*syscall.Rusage).Maxrss) / 1024
 	return r
 }
 
