@@ -14,8 +14,7 @@ import (
 // megabytes: a path is its id, its position in the order of the index's
 // keys, and its fields are columns indexed by id.
 type catalog struct {
-	keys    []byte   // every path's index key (index.KeyOf), one after another
-	keyEnds []uint32 // where each ends in keys
+	keys index.Keys // every path's index key (index.KeyOf)
 	// byPrefix[p] is the first id whose key begins with the two bytes p,
 	// to start lookups close to their answer.
 	byPrefix []uint32
@@ -34,16 +33,10 @@ type catalog struct {
 }
 
 // len is how many paths the catalog holds.
-func (c *catalog) len() int { return len(c.keyEnds) }
+func (c *catalog) len() int { return c.keys.Len() }
 
 // key is the index key of path id.
-func (c *catalog) key(id uint32) []byte {
-	start := uint32(0)
-	if id > 0 {
-		start = c.keyEnds[id-1]
-	}
-	return c.keys[start:c.keyEnds[id]]
-}
+func (c *catalog) key(id uint32) []byte { return c.keys.At(int(id)) }
 
 // hash is the hash part of path id.
 func (c *catalog) hash(id uint32) string { return index.HashOf(c.key(id)) }
@@ -110,8 +103,7 @@ type catalogBuilder struct {
 // newCatalogBuilder returns a builder of a catalog of about n paths.
 func newCatalogBuilder(n int) *catalogBuilder {
 	c := &catalog{
-		keys:            make([]byte, 0, 20*n),
-		keyEnds:         make([]uint32, 0, n),
+		keys:            index.MakeKeys(n),
 		nar:             make([]uint32, 0, n),
 		narinfoSize:     make([]int64, 0, n),
 		lastPushed:      make([]int64, 0, n),
@@ -123,8 +115,7 @@ func newCatalogBuilder(n int) *catalogBuilder {
 func (b *catalogBuilder) add(s *index.Summary) {
 	c := b.c
 	b.references += s.ReferenceCount()
-	c.keys = append(c.keys, s.Key...)
-	c.keyEnds = append(c.keyEnds, uint32(len(c.keys)))
+	c.keys.Append(s.Key)
 	nar, ok := b.nars[s.NarKey]
 	if !ok {
 		nar = uint32(len(c.narSize))

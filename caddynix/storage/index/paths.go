@@ -116,31 +116,51 @@ func (x *Index) Delete(hashes ...string) error {
 	})
 }
 
-// Deletions are paths deleted from the storage, for Forget, in about 30
+// Keys are index keys one after another in one buffer: the key's bytes
+// and 4 more each.
+type Keys struct {
+	data []byte
+	ends []uint32
+}
+
+// MakeKeys returns Keys with room for n keys of the usual length.
+func MakeKeys(n int) Keys {
+	return Keys{data: make([]byte, 0, n*keyLen), ends: make([]uint32, 0, n)}
+}
+
+// Append adds key.
+func (k *Keys) Append(key []byte) {
+	k.data = append(k.data, key...)
+	k.ends = append(k.ends, uint32(len(k.data)))
+}
+
+// Len is how many keys there are.
+func (k *Keys) Len() int { return len(k.ends) }
+
+// At is the key i, in the buffer.
+func (k *Keys) At(i int) []byte {
+	start := uint32(0)
+	if i > 0 {
+		start = k.ends[i-1]
+	}
+	return k.data[start:k.ends[i]]
+}
+
+// Deletions are paths deleted from the storage, for Forget, in about 32
 // bytes each.
 type Deletions struct {
-	keys     []byte
-	ends     []uint32
+	keys     Keys
 	versions []uint64
 }
 
 // Add notes that p was deleted.
 func (d *Deletions) Add(p *Path) {
-	d.keys = append(d.keys, KeyOf(p.Hash)...)
-	d.ends = append(d.ends, uint32(len(d.keys)))
+	d.keys.Append(KeyOf(p.Hash))
 	d.versions = append(d.versions, versionDigest(p.Version))
 }
 
 // Len is how many deletions d holds.
-func (d *Deletions) Len() int { return len(d.ends) }
-
-func (d *Deletions) key(i int) []byte {
-	start := uint32(0)
-	if i > 0 {
-		start = d.ends[i-1]
-	}
-	return d.keys[start:d.ends[i]]
-}
+func (d *Deletions) Len() int { return d.keys.Len() }
 
 // forgetBatch is how many records one transaction of Forget drops. They
 // are dropped in the order of their keys, so that a transaction rewrites
@@ -154,12 +174,12 @@ func (x *Index) Forget(deleted *Deletions) error {
 	for i := range order {
 		order[i] = i
 	}
-	slices.SortFunc(order, func(a, b int) int { return bytes.Compare(deleted.key(a), deleted.key(b)) })
+	slices.SortFunc(order, func(a, b int) int { return bytes.Compare(deleted.keys.At(a), deleted.keys.At(b)) })
 	for start := 0; start < len(order); start += forgetBatch {
 		err := x.db.Update(func(tx *bolt.Tx) error {
 			paths, served := tx.Bucket(pathsBucket), tx.Bucket(servedBucket)
 			for _, i := range order[start:min(start+forgetBatch, len(order))] {
-				key := deleted.key(i)
+				key := deleted.keys.At(i)
 				version, err := recordVersion(paths.Get(key))
 				if err != nil || versionDigest(version) != deleted.versions[i] {
 					continue // gone already, or stored again
