@@ -40,7 +40,7 @@ func (o retentionObserver) Collected(cache string, report *retention.Report) {
 		return
 	}
 	o.activity.Collected(activity.Collection{
-		At: time.Now(), Duration: report.Duration, Paths: report.Paths, Deleted: len(report.Deleted),
+		At: time.Now(), Duration: report.Duration, Paths: report.Paths, Deleted: report.DeletedPaths,
 		FreedBytes: report.FreedBytes, SizeAfter: report.SizeAfter, Protected: report.Protected,
 	})
 }

@@ -143,12 +143,12 @@ func (Retention) IndexRebuilt(cache string) { indexRebuilds.WithLabelValues(cach
 func (m Retention) Collected(cache string, report *retention.Report) {
 	gcRuns.WithLabelValues(cache).Inc()
 	m.Deleted(cache, report)
-	m.Stored(cache, report.Paths-len(report.Deleted), report.SizeAfter)
+	m.Stored(cache, report.Paths-report.DeletedPaths, report.SizeAfter)
 	Protected.WithLabelValues(cache).Set(float64(report.Protected))
 }
 
 func (Retention) Deleted(cache string, report *retention.Report) {
-	gcDeletedPaths.WithLabelValues(cache).Add(float64(len(report.Deleted)))
+	gcDeletedPaths.WithLabelValues(cache).Add(float64(report.DeletedPaths))
 	gcFreedBytes.WithLabelValues(cache).Add(float64(report.FreedBytes))
 }
 

@@ -2,6 +2,7 @@ package retention
 
 import (
 	"context"
+	"fmt"
 	"reflect"
 	"slices"
 	"testing"
@@ -76,5 +77,20 @@ func TestCatalogReadsTheIndexAsItsRecordsSay(t *testing.T) {
 	}
 	if id, _ := got.findHash(lib.hash); got.served[id] != time.Unix(1800000000, 0).UnixNano() {
 		t.Errorf("lib last served %d", got.served[id])
+	}
+}
+
+func TestCollectionReportsListTheFirstDeletions(t *testing.T) {
+	var collection, deletion Report
+	deletion.listAll = true
+	for i := range listedDeletions + 5 {
+		collection.noteDeleted(fmt.Sprint(i))
+		deletion.noteDeleted(fmt.Sprint(i))
+	}
+	if collection.DeletedPaths != listedDeletions+5 || len(collection.Deleted) != listedDeletions || collection.Deleted[0] != "0" {
+		t.Errorf("a collection's report counts %d and lists %d, from %q", collection.DeletedPaths, len(collection.Deleted), collection.Deleted[0])
+	}
+	if deletion.DeletedPaths != listedDeletions+5 || len(deletion.Deleted) != listedDeletions+5 {
+		t.Errorf("a deletion's report counts %d and lists %d; want all", deletion.DeletedPaths, len(deletion.Deleted))
 	}
 }

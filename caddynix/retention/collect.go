@@ -89,7 +89,7 @@ func (c *Collector) plannedCollect(ctx context.Context, pol Policy, dryRun bool,
 	orphans = slices.DeleteFunc(orphans, func(o storage.Info) bool { return overlayNars[o.Name] })
 	if dryRun {
 		err := c.eachRecord(cat, plan.delete, func(p *index.Path) {
-			report.Deleted = append(report.Deleted, p.StorePath)
+			report.noteDeleted(p.StorePath)
 		})
 		if err != nil {
 			return err
@@ -311,7 +311,7 @@ func (c *Collector) deletePaths(ctx context.Context, cat *catalog, ids, nars []u
 					return fmt.Errorf("deleting the listing of %s: %w", p.StorePath, err)
 				}
 				gone.Add(p)
-				report.Deleted = append(report.Deleted, p.StorePath)
+				report.noteDeleted(p.StorePath)
 				freed += p.NarinfoSize
 			}
 			// A NAR file goes after the narinfo that named it last.
@@ -341,7 +341,7 @@ func (c *Collector) record(report *Report) {
 	fields := []zap.Field{
 		zap.String("cache", c.cache),
 		zap.Int("paths", report.Paths),
-		zap.Int("deleted_paths", len(report.Deleted)),
+		zap.Int("deleted_paths", report.DeletedPaths),
 		zap.Int("deleted_nars", report.Nars),
 		zap.Int64("freed_bytes", report.FreedBytes),
 		zap.Int64("size_bytes", report.SizeAfter),
@@ -355,7 +355,7 @@ func (c *Collector) record(report *Report) {
 			append(fields, zap.Int64("max_size", report.MaxSize), zap.Int64("protected_bytes", report.Protected))...)
 		return
 	}
-	if len(report.Deleted) > 0 || report.Nars > 0 {
+	if report.DeletedPaths > 0 || report.Nars > 0 {
 		c.logger.Info("collected the cache", fields...)
 	} else {
 		c.logger.Debug("collected the cache: nothing to delete", fields...)

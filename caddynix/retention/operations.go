@@ -104,7 +104,7 @@ func (c *Collector) DeletePath(ctx context.Context, storePath string, withReferr
 	err = c.withLease(ctx, func() error {
 		doomed := []string{hash}
 		if inOverlays {
-			report = &Report{}
+			report = &Report{listAll: true}
 		} else {
 			if report, err = c.deleteClosureOf(ctx, target, withReferrers); err != nil {
 				return err
@@ -200,7 +200,7 @@ func (c *Collector) deleteClosureOf(ctx context.Context, target index.Path, with
 		return nil, err
 	}
 	defer withdraw()
-	report := &Report{Paths: cat.len()}
+	report := &Report{Paths: cat.len(), listAll: true}
 	report.SizeBefore = cat.size()
 	freed, err := c.deletePaths(ctx, cat, victims, nars, report)
 	report.SizeAfter = report.SizeBefore - freed

@@ -309,7 +309,7 @@ func (c *Collector) deleteFromOverlays(ctx context.Context, doomed []string, rep
 						return fmt.Errorf("deleting %s from the overlay of %s: %w", name, rec.Key, err)
 					}
 				}
-				report.Deleted = append(report.Deleted, "overlay "+rec.String()+": "+storePaths[hash])
+				report.noteDeleted("overlay " + rec.String() + ": " + storePaths[hash])
 			}
 			return nil
 		}()
