@@ -88,12 +88,14 @@ func (c *Collector) plannedCollect(ctx context.Context, pol Policy, dryRun bool,
 	}
 	orphans = slices.DeleteFunc(orphans, func(o storage.Info) bool { return overlayNars[o.Name] })
 	if dryRun {
-		err := c.eachRecord(cat, plan.delete, func(p *index.Path) {
-			report.noteDeleted(p.StorePath)
+		listed := plan.delete[:min(len(plan.delete), listedDeletions)]
+		err := c.eachRecord(cat, listed, func(p *index.Path) {
+			report.Deleted = append(report.Deleted, p.StorePath)
 		})
 		if err != nil {
 			return err
 		}
+		report.DeletedPaths = len(plan.delete)
 		report.Nars = len(plan.nars) + len(orphans)
 		report.FreedBytes = plan.sizeBefore - plan.sizeAfter
 		report.SizeAfter = report.SizeBefore - report.FreedBytes
