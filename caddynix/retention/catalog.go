@@ -84,12 +84,6 @@ func (c *catalog) size() int64 {
 	return size
 }
 
-// namesNar reports whether a path names the NAR file name.
-func (c *catalog) namesNar(sortedKeys []uint64, name string) bool {
-	_, ok := slices.BinarySearch(sortedKeys, index.NarKey(name))
-	return ok
-}
-
 // catalogBuilder fills a catalog: every path with add, in the order of
 // their keys; then their served times; then, in the same order, their
 // references.

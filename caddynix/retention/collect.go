@@ -163,16 +163,23 @@ func (c *Collector) eachRecord(cat *catalog, ids []uint32, fn func(*index.Path))
 		if err != nil {
 			return err
 		}
-		for _, p := range batch {
-			fn(p)
+		for _, r := range batch {
+			fn(r.Path)
 		}
 	}
 	return nil
 }
 
-// records reads the index's records of the paths ids of cat.
-func (c *Collector) records(cat *catalog, ids []uint32) ([]*index.Path, error) {
-	out := make([]*index.Path, 0, len(ids))
+// record is the index's record of the path id of a catalog.
+type record struct {
+	id uint32
+	*index.Path
+}
+
+// records reads the index's records of the paths ids of cat, leaving out
+// those gone since the catalog was read.
+func (c *Collector) records(cat *catalog, ids []uint32) ([]record, error) {
+	out := make([]record, 0, len(ids))
 	err := c.idx.Read(func(s index.Snapshot) error {
 		for _, id := range ids {
 			p, ok, err := s.Get(cat.hash(id))
@@ -180,7 +187,7 @@ func (c *Collector) records(cat *catalog, ids []uint32) ([]*index.Path, error) {
 				return err
 			}
 			if ok {
-				out = append(out, &p)
+				out = append(out, record{id, &p})
 			}
 		}
 		return nil
@@ -226,7 +233,7 @@ func (c *Collector) orphanNars(ctx context.Context, cat *catalog, before time.Ti
 	slices.Sort(named)
 	var orphans []storage.Info
 	err := storage.Walk(ctx, c.walking(), "nar", func(nar storage.Info) error {
-		if nar.ModTime.Before(before) && !cat.namesNar(named, nar.Name) {
+		if _, ok := slices.BinarySearch(named, index.NarKey(nar.Name)); !ok && nar.ModTime.Before(before) {
 			orphans = append(orphans, nar)
 		}
 		return nil
@@ -312,14 +319,13 @@ func (c *Collector) deletePaths(ctx context.Context, cat *catalog, ids, nars []u
 				if err := c.store.Delete(ctx, p.Hash+".ls"); err != nil {
 					return fmt.Errorf("deleting the listing of %s: %w", p.StorePath, err)
 				}
-				gone.Add(p)
+				gone.Add(p.Path)
 				report.noteDeleted(p.StorePath)
 				freed += p.NarinfoSize
 			}
 			// A NAR file goes after the narinfo that named it last.
 			for _, p := range batch {
-				id, _ := cat.findHash(p.Hash)
-				if !releases[id] || keptNars[p.NarURL] || c.state.wasTouched(p.NarURL) {
+				if !releases[p.id] || keptNars[p.NarURL] || c.state.wasTouched(p.NarURL) {
 					continue
 				}
 				if err := c.store.Delete(ctx, p.NarURL); err != nil {

@@ -223,7 +223,7 @@ func (x *Index) indexedVersions() (*indexedVersions, error) {
 	v := new(indexedVersions)
 	err := x.db.View(func(tx *bolt.Tx) error {
 		b := tx.Bucket(pathsBucket)
-		v.entries = make([]indexedVersion, 0, b.Stats().KeyN)
+		v.entries = make([]indexedVersion, 0, Snapshot{tx}.Len())
 		// The bucket's order is the keys' order.
 		return b.ForEach(func(k, data []byte) error {
 			version, err := recordVersion(data)
