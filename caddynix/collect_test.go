@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cargoxx-pkgs/runner/caddynix/internal/cachetest"
 	"github.com/cargoxx-pkgs/runner/caddynix/metrics"
 	"github.com/cargoxx-pkgs/runner/caddynix/retention"
 	"github.com/cargoxx-pkgs/runner/caddynix/storage/index"
@@ -137,7 +138,7 @@ func TestCollectMaxSizeTakesPullRequestPushesFirst(t *testing.T) {
 		t.Fatal(err)
 	}
 	stored, _ := c.Index().Paths()
-	size := retention.CacheSize(stored)
+	size := cachetest.Size(stored)
 	report, err := c.Collect(context.Background(), retention.Policy{MaxSize: size - 1, MinAge: time.Hour}, false)
 	if err != nil {
 		t.Fatal(err)
@@ -326,7 +327,7 @@ func TestLostIndexMakesTheSameDecisions(t *testing.T) {
 		t.Fatal(err)
 	}
 	stored, _ := c.Index().Paths()
-	pol := retention.Policy{MaxSize: retention.CacheSize(stored) / 2}
+	pol := retention.Policy{MaxSize: cachetest.Size(stored) / 2}
 	before, err := c.Collect(ctx, pol, true)
 	if err != nil {
 		t.Fatal(err)

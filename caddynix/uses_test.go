@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cargoxx-pkgs/runner/caddynix/internal/cachetest"
 	"github.com/cargoxx-pkgs/runner/caddynix/retention"
 	"github.com/cargoxx-pkgs/runner/caddynix/storage"
 )
@@ -42,7 +43,7 @@ func TestRetentionSeesEveryNodesUses(t *testing.T) {
 	}
 
 	paths, _ := c.Index().Paths()
-	report, err := c.Collect(ctx, retention.Policy{MaxSize: retention.CacheSize(paths) - 1, MinAge: time.Hour}, false)
+	report, err := c.Collect(ctx, retention.Policy{MaxSize: cachetest.Size(paths) - 1, MinAge: time.Hour}, false)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -102,7 +102,7 @@ func TestCollectorKeepsClosuresAndPins(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	size := CacheSize(paths)
+	size := cachetest.Size(paths)
 	// Room for three paths of about 4 KB and a little: the two old
 	// closures must go.
 	report, err := c.Collect(ctx, Policy{MaxSize: size/2 + 1000, MinAge: time.Hour}, false)

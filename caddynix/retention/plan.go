@@ -16,8 +16,6 @@ import (
 	"cmp"
 	"slices"
 	"time"
-
-	"github.com/cargoxx-pkgs/runner/caddynix/storage/index"
 )
 
 // DefaultMinAge is how long after its last push a path is kept when a
@@ -203,19 +201,4 @@ func planCollection(c *catalog, roots []string, pol Policy, now time.Time) plan 
 	}
 	p.sizeAfter = size
 	return p
-}
-
-// CacheSize is the bytes of NAR files and narinfos of paths, a NAR that
-// several paths name counted once.
-func CacheSize(paths map[string]*index.Path) int64 {
-	var size int64
-	nars := map[string]bool{}
-	for _, p := range paths {
-		if !nars[p.NarURL] {
-			nars[p.NarURL] = true
-			size += p.FileSize
-		}
-		size += p.NarinfoSize
-	}
-	return size
 }
