@@ -172,17 +172,21 @@ faults: build e2e-deps
 	$(GO) test -count=1 -v -run 'ResumeCutStreams' ./caddynix/storage/s3/
 	$(GO) test -count=1 -v -run 'TestFullDiskRefusesSaves' ./caddyrunner/actionscache/
 
-FUZZTIME ?= 30s
 ## fuzz: fuzz the narinfo parser, the NAR checker, the URL classifier, the xz
-## reader, the actions cache's request handling and the Caddyfile parsers,
-## each for FUZZTIME; crashers land in the package's testdata/fuzz
+## reader, the actions cache's request handling and the Caddyfile parsers;
+## crashers land in the package's testdata/fuzz. Each target runs a count of
+## inputs, about 10 s of a 2-core machine times FUZZX: a count, unlike a
+## duration, does not race the fuzzer's own deadline when it stops
+## (go.dev/issue/75804, a spurious "context deadline exceeded" before Go 1.27)
+FUZZX ?= 3
+fuzz_run = $(GO) test -run '^$$' -fuzz '^$(1)$$' -fuzztime $$(( $(2) * $(FUZZX) ))x $(3)
 fuzz:
-	$(GO) test -run '^$$' -fuzz FuzzParseNarInfo -fuzztime $(FUZZTIME) ./internal/nixfmt
-	$(GO) test -run '^$$' -fuzz FuzzCheckNar -fuzztime $(FUZZTIME) ./internal/nixfmt
-	$(GO) test -run '^$$' -fuzz FuzzClassify -fuzztime $(FUZZTIME) ./caddynix/internal/cacheurl
-	$(GO) test -run '^$$' -fuzz FuzzXzReader -fuzztime $(FUZZTIME) ./internal/xz
-	$(GO) test -run '^$$' -fuzz FuzzRequests -fuzztime $(FUZZTIME) ./caddyrunner/actionscache
-	$(GO) test -run '^$$' -fuzz FuzzAdaptCaddyfile -fuzztime $(FUZZTIME) .
+	$(call fuzz_run,FuzzParseNarInfo,400000,./internal/nixfmt)
+	$(call fuzz_run,FuzzCheckNar,300000,./internal/nixfmt)
+	$(call fuzz_run,FuzzClassify,400000,./caddynix/internal/cacheurl)
+	$(call fuzz_run,FuzzXzReader,400000,./internal/xz)
+	$(call fuzz_run,FuzzRequests,4000,./caddyrunner/actionscache)
+	$(call fuzz_run,FuzzAdaptCaddyfile,5000,.)
 
 ## bench: side-by-side measurements against the alternatives (not part of test);
 ## BENCH=regexp picks some of them
