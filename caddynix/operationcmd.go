@@ -104,7 +104,7 @@ func (t *target) openOffline() (*retention.Collector, func(), error) {
 	case errors.Is(err, index.ErrInUse):
 		_ = store.Close()
 		return nil, nil, fmt.Errorf("a running caddy serves the cache in %s and holds its index: use --address with that caddy's admin endpoint (e.g. --address unix//run/caddy/admin.sock)", root)
-	case errors.Is(err, index.ErrCorrupt):
+	case errors.Is(err, index.ErrCorrupt), errors.Is(err, index.ErrNotCompacted):
 		logger.Warn(err.Error())
 	case err != nil:
 		_ = store.Close()

@@ -120,8 +120,12 @@ func (s *State) Open(ctx context.Context, logger *zap.Logger) (*index.Index, err
 	warned := false
 	for {
 		idx, err := index.Open(s.indexPath, time.Second)
-		if errors.Is(err, index.ErrCorrupt) {
+		switch {
+		case errors.Is(err, index.ErrCorrupt):
 			logger.Warn("rebuilding the cache index from the files", zap.String("index_file", s.indexPath), zap.Error(err))
+			err = nil
+		case errors.Is(err, index.ErrNotCompacted):
+			logger.Warn("the cache index works, at its size", zap.String("index_file", s.indexPath), zap.Error(err))
 			err = nil
 		}
 		if err == nil {

@@ -63,14 +63,19 @@ type Index struct {
 // 0700). An unreadable or foreign-schema file is moved aside to
 // path.corrupt-<time> and replaced by an empty index; Open then returns
 // the new index together with an error wrapping ErrCorrupt, so the caller
-// can warn and rebuild.
+// can warn and rebuild. A file much larger than its records is compacted;
+// when that fails, Open returns the index as it was together with an
+// error wrapping ErrNotCompacted.
 func Open(path string, timeout time.Duration) (*Index, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("creating the index directory: %w", err)
 	}
 	x, err := open(path, timeout)
-	if err == nil || errors.Is(err, ErrInUse) {
-		return x, err
+	if err == nil {
+		return x, x.compactIfWasteful()
+	}
+	if errors.Is(err, ErrInUse) {
+		return nil, err
 	}
 	aside := fmt.Sprintf("%s.corrupt-%d", path, time.Now().Unix())
 	if rerr := os.Rename(path, aside); rerr != nil {
@@ -84,7 +89,7 @@ func Open(path string, timeout time.Duration) (*Index, error) {
 }
 
 func open(path string, timeout time.Duration) (*Index, error) {
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: timeout, FreelistType: bolt.FreelistMapType})
+	db, err := openLocked(path, timeout)
 	if errors.Is(err, berrors.ErrTimeout) {
 		if who := holder(path); who != "" {
 			return nil, fmt.Errorf("%s: %w (%s)", path, ErrInUse, who)

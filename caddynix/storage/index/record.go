@@ -1,6 +1,7 @@
 package index
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/json"
@@ -342,7 +343,13 @@ func putPath(tx *bolt.Tx, p *Path) error {
 	if err != nil {
 		return err
 	}
-	return tx.Bucket(pathsBucket).Put(KeyOf(p.Hash), encodePath(p, key))
+	b, k, record := tx.Bucket(pathsBucket), KeyOf(p.Hash), encodePath(p, key)
+	// Putting an unchanged record still rewrites its page: a full reindex
+	// would rewrite every page of the index.
+	if bytes.Equal(b.Get(k), record) {
+		return nil
+	}
+	return b.Put(k, record)
 }
 
 // getPath reads the record of the path with hash part hash.
