@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -66,6 +67,7 @@ func (t *target) run(cmd *cobra.Command, name string, params url.Values) error {
 	case t.root == "" && t.s3 == "":
 		return errors.New("--root or --s3 (a cache no running caddy serves) or --address (the admin endpoint of the caddy serving it) is required")
 	}
+	lowerGCHeadroom()
 	c, closeCache, err := t.openOffline()
 	if err != nil {
 		return err
@@ -80,6 +82,20 @@ func (t *target) run(cmd *cobra.Command, name string, params url.Values) error {
 	enc := json.NewEncoder(out)
 	enc.SetIndent("", "  ")
 	return enc.Encode(result)
+}
+
+// offlineGCPercent is the Go collector's GOGC for a command working on a
+// cache in its own process. Most of what a collection holds is a few large
+// arrays of numbers, which the Go collector marks in milliseconds, while
+// the default of 100 lets the heap grow to twice them: at a million paths
+// that is a hundred megabytes more at the peak for no gain.
+const offlineGCPercent = 25
+
+// lowerGCHeadroom sets offlineGCPercent, unless the environment sets GOGC.
+func lowerGCHeadroom() {
+	if _, set := os.LookupEnv("GOGC"); !set {
+		debug.SetGCPercent(offlineGCPercent)
+	}
 }
 
 // openOffline opens a cache and its index in this process.
