@@ -192,7 +192,7 @@ fuzz:
 ## BENCH=regexp picks some of them
 BENCH ?= .
 bench: build e2e-deps act-runner
-	@command -v nginx >/dev/null && command -v wrk >/dev/null || { apt-get update -q && apt-get install -y -q nginx wrk; }
+	@command -v nginx >/dev/null && command -v wrk >/dev/null && command -v haproxy >/dev/null || { apt-get update -q && apt-get install -y -q nginx wrk haproxy; }
 	$(GO) test -count=1 -run '^$$' -bench '$(BENCH)' -benchtime 1x -timeout 60m ./bench
 
 clean:

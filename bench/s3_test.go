@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -61,6 +62,7 @@ func (s *s3Bench) node(b *testing.B) *harness.Caddy {
 func BenchmarkS3(b *testing.B) {
 	s := startS3Bench(b)
 	node := s.node(b)
+	proxy := fmt.Sprintf("http://127.0.0.1:%d", startSplicingProxy(b, strings.TrimPrefix(s.server.Endpoint, "http://"), serverCPU))
 	dur := time.Duration(envInt("BENCH_LOAD_SECONDS", 3)) * time.Second
 
 	for _, size := range []int{64 << 20, 1 << 20} {
@@ -82,12 +84,14 @@ func BenchmarkS3(b *testing.B) {
 				"Through the node every byte is read from the S3 server's response and written again by caddy, in 256 KiB copies, on that one core, after one signed GET of the object; "+
 				"The second row is an anonymous GET of the object, which the S3 server answers without checking a signature. "+
 				"The third is a GET of a URL the S3 server's credentials signed, as `storage s3 { redirect 5m }` sends clients to and as every GET of the node is signed: "+
-				"its own speed, and the ceiling of any node that asks the S3 server for what it serves on the same core.")
+				"its own speed, and the ceiling of any node that asks the S3 server for what it serves on the same core. "+
+				"The last row is haproxy (2.6, one thread, on the server CPU too) passing anonymous GETs to the S3 server and splicing the responses back, socket to socket in the kernel: "+
+				"the least work any proxy in front of the S3 server can do for a response, and so the ceiling of one on this core.")
 			// wrk sends a path of its own on the base URL's host.
-			urls := map[string]string{"nix_cache on S3": node.URL(), "GET from the S3 server": s.server.Endpoint, signedGet: s.server.Endpoint}
-			paths := map[string]string{"nix_cache on S3": "/" + name, "GET from the S3 server": "/nix/main/" + name, signedGet: presigned.RequestURI()}
+			urls := map[string]string{"nix_cache on S3": node.URL(), "GET from the S3 server": s.server.Endpoint, signedGet: s.server.Endpoint, splicingProxy: proxy}
+			paths := map[string]string{"nix_cache on S3": "/" + name, "GET from the S3 server": "/nix/main/" + name, signedGet: presigned.RequestURI(), splicingProxy: "/nix/main/" + name}
 			for round := range envInt("BENCH_ROUNDS", 5) {
-				for _, who := range roundOrder([]string{"nix_cache on S3", "GET from the S3 server", signedGet}, round) {
+				for _, who := range roundOrder([]string{"nix_cache on S3", "GET from the S3 server", signedGet, splicingProxy}, round) {
 					r := load(b, urls[who], []string{paths[who]}, conns, dur)
 					c.add(who, float64(r.bytes)/(1<<20)/r.elapsed.Seconds())
 				}
@@ -168,5 +172,9 @@ func BenchmarkS3(b *testing.B) {
 	b.Logf("%d MiB upload to S3: idle %d MiB, peak %d MiB, %v", size>>20, idle/1024, peak/1024, elapsed)
 }
 
-// signedGet is the S3 server answering GETs of a presigned URL.
-const signedGet = "signed GET from the S3 server"
+// The rows of BenchmarkS3's NAR downloads beside nix_cache's and the S3
+// server's own GET.
+const (
+	signedGet     = "signed GET from the S3 server"
+	splicingProxy = "haproxy splicing from the S3 server"
+)
