@@ -215,3 +215,39 @@ func TestForgetKeepsWhatWasStoredAgain(t *testing.T) {
 		t.Error("the record of a path stored again since its deletion is gone")
 	}
 }
+
+func TestAnUnchangedRecordIsNotWritten(t *testing.T) {
+	x, _ := openTest(t)
+	if err := x.putPaths([]Path{usualPath}, nil); err != nil {
+		t.Fatal(err)
+	}
+	// pagesWritten is how many pages putting p writes, beyond what any
+	// transaction writes.
+	writes := func() int64 {
+		stats := x.db.Stats()
+		return stats.TxStats.GetWrite()
+	}
+	pagesWritten := func(p Path) int64 {
+		before := writes()
+		if err := x.db.Update(func(*bolt.Tx) error { return nil }); err != nil {
+			t.Fatal(err)
+		}
+		empty := writes() - before
+		before += empty
+		if err := x.putPaths([]Path{p}, nil); err != nil {
+			t.Fatal(err)
+		}
+		return writes() - before - empty
+	}
+	if n := pagesWritten(usualPath); n != 0 {
+		t.Errorf("putting a record as it is stored wrote %d pages; want none", n)
+	}
+	changed := usualPath
+	changed.NarinfoSize++
+	if n := pagesWritten(changed); n == 0 {
+		t.Error("putting a changed record wrote no page")
+	}
+	if got, _, _ := x.Get(changed.Hash); got.NarinfoSize != changed.NarinfoSize {
+		t.Errorf("the changed record reads back with narinfo size %d, want %d", got.NarinfoSize, changed.NarinfoSize)
+	}
+}
