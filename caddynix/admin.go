@@ -145,6 +145,11 @@ func (adminAPI) Routes() []caddy.AdminRoute {
 	return []caddy.AdminRoute{{Pattern: "/nix-cache/", Handler: caddy.AdminHandlerFunc(serveOperation)}}
 }
 
+// indexWait bounds how long an operation waits for the cache's index to
+// be opened: a caddy that just started may be compacting it, or waiting
+// for another process that holds it.
+const indexWait = time.Minute
+
 func serveOperation(w http.ResponseWriter, r *http.Request) error {
 	name := strings.TrimPrefix(r.URL.Path, "/nix-cache/")
 	op, ok := operations[name]
@@ -159,9 +164,11 @@ func serveOperation(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return caddy.APIError{HTTPStatus: http.StatusNotFound, Err: err}
 	}
-	idx := h.state.Index()
-	if idx == nil {
-		return caddy.APIError{HTTPStatus: http.StatusServiceUnavailable, Err: errors.New("the cache's index is not open yet; try again in a moment")}
+	waiting, cancel := context.WithTimeout(r.Context(), indexWait)
+	idx, err := h.state.WaitIndex(waiting)
+	cancel()
+	if err != nil {
+		return caddy.APIError{HTTPStatus: http.StatusServiceUnavailable, Err: fmt.Errorf("the cache's index %s did not open within %s: caddy's log says why (another process may hold it); try again later", h.state.IndexPath(), indexWait)}
 	}
 	result, err := op.run(r.Context(), h.collector(idx), params, h.Retention)
 	if err != nil {

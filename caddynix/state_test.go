@@ -50,12 +50,32 @@ func TestUploadsDoNotWaitForAHeldIndex(t *testing.T) {
 	if h.state.Index() != nil {
 		t.Fatal("the index claims to be open while another holder has it")
 	}
+	// An admin operation waits for the index, as long as its context lets
+	// it.
+	short, cancelShort := context.WithTimeout(ctx, 100*time.Millisecond)
+	defer cancelShort()
+	if idx, err := h.state.WaitIndex(short); idx != nil || err == nil {
+		t.Fatalf("WaitIndex while the index is held: %v, %v; want the context's error", idx, err)
+	}
+	waited := make(chan *index.Index, 1)
+	go func() {
+		idx, _ := h.state.WaitIndex(ctx)
+		waited <- idx
+	}()
 
 	if err := held.Close(); err != nil {
 		t.Fatal(err)
 	}
 	if err := <-opened; err != nil {
 		t.Fatalf("opening the index once free: %v", err)
+	}
+	select {
+	case idx := <-waited:
+		if idx == nil || idx != h.state.Index() {
+			t.Fatalf("WaitIndex returned %v, not the index opened", idx)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("WaitIndex did not return once the index was open")
 	}
 	record, ok, err := h.state.Index().Get(p.hash)
 	if err != nil || !ok {

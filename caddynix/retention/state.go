@@ -101,6 +101,25 @@ func (s *State) Storage() storage.Store {
 	return s.store
 }
 
+// WaitIndex returns the open index once it is open, or ctx's error if
+// ctx ends first.
+func (s *State) WaitIndex(ctx context.Context) (*index.Index, error) {
+	// Opening waits on another process and is rare, so a poll is as good
+	// as a signal every Open and Destruct would have to renew.
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		if idx := s.Index(); idx != nil {
+			return idx, nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-tick.C:
+		}
+	}
+}
+
 // Index returns the open index, or nil before it has been opened.
 func (s *State) Index() *index.Index {
 	s.mu.Lock()
