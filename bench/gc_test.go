@@ -135,8 +135,8 @@ func BenchmarkCollect(b *testing.B) {
 	wall.holds = ratioAtMost(gcHalf, rmHalf, 1.5)
 	wall.notes = append(wall.notes, "Each run is a `caddy nix-cache` process on the cache directory (--root), so it includes opening the index and listing the directory. "+
 		"The paths form a package repository's graph: 3,000 shared bases and chains of 5 to 20 paths on top, each referencing the one before and 1 to 5 bases. "+
-		"reindex --full reads and parses every narinfo and rewrites every record; the first row is the least that takes, cat of every narinfo. "+
-		"reindex is what a start-up does: it brings the index in line with unchanged files (a listing and a stat per file). "+
+		"reindex --full reads and parses every narinfo and writes the records that changed; the first row is the least that takes, cat of every narinfo. "+
+		"reindex is what a start-up does: it brings the index in line with unchanged files (a listing and a stat per file), after compacting the index when it opens it, if its pages are mostly empty (in the first round, after the first reindex --full). "+
 		"gc --dry-run does that, loads every record and plans; gc to half the size then deletes, and the row after it is the least that takes, rm of as many files in a copy of the cache; gc with nothing to do is a collection that finds nothing to delete.")
 	within256 := func(m map[string]float64) bool {
 		for _, v := range m {
