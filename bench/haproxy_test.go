@@ -2,7 +2,6 @@ package bench
 
 import (
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -48,14 +47,6 @@ backend s3
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { proc.Stop(10 * time.Second) })
-	if err := harness.Eventually(10*time.Second, 50*time.Millisecond, func() error {
-		conn, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port))
-		if err != nil {
-			return err
-		}
-		return conn.Close()
-	}); err != nil {
-		b.Fatalf("haproxy does not answer: %v", err)
-	}
+	awaitListening(b, "haproxy", port)
 	return port
 }

@@ -171,6 +171,13 @@ http {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { proc.Stop(10 * time.Second) })
+	awaitListening(b, "nginx", port)
+	return proc, port
+}
+
+// awaitListening waits until what listens on port of the loopback.
+func awaitListening(b *testing.B, what string, port int) {
+	b.Helper()
 	if err := harness.Eventually(10*time.Second, 50*time.Millisecond, func() error {
 		conn, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port))
 		if err != nil {
@@ -178,7 +185,6 @@ http {
 		}
 		return conn.Close()
 	}); err != nil {
-		b.Fatalf("nginx does not answer: %v", err)
+		b.Fatalf("%s does not answer: %v", what, err)
 	}
-	return proc, port
 }
