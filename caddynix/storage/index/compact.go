@@ -83,8 +83,11 @@ func (x *Index) compactIfWasteful() error {
 			return nil
 		})
 	})
-	if err != nil || size < compactMinSize || float64(size) < compactWaste*float64(inuse) {
-		return err
+	if err != nil {
+		return fmt.Errorf("%w: measuring %s: %w", ErrNotCompacted, x.path, err)
+	}
+	if size < compactMinSize || float64(size) < compactWaste*float64(inuse) {
+		return nil
 	}
 	compacted := x.path + ".compacting"
 	// Left by a compaction cut short; this process holds the index.
