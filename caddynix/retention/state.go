@@ -144,7 +144,7 @@ func (s *State) Open(ctx context.Context, logger *zap.Logger) (*index.Index, err
 			logger.Warn("rebuilding the cache index from the files", zap.String("index_file", s.indexPath), zap.Error(err))
 			err = nil
 		case errors.Is(err, index.ErrNotCompacted):
-			logger.Warn("the cache index works, at its size", zap.String("index_file", s.indexPath), zap.Error(err))
+			logger.Warn("the cache index could not be compacted and is used as it is", zap.String("index_file", s.indexPath), zap.Error(err))
 			err = nil
 		}
 		if err == nil {
