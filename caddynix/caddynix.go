@@ -157,12 +157,12 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 	}
 }
 
-// collector collects the handler's cache with the index idx.
 // collectionCPUShare is the share of one CPU that the walks and deletions
 // of a collection in a serving caddy take at most, so that requests keep
 // the rest; `caddy nix-cache gc --root` runs at full speed.
 const collectionCPUShare = 0.25
 
+// collector collects the handler's cache with the index idx.
 func (h *Handler) collector(idx *index.Index) *retention.Collector {
 	return retention.NewCollector(retention.Options{
 		Store: h.store, StoreDir: h.StoreDir, State: h.state, Index: idx,
