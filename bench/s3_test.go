@@ -81,7 +81,7 @@ func BenchmarkS3(b *testing.B) {
 				"nix_cache at least 0.8x a GET from the S3 server")
 			c.holds = ratioAtLeast("nix_cache on S3", "GET from the S3 server", 0.8)
 			c.notes = append(c.notes, loadNote+" The S3 server (versitygw v1.8.0, POSIX backend) runs on the server CPU too, so through nix_cache one core does the S3 server's work and caddy's. "+
-				"Through the node every byte is read from the S3 server's response and written again by caddy, in 256 KiB copies, on that one core, after one signed GET of the object. "+
+				"Through the node, caddy makes one signed GET of the object on a connection of its own and hands that connection down to the client's, and the kernel splices the bytes from one to the other (wrk is a plain HTTP/1 client; over TLS or HTTP/2 every byte is copied in 256 KiB pieces). "+
 				"The second row is an anonymous GET of the object, which the S3 server answers without checking a signature. "+
 				"The third is a GET of a URL the S3 server's credentials signed, as `storage s3 { redirect 5m }` sends clients to and as every GET of the node is signed: "+
 				"its own speed, and the ceiling of any node that asks the S3 server for what it serves on the same core. "+

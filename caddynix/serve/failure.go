@@ -83,7 +83,7 @@ type failureNoticingObject struct {
 	failed func()
 }
 
-func (o failureNoticingObject) Read(p []byte) (int, error) {
+func (o *failureNoticingObject) Read(p []byte) (int, error) {
 	n, err := o.Object.Read(p)
 	if err != nil && err != io.EOF && !errors.Is(err, context.Canceled) {
 		o.failed()

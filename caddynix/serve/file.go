@@ -23,7 +23,11 @@ func (c *Cache) File(w http.ResponseWriter, r *http.Request, req cacheurl.Reques
 	if req.Kind == cacheurl.Nar && c.redirect > 0 {
 		return c.redirectNar(w, r, req, overlay)
 	}
-	obj, info, err := c.store.Open(r.Context(), req.File)
+	ctx := r.Context()
+	if spliceable(r) {
+		ctx = storage.WithConnReads(ctx)
+	}
+	obj, info, err := c.store.Open(ctx, req.File)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			return c.fileFallback(w, r, req, overlay)
@@ -53,18 +57,22 @@ func (c *Cache) File(w http.ResponseWriter, r *http.Request, req cacheurl.Reques
 	}
 	var content io.ReadSeeker = obj
 	f, isFile := obj.(*os.File)
-	if isFile && r.ProtoMajor == 1 {
+	if !isFile {
+		content = &failureNoticingObject{Object: obj, failed: c.narinfos.distrust}
+	}
+	connReader, readsConns := obj.(storage.ConnReader)
+	switch {
+	case isFile && r.ProtoMajor == 1:
 		// Files in the cache are replaced by rename, never written in
 		// place, so the file cannot grow while it is sent.
 		w = caddyutil.NewSendfileWriter(w, f, info.Size)
-	} else {
+	case readsConns && spliceable(r):
+		w = newSpliceWriter(w, r, connReader, content, c.narinfos.distrust)
+	default:
 		// Copied in large writes: from S3, and over HTTP/2, where every
 		// write waits for the connection's one writer goroutine, which
 		// sends a NAR a quarter faster than io.Copy's.
 		w = newStreamWriter(w)
-	}
-	if !isFile {
-		content = failureNoticingObject{Object: obj, failed: c.narinfos.distrust}
 	}
 	http.ServeContent(w, r, "", info.ModTime, content)
 	return nil

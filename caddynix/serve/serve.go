@@ -1,7 +1,8 @@
 // Package serve answers what a nix_cache holds in its own storage: signed
 // narinfos, kept in memory while their files are unchanged, NARs, listings
-// and logs with ranges and sendfile(2), or a redirect to a URL the storage
-// signs, and the landing page. What the storage does not hold is asked of
+// and logs with ranges, sendfile(2) from a directory and splice(2) from a
+// storage's connection, or a redirect to a URL the storage signs, and the
+// landing page. What the storage does not hold is asked of
 // the sources, in their order.
 //
 // It serves HTTP inside Caddy but knows nothing of its configuration:

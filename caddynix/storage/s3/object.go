@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"time"
 
@@ -57,9 +58,32 @@ type object struct {
 	bodyOff int64
 	// resumes counts the resumptions since the last byte read.
 	resumes int
+
+	// conns is whether the object's GETs are made on connections of its
+	// own, which ReadConn hands over.
+	conns bool
+	// handedAt is where ReadConn last handed a connection over; -1 before.
+	handedAt int64
 }
 
 func (o *object) get(start, end int64) (io.ReadCloser, error) {
+	if o.conns {
+		length := o.size - start
+		if end >= 0 {
+			length = end - start + 1
+		}
+		body, _, err := o.store.connGet(o.ctx, o.key, o.etag, start, length)
+		if err != nil {
+			return nil, o.readFailure(err)
+		}
+		if !body.closes {
+			// A server that keeps the connection open after the body
+			// cannot have it handed over: read it, and GET the rest
+			// through the S3 client.
+			o.conns = false
+		}
+		return body, nil
+	}
 	var opts minio.GetObjectOptions
 	if o.etag != "" {
 		if err := opts.SetMatchETag(o.etag); err != nil {
@@ -77,14 +101,24 @@ func (o *object) get(start, end int64) (io.ReadCloser, error) {
 	ctx, answered := untilAnswered(o.ctx)
 	body, _, _, err := o.store.core.GetObject(ctx, o.store.bucket, o.key, opts)
 	answered()
-	err = noAnswer(ctx, err)
 	if err != nil {
-		if minio.ToErrorResponse(err).StatusCode == http.StatusPreconditionFailed {
-			return nil, fmt.Errorf("%s changed while it was read: %w", o.key, err)
-		}
-		return nil, notFound(o.key, err)
+		return nil, o.readFailure(noAnswer(ctx, err))
 	}
 	return body, nil
+}
+
+// readFailure says why a GET after the first failed.
+func (o *object) readFailure(err error) error {
+	if minio.ToErrorResponse(err).StatusCode == http.StatusPreconditionFailed {
+		return fmt.Errorf("%s changed while it was read: %w", o.key, err)
+	}
+	return notFound(o.key, err)
+}
+
+// cutTooOften is the error of a read that gave up on a stream cut again
+// and again at the same byte.
+func (o *object) cutTooOften(err error) error {
+	return fmt.Errorf("reading %s: the stream was cut %d times at byte %d of %d: %w", o.key, maxResumes+1, o.off, o.size, err)
 }
 
 func (o *object) Read(p []byte) (int, error) {
@@ -128,10 +162,46 @@ func (o *object) Read(p []byte) (int, error) {
 			return n, nil
 		}
 		if o.resumes == maxResumes {
-			return 0, fmt.Errorf("reading %s: the stream was cut %d times at byte %d of %d: %w", o.key, maxResumes+1, o.off, o.size, err)
+			return 0, o.cutTooOften(err)
 		}
 		o.resumes++
 	}
+}
+
+// ReadConn hands over a connection that carries the next n bytes: the one
+// Open's GET is on when it is at the read position with n bytes left,
+// another GET's otherwise.
+func (o *object) ReadConn(n int64) ([]byte, *net.TCPConn, error) {
+	if !o.conns || n <= 0 || o.off+n > o.size {
+		return nil, nil, nil
+	}
+	if o.handedAt == o.off {
+		// The connection handed over from here brought nothing.
+		if o.resumes == maxResumes {
+			return nil, nil, o.cutTooOften(io.ErrUnexpectedEOF)
+		}
+		o.resumes++
+	} else {
+		o.resumes = 0
+	}
+	body, ok := o.body.(*connBody)
+	if !ok || o.bodyOff != o.off || body.remaining != n {
+		if o.body != nil {
+			_ = o.body.Close()
+		}
+		o.body = nil
+		next, err := o.get(o.off, o.off+n-1)
+		if err != nil {
+			return nil, nil, err
+		}
+		o.body, o.bodyOff = next, o.off
+		if body, ok = next.(*connBody); !ok || !body.closes {
+			return nil, nil, nil
+		}
+	}
+	o.body = nil
+	o.handedAt = o.off
+	return body.handOver()
 }
 
 func (o *object) Seek(offset int64, whence int) (int64, error) {
@@ -204,8 +274,18 @@ func (s *Store) Stat(ctx context.Context, name string) (storage.Info, error) {
 }
 
 // Open opens the object name with one GET, whose body serves the reads
-// from the start; a read elsewhere fetches that range.
+// from the start; a read elsewhere fetches that range. Under a context
+// from storage.WithConnReads and over plain HTTP, the GETs are made on
+// connections of their own, which the object's ReadConn hands over.
 func (s *Store) Open(ctx context.Context, name string) (storage.Object, storage.Info, error) {
+	if s.connReads && storage.ConnReadsWanted(ctx) {
+		body, obj, err := s.connGet(ctx, s.key(name), "", 0, -1)
+		if err != nil {
+			return nil, storage.Info{}, notFound(name, err)
+		}
+		info := infoOf(name, obj)
+		return &object{ctx: ctx, store: s, key: s.key(name), size: info.Size, etag: info.Version, body: body, conns: body.closes, handedAt: -1}, info, nil
+	}
 	ctx, answered := untilAnswered(ctx)
 	body, obj, _, err := s.core.GetObject(ctx, s.bucket, s.key(name), minio.GetObjectOptions{})
 	answered()
@@ -214,8 +294,8 @@ func (s *Store) Open(ctx context.Context, name string) (storage.Object, storage.
 		return nil, storage.Info{}, notFound(name, err)
 	}
 	info := infoOf(name, obj)
-	return &object{ctx: ctx, store: s, key: s.key(name), size: info.Size, etag: info.Version, body: body}, info, nil
+	return &object{ctx: ctx, store: s, key: s.key(name), size: info.Size, etag: info.Version, body: body, handedAt: -1}, info, nil
 }
 
 // Interface guard
-var _ storage.Object = (*object)(nil)
+var _ storage.ConnReader = (*object)(nil)

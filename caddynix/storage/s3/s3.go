@@ -66,6 +66,9 @@ type Store struct {
 	partSize       int64
 	location       string
 	abandonedAfter time.Duration
+	// connReads is whether objects can be read on connections of their
+	// own, which the kernel can move into a client's (see ReadConn).
+	connReads bool
 }
 
 // Open connects to the bucket and checks that it exists and that the
@@ -117,6 +120,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		prefix:         strings.TrimPrefix(cfg.Prefix, "/"),
 		partSize:       cfg.PartSize,
 		abandonedAfter: cfg.AbandonedAfter,
+		connReads:      connReadable(u),
 		location:       "s3://" + cfg.Bucket + "/" + strings.TrimPrefix(cfg.Prefix, "/") + "?endpoint=" + cfg.Endpoint,
 	}
 	if s.prefix != "" && !strings.HasSuffix(s.prefix, "/") {
