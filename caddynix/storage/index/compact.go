@@ -77,8 +77,8 @@ func (x *Index) compactIfWasteful() error {
 		if size < compactMinSize {
 			return nil
 		}
-		return tx.ForEach(func(_ []byte, b *bolt.Bucket) error {
-			s := b.Stats()
+		return tx.ForEach(func(name []byte, _ *bolt.Bucket) error {
+			s := bucketStats(tx, name)
 			inuse += int64(s.LeafInuse + s.BranchInuse)
 			return nil
 		})

@@ -230,7 +230,7 @@ func servedValue(at time.Time) []byte {
 func (x *Index) Served() (map[string]time.Time, error) {
 	served := map[string]time.Time{}
 	err := x.db.View(func(tx *bolt.Tx) error {
-		return tx.Bucket(servedBucket).ForEach(func(k, v []byte) error {
+		return scan(tx, servedBucket, func(k, v []byte) error {
 			if len(v) == 8 {
 				served[HashOf(k)] = time.Unix(int64(binary.BigEndian.Uint64(v)), 0)
 			}

@@ -222,10 +222,9 @@ func (v *indexedVersions) missing() iter.Seq[string] {
 func (x *Index) indexedVersions() (*indexedVersions, error) {
 	v := new(indexedVersions)
 	err := x.db.View(func(tx *bolt.Tx) error {
-		b := tx.Bucket(pathsBucket)
 		v.entries = make([]indexedVersion, 0, Snapshot{tx}.Len())
 		// The bucket's order is the keys' order.
-		return b.ForEach(func(k, data []byte) error {
+		return scan(tx, pathsBucket, func(k, data []byte) error {
 			version, err := recordVersion(data)
 			if err != nil {
 				return fmt.Errorf("index record of %s: %w", HashOf(k), err)

@@ -109,13 +109,13 @@ func (x *Index) Read(fn func(Snapshot) error) error {
 
 // Len is how many paths the index holds. It reads every page of the
 // records once.
-func (s Snapshot) Len() int { return s.tx.Bucket(pathsBucket).Stats().KeyN }
+func (s Snapshot) Len() int { return bucketStats(s.tx, pathsBucket).KeyN }
 
 // Summaries calls fn with every path's summary, in the order of their
 // keys.
 func (s Snapshot) Summaries(fn func(*Summary) error) error {
 	var summary Summary
-	return s.tx.Bucket(pathsBucket).ForEach(func(k, v []byte) error {
+	return scan(s.tx, pathsBucket, func(k, v []byte) error {
 		if err := decodeSummary(k, v, &summary); err != nil {
 			return err
 		}
@@ -126,7 +126,7 @@ func (s Snapshot) Summaries(fn func(*Summary) error) error {
 // Served calls fn with every path's last served time, in the order of
 // their keys; key is valid only during the call.
 func (s Snapshot) Served(fn func(key []byte, at time.Time) error) error {
-	return s.tx.Bucket(servedBucket).ForEach(func(k, v []byte) error {
+	return scan(s.tx, servedBucket, func(k, v []byte) error {
 		if len(v) != 8 {
 			return nil
 		}
@@ -141,7 +141,7 @@ func (s Snapshot) Get(hash string) (Path, bool, error) { return getPath(s.tx, ha
 // their keys.
 func (s Snapshot) Each(fn func(*Path) error) error {
 	pushers := map[string]*Pusher{}
-	return s.tx.Bucket(pathsBucket).ForEach(func(k, v []byte) error {
+	return scan(s.tx, pathsBucket, func(k, v []byte) error {
 		p, pusherKey, err := decodePath(HashOf(k), v)
 		if err != nil {
 			return err
