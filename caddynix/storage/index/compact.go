@@ -1,6 +1,7 @@
 package index
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"os"
@@ -23,6 +24,9 @@ const (
 	// compactTxSize bounds one transaction of a compaction, which holds its
 	// pages in memory until it commits.
 	compactTxSize = 8 << 20
+	// leafElementSize is what bbolt's leaf pages hold for a record beside
+	// its key and value.
+	leafElementSize = 16
 )
 
 // compactMinSize is the smallest file worth compacting.
@@ -78,9 +82,10 @@ func (x *Index) compactIfWasteful() error {
 			return nil
 		}
 		return tx.ForEach(func(name []byte, _ *bolt.Bucket) error {
-			s := bucketStats(tx, name)
-			inuse += int64(s.LeafInuse + s.BranchInuse)
-			return nil
+			return scan(tx, name, func(k, v []byte) error {
+				inuse += int64(leafElementSize + len(k) + len(v))
+				return nil
+			})
 		})
 	})
 	if err != nil {
@@ -104,7 +109,7 @@ func (x *Index) compactIfWasteful() error {
 		return fmt.Errorf("%w: %s %s (%d bytes, about %d of them data; it needs as much free space beside it): %w",
 			ErrNotCompacted, what, x.path, size, inuse, err)
 	}
-	if err := bolt.Compact(dst, x.db, compactTxSize); err != nil {
+	if err := copyCompacted(dst, x.db); err != nil {
 		return fail("copying", err)
 	}
 	if err := dst.Sync(); err != nil {
@@ -123,4 +128,59 @@ func (x *Index) compactIfWasteful() error {
 	_ = x.db.Close()
 	x.db = dst
 	return nil
+}
+
+// copyCompacted copies every bucket of src into dst in key order, into full
+// pages, in transactions of at most compactTxSize bytes of records. That
+// is what bbolt.Compact does for buckets that, as the index's, hold no
+// buckets of their own; this copy also releases the pages of src it has
+// read as it goes (scan), so that a compaction does not leave the whole
+// file resident.
+func copyCompacted(dst, src *bolt.DB) error {
+	return src.View(func(from *bolt.Tx) error {
+		var names [][]byte
+		err := from.ForEach(func(name []byte, _ *bolt.Bucket) error {
+			names = append(names, bytes.Clone(name))
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		to, err := dst.Begin(true)
+		if err != nil {
+			return err
+		}
+		defer func() { _ = to.Rollback() }()
+		pending := 0
+		for _, name := range names {
+			bucket, err := to.CreateBucket(name)
+			if err != nil {
+				return err
+			}
+			bucket.FillPercent = 1
+			err = scan(from, name, func(k, v []byte) error {
+				if v == nil {
+					return fmt.Errorf("bucket %s holds a bucket, which no index makes", name)
+				}
+				if pending += len(k) + len(v); pending > compactTxSize {
+					if err := to.Commit(); err != nil {
+						return err
+					}
+					next, err := dst.Begin(true)
+					if err != nil {
+						return err
+					}
+					to, bucket, pending = next, next.Bucket(name), len(k)+len(v)
+					bucket.FillPercent = 1
+				}
+				// k and v point into src's map, which stays valid while
+				// from is open, as bbolt needs until the commit.
+				return bucket.Put(k, v)
+			})
+			if err != nil {
+				return err
+			}
+		}
+		return to.Commit()
+	})
 }

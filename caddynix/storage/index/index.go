@@ -23,6 +23,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -57,6 +58,9 @@ type Index struct {
 	db      *bolt.DB
 	path    string
 	commits committer
+	// releasedAtWrite is how many pages write transactions had written
+	// when releaseAfterWrites last released the mapped pages.
+	releasedAtWrite atomic.Int64
 }
 
 // Open opens or creates the index file at path (mode 0600, its directory

@@ -102,7 +102,7 @@ func (x *Index) Paths() (map[string]*Path, error) {
 
 // Delete forgets the paths with the given hash parts.
 func (x *Index) Delete(hashes ...string) error {
-	return x.db.Update(func(tx *bolt.Tx) error {
+	return x.write(func(tx *bolt.Tx) error {
 		paths, served := tx.Bucket(pathsBucket), tx.Bucket(servedBucket)
 		for _, hash := range hashes {
 			if err := paths.Delete(KeyOf(hash)); err != nil {
@@ -176,7 +176,7 @@ func (x *Index) Forget(deleted *Deletions) error {
 	}
 	slices.SortFunc(order, func(a, b int) int { return bytes.Compare(deleted.keys.At(a), deleted.keys.At(b)) })
 	for start := 0; start < len(order); start += forgetBatch {
-		err := x.db.Update(func(tx *bolt.Tx) error {
+		err := x.write(func(tx *bolt.Tx) error {
 			paths, served := tx.Bucket(pathsBucket), tx.Bucket(servedBucket)
 			for _, i := range order[start:min(start+forgetBatch, len(order))] {
 				key := deleted.keys.At(i)
@@ -206,7 +206,7 @@ func (x *Index) MarkServed(served map[string]time.Time) error {
 	if len(served) == 0 {
 		return nil
 	}
-	return x.db.Update(func(tx *bolt.Tx) error {
+	return x.write(func(tx *bolt.Tx) error {
 		b := tx.Bucket(servedBucket)
 		for hash, at := range served {
 			key := KeyOf(hash)

@@ -164,7 +164,7 @@ func (x *Index) Reconcile(ctx context.Context, store storage.Store, storeDir str
 		return stats, err
 	}
 	stats.Removed = len(gone)
-	return stats, x.db.Update(x.setComplete)
+	return stats, x.write(x.setComplete)
 }
 
 // versionsSeed keys versionDigest for the life of the process.
@@ -249,7 +249,7 @@ func (x *Index) putPaths(paths []Path, used map[string]time.Time) error {
 	if len(paths) == 0 {
 		return nil
 	}
-	return x.db.Update(func(tx *bolt.Tx) error {
+	return x.write(func(tx *bolt.Tx) error {
 		served := tx.Bucket(servedBucket)
 		for _, p := range paths {
 			if err := putPath(tx, &p); err != nil {
@@ -270,7 +270,7 @@ func (x *Index) putPaths(paths []Path, used map[string]time.Time) error {
 // the index knows no pusher of get the run's job as pusher, pull-request
 // only when every run that pushed them was for a pull request.
 func (x *Index) AdoptRuns(runs []*Run) error {
-	return x.db.Update(func(tx *bolt.Tx) error {
+	return x.write(func(tx *bolt.Tx) error {
 		b := tx.Bucket(runsBucket)
 		adopted := map[string]*Path{}
 		for _, run := range runs {

@@ -125,7 +125,7 @@ func addRunPath(tx *bolt.Tx, job *Job, hash string, at time.Time) error {
 // default-branch runs, newest first, and forgets (and returns) the runs
 // older than those, which can no longer become kept.
 func (x *Index) KeptRuns() (kept, forgotten []*Run, err error) {
-	err = x.db.Update(func(tx *bolt.Tx) error {
+	err = x.write(func(tx *bolt.Tx) error {
 		b := tx.Bucket(runsBucket)
 		byRepo := map[string][]*Run{}
 		keys := map[*Run][]byte{}

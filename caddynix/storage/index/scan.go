@@ -5,7 +5,7 @@ import bolt "go.etcd.io/bbolt"
 // releaseEvery is how many bytes of records a read of a whole bucket
 // passes between releases of the pages it read (releaseMapped): what it
 // keeps resident of the index at most, besides the tree's upper pages.
-const releaseEvery = 16 << 20
+var releaseEvery = 16 << 20
 
 // scan calls fn with every key and value of the bucket name, as
 // bbolt.Bucket.ForEach does, releasing the pages read as it goes.
@@ -21,9 +21,30 @@ func scan(tx *bolt.Tx, name []byte, fn func(k, v []byte) error) error {
 	})
 }
 
-// bucketStats is the bucket name's bbolt.Bucket.Stats, which reads every
-// page of it, with those pages released after.
-func bucketStats(tx *bolt.Tx, name []byte) bolt.BucketStats {
-	defer releaseMapped(tx)
-	return tx.Bucket(name).Stats()
+// releaseAfterWrites releases the pages that write transactions read,
+// once they have written releaseEvery bytes of pages since the last time:
+// a collection's deletions and a reindex's records land all over the
+// file, and each page a transaction changes it first reads. It opens a
+// read transaction of its own, during which the file is not remapped.
+func (x *Index) releaseAfterWrites() {
+	stats := x.db.Stats()
+	written, last := stats.TxStats.GetWrite(), x.releasedAtWrite.Load()
+	// After a compaction the counts start again, with the new file.
+	if written >= last && (written-last)*int64(x.db.Info().PageSize) < int64(releaseEvery) {
+		return
+	}
+	if !x.releasedAtWrite.CompareAndSwap(last, written) {
+		return // another writer is releasing them
+	}
+	_ = x.db.View(func(tx *bolt.Tx) error {
+		releaseMapped(tx)
+		return nil
+	})
+}
+
+// write runs fn in a read-write transaction of its own, committed alone,
+// for writes too large to wait in a group (see update).
+func (x *Index) write(fn func(*bolt.Tx) error) error {
+	defer x.releaseAfterWrites()
+	return x.db.Update(fn)
 }

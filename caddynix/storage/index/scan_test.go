@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	bolt "go.etcd.io/bbolt"
 )
@@ -100,4 +101,67 @@ func residentOf(t *testing.T, path string) int64 {
 		t.Fatal(err)
 	}
 	return total
+}
+
+// TestIndexReadsAndWritesLeaveLittleResident fills an index of 60,000
+// records in random order, compacts it at Open, reads all of it and
+// deletes half of it in batches, as a collection does, with pages
+// released every 256 KiB: after each, little of the file stays resident
+// in this process, as it must for a collection of a million paths to
+// stay small.
+func TestIndexReadsAndWritesLeaveLittleResident(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("releasing mapped pages is Linux's madvise(2), and resident memory is read from Linux's /proc")
+	}
+	old, oldMin := releaseEvery, compactMinSize
+	releaseEvery, compactMinSize = 256<<10, 1<<20
+	t.Cleanup(func() { releaseEvery, compactMinSize = old, oldMin })
+	x, path := openTest(t)
+	var hashes []string
+	for start := 0; start < 60000; start += 1000 {
+		var batch []Path
+		for range 1000 {
+			p := usualPath
+			p.Hash = randomHash(t)
+			p.StorePath = "/nix/store/" + p.Hash + "-package-1.0"
+			hashes = append(hashes, p.Hash)
+			batch = append(batch, p)
+		}
+		if err := x.putPaths(batch, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := x.Close(); err != nil {
+		t.Fatal(err)
+	}
+	x, err := Open(path, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer x.Close()
+	info, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const most = 1 << 20
+	check := func(what string) {
+		t.Helper()
+		resident := residentOf(t, path)
+		t.Logf("after %s: %d of %d bytes resident", what, resident, info.Size())
+		if resident > most {
+			t.Fatalf("after %s, %d bytes of the %d-byte index are resident, want at most %d", what, resident, info.Size(), most)
+		}
+	}
+	check("opening and compacting")
+	read, err := x.Paths()
+	if err != nil || len(read) != len(hashes) {
+		t.Fatalf("read %d of %d records: %v", len(read), len(hashes), err)
+	}
+	check("reading every record")
+	for start := 0; start < len(hashes); start += 2000 {
+		if err := x.Delete(hashes[start : start+1000]...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	check("deleting half the records")
 }

@@ -109,7 +109,14 @@ func (x *Index) Read(fn func(Snapshot) error) error {
 
 // Len is how many paths the index holds. It reads every page of the
 // records once.
-func (s Snapshot) Len() int { return bucketStats(s.tx, pathsBucket).KeyN }
+func (s Snapshot) Len() int {
+	n := 0
+	_ = scan(s.tx, pathsBucket, func(_, _ []byte) error {
+		n++
+		return nil
+	})
+	return n
+}
 
 // Summaries calls fn with every path's summary, in the order of their
 // keys.
