@@ -148,7 +148,7 @@ func BenchmarkCollect(b *testing.B) {
 	}
 	rss := newComparison(fmt.Sprintf("Index and collection, %d paths: peak resident memory", n), "MiB", "lower", "at most 256 MiB for each")
 	rss.holds = within256
-	rss.notes = append(rss.notes, "Peak resident memory (VmHWM, read every 10 ms) of each `caddy nix-cache` process. It counts the pages of the index file that the process read, which bbolt maps: page cache, which the kernel can drop and read again at any time, and which a cgroup's memory limit counts whether mapped or not.")
+	rss.notes = append(rss.notes, "Peak resident memory (VmHWM, read every 10 ms) of each `caddy nix-cache` process. It counts the binary's pages the process ran (about 50 MiB) and the pages of the index file it has mapped at the time: bbolt maps the file, and the commands let go of the pages behind every 16 MiB a read maps and after every write transaction (madvise), so that they stay in the page cache only.")
 	anon := newComparison(fmt.Sprintf("Index and collection, %d paths: peak anonymous memory", n), "MiB", "lower", "at most 256 MiB for each")
 	anon.holds = within256
 	anon.notes = append(anon.notes, "Peak anonymous memory (RssAnon, read every 10 ms) of each `caddy nix-cache` process: its heap and stacks, what it holds itself.")

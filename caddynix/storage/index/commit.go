@@ -69,7 +69,7 @@ func (x *Index) update(fn func(*bolt.Tx) error) error {
 // others, so it is run alone for its own error and the rest are committed
 // again without it.
 func (x *Index) commitGroup(group []*write) {
-	defer x.releaseAfterWrites()
+	defer x.releaseMappedPages()
 	for len(group) > 0 {
 		failed := -1
 		err := x.db.Update(func(tx *bolt.Tx) error {

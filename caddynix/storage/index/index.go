@@ -58,9 +58,9 @@ type Index struct {
 	db      *bolt.DB
 	path    string
 	commits committer
-	// releasedAtWrite is how many pages write transactions had written
-	// when releaseAfterWrites last released the mapped pages.
-	releasedAtWrite atomic.Int64
+	// touches counts the records looked up or written one at a time
+	// (touched).
+	touches atomic.Int64
 }
 
 // Open opens or creates the index file at path (mode 0600, its directory

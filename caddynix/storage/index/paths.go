@@ -83,6 +83,7 @@ func (x *Index) Get(hash string) (Path, bool, error) {
 	err := x.db.View(func(tx *bolt.Tx) error {
 		var err error
 		p, ok, err = getPath(tx, hash)
+		x.touched(tx, 1)
 		return err
 	})
 	return p, ok, err
@@ -105,6 +106,7 @@ func (x *Index) Delete(hashes ...string) error {
 	return x.write(func(tx *bolt.Tx) error {
 		paths, served := tx.Bucket(pathsBucket), tx.Bucket(servedBucket)
 		for _, hash := range hashes {
+			x.touched(tx, 2)
 			if err := paths.Delete(KeyOf(hash)); err != nil {
 				return err
 			}
@@ -179,6 +181,7 @@ func (x *Index) Forget(deleted *Deletions) error {
 		err := x.write(func(tx *bolt.Tx) error {
 			paths, served := tx.Bucket(pathsBucket), tx.Bucket(servedBucket)
 			for _, i := range order[start:min(start+forgetBatch, len(order))] {
+				x.touched(tx, 2)
 				key := deleted.keys.At(i)
 				version, err := recordVersion(paths.Get(key))
 				if err != nil || versionDigest(version) != deleted.versions[i] {
@@ -209,6 +212,7 @@ func (x *Index) MarkServed(served map[string]time.Time) error {
 	return x.write(func(tx *bolt.Tx) error {
 		b := tx.Bucket(servedBucket)
 		for hash, at := range served {
+			x.touched(tx, 1)
 			key := KeyOf(hash)
 			if old := b.Get(key); len(old) == 8 && int64(binary.BigEndian.Uint64(old)) >= at.Unix() {
 				continue

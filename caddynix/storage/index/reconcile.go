@@ -58,8 +58,11 @@ type ReconcileStats struct {
 	Invalid []string `json:"invalid,omitempty"`
 }
 
-// reconcileBatch is how many records one write transaction takes.
-const reconcileBatch = 2000
+// reconcileBatch is how many records one write transaction takes: few,
+// since a commit faults in the old page of every leaf it changes, and
+// Linux maps 64 KiB of the file around each fault, which no release can
+// undo before the commit ends. 256 leaves map 16 MiB at most.
+const reconcileBatch = 256
 
 // Reconcile brings the index in line with the files: every narinfo the
 // cache would serve is indexed (again, when its file changed, or always
@@ -222,7 +225,7 @@ func (v *indexedVersions) missing() iter.Seq[string] {
 func (x *Index) indexedVersions() (*indexedVersions, error) {
 	v := new(indexedVersions)
 	err := x.db.View(func(tx *bolt.Tx) error {
-		v.entries = make([]indexedVersion, 0, Snapshot{tx}.Len())
+		v.entries = make([]indexedVersion, 0, Snapshot{tx, x}.Len())
 		// The bucket's order is the keys' order.
 		return scan(tx, pathsBucket, func(k, data []byte) error {
 			version, err := recordVersion(data)
@@ -252,6 +255,7 @@ func (x *Index) putPaths(paths []Path, used map[string]time.Time) error {
 	return x.write(func(tx *bolt.Tx) error {
 		served := tx.Bucket(servedBucket)
 		for _, p := range paths {
+			x.touched(tx, 2)
 			if err := putPath(tx, &p); err != nil {
 				return err
 			}

@@ -17,7 +17,8 @@ import (
 
 // TestScanLeavesLittleResident reads a 24 MiB bucket whole: a plain
 // ForEach leaves the file's pages in the process's resident memory, and
-// scan leaves next to none, while reading the same bytes.
+// scan, releasing them every 4 MiB, keeps no more than twice that
+// resident while it reads the same bytes, and next to none after.
 func TestScanLeavesLittleResident(t *testing.T) {
 	if runtime.GOOS != "linux" {
 		t.Skip("releasing mapped pages is Linux's madvise(2), and resident memory is read from Linux's /proc")
@@ -47,12 +48,18 @@ func TestScanLeavesLittleResident(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	read := func(each func(tx *bolt.Tx, fn func(k, v []byte) error) error) (n int, resident int64) {
+	// read reads the bucket with each, and returns how many records it
+	// read, the most of the file resident at any of every 256th record,
+	// and what is resident at the end.
+	read := func(each func(tx *bolt.Tx, fn func(k, v []byte) error) error) (n int, peak, resident int64) {
 		err := db.View(func(tx *bolt.Tx) error {
 			releaseMapped(tx)
 			return each(tx, func(_, v []byte) error {
 				if bytes.Equal(v, value) {
 					n++
+				}
+				if n%256 == 0 {
+					peak = max(peak, residentOf(t, path))
 				}
 				return nil
 			})
@@ -60,15 +67,19 @@ func TestScanLeavesLittleResident(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		return n, residentOf(t, path)
+		return n, peak, residentOf(t, path)
 	}
-	n, plain := read(func(tx *bolt.Tx, fn func(k, v []byte) error) error { return tx.Bucket(name).ForEach(fn) })
+	n, _, plain := read(func(tx *bolt.Tx, fn func(k, v []byte) error) error { return tx.Bucket(name).ForEach(fn) })
 	if n != records || plain < 20<<20 {
 		t.Fatalf("a plain ForEach read %d of %d records and left %d bytes of the file resident: the test cannot tell", n, records, plain)
 	}
-	n, scanned := read(func(tx *bolt.Tx, fn func(k, v []byte) error) error { return scan(tx, name, fn) })
-	if n != records || scanned > 1<<20 {
-		t.Fatalf("scan read %d of %d records and left %d bytes of the file resident, want under 1 MiB", n, records, scanned)
+	old := releaseEvery
+	releaseEvery = 4 << 20
+	t.Cleanup(func() { releaseEvery = old })
+	n, peak, scanned := read(func(tx *bolt.Tx, fn func(k, v []byte) error) error { return scan(tx, name, fn) })
+	if n != records || scanned > 1<<20 || peak > 2*int64(releaseEvery) {
+		t.Fatalf("scan read %d of %d records, with up to %d bytes of the file resident, and left %d; want at most %d, and under 1 MiB at the end",
+			n, records, peak, scanned, 2*releaseEvery)
 	}
 }
 
@@ -104,8 +115,9 @@ func residentOf(t *testing.T, path string) int64 {
 }
 
 // TestIndexReadsAndWritesLeaveLittleResident fills an index of 60,000
-// records in random order, compacts it at Open, reads all of it and
-// deletes half of it in batches, as a collection does, with pages
+// records in random order, compacts it at Open, reads all of it, looks up
+// every record on its own, as a reindex does, and deletes half of it in
+// batches, as a collection does, with pages
 // released every 256 KiB: after each, little of the file stays resident
 // in this process, as it must for a collection of a million paths to
 // stay small.
@@ -130,6 +142,9 @@ func TestIndexReadsAndWritesLeaveLittleResident(t *testing.T) {
 		if err := x.putPaths(batch, nil); err != nil {
 			t.Fatal(err)
 		}
+	}
+	if resident := residentOf(t, path); resident > 1<<20 {
+		t.Fatalf("after filling the index, %d bytes of it are resident, want at most 1 MiB", resident)
 	}
 	if err := x.Close(); err != nil {
 		t.Fatal(err)
@@ -158,6 +173,12 @@ func TestIndexReadsAndWritesLeaveLittleResident(t *testing.T) {
 		t.Fatalf("read %d of %d records: %v", len(read), len(hashes), err)
 	}
 	check("reading every record")
+	for _, hash := range hashes {
+		if _, ok, err := x.Get(hash); err != nil || !ok {
+			t.Fatalf("looking up %s: %v, %v", hash, ok, err)
+		}
+	}
+	check("looking up every record")
 	for start := 0; start < len(hashes); start += 2000 {
 		if err := x.Delete(hashes[start : start+1000]...); err != nil {
 			t.Fatal(err)

@@ -100,11 +100,14 @@ func decodeSummary(key, data []byte, s *Summary) error {
 
 // Snapshot is the index as one read transaction sees it, for reads that
 // must agree with each other.
-type Snapshot struct{ tx *bolt.Tx }
+type Snapshot struct {
+	tx *bolt.Tx
+	x  *Index
+}
 
 // Read calls fn with a snapshot of the index, valid during the call.
 func (x *Index) Read(fn func(Snapshot) error) error {
-	return x.db.View(func(tx *bolt.Tx) error { return fn(Snapshot{tx}) })
+	return x.db.View(func(tx *bolt.Tx) error { return fn(Snapshot{tx, x}) })
 }
 
 // Len is how many paths the index holds. It reads every page of the
@@ -142,7 +145,10 @@ func (s Snapshot) Served(fn func(key []byte, at time.Time) error) error {
 }
 
 // Get returns the record of the path with hash part hash.
-func (s Snapshot) Get(hash string) (Path, bool, error) { return getPath(s.tx, hash) }
+func (s Snapshot) Get(hash string) (Path, bool, error) {
+	defer s.x.touched(s.tx, 1)
+	return getPath(s.tx, hash)
+}
 
 // Each calls fn with every path's record, one at a time, in the order of
 // their keys.
