@@ -80,10 +80,9 @@ func (x *Index) RecordPush(p Path, pusher *Pusher, at time.Time) error {
 func (x *Index) Get(hash string) (Path, bool, error) {
 	var p Path
 	var ok bool
-	err := x.db.View(func(tx *bolt.Tx) error {
+	err := x.Read(func(s Snapshot) error {
 		var err error
-		p, ok, err = getPath(tx, hash)
-		x.touched(tx, 1)
+		p, ok, err = s.Get(hash)
 		return err
 	})
 	return p, ok, err

@@ -166,7 +166,6 @@ func errorAnswer(resp *http.Response, key string) error {
 			answer.Code = "NotFound"
 		}
 	}
-	answer.StatusCode = resp.StatusCode
 	if answer.Message == "" {
 		answer.Message = resp.Status
 	}
