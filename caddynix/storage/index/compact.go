@@ -21,8 +21,8 @@ const (
 	// compactWaste is how many times larger than its data a file has to be
 	// to be compacted.
 	compactWaste = 1.5
-	// compactTxSize bounds one transaction of a compaction, which holds its
-	// pages in memory until it commits.
+	// compactTxSize bounds the records of one transaction of a compaction,
+	// which holds them, copied, and its pages in memory until it commits.
 	compactTxSize = 8 << 20
 	// leafElementSize is what bbolt's leaf pages hold for a record beside
 	// its key and value.
@@ -151,7 +151,11 @@ func copyCompacted(dst, src *bolt.DB) error {
 			return err
 		}
 		defer func() { _ = to.Rollback() }()
-		pending := 0
+		// The records of a transaction are copied out of src's map: the
+		// commit reads them again, and in key order they come from pages
+		// all over a file written at random, which scan has released by
+		// then; reading them there would map the whole file back in.
+		records := make([]byte, 0, compactTxSize)
 		for _, name := range names {
 			bucket, err := to.CreateBucket(name)
 			if err != nil {
@@ -162,7 +166,7 @@ func copyCompacted(dst, src *bolt.DB) error {
 				if v == nil {
 					return fmt.Errorf("bucket %s holds a bucket, which no index makes", name)
 				}
-				if pending += len(k) + len(v); pending > compactTxSize {
+				if len(records) > 0 && len(records)+len(k)+len(v) > cap(records) {
 					if err := to.Commit(); err != nil {
 						return err
 					}
@@ -170,12 +174,14 @@ func copyCompacted(dst, src *bolt.DB) error {
 					if err != nil {
 						return err
 					}
-					to, bucket, pending = next, next.Bucket(name), len(k)+len(v)
+					to, bucket, records = next, next.Bucket(name), records[:0]
 					bucket.FillPercent = 1
 				}
-				// k and v point into src's map, which stays valid while
-				// from is open, as bbolt needs until the commit.
-				return bucket.Put(k, v)
+				records = append(records, k...)
+				records = append(records, v...)
+				end := len(records)
+				key := records[end-len(v)-len(k) : end-len(v) : end-len(v)]
+				return bucket.Put(key, records[end-len(v):end:end])
 			})
 			if err != nil {
 				return err

@@ -179,3 +179,68 @@ func TestIndexReadsAndWritesLeaveLittleResident(t *testing.T) {
 	}
 	check("deleting half the records")
 }
+
+// TestCompactionLeavesLittleOfTheSourceResident copies an index written
+// at random into a compacted file: the records of a copy's transaction
+// come, in key order, from pages all over the source, and its commit must
+// not read them there again once scan has released them, or the whole
+// source is mapped back in at every commit.
+func TestCompactionLeavesLittleOfTheSourceResident(t *testing.T) {
+	old := releaseEvery
+	releaseEvery = 256 << 10
+	t.Cleanup(func() { releaseEvery = old })
+	dir := t.TempDir()
+	srcPath := filepath.Join(dir, "random.db")
+	src, err := bolt.Open(srcPath, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	name := []byte("paths")
+	value := bytes.Repeat([]byte("v"), 300)
+	const records = 60000
+	for start := 0; start < records; start += 1000 {
+		err := src.Update(func(tx *bolt.Tx) error {
+			b, err := tx.CreateBucketIfNotExists(name)
+			if err != nil {
+				return err
+			}
+			for range 1000 {
+				if err := b.Put([]byte(randomHash(t)), value); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	dst, err := bolt.Open(filepath.Join(dir, "compacted.db"), 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dst.Close()
+	if err := copyCompacted(dst, src); err != nil {
+		t.Fatal(err)
+	}
+	var copied int
+	err = dst.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(name).ForEach(func(_, v []byte) error {
+			if bytes.Equal(v, value) {
+				copied++
+			}
+			return nil
+		})
+	})
+	if err != nil || copied != records {
+		t.Fatalf("the copy holds %d of %d records: %v", copied, records, err)
+	}
+	info, err := os.Stat(srcPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resident := residentOf(t, srcPath); resident > 1<<20 {
+		t.Fatalf("after the copy, %d bytes of the %d-byte source are resident, want at most 1 MiB", resident, info.Size())
+	}
+}
