@@ -243,6 +243,21 @@ func TestReindexFindsWhatNixCopyWrote(t *testing.T) {
 	if stats, err = c.Reindex(context.Background(), false); err != nil || stats.Added != 0 || stats.Removed != 0 {
 		t.Fatalf("reindex of unchanged files: %+v %v, want nothing indexed or forgotten", stats, err)
 	}
+	// Who pushed a path is in no narinfo: reading the narinfo again keeps it.
+	recA, _, err := c.Index().Get(a.hash)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Index().RecordPush(recA, &index.Pusher{Job: &index.Job{Repository: "o/r", RunID: "7"}}, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	pushedBy := func(what string) {
+		t.Helper()
+		rec, ok, err := c.Index().Get(a.hash)
+		if err != nil || !ok || rec.Pusher == nil || rec.Pusher.Job == nil || rec.Pusher.Job.RunID != "7" {
+			t.Fatalf("after %s, a's record is %+v %v %v, want it pushed by run 7", what, rec, ok, err)
+		}
+	}
 	later := time.Now().Add(time.Minute)
 	if err := os.Chtimes(filepath.Join(h.root, a.hash+".narinfo"), later, later); err != nil {
 		t.Fatal(err)
@@ -250,6 +265,11 @@ func TestReindexFindsWhatNixCopyWrote(t *testing.T) {
 	if stats, err = c.Reindex(context.Background(), false); err != nil || stats.Added != 1 {
 		t.Fatalf("reindex after a narinfo changed: %+v %v, want it indexed again", stats, err)
 	}
+	pushedBy("a reindex of its changed narinfo")
+	if stats, err = c.Reindex(context.Background(), true); err != nil || stats.Added != 2 {
+		t.Fatalf("full reindex: %+v %v, want both indexed again", stats, err)
+	}
+	pushedBy("a full reindex")
 	if err := os.Remove(filepath.Join(h.root, b.hash+".narinfo")); err != nil {
 		t.Fatal(err)
 	}

@@ -125,13 +125,7 @@ func (x *Index) Reconcile(ctx context.Context, store storage.Store, storeDir str
 			invalid[hash] = true
 			return nil
 		}
-		p := FromNarInfo(info, file)
-		if old, ok, err := x.Get(hash); err != nil {
-			return err
-		} else if ok && old.StorePath == p.StorePath {
-			p.PushedAt, p.LastPushedAt, p.Pusher, p.PullRequestOnly = old.PushedAt, old.LastPushedAt, old.Pusher, old.PullRequestOnly
-		}
-		changed = append(changed, p)
+		changed = append(changed, FromNarInfo(info, file))
 		// A narinfo read since it was written was served: its access
 		// time says when, should the index have lost it.
 		if file.UsedAt.After(file.ModTime) {
@@ -246,8 +240,11 @@ func (x *Index) indexedVersions() (*indexedVersions, error) {
 	return v, err
 }
 
-// putPaths stores records as they are, and the use times the index does
-// not have yet.
+// putPaths stores the records of paths read from their narinfos, with the
+// provenance of the records they replace for the same store path, which
+// no narinfo holds, and the use times the index does not have yet. The
+// old record is read in the transaction that replaces it, so that a push
+// recorded meanwhile is kept, and from the page the write reads anyway.
 func (x *Index) putPaths(paths []Path, used map[string]time.Time) error {
 	if len(paths) == 0 {
 		return nil
@@ -256,6 +253,13 @@ func (x *Index) putPaths(paths []Path, used map[string]time.Time) error {
 		served := tx.Bucket(servedBucket)
 		for _, p := range paths {
 			x.touched(tx, 2)
+			old, ok, err := getPath(tx, p.Hash)
+			if err != nil {
+				return err
+			}
+			if ok && old.StorePath == p.StorePath {
+				p.PushedAt, p.LastPushedAt, p.Pusher, p.PullRequestOnly = old.PushedAt, old.LastPushedAt, old.Pusher, old.PullRequestOnly
+			}
 			if err := putPath(tx, &p); err != nil {
 				return err
 			}
