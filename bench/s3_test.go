@@ -63,6 +63,9 @@ func BenchmarkS3(b *testing.B) {
 	s := startS3Bench(b)
 	node := s.node(b)
 	proxy := fmt.Sprintf("http://127.0.0.1:%d", startSplicingProxy(b, strings.TrimPrefix(s.server.Endpoint, "http://"), serverCPU))
+	reverse := harness.StartCaddy(b, harness.Caddyfile{Sites: []string{
+		fmt.Sprintf("http://127.0.0.1:{$CADDY_HTTP_PORT} {\n\tbind 127.0.0.1\n\treverse_proxy %s\n}", strings.TrimPrefix(s.server.Endpoint, "http://")),
+	}}.String(), harness.CaddyOptions{Binary: pinnedCaddy(b, harness.CaddyBinary(b, "caddy"))})
 	dur := time.Duration(envInt("BENCH_LOAD_SECONDS", 3)) * time.Second
 
 	for _, size := range []int{64 << 20, 1 << 20} {
@@ -85,13 +88,14 @@ func BenchmarkS3(b *testing.B) {
 				"The second row is an anonymous GET of the object, which the S3 server answers without checking a signature. "+
 				"The third is a GET of a URL the S3 server's credentials signed, as `storage s3 { redirect 5m }` sends clients to and as every GET of the node is signed: "+
 				"its own speed, and the ceiling of any node that asks the S3 server for what it serves on the same core. "+
-				"The last row is haproxy (2.6, one thread, on the server CPU too) passing anonymous GETs to the S3 server and splicing the responses back, socket to socket in the kernel: "+
-				"the least work any proxy in front of the S3 server can do for a response, and so the ceiling of one on this core.")
+				"The fourth is haproxy (2.6, one thread, on the server CPU too) passing anonymous GETs to the S3 server and splicing the responses back, socket to socket in the kernel: "+
+				"the least work any proxy in front of the S3 server can do for a response, and so the ceiling of one on this core. "+
+				"The last is Caddy's own reverse_proxy (on the server CPU too) passing anonymous GETs to the S3 server over kept-alive connections and copying the responses back through user space: Caddy's proxy, with no signing and no handler of its own.")
 			// wrk sends a path of its own on the base URL's host.
-			urls := map[string]string{"nix_cache on S3": node.URL(), "GET from the S3 server": s.server.Endpoint, signedGet: s.server.Endpoint, splicingProxy: proxy}
-			paths := map[string]string{"nix_cache on S3": "/" + name, "GET from the S3 server": "/nix/main/" + name, signedGet: presigned.RequestURI(), splicingProxy: "/nix/main/" + name}
+			urls := map[string]string{"nix_cache on S3": node.URL(), "GET from the S3 server": s.server.Endpoint, signedGet: s.server.Endpoint, splicingProxy: proxy, caddyProxy: reverse.URL()}
+			paths := map[string]string{"nix_cache on S3": "/" + name, "GET from the S3 server": "/nix/main/" + name, signedGet: presigned.RequestURI(), splicingProxy: "/nix/main/" + name, caddyProxy: "/nix/main/" + name}
 			for round := range envInt("BENCH_ROUNDS", 5) {
-				for _, who := range roundOrder([]string{"nix_cache on S3", "GET from the S3 server", signedGet, splicingProxy}, round) {
+				for _, who := range roundOrder([]string{"nix_cache on S3", "GET from the S3 server", signedGet, splicingProxy, caddyProxy}, round) {
 					r := load(b, urls[who], []string{paths[who]}, conns, dur)
 					c.add(who, float64(r.bytes)/(1<<20)/r.elapsed.Seconds())
 				}
@@ -177,4 +181,5 @@ func BenchmarkS3(b *testing.B) {
 const (
 	signedGet     = "signed GET from the S3 server"
 	splicingProxy = "haproxy splicing from the S3 server"
+	caddyProxy    = "Caddy's reverse_proxy from the S3 server"
 )
