@@ -23,7 +23,11 @@ type connObject struct {
 	// cutAfter, when positive, ends the first connection after that many
 	// of its bytes; extra adds bytes the object does not hold.
 	cutAfter, extra int
-	conns           int
+	// stallAfter, when positive, stops the first connection after that
+	// many of its bytes and keeps it open, with a read deadline set, as
+	// the S3 storage's stall watch sets it.
+	stallAfter int
+	conns      int
 }
 
 func newConnObject(t *testing.T, data []byte) *connObject {
@@ -45,6 +49,10 @@ func (o *connObject) ReadConn(n int64) ([]byte, *net.TCPConn, error) {
 	if o.conns == 0 && o.cutAfter > 0 {
 		send = send[:o.cutAfter]
 	}
+	stall := o.conns == 0 && o.stallAfter > 0
+	if stall {
+		send = send[:o.stallAfter]
+	}
 	o.conns++
 	go func() {
 		server, err := o.listener.Accept()
@@ -52,11 +60,17 @@ func (o *connObject) ReadConn(n int64) ([]byte, *net.TCPConn, error) {
 			return
 		}
 		_, _ = server.Write(send[min(len(send), 100):])
+		if stall {
+			_, _ = io.Copy(io.Discard, server) // until the reader closes
+		}
 		_ = server.Close()
 	}()
 	conn, err := net.Dial("tcp", o.listener.Addr().String())
 	if err != nil {
 		return nil, nil, err
+	}
+	if stall {
+		_ = conn.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
 	}
 	return send[:min(len(send), 100)], conn.(*net.TCPConn), nil
 }
@@ -143,6 +157,41 @@ func TestSpliceWriterResumesACutConnection(t *testing.T) {
 	rec, _, failed := serveSpliced(t, obj)
 	if !bytes.Equal(rec.Body.Bytes(), data) || obj.conns != 2 || failed != 0 {
 		t.Fatalf("the client got %d of %d bytes on %d connections, equal %v, %d failures", rec.Body.Len(), len(data), obj.conns, bytes.Equal(rec.Body.Bytes(), data), failed)
+	}
+}
+
+// TestSpliceWriterResumesAStalledConnection serves an object, over a real
+// HTTP/1 connection that the kernel splices into, whose first connection
+// stops sending in the middle and stays open until its read deadline
+// passes inside the splice: the client still gets it whole.
+func TestSpliceWriterResumesAStalledConnection(t *testing.T) {
+	data := pattern(3 << 20)
+	obj := newConnObject(t, data)
+	obj.stallAfter = 1<<20 + 5
+	failed := 0
+	server := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		idle := &caddyhttp.IdleTimeoutWriter{
+			ResponseWriterWrapper: &caddyhttp.ResponseWriterWrapper{ResponseWriter: w},
+			Ctrl:                  http.NewResponseController(w),
+			Deadline:              caddyhttp.IdleDeadline{Timeout: time.Minute},
+			MaxChunk:              caddyhttp.DefaultMaxWriteChunk,
+			Logger:                zap.NewNop(),
+		}
+		r = r.WithContext(caddyhttp.ContextWithIdleTimeouts(r.Context(), nil, idle))
+		if !spliceable(r) {
+			t.Error("a plain HTTP/1 GET is not spliceable")
+		}
+		http.ServeContent(newSpliceWriter(idle, r, obj, obj, func() { failed++ }), r, "", time.Time{}, obj)
+	}))
+	defer server.Close()
+	resp, err := http.Get(server.URL + "/nar/x.nar")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(resp.Body)
+	_ = resp.Body.Close()
+	if err != nil || !bytes.Equal(got, data) || obj.conns != 2 || failed != 0 {
+		t.Fatalf("the client got %d of %d bytes on %d connections, equal %v, %d failures, %v", len(got), len(data), obj.conns, bytes.Equal(got, data), failed, err)
 	}
 }
 

@@ -16,7 +16,7 @@ import (
 
 // FaultProxy is a TCP proxy on loopback between a client and a server
 // that injects faults into what the server sends back: connections reset
-// after some bytes of the answer, and added latency. Setting a fault drops
+// or stalled after some bytes of the answer, and added latency. Setting a fault drops
 // the open connections, so that every connection from then on has it.
 type FaultProxy struct {
 	Addr     string
@@ -29,11 +29,16 @@ type FaultProxy struct {
 	resetEvery atomic.Int64
 	resetBase  atomic.Int64
 	resetAfter atomic.Int64
-	latency    atomic.Int64 // added before the first byte of each answer, in ns
+	// stall holds a connection open without a byte more where it would
+	// be reset.
+	stall   atomic.Bool
+	latency atomic.Int64 // added before the first byte of each answer, in ns
 
 	connections atomic.Int64
 	// Resets counts the connections the proxy cut.
 	Resets atomic.Int64
+	// Stalled counts the connections the proxy stalled.
+	Stalled atomic.Int64
 
 	mu    sync.Mutex
 	conns map[net.Conn]bool
@@ -58,7 +63,20 @@ func StartFaultProxy(t testing.TB, upstream string) *FaultProxy {
 // ResetConnections cuts the next connection and every n-th one after it
 // (n 0: none) once it has passed after bytes of the server's answers.
 func (p *FaultProxy) ResetConnections(every int, after int64) {
+	p.cutConnections(every, after, false)
+}
+
+// StallConnections stalls the next connection and every n-th one after it
+// (n 0: none) once it has passed after bytes of the server's answers: the
+// proxy sends nothing more on it, and keeps it open until the client
+// closes it.
+func (p *FaultProxy) StallConnections(every int, after int64) {
+	p.cutConnections(every, after, true)
+}
+
+func (p *FaultProxy) cutConnections(every int, after int64, stall bool) {
 	p.resetBase.Store(p.connections.Load())
+	p.stall.Store(stall)
 	p.resetEvery.Store(int64(every))
 	p.resetAfter.Store(after)
 	p.dropOpen()
@@ -137,9 +155,12 @@ func (p *FaultProxy) serve(client net.Conn) {
 	if every := p.resetEvery.Load(); every > 0 && (n-p.resetBase.Load()-1)%every == 0 {
 		cutAfter = p.resetAfter.Load()
 	}
+	stall := p.stall.Load()
 	latency := time.Duration(p.latency.Load())
 
+	clientDone := make(chan struct{})
 	go func() {
+		defer close(clientDone)
 		_, _ = io.Copy(server, client)
 		if tcp, ok := server.(*net.TCPConn); ok {
 			_ = tcp.CloseWrite()
@@ -163,6 +184,11 @@ func (p *FaultProxy) serve(client net.Conn) {
 				return
 			}
 			sent += int64(len(chunk))
+			if cutAfter >= 0 && sent >= cutAfter && stall {
+				p.Stalled.Add(1)
+				<-clientDone
+				return
+			}
 			if cutAfter >= 0 && sent >= cutAfter {
 				p.Resets.Add(1)
 				if tcp, ok := client.(*net.TCPConn); ok {

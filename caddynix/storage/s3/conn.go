@@ -48,6 +48,7 @@ func (b *connBody) Read(p []byte) (int, error) {
 	if int64(len(p)) > b.remaining {
 		p = p[:b.remaining]
 	}
+	_ = b.conn.SetReadDeadline(time.Now().Add(stallTimeout))
 	n, err := b.br.Read(p)
 	b.remaining -= int64(n)
 	if errors.Is(err, io.EOF) && b.remaining > 0 {
@@ -70,6 +71,7 @@ func (b *connBody) handOver() ([]byte, *net.TCPConn, error) {
 	}
 	read, _ := b.br.Peek(b.br.Buffered())
 	b.remaining = 0
+	_ = b.conn.SetReadDeadline(time.Time{})
 	return read, b.conn, nil
 }
 

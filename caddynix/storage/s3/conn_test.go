@@ -6,6 +6,7 @@ import (
 	"io"
 	"io/fs"
 	"testing"
+	"time"
 
 	"github.com/cargoxx-pkgs/runner/caddynix/storage"
 )
@@ -131,5 +132,50 @@ func TestConnReadsResumeCutStreams(t *testing.T) {
 	}
 	if err == nil {
 		t.Fatal("a stream cut before every byte was read whole")
+	}
+}
+
+// TestReadsResumeStalledStreams reads objects through a proxy that stops
+// passing the S3 server's answers in the middle, with the connection left
+// open: each read gives up on the stalled stream after stallTimeout and
+// resumes it, whether the bytes come off a connection handed over, a
+// connection read by the object, or the S3 client's.
+func TestReadsResumeStalledStreams(t *testing.T) {
+	defer func(timeout time.Duration) { stallTimeout = timeout }(stallTimeout)
+	stallTimeout = 300 * time.Millisecond
+	store, proxy := storeBehindFaults(t)
+	data := pattern(2 << 20)
+	put(t, store, "nar/stall.nar", data)
+
+	reads := []struct {
+		name string
+		read func() ([]byte, error)
+	}{
+		{"handed over", func() ([]byte, error) {
+			got, _, err := readConns(openConnReader(t, store, "nar/stall.nar"), int64(len(data)))
+			return got, err
+		}},
+		{"read off the object's connection", func() ([]byte, error) {
+			return io.ReadAll(openConnReader(t, store, "nar/stall.nar"))
+		}},
+		{"read through the S3 client", func() ([]byte, error) {
+			obj, _, err := store.Open(t.Context(), "nar/stall.nar")
+			if err != nil {
+				return nil, err
+			}
+			defer obj.Close()
+			return io.ReadAll(obj)
+		}},
+	}
+	for _, read := range reads {
+		stalledBefore := proxy.Stalled.Load()
+		proxy.StallConnections(2, 300<<10)
+		got, err := read.read()
+		if err != nil || !bytes.Equal(got, data) {
+			t.Fatalf("%s, with every other connection stalled: %d of %d bytes, equal %v, %v", read.name, len(got), len(data), bytes.Equal(got, data), err)
+		}
+		if proxy.Stalled.Load() == stalledBefore {
+			t.Fatalf("%s: the proxy stalled no connection, and the test proved nothing", read.name)
+		}
 	}
 }

@@ -64,6 +64,8 @@ type object struct {
 	conns bool
 	// handedAt is where ReadConn last handed a connection over; -1 before.
 	handedAt int64
+	// unwatch ends the stall watch of the connection last handed over.
+	unwatch func()
 }
 
 func (o *object) get(start, end int64) (io.ReadCloser, error) {
@@ -98,13 +100,15 @@ func (o *object) get(start, end int64) (io.ReadCloser, error) {
 			return nil, err
 		}
 	}
-	ctx, answered := untilAnswered(o.ctx)
+	getCtx, cancel := context.WithCancelCause(o.ctx)
+	ctx, answered := untilAnswered(getCtx)
 	body, _, _, err := o.store.core.GetObject(ctx, o.store.bucket, o.key, opts)
 	answered()
 	if err != nil {
+		cancel(nil)
 		return nil, o.readFailure(noAnswer(ctx, err))
 	}
-	return body, nil
+	return newStallingBody(body, cancel), nil
 }
 
 // readFailure says why a GET after the first failed.
@@ -172,6 +176,7 @@ func (o *object) Read(p []byte) (int, error) {
 // Open's GET is on when it is at the read position with n bytes left,
 // another GET's otherwise.
 func (o *object) ReadConn(n int64) ([]byte, *net.TCPConn, error) {
+	o.endWatch()
 	if !o.conns || n <= 0 || o.off+n > o.size {
 		return nil, nil, nil
 	}
@@ -201,10 +206,25 @@ func (o *object) ReadConn(n int64) ([]byte, *net.TCPConn, error) {
 	}
 	o.body = nil
 	o.handedAt = o.off
-	return body.handOver()
+	read, conn, err := body.handOver()
+	if err == nil {
+		o.unwatch = watchStall(conn)
+	}
+	return read, conn, err
+}
+
+// endWatch ends the stall watch of the connection last handed over, which
+// its reader is done with once it asks for another or moves the read
+// position.
+func (o *object) endWatch() {
+	if o.unwatch != nil {
+		o.unwatch()
+		o.unwatch = nil
+	}
 }
 
 func (o *object) Seek(offset int64, whence int) (int64, error) {
+	o.endWatch()
 	switch whence {
 	case io.SeekStart:
 	case io.SeekCurrent:
@@ -255,6 +275,7 @@ func (o *object) ReadAt(p []byte, off int64) (int, error) {
 }
 
 func (o *object) Close() error {
+	o.endWatch()
 	if o.body != nil {
 		return o.body.Close()
 	}
@@ -286,15 +307,17 @@ func (s *Store) Open(ctx context.Context, name string) (storage.Object, storage.
 		info := infoOf(name, obj)
 		return &object{ctx: ctx, store: s, key: s.key(name), size: info.Size, etag: info.Version, body: body, conns: body.closes, handedAt: -1}, info, nil
 	}
-	ctx, answered := untilAnswered(ctx)
-	body, obj, _, err := s.core.GetObject(ctx, s.bucket, s.key(name), minio.GetObjectOptions{})
+	getCtx, cancel := context.WithCancelCause(ctx)
+	answerCtx, answered := untilAnswered(getCtx)
+	body, obj, _, err := s.core.GetObject(answerCtx, s.bucket, s.key(name), minio.GetObjectOptions{})
 	answered()
-	err = noAnswer(ctx, err)
+	err = noAnswer(answerCtx, err)
 	if err != nil {
+		cancel(nil)
 		return nil, storage.Info{}, notFound(name, err)
 	}
 	info := infoOf(name, obj)
-	return &object{ctx: ctx, store: s, key: s.key(name), size: info.Size, etag: info.Version, body: body, handedAt: -1}, info, nil
+	return &object{ctx: ctx, store: s, key: s.key(name), size: info.Size, etag: info.Version, body: newStallingBody(body, cancel), handedAt: -1}, info, nil
 }
 
 // Interface guard
