@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/cargoxx-pkgs/runner/caddynix/internal/httpx"
 )
 
 // memoryBodyWriter hides io.ReaderFrom from http.ServeContent, so that a
@@ -31,65 +32,34 @@ var streamCopyBuffers = sync.Pool{New: func() any { b := make([]byte, streamCopy
 // little.
 const streamCopyBufferSize = 256 << 10
 
-// http2RecordWrite is how much of a body one write hands Go's HTTP/2
-// server over TLS: a DATA frame's payload whose frame, with its 9-byte
-// header, fills one TLS record of 16 KiB. Go cuts a larger write into
-// frames of the client's largest frame size, 16 KiB for curl and so for
-// Nix; each is 9 bytes over a record, and goes out as two records in two
-// write(2)s, a full one and one of 9 bytes.
-const http2RecordWrite = 16<<10 - 9
-
 // streamWriter copies a body to the client in 256 KiB pieces rather than
 // io.Copy's 32 KiB, which on a NAR proxied from S3 costs a write system
 // call per 32 KiB, and over HTTP/2 a wait for the connection's writer.
 type streamWriter struct {
 	*caddyhttp.ResponseWriterWrapper
-	// write is the most one write hands on; 0 for a whole piece.
-	write int
+	// dst is what the copy writes to.
+	dst io.Writer
 }
 
 func newStreamWriter(w http.ResponseWriter) *streamWriter {
-	return &streamWriter{ResponseWriterWrapper: &caddyhttp.ResponseWriterWrapper{ResponseWriter: w}}
+	sw := &streamWriter{ResponseWriterWrapper: &caddyhttp.ResponseWriterWrapper{ResponseWriter: w}}
+	// Written through Write, so that the copy is not handed back here.
+	sw.dst = struct{ io.Writer }{sw.ResponseWriterWrapper}
+	return sw
 }
 
-// newStreamWriterFor is newStreamWriter for r's connection: over HTTP/2
-// with TLS, the pieces are written a TLS record's frame at a time.
+// newStreamWriterFor is newStreamWriter for r's connection, in full TLS
+// records over HTTP/2 (httpx.RecordSized).
 func newStreamWriterFor(w http.ResponseWriter, r *http.Request) *streamWriter {
 	sw := newStreamWriter(w)
-	if r.ProtoMajor == 2 && r.TLS != nil {
-		sw.write = http2RecordWrite
-	}
+	sw.dst = httpx.RecordSized(sw.dst, r)
 	return sw
 }
 
 func (w *streamWriter) ReadFrom(r io.Reader) (int64, error) {
 	buf := streamCopyBuffers.Get().(*[]byte)
 	defer streamCopyBuffers.Put(buf)
-	// Written through Write, so that the copy is not handed back here.
-	var dst io.Writer = struct{ io.Writer }{w.ResponseWriterWrapper}
-	if w.write > 0 {
-		dst = cutWriter{w: w.ResponseWriterWrapper, most: w.write}
-	}
-	return io.CopyBuffer(dst, r, *buf)
-}
-
-// cutWriter hands what it is given to w in writes of at most most bytes.
-type cutWriter struct {
-	w    io.Writer
-	most int
-}
-
-func (c cutWriter) Write(p []byte) (int, error) {
-	written := 0
-	for len(p) > 0 {
-		n, err := c.w.Write(p[:min(len(p), c.most)])
-		written += n
-		if err != nil {
-			return written, err
-		}
-		p = p[n:]
-	}
-	return written, nil
+	return io.CopyBuffer(w.dst, r, *buf)
 }
 
 // Memory answers with body, held in memory, as http.ServeContent does

@@ -59,7 +59,7 @@ func (s *Sources) serveLiveNar(w http.ResponseWriter, r *http.Request, req cache
 	if r.Method == http.MethodHead {
 		return nil
 	}
-	if err := s.live.writeNar(w, fsPath, info); err != nil {
+	if err := s.live.writeNar(httpx.RecordSized(w, r), fsPath, info); err != nil {
 		return s.liveFailure(info, err)
 	}
 	return nil
@@ -254,7 +254,7 @@ func (s *Sources) sendLiveZstd(w http.ResponseWriter, r *http.Request, fsPath st
 	}
 	defer encoders.put(enc)
 	w.WriteHeader(http.StatusOK)
-	enc.ResetContentSize(w, int64(info.NarSize))
+	enc.ResetContentSize(httpx.RecordSized(w, r), int64(info.NarSize))
 	err = s.live.writeNar(enc, fsPath, info)
 	if err == nil {
 		err = enc.Close()
