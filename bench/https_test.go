@@ -184,7 +184,8 @@ func BenchmarkNixSubstitutesHTTPS(b *testing.B) {
 	sequence.notes = append(sequence.notes, "A Go client on the other CPU, one request at a time, on a connection already open (HTTP/1.1 for the server with `protocols h1`).")
 	download := newComparison(fmt.Sprintf("HTTPS: the closure's %d NARs in sequence over one connection", len(sub.narinfos)), "MiB/s", "higher", "")
 	download.notes = append(download.notes, "The same client, each NAR (zstd) whole, one after the other. "+
-		"Over HTTP/2 every DATA frame (16 KiB: clients such as curl allow no larger) goes through Go's HTTP/2 server's one writer goroutine per connection as a TLS record and a write(2) of its own; "+
+		"Over HTTP/2 every DATA frame (16 KiB: clients such as curl allow no larger) goes through Go's HTTP/2 server's one writer goroutine per connection; "+
+		"nix_cache hands it 9 bytes less than 16 KiB at a time, so that each frame with its header fills one TLS record and one write(2), where a full 16 KiB frame, file_server's, goes out as two records and two writes; "+
 		"the same caddy, handler and TLS over HTTP/1.1 send faster than nginx over HTTP/2, so what separates Caddy from nginx here is Go's HTTP/2 server, which file_server shares.")
 	for round := range rounds {
 		for _, who := range roundOrder(order, round) {
