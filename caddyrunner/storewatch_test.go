@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cargoxx-pkgs/runner/e2e/harness"
 	"github.com/cargoxx-pkgs/runner/internal/nixstore/nixstoretest"
 	"go.uber.org/zap"
 )
@@ -145,7 +146,7 @@ func TestCheckStatic(t *testing.T) {
 	}{{"/bin/sh", false}, {"/bin/busybox", true}} {
 		f, err := os.Open(c.path)
 		if err != nil {
-			t.Skipf("%s (from busybox-static and dash) is needed: %v", c.path, err)
+			harness.Missing(t, c.path+" (from busybox-static and dash)", err)
 		}
 		err = checkStatic(f)
 		_ = f.Close()

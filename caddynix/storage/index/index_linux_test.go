@@ -3,12 +3,13 @@ package index
 import (
 	"errors"
 	"fmt"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/cargoxx-pkgs/runner/e2e/harness"
 )
 
 // TestInUseNamesTheHolder opens an index another process holds locked:
@@ -16,10 +17,7 @@ import (
 func TestInUseNamesTheHolder(t *testing.T) {
 	flock, err := exec.LookPath("flock")
 	if err != nil {
-		if os.Getenv("E2E") == "require" {
-			t.Fatal("flock (util-linux) is not installed, and E2E=require: install util-linux")
-		}
-		t.Skip("flock (util-linux) is not installed")
+		harness.Missing(t, "flock (util-linux)", err)
 	}
 	path := filepath.Join(t.TempDir(), "index.db")
 	// Another process takes the lock, as another caddy or a `caddy
