@@ -41,18 +41,12 @@ type streamWriter struct {
 	dst io.Writer
 }
 
-func newStreamWriter(w http.ResponseWriter) *streamWriter {
+// newStreamWriter copies to w, the answer to r, in full TLS records over
+// HTTP/2 (httpx.RecordSized).
+func newStreamWriter(w http.ResponseWriter, r *http.Request) *streamWriter {
 	sw := &streamWriter{ResponseWriterWrapper: &caddyhttp.ResponseWriterWrapper{ResponseWriter: w}}
 	// Written through Write, so that the copy is not handed back here.
-	sw.dst = struct{ io.Writer }{sw.ResponseWriterWrapper}
-	return sw
-}
-
-// newStreamWriterFor is newStreamWriter for r's connection, in full TLS
-// records over HTTP/2 (httpx.RecordSized).
-func newStreamWriterFor(w http.ResponseWriter, r *http.Request) *streamWriter {
-	sw := newStreamWriter(w)
-	sw.dst = httpx.RecordSized(sw.dst, r)
+	sw.dst = httpx.RecordSized(struct{ io.Writer }{sw.ResponseWriterWrapper}, r)
 	return sw
 }
 

@@ -77,7 +77,7 @@ func tlsRecordSizes(t *testing.T, stream []byte) []int {
 func TestStreamWriterFillsTLSRecordsOverHTTP2(t *testing.T) {
 	body := pattern(4 << 20)
 	server := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		http.ServeContent(newStreamWriterFor(w, r), r, "", time.Time{}, bytes.NewReader(body))
+		http.ServeContent(newStreamWriter(w, r), r, "", time.Time{}, bytes.NewReader(body))
 	}))
 	listener := &recordingListener{Listener: server.Listener}
 	server.Listener = listener

@@ -72,7 +72,7 @@ func (c *Cache) File(w http.ResponseWriter, r *http.Request, req cacheurl.Reques
 		// Copied in large writes: from S3, and over HTTP/2, where every
 		// write waits for the connection's one writer goroutine, which
 		// sends a NAR a quarter faster than io.Copy's.
-		w = newStreamWriterFor(w, r)
+		w = newStreamWriter(w, r)
 	}
 	http.ServeContent(w, r, "", info.ModTime, content)
 	return nil

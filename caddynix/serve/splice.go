@@ -49,7 +49,7 @@ type spliceWriter struct {
 }
 
 func newSpliceWriter(w http.ResponseWriter, r *http.Request, obj storage.ConnReader, content io.Reader, failed func()) *spliceWriter {
-	return &spliceWriter{streamWriter: newStreamWriter(w), ctx: r.Context(), obj: obj, content: content, failed: failed}
+	return &spliceWriter{streamWriter: newStreamWriter(w, r), ctx: r.Context(), obj: obj, content: content, failed: failed}
 }
 
 // ReadFrom passes the object's connections on when r reads the object.

@@ -16,16 +16,17 @@ import (
 
 // FaultProxy is a TCP proxy on loopback between a client and a server
 // that injects faults into what the server sends back: connections reset
-// or stalled after some bytes of the answer, and added latency. Setting a fault drops
-// the open connections, so that every connection from then on has it.
+// or stalled after some bytes of the answer, and added latency. Setting a
+// fault drops the open connections, so that every connection from then on
+// has it.
 type FaultProxy struct {
 	Addr     string
 	upstream string
 	listener net.Listener
 
 	// resetEvery cuts every n-th connection (0: none) after resetAfter
-	// bytes from the server, with a TCP reset, counting from the first
-	// connection after resetBase.
+	// bytes from the server, with a TCP reset or a stall, counting from
+	// the first connection after resetBase.
 	resetEvery atomic.Int64
 	resetBase  atomic.Int64
 	resetAfter atomic.Int64
@@ -184,12 +185,12 @@ func (p *FaultProxy) serve(client net.Conn) {
 				return
 			}
 			sent += int64(len(chunk))
-			if cutAfter >= 0 && sent >= cutAfter && stall {
-				p.Stalled.Add(1)
-				<-clientDone
-				return
-			}
 			if cutAfter >= 0 && sent >= cutAfter {
+				if stall {
+					p.Stalled.Add(1)
+					<-clientDone
+					return
+				}
 				p.Resets.Add(1)
 				if tcp, ok := client.(*net.TCPConn); ok {
 					_ = tcp.SetLinger(0) // a reset, not an orderly end

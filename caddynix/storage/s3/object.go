@@ -21,12 +21,20 @@ const answerTimeout = 10 * time.Second
 // errNoAnswer is why a read gave up on a server that did not answer.
 var errNoAnswer = fmt.Errorf("the S3 server did not answer within %s", answerTimeout)
 
-// untilAnswered returns ctx, cancelled unless answered is called within
-// answerTimeout; the body read after it goes on under ctx.
-func untilAnswered(ctx context.Context) (_ context.Context, answered func()) {
+// clientGet GETs the object key through the S3 client. The GET is given
+// up when the server has not answered within answerTimeout, and its body
+// when a read of it waits stallTimeout for a byte (stallingBody).
+func (s *Store) clientGet(ctx context.Context, key string, opts minio.GetObjectOptions) (io.ReadCloser, minio.ObjectInfo, error) {
 	ctx, cancel := context.WithCancelCause(ctx)
-	timer := time.AfterFunc(answerTimeout, func() { cancel(errNoAnswer) })
-	return ctx, func() { timer.Stop() }
+	unanswered := time.AfterFunc(answerTimeout, func() { cancel(errNoAnswer) })
+	body, info, _, err := s.core.GetObject(ctx, s.bucket, key, opts)
+	unanswered.Stop()
+	if err != nil {
+		err = noAnswer(ctx, err)
+		cancel(nil)
+		return nil, minio.ObjectInfo{}, err
+	}
+	return newStallingBody(body, cancel), info, nil
 }
 
 // noAnswer names the timeout in err when it was the cause.
@@ -100,15 +108,11 @@ func (o *object) get(start, end int64) (io.ReadCloser, error) {
 			return nil, err
 		}
 	}
-	getCtx, cancel := context.WithCancelCause(o.ctx)
-	ctx, answered := untilAnswered(getCtx)
-	body, _, _, err := o.store.core.GetObject(ctx, o.store.bucket, o.key, opts)
-	answered()
+	body, _, err := o.store.clientGet(o.ctx, o.key, opts)
 	if err != nil {
-		cancel(nil)
-		return nil, o.readFailure(noAnswer(ctx, err))
+		return nil, o.readFailure(err)
 	}
-	return newStallingBody(body, cancel), nil
+	return body, nil
 }
 
 // readFailure says why a GET after the first failed.
@@ -307,17 +311,12 @@ func (s *Store) Open(ctx context.Context, name string) (storage.Object, storage.
 		info := infoOf(name, obj)
 		return &object{ctx: ctx, store: s, key: s.key(name), size: info.Size, etag: info.Version, body: body, conns: body.closes, handedAt: -1}, info, nil
 	}
-	getCtx, cancel := context.WithCancelCause(ctx)
-	answerCtx, answered := untilAnswered(getCtx)
-	body, obj, _, err := s.core.GetObject(answerCtx, s.bucket, s.key(name), minio.GetObjectOptions{})
-	answered()
-	err = noAnswer(answerCtx, err)
+	body, obj, err := s.clientGet(ctx, s.key(name), minio.GetObjectOptions{})
 	if err != nil {
-		cancel(nil)
 		return nil, storage.Info{}, notFound(name, err)
 	}
 	info := infoOf(name, obj)
-	return &object{ctx: ctx, store: s, key: s.key(name), size: info.Size, etag: info.Version, body: newStallingBody(body, cancel), handedAt: -1}, info, nil
+	return &object{ctx: ctx, store: s, key: s.key(name), size: info.Size, etag: info.Version, body: body, handedAt: -1}, info, nil
 }
 
 // Interface guard
