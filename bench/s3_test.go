@@ -66,6 +66,8 @@ func BenchmarkS3(b *testing.B) {
 	reverse := harness.StartCaddy(b, harness.Caddyfile{Sites: []string{
 		fmt.Sprintf("http://127.0.0.1:{$CADDY_HTTP_PORT} {\n\tbind 127.0.0.1\n\treverse_proxy %s\n}", strings.TrimPrefix(s.server.Endpoint, "http://")),
 	}}.String(), harness.CaddyOptions{Binary: pinnedCaddy(b, harness.CaddyBinary(b, "caddy"))})
+	goSplicer := fmt.Sprintf("http://127.0.0.1:%d", startGoSplicer(b, s.server, "nix", "main/", serverCPU))
+	goLeast := fmt.Sprintf("http://127.0.0.1:%d", startGoSplicer(b, s.server, "nix", "main/", serverCPU, "-least"))
 	dur := time.Duration(envInt("BENCH_LOAD_SECONDS", 3)) * time.Second
 
 	for _, size := range []int{64 << 20, 1 << 20} {
@@ -90,12 +92,16 @@ func BenchmarkS3(b *testing.B) {
 				"its own speed, and the ceiling of any node that asks the S3 server for what it serves on the same core. "+
 				"The fourth is haproxy (2.6, one thread, on the server CPU too) passing anonymous GETs to the S3 server and splicing the responses back, socket to socket in the kernel: "+
 				"the least work any proxy in front of the S3 server can do for a response, and so the ceiling of one on this core. "+
-				"The last is Caddy's own reverse_proxy (on the server CPU too) passing anonymous GETs to the S3 server over kept-alive connections and copying the responses back through user space: Caddy's proxy, with no signing and no handler of its own.")
+				"The fifth is Caddy's own reverse_proxy (on the server CPU too) passing anonymous GETs to the S3 server over kept-alive connections and copying the responses back through user space: Caddy's proxy, with no signing and no handler of its own. "+
+				"The last two are a Go program with nothing of Caddy's (`bench/splicer`, on the server CPU too) that serves with net/http and hands the S3 server's connection to it to splice: "+
+				"the first does what the node does for a NAR (a signed GET on a connection of its own, which ends with the body), the second the least a Go proxy can (anonymous GETs on kept-alive connections, as haproxy).")
 			// wrk sends a path of its own on the base URL's host.
-			urls := map[string]string{"nix_cache on S3": node.URL(), "GET from the S3 server": s.server.Endpoint, signedGet: s.server.Endpoint, splicingProxy: proxy, caddyProxy: reverse.URL()}
-			paths := map[string]string{"nix_cache on S3": "/" + name, "GET from the S3 server": "/nix/main/" + name, signedGet: presigned.RequestURI(), splicingProxy: "/nix/main/" + name, caddyProxy: "/nix/main/" + name}
+			urls := map[string]string{"nix_cache on S3": node.URL(), "GET from the S3 server": s.server.Endpoint, signedGet: s.server.Endpoint, splicingProxy: proxy, caddyProxy: reverse.URL(),
+				goSplicing: goSplicer, goLeastSplicing: goLeast}
+			paths := map[string]string{"nix_cache on S3": "/" + name, "GET from the S3 server": "/nix/main/" + name, signedGet: presigned.RequestURI(), splicingProxy: "/nix/main/" + name, caddyProxy: "/nix/main/" + name,
+				goSplicing: "/" + name, goLeastSplicing: "/" + name}
 			for round := range envInt("BENCH_ROUNDS", 5) {
-				for _, who := range roundOrder([]string{"nix_cache on S3", "GET from the S3 server", signedGet, splicingProxy, caddyProxy}, round) {
+				for _, who := range roundOrder([]string{"nix_cache on S3", "GET from the S3 server", signedGet, splicingProxy, caddyProxy, goSplicing, goLeastSplicing}, round) {
 					r := load(b, urls[who], []string{paths[who]}, conns, dur)
 					c.add(who, float64(r.bytes)/(1<<20)/r.elapsed.Seconds())
 				}
@@ -182,4 +188,8 @@ const (
 	signedGet     = "signed GET from the S3 server"
 	splicingProxy = "haproxy splicing from the S3 server"
 	caddyProxy    = "Caddy's reverse_proxy from the S3 server"
+	// Go with net/http and no Caddy, splicing: the node's work, and the
+	// least a Go proxy does.
+	goSplicing      = "Go net/http splicing signed GETs"
+	goLeastSplicing = "Go net/http splicing kept-alive anonymous GETs"
 )
