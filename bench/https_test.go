@@ -1,70 +1,17 @@
 package bench
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"fmt"
 	"io"
-	"math/big"
-	"net"
 	"net/http"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/cargoxx-pkgs/runner/e2e/harness"
 )
-
-// selfSigned writes a certificate for 127.0.0.1, its own authority, and its
-// key, and returns the files and a pool that trusts it.
-func selfSigned(b *testing.B) (cert, key string, pool *x509.CertPool) {
-	b.Helper()
-	priv, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		b.Fatal(err)
-	}
-	template := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: "127.0.0.1"},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(24 * time.Hour),
-		IPAddresses:           []net.IP{net.IPv4(127, 0, 0, 1)},
-		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
-		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, template, template, &priv.PublicKey, priv)
-	if err != nil {
-		b.Fatal(err)
-	}
-	keyDER, err := x509.MarshalPKCS8PrivateKey(priv)
-	if err != nil {
-		b.Fatal(err)
-	}
-	dir := b.TempDir()
-	cert, key = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
-	if err := os.WriteFile(cert, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644); err != nil {
-		b.Fatal(err)
-	}
-	if err := os.WriteFile(key, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
-		b.Fatal(err)
-	}
-	parsed, err := x509.ParseCertificate(der)
-	if err != nil {
-		b.Fatal(err)
-	}
-	pool = x509.NewCertPool()
-	pool.AddCert(parsed)
-	return cert, key, pool
-}
 
 // http2Client is a client that makes one connection to each server that
 // presents a certificate pool trusts, HTTP/2 where the server offers it.
@@ -104,7 +51,7 @@ func fetchAll(b *testing.B, client *http.Client, base string, paths []string) (t
 // connection fetches the closure's narinfos in sequence, and its NARs.
 func BenchmarkNixSubstitutesHTTPS(b *testing.B) {
 	sub := newSubstitutable(b)
-	cert, key, pool := selfSigned(b)
+	cert, key, pool := harness.SelfSignedCert(b)
 	secret, public := harness.TempKeygen(b, "bench-1")
 	h1Port, filePort := harness.FreePort(b), harness.FreePort(b)
 	site := func(port string, handler string) string {

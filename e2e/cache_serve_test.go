@@ -24,6 +24,25 @@ func keygen(t *testing.T, name string) (string, string) {
 	return harness.TempKeygen(t, name)
 }
 
+// largestNar returns the largest uncompressed NAR in the cache at root,
+// the top path's of a closure built with a payload of at least size
+// bytes, and its content.
+func largestNar(t *testing.T, root string, size int) (string, []byte) {
+	t.Helper()
+	nars, _ := filepath.Glob(filepath.Join(root, "nar", "*.nar"))
+	var nar string
+	var whole []byte
+	for _, candidate := range nars {
+		if data, _ := os.ReadFile(candidate); len(data) > len(whole) {
+			nar, whole = candidate, data
+		}
+	}
+	if len(whole) < size {
+		t.Fatalf("no NAR with the payload of %d bytes among %v", size, nars)
+	}
+	return nar, whole
+}
+
 // substitute realises top in a fresh chroot store from the cache at url,
 // trusting only trustedKey, and returns the command's result and the store.
 // The consumer has a lookup cache of its own, as a separate machine would.
@@ -178,17 +197,7 @@ func TestRangeHeadAndMisses(t *testing.T) {
 		}
 		caddy := harness.StartCaddy(t, cacheCaddyfile(root, inRoot), harness.CaddyOptions{})
 
-		nars, _ := filepath.Glob(filepath.Join(root, "nar", "*.nar"))
-		var nar string
-		var whole []byte
-		for _, candidate := range nars { // the top path's NAR, with the payload
-			if data, _ := os.ReadFile(candidate); len(data) > len(whole) {
-				nar, whole = candidate, data
-			}
-		}
-		if len(whole) < 64<<10 {
-			t.Fatalf("no NAR with the 64 KiB payload among %v", nars)
-		}
+		nar, whole := largestNar(t, root, 64<<10)
 		narURL := caddy.URL() + "/nar/" + filepath.Base(nar)
 		part := get(t, narURL, map[string]string{"Range": "bytes=100-1099"}, http.StatusPartialContent)
 		if part != string(whole[100:1100]) {

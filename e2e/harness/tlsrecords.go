@@ -1,0 +1,177 @@
+package harness
+
+import (
+	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/binary"
+	"encoding/pem"
+	"fmt"
+	"io"
+	"math/big"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+)
+
+// SelfSignedCert writes a certificate for 127.0.0.1, its own authority, and its
+// key, and returns the files and a pool that trusts it.
+func SelfSignedCert(t testing.TB) (cert, key string, pool *x509.CertPool) {
+	t.Helper()
+	priv, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	template := &x509.Certificate{
+		SerialNumber:          big.NewInt(1),
+		Subject:               pkix.Name{CommonName: "127.0.0.1"},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(24 * time.Hour),
+		IPAddresses:           []net.IP{net.IPv4(127, 0, 0, 1)},
+		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, template, template, &priv.PublicKey, priv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyDER, err := x509.MarshalPKCS8PrivateKey(priv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	cert, key = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	if err := os.WriteFile(cert, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(key, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	parsed, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool = x509.NewCertPool()
+	pool.AddCert(parsed)
+	return cert, key, pool
+}
+
+// RecordingProxy passes TCP connections on to a server and keeps a copy of
+// everything the server sent, to read how it cut a body into TLS records.
+type RecordingProxy struct {
+	Addr  string
+	mu    sync.Mutex
+	sent  bytes.Buffer
+	conns []net.Conn
+}
+
+// StartRecordingProxy starts a RecordingProxy in front of upstream
+// (host:port) on a loopback port; it and its connections end with the
+// test.
+func StartRecordingProxy(t testing.TB, upstream string) *RecordingProxy {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &RecordingProxy{Addr: l.Addr().String()}
+	var wg sync.WaitGroup
+	t.Cleanup(func() {
+		_ = l.Close()
+		p.mu.Lock()
+		for _, c := range p.conns {
+			_ = c.Close()
+		}
+		p.mu.Unlock()
+		wg.Wait()
+	})
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			client, err := l.Accept()
+			if err != nil {
+				return
+			}
+			server, err := net.Dial("tcp", upstream)
+			if err != nil {
+				_ = client.Close()
+				continue
+			}
+			p.mu.Lock()
+			p.conns = append(p.conns, client, server)
+			p.mu.Unlock()
+			wg.Add(2)
+			go func() {
+				defer wg.Done()
+				_, _ = io.Copy(server, client)
+				_ = server.Close()
+			}()
+			go func() {
+				defer wg.Done()
+				_, _ = io.Copy(io.MultiWriter(client, p), server)
+				_ = client.Close()
+			}()
+		}
+	}()
+	return p
+}
+
+func (p *RecordingProxy) Write(b []byte) (int, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.sent.Write(b)
+}
+
+// Sent is a copy of what the server sent so far, on every connection.
+func (p *RecordingProxy) Sent() []byte {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return bytes.Clone(p.sent.Bytes())
+}
+
+// TLSRecordSizes reads the lengths of the TLS records in stream, a
+// server's side of one connection.
+func TLSRecordSizes(stream []byte) ([]int, error) {
+	var sizes []int
+	for len(stream) >= 5 {
+		n := int(binary.BigEndian.Uint16(stream[3:5]))
+		if len(stream) < 5+n {
+			return sizes, fmt.Errorf("a TLS record of %d bytes is cut at %d", n, len(stream)-5)
+		}
+		sizes = append(sizes, n)
+		stream = stream[5+n:]
+	}
+	return sizes, nil
+}
+
+// CheckFullTLSRecords checks that a body of size bytes, sent over HTTP/2
+// on the connection whose TLS records sizes lists, went out in full
+// records of 16 KiB. A DATA frame of the 16 KiB that curl (and so Nix)
+// allows does not fit one with its 9-byte header: it goes out as a full
+// record and one of a few bytes.
+func CheckFullTLSRecords(sizes []int, size int) error {
+	// A frame's last 9 bytes, in a record with TLS 1.3's 17 bytes of
+	// type and tag.
+	small, full := 0, 0
+	for _, n := range sizes {
+		switch {
+		case n <= 9+17:
+			small++
+		case n >= 16<<10:
+			full++
+		}
+	}
+	if frames := size / (16 << 10); full < frames*9/10 || small > frames/10 {
+		return fmt.Errorf("%d bytes over HTTP/2 went out in %d TLS records: %d full and %d of a few bytes, want about %d full ones", size, len(sizes), full, small, frames)
+	}
+	return nil
+}
