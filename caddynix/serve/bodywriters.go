@@ -29,31 +29,33 @@ var streamCopyBuffers = sync.Pool{New: func() any { b := make([]byte, streamCopy
 
 // streamCopyBufferSize: large enough that a NAR streamed from S3 is written
 // in few system calls, small enough that many downloads at once hold
-// little.
-const streamCopyBufferSize = 256 << 10
+// little; 144 bytes short of 256 KiB, so that over HTTP/2 a full piece of
+// a file is 16 full frames, none of them cut in two by the remainder of
+// the piece before.
+const streamCopyBufferSize = 16 * httpx.HTTP2RecordWrite
 
-// streamWriter copies a body to the client in 256 KiB pieces rather than
+// streamWriter copies a body to the client in pieces of about 256 KiB rather than
 // io.Copy's 32 KiB, which on a NAR proxied from S3 costs a write system
 // call per 32 KiB, and over HTTP/2 a wait for the connection's writer.
 type streamWriter struct {
 	*caddyhttp.ResponseWriterWrapper
-	// dst is what the copy writes to.
-	dst io.Writer
+	// req is the request the body answers.
+	req *http.Request
 }
 
 // newStreamWriter copies to w, the answer to r, in full TLS records over
 // HTTP/2 (httpx.RecordSized).
 func newStreamWriter(w http.ResponseWriter, r *http.Request) *streamWriter {
-	sw := &streamWriter{ResponseWriterWrapper: &caddyhttp.ResponseWriterWrapper{ResponseWriter: w}}
-	// Written through Write, so that the copy is not handed back here.
-	sw.dst = httpx.RecordSized(struct{ io.Writer }{sw.ResponseWriterWrapper}, r)
-	return sw
+	return &streamWriter{ResponseWriterWrapper: &caddyhttp.ResponseWriterWrapper{ResponseWriter: w}, req: r}
 }
 
 func (w *streamWriter) ReadFrom(r io.Reader) (int64, error) {
+	// Written through Write, so that the copy is not handed back here.
+	dst, done := httpx.RecordSized(struct{ io.Writer }{w.ResponseWriterWrapper}, w.req)
+	defer done()
 	buf := streamCopyBuffers.Get().(*[]byte)
 	defer streamCopyBuffers.Put(buf)
-	return io.CopyBuffer(w.dst, r, *buf)
+	return io.CopyBuffer(dst, r, *buf)
 }
 
 // Memory answers with body, held in memory, as http.ServeContent does

@@ -59,7 +59,9 @@ func (s *Sources) serveLiveNar(w http.ResponseWriter, r *http.Request, req cache
 	if r.Method == http.MethodHead {
 		return nil
 	}
-	if err := s.live.writeNar(httpx.RecordSized(w, r), fsPath, info); err != nil {
+	body, done := httpx.RecordSized(w, r)
+	defer done()
+	if err := s.live.writeNar(body, fsPath, info); err != nil {
 		return s.liveFailure(info, err)
 	}
 	return nil
@@ -254,7 +256,9 @@ func (s *Sources) sendLiveZstd(w http.ResponseWriter, r *http.Request, fsPath st
 	}
 	defer encoders.put(enc)
 	w.WriteHeader(http.StatusOK)
-	enc.ResetContentSize(httpx.RecordSized(w, r), int64(info.NarSize))
+	body, done := httpx.RecordSized(w, r)
+	defer done()
+	enc.ResetContentSize(body, int64(info.NarSize))
 	err = s.live.writeNar(enc, fsPath, info)
 	if err == nil {
 		err = enc.Close()
