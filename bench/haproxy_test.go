@@ -50,26 +50,3 @@ backend s3
 	awaitListening(b, "haproxy", port)
 	return port
 }
-
-// startGoSplicer builds bench/splicer and starts it on the CPUs cpus,
-// serving the objects under prefix in the bucket of server, with the
-// extra arguments args. It returns its port.
-func startGoSplicer(b *testing.B, server *harness.S3, bucket, prefix, cpus string, args ...string) int {
-	b.Helper()
-	dir := b.TempDir()
-	bin := filepath.Join(dir, "splicer")
-	if out, err := exec.Command(harness.LookTool(b, "go"), "build", "-o", bin, "github.com/cargoxx-pkgs/runner/bench/splicer").CombinedOutput(); err != nil {
-		b.Fatalf("building bench/splicer: %v\n%s", err, out)
-	}
-	port := harness.FreePort(b)
-	cmd := exec.Command(harness.LookTool(b, "taskset"), append([]string{"-c", cpus, bin, "-listen", fmt.Sprintf("127.0.0.1:%d", port),
-		"-endpoint", server.Endpoint, "-bucket", bucket, "-prefix", prefix}, args...)...)
-	cmd.Env = append(os.Environ(), "AWS_ACCESS_KEY_ID="+server.AccessKey, "AWS_SECRET_ACCESS_KEY="+server.SecretKey)
-	proc, err := harness.StartProcess("splicer", cmd, filepath.Join(dir, "splicer.log"))
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { proc.Stop(10 * time.Second) })
-	awaitListening(b, "splicer", port)
-	return port
-}

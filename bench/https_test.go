@@ -67,7 +67,9 @@ func BenchmarkNixSubstitutesHTTPS(b *testing.B) {
 		},
 	}.String(), harness.CaddyOptions{Binary: pinnedCaddy(b, harness.CaddyBinary(b, "caddy")), NoHTTP: true})
 	_, nginxPort := startNginxTLS(b, sub.presigned, serverCPU, cert, key)
+	goPort := startGoTool(b, "gofiles", serverCPU, nil, "-root", sub.presigned, "-cert", cert, "-key", key)
 	urls := map[string]string{
+		goFiles:       fmt.Sprintf("https://127.0.0.1:%d", goPort),
 		"nix_cache":   fmt.Sprintf("https://127.0.0.1:%d", caddy.HTTPSPort),
 		nixCacheH1:    fmt.Sprintf("https://127.0.0.1:%d", h1Port),
 		"file_server": fmt.Sprintf("https://127.0.0.1:%d", filePort),
@@ -94,7 +96,7 @@ func BenchmarkNixSubstitutesHTTPS(b *testing.B) {
 		}
 	}
 	presignWith(b, client, urls["nix_cache"], sub.presigned, sub.narinfos)
-	order := []string{"nix_cache", nixCacheH1, "file_server", "nginx"}
+	order := []string{"nix_cache", nixCacheH1, "file_server", "nginx", goFiles}
 	rounds := envInt("BENCH_ROUNDS", 5)
 
 	consumer := harness.NixCurrent().New(b, "")
@@ -105,8 +107,9 @@ func BenchmarkNixSubstitutesHTTPS(b *testing.B) {
 	c.notes = append(c.notes, fmt.Sprintf("As the table above, with %s trusting a self-signed P-256 certificate for 127.0.0.1 (`ssl-cert-file`) that both servers present: "+
 		"nix_cache behind Caddy's own TLS and HTTP/2, nginx with `ssl http2`, where Nix's curl negotiates HTTP/2 and multiplexes its requests on one connection; "+
 		"nix_cache behind a Caddy server with `protocols h1`, where curl opens up to http-connections (25) connections instead; "+
-		"and Caddy's file_server over HTTP/2, the ceiling of a handler in Caddy's TLS and HTTP/2 server. "+
-		"nginx and file_server serve narinfo that nix_cache signed beforehand; the servers run on one CPU, Nix wherever it likes.", version))
+		"Caddy's file_server over HTTP/2, the ceiling of a handler in Caddy's TLS and HTTP/2 server; "+
+		"and net/http's own FileServer over HTTP/2 with nothing of Caddy's (`bench/gofiles`), what Go's TLS and HTTP/2 server do for static files. "+
+		"nginx, file_server and FileServer serve narinfo that nix_cache signed beforehand; the servers run on one CPU, Nix wherever it likes.", version))
 	for round := range rounds {
 		for _, who := range roundOrder(order, round) {
 			c.add(who, sub.substitute(b, consumer, urls[who], public, "--option", "ssl-cert-file", cert).Seconds())
@@ -133,7 +136,7 @@ func BenchmarkNixSubstitutesHTTPS(b *testing.B) {
 	download.notes = append(download.notes, "The same client, each NAR (zstd) whole, one after the other. "+
 		"Over HTTP/2 every DATA frame (16 KiB: clients such as curl allow no larger) goes through Go's HTTP/2 server's one writer goroutine per connection; "+
 		"nix_cache hands it 9 bytes less than 16 KiB at a time, so that each frame with its header fills one TLS record and one write(2), where a full 16 KiB frame, file_server's, goes out as two records and two writes; "+
-		"the same caddy, handler and TLS over HTTP/1.1 send faster than nginx over HTTP/2, so what separates Caddy from nginx here is Go's HTTP/2 server, which file_server shares.")
+		"the same caddy, handler and TLS over HTTP/1.1 send faster than nginx over HTTP/2, so what separates Caddy from nginx here is Go's HTTP/2 server, which file_server and net/http's FileServer share.")
 	for round := range rounds {
 		for _, who := range roundOrder(order, round) {
 			elapsed, _ := fetchAll(b, client, urls[who], sub.narinfos)
@@ -142,9 +145,13 @@ func BenchmarkNixSubstitutesHTTPS(b *testing.B) {
 			download.add(who, float64(bytes)/(1<<20)/elapsed.Seconds())
 		}
 	}
-	b.Logf("%s: nix_cache %.2f s, over HTTP/1.1 %.2f s, file_server %.2f s, nginx %.2f s", c.name, median(c.samples["nix_cache"]),
-		median(c.samples[nixCacheH1]), median(c.samples["file_server"]), median(c.samples["nginx"]))
+	b.Logf("%s: nix_cache %.2f s, over HTTP/1.1 %.2f s, file_server %.2f s, nginx %.2f s, net/http FileServer %.2f s", c.name, median(c.samples["nix_cache"]),
+		median(c.samples[nixCacheH1]), median(c.samples["file_server"]), median(c.samples["nginx"]), median(c.samples[goFiles]))
 }
 
 // nixCacheH1 is nix_cache behind a Caddy server that speaks HTTP/1.1 only.
 const nixCacheH1 = "nix_cache, protocols h1"
+
+// goFiles is net/http's own file server over HTTP/2, with nothing of
+// Caddy's.
+const goFiles = "Go net/http FileServer"
