@@ -262,7 +262,9 @@ func figuresOf(t *testing.T, caddy *harness.Caddy) processFigures {
 	// client connections (to Gitea, to the Docker daemon), each with a
 	// reading and a writing goroutine, and server connections waiting for
 	// their next request (the test's own admin calls among them).
-	for _, stack := range strings.Split(body, "\n\n") {
+	// The first stack follows the profile's header line.
+	_, stacks, _ := strings.Cut(body, "\n")
+	for _, stack := range strings.Split(stacks, "\n\n") {
 		var n int
 		idleServer := strings.Contains(stack, "net/http.(*conn).serve") && strings.Contains(stack, "net/http.(*conn).readRequest")
 		if _, err := fmt.Sscanf(stack, "%d @", &n); err == nil && (idleServer || strings.Contains(stack, "net/http.(*persistConn)")) {
