@@ -30,7 +30,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 		urlPath = "/" + rest
 	}
 	req, ok := cacheurl.Classify(urlPath)
-	kind := "other"
+	kind := metrics.OtherKind
 	if ok {
 		kind = req.Kind.String()
 	}

@@ -24,7 +24,7 @@ import (
 // serveUpload handles PUT. Every upload is authenticated; nothing is visible
 // until it has been checked and renamed into place.
 func (h *Handler) serveUpload(w http.ResponseWriter, r *http.Request, req cacheurl.Request, ok bool) error {
-	kind := "other"
+	kind := metrics.OtherKind
 	if ok {
 		kind = req.Kind.String()
 	}

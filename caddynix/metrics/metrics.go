@@ -14,6 +14,7 @@ import (
 	"io"
 	"net/http"
 	"strconv"
+	"sync"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/cargoxx-pkgs/runner/caddynix/internal/cacheurl"
@@ -161,8 +162,9 @@ func (Retention) Stored(cache string, paths int, size int64) {
 // rate or a ratio over them has a value before the first event rather than
 // no series.
 func init() {
-	for _, result := range []string{"served", "missing"} {
-		narinfoLookups.WithLabelValues(result)
+	servedKinds[OtherKind] = newKindCounters(OtherKind)
+	for kind := cacheurl.CacheInfo; kind <= cacheurl.Landing; kind++ {
+		servedKinds[kind.String()] = newKindCounters(kind.String())
 	}
 	for kind := cacheurl.CacheInfo; kind < cacheurl.Landing; kind++ {
 		uploadBytes.WithLabelValues(kind.String())
@@ -237,14 +239,59 @@ func (m *Writer) Record(kind string, err error) {
 	if status == 0 {
 		status = http.StatusOK
 	}
-	requestsTotal.WithLabelValues(kind, strconv.Itoa(status)).Inc()
-	bytesServed.WithLabelValues(kind).Add(float64(m.bytes))
+	counters, ok := servedKinds[kind]
+	if !ok {
+		counters = newKindCounters(kind)
+	}
+	counters.requests(status).Inc()
+	counters.bytes.Add(float64(m.bytes))
 }
+
+// kindCounters are the counters of one kind of request. A counter vector
+// hashes and checks its label values on every lookup, which costs more
+// than the count itself on a narinfo's path, so each is looked up once.
+type kindCounters struct {
+	kind     string
+	bytes    prometheus.Counter
+	byStatus sync.Map // status code → prometheus.Counter
+}
+
+func newKindCounters(kind string) *kindCounters {
+	return &kindCounters{kind: kind, bytes: bytesServed.WithLabelValues(kind)}
+}
+
+// requests is the counter of the kind's requests answered with status.
+func (k *kindCounters) requests(status int) prometheus.Counter {
+	if counter, ok := k.byStatus.Load(status); ok {
+		return counter.(prometheus.Counter)
+	}
+	counter, _ := k.byStatus.LoadOrStore(status, requestsTotal.WithLabelValues(k.kind, strconv.Itoa(status)))
+	return counter.(prometheus.Counter)
+}
+
+// OtherKind is the kind of a request for no URL shape of a binary cache.
+const OtherKind = "other"
+
+// servedKinds holds the counters of every kind Record is given; it is
+// built at init and only read after.
+var servedKinds = map[string]*kindCounters{}
 
 // Serve counts narinfo lookups.
 type Serve struct{}
 
-func (Serve) NarinfoLookup(result string) { narinfoLookups.WithLabelValues(result).Inc() }
+func (Serve) NarinfoLookup(result string) {
+	switch result {
+	case "served":
+		narinfoServed.Inc()
+	case "missing":
+		narinfoMissing.Inc()
+	default:
+		narinfoLookups.WithLabelValues(result).Inc()
+	}
+}
+
+// The narinfo lookups' counters, looked up once as kindCounters are.
+var narinfoServed, narinfoMissing = narinfoLookups.WithLabelValues("served"), narinfoLookups.WithLabelValues("missing")
 
 // Interface guards
 var (
