@@ -32,7 +32,8 @@ func TestNARsFillTLSRecordsOverHTTP2(t *testing.T) {
 		Sites: []string{fmt.Sprintf("https://127.0.0.1:{$CADDY_HTTPS_PORT} {\n\tbind 127.0.0.1\n\ttls %s %s\n\tnix_cache {\n\t\troot %s\n\t\tsecret_key_file %s\n\t}\n}",
 			cert, key, root, secret)},
 	}.String(), harness.CaddyOptions{NoHTTP: true})
-	proxy := harness.StartRecordingProxy(t, fmt.Sprintf("127.0.0.1:%d", caddy.HTTPSPort))
+	proxy := harness.StartFaultProxy(t, fmt.Sprintf("127.0.0.1:%d", caddy.HTTPSPort))
+	proxy.Record()
 
 	client := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}, ForceAttemptHTTP2: true}}
 	resp, err := client.Get("https://" + proxy.Addr + "/nar/" + filepath.Base(nar))

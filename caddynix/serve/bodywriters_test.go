@@ -37,7 +37,8 @@ func TestStreamWriterFillsTLSRecordsOverHTTP2(t *testing.T) {
 	server.EnableHTTP2 = true
 	server.StartTLS()
 	defer server.Close()
-	proxy := harness.StartRecordingProxy(t, server.Listener.Addr().String())
+	proxy := harness.StartFaultProxy(t, server.Listener.Addr().String())
+	proxy.Record()
 
 	resp, err := server.Client().Get("https://" + proxy.Addr + "/nar/x.nar")
 	if err != nil {

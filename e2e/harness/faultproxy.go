@@ -1,6 +1,7 @@
 package harness
 
 import (
+	"bytes"
 	"errors"
 	"io"
 	"net"
@@ -18,7 +19,7 @@ import (
 // that injects faults into what the server sends back: connections reset
 // or stalled after some bytes of the answer, and added latency. Setting a
 // fault drops the open connections, so that every connection from then on
-// has it.
+// has it. It can also keep a copy of what the server sends (Record).
 type FaultProxy struct {
 	Addr     string
 	upstream string
@@ -41,9 +42,13 @@ type FaultProxy struct {
 	// Stalled counts the connections the proxy stalled.
 	Stalled atomic.Int64
 
+	recording atomic.Bool
+
 	mu    sync.Mutex
 	conns map[net.Conn]bool
-	wg    sync.WaitGroup
+	// sent is what the server sent while recording, under mu.
+	sent []byte
+	wg   sync.WaitGroup
 }
 
 // StartFaultProxy proxies a new loopback port to upstream (host:port) until
@@ -97,6 +102,24 @@ func (p *FaultProxy) dropOpen() {
 		_ = c.Close()
 		delete(p.conns, c)
 	}
+}
+
+// Record keeps a copy of everything the server sends from now on, on every
+// connection, for Sent: to read how a server cut a body into TLS records
+// (TLSRecordSizes), a test records one connection.
+func (p *FaultProxy) Record() { p.recording.Store(true) }
+
+// Sent is a copy of what the server sent while recording.
+func (p *FaultProxy) Sent() []byte {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return bytes.Clone(p.sent)
+}
+
+func (p *FaultProxy) record(b []byte) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.sent = append(p.sent, b...)
 }
 
 // Heal stops injecting faults.
@@ -183,6 +206,9 @@ func (p *FaultProxy) serve(client net.Conn) {
 			}
 			if _, werr := client.Write(chunk); werr != nil {
 				return
+			}
+			if p.recording.Load() {
+				p.record(chunk)
 			}
 			sent += int64(len(chunk))
 			if cutAfter >= 0 && sent >= cutAfter {

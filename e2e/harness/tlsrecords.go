@@ -1,7 +1,6 @@
 package harness
 
 import (
-	"bytes"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -10,12 +9,10 @@ import (
 	"encoding/binary"
 	"encoding/pem"
 	"fmt"
-	"io"
 	"math/big"
 	"net"
 	"os"
 	"path/filepath"
-	"sync"
 	"testing"
 	"time"
 )
@@ -62,80 +59,6 @@ func SelfSignedCert(t testing.TB) (cert, key string, pool *x509.CertPool) {
 	pool = x509.NewCertPool()
 	pool.AddCert(parsed)
 	return cert, key, pool
-}
-
-// RecordingProxy passes TCP connections on to a server and keeps a copy of
-// everything the server sent, to read how it cut a body into TLS records.
-type RecordingProxy struct {
-	Addr  string
-	mu    sync.Mutex
-	sent  bytes.Buffer
-	conns []net.Conn
-}
-
-// StartRecordingProxy starts a RecordingProxy in front of upstream
-// (host:port) on a loopback port; it and its connections end with the
-// test.
-func StartRecordingProxy(t testing.TB, upstream string) *RecordingProxy {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &RecordingProxy{Addr: l.Addr().String()}
-	var wg sync.WaitGroup
-	t.Cleanup(func() {
-		_ = l.Close()
-		p.mu.Lock()
-		for _, c := range p.conns {
-			_ = c.Close()
-		}
-		p.mu.Unlock()
-		wg.Wait()
-	})
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			client, err := l.Accept()
-			if err != nil {
-				return
-			}
-			server, err := net.Dial("tcp", upstream)
-			if err != nil {
-				_ = client.Close()
-				continue
-			}
-			p.mu.Lock()
-			p.conns = append(p.conns, client, server)
-			p.mu.Unlock()
-			wg.Add(2)
-			go func() {
-				defer wg.Done()
-				_, _ = io.Copy(server, client)
-				_ = server.Close()
-			}()
-			go func() {
-				defer wg.Done()
-				_, _ = io.Copy(io.MultiWriter(client, p), server)
-				_ = client.Close()
-			}()
-		}
-	}()
-	return p
-}
-
-func (p *RecordingProxy) Write(b []byte) (int, error) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.sent.Write(b)
-}
-
-// Sent is a copy of what the server sent so far, on every connection.
-func (p *RecordingProxy) Sent() []byte {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return bytes.Clone(p.sent.Bytes())
 }
 
 // TLSRecordSizes reads the lengths of the TLS records in stream, a
