@@ -16,14 +16,15 @@ import (
 // extra arguments args. It returns its port.
 func startGoSplicer(b *testing.B, server *harness.S3, bucket, prefix, cpus string, args ...string) int {
 	b.Helper()
-	return startGoTool(b, "splicer", cpus, []string{"AWS_ACCESS_KEY_ID=" + server.AccessKey, "AWS_SECRET_ACCESS_KEY=" + server.SecretKey},
+	port, _ := startGoTool(b, "splicer", cpus, []string{"AWS_ACCESS_KEY_ID=" + server.AccessKey, "AWS_SECRET_ACCESS_KEY=" + server.SecretKey},
 		append([]string{"-endpoint", server.Endpoint, "-bucket", bucket, "-prefix", prefix}, args...)...)
+	return port
 }
 
 // startGoTool builds the command bench/name and starts it on the CPUs
 // cpus with -listen on a free loopback port, the environment variables
-// env and the arguments args. It returns the port.
-func startGoTool(b *testing.B, name, cpus string, env []string, args ...string) int {
+// env and the arguments args. It returns the port and the process.
+func startGoTool(b *testing.B, name, cpus string, env []string, args ...string) (int, *harness.Process) {
 	b.Helper()
 	dir := b.TempDir()
 	bin := filepath.Join(dir, name)
@@ -39,5 +40,5 @@ func startGoTool(b *testing.B, name, cpus string, env []string, args ...string) 
 	}
 	b.Cleanup(func() { proc.Stop(10 * time.Second) })
 	awaitListening(b, name, port)
-	return port
+	return port, proc
 }

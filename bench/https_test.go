@@ -66,19 +66,24 @@ func BenchmarkNixSubstitutesHTTPS(b *testing.B) {
 			site(fmt.Sprint(filePort), fmt.Sprintf("file_server {\n\t\troot %s\n\t}", sub.presigned)),
 		},
 	}.String(), harness.CaddyOptions{Binary: pinnedCaddy(b, harness.CaddyBinary(b, "caddy")), NoHTTP: true})
-	_, nginxPort := startNginxTLS(b, sub.presigned, serverCPU, cert, key)
-	goPort := startGoTool(b, "gofiles", serverCPU, nil, "-root", sub.presigned, "-cert", cert, "-key", key)
+	nginx, nginxPort := startNginxTLS(b, sub.presigned, serverCPU, cert, key)
+	h1Nginx, nginxH1Port := startNginxWith(b, sub.presigned, serverCPU, " ssl", fmt.Sprintf("ssl_certificate %s;\n\t\tssl_certificate_key %s;", cert, key))
+	goPort, goProc := startGoTool(b, "gofiles", serverCPU, nil, "-root", sub.presigned, "-cert", cert, "-key", key)
 	urls := map[string]string{
 		goFiles:       fmt.Sprintf("https://127.0.0.1:%d", goPort),
 		"nix_cache":   fmt.Sprintf("https://127.0.0.1:%d", caddy.HTTPSPort),
 		nixCacheH1:    fmt.Sprintf("https://127.0.0.1:%d", h1Port),
+		nginxH1:       fmt.Sprintf("https://127.0.0.1:%d", nginxH1Port),
 		"file_server": fmt.Sprintf("https://127.0.0.1:%d", filePort),
 		"nginx":       fmt.Sprintf("https://127.0.0.1:%d", nginxPort),
 	}
+	// pids are the processes that serve each contender; caddy serves three,
+	// one at a time.
+	pids := map[string]int{goFiles: goProc.PID(), "nix_cache": caddy.PID(), nixCacheH1: caddy.PID(), "file_server": caddy.PID(), "nginx": nginx.PID(), nginxH1: h1Nginx.PID()}
 	client := http2Client(pool)
 	for who, u := range urls {
 		want := 2
-		if who == nixCacheH1 {
+		if who == nixCacheH1 || who == nginxH1 {
 			want = 1
 		}
 		if err := harness.Eventually(10*time.Second, 50*time.Millisecond, func() error {
@@ -96,7 +101,7 @@ func BenchmarkNixSubstitutesHTTPS(b *testing.B) {
 		}
 	}
 	presignWith(b, client, urls["nix_cache"], sub.presigned, sub.narinfos)
-	order := []string{"nix_cache", nixCacheH1, "file_server", "nginx", goFiles}
+	order := []string{"nix_cache", nixCacheH1, "file_server", "nginx", nginxH1, goFiles}
 	rounds := envInt("BENCH_ROUNDS", 5)
 
 	consumer := harness.NixCurrent().New(b, "")
@@ -106,15 +111,22 @@ func BenchmarkNixSubstitutesHTTPS(b *testing.B) {
 	c.holds = ratioAtMost("nix_cache", "nginx", 1.0)
 	c.notes = append(c.notes, fmt.Sprintf("As the table above, with %s trusting a self-signed P-256 certificate for 127.0.0.1 (`ssl-cert-file`) that both servers present: "+
 		"nix_cache behind Caddy's own TLS and HTTP/2, nginx with `ssl http2`, where Nix's curl negotiates HTTP/2 and multiplexes its requests on one connection; "+
-		"nix_cache behind a Caddy server with `protocols h1`, where curl opens up to http-connections (25) connections instead; "+
+		"nix_cache behind a Caddy server with `protocols h1`, and nginx with `ssl` alone, where curl opens up to http-connections (25) connections instead; "+
 		"Caddy's file_server over HTTP/2, the ceiling of a handler in Caddy's TLS and HTTP/2 server; "+
 		"and net/http's own FileServer over HTTP/2 with nothing of Caddy's (`bench/gofiles`), what Go's TLS and HTTP/2 server do for static files. "+
 		"nginx, file_server and FileServer serve narinfo that nix_cache signed beforehand; the servers run on one CPU, Nix wherever it likes.", version))
+	cpu := newComparison("HTTPS: the server's CPU time while Nix substitutes the closure", "ms", "lower", "")
+	cpu.notes = append(cpu.notes, "The time the serving process spent on a CPU (nginx's with its worker) during each substitution of the table above, "+
+		"from the scheduler's count of each thread (/proc/PID/task/*/schedstat): what serving the closure cost, apart from Nix's own work, with which it shares the machine's two CPUs.")
 	for round := range rounds {
 		for _, who := range roundOrder(order, round) {
+			before := cpuTree(b, pids[who])
 			c.add(who, sub.substitute(b, consumer, urls[who], public, "--option", "ssl-cert-file", cert).Seconds())
+			cpu.add(who, (cpuTree(b, pids[who])-before)*1000)
 		}
 	}
+	c.notes = append(c.notes, c.pairedNote("nix_cache", "nginx"), c.pairedNote("nix_cache", goFiles))
+	cpu.notes = append(cpu.notes, cpu.pairedNote("nix_cache", "nginx"))
 
 	if profiling() {
 		// Profiled apart from the rounds: profiling slows caddy down.
@@ -131,7 +143,7 @@ func BenchmarkNixSubstitutesHTTPS(b *testing.B) {
 		nars[who] = narURLsWith(b, client, u, sub.narinfos)
 	}
 	sequence := newComparison(fmt.Sprintf("HTTPS: the closure's %d narinfos in sequence over one connection", len(sub.narinfos)), "ms", "lower", "")
-	sequence.notes = append(sequence.notes, "A Go client on the other CPU, one request at a time, on a connection already open (HTTP/1.1 for the server with `protocols h1`).")
+	sequence.notes = append(sequence.notes, "A Go client on the other CPU, one request at a time, on a connection already open (HTTP/1.1 for the two servers without HTTP/2).")
 	download := newComparison(fmt.Sprintf("HTTPS: the closure's %d NARs in sequence over one connection", len(sub.narinfos)), "MiB/s", "higher", "")
 	download.notes = append(download.notes, "The same client, each NAR (zstd) whole, one after the other. "+
 		"Over HTTP/2 every DATA frame (16 KiB: clients such as curl allow no larger) goes through Go's HTTP/2 server's one writer goroutine per connection; "+
@@ -145,12 +157,15 @@ func BenchmarkNixSubstitutesHTTPS(b *testing.B) {
 			download.add(who, float64(bytes)/(1<<20)/elapsed.Seconds())
 		}
 	}
-	b.Logf("%s: nix_cache %.2f s, over HTTP/1.1 %.2f s, file_server %.2f s, nginx %.2f s, net/http FileServer %.2f s", c.name, median(c.samples["nix_cache"]),
-		median(c.samples[nixCacheH1]), median(c.samples["file_server"]), median(c.samples["nginx"]), median(c.samples[goFiles]))
+	b.Logf("%s: nix_cache %.2f s, over HTTP/1.1 %.2f s, file_server %.2f s, nginx %.2f s, over HTTP/1.1 %.2f s, net/http FileServer %.2f s", c.name, median(c.samples["nix_cache"]),
+		median(c.samples[nixCacheH1]), median(c.samples["file_server"]), median(c.samples["nginx"]), median(c.samples[nginxH1]), median(c.samples[goFiles]))
 }
 
 // nixCacheH1 is nix_cache behind a Caddy server that speaks HTTP/1.1 only.
 const nixCacheH1 = "nix_cache, protocols h1"
+
+// nginxH1 is nginx over TLS without HTTP/2.
+const nginxH1 = "nginx, HTTP/1.1"
 
 // goFiles is net/http's own file server over HTTP/2, with nothing of
 // Caddy's.

@@ -86,6 +86,20 @@ func cpuSeconds(b *testing.B, pid int) float64 {
 	return float64(ns) / 1e9
 }
 
+// cpuTree is cpuSeconds of a process and its descendants, such as nginx's
+// workers.
+func cpuTree(b *testing.B, pid int) float64 {
+	b.Helper()
+	total := cpuSeconds(b, pid)
+	children, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid))
+	for _, c := range strings.Fields(string(children)) {
+		if child, err := strconv.Atoi(c); err == nil {
+			total += cpuTree(b, child)
+		}
+	}
+	return total
+}
+
 // run is what timed measured of a command.
 type run struct {
 	wall time.Duration

@@ -62,6 +62,25 @@ func (c *comparison) add(contender string, v float64) {
 	c.samples[contender] = append(c.samples[contender], v)
 }
 
+// pairedNote says, round by round, how ours compared with theirs: the
+// median of the rounds' ratios and in how many rounds ours was the better,
+// which the machine's noise, shared by both in a round, moves less than
+// the ratio of the medians.
+func (c *comparison) pairedNote(ours, theirs string) string {
+	a, b := c.samples[ours], c.samples[theirs]
+	n := min(len(a), len(b))
+	ratios := make([]float64, n)
+	better := 0
+	for i := range n {
+		ratios[i] = a[i] / b[i]
+		if (c.better == "lower" && a[i] < b[i]) || (c.better == "higher" && a[i] > b[i]) {
+			better++
+		}
+	}
+	return fmt.Sprintf("Round by round, the ratio of %s to %s: median %.3fx, spread %.3f–%.3f; %s was the better in %d of %d rounds.",
+		ours, theirs, median(ratios), slices.Min(ratios), slices.Max(ratios), ours, better, n)
+}
+
 // ratioAtLeast is a goal: ours is at least factor times theirs.
 func ratioAtLeast(ours, theirs string, factor float64) func(map[string]float64) bool {
 	return func(m map[string]float64) bool { return m[ours] >= factor*m[theirs] }

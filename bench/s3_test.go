@@ -106,6 +106,7 @@ func BenchmarkS3(b *testing.B) {
 					c.add(who, float64(r.bytes)/(1<<20)/r.elapsed.Seconds())
 				}
 			}
+			c.notes = append(c.notes, c.pairedNote("nix_cache on S3", "GET from the S3 server"), c.pairedNote("nix_cache on S3", goSplicing))
 			if profiling() {
 				wait := profileCaddy(b, node.Admin, fmt.Sprintf("s3-nar-%dmib-%dconn", size>>20, conns), dur)
 				load(b, node.URL(), []string{"/" + name}, conns, dur)
