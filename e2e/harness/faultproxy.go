@@ -106,7 +106,7 @@ func (p *FaultProxy) dropOpen() {
 
 // Record keeps a copy of everything the server sends from now on, on every
 // connection, for Sent: to read how a server cut a body into TLS records
-// (TLSRecordSizes), a test records one connection.
+// (CheckFullTLSRecords), a test records one connection.
 func (p *FaultProxy) Record() { p.recording.Store(true) }
 
 // Sent is a copy of what the server sent while recording.

@@ -61,9 +61,9 @@ func SelfSignedCert(t testing.TB) (cert, key string, pool *x509.CertPool) {
 	return cert, key, pool
 }
 
-// TLSRecordSizes reads the lengths of the TLS records in stream, a
+// tlsRecordSizes reads the lengths of the TLS records in stream, a
 // server's side of one connection.
-func TLSRecordSizes(stream []byte) ([]int, error) {
+func tlsRecordSizes(stream []byte) ([]int, error) {
 	var sizes []int
 	for len(stream) >= 5 {
 		n := int(binary.BigEndian.Uint16(stream[3:5]))
@@ -77,11 +77,15 @@ func TLSRecordSizes(stream []byte) ([]int, error) {
 }
 
 // CheckFullTLSRecords checks that a body of size bytes, sent over HTTP/2
-// on the connection whose TLS records sizes lists, went out in full
-// records of 16 KiB. A DATA frame of the 16 KiB that curl (and so Nix)
-// allows does not fit one with its 9-byte header: it goes out as a full
-// record and one of a few bytes.
-func CheckFullTLSRecords(sizes []int, size int) error {
+// on the connection whose server side is stream (FaultProxy.Sent), went
+// out in full TLS records of 16 KiB. A DATA frame of the 16 KiB that curl
+// (and so Nix) allows does not fit one with its 9-byte header: it goes
+// out as a full record and one of a few bytes.
+func CheckFullTLSRecords(stream []byte, size int) error {
+	sizes, err := tlsRecordSizes(stream)
+	if err != nil {
+		return err
+	}
 	// A frame's last 9 bytes, in a record with TLS 1.3's 17 bytes of
 	// type and tag.
 	small, full := 0, 0
