@@ -113,40 +113,50 @@ func TestHandlerServesSignedNarinfo(t *testing.T) {
 	}
 }
 
-// TestNarinfoPlainAndConditionalAnswersAgree: the answer to a plain GET or
-// HEAD, written directly, is what http.ServeContent gives a request with a
-// precondition that holds.
-func TestNarinfoPlainAndConditionalAnswersAgree(t *testing.T) {
+// TestPlainAndConditionalAnswersAgree: the answer to a plain GET or HEAD
+// of a narinfo or a NAR, written directly, is what http.ServeContent gives
+// a request with a precondition that holds.
+func TestPlainAndConditionalAnswersAgree(t *testing.T) {
 	h, _ := newTestHandler(t)
 	p := newTestPath(t, "c", "content")
 	if err := os.WriteFile(filepath.Join(h.root, p.hash+".narinfo"), []byte(p.narinfo("")), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	target := "/" + p.hash + ".narinfo"
-	plain := request(t, h, http.MethodGet, target)
-	rec := httptest.NewRecorder()
-	req := httptest.NewRequest(http.MethodGet, target, nil)
-	req.Header.Set("If-Modified-Since", "Mon, 01 Jan 2001 00:00:00 GMT")
-	if err := h.ServeHTTP(rec, req, nil); err != nil {
+	if err := os.MkdirAll(filepath.Join(h.root, "nar"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	if plain.Code != http.StatusOK || rec.Code != http.StatusOK || plain.Body.String() != rec.Body.String() {
-		t.Fatalf("plain %d, conditional %d; bodies equal: %v", plain.Code, rec.Code, plain.Body.String() == rec.Body.String())
+	if err := os.WriteFile(filepath.Join(h.root, p.narURL()), p.nar, 0o644); err != nil {
+		t.Fatal(err)
 	}
-	for _, name := range []string{"Content-Type", "Content-Length", "Last-Modified", "Accept-Ranges"} {
-		if plain.Header().Get(name) != rec.Header().Get(name) || plain.Header().Get(name) == "" {
-			t.Errorf("%s: plain %q, ServeContent %q", name, plain.Header().Get(name), rec.Header().Get(name))
+	for _, target := range []string{"/" + p.hash + ".narinfo", "/" + p.narURL()} {
+		plain := request(t, h, http.MethodGet, target)
+		rec := httptest.NewRecorder()
+		req := httptest.NewRequest(http.MethodGet, target, nil)
+		req.Header.Set("If-Modified-Since", "Mon, 01 Jan 2001 00:00:00 GMT")
+		if err := h.ServeHTTP(rec, req, nil); err != nil {
+			t.Fatal(err)
 		}
-	}
-	head := request(t, h, http.MethodHead, target)
-	if head.Code != http.StatusOK || head.Body.Len() != 0 || head.Header().Get("Content-Length") != plain.Header().Get("Content-Length") {
-		t.Fatalf("HEAD: %d, %d body bytes, Content-Length %q", head.Code, head.Body.Len(), head.Header().Get("Content-Length"))
-	}
-	req = httptest.NewRequest(http.MethodGet, target, nil)
-	req.Header.Set("If-Modified-Since", plain.Header().Get("Last-Modified"))
-	rec = httptest.NewRecorder()
-	if err := h.ServeHTTP(rec, req, nil); err != nil || rec.Code != http.StatusNotModified {
-		t.Fatalf("If-Modified-Since the Last-Modified: %d %v, want 304", rec.Code, err)
+		if plain.Code != http.StatusOK || rec.Code != http.StatusOK || plain.Body.String() != rec.Body.String() {
+			t.Fatalf("%s: plain %d, conditional %d; bodies equal: %v", target, plain.Code, rec.Code, plain.Body.String() == rec.Body.String())
+		}
+		if target != "/"+p.hash+".narinfo" && plain.Body.String() != string(p.nar) {
+			t.Fatalf("%s: %d bytes, not the NAR", target, plain.Body.Len())
+		}
+		for _, name := range []string{"Content-Type", "Content-Length", "Last-Modified", "Accept-Ranges"} {
+			if plain.Header().Get(name) != rec.Header().Get(name) || plain.Header().Get(name) == "" {
+				t.Errorf("%s: %s: plain %q, ServeContent %q", target, name, plain.Header().Get(name), rec.Header().Get(name))
+			}
+		}
+		head := request(t, h, http.MethodHead, target)
+		if head.Code != http.StatusOK || head.Body.Len() != 0 || head.Header().Get("Content-Length") != plain.Header().Get("Content-Length") {
+			t.Fatalf("HEAD %s: %d, %d body bytes, Content-Length %q", target, head.Code, head.Body.Len(), head.Header().Get("Content-Length"))
+		}
+		req = httptest.NewRequest(http.MethodGet, target, nil)
+		req.Header.Set("If-Modified-Since", plain.Header().Get("Last-Modified"))
+		rec = httptest.NewRecorder()
+		if err := h.ServeHTTP(rec, req, nil); err != nil || rec.Code != http.StatusNotModified {
+			t.Fatalf("%s If-Modified-Since the Last-Modified: %d %v, want 304", target, rec.Code, err)
+		}
 	}
 }
 

@@ -14,9 +14,10 @@ import (
 	"github.com/cargoxx-pkgs/runner/internal/caddyutil"
 )
 
-// File serves one file of the cache layout with http.ServeContent, so
-// that Range, HEAD and conditional requests work and the kernel can send the
-// file directly. What the storage lacks is asked of the overlay that
+// File serves one file of the cache layout: a plain GET or HEAD as
+// http.ServeContent would, and anything else with ServeContent, so that
+// Range and conditional requests work; the kernel sends the file directly
+// where it can. What the storage lacks is asked of the overlay that
 // overlay finds, if any, and then of the sources; a file none has is a
 // 404, never a 5xx.
 func (c *Cache) File(w http.ResponseWriter, r *http.Request, req cacheurl.Request, overlay FindOverlay) error {
@@ -73,6 +74,16 @@ func (c *Cache) File(w http.ResponseWriter, r *http.Request, req cacheurl.Reques
 		// write waits for the connection's one writer goroutine, which
 		// sends a NAR a quarter faster than io.Copy's.
 		w = newStreamWriter(w, r)
+	}
+	if info.ContentEncoding == "" && httpx.PlainGet(r) {
+		// What a substituter sends.
+		httpx.WritePlainHeader(w, httpx.LastModified(info.ModTime), info.Size)
+		if r.Method != http.MethodHead {
+			// As ServeContent does, a failed copy leaves a body short of
+			// the Content-Length sent, which the client tells.
+			_, _ = io.Copy(w, &io.LimitedReader{R: content, N: info.Size})
+		}
+		return nil
 	}
 	http.ServeContent(w, r, "", info.ModTime, content)
 	return nil

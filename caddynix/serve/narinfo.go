@@ -4,7 +4,6 @@ import (
 	"errors"
 	"io/fs"
 	"net/http"
-	"strconv"
 
 	"github.com/cargoxx-pkgs/runner/caddynix/internal/cacheurl"
 	"github.com/cargoxx-pkgs/runner/caddynix/internal/httpx"
@@ -65,13 +64,8 @@ func (c *Cache) writeNarInfo(w http.ResponseWriter, r *http.Request, req cacheur
 	}
 	w.Header().Set("Content-Type", cacheurl.ContentType(cacheurl.NarInfo))
 	if httpx.PlainGet(r) {
-		// What a substituter sends: answered as http.ServeContent would,
-		// without its checks for headers the request does not have.
-		header := w.Header()
-		header.Set("Last-Modified", entry.lastModified)
-		header.Set("Accept-Ranges", "bytes")
-		header.Set("Content-Length", strconv.Itoa(len(entry.body)))
-		w.WriteHeader(http.StatusOK)
+		// What a substituter sends.
+		httpx.WritePlainHeader(w, entry.lastModified, int64(len(entry.body)))
 		if r.Method != http.MethodHead {
 			_, _ = w.Write(entry.body)
 		}
@@ -105,6 +99,6 @@ func (c *Cache) serveNarInfoFromSources(w http.ResponseWriter, r *http.Request, 
 	if err != nil {
 		return c.fromSources(err)
 	}
-	c.writeNarInfo(w, r, req, &signedNarinfo{modTime: modTime, lastModified: modTime.UTC().Format(http.TimeFormat), body: body})
+	c.writeNarInfo(w, r, req, &signedNarinfo{modTime: modTime, lastModified: httpx.LastModified(modTime), body: body})
 	return nil
 }

@@ -1,11 +1,11 @@
 package serve
 
 import (
-	"net/http"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/cargoxx-pkgs/runner/caddynix/internal/httpx"
 	"github.com/cargoxx-pkgs/runner/caddynix/storage"
 	"go.uber.org/zap"
 )
@@ -135,7 +135,7 @@ func (c *narinfoCache) get(name string, info storage.Info, mark uint64, build fu
 		version:      info.Version,
 		checked:      checked,
 		modTime:      info.ModTime,
-		lastModified: info.ModTime.UTC().Format(http.TimeFormat),
+		lastModified: httpx.LastModified(info.ModTime),
 		body:         body,
 	}
 	c.mu.Lock()

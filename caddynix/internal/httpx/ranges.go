@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // DropEmptySuffixRanges removes the ranges `-0` from a request's Range
@@ -51,6 +52,31 @@ func PlainGet(r *http.Request) bool {
 	h := r.Header
 	return h.Get("Range") == "" && h.Get("If-Match") == "" && h.Get("If-None-Match") == "" &&
 		h.Get("If-Modified-Since") == "" && h.Get("If-Unmodified-Since") == "" && h.Get("If-Range") == ""
+}
+
+// LastModified is t as http.ServeContent sends it in Last-Modified: empty
+// for a time it would not send (the zero time or the Unix epoch).
+func LastModified(t time.Time) string {
+	if t.IsZero() || t.Equal(time.Unix(0, 0)) {
+		return ""
+	}
+	return t.UTC().Format(http.TimeFormat)
+}
+
+// WritePlainHeader answers a plain GET or HEAD (PlainGet) of a whole
+// representation of size bytes with the header http.ServeContent would
+// send, without ServeContent's checks of headers the request does not
+// have or its seeks to learn a size the caller knows. It is no answer for
+// a representation with a Content-Encoding, whose length ServeContent
+// leaves out.
+func WritePlainHeader(w http.ResponseWriter, lastModified string, size int64) {
+	header := w.Header()
+	if lastModified != "" {
+		header.Set("Last-Modified", lastModified)
+	}
+	header.Set("Accept-Ranges", "bytes")
+	header.Set("Content-Length", strconv.FormatInt(size, 10))
+	w.WriteHeader(http.StatusOK)
 }
 
 // Aborted is a response that failed after its header was sent: the

@@ -107,7 +107,7 @@ func (s *Store) connGet(ctx context.Context, key, etag string, start, length int
 	header, err := body.answer(req, key, start, length)
 	if err == nil {
 		var info minio.ObjectInfo
-		if info, err = minio.ToObjectInfo(s.bucket, key, header); err == nil {
+		if info, err = answerInfo(key, header, body.remaining); err == nil {
 			return body, info, nil
 		}
 	}
@@ -146,6 +146,42 @@ func (b *connBody) answer(req *http.Request, key string, start, length int64) (h
 	b.remaining = resp.ContentLength
 	b.closes = resp.Close
 	return resp.Header, nil
+}
+
+// lastModifiedLayouts are the forms of Last-Modified minio.ToObjectInfo
+// accepts: RFC 7231's, with or without a leading zero in the day, and
+// with a two-digit year.
+var lastModifiedLayouts = []string{"Mon, 2 Jan 2006 15:04:05 GMT", "Mon, _2 Jan 2006 15:04:05 GMT", "Mon, _2 Jan 06 15:04:05 GMT"}
+
+// answerInfo describes the object of size bytes a GET of key was answered
+// with, from what infoOf reads of it, as minio.ToObjectInfo reads it: the
+// ETag without its quotes, Last-Modified or MinIO's X-Minio-Source-Mtime
+// over it, and Content-Encoding. ToObjectInfo itself also parses the
+// metadata, tags, checksums and lifecycle headers, which a read of an
+// object does not need, on the path of every NAR served from the bucket.
+func answerInfo(key string, header http.Header, size int64) (minio.ObjectInfo, error) {
+	info := minio.ObjectInfo{
+		Key:             key,
+		Size:            size,
+		ETag:            strings.TrimSuffix(strings.TrimPrefix(header.Get("ETag"), `"`), `"`),
+		ContentEncoding: strings.TrimSpace(header.Get("Content-Encoding")),
+	}
+	if mtime := header.Get("X-Minio-Source-Mtime"); mtime != "" {
+		t, err := time.Parse(time.RFC3339Nano, mtime)
+		if err != nil {
+			return minio.ObjectInfo{}, fmt.Errorf("the S3 server answered a GET of %s with an X-Minio-Source-Mtime that is no RFC 3339 time: %w", key, err)
+		}
+		info.LastModified = t
+		return info, nil
+	}
+	lastModified := header.Get("Last-Modified")
+	for _, layout := range lastModifiedLayouts {
+		if t, err := time.Parse(layout, lastModified); err == nil {
+			info.LastModified = t
+			return info, nil
+		}
+	}
+	return minio.ObjectInfo{}, fmt.Errorf("the S3 server answered a GET of %s with a Last-Modified of %q, which is no HTTP date", key, lastModified)
 }
 
 // noConnAnswer names the timeout in err when the server did not answer in

@@ -5,10 +5,12 @@ import (
 	"errors"
 	"io"
 	"io/fs"
+	"net/http"
 	"testing"
 	"time"
 
 	"github.com/cargoxx-pkgs/runner/caddynix/storage"
+	"github.com/minio/minio-go/v7"
 )
 
 // openConnReader opens name as a server that splices it would.
@@ -65,6 +67,18 @@ func TestConnReads(t *testing.T) {
 	data := pattern(3<<20 + 17)
 	put(t, store, "nar/conn.nar", data)
 
+	// The answer to the GET describes the object as a stat does.
+	opened, openInfo, err := store.Open(storage.WithConnReads(t.Context()), "nar/conn.nar")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = opened.Close()
+	statInfo, err := store.Stat(t.Context(), "nar/conn.nar")
+	if err != nil || openInfo.Size != statInfo.Size || !openInfo.ModTime.Equal(statInfo.ModTime) || openInfo.Version != statInfo.Version ||
+		openInfo.ContentEncoding != statInfo.ContentEncoding || openInfo.Size != int64(len(data)) || openInfo.Version == "" {
+		t.Fatalf("opened for connection reads: %+v; stat: %+v, %v", openInfo, statInfo, err)
+	}
+
 	obj := openConnReader(t, store, "nar/conn.nar")
 	got, conns, err := readConns(obj, int64(len(data)))
 	if err != nil || !bytes.Equal(got, data) || conns != 1 {
@@ -102,7 +116,44 @@ func TestConnReads(t *testing.T) {
 	if _, _, err := replaced.ReadConn(100); err == nil {
 		t.Fatal("a connection of an object replaced since it was opened was handed over")
 	}
+}
 
+// TestAnswerInfoReadsAsMinio: what the node reads of a GET's answer is
+// what minio's client reads of it, which Stat and listings go by.
+func TestAnswerInfoReadsAsMinio(t *testing.T) {
+	for _, header := range []http.Header{
+		{"Etag": {`"0a1b2c"`}, "Last-Modified": {"Mon, 07 Dec 2026 21:37:44 GMT"}},
+		{"Etag": {`"0a1b2c-3"`}, "Last-Modified": {"Fri, 4 Dec 2026 09:05:01 GMT"}, "Content-Encoding": {" zstd "}},
+		{"Etag": {"unquoted"}, "Last-Modified": {"Fri,  4 Dec 26 09:05:01 GMT"}, "Content-Encoding": {"aws-chunked,gzip"}},
+		{"Etag": {`"0a"`}, "Last-Modified": {"Fri, 04 Dec 2026 09:05:01 GMT"}, "X-Minio-Source-Mtime": {"2026-12-01T10:11:12.123456789Z"}},
+		{"Last-Modified": {"Fri, 04 Dec 2026 09:05:01 GMT"}, "Content-Encoding": {"identity"}},
+	} {
+		want, err := minio.ToObjectInfo("nix", "main/nar/x.nar", header)
+		if err != nil {
+			t.Fatalf("minio reads %v: %v", header, err)
+		}
+		got, err := answerInfo("main/nar/x.nar", header, 42)
+		if err != nil {
+			t.Fatalf("reading %v: %v", header, err)
+		}
+		want.Size = 42
+		if a, b := infoOf("nar/x.nar", got), infoOf("nar/x.nar", want); a.Size != b.Size || !a.ModTime.Equal(b.ModTime) || a.ModTime.IsZero() ||
+			a.Version != b.Version || a.ContentEncoding != b.ContentEncoding {
+			t.Errorf("%v reads as %+v; minio reads it as %+v", header, a, b)
+		}
+	}
+	for _, header := range []http.Header{
+		{"Etag": {`"0a"`}},
+		{"Etag": {`"0a"`}, "Last-Modified": {"yesterday"}},
+		{"Etag": {`"0a"`}, "Last-Modified": {"Fri, 04 Dec 2026 09:05:01 GMT"}, "X-Minio-Source-Mtime": {"now"}},
+	} {
+		if _, err := minio.ToObjectInfo("nix", "main/nar/x.nar", header); err == nil {
+			t.Fatalf("minio reads %v", header)
+		}
+		if info, err := answerInfo("main/nar/x.nar", header, 42); err == nil {
+			t.Errorf("%v reads as %+v; minio refuses it", header, info)
+		}
+	}
 }
 
 // TestConnReadsResumeCutStreams hands over connections that a proxy cuts
