@@ -16,41 +16,124 @@ import (
 // deadline in the past, so that the read ends with an error and the
 // reader resumes the object from the byte it reached. A connection whose
 // bytes wait in it is one whose reader is slow, not a stalled server.
+//
+// The watch starts at the first look, at most stallTimeout/4 after the
+// connection is handed over, so a stall is seen within 5/4 of
+// stallTimeout. stop ends the watch.
 func watchStall(conn *net.TCPConn) (stop func()) {
 	raw, err := conn.SyscallConn()
 	if err != nil {
 		return func() {}
 	}
-	done := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		tick := time.NewTicker(stallTimeout / 4)
-		defer tick.Stop()
-		received, _, ok := progress(raw)
-		since := time.Now()
-		for ok {
-			select {
-			case <-done:
-				return
-			case now := <-tick.C:
-				var queued int
-				var got uint64
-				got, queued, ok = progress(raw)
-				if got != received || queued > 0 {
-					received, since = got, now
-				} else if now.Sub(since) >= stallTimeout {
-					_ = conn.SetReadDeadline(time.Unix(1, 0))
-					return
-				}
+	w := &watchedConn{conn: conn, raw: raw}
+	stalls.add(w)
+	return func() { stalls.remove(w) }
+}
+
+// stalls watches every connection handed over, in one goroutine that runs
+// while there are any, so that a handed-over connection (one per NAR
+// served from the bucket) costs a map entry rather than a goroutine and
+// a timer of its own.
+var stalls = stallWatch{conns: make(map[*watchedConn]struct{}), faster: make(chan struct{}, 1)}
+
+type stallWatch struct {
+	mu    sync.Mutex
+	conns map[*watchedConn]struct{}
+	// running is whether the watching goroutine runs, and every how long
+	// it looks.
+	running bool
+	every   time.Duration
+	// faster tells the goroutine that stallTimeout shortened.
+	faster chan struct{}
+}
+
+// watchedConn is a connection watched for a stall, and what the last
+// look at it saw.
+type watchedConn struct {
+	conn *net.TCPConn
+	raw  syscall.RawConn
+	// looked is whether it was looked at; received is how many bytes it
+	// had received then, and since when that count has not moved.
+	looked   bool
+	received uint64
+	since    time.Time
+}
+
+func (s *stallWatch) add(w *watchedConn) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.conns[w] = struct{}{}
+	switch every := stallTimeout / 4; {
+	case !s.running:
+		s.running, s.every = true, every
+		go s.watch()
+	case every < s.every:
+		s.every = every
+		select {
+		case s.faster <- struct{}{}:
+		default:
+		}
+	}
+}
+
+func (s *stallWatch) remove(w *watchedConn) {
+	s.mu.Lock()
+	delete(s.conns, w)
+	s.mu.Unlock()
+}
+
+// watch looks at the watched connections every stallTimeout/4, and ends
+// when there are none left to watch.
+func (s *stallWatch) watch() {
+	s.mu.Lock()
+	timer := time.NewTimer(s.every)
+	s.mu.Unlock()
+	defer timer.Stop()
+	var watched []*watchedConn
+	for {
+		select {
+		case <-s.faster:
+			s.mu.Lock()
+			timer.Reset(s.every)
+			s.mu.Unlock()
+			continue
+		case <-timer.C:
+		}
+		now := time.Now()
+		s.mu.Lock()
+		timer.Reset(s.every)
+		if len(s.conns) == 0 {
+			s.running = false
+			s.mu.Unlock()
+			return
+		}
+		watched = watched[:0]
+		for w := range s.conns {
+			watched = append(watched, w)
+		}
+		s.mu.Unlock()
+		for _, w := range watched {
+			if !w.look(now) {
+				s.remove(w)
 			}
 		}
-	}()
-	return func() {
-		close(done)
-		wg.Wait()
 	}
+}
+
+// look takes a look at the connection at now, and reports whether to go
+// on watching it: not once it is closed, or its deadline set.
+func (w *watchedConn) look(now time.Time) bool {
+	received, queued, ok := progress(w.raw)
+	switch {
+	case !ok:
+		return false
+	case !w.looked || received != w.received || queued > 0:
+		w.looked, w.received, w.since = true, received, now
+	case now.Sub(w.since) >= stallTimeout:
+		_ = w.conn.SetReadDeadline(time.Unix(1, 0))
+		return false
+	}
+	return true
 }
 
 // progress reads how many bytes conn has received (TCP_INFO) and how many
