@@ -13,12 +13,11 @@ import (
 
 // startGoSplicer builds bench/splicer and starts it on the CPUs cpus,
 // serving the objects under prefix in the bucket of server, with the
-// extra arguments args. It returns its port.
-func startGoSplicer(b *testing.B, server *harness.S3, bucket, prefix, cpus string, args ...string) int {
+// extra arguments args. It returns its port and its process.
+func startGoSplicer(b *testing.B, server *harness.S3, bucket, prefix, cpus string, args ...string) (int, *harness.Process) {
 	b.Helper()
-	port, _ := startGoTool(b, "splicer", cpus, []string{"AWS_ACCESS_KEY_ID=" + server.AccessKey, "AWS_SECRET_ACCESS_KEY=" + server.SecretKey},
+	return startGoTool(b, "splicer", cpus, []string{"AWS_ACCESS_KEY_ID=" + server.AccessKey, "AWS_SECRET_ACCESS_KEY=" + server.SecretKey},
 		append([]string{"-endpoint", server.Endpoint, "-bucket", bucket, "-prefix", prefix}, args...)...)
-	return port
 }
 
 // startGoTool builds the command bench/name and starts it on the CPUs

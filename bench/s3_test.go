@@ -66,8 +66,12 @@ func BenchmarkS3(b *testing.B) {
 	reverse := harness.StartCaddy(b, harness.Caddyfile{Sites: []string{
 		fmt.Sprintf("http://127.0.0.1:{$CADDY_HTTP_PORT} {\n\tbind 127.0.0.1\n\treverse_proxy %s\n}", strings.TrimPrefix(s.server.Endpoint, "http://")),
 	}}.String(), harness.CaddyOptions{Binary: pinnedCaddy(b, harness.CaddyBinary(b, "caddy"))})
-	goSplicer := fmt.Sprintf("http://127.0.0.1:%d", startGoSplicer(b, s.server, "nix", "main/", serverCPU))
-	goLeast := fmt.Sprintf("http://127.0.0.1:%d", startGoSplicer(b, s.server, "nix", "main/", serverCPU, "-least"))
+	goSplicerPort, goSplicer := startGoSplicer(b, s.server, "nix", "main/", serverCPU)
+	goLeastPort, _ := startGoSplicer(b, s.server, "nix", "main/", serverCPU, "-least")
+	goUnderCaddyPort, goUnderCaddy := startGoSplicer(b, s.server, "nix", "main/", serverCPU, "-caddy")
+	// The processes whose CPU time per NAR is compared: those doing the
+	// node's work.
+	pids := map[string]int{"nix_cache on S3": node.PID(), goSplicing: goSplicer.PID(), goCaddySplicing: goUnderCaddy.PID()}
 	dur := time.Duration(envInt("BENCH_LOAD_SECONDS", 3)) * time.Second
 
 	for _, size := range []int{64 << 20, 1 << 20} {
@@ -94,19 +98,33 @@ func BenchmarkS3(b *testing.B) {
 				"the least work any proxy in front of the S3 server can do for a response, and so the ceiling of one on this core. "+
 				"The fifth is Caddy's own reverse_proxy (on the server CPU too) passing anonymous GETs to the S3 server over kept-alive connections and copying the responses back through user space: Caddy's proxy, with no signing and no handler of its own. "+
 				"The last two are a Go program with nothing of Caddy's (`bench/splicer`, on the server CPU too) that serves with net/http and hands the S3 server's connection to it to splice: "+
-				"the first does what the node does for a NAR (a signed GET on a connection of its own, which ends with the body), the second the least a Go proxy can (anonymous GETs on kept-alive connections, as haproxy).")
+				"the first does what the node does for a NAR (a signed GET on a connection of its own, which ends with the body), the second the least a Go proxy can (anonymous GETs on kept-alive connections, as haproxy). "+
+				"The last row is the first of them as a Caddy HTTP handler under Caddy's own server, with its default timeouts, splicing in 2 MiB pieces as the node does: the node's work with Caddy's request handling and nothing of the node's.")
 			// wrk sends a path of its own on the base URL's host.
 			urls := map[string]string{"nix_cache on S3": node.URL(), "GET from the S3 server": s.server.Endpoint, signedGet: s.server.Endpoint, splicingProxy: proxy, caddyProxy: reverse.URL(),
-				goSplicing: goSplicer, goLeastSplicing: goLeast}
+				goSplicing: fmt.Sprintf("http://127.0.0.1:%d", goSplicerPort), goLeastSplicing: fmt.Sprintf("http://127.0.0.1:%d", goLeastPort),
+				goCaddySplicing: fmt.Sprintf("http://127.0.0.1:%d", goUnderCaddyPort)}
 			paths := map[string]string{"nix_cache on S3": "/" + name, "GET from the S3 server": "/nix/main/" + name, signedGet: presigned.RequestURI(), splicingProxy: "/nix/main/" + name, caddyProxy: "/nix/main/" + name,
-				goSplicing: "/" + name, goLeastSplicing: "/" + name}
+				goSplicing: "/" + name, goLeastSplicing: "/" + name, goCaddySplicing: "/" + name}
+			cpu := newComparison(fmt.Sprintf("S3: CPU time per NAR of the process serving it, %d MiB, %d connection(s)", size>>20, conns), "µs", "lower", "")
+			cpu.notes = append(cpu.notes, "The CPU time (user and system, every thread) of caddy, or of the Go program, over a run of the download above, divided by the NARs it served: what each spends on the node's work for a NAR.")
 			for round := range envInt("BENCH_ROUNDS", 5) {
-				for _, who := range roundOrder([]string{"nix_cache on S3", "GET from the S3 server", signedGet, splicingProxy, caddyProxy, goSplicing, goLeastSplicing}, round) {
+				for _, who := range roundOrder([]string{"nix_cache on S3", "GET from the S3 server", signedGet, splicingProxy, caddyProxy, goSplicing, goLeastSplicing, goCaddySplicing}, round) {
+					pid, timed := pids[who]
+					var before float64
+					if timed {
+						before = cpuTree(b, pid)
+					}
 					r := load(b, urls[who], []string{paths[who]}, conns, dur)
 					c.add(who, float64(r.bytes)/(1<<20)/r.elapsed.Seconds())
+					if timed {
+						cpu.add(who, (cpuTree(b, pid)-before)/float64(r.requests)*1e6)
+					}
 				}
 			}
-			c.notes = append(c.notes, c.pairedNote("nix_cache on S3", "GET from the S3 server"), c.pairedNote("nix_cache on S3", goSplicing))
+			cpu.notes = append(cpu.notes, cpu.pairedNote("nix_cache on S3", goCaddySplicing), cpu.pairedNote(goCaddySplicing, goSplicing))
+			c.notes = append(c.notes, c.pairedNote("nix_cache on S3", "GET from the S3 server"), c.pairedNote("nix_cache on S3", goSplicing),
+				c.pairedNote("nix_cache on S3", goCaddySplicing), c.pairedNote(goCaddySplicing, goSplicing))
 			if profiling() {
 				wait := profileCaddy(b, node.Admin, fmt.Sprintf("s3-nar-%dmib-%dconn", size>>20, conns), dur)
 				load(b, node.URL(), []string{"/" + name}, conns, dur)
@@ -193,4 +211,7 @@ const (
 	// least a Go proxy does.
 	goSplicing      = "Go net/http splicing signed GETs"
 	goLeastSplicing = "Go net/http splicing kept-alive anonymous GETs"
+	// The first of them under Caddy's server: the node's work with
+	// Caddy's request handling.
+	goCaddySplicing = "the same Go splicing as a Caddy handler"
 )

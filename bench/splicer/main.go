@@ -8,9 +8,14 @@
 // With -least it does the least a Go proxy can: unsigned GETs (the bucket
 // must allow anonymous reads) on kept-alive connections, as haproxy does.
 //
+// With -caddy the same handler runs as a Caddy HTTP handler under Caddy's
+// own server, with Caddy's default timeouts, and splices in 2 MiB pieces
+// as the node does: what Caddy's request handling adds to the node's
+// work, with nothing of the node's.
+//
 // Usage: splicer -listen 127.0.0.1:PORT -endpoint http://HOST:PORT -bucket B
-// [-prefix P] [-least], with the S3 credentials in AWS_ACCESS_KEY_ID and
-// AWS_SECRET_ACCESS_KEY.
+// [-prefix P] [-least] [-caddy], with the S3 credentials in
+// AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY.
 package main
 
 import (
@@ -38,14 +43,15 @@ func main() {
 	bucket := flag.String("bucket", "", "the bucket")
 	prefix := flag.String("prefix", "", "prefix of the object keys")
 	least := flag.Bool("least", false, "unsigned GETs on kept-alive connections")
+	underCaddy := flag.Bool("caddy", false, "serve under Caddy's HTTP server")
 	flag.Parse()
-	if err := run(*listen, *endpoint, *bucket, *prefix, *least); err != nil {
+	if err := run(*listen, *endpoint, *bucket, *prefix, *least, *underCaddy); err != nil {
 		fmt.Fprintln(os.Stderr, "splicer:", err)
 		os.Exit(1)
 	}
 }
 
-func run(listen, endpoint, bucket, prefix string, least bool) error {
+func run(listen, endpoint, bucket, prefix string, least, underCaddy bool) error {
 	base, err := url.Parse(endpoint)
 	if err != nil || base.Scheme != "http" || bucket == "" {
 		return fmt.Errorf("-endpoint must be an http:// URL and -bucket set (got %q, %q)", endpoint, bucket)
@@ -62,6 +68,9 @@ func run(listen, endpoint, bucket, prefix string, least bool) error {
 		return err
 	}
 	s := &splicer{logger: logger, client: client, base: base, bucket: bucket, prefix: prefix, least: least, idle: make(chan *s3Conn, 64)}
+	if underCaddy {
+		return serveUnderCaddy(listen, s)
+	}
 	return http.ListenAndServe(listen, s)
 }
 
