@@ -52,9 +52,8 @@ type stallWatch struct {
 type watchedConn struct {
 	conn *net.TCPConn
 	raw  syscall.RawConn
-	// looked is whether it was looked at; received is how many bytes it
-	// had received then, and since when that count has not moved.
-	looked   bool
+	// received is how many bytes it had received at the last look, and
+	// since is when that count last moved: zero before the first look.
 	received uint64
 	since    time.Time
 }
@@ -127,8 +126,8 @@ func (w *watchedConn) look(now time.Time) bool {
 	switch {
 	case !ok:
 		return false
-	case !w.looked || received != w.received || queued > 0:
-		w.looked, w.received, w.since = true, received, now
+	case w.since.IsZero() || received != w.received || queued > 0:
+		w.received, w.since = received, now
 	case now.Sub(w.since) >= stallTimeout:
 		_ = w.conn.SetReadDeadline(time.Unix(1, 0))
 		return false
