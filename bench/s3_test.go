@@ -66,12 +66,15 @@ func BenchmarkS3(b *testing.B) {
 	reverse := harness.StartCaddy(b, harness.Caddyfile{Sites: []string{
 		fmt.Sprintf("http://127.0.0.1:{$CADDY_HTTP_PORT} {\n\tbind 127.0.0.1\n\treverse_proxy %s\n}", strings.TrimPrefix(s.server.Endpoint, "http://")),
 	}}.String(), harness.CaddyOptions{Binary: pinnedCaddy(b, harness.CaddyBinary(b, "caddy"))})
-	goSplicerPort, goSplicer := startGoSplicer(b, s.server, "nix", "main/", serverCPU)
+	goSplicerPort, goSplicerProc := startGoSplicer(b, s.server, "nix", "main/", serverCPU)
 	goLeastPort, _ := startGoSplicer(b, s.server, "nix", "main/", serverCPU, "-least")
-	goUnderCaddyPort, goUnderCaddy := startGoSplicer(b, s.server, "nix", "main/", serverCPU, "-caddy")
+	goUnderCaddyPort, goUnderCaddyProc := startGoSplicer(b, s.server, "nix", "main/", serverCPU, "-caddy")
+	goSplicer := fmt.Sprintf("http://127.0.0.1:%d", goSplicerPort)
+	goLeast := fmt.Sprintf("http://127.0.0.1:%d", goLeastPort)
+	goUnderCaddy := fmt.Sprintf("http://127.0.0.1:%d", goUnderCaddyPort)
 	// The processes whose CPU time per NAR is compared: those doing the
 	// node's work.
-	pids := map[string]int{"nix_cache on S3": node.PID(), goSplicing: goSplicer.PID(), goCaddySplicing: goUnderCaddy.PID()}
+	pids := map[string]int{"nix_cache on S3": node.PID(), goSplicing: goSplicerProc.PID(), goCaddySplicing: goUnderCaddyProc.PID()}
 	dur := time.Duration(envInt("BENCH_LOAD_SECONDS", 3)) * time.Second
 
 	for _, size := range []int{64 << 20, 1 << 20} {
@@ -102,8 +105,7 @@ func BenchmarkS3(b *testing.B) {
 				"The last row is the first of them as a Caddy HTTP handler under Caddy's own server, with its default timeouts, splicing in 2 MiB pieces as the node does: the node's work with Caddy's request handling and nothing of the node's.")
 			// wrk sends a path of its own on the base URL's host.
 			urls := map[string]string{"nix_cache on S3": node.URL(), "GET from the S3 server": s.server.Endpoint, signedGet: s.server.Endpoint, splicingProxy: proxy, caddyProxy: reverse.URL(),
-				goSplicing: fmt.Sprintf("http://127.0.0.1:%d", goSplicerPort), goLeastSplicing: fmt.Sprintf("http://127.0.0.1:%d", goLeastPort),
-				goCaddySplicing: fmt.Sprintf("http://127.0.0.1:%d", goUnderCaddyPort)}
+				goSplicing: goSplicer, goLeastSplicing: goLeast, goCaddySplicing: goUnderCaddy}
 			paths := map[string]string{"nix_cache on S3": "/" + name, "GET from the S3 server": "/nix/main/" + name, signedGet: presigned.RequestURI(), splicingProxy: "/nix/main/" + name, caddyProxy: "/nix/main/" + name,
 				goSplicing: "/" + name, goLeastSplicing: "/" + name, goCaddySplicing: "/" + name}
 			cpu := newComparison(fmt.Sprintf("S3: CPU time per NAR of the process serving it, %d MiB, %d connection(s)", size>>20, conns), "µs", "lower", "")
