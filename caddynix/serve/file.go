@@ -25,8 +25,10 @@ func (c *Cache) File(w http.ResponseWriter, r *http.Request, req cacheurl.Reques
 		return c.redirectNar(w, r, req, overlay)
 	}
 	ctx := r.Context()
+	var exact *exactSplice
 	if spliceable(r) {
-		ctx = storage.WithConnReads(ctx)
+		exact = exactSpliceTo(w, r)
+		ctx = storage.WithConnReads(ctx, exact != nil)
 	}
 	obj, info, err := c.store.Open(ctx, req.File)
 	if err != nil {
@@ -68,7 +70,7 @@ func (c *Cache) File(w http.ResponseWriter, r *http.Request, req cacheurl.Reques
 		// place, so the file cannot grow while it is sent.
 		w = caddyutil.NewSendfileWriter(w, f, info.Size)
 	case readsConns && spliceable(r):
-		w = newSpliceWriter(w, r, connReader, content, c.narinfos.distrust)
+		w = newSpliceWriter(w, r, connReader, content, exact, c.narinfos.distrust)
 	default:
 		// Copied in large writes: from S3, and over HTTP/2, where every
 		// write waits for the connection's one writer goroutine, which

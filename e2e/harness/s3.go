@@ -49,8 +49,10 @@ func StartS3(t testing.TB) *S3 {
 	s := &S3{t: t, Endpoint: fmt.Sprintf("http://127.0.0.1:%d", port), AccessKey: "e2e-access", SecretKey: "e2e-secret-key", Dir: dir}
 	// Metadata in files beside the buckets, so that no extended attributes
 	// are needed; with them, versitygw keeps ETags, and so conditional
-	// writes and multipart uploads work.
-	cmd := exec.Command(bin, "--port", fmt.Sprintf("127.0.0.1:%d", port), "posix", "--sidecar", filepath.Join(dir, "meta"), filepath.Join(dir, "root"))
+	// writes and multipart uploads work. Connections are kept open between
+	// requests, as S3 servers keep them (versitygw closes each after one
+	// request unless told).
+	cmd := exec.Command(bin, "--port", fmt.Sprintf("127.0.0.1:%d", port), "--keep-alive", "posix", "--sidecar", filepath.Join(dir, "meta"), filepath.Join(dir, "root"))
 	cmd.Env = append(os.Environ(), "ROOT_ACCESS_KEY="+s.AccessKey, "ROOT_SECRET_KEY="+s.SecretKey)
 	proc, err := StartProcess("versitygw", cmd, filepath.Join(dir, "versitygw.log"))
 	if err != nil {
