@@ -149,6 +149,9 @@ func TestConnReadsKeepConnectionsOpen(t *testing.T) {
 
 	// A part given back unfinished leaves its connection in the middle of
 	// an answer: the next GET must not read the rest of it.
+	if kept := idleConns(store); kept != 1 {
+		t.Fatalf("after whole reads %d connections are kept open, want 1", kept)
+	}
 	obj := openConnReader(t, store, "nar/open.nar", true)
 	part, err := obj.ReadConn(int64(len(data)))
 	if err != nil || part == nil || part.Ends {
@@ -158,6 +161,9 @@ func TestConnReadsKeepConnectionsOpen(t *testing.T) {
 		t.Fatal(err)
 	}
 	part.Done(false)
+	if kept := idleConns(store); kept != 0 {
+		t.Fatalf("a part given back unfinished left %d connections kept open, want its own closed", kept)
+	}
 	before = dialed()
 	got, _, err := readConns(openConnReader(t, store, "nar/open.nar", true), int64(len(data)))
 	if err != nil || !bytes.Equal(got, data) || dialed()-before != 1 {
@@ -192,12 +198,16 @@ func TestConnReadsKeepConnectionsOpen(t *testing.T) {
 	if err := store.Close(); err != nil {
 		t.Fatal(err)
 	}
-	store.conns.mu.Lock()
-	kept := len(store.conns.idle)
-	store.conns.mu.Unlock()
-	if kept != 0 {
+	if kept := idleConns(store); kept != 0 {
 		t.Fatalf("a closed store keeps %d connections open", kept)
 	}
+}
+
+// idleConns counts the connections s keeps open, waiting for a GET.
+func idleConns(s *Store) int {
+	s.conns.mu.Lock()
+	defer s.conns.mu.Unlock()
+	return len(s.conns.idle)
 }
 
 // TestAnswerInfoReadsAsMinio: what the node reads of a GET's answer is
