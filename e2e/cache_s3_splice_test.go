@@ -5,7 +5,9 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -111,4 +113,82 @@ func TestS3NodeSplicesOnKeptConnections(t *testing.T) {
 			}
 		}
 	})
+}
+
+// TestS3NodeCutsAnAnswerTheStorageFails downloads a NAR over HTTP/1 and
+// over HTTP/2 while it is replaced in the bucket and the node's
+// connections to the S3 server are cut: the node cannot go on with the
+// version it started, and the client's download fails (over HTTP/2 with
+// the stream reset, not ended short of its Content-Length), the node logs
+// why and counts the request as failed.
+func TestS3NodeCutsAnAnswerTheStorageFails(t *testing.T) {
+	server := harness.StartS3(t)
+	server.CreateBucket("nix")
+	proxy := harness.StartFaultProxy(t, strings.TrimPrefix(server.Endpoint, "http://"))
+	throughProxy := *server
+	throughProxy.Endpoint = "http://" + proxy.Addr
+	secret, _ := keygen(t, "s3-cut-answer-1")
+	cert, key, pool := harness.SelfSignedCert(t)
+	block := func() string {
+		return fmt.Sprintf("nix_cache {\n\t\tname main\n\t\t%s\n\t\tsecret_key_file %s\n\t}", strings.ReplaceAll(throughProxy.StorageBlock("nix", "main/"), "\n", "\n\t\t"), secret)
+	}
+	node := harness.StartCaddy(t, harness.Caddyfile{
+		Global: []string{"auto_https off"},
+		Sites: []string{
+			fmt.Sprintf("http://127.0.0.1:{$CADDY_HTTP_PORT} {\n\tbind 127.0.0.1\n\t%s\n}", block()),
+			fmt.Sprintf("https://127.0.0.1:{$CADDY_HTTPS_PORT} {\n\tbind 127.0.0.1\n\ttls %s %s\n\t%s\n}", cert, key, block()),
+		},
+	}.String(), harness.CaddyOptions{})
+	const size = 64 << 20
+	put := func(name string) {
+		data := make([]byte, size)
+		_, _ = rand.Read(data)
+		if _, err := server.Client().PutObject(context.Background(), "nix", "main/"+name, bytes.NewReader(data), size, minio.PutObjectOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	failedNARs := 0
+	for _, over := range []struct {
+		name, base string
+		client     *http.Client
+		proto      int
+	}{
+		{"HTTP/1", node.URL(), &http.Client{}, 1},
+		{"HTTP/2", fmt.Sprintf("https://127.0.0.1:%d", node.HTTPSPort), &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}, ForceAttemptHTTP2: true}}, 2},
+	} {
+		t.Run(over.name, func(t *testing.T) {
+			hash := make([]byte, 32)
+			_, _ = rand.Read(hash)
+			name := "nar/" + nixbase32.EncodeToString(hash) + ".nar.zst"
+			put(name)
+			resp, err := over.client.Get(over.base + "/" + name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			if resp.StatusCode != http.StatusOK || resp.ProtoMajor != over.proto {
+				t.Fatalf("%s %s", resp.Proto, resp.Status)
+			}
+			if _, err := io.ReadFull(resp.Body, make([]byte, 1<<20)); err != nil {
+				t.Fatal(err)
+			}
+			put(name)
+			proxy.ResetConnections(0, 0) // drops the open connections
+			rest, err := io.Copy(io.Discard, resp.Body)
+			if err == nil {
+				t.Fatalf("the download ended as if whole after %d of %d bytes, although the NAR was replaced in the middle", 1<<20+rest, size)
+			}
+			t.Logf("the download failed after %d of %d bytes: %v", 1<<20+rest, size, err)
+			if over.proto == 2 && errors.Is(err, io.ErrUnexpectedEOF) {
+				t.Error("the HTTP/2 stream ended cleanly short of its Content-Length, which only a client that counts tells, rather than being reset")
+			}
+			failedNARs++
+			if failed := metricValue(t, node, `caddy_nix_cache_requests_total{code="500",kind="nar"}`); failed != float64(failedNARs) {
+				t.Errorf("the metrics count %v failed NAR requests, want %d", failed, failedNARs)
+			}
+			if !strings.Contains(node.Log(), "the storage failed in the middle of a file") {
+				t.Error("the node did not log the failure")
+			}
+		})
+	}
 }

@@ -33,6 +33,20 @@ func (c *Cache) storageFailure(what, file string, err error) error {
 	return httpx.Error(http.StatusServiceUnavailable, fmt.Errorf("the cache's storage failed: %w", err))
 }
 
+// failedMidway answers a request for a file the storage failed to give
+// whole once the header was out, sent bytes of size (-1: not known): it
+// is logged, and the answer cut (httpx.Aborted), so that the client's
+// connection or stream is reset, where over HTTP/2 a handler that
+// returns ends the stream as if it were whole, and the request counts as
+// failed rather than served.
+func (c *Cache) failedMidway(file string, sent, size int64, err error) error {
+	if err == nil {
+		err = errors.New("the storage failed in the middle of the file")
+	}
+	c.logger.Error("the storage failed in the middle of a file; its answer is cut", zap.String("file", file), zap.Int64("sent", sent), zap.Int64("size", size), zap.Error(err))
+	return httpx.Aborted{Err: fmt.Errorf("sending %s: %w", file, err)}
+}
+
 // fromSources turns what the sources answer into the cache's answer: a
 // miss is a 404, a failing source a 503, the storage failing while a path
 // is kept as any storage failure.

@@ -58,10 +58,16 @@ func (c *Cache) File(w http.ResponseWriter, r *http.Request, req cacheurl.Reques
 			header.Set("Content-Type", cacheurl.NarContentType(enc))
 		}
 	}
+	// failedMidway is whether the storage failed once the header was out.
+	failedMidway := false
+	failed := func() {
+		failedMidway = true
+		c.narinfos.distrust()
+	}
 	var content io.ReadSeeker = obj
 	f, isFile := obj.(*os.File)
 	if !isFile {
-		content = &failureNoticingObject{Object: obj, failed: c.narinfos.distrust}
+		content = &failureNoticingObject{Object: obj, failed: failed}
 	}
 	connReader, readsConns := obj.(storage.ConnReader)
 	switch {
@@ -70,7 +76,7 @@ func (c *Cache) File(w http.ResponseWriter, r *http.Request, req cacheurl.Reques
 		// place, so the file cannot grow while it is sent.
 		w = caddyutil.NewSendfileWriter(w, f, info.Size)
 	case readsConns && spliceable(r):
-		w = newSpliceWriter(w, r, connReader, content, exact, c.narinfos.distrust)
+		w = newSpliceWriter(w, r, connReader, content, exact, failed)
 	default:
 		// Copied in large writes: from S3, and over HTTP/2, where every
 		// write waits for the connection's one writer goroutine, which
@@ -81,13 +87,17 @@ func (c *Cache) File(w http.ResponseWriter, r *http.Request, req cacheurl.Reques
 		// What a substituter sends.
 		httpx.WritePlainHeader(w, httpx.LastModified(info.ModTime), info.Size)
 		if r.Method != http.MethodHead {
-			// As ServeContent does, a failed copy leaves a body short of
-			// the Content-Length sent, which the client tells.
-			_, _ = io.Copy(w, &io.LimitedReader{R: content, N: info.Size})
+			sent, err := io.Copy(w, &io.LimitedReader{R: content, N: info.Size})
+			if failedMidway {
+				return c.failedMidway(req.File, sent, info.Size, err)
+			}
 		}
 		return nil
 	}
 	http.ServeContent(w, r, "", info.ModTime, content)
+	if failedMidway {
+		return c.failedMidway(req.File, -1, info.Size, nil)
+	}
 	return nil
 }
 
