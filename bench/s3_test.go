@@ -93,16 +93,16 @@ func BenchmarkS3(b *testing.B) {
 				"nix_cache at least 0.8x a GET from the S3 server")
 			c.holds = ratioAtLeast("nix_cache on S3", "GET from the S3 server", 0.8)
 			c.notes = append(c.notes, loadNote+" The S3 server (versitygw v1.8.0, POSIX backend, connections kept open between requests) runs on the server CPU too, so through nix_cache one core does the S3 server's work and caddy's. "+
-				"Through the node, caddy makes one signed GET of the object on a connection to the S3 server it keeps open between GETs and hands exactly the body's bytes of that connection down to the client's, and the kernel splices them from one to the other (wrk is a plain HTTP/1 client; over TLS or HTTP/2 every byte is copied in 256 KiB pieces). "+
+				"Through the node, caddy makes one signed GET of the object on a connection of its own, with Connection: close, and hands that connection down to the client's, and the kernel splices the bytes from one to the other (wrk is a plain HTTP/1 client; over TLS or HTTP/2 every byte is copied in 256 KiB pieces). "+
 				"The second row is an anonymous GET of the object, which the S3 server answers without checking a signature. "+
 				"The third is a GET of a URL the S3 server's credentials signed, as `storage s3 { redirect 5m }` sends clients to and as every GET of the node is signed: "+
 				"its own speed, and the ceiling of any node that asks the S3 server for what it serves on the same core. "+
 				"The fourth is haproxy (2.6, one thread, on the server CPU too) passing anonymous GETs to the S3 server and splicing the responses back, socket to socket in the kernel: "+
 				"the least work any proxy in front of the S3 server can do for a response, and so the ceiling of one on this core. "+
 				"The fifth is Caddy's own reverse_proxy (on the server CPU too) passing anonymous GETs to the S3 server over kept-alive connections and copying the responses back through user space: Caddy's proxy, with no signing and no handler of its own. "+
-				"The last three are a Go program with nothing of Caddy's (`bench/splicer`, on the server CPU too) that serves with net/http and splices exactly the body's bytes of a connection to the S3 server it keeps open: "+
-				"the first does what the node does for a NAR (a signed GET), the second the least a Go proxy can (anonymous GETs, as haproxy), "+
-				"and the last is the first as a Caddy HTTP handler under Caddy's own server, with its default timeouts, splicing in 2 MiB pieces below Caddy's write idle timeout as the node does: the node's work with Caddy's request handling and nothing of the node's.")
+				"The last two are a Go program with nothing of Caddy's (`bench/splicer`, on the server CPU too) that serves with net/http and hands the S3 server's connection to it to splice: "+
+				"the first does what the node does for a NAR (a signed GET on a connection of its own, which ends with the body), the second the least a Go proxy can (anonymous GETs on kept-alive connections, as haproxy). "+
+				"The last row is the first of them as a Caddy HTTP handler under Caddy's own server, with its default timeouts, splicing in 2 MiB pieces as the node does: the node's work with Caddy's request handling and nothing of the node's.")
 			// wrk sends a path of its own on the base URL's host.
 			urls := map[string]string{"nix_cache on S3": node.URL(), "GET from the S3 server": s.server.Endpoint, signedGet: s.server.Endpoint, splicingProxy: proxy, caddyProxy: reverse.URL(),
 				goSplicing: goSplicer, goLeastSplicing: goLeast, goCaddySplicing: goUnderCaddy}
@@ -217,7 +217,7 @@ const (
 	// Go with net/http and no Caddy, splicing: the node's work, and the
 	// least a Go proxy does.
 	goSplicing      = "Go net/http splicing signed GETs"
-	goLeastSplicing = "Go net/http splicing anonymous GETs"
+	goLeastSplicing = "Go net/http splicing kept-alive anonymous GETs"
 	// The first of them under Caddy's server: the node's work with
 	// Caddy's request handling.
 	goCaddySplicing = "the same Go splicing as a Caddy handler"

@@ -1,18 +1,17 @@
 // Command splicer serves the objects of an S3 bucket over HTTP/1 the way
 // nix_cache on S3 serves NARs, with nothing of Caddy's: for each GET it
-// signs a GET of the object, sends it to the S3 server on a connection
-// kept open between GETs, and hands exactly the body's bytes of that
-// connection to net/http, which splices them into the client's
-// connection. BenchmarkS3 runs it beside nix_cache, as what a Go server
-// pays for the same work on the same core.
+// signs a GET of the object, sends it to the S3 server and hands the
+// server's connection to net/http, which splices the body into the
+// client's connection. BenchmarkS3 runs it beside nix_cache, as what a Go
+// server pays for the same work on the same core.
 //
 // With -least it does the least a Go proxy can: unsigned GETs (the bucket
-// must allow anonymous reads), as haproxy sends.
+// must allow anonymous reads) on kept-alive connections, as haproxy does.
 //
 // With -caddy the same handler runs as a Caddy HTTP handler under Caddy's
 // own server, with Caddy's default timeouts, and splices in 2 MiB pieces
-// below Caddy's write idle timeout as the node does: what Caddy's request
-// handling adds to the node's work, with nothing of the node's.
+// as the node does: what Caddy's request handling adds to the node's
+// work, with nothing of the node's.
 //
 // Usage: splicer -listen 127.0.0.1:PORT -endpoint http://HOST:PORT -bucket B
 // [-prefix P] [-least] [-caddy], with the S3 credentials in
@@ -22,6 +21,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -32,7 +32,6 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/minio/minio-go/v7"
 	"github.com/minio/minio-go/v7/pkg/credentials"
 	"go.uber.org/zap"
@@ -43,7 +42,7 @@ func main() {
 	endpoint := flag.String("endpoint", "", "the S3 server's URL, http://host:port")
 	bucket := flag.String("bucket", "", "the bucket")
 	prefix := flag.String("prefix", "", "prefix of the object keys")
-	least := flag.Bool("least", false, "unsigned GETs")
+	least := flag.Bool("least", false, "unsigned GETs on kept-alive connections")
 	underCaddy := flag.Bool("caddy", false, "serve under Caddy's HTTP server")
 	flag.Parse()
 	if err := run(*listen, *endpoint, *bucket, *prefix, *least, *underCaddy); err != nil {
@@ -82,7 +81,7 @@ type splicer struct {
 	bucket string
 	prefix string
 	least  bool
-	// idle holds the connections to the S3 server kept open between GETs.
+	// idle holds kept-alive connections to the S3 server (-least).
 	idle chan *s3Conn
 }
 
@@ -118,6 +117,7 @@ func (s *splicer) serve(w http.ResponseWriter, r *http.Request) error {
 		_ = conn.Close()
 		return err
 	}
+	req.Close = !s.least
 	if err := req.Write(conn); err != nil {
 		_ = conn.Close()
 		http.Error(w, "the S3 server went away", http.StatusBadGateway)
@@ -141,49 +141,26 @@ func (s *splicer) serve(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	_, _ = conn.br.Discard(len(read))
-	// The connection stays open for the next GET: exactly the rest of the
-	// body is spliced.
+	// Without -least the connection ends with the body, and net/http
+	// splices it whole; with -least it stays open for the next GET.
+	var body io.Reader = conn.TCPConn
 	rest := &io.LimitedReader{R: conn.TCPConn, N: resp.ContentLength - int64(len(read))}
-	if _, idle := caddyhttp.IdleTimeoutsFromContext(r.Context()); idle != nil {
-		err = spliceUnder(idle, rest)
-	} else {
-		_, err = w.(io.ReaderFrom).ReadFrom(rest)
+	if s.least {
+		body = rest
 	}
-	if err == nil && rest.N == 0 && !resp.Close {
+	_, err = w.(io.ReaderFrom).ReadFrom(body)
+	if s.least && err == nil && rest.N == 0 && !resp.Close {
 		s.release(conn)
 		return nil
 	}
 	_ = conn.Close()
-	if err == nil && rest.N > 0 {
-		err = fmt.Errorf("the S3 server's answer ended %d bytes short", rest.N)
+	if errors.Is(err, io.EOF) {
+		err = nil
 	}
 	return err
 }
 
-// spliceUnder splices rest into the client's connection below Caddy's
-// write idle timeout, which would wrap it in a LimitedReader of its own
-// that Go does not splice through, setting the idle deadline itself for
-// every spliceChunk.
-func spliceUnder(idle *caddyhttp.IdleTimeoutWriter, rest *io.LimitedReader) error {
-	below := idle.ResponseWriter.(io.ReaderFrom)
-	for rest.N > 0 {
-		if err := idle.Ctrl.SetWriteDeadline(time.Now().Add(idle.Deadline.Timeout)); err != nil {
-			return err
-		}
-		piece := &io.LimitedReader{R: rest.R, N: min(rest.N, spliceChunk)}
-		n, err := below.ReadFrom(piece)
-		rest.N -= n
-		if err != nil {
-			return err
-		}
-		if n == 0 {
-			return io.ErrUnexpectedEOF
-		}
-	}
-	return nil
-}
-
-// conn is a connection to the S3 server, one kept open if one waits.
+// conn is a connection to the S3 server: a kept-alive one with -least.
 func (s *splicer) conn(ctx context.Context) (*s3Conn, error) {
 	select {
 	case c := <-s.idle:

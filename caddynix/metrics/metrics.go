@@ -220,13 +220,6 @@ func (m *Writer) ReadFrom(r io.Reader) (int64, error) {
 	return n, err
 }
 
-// Bypassed counts n bytes of the body that went to the writer beneath,
-// past this one: the kernel splices a NAR kept open on its S3 connection
-// straight into the client's.
-func (m *Writer) Bypassed(n int64) {
-	m.bytes += n
-}
-
 // NewWriter wraps w to count its response.
 func NewWriter(w http.ResponseWriter) *Writer {
 	return &Writer{ResponseWriterWrapper: &caddyhttp.ResponseWriterWrapper{ResponseWriter: w}}
@@ -302,8 +295,7 @@ var narinfoServed, narinfoMissing = narinfoLookups.WithLabelValues("served"), na
 
 // Interface guards
 var (
-	_ retention.Metrics    = Retention{}
-	_ upload.Metrics       = Upload{}
-	_ serve.Metrics        = Serve{}
-	_ serve.BypassedWriter = (*Writer)(nil)
+	_ retention.Metrics = Retention{}
+	_ upload.Metrics    = Upload{}
+	_ serve.Metrics     = Serve{}
 )

@@ -25,10 +25,8 @@ func (c *Cache) File(w http.ResponseWriter, r *http.Request, req cacheurl.Reques
 		return c.redirectNar(w, r, req, overlay)
 	}
 	ctx := r.Context()
-	var exact *exactSplice
 	if spliceable(r) {
-		exact = exactSpliceTo(w, r)
-		ctx = storage.WithConnReads(ctx, exact != nil)
+		ctx = storage.WithConnReads(ctx)
 	}
 	obj, info, err := c.store.Open(ctx, req.File)
 	if err != nil {
@@ -76,7 +74,7 @@ func (c *Cache) File(w http.ResponseWriter, r *http.Request, req cacheurl.Reques
 		// place, so the file cannot grow while it is sent.
 		w = caddyutil.NewSendfileWriter(w, f, info.Size)
 	case readsConns && spliceable(r):
-		w = newSpliceWriter(w, r, connReader, content, exact, failed)
+		w = newSpliceWriter(w, r, connReader, content, failed)
 	default:
 		// Copied in large writes: from S3, and over HTTP/2, where every
 		// write waits for the connection's one writer goroutine, which

@@ -122,9 +122,6 @@ func (p *FaultProxy) record(b []byte) {
 	p.sent = append(p.sent, b...)
 }
 
-// Connections counts the connections the proxy took.
-func (p *FaultProxy) Connections() int64 { return p.connections.Load() }
-
 // Heal stops injecting faults.
 func (p *FaultProxy) Heal() {
 	p.ResetConnections(0, 0)

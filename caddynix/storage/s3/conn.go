@@ -26,26 +26,18 @@ const presignedLifetime = 15 * time.Minute
 const errorBodyLimit = 64 << 10
 
 // connBody is the body of a GET made on a connection of the node's own,
-// which can be handed to the kernel: with Connection: close, so that the
-// body ends where the connection does, or, for a reader that takes no
-// more than the body's bytes, on a connection kept open for the next GET
-// (pool). The connection is closed when the context of the GET ends.
+// with Connection: close, so that the body ends where the connection does
+// and the connection can be handed to the kernel. The connection is closed
+// when the context of the GET ends.
 type connBody struct {
 	conn *net.TCPConn
 	br   *bufio.Reader
 	// remaining is how much of the body is not yet read off br.
 	remaining int64
 	// closes is whether the server said it closes the connection after
-	// the body.
+	// the body, which handing the connection over needs.
 	closes bool
-	// pool takes the connection back once the body is read whole, if the
-	// server keeps it open; nil for a GET with Connection: close.
-	pool *connPool
-	// broken is whether a read of the body failed, which leaves the
-	// connection in the middle of an answer.
-	broken bool
-	// stop ends the watch that closes the connection with the context,
-	// and reports whether it had not yet done so.
+	// stop ends the watch that closes the connection with the context.
 	stop func() bool
 }
 
@@ -59,61 +51,36 @@ func (b *connBody) Read(p []byte) (int, error) {
 	_ = b.conn.SetReadDeadline(time.Now().Add(stallTimeout))
 	n, err := b.br.Read(p)
 	b.remaining -= int64(n)
-	if err != nil {
-		b.broken = true
-		if errors.Is(err, io.EOF) && b.remaining > 0 {
-			err = io.ErrUnexpectedEOF
-		}
+	if errors.Is(err, io.EOF) && b.remaining > 0 {
+		err = io.ErrUnexpectedEOF
 	}
 	return n, err
 }
 
-// Close gives the connection back to the pool when the body was read to
-// its end, and closes it otherwise.
 func (b *connBody) Close() error {
-	b.release(b.remaining == 0 && !b.broken)
-	return nil
-}
-
-// release gives the connection back to the pool when whole says the body
-// was read to its end, on a connection the server keeps open and the
-// context did not close; it closes it otherwise.
-func (b *connBody) release(whole bool) {
-	if b.stop() && whole && b.pool != nil && !b.closes && b.br.Buffered() == 0 {
-		_ = b.conn.SetReadDeadline(time.Time{})
-		b.pool.put(b.conn, b.br)
-		return
-	}
-	_ = b.conn.Close()
+	b.stop()
+	return b.conn.Close()
 }
 
 // handOver returns the bytes of the body already read off the connection,
-// the connection, which carries the rest of the body, and how many bytes
-// that is; ends says whether the connection ends with them.
-func (b *connBody) handOver() (read []byte, rest int64, ends bool, err error) {
-	buffered := b.br.Buffered()
-	if int64(buffered) > b.remaining {
-		b.release(false)
-		return nil, 0, false, fmt.Errorf("the S3 server sent more than the %d bytes its Content-Length announced", b.remaining)
+// and the connection, which carries the rest of the body and then ends.
+func (b *connBody) handOver() ([]byte, *net.TCPConn, error) {
+	if int64(b.br.Buffered()) > b.remaining {
+		_ = b.Close()
+		return nil, nil, fmt.Errorf("the S3 server sent more than the %d bytes its Content-Length announced", b.remaining)
 	}
-	// Discarded but not yet overwritten: no read of br comes before the
-	// connection is given back.
-	read, _ = b.br.Peek(buffered)
-	_, _ = b.br.Discard(buffered)
-	rest = b.remaining - int64(buffered)
+	read, _ := b.br.Peek(b.br.Buffered())
 	b.remaining = 0
 	_ = b.conn.SetReadDeadline(time.Time{})
-	return read, rest, b.closes, nil
+	return read, b.conn, nil
 }
 
 // connGet GETs length bytes of the object key from start, or the whole
 // object for a negative length, on a connection of its own, through a
-// presigned URL; with a non-empty etag only from that version. keepOpen
-// asks the server to keep the connection open after the body, and takes
-// it from the pool when one waits there. It returns once the server has
-// answered, within answerTimeout, with the object's description from the
-// answer's headers.
-func (s *Store) connGet(ctx context.Context, key, etag string, start, length int64, keepOpen bool) (*connBody, minio.ObjectInfo, error) {
+// presigned URL; with a non-empty etag only from that version. It returns
+// once the server has answered, within answerTimeout, with the object's
+// description from the answer's headers.
+func (s *Store) connGet(ctx context.Context, key, etag string, start, length int64) (*connBody, minio.ObjectInfo, error) {
 	signed, err := s.core.PresignedGetObject(ctx, s.bucket, key, presignedLifetime, nil)
 	if err != nil {
 		return nil, minio.ObjectInfo{}, fmt.Errorf("signing a GET of %s: %w", key, err)
@@ -122,81 +89,42 @@ func (s *Store) connGet(ctx context.Context, key, etag string, start, length int
 	if err != nil {
 		return nil, minio.ObjectInfo{}, err
 	}
-	req.Close = !keepOpen
+	req.Close = true
 	if etag != "" {
 		req.Header.Set("If-Match", `"`+etag+`"`)
 	}
 	if length >= 0 {
 		req.Header.Set("Range", fmt.Sprintf("bytes=%d-%d", start, start+length-1))
 	}
-	reuse := keepOpen
-	for {
-		body, reused, err := s.connTo(ctx, signed, keepOpen, reuse)
-		if err != nil {
-			return nil, minio.ObjectInfo{}, err
-		}
-		header, err := body.answer(req, key, start, length)
-		if err == nil {
-			var info minio.ObjectInfo
-			if info, err = answerInfo(key, header, body.remaining); err == nil {
-				return body, info, nil
-			}
-		}
-		body.release(false)
-		var unanswered *unansweredError
-		if reused && errors.As(err, &unanswered) && !errors.Is(err, os.ErrDeadlineExceeded) && ctx.Err() == nil {
-			// The server closed the connection while it waited: send
-			// the GET again on a new one.
-			reuse = false
-			continue
-		}
-		return nil, minio.ObjectInfo{}, err
+	dialer := net.Dialer{Timeout: answerTimeout}
+	c, err := dialer.DialContext(ctx, "tcp", hostPort(signed))
+	if err != nil {
+		return nil, minio.ObjectInfo{}, fmt.Errorf("connecting to the S3 server: %w", err)
 	}
-}
-
-// connTo returns a body to read an answer into, on a connection to the
-// server of signed: one kept open from an earlier GET when reuse allows
-// and one waits (reused), a new one otherwise.
-func (s *Store) connTo(ctx context.Context, signed *url.URL, keepOpen, reuse bool) (body *connBody, reused bool, err error) {
-	body = &connBody{}
-	if keepOpen {
-		body.pool = &s.conns
-	}
-	if reuse {
-		body.conn, body.br, reused = s.conns.take()
-	}
-	if !reused {
-		dialer := net.Dialer{Timeout: answerTimeout}
-		c, err := dialer.DialContext(ctx, "tcp", hostPort(signed))
-		if err != nil {
-			return nil, false, fmt.Errorf("connecting to the S3 server: %w", err)
-		}
-		s.conns.dialed.Add(1)
-		body.conn = c.(*net.TCPConn)
-		body.br = bufio.NewReader(body.conn)
-	}
-	conn := body.conn
+	conn := c.(*net.TCPConn)
+	body := &connBody{conn: conn, br: bufio.NewReader(conn)}
 	body.stop = context.AfterFunc(ctx, func() { _ = conn.Close() })
-	return body, reused, nil
+	header, err := body.answer(req, key, start, length)
+	if err == nil {
+		var info minio.ObjectInfo
+		if info, err = answerInfo(key, header, body.remaining); err == nil {
+			return body, info, nil
+		}
+	}
+	_ = body.Close()
+	return nil, minio.ObjectInfo{}, err
 }
-
-// unansweredError is a GET that failed before the server's answer began:
-// the request could not be sent, or no status line came back.
-type unansweredError struct{ err error }
-
-func (e *unansweredError) Error() string { return e.err.Error() }
-func (e *unansweredError) Unwrap() error { return e.err }
 
 // answer sends req and reads the server's answer up to its body, and
 // returns the answer's headers.
 func (b *connBody) answer(req *http.Request, key string, start, length int64) (http.Header, error) {
 	_ = b.conn.SetDeadline(time.Now().Add(answerTimeout))
 	if err := req.Write(b.conn); err != nil {
-		return nil, noConnAnswer(&unansweredError{fmt.Errorf("sending a GET of %s: %w", key, err)})
+		return nil, noConnAnswer(fmt.Errorf("sending a GET of %s: %w", key, err))
 	}
 	resp, err := http.ReadResponse(b.br, req)
 	if err != nil {
-		return nil, noConnAnswer(&unansweredError{fmt.Errorf("reading the answer to a GET of %s: %w", key, err)})
+		return nil, noConnAnswer(fmt.Errorf("reading the answer to a GET of %s: %w", key, err))
 	}
 	_ = b.conn.SetDeadline(time.Time{})
 	wantStatus := http.StatusOK

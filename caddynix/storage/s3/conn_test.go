@@ -3,7 +3,6 @@ package s3
 import (
 	"bytes"
 	"errors"
-	"fmt"
 	"io"
 	"io/fs"
 	"net/http"
@@ -14,11 +13,10 @@ import (
 	"github.com/minio/minio-go/v7"
 )
 
-// openConnReader opens name as a server that splices it would, one that
-// takes parts on connections kept open if keepOpen says so.
-func openConnReader(t *testing.T, s *Store, name string, keepOpen bool) storage.ConnReader {
+// openConnReader opens name as a server that splices it would.
+func openConnReader(t *testing.T, s *Store, name string) storage.ConnReader {
 	t.Helper()
-	obj, _, err := s.Open(storage.WithConnReads(t.Context(), keepOpen), name)
+	obj, _, err := s.Open(storage.WithConnReads(t.Context()), name)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -31,24 +29,24 @@ func openConnReader(t *testing.T, s *Store, name string, keepOpen bool) storage.
 }
 
 // readConns reads n bytes from obj's read position as a splicing server
-// does: a part at a time, each read to its end, resuming from where the
-// last one stopped.
+// does: a connection at a time, each read to its end, resuming from
+// where the last one stopped.
 func readConns(obj storage.ConnReader, n int64) ([]byte, int, error) {
 	var got bytes.Buffer
 	conns := 0
 	for n > 0 {
-		part, err := obj.ReadConn(n)
+		read, conn, err := obj.ReadConn(n)
 		if err != nil {
 			return got.Bytes(), conns, err
 		}
-		if part == nil {
+		if conn == nil {
 			return got.Bytes(), conns, errors.New("ReadConn handed over no connection")
 		}
 		conns++
-		got.Write(part.Read)
-		m, err := io.Copy(&got, part.Source())
-		part.Done(err == nil && m == part.Rest)
-		taken := int64(len(part.Read)) + m
+		got.Write(read)
+		m, _ := io.Copy(&got, conn)
+		_ = conn.Close()
+		taken := int64(len(read)) + m
 		n -= taken
 		if _, err := obj.Seek(taken, io.SeekCurrent); err != nil {
 			return got.Bytes(), conns, err
@@ -57,26 +55,20 @@ func readConns(obj storage.ConnReader, n int64) ([]byte, int, error) {
 	return got.Bytes(), conns, nil
 }
 
-// TestConnReads reads objects off connections handed over, ending with
-// each part or kept open after it: the whole object on Open's own
-// connection, ranges on new ones, a missing object is missing, and a
-// replaced one is an error rather than a mix of versions.
+// TestConnReads reads objects off connections handed over: the whole
+// object on Open's own connection, ranges on new ones, a missing object
+// is missing, and a replaced one is an error rather than a mix of
+// versions.
 func TestConnReads(t *testing.T) {
 	store, _ := newStore(t, "")
 	if !store.connReads {
 		t.Fatal("a store on a plain HTTP endpoint does not read on connections of its own")
 	}
 	data := pattern(3<<20 + 17)
-	for _, keepOpen := range []bool{false, true} {
-		t.Run(fmt.Sprintf("keepOpen=%v", keepOpen), func(t *testing.T) { testConnReads(t, store, data, keepOpen) })
-	}
-}
-
-func testConnReads(t *testing.T, store *Store, data []byte, keepOpen bool) {
 	put(t, store, "nar/conn.nar", data)
 
 	// The answer to the GET describes the object as a stat does.
-	opened, openInfo, err := store.Open(storage.WithConnReads(t.Context(), keepOpen), "nar/conn.nar")
+	opened, openInfo, err := store.Open(storage.WithConnReads(t.Context()), "nar/conn.nar")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -87,7 +79,7 @@ func testConnReads(t *testing.T, store *Store, data []byte, keepOpen bool) {
 		t.Fatalf("opened for connection reads: %+v; stat: %+v, %v", openInfo, statInfo, err)
 	}
 
-	obj := openConnReader(t, store, "nar/conn.nar", keepOpen)
+	obj := openConnReader(t, store, "nar/conn.nar")
 	got, conns, err := readConns(obj, int64(len(data)))
 	if err != nil || !bytes.Equal(got, data) || conns != 1 {
 		t.Fatalf("the whole object: %d of %d bytes on %d connections, equal %v, %v", len(got), len(data), conns, bytes.Equal(got, data), err)
@@ -106,108 +98,24 @@ func testConnReads(t *testing.T, store *Store, data []byte, keepOpen bool) {
 	}
 
 	// Read rather than handed over, the connection gives the object too.
-	read := openConnReader(t, store, "nar/conn.nar", keepOpen)
+	read := openConnReader(t, store, "nar/conn.nar")
 	if all, err := io.ReadAll(read); err != nil || !bytes.Equal(all, data) {
 		t.Fatalf("read off Open's connection: %d of %d bytes, %v", len(all), len(data), err)
 	}
 
-	if _, _, err := store.Open(storage.WithConnReads(t.Context(), keepOpen), "nar/missing.nar"); !errors.Is(err, fs.ErrNotExist) {
+	if _, _, err := store.Open(storage.WithConnReads(t.Context()), "nar/missing.nar"); !errors.Is(err, fs.ErrNotExist) {
 		t.Fatalf("opening a missing object for connection reads: %v, want fs.ErrNotExist", err)
 	}
 
 	// Replaced after Open: the next connection is refused.
-	replaced := openConnReader(t, store, "nar/conn.nar", keepOpen)
+	replaced := openConnReader(t, store, "nar/conn.nar")
 	put(t, store, "nar/conn.nar", pattern(1<<20))
 	if _, err := replaced.Seek(10, io.SeekStart); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := replaced.ReadConn(100); err == nil {
+	if _, _, err := replaced.ReadConn(100); err == nil {
 		t.Fatal("a connection of an object replaced since it was opened was handed over")
 	}
-}
-
-// TestConnReadsKeepConnectionsOpen reads objects on connections kept open
-// after each part: a connection read to the end of its part serves the
-// next GET, one given back unfinished never does, one the server closed
-// while it waited is replaced, and a closed store keeps none.
-func TestConnReadsKeepConnectionsOpen(t *testing.T) {
-	store, proxy := storeBehindFaults(t)
-	data := pattern(1<<20 + 5)
-	put(t, store, "nar/open.nar", data)
-	dialed := func() int64 { return store.conns.dialed.Load() }
-
-	before := dialed()
-	for i := range 3 {
-		got, _, err := readConns(openConnReader(t, store, "nar/open.nar", true), int64(len(data)))
-		if err != nil || !bytes.Equal(got, data) {
-			t.Fatalf("read %d: %d of %d bytes, equal %v, %v", i, len(got), len(data), bytes.Equal(got, data), err)
-		}
-	}
-	if n := dialed() - before; n != 1 {
-		t.Fatalf("three whole reads made %d connections, want 1 kept open", n)
-	}
-
-	// A part given back unfinished leaves its connection in the middle of
-	// an answer: the next GET must not read the rest of it.
-	if kept := idleConns(store); kept != 1 {
-		t.Fatalf("after whole reads %d connections are kept open, want 1", kept)
-	}
-	obj := openConnReader(t, store, "nar/open.nar", true)
-	part, err := obj.ReadConn(int64(len(data)))
-	if err != nil || part == nil || part.Ends {
-		t.Fatalf("a part on a connection kept open: %+v, %v", part, err)
-	}
-	if _, err := io.ReadFull(part.Source(), make([]byte, 1000)); err != nil {
-		t.Fatal(err)
-	}
-	part.Done(false)
-	if kept := idleConns(store); kept != 0 {
-		t.Fatalf("a part given back unfinished left %d connections kept open, want its own closed", kept)
-	}
-	before = dialed()
-	got, _, err := readConns(openConnReader(t, store, "nar/open.nar", true), int64(len(data)))
-	if err != nil || !bytes.Equal(got, data) || dialed()-before != 1 {
-		t.Fatalf("after an unfinished part: %d of %d bytes on %d new connections, equal %v, %v", len(got), len(data), dialed()-before, bytes.Equal(got, data), err)
-	}
-
-	// Read to its end rather than handed over, the body gives its
-	// connection back too.
-	before = dialed()
-	for range 2 {
-		obj := openConnReader(t, store, "nar/open.nar", true)
-		all, err := io.ReadAll(obj)
-		if err != nil || !bytes.Equal(all, data) {
-			t.Fatalf("read off a kept connection: %d of %d bytes, %v", len(all), len(data), err)
-		}
-		if err := obj.Close(); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if n := dialed() - before; n != 0 {
-		t.Fatalf("two reads to the end made %d connections, want the kept one used", n)
-	}
-
-	// The server side of the kept connection goes away while it waits.
-	proxy.Heal()
-	before = dialed()
-	got, _, err = readConns(openConnReader(t, store, "nar/open.nar", true), int64(len(data)))
-	if err != nil || !bytes.Equal(got, data) || dialed()-before != 1 {
-		t.Fatalf("after the kept connection was closed: %d of %d bytes on %d new connections, %v", len(got), len(data), dialed()-before, err)
-	}
-
-	if err := store.Close(); err != nil {
-		t.Fatal(err)
-	}
-	if kept := idleConns(store); kept != 0 {
-		t.Fatalf("a closed store keeps %d connections open", kept)
-	}
-}
-
-// idleConns counts the connections s keeps open, waiting for a GET.
-func idleConns(s *Store) int {
-	s.conns.mu.Lock()
-	defer s.conns.mu.Unlock()
-	return len(s.conns.idle)
 }
 
 // TestAnswerInfoReadsAsMinio: what the node reads of a GET's answer is
@@ -257,21 +165,18 @@ func TestConnReadsResumeCutStreams(t *testing.T) {
 	data := pattern(3 << 20)
 	put(t, store, "nar/cut.nar", data)
 
-	for _, keepOpen := range []bool{false, true} {
-		resetsBefore := proxy.Resets.Load()
-		proxy.ResetConnections(2, 300<<10)
-		obj := openConnReader(t, store, "nar/cut.nar", keepOpen)
-		got, conns, err := readConns(obj, int64(len(data)))
-		if err != nil || !bytes.Equal(got, data) {
-			t.Fatalf("keepOpen %v, with every other connection cut: %d of %d bytes, equal %v, %v", keepOpen, len(got), len(data), bytes.Equal(got, data), err)
-		}
-		if proxy.Resets.Load() == resetsBefore || conns < 2 {
-			t.Fatalf("keepOpen %v: the proxy cut %d connections, and the object was read on %d: the test proved nothing", keepOpen, proxy.Resets.Load()-resetsBefore, conns)
-		}
+	proxy.ResetConnections(2, 300<<10)
+	obj := openConnReader(t, store, "nar/cut.nar")
+	got, conns, err := readConns(obj, int64(len(data)))
+	if err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("with every other connection cut: %d of %d bytes, equal %v, %v", len(got), len(data), bytes.Equal(got, data), err)
+	}
+	if proxy.Resets.Load() == 0 || conns < 2 {
+		t.Fatalf("the proxy cut %d connections, and the object was read on %d: the test proved nothing", proxy.Resets.Load(), conns)
 	}
 
 	proxy.ResetConnections(1, 10)
-	cutEarly, _, err := store.Open(storage.WithConnReads(t.Context(), true), "nar/cut.nar")
+	cutEarly, _, err := store.Open(storage.WithConnReads(t.Context()), "nar/cut.nar")
 	if err == nil {
 		_, _, err = readConns(cutEarly.(storage.ConnReader), int64(len(data)))
 		_ = cutEarly.Close()
@@ -298,18 +203,11 @@ func TestReadsResumeStalledStreams(t *testing.T) {
 		read func() ([]byte, error)
 	}{
 		{"handed over", func() ([]byte, error) {
-			got, _, err := readConns(openConnReader(t, store, "nar/stall.nar", false), int64(len(data)))
-			return got, err
-		}},
-		{"handed over, kept open", func() ([]byte, error) {
-			got, _, err := readConns(openConnReader(t, store, "nar/stall.nar", true), int64(len(data)))
+			got, _, err := readConns(openConnReader(t, store, "nar/stall.nar"), int64(len(data)))
 			return got, err
 		}},
 		{"read off the object's connection", func() ([]byte, error) {
-			return io.ReadAll(openConnReader(t, store, "nar/stall.nar", false))
-		}},
-		{"read off the object's connection, kept open", func() ([]byte, error) {
-			return io.ReadAll(openConnReader(t, store, "nar/stall.nar", true))
+			return io.ReadAll(openConnReader(t, store, "nar/stall.nar"))
 		}},
 		{"read through the S3 client", func() ([]byte, error) {
 			obj, _, err := store.Open(t.Context(), "nar/stall.nar")

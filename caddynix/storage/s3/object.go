@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"time"
 
@@ -67,12 +68,12 @@ type object struct {
 	resumes int
 
 	// conns is whether the object's GETs are made on connections of its
-	// own, which ReadConn hands over, and keepOpen whether those are kept
-	// open after each answer, for a reader that takes no more than a
-	// part's bytes.
-	conns, keepOpen bool
+	// own, which ReadConn hands over.
+	conns bool
 	// handedAt is where ReadConn last handed a connection over; -1 before.
 	handedAt int64
+	// unwatch ends the stall watch of the connection last handed over.
+	unwatch func()
 }
 
 func (o *object) get(start, end int64) (io.ReadCloser, error) {
@@ -81,14 +82,14 @@ func (o *object) get(start, end int64) (io.ReadCloser, error) {
 		if end >= 0 {
 			length = end - start + 1
 		}
-		body, _, err := o.store.connGet(o.ctx, o.key, o.etag, start, length, o.keepOpen)
+		body, _, err := o.store.connGet(o.ctx, o.key, o.etag, start, length)
 		if err != nil {
 			return nil, o.readFailure(err)
 		}
-		if !body.closes && !o.keepOpen {
+		if !body.closes {
 			// A server that keeps the connection open after the body
-			// cannot have it handed over to a reader that goes on to
-			// the end: read it, and GET the rest through the S3 client.
+			// cannot have it handed over: read it, and GET the rest
+			// through the S3 client.
 			o.conns = false
 		}
 		return body, nil
@@ -177,16 +178,16 @@ func (o *object) Read(p []byte) (int, error) {
 
 // ReadConn hands over a connection that carries the next n bytes: the one
 // Open's GET is on when it is at the read position with n bytes left,
-// another GET's otherwise. The connection is watched for a stall until
-// the part is done.
-func (o *object) ReadConn(n int64) (*storage.ConnPart, error) {
+// another GET's otherwise.
+func (o *object) ReadConn(n int64) ([]byte, *net.TCPConn, error) {
+	o.endWatch()
 	if !o.conns || n <= 0 || o.off+n > o.size {
-		return nil, nil
+		return nil, nil, nil
 	}
 	if o.handedAt == o.off {
 		// The connection handed over from here brought nothing.
 		if o.resumes == maxResumes {
-			return nil, o.cutTooOften(io.ErrUnexpectedEOF)
+			return nil, nil, o.cutTooOften(io.ErrUnexpectedEOF)
 		}
 		o.resumes++
 	} else {
@@ -200,27 +201,34 @@ func (o *object) ReadConn(n int64) (*storage.ConnPart, error) {
 		o.body = nil
 		next, err := o.get(o.off, o.off+n-1)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		o.body, o.bodyOff = next, o.off
-		if body, ok = next.(*connBody); !ok || (!body.closes && !o.keepOpen) {
-			return nil, nil
+		if body, ok = next.(*connBody); !ok || !body.closes {
+			return nil, nil, nil
 		}
 	}
 	o.body = nil
 	o.handedAt = o.off
-	read, rest, ends, err := body.handOver()
-	if err != nil {
-		return nil, err
+	read, conn, err := body.handOver()
+	if err == nil {
+		o.unwatch = watchStall(conn)
 	}
-	unwatch := watchStall(body.conn)
-	return storage.NewConnPart(read, body.conn, rest, ends, func(whole bool) {
-		unwatch()
-		body.release(whole)
-	}), nil
+	return read, conn, err
+}
+
+// endWatch ends the stall watch of the connection last handed over, which
+// its reader is done with once it asks for another or moves the read
+// position.
+func (o *object) endWatch() {
+	if o.unwatch != nil {
+		o.unwatch()
+		o.unwatch = nil
+	}
 }
 
 func (o *object) Seek(offset int64, whence int) (int64, error) {
+	o.endWatch()
 	switch whence {
 	case io.SeekStart:
 	case io.SeekCurrent:
@@ -271,6 +279,7 @@ func (o *object) ReadAt(p []byte, off int64) (int, error) {
 }
 
 func (o *object) Close() error {
+	o.endWatch()
 	if o.body != nil {
 		return o.body.Close()
 	}
@@ -294,14 +303,13 @@ func (s *Store) Stat(ctx context.Context, name string) (storage.Info, error) {
 // from storage.WithConnReads and over plain HTTP, the GETs are made on
 // connections of their own, which the object's ReadConn hands over.
 func (s *Store) Open(ctx context.Context, name string) (storage.Object, storage.Info, error) {
-	if wanted, keepOpen := storage.ConnReadsWanted(ctx); wanted && s.connReads {
-		body, obj, err := s.connGet(ctx, s.key(name), "", 0, -1, keepOpen)
+	if s.connReads && storage.ConnReadsWanted(ctx) {
+		body, obj, err := s.connGet(ctx, s.key(name), "", 0, -1)
 		if err != nil {
 			return nil, storage.Info{}, notFound(name, err)
 		}
 		info := infoOf(name, obj)
-		return &object{ctx: ctx, store: s, key: s.key(name), size: info.Size, etag: info.Version, body: body,
-			conns: body.closes || keepOpen, keepOpen: keepOpen, handedAt: -1}, info, nil
+		return &object{ctx: ctx, store: s, key: s.key(name), size: info.Size, etag: info.Version, body: body, conns: body.closes, handedAt: -1}, info, nil
 	}
 	body, obj, err := s.clientGet(ctx, s.key(name), minio.GetObjectOptions{})
 	if err != nil {

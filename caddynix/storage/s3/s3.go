@@ -69,9 +69,6 @@ type Store struct {
 	// connReads is whether objects can be read on connections of their
 	// own, which the kernel can move into a client's (see ReadConn).
 	connReads bool
-	// conns are the connections kept open for GETs on connections of
-	// their own.
-	conns connPool
 }
 
 // Open connects to the bucket and checks that it exists and that the
@@ -209,12 +206,8 @@ func (s *Store) Walk(ctx context.Context, dir string, fn func(storage.Info) erro
 	return ctx.Err()
 }
 
-// Close closes the connections kept open for the node's GETs, and any
-// given back from now on; the S3 client holds only idle connections.
-func (s *Store) Close() error {
-	s.conns.close()
-	return nil
-}
+// Close releases nothing: the client holds only idle connections.
+func (s *Store) Close() error { return nil }
 
 // Temporaries lists the unfinished multipart uploads below the prefix: live
 // ones, and those old enough to be a killed writer's.
