@@ -33,11 +33,9 @@ func TestSubstitutionsSurviveACutS3Link(t *testing.T) {
 func substitutionsSurviveACutS3Link(t *testing.T, client harness.NixClient) {
 	server := harness.StartS3(t)
 	server.CreateBucket("nix")
-	proxy := harness.StartFaultProxy(t, strings.TrimPrefix(server.Endpoint, "http://"))
-	throughProxy := *server
-	throughProxy.Endpoint = "http://" + proxy.Addr
+	throughProxy, proxy := behindFaultProxy(t, server)
 	secret, public := keygen(t, "s3-cut-1")
-	node := s3Node(t, &throughProxy, secret)
+	node := s3Node(t, throughProxy, secret)
 
 	nix := client.Netrc(t, uploadToken)
 	tops, base := nix.BuildSharedClosures("s3-cut", 10, 256<<10)
@@ -77,6 +75,16 @@ func substitutionsSurviveACutS3Link(t *testing.T, client harness.NixClient) {
 	if retried > 0 {
 		t.Errorf("in %d of 10 substitutions nix got a cut NAR from the node and had to download it again", retried)
 	}
+}
+
+// behindFaultProxy is server as a node sees it through a new FaultProxy,
+// and the proxy.
+func behindFaultProxy(t *testing.T, server *harness.S3) (*harness.S3, *harness.FaultProxy) {
+	t.Helper()
+	proxy := harness.StartFaultProxy(t, strings.TrimPrefix(server.Endpoint, "http://"))
+	throughProxy := *server
+	throughProxy.Endpoint = "http://" + proxy.Addr
+	return &throughProxy, proxy
 }
 
 // TestS3ServerFaults serves a cache through a node whose S3 server is

@@ -104,9 +104,7 @@ func TestS3NodeSplicesNARsWhole(t *testing.T) {
 func TestS3NodeCutsAnAnswerTheStorageFails(t *testing.T) {
 	server := harness.StartS3(t)
 	server.CreateBucket("nix")
-	proxy := harness.StartFaultProxy(t, strings.TrimPrefix(server.Endpoint, "http://"))
-	throughProxy := *server
-	throughProxy.Endpoint = "http://" + proxy.Addr
+	throughProxy, proxy := behindFaultProxy(t, server)
 	secret, _ := keygen(t, "s3-cut-answer-1")
 	cert, key, pool := harness.SelfSignedCert(t)
 	block := func() string {
