@@ -21,9 +21,9 @@ import (
 // TestSubstitutionsSurviveACutS3Link substitutes a 21-path closure ten
 // times, each into a fresh store, through a node whose connections to the
 // S3 server are cut (a TCP reset in the middle of an answer) once they
-// have passed 100 KiB: every substitution arrives whole and Nix never sees a cut NAR
-// (it would retry), as the node resumes a cut read from the byte it
-// reached.
+// have passed 100 KiB: every substitution arrives whole and Nix never sees
+// a cut NAR (it would retry), as the node resumes a cut read from the byte
+// it reached.
 func TestSubstitutionsSurviveACutS3Link(t *testing.T) {
 	harness.ForEachNix(t, func(t *testing.T, client harness.NixClient) {
 		substitutionsSurviveACutS3Link(t, client)

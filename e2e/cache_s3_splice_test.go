@@ -33,15 +33,8 @@ func TestS3NodeSplicesNARsWhole(t *testing.T) {
 	server.CreateBucket("nix")
 	nars := map[string][]byte{}
 	for _, size := range []int{700, 3<<20 + 123} {
-		hash := make([]byte, 32)
-		_, _ = rand.Read(hash)
-		name := "nar/" + nixbase32.EncodeToString(hash) + ".nar.zst"
-		data := make([]byte, size)
-		_, _ = rand.Read(data)
-		if _, err := server.Client().PutObject(context.Background(), "nix", "main/"+name, bytes.NewReader(data), int64(size), minio.PutObjectOptions{}); err != nil {
-			t.Fatal(err)
-		}
-		nars[name] = data
+		name := randomNarName()
+		nars[name] = putRandom(t, server, name, size)
 	}
 	secret, _ := keygen(t, "s3-splice-1")
 	accessLog := filepath.Join(t.TempDir(), "access.log")
@@ -118,13 +111,6 @@ func TestS3NodeCutsAnAnswerTheStorageFails(t *testing.T) {
 		},
 	}.String(), harness.CaddyOptions{})
 	const size = 64 << 20
-	put := func(name string) {
-		data := make([]byte, size)
-		_, _ = rand.Read(data)
-		if _, err := server.Client().PutObject(context.Background(), "nix", "main/"+name, bytes.NewReader(data), size, minio.PutObjectOptions{}); err != nil {
-			t.Fatal(err)
-		}
-	}
 	failedNARs := 0
 	for _, over := range []struct {
 		name, base string
@@ -135,10 +121,8 @@ func TestS3NodeCutsAnAnswerTheStorageFails(t *testing.T) {
 		{"HTTP/2", fmt.Sprintf("https://127.0.0.1:%d", node.HTTPSPort), &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}, ForceAttemptHTTP2: true}}, 2},
 	} {
 		t.Run(over.name, func(t *testing.T) {
-			hash := make([]byte, 32)
-			_, _ = rand.Read(hash)
-			name := "nar/" + nixbase32.EncodeToString(hash) + ".nar.zst"
-			put(name)
+			name := randomNarName()
+			putRandom(t, server, name, size)
 			resp, err := over.client.Get(over.base + "/" + name)
 			if err != nil {
 				t.Fatal(err)
@@ -150,7 +134,7 @@ func TestS3NodeCutsAnAnswerTheStorageFails(t *testing.T) {
 			if _, err := io.ReadFull(resp.Body, make([]byte, 1<<20)); err != nil {
 				t.Fatal(err)
 			}
-			put(name)
+			putRandom(t, server, name, size)
 			proxy.ResetConnections(0, 0) // drops the open connections
 			rest, err := io.Copy(io.Discard, resp.Body)
 			if err == nil {
@@ -169,4 +153,23 @@ func TestS3NodeCutsAnAnswerTheStorageFails(t *testing.T) {
 			}
 		})
 	}
+}
+
+// randomNarName is the name of a NAR in a cache's layout, of a random hash.
+func randomNarName() string {
+	hash := make([]byte, 32)
+	_, _ = rand.Read(hash)
+	return "nar/" + nixbase32.EncodeToString(hash) + ".nar.zst"
+}
+
+// putRandom stores size random bytes as name in the bucket nix, below the
+// prefix main/, and returns them.
+func putRandom(t *testing.T, server *harness.S3, name string, size int) []byte {
+	t.Helper()
+	data := make([]byte, size)
+	_, _ = rand.Read(data)
+	if _, err := server.Client().PutObject(context.Background(), "nix", "main/"+name, bytes.NewReader(data), int64(size), minio.PutObjectOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	return data
 }

@@ -56,10 +56,10 @@ func (c *Cache) File(w http.ResponseWriter, r *http.Request, req cacheurl.Reques
 			header.Set("Content-Type", cacheurl.NarContentType(enc))
 		}
 	}
-	// failedMidway is whether the storage failed once the header was out.
-	failedMidway := false
+	// storageFailed is whether the storage failed once the header was out.
+	storageFailed := false
 	failed := func() {
-		failedMidway = true
+		storageFailed = true
 		c.narinfos.distrust()
 	}
 	var content io.ReadSeeker = obj
@@ -86,14 +86,14 @@ func (c *Cache) File(w http.ResponseWriter, r *http.Request, req cacheurl.Reques
 		httpx.WritePlainHeader(w, httpx.LastModified(info.ModTime), info.Size)
 		if r.Method != http.MethodHead {
 			sent, err := io.Copy(w, &io.LimitedReader{R: content, N: info.Size})
-			if failedMidway {
+			if storageFailed {
 				return c.failedMidway(req.File, sent, info.Size, err)
 			}
 		}
 		return nil
 	}
 	http.ServeContent(w, r, "", info.ModTime, content)
-	if failedMidway {
+	if storageFailed {
 		return c.failedMidway(req.File, -1, info.Size, nil)
 	}
 	return nil
